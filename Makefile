@@ -1,0 +1,41 @@
+# Every target sets itself up: .venv is created, and the project installed into it,
+# when missing or when pyproject.toml changed.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: demo test test-real lint bench clean pretrain-demo-base
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	@test -d data/demo || $(BIN)/graft demo-data data/demo --classes 5 --per-class 200 --size 64 --seed 0
+	@test -d data/demo-holdout || $(BIN)/graft demo-data data/demo-holdout --classes 5 --per-class 1 --size 64 --seed 12345
+	$(BIN)/graft run --config configs/demo.yaml
+	$(BIN)/python -m serving.demo_query --model-base-path models/demo --model-name demo data/demo-holdout
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+test-real: $(STAMP)
+	GRAFT_SHARED=$(SHARED) $(BIN)/pytest -q -m real -p no:randomly
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run_all
+
+pretrain-demo-base: $(STAMP)
+	$(BIN)/graft pretrain-demo-base --out configs/demo_base.weights.h5
+
+clean:
+	rm -rf runs models data build pipeline.yaml

@@ -1,0 +1,156 @@
+"""Export: a TF Serving SavedModel with decode -> resize -> preprocess in the graph.
+
+Signatures:
+  serving_default(image_bytes: string[None]) -> scores float32[None, C], classes string[None, C]
+  predict_pixels(pixels: float32[None, H, W, 3] in 0..255) -> scores, classes
+`classes` are the labels sorted by score, as TF Serving's classification outputs are.
+The export fails loudly unless the reloaded SavedModel matches the Keras model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import data as gdata
+from components.train import load_model
+from pipeline.config import ExportConfig, GraftConfig
+from pipeline.log import log
+
+WARMUP_FILE = "tf_serving_warmup_requests"
+
+
+class ParityError(RuntimeError):
+    """The exported graph does not compute what the trained model computes."""
+
+
+def _signatures(model: keras.Model, labels: list[str], size: int):
+    label_t = tf.constant(labels)
+
+    def outputs(scores):
+        scores = tf.cast(scores, tf.float32)
+        order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+        return {"scores": scores, "classes": tf.gather(label_t, order)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        pixels = tf.map_fn(lambda b: gdata.decode_and_resize(b, size), image_bytes,
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return outputs(model(pixels, training=False))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
+    def predict_pixels(pixels):
+        return outputs(model(pixels, training=False))
+
+    return serving_default, predict_pixels
+
+
+def write_warmup(path: str, blobs: list[bytes], model_name: str) -> int:
+    """PredictionLog records TF Serving replays on load (--enable_model_warmup)."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as w:
+        for b in blobs:
+            req = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+            req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b], dtype=tf.string))
+            log_ = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+            w.write(log_.SerializeToString())
+    return len(blobs)
+
+
+def _model_card(out: str, config: GraftConfig, examples_dir: str, evaluation: dict, version: int,
+                parity: float, model_path: str) -> None:
+    with open(os.path.join(examples_dir, "stats.json")) as f:
+        stats = json.load(f)
+    cand = evaluation["candidate"]
+    card = {
+        "model_name": config.export.model_name, "version": version,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "base": config.base.model_dump(), "head": config.head.model_dump(),
+        "image_size": config.data.image_size, "labels": evaluation["labels"],
+        "data": {"source": stats["source"], "counts": stats["counts"], "quarantined": stats["quarantined"]},
+        "metrics": {k: cand[k] for k in ("accuracy", "macro_f1", "log_loss", "ece")},
+        "head_only_accuracy": evaluation["head_only"]["accuracy"],
+        "blessed": evaluation["blessed"], "blessing_reasons": evaluation["reasons"],
+        "parity_max_abs_diff": parity,
+        "lineage": {"examples": examples_dir, "trained_model": model_path},
+        "config": config.to_dict(),
+    }
+    with open(os.path.join(out, "model_card.json"), "w") as f:
+        json.dump(card, f, indent=2)
+    per_class = "\n".join(f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+                          for lab, m in cand["per_class"].items())
+    md = f"""# Model card: {card['model_name']} v{version}
+
+Image classifier grafted onto **{config.base.name}** ({config.base.kwargs or 'default kwargs'}),
+input {config.data.image_size}x{config.data.image_size}, {len(card['labels'])} classes.
+
+- Data: `{stats['source']}`; train/val/test = {sum(stats['counts']['train'].values())}/{sum(stats['counts']['val'].values())}/{sum(stats['counts']['test'].values())}; quarantined {stats['quarantined']}
+- Test accuracy {cand['accuracy']:.4f} (head-only {card['head_only_accuracy']:.4f}), macro-F1 {cand['macro_f1']:.4f}, log loss {cand['log_loss']:.4f}, ECE {cand['ece']:.4f}
+- Blessed: {card['blessed']} ({'; '.join(card['blessing_reasons'])})
+- Serving parity (SavedModel vs Keras, max abs diff): {parity:.2e}
+
+| class | precision | recall | F1 | support |
+|---|---|---|---|---|
+{per_class}
+
+Signatures: `serving_default` (image_bytes: string[None]) and `predict_pixels` (float32[None,H,W,3], 0..255);
+outputs `scores` float32[None,C] and `classes` string[None,C] (labels sorted by score).
+"""
+    with open(os.path.join(out, "model_card.md"), "w") as f:
+        f.write(md)
+
+
+def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str, *, cfg: ExportConfig,
+           image_size: int, config: GraftConfig, version: int | None = None) -> dict:
+    """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model."""
+    model_path = os.path.join(model_dir, "model.keras")
+    model = load_model(model_path)
+    labels = gdata.read_labels(examples_dir)
+    with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
+        evaluation = json.load(f)
+    version = version or int(time.time())
+    final = os.path.join(out_dir, cfg.model_name, str(version))
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    serving_default, predict_pixels = _signatures(model, labels, image_size)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serving_default)
+    archive.add_endpoint("predict_pixels", predict_pixels)
+    archive.write_out(final, verbose=False)
+    os.makedirs(os.path.join(final, "assets"), exist_ok=True)
+    shutil.copy(os.path.join(examples_dir, "labels.txt"), os.path.join(final, "assets", "labels.txt"))
+
+    blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "test").take(64).as_numpy_iterator()]
+    if not blobs:
+        raise ParityError("no test images to check the export against")
+    reloaded = tf.saved_model.load(final).signatures["serving_default"]
+    got = reloaded(image_bytes=tf.constant(blobs))["scores"].numpy()
+    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), image_size).numpy() for b in blobs])
+    want = model.predict(pixels, verbose=0)
+    parity = float(np.max(np.abs(got - want)))
+    if not parity <= cfg.parity_tolerance:
+        shutil.rmtree(final)
+        raise ParityError(f"export parity check failed: SavedModel vs Keras max abs diff {parity:.3e} > "
+                          f"{cfg.parity_tolerance:.1e}; nothing exported")
+    n_warm = write_warmup(os.path.join(final, "assets.extra", WARMUP_FILE), blobs[:cfg.warmup_requests],
+                          cfg.model_name)
+    _model_card(final, config, examples_dir, evaluation, version, parity, model_path)
+    from components.push import file_sha256
+
+    result = {"path": final, "version": version, "model_sha256": file_sha256(model_path), "model_name": cfg.model_name, "labels": labels,
+              "parity_max_abs_diff": parity, "warmup_requests": n_warm, "blessed": evaluation["blessed"]}
+    with open(os.path.join(out_dir, "export.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    log(f"export: SavedModel v{version} at {final} (parity max abs diff {parity:.1e}, "
+        f"{n_warm} warmup requests)", level="ok")
+    return result

@@ -1,0 +1,183 @@
+"""Backbone + head: build, load weights, find where to unfreeze, describe a base.
+
+The model takes raw 0..255 pixels; the backbone's own preprocess_input is its first layer
+(BackbonePreprocess), so nothing outside the model needs to know which backbone it is.
+Structure: pixels -> preprocess -> base(training=False) -> head (a Sequential whose first
+layer is the global pooling). The bottleneck cache trains head.layers[1:] on pooled
+features and writes them back into this same structure.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass
+
+import keras
+import tensorflow as tf
+
+from components.backbones import BACKBONES, Backbone
+from pipeline.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfig
+from pipeline.log import log
+
+
+def backbone(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(sorted(BACKBONES))}")
+    return BACKBONES[name]
+
+
+@keras.saving.register_keras_serializable(package="graft")
+class BackbonePreprocess(keras.layers.Layer):
+    """The backbone's preprocess_input as a layer, so it is saved inside the model."""
+
+    def __init__(self, backbone_name: str, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone_name = backbone_name
+        mod = importlib.import_module(f"keras.applications.{backbone(backbone_name).preprocess_module}")
+        self._fn = mod.preprocess_input
+
+    def call(self, x):
+        return self._fn(tf.cast(x, self.compute_dtype))
+
+    def get_config(self):
+        return {**super().get_config(), "backbone_name": self.backbone_name}
+
+
+def build_base(cfg: BaseConfig, size: int) -> keras.Model:
+    """The keras.applications model without its top, with weights as configured."""
+    b = backbone(cfg.name)
+    if size < b.min_size:
+        raise ValueError(f"data.image_size {size} is below {cfg.name}'s minimum {b.min_size}")
+    ctor = getattr(keras.applications, b.constructor)
+    kwargs = {**b.default_kwargs, **cfg.kwargs}
+    weights = cfg.weights
+    path = None
+    if weights not in (None, "imagenet"):
+        path = weights
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"base.weights file not found: {path}")
+        weights = None
+    try:
+        base = ctor(include_top=False, weights=weights, input_shape=(size, size, 3), **kwargs)
+    except Exception as e:  # keras raises plain ValueError/Exception for bad sizes and downloads
+        if weights == "imagenet":
+            raise RuntimeError(
+                f"could not load ImageNet weights for {cfg.name} ({e}). Offline? Put the file in "
+                f"$KERAS_HOME/models/ or set base.weights to a local weights file."
+            ) from e
+        raise
+    if path:
+        base.load_weights(path)
+        log(f"model: loaded base weights from {path}")
+    base.trainable = False
+    return base
+
+
+def build_head(cfg: HeadConfig, num_classes: int, feature_dim: int | None = None) -> keras.Sequential:
+    layers = [keras.layers.GlobalAveragePooling2D(name="pool"), keras.layers.Dropout(cfg.dropout, name="dropout")]
+    if cfg.fc_size:
+        layers.append(keras.layers.Dense(cfg.fc_size, activation="relu", name="fc"))
+    layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"))
+    return keras.Sequential(layers, name="head")
+
+
+def build_model(base_cfg: BaseConfig, head_cfg: HeadConfig, num_classes: int, size: int) -> keras.Model:
+    base = build_base(base_cfg, size)
+    head = build_head(head_cfg, num_classes)
+    inputs = keras.Input((size, size, 3), name="pixels")
+    x = BackbonePreprocess(base_cfg.name, name="preprocess")(inputs)
+    x = base(x, training=False)  # BatchNorm stays in inference mode, also when unfrozen
+    outputs = head(x)
+    return keras.Model(inputs, outputs, name=f"graft_{base_cfg.name}")
+
+
+def base_of(model: keras.Model) -> keras.Model:
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+
+
+def head_of(model: keras.Model) -> keras.Sequential:
+    return model.get_layer("head")
+
+
+def pooled_head(head: keras.Sequential, feature_dim: int) -> keras.Model:
+    """head without its pooling layer, sharing its layers: trained on cached features."""
+    inputs = keras.Input((feature_dim,), name="features")
+    x = inputs
+    for layer in head.layers[1:]:
+        x = layer(x)
+    return keras.Model(inputs, x, name="head_on_features")
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """pixels -> pooled base features, with the base in inference mode."""
+    x = model.get_layer("preprocess").output
+    feats = base_of(model)(x, training=False)
+    pooled = head_of(model).layers[0](feats)
+    return keras.Model(model.input, pooled, name="features")
+
+
+def unfreeze(model: keras.Model, cfg: UnfreezeConfig) -> dict:
+    """Make the top of the base trainable; BatchNormalization always stays frozen."""
+    base = base_of(model)
+    layers = base.layers
+    if cfg.mode == "all":
+        start = 0
+    elif cfg.mode == "from_layer":
+        names = [layer.name for layer in layers]
+        if cfg.from_layer not in names:
+            close = [n for n in names if cfg.from_layer.split("_")[0] in n][:8]
+            raise ValueError(f"fine_tune.unfreeze.from_layer '{cfg.from_layer}' is not a layer of "
+                             f"{base.name}; e.g. {close or names[:8]} (see `graft inspect-base`)")
+        start = names.index(cfg.from_layer)
+    else:
+        start = int(round(len(layers) * (1.0 - cfg.top_fraction)))
+    base.trainable = True
+    n_trainable = 0
+    for i, layer in enumerate(layers):
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and not is_bn
+        n_trainable += int(layer.trainable and bool(layer.weights))
+    return {"from_index": start, "from_layer": layers[min(start, len(layers) - 1)].name,
+            "trainable_layers": n_trainable, "total_layers": len(layers)}
+
+
+def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
+    """Mirrored on several GPUs, MultiWorker under TF_CONFIG, else the default (CPU: no-op)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    want = train.strategy
+    if want == "auto":
+        want = "multi_worker" if os.environ.get("TF_CONFIG") else ("mirrored" if len(gpus) > 1 else "default")
+    if want == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if want == "mirrored" and gpus:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def set_precision(train: TrainConfig) -> str:
+    """mixed_float16 only where a GPU exists; on CPU it would only slow things down."""
+    policy = "mixed_float16" if train.mixed_precision and tf.config.list_physical_devices("GPU") else "float32"
+    if train.mixed_precision and policy == "float32":
+        log("train.mixed_precision is on but no GPU is visible: staying in float32", level="warn")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+@dataclass
+class LayerInfo:
+    index: int
+    name: str
+    kind: str
+    block: str
+    params: int
+    trainable_params: int
+
+
+def describe_base(name: str, size: int | None = None, kwargs: dict | None = None) -> tuple[keras.Model, list[LayerInfo]]:
+    b = backbone(name)
+    cfg = BaseConfig(name=name, weights=None, kwargs=kwargs or {})
+    base = build_base(cfg, size or b.default_size)
+    rows = [LayerInfo(i, layer.name, type(layer).__name__, b.block_of(layer.name), layer.count_params(),
+                      0) for i, layer in enumerate(base.layers)]
+    return base, rows

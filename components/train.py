@@ -1,0 +1,346 @@
+"""The two training stages: head on a frozen base, then guarded fine-tuning of its top.
+
+Each stage writes into its own output dir: model.keras, history.jsonl, curves.png,
+TensorBoard logs, result.json, and a BackupAndRestore checkpoint while it runs, so a
+killed stage re-run in the same dir continues from its last completed epoch and a
+finished one (result.json) is returned as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from components import data as gdata
+from components import model as gmodel
+from components.validate import excluded_from_eval, read_manifest
+from pipeline.config import (
+    AugmentConfig,
+    BaseConfig,
+    FineTuneConfig,
+    HeadConfig,
+    TrainConfig,
+    TrainHeadConfig,
+)
+from pipeline.log import log
+
+RESULT = "result.json"
+MODEL = "model.keras"
+
+
+@dataclass
+class StageResult:
+    stage: str
+    model_path: str
+    best_val_accuracy: float
+    best_val_loss: float
+    epochs_run: int
+    resumed_from_epoch: int = 0
+    seconds: float = 0.0
+    cache_used: bool = False
+    precision: str = "float32"
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ shared pieces
+
+
+def make_optimizer(name: str, lr, momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=momentum)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr)
+    return keras.optimizers.Adam(lr)
+
+
+def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, float] | None:
+    """n / (C * n_c) per class, from the ingest manifest; None when off or balanced."""
+    if mode == "none":
+        return None
+    labels = gdata.read_labels(examples_dir)
+    counts = Counter(m["label"] for m in read_manifest(examples_dir) if m["split"] == "train")
+    n = sum(counts.values())
+    w = {i: n / (num_classes * max(1, counts[lab])) for i, lab in enumerate(labels)}
+    return None if max(w.values()) / min(w.values()) < 1.05 else w
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Appends one JSON line per epoch (survives a resume) and records where it started."""
+
+    def __init__(self, path: str, stage: str, total_epochs: int):
+        super().__init__()
+        self.path, self.stage, self.total = path, stage, total_epochs
+        self.first_epoch: int | None = None
+        self.t0 = time.time()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
+            if epoch:
+                log(f"{self.stage}: resuming at epoch {epoch + 1}/{self.total}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        done = epoch + 1 - (self.first_epoch or 0)
+        eta = (time.time() - self.t0) / max(1, done) * (self.total - epoch - 1)
+        log(f"{self.stage}: epoch {epoch + 1}/{self.total} loss {row.get('loss', 0):.4f} "
+            f"acc {row.get('accuracy', 0):.3f} val_loss {row.get('val_loss', 0):.4f} "
+            f"val_acc {row.get('val_accuracy', 0):.3f} (ETA {eta:.0f}s)")
+
+
+def read_history(out_dir: str) -> list[dict]:
+    path = os.path.join(out_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    by_epoch = {r["epoch"]: r for r in rows}  # a resumed epoch overwrites its killed attempt
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def plot_curves(history: list[dict], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [h["epoch"] for h in history]
+    for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
+        for k, style in ((key, "-"), (f"val_{key}", "--")):
+            if history and k in history[0]:
+                ax.plot(ep, [h[k] for h in history], style, label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(key)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def callbacks(out_dir: str, stage: str, epochs: int, patience: int) -> tuple[list, EpochLog]:
+    elog = EpochLog(os.path.join(out_dir, "history.jsonl"), stage, epochs)
+    cbs: list = [keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")), elog,
+                 keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), write_graph=False,
+                                             profile_batch=0)]
+    if patience:
+        cbs.insert(0, keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True))
+    return cbs, elog
+
+
+def finished(out_dir: str) -> StageResult | None:
+    path = os.path.join(out_dir, RESULT)
+    if os.path.exists(path):
+        with open(path) as f:
+            return StageResult(**json.load(f))
+    return None
+
+
+def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
+    hist = read_history(out_dir)
+    if hist:
+        plot_curves(hist, os.path.join(out_dir, "curves.png"), title)
+    with open(os.path.join(out_dir, RESULT), "w") as f:
+        json.dump(asdict(res), f, indent=2)
+    return res
+
+
+def _best(hist: list[dict]) -> tuple[float, float]:
+    if not hist:
+        return float("nan"), float("nan")
+    best = min(hist, key=lambda h: h.get("val_loss", math.inf))
+    return float(best.get("val_accuracy", float("nan"))), float(best.get("val_loss", float("nan")))
+
+
+def _jit(train: TrainConfig) -> bool:
+    return bool(train.jit_compile and tf.config.list_physical_devices("GPU"))
+
+
+# ------------------------------------------------------------------ stage 1: head
+
+
+def use_cache(cfg: TrainHeadConfig) -> bool:
+    valid = not cfg.augment or cfg.augmented_passes > 0
+    if cfg.feature_cache == "on" and not valid:
+        raise ValueError("train_head.feature_cache=on needs train_head.augment=false or "
+                         "train_head.augmented_passes > 0")
+    return cfg.feature_cache != "off" and valid
+
+
+def _features(extractor: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for x, y in ds:
+        xs.append(extractor(x, training=False).numpy())
+        ys.append(y.numpy())
+    return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
+
+
+def _cached_features(model, cfg, augment, size, examples_dir, exclude, out_dir, seed):
+    """Run the frozen base once per pass; saved in the step dir so a resume reuses them."""
+    path = os.path.join(out_dir, "features.npz")
+    if os.path.exists(path):
+        z = np.load(path)
+        return z["xt"], z["yt"], z["xv"], z["yv"]
+    extractor = gmodel.feature_extractor(model)
+    t0 = time.time()
+    passes = max(1, cfg.augmented_passes) if cfg.augment else 1
+    parts = []
+    for p in range(passes):
+        ds = gdata.image_dataset(examples_dir, "train", size, 64, augment=augment if cfg.augment else None,
+                                 seed=seed + p)
+        parts.append(_features(extractor, ds))
+    xt = np.concatenate([a for a, _ in parts])
+    yt = np.concatenate([b for _, b in parts])
+    xv, yv = _features(extractor, gdata.image_dataset(examples_dir, "val", size, 64, exclude_sha256=exclude))
+    np.savez(path + ".tmp.npz", xt=xt, yt=yt, xv=xv, yv=yv)
+    os.replace(path + ".tmp.npz", path)
+    log(f"train_head: cached {len(xt)} train + {len(xv)} val features ({xt.shape[1]}-d) "
+        f"in {time.time() - t0:.1f}s")
+    return xt, yt, xv, yv
+
+
+def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadConfig,
+               train: TrainConfig, cfg: TrainHeadConfig, augment: AugmentConfig, image_size: int,
+               validation_dir: str | None = None, extra_callbacks: list | None = None) -> StageResult:
+    """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
+    os.makedirs(out_dir, exist_ok=True)
+    done = finished(out_dir)
+    if done:
+        log(f"train_head: already finished in {out_dir}")
+        return done
+    t0 = time.time()
+    keras.utils.set_random_seed(train.seed)
+    precision = gmodel.set_precision(train)
+    labels = gdata.read_labels(examples_dir)
+    exclude = excluded_from_eval(validation_dir)
+    cw = class_weights(examples_dir, len(labels), cfg.class_weight)
+    cached = use_cache(cfg)
+    strategy = gmodel.choose_strategy(train)
+    with strategy.scope():
+        model = gmodel.build_model(base, head, len(labels), image_size)
+    cbs, elog = callbacks(out_dir, "train_head", cfg.epochs, cfg.patience)
+    cbs += extra_callbacks or []
+    if cached:
+        xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude, out_dir, train.seed)
+        with strategy.scope():
+            trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
+            trainer.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
+                            loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
+        trainer.fit(xt, yt, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=(xv, yv),
+                    class_weight=cw, callbacks=cbs, verbose=0, shuffle=True)
+    else:
+        train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
+                                       augment=augment if cfg.augment else None, seed=train.seed)
+        val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
+        with strategy.scope():
+            model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
+                          loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
+        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs,
+                  verbose=0)
+    model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model_path = os.path.join(out_dir, MODEL)
+    model.save(model_path)
+    hist = read_history(out_dir)
+    acc, loss = _best(hist)
+    res = StageResult("train_head", model_path, acc, loss, len(hist), elog.first_epoch or 0,
+                      round(time.time() - t0, 2), cached, precision,
+                      {"class_weight": cw, "labels": labels})
+    log(f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache {'on' if cached else 'off'}, "
+        f"{res.seconds:.1f}s", level="ok")
+    return finish(out_dir, res, "head stage (frozen base)")
+
+
+# ------------------------------------------------------------------ stage 2: fine-tune
+
+
+def _schedule(cfg: FineTuneConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if not cfg.cosine_decay and not warm:
+        return cfg.learning_rate
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warm else cfg.learning_rate, decay_steps=max(1, total - warm) if cfg.cosine_decay else 10**9,
+        warmup_target=cfg.learning_rate if warm else None, warmup_steps=warm)
+
+
+def load_model(path: str) -> keras.Model:
+    return keras.models.load_model(path, compile=False)
+
+
+def evaluate_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float]:
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    loss, acc = model.evaluate(ds, verbose=0)
+    return float(acc), float(loss)
+
+
+def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainConfig, cfg: FineTuneConfig,
+              augment: AugmentConfig, image_size: int, validation_dir: str | None = None,
+              extra_callbacks: list | None = None) -> StageResult:
+    """Unfreeze the top of the base (BN stays frozen), train at a low LR, keep it only if better."""
+    os.makedirs(out_dir, exist_ok=True)
+    done = finished(out_dir)
+    if done:
+        log(f"fine_tune: already finished in {out_dir}")
+        return done
+    t0 = time.time()
+    keras.utils.set_random_seed(train.seed)
+    precision = gmodel.set_precision(train)
+    exclude = excluded_from_eval(validation_dir)
+    head_model_path = os.path.join(head_dir, MODEL)
+    val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
+    model_path = os.path.join(out_dir, MODEL)
+    if not cfg.enabled:
+        model = load_model(head_model_path)
+        model.save(model_path)
+        acc, loss = evaluate_on(model, val_ds)
+        return finish(out_dir, StageResult("fine_tune", model_path, acc, loss, 0, 0, 0.0, False, precision,
+                                           {"guard": "disabled", "kept": "head"}), "fine-tune (disabled)")
+    strategy = gmodel.choose_strategy(train)
+    with strategy.scope():
+        model = load_model(head_model_path)
+    head_acc, head_loss = evaluate_on(model, val_ds)
+    with strategy.scope():
+        info = gmodel.unfreeze(model, cfg.unfreeze)
+        n_train = gdata.count_examples(examples_dir, "train")
+        steps = max(1, math.ceil(n_train / cfg.batch_size))
+        model.compile(make_optimizer(cfg.optimizer, _schedule(cfg, steps), cfg.momentum),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
+    log(f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing {info['trainable_layers']} layers "
+        f"from '{info['from_layer']}' (#{info['from_index']}), {cfg.optimizer} lr {cfg.learning_rate:g}")
+    cw = class_weights(examples_dir, model.output_shape[-1], "auto")
+    train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
+                                   augment=augment if cfg.augment else None, seed=train.seed)
+    cbs, elog = callbacks(out_dir, "fine_tune", cfg.epochs, cfg.patience)
+    cbs += extra_callbacks or []
+    model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs, verbose=0)
+    ft_acc, ft_loss = evaluate_on(model, val_ds)
+    kept = "fine_tuned"
+    if cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
+        kept = "head"
+        log(f"fine_tune: GUARD: fine-tuned val_accuracy {ft_acc:.3f} < head-only {head_acc:.3f}; "
+            "keeping the head-only weights", level="warn")
+        model = load_model(head_model_path)
+    model.save(model_path)
+    hist = read_history(out_dir)
+    acc, loss = (head_acc, head_loss) if kept == "head" else (ft_acc, ft_loss)
+    res = StageResult("fine_tune", model_path, acc, loss, len(hist), elog.first_epoch or 0,
+                      round(time.time() - t0, 2), False, precision,
+                      {"guard": "kept_head" if kept == "head" else "accepted", "kept": kept,
+                       "head_val_accuracy": head_acc, "fine_tuned_val_accuracy": ft_acc,
+                       "head_val_loss": head_loss, "fine_tuned_val_loss": ft_loss, "unfreeze": info})
+    log(f"fine_tune: val_accuracy head {head_acc:.3f} -> fine-tuned {ft_acc:.3f}; kept {kept} "
+        f"({res.seconds:.1f}s)", level="ok")
+    return finish(out_dir, res, "fine-tune stage")

@@ -1,0 +1,391 @@
+"""The one typed config for a Graft run.
+
+Loaded from YAML, overridden with dotted ``--set key=value`` pairs, and validated in full
+before any work starts, so a typo in a key costs seconds, not a training run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config problem, with the dotted key path in the message."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Splits(Section):
+    """Fractions of the hash-split; must sum to 1."""
+
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.15, gt=0, lt=1)
+    test: float = Field(0.15, gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> Splits:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:.4f}")
+        return self
+
+
+class DataConfig(Section):
+    """Where the images come from and how they are stored."""
+
+    source: Literal["folder", "tfds", "csv"] = "folder"
+    path: str | None = Field(None, description="image folder root or CSV manifest path")
+    tfds_name: str | None = None
+    tfds_data_dir: str | None = None
+    tfds_download: bool = False
+    tfds_splits: dict[str, str] = Field(
+        default_factory=dict,
+        description="map TFDS split -> graft split (train/val/test/auto); empty: all splits hash-split",
+    )
+    splits: Splits = Field(default_factory=Splits)
+    image_size: int = Field(224, ge=32, le=1024, description="square training/serving input side")
+    max_side: int = Field(1024, ge=32, description="larger stored images are downscaled")
+    shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split")
+    beam_args: list[str] = Field(default_factory=list)
+    num_workers: int = Field(0, ge=0, description="DirectRunner workers; 0 = all cores")
+    progress_every: int = Field(200, ge=1)
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> DataConfig:
+        if self.source in ("folder", "csv") and not self.path:
+            raise ValueError(f"data.path is required when data.source is '{self.source}'")
+        if self.source == "tfds" and not self.tfds_name:
+            raise ValueError("data.tfds_name is required when data.source is 'tfds'")
+        bad = {v for v in self.tfds_splits.values()} - {"train", "val", "test", "auto"}
+        if bad:
+            raise ValueError(f"data.tfds_splits values must be train/val/test/auto, got {sorted(bad)}")
+        return self
+
+
+class ValidateConfig(Section):
+    """Blocking data checks before any training."""
+
+    min_classes: int = Field(2, ge=2)
+    min_per_class: dict[str, int] = Field(
+        default_factory=lambda: {"train": 5, "val": 1, "test": 1},
+        description="minimum images per class in each split",
+    )
+    max_corrupt_rate: float = Field(0.05, ge=0, le=1)
+    leakage: Literal["error", "drop_from_eval"] = "error"
+    imbalance_warn_ratio: float = Field(3.0, ge=1)
+
+
+class BaseConfig(Section):
+    """The pretrained backbone."""
+
+    name: str = "mobilenet_v2"
+    weights: str | None = Field("imagenet", description="'imagenet', a weights file path, or null")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {alpha: 0.35}")
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, v: str) -> str:
+        from components.backbones import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone '{v}'; valid: {', '.join(sorted(BACKBONES))}")
+        return v
+
+
+class HeadConfig(Section):
+    dropout: float = Field(0.2, ge=0, lt=1)
+    fc_size: int = Field(0, ge=0, description="0: no hidden Dense layer")
+
+
+class AugmentConfig(Section):
+    """Keras preprocessing layers; 0 disables each one."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+    rotation: float = Field(0.05, ge=0, le=1)
+    zoom: float = Field(0.1, ge=0, lt=1)
+    contrast: float = Field(0.1, ge=0, le=1)
+    translation: float = Field(0.1, ge=0, lt=1)
+
+    @property
+    def active(self) -> bool:
+        return self.flip != "none" or any(
+            v > 0 for v in (self.rotation, self.zoom, self.contrast, self.translation)
+        )
+
+
+class TrainConfig(Section):
+    """Settings shared by both training stages."""
+
+    seed: int = 0
+    mixed_precision: bool = False
+    jit_compile: bool = False
+    strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    verbose: int = Field(2, ge=0, le=2)
+
+
+class TrainHeadConfig(Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0, le=10)
+    patience: int = Field(3, ge=0, description="early stopping on val_loss; 0 disables")
+    class_weight: Literal["auto", "none"] = "auto"
+    feature_cache: Literal["auto", "on", "off"] = "auto"
+    augment: bool = Field(False, description="augment during the head stage")
+    augmented_passes: int = Field(
+        0, ge=0, description="with augment and cache: precompute this many augmented passes"
+    )
+
+
+class UnfreezeConfig(Section):
+    mode: Literal["from_layer", "top_fraction", "all"] = "top_fraction"
+    from_layer: str | None = None
+    top_fraction: float = Field(0.3, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _needs_layer(self) -> UnfreezeConfig:
+        if self.mode == "from_layer" and not self.from_layer:
+            raise ValueError("fine_tune.unfreeze.from_layer is required when mode is 'from_layer'")
+        return self
+
+
+class FineTuneConfig(Section):
+    enabled: bool = True
+    unfreeze: UnfreezeConfig = Field(default_factory=UnfreezeConfig)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
+    learning_rate: float = Field(1e-4, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    cosine_decay: bool = True
+    warmup_epochs: float = Field(0.0, ge=0)
+    patience: int = Field(3, ge=0)
+    augment: bool = True
+    guard: bool = Field(True, description="keep the head-only weights if fine-tuning hurts val")
+
+
+class EvaluateConfig(Section):
+    top_k: int = Field(3, ge=1)
+    ece_bins: int = Field(10, ge=2)
+    min_accuracy: float = Field(0.0, ge=0, le=1)
+    min_improvement: float = Field(0.0, ge=-1, le=1, description="vs baseline, absolute")
+    max_regression: float = Field(0.0, ge=0, le=1, description="tolerated drop vs baseline")
+    compare_baseline: bool = True
+
+
+class ExportConfig(Section):
+    model_name: str = Field("graft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    parity_tolerance: float = Field(1e-4, gt=0)
+    warmup_requests: int = Field(3, ge=0, le=100)
+
+
+class PushConfig(Section):
+    destination: str = Field("models", description="local path or tf.io.gfile URL; <dest>/<model_name>/<version>")
+    keep: int = Field(5, ge=1, description="newest versions kept at the destination")
+    force: bool = False
+
+
+class RunnerConfig(Section):
+    run_root: str = "runs"
+    cache: bool = True
+
+
+class GpuConfig(Section):
+    type: str = "nvidia-tesla-t4"
+    count: int = Field(1, ge=0)
+    node_selector: dict[str, str] = Field(
+        default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+    )
+    toleration_key: str = "nvidia.com/gpu"
+
+
+class StepResources(Section):
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    gpu: bool = False
+    retries: int = Field(0, ge=0, le=10)
+    caching: bool = True
+
+
+def _default_resources() -> dict[str, StepResources]:
+    small = dict(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi", retries=2)
+    train = dict(cpu_request="4", cpu_limit="8", memory_request="8Gi", memory_limit="16Gi", gpu=True, retries=1)
+    return {
+        "ingest": StepResources(**{**small, "cpu_request": "2", "cpu_limit": "4"}),
+        "validate": StepResources(**small),
+        "train_head": StepResources(**train),
+        "fine_tune": StepResources(**train),
+        "evaluate": StepResources(**small),
+        "export": StepResources(**small),
+        "push": StepResources(**{**small, "caching": False}),
+    }
+
+
+class KubeflowConfig(Section):
+    image: str = "ghcr.io/graft-ml/graft:0.1.0"
+    pipeline_root: str | None = None
+    host: str | None = None
+    experiment: str = "graft"
+    pipeline_name: str = "graft"
+    gpu: GpuConfig = Field(default_factory=GpuConfig)
+    resources: dict[str, StepResources] = Field(default_factory=_default_resources)
+
+    @field_validator("resources")
+    @classmethod
+    def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
+        from pipeline.dag import STEP_NAMES
+
+        bad = set(v) - set(STEP_NAMES)
+        if bad:
+            raise ValueError(f"unknown step(s) {sorted(bad)}; valid: {', '.join(STEP_NAMES)}")
+        return {**_default_resources(), **v}
+
+
+class GraftConfig(Section):
+    """The whole run."""
+
+    data: DataConfig
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    base: BaseConfig = Field(default_factory=BaseConfig)
+    head: HeadConfig = Field(default_factory=HeadConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    train_head: TrainHeadConfig = Field(default_factory=TrainHeadConfig)
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
+    runner: RunnerConfig = Field(default_factory=RunnerConfig)
+    kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+    def section_json(self, *names: str) -> str:
+        """Canonical JSON of some sections: the cache key of a step."""
+        full = self.to_dict()
+        return json.dumps({n: full[n] for n in names}, sort_keys=True)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _parse_scalar(text: str) -> Any:
+    """`--set` values are YAML scalars: 3, 1e-4, true, null, [a, b], {alpha: 0.35}."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got '{item}'")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise ConfigError(f"--set {key}: '{p}' is not a section")
+            node = node[p]
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    model: Any = GraftConfig
+    for part in loc:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = next(
+            (f for n, f in model.model_fields.items() if part in (n, f.alias)), None
+        )
+        if field is None:
+            return None
+        ann = field.annotation
+        args = getattr(ann, "__args__", ())
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        elif args and isinstance(args[-1], type) and issubclass(args[-1], BaseModel):
+            model = args[-1]  # dict[str, Model]
+        else:
+            model = ann
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not isinstance(p, int))
+        path = ".".join(str(p) for p in loc).replace("validate_", "validate") or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1]) if len(loc) > 1 else GraftConfig
+            allowed = sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
+            guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            lines.append(f"  {path}: unknown key{hint}; allowed: {', '.join(allowed)}")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"  {path}: {e['msg']}{got_s}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def parse_config(raw: dict[str, Any]) -> GraftConfig:
+    try:
+        return GraftConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                defaults: dict[str, Any] | None = None) -> GraftConfig:
+    """YAML file (or none) + `--set` overrides -> a validated GraftConfig."""
+    raw: dict[str, Any] = json.loads(json.dumps(defaults or {}))
+    if path:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        _deep_merge(raw, loaded)
+        _resolve_relative_paths(loaded, p.parent, raw)
+    apply_overrides(raw, overrides or [])
+    return parse_config(raw)
+
+
+def _deep_merge(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_merge(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def _resolve_relative_paths(loaded: dict, base_dir: Path, raw: dict) -> None:
+    """A weights file named in configs/x.yaml as `demo_base.weights.h5` is found beside it."""
+    w = (loaded.get("base") or {}).get("weights")
+    if isinstance(w, str) and w not in ("imagenet",) and "://" not in w and not Path(w).is_absolute():
+        cand = base_dir / w
+        if cand.exists():
+            raw["base"]["weights"] = str(cand.resolve())
+
+
+def dump_yaml(cfg: GraftConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

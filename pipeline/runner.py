@@ -1,0 +1,151 @@
+"""Local runner: walks pipeline.dag.STEPS in-process, with per-step caching and resume.
+
+Step outputs live in content-addressed dirs `<run_root>/steps/<step>/<fingerprint>/`, where
+the fingerprint covers the step's config sections and its inputs' fingerprints. So a step
+whose inputs and config are unchanged reuses its output; a killed step re-run with the same
+fingerprint finds its own checkpoint and resumes. Each run gets `<run_root>/<run_id>/`
+with run.json and a link per step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import dag
+from pipeline.config import GraftConfig
+from pipeline.log import log
+
+SUCCESS = "_SUCCESS"
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: str = "pending"  # pending | ran | cached | skipped | failed
+    output: str | None = None
+    fingerprint: str | None = None
+    seconds: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def data_fingerprint(cfg: GraftConfig) -> str:
+    """What the ingest step reads: file names, sizes and mtimes (cheap, no reads)."""
+    h = hashlib.sha256()
+    d = cfg.data
+    if d.source in ("folder", "csv") and d.path and "://" not in d.path and os.path.exists(d.path):
+        if os.path.isfile(d.path):
+            st = os.stat(d.path)
+            h.update(f"{d.path}:{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            for root, dirs, files in os.walk(d.path):
+                dirs.sort()
+                for f in sorted(files):
+                    st = os.stat(os.path.join(root, f))
+                    h.update(f"{os.path.relpath(os.path.join(root, f), d.path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                for sub in dirs:
+                    h.update(f"dir:{os.path.relpath(os.path.join(root, sub), d.path)}\n".encode())
+    else:
+        h.update(f"{d.source}:{d.path}:{d.tfds_name}:{d.tfds_data_dir}".encode())
+    return h.hexdigest()
+
+
+def fingerprint(s: dag.Step, cfg: GraftConfig, input_fps: dict[str, str], inputs: dict[str, str]) -> str:
+    payload = {"step": s.name, "config": dag.section_values(cfg, s.sections), "inputs": input_fps}
+    if s.name == "ingest":
+        payload["data"] = data_fingerprint(cfg)
+    if s.external_key:
+        payload["external"] = s.external_key(cfg, inputs)
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _banner(i: int, n: int, s: dag.Step, status: str) -> None:
+    log(f"[{i}/{n}] {s.name}: {status} - {s.doc}")
+
+
+def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str | None = None,
+                 from_step: str | None = None, force_push: bool = False, run_id: str | None = None) -> dict:
+    """Run the pipeline; returns the run record (also written to run.json)."""
+    use_cache = cfg.runner.cache if use_cache is None else use_cache
+    for name in (only, from_step):
+        if name:
+            dag.step(name)  # raises with the valid names
+    root = os.path.abspath(cfg.runner.run_root)
+    run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
+    run_dir = os.path.join(root, run_id)
+    os.makedirs(run_dir, exist_ok=True)
+    t_run = time.time()
+    records: dict[str, StepRecord] = {}
+    fps: dict[str, str] = {}
+    outputs: dict[str, str] = {}
+    forced_from = dag.STEP_NAMES.index(from_step) if from_step else None
+    if force_push:
+        cfg = cfg.model_copy(update={"push": cfg.push.model_copy(update={"force": True})})
+    run = {"run_id": run_id, "run_dir": run_dir, "config": cfg.to_dict(), "steps": records,
+           "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running"}
+    n = len(dag.STEPS)
+    try:
+        for i, s in enumerate(dag.STEPS, start=1):
+            rec = records[s.name] = StepRecord(s.name)
+            inputs = {k: outputs[v] for k, v in s.inputs.items()}
+            fp = fps[s.name] = fingerprint(s, cfg, {k: fps[v] for k, v in s.inputs.items()}, inputs)
+            rec.fingerprint = fp
+            out = outputs[s.name] = os.path.join(root, "steps", s.name, fp)
+            rec.output = out
+            done = os.path.exists(os.path.join(out, SUCCESS))
+            forced = forced_from is not None and i - 1 >= forced_from
+            if only and s.name != only:
+                if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
+                    raise RuntimeError(f"--only {only}: upstream step '{s.name}' has no output for this "
+                                       "config yet; run the pipeline (or --from) first")
+                rec.status = "cached" if done else "skipped"
+                if done:
+                    rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
+                continue
+            if done and use_cache and s.cacheable and not forced:
+                rec.status = "cached"
+                rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
+                _banner(i, n, s, f"cached ({fp})")
+                _link(run_dir, s.name, out)
+                continue
+            if os.path.exists(out) and (done or not use_cache or forced):
+                shutil.rmtree(out)  # re-run from scratch; an unfinished dir is kept to resume
+            elif os.path.exists(out):
+                log(f"{s.name}: found an unfinished output in {out}; resuming")
+            _banner(i, n, s, "running")
+            t0 = time.time()
+            try:
+                rec.summary = dag.run_step(s.name, cfg, inputs, out)
+            except Exception as e:
+                rec.status, rec.error, rec.seconds = "failed", f"{type(e).__name__}: {e}", round(time.time() - t0, 2)
+                raise
+            rec.seconds = round(time.time() - t0, 2)
+            rec.status = "ran"
+            if s.cacheable:
+                with open(os.path.join(out, SUCCESS), "w") as f:
+                    f.write(run_id)
+            _link(run_dir, s.name, out)
+            log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
+        run["status"] = "succeeded"
+    except BaseException:
+        run["status"] = "failed"
+        raise
+    finally:
+        run["seconds"] = round(time.time() - t_run, 2)
+        run["steps"] = {k: vars(v) for k, v in records.items()}
+        with open(os.path.join(run_dir, "run.json"), "w") as f:
+            json.dump(run, f, indent=2, default=str)
+    return run
+
+
+def _link(run_dir: str, name: str, target: str) -> None:
+    link = os.path.join(run_dir, name)
+    if os.path.lexists(link):
+        os.remove(link)
+    os.symlink(target, link)
