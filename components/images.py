@@ -57,6 +57,7 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
     """Decode fully (catching truncation), convert to RGB, downscale past max_side."""
     if not data:
         raise BadImage("zero-byte file")
+    fmt = "image"
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format or "?"

@@ -217,6 +217,11 @@ class DecodeFn(beam.DoFn):
             self._tick()
             yield beam.pvalue.TaggedOutput(self.QUARANTINE, {"path": path, "label": label, "reason": str(e)})
             return
+        except Exception as e:  # noqa: BLE001 - an unforeseen decoder failure still loses nothing
+            self._tick()
+            yield beam.pvalue.TaggedOutput(self.QUARANTINE, {"path": path, "label": label,
+                                                             "reason": f"decoder error: {type(e).__name__}: {e}"})
+            return
         digest = sha256(data)
         split = item.get("split") or split_of(digest, self.fractions)
         f = self._feat

@@ -1,0 +1,72 @@
+"""Thin kfp wrappers: one per step of pipeline.dag, each calling the same component code.
+
+kfp embeds each function's source in the compiled YAML and runs it in the component image,
+so the bodies only import Graft and hand over. Input names match dag.STEPS' inputs (a test
+checks it); the wiring and order come from dag.STEPS, not from here.
+"""
+
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+
+def make_components(image: str) -> dict:
+    """The wrappers built for one container image (kubeflow.image)."""
+
+    @dsl.component(base_image=image)
+    def ingest(config_json: str, examples: Output[Dataset]):
+        from pipeline.kfp_runtime import run
+
+        run("ingest", config_json, {}, examples)
+
+    @dsl.component(base_image=image)
+    def validate(config_json: str, examples: Input[Dataset], validation: Output[Artifact]):
+        from pipeline.kfp_runtime import run
+
+        run("validate", config_json, {"examples": examples}, validation)
+
+    @dsl.component(base_image=image)
+    def train_head(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
+                   model: Output[Model]):
+        from pipeline.kfp_runtime import run
+
+        run("train_head", config_json, {"examples": examples, "validation": validation}, model)
+
+    @dsl.component(base_image=image)
+    def fine_tune(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
+                  head_model: Input[Model], model: Output[Model]):
+        from pipeline.kfp_runtime import run
+
+        run("fine_tune", config_json, {"examples": examples, "validation": validation,
+                                       "head_model": head_model}, model)
+
+    @dsl.component(base_image=image)
+    def evaluate(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
+                 head_model: Input[Model], model: Input[Model], evaluation: Output[Artifact],
+                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
+                 report: Output[HTML]) -> bool:
+        from pipeline.kfp_runtime import run, log_evaluation
+
+        run("evaluate", config_json, {"examples": examples, "validation": validation,
+                                      "head_model": head_model, "model": model}, evaluation)
+        return log_evaluation(config_json, evaluation, metrics, confusion, report)
+
+    @dsl.component(base_image=image)
+    def export(config_json: str, model: Input[Model], examples: Input[Dataset],
+               evaluation: Input[Artifact], exported: Output[Model]):
+        from pipeline.kfp_runtime import run
+
+        run("export", config_json, {"model": model, "examples": examples, "evaluation": evaluation}, exported)
+
+    @dsl.component(base_image=image)
+    def push(config_json: str, exported: Input[Model], evaluation: Input[Artifact], pushed: Output[Artifact]):
+        from pipeline.kfp_runtime import run
+
+        run("push", config_json, {"exported": exported, "evaluation": evaluation}, pushed)
+
+    return {"ingest": ingest, "validate": validate, "train_head": train_head, "fine_tune": fine_tune,
+            "evaluate": evaluate, "export": export, "push": push}
+
+
+OUTPUT_NAMES = {"ingest": "examples", "validate": "validation", "train_head": "model", "fine_tune": "model",
+                "evaluate": "evaluation", "export": "exported", "push": "pushed"}

@@ -1,0 +1,36 @@
+"""What runs inside a kfp component: config from JSON, artifact paths as step dirs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from pipeline import dag
+from pipeline.config import GraftConfig
+
+
+def run(step: str, config_json: str, inputs: dict, output) -> dict:
+    cfg = GraftConfig.model_validate_json(config_json)
+    os.makedirs(output.path, exist_ok=True)
+    summary = dag.run_step(step, cfg, {k: a.path for k, a in inputs.items()}, output.path)
+    for k, v in summary.items():
+        if isinstance(v, (int, float, str, bool)):
+            output.metadata[k] = v
+    return summary
+
+
+def log_evaluation(config_json: str, evaluation, metrics, confusion, report) -> bool:
+    """Dashboard artifacts: scalar Metrics, the confusion matrix, the HTML report."""
+    cfg = GraftConfig.model_validate_json(config_json)
+    with open(os.path.join(evaluation.path, "evaluation.json")) as f:
+        ev = json.load(f)
+    for prefix, key in (("", "candidate"), ("head_only_", "head_only"), ("baseline_", "baseline")):
+        m = ev.get(key)
+        if m:
+            for name in ("accuracy", "macro_f1", "log_loss", "ece"):
+                metrics.log_metric(prefix + name, float(m[name]))
+    metrics.log_metric("blessed", 1.0 if ev["blessed"] else 0.0)
+    confusion.log_confusion_matrix(ev["labels"], ev["candidate"]["confusion_matrix"])
+    shutil.copy(os.path.join(evaluation.path, ev["report"]), report.path)
+    return bool(ev["blessed"] or cfg.push.force)

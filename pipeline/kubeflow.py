@@ -1,0 +1,118 @@
+"""Kubeflow Pipelines builder: pipeline.dag.STEPS -> a kfp v2 pipeline, compile, submit.
+
+The step order and wiring come from dag.STEPS (the same object the local runner walks);
+pipeline.kfp_components holds only the thin per-step wrappers. Training steps get GPUs,
+node selector and toleration from `kubeflow:`; push runs only under dsl.If(blessed).
+"""
+
+
+import json
+import os
+
+from kfp import compiler, dsl, kubernetes
+
+from pipeline import dag
+from pipeline.config import GraftConfig
+from pipeline.kfp_components import OUTPUT_NAMES, make_components
+from pipeline.log import log
+
+
+def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
+    kf = cfg.kubeflow
+    res = kf.resources[step.name]
+    task.set_display_name(step.name)
+    if res.cpu_request:
+        task.set_cpu_request(res.cpu_request)
+    if res.cpu_limit:
+        task.set_cpu_limit(res.cpu_limit)
+    if res.memory_request:
+        task.set_memory_request(res.memory_request)
+    if res.memory_limit:
+        task.set_memory_limit(res.memory_limit)
+    if res.gpu and step.gpu_capable and kf.gpu.count > 0:
+        task.set_accelerator_type(kf.gpu.type)
+        task.set_accelerator_limit(kf.gpu.count)
+        for key, value in kf.gpu.node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        kubernetes.add_toleration(task, key=kf.gpu.toleration_key, operator="Exists", effect="NoSchedule")
+    if res.retries:
+        task.set_retry(num_retries=res.retries, backoff_duration="30s", backoff_factor=2.0)
+    task.set_caching_options(enable_caching=res.caching and step.cacheable)
+
+
+def build_pipeline(cfg: GraftConfig):
+    """A @dsl.pipeline whose only parameter is the resolved config as JSON."""
+    comps = make_components(cfg.kubeflow.image)
+    default_json = json.dumps(cfg.to_dict(), sort_keys=True)
+
+    @dsl.pipeline(name=cfg.kubeflow.pipeline_name,
+                  description="Graft: ingest -> validate -> train_head -> fine_tune -> evaluate -> export -> push",
+                  pipeline_root=cfg.kubeflow.pipeline_root)
+    def graft_pipeline(config_json: str = default_json):
+        tasks: dict = {}
+        gate = None
+        for step in dag.STEPS:
+            kwargs = {name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()}
+            if step.name == "push":
+                with dsl.If(tasks["evaluate"].outputs["Output"] == True, name="blessed"):  # noqa: E712
+                    task = comps[step.name](config_json=config_json, **kwargs)
+                    _configure(task, step, cfg)
+                gate = task
+            else:
+                task = comps[step.name](config_json=config_json, **kwargs)
+                _configure(task, step, cfg)
+            tasks[step.name] = task
+        assert gate is not None
+
+    return graft_pipeline
+
+
+def compile_pipeline(cfg: GraftConfig, output: str) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), package_path=output)
+    return output
+
+
+def submit(cfg: GraftConfig, *, host: str | None, experiment: str | None, run_name: str | None,
+           schedule, max_concurrency: int = 1, dry_run: bool = False) -> dict:
+    """Create a run, or a recurring run when `schedule` (5-field cron) is given."""
+    import tempfile
+
+    host = host or cfg.kubeflow.host
+    experiment = experiment or cfg.kubeflow.experiment
+    package = os.path.join(tempfile.mkdtemp(prefix="graft-kfp-"), "pipeline.yaml")
+    compile_pipeline(cfg, package)
+    cron = None
+    if schedule:
+        fields = schedule.split()
+        if len(fields) not in (5, 6):
+            raise ValueError(f"--schedule must be a cron expression of 5 fields, got '{schedule}'")
+        cron = schedule if len(fields) == 6 else "0 " + schedule  # KFP takes a seconds field first
+    plan = {"host": host, "experiment": experiment, "pipeline_package": package,
+            "run_name": run_name or f"{cfg.kubeflow.pipeline_name}-run",
+            "kind": "recurring_run" if cron else "run"}
+    if cron:
+        plan.update(cron_expression=cron, max_concurrency=max_concurrency)
+    if dry_run:
+        plan["dry_run"] = True
+        return plan
+    if not host:
+        raise ValueError("no KFP host: pass --host URL or set kubeflow.host")
+    import kfp
+
+    try:
+        client = kfp.Client(host=host)
+        exp = client.create_experiment(experiment)
+    except Exception as e:  # noqa: BLE001 - connection errors come in many types
+        raise ConnectionError(f"cannot reach the KFP API at {host}: {type(e).__name__}: {str(e)[:300]}") from None
+    if cron:
+        r = client.create_recurring_run(exp.experiment_id, job_name=plan["run_name"], cron_expression=cron,
+                                        max_concurrency=max_concurrency, pipeline_package_path=package,
+                                        enable_caching=False)
+        plan["recurring_run_id"] = r.recurring_run_id
+    else:
+        r = client.create_run_from_pipeline_package(package, arguments={}, run_name=plan["run_name"],
+                                                    experiment_name=experiment)
+        plan["run_id"] = r.run_id
+    log(f"submit: {plan['kind']} created on {host}")
+    return plan

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny generated data and one tiny pipeline run reused by e2e and serving tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_HOME", str(Path(__file__).parent / ".keras-empty"))  # never download
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
+
+
+def tiny_config(tmp: Path, data: Path, **over) -> dict:
+    """A 32 px, alpha 0.35, few-step config; every e2e test starts from this."""
+    cfg = {
+        "data": {"path": str(data), "image_size": 32, "num_workers": 1},
+        "validate": {"min_per_class": {"train": 2, "val": 1, "test": 1}},
+        "base": {"name": "mobilenet_v2", "weights": None, "kwargs": {"alpha": 0.35}},
+        "train_head": {"epochs": 2, "batch_size": 16},
+        "fine_tune": {"epochs": 1, "batch_size": 16},
+        "export": {"model_name": "tiny", "warmup_requests": 2},
+        "push": {"destination": str(tmp / "models")},
+        "runner": {"run_root": str(tmp / "runs")},
+    }
+    for dotted, value in over.items():
+        node = cfg
+        parts = dotted.split("__")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from components.demo_data import generate
+
+    root = tmp_path_factory.mktemp("tiny") / "images"
+    generate(root, classes=3, per_class=30, size=32, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, tiny_data):
+    """One full local pipeline run: (config, run record, tmp dir)."""
+    from pipeline.config import parse_config
+    from pipeline.runner import run_pipeline
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    cfg = parse_config(tiny_config(tmp, tiny_data))
+    run = run_pipeline(cfg)
+    return cfg, run, tmp

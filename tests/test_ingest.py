@@ -1,0 +1,190 @@
+"""Ingest and validate on real files through the real Beam DirectRunner."""
+
+import io
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.demo_data import generate
+from components.ingest import ingest
+from components.validate import ValidationFailed, validate
+from pipeline.config import DataConfig, ValidateConfig
+
+
+def _ingest(path, out, **kw):
+    return ingest(DataConfig(path=str(path), image_size=32, num_workers=kw.pop("num_workers", 1), **kw), str(out))
+
+
+def _manifest(out):
+    return [json.loads(line) for line in Path(out, "manifest.jsonl").read_text().splitlines()]
+
+
+def _split_sets(out):
+    sets = {}
+    for m in _manifest(out):
+        sets.setdefault(m["split"], set()).add(m["sha256"])
+    return sets
+
+
+def plant_bad_inputs(root: Path) -> dict[str, str]:
+    """Every awkward input the issue lists; returns file -> expected outcome."""
+    generate(root, classes=2, per_class=12, size=32, seed=3)
+    good = next((root / "circle").glob("*.jpg")).read_bytes()
+    c = root / "circle"
+    (c / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    (c / "zero.jpg").write_bytes(b"")
+    (c / "notes.jpg").write_text("this is not an image")
+    Image.new("RGBA", (40, 30), (255, 0, 0, 128)).save(c / "rgba.png")
+    Image.new("L", (33, 35), 100).save(c / "gray.jpg")
+    Image.new("CMYK", (36, 36), (10, 200, 30, 0)).save(c / "cmyk.jpg")
+    Image.fromarray(np.full((20, 24), 40000, dtype=np.uint16)).save(c / "sixteen.png")
+    Image.new("RGB", (5000, 5000), (0, 90, 200)).save(root / "square" / "huge.jpg", quality=50)
+    (root / "emptyclass").mkdir()
+    return {"truncated.jpg": "quarantine", "zero.jpg": "quarantine", "notes.jpg": "quarantine",
+            "rgba.png": "written", "gray.jpg": "written", "cmyk.jpg": "written", "sixteen.png": "written",
+            "huge.jpg": "written"}
+
+
+def test_bad_inputs_are_written_or_quarantined(tmp_path):
+    expect = plant_bad_inputs(tmp_path / "in")
+    r = _ingest(tmp_path / "in", tmp_path / "out", max_side=512)
+    manifest = {Path(m["path"]).name: m for m in _manifest(tmp_path / "out")}
+    quarantine = json.loads((tmp_path / "out" / "quarantine.json").read_text())
+    q_by_name = {Path(q["path"]).name: q for q in quarantine}
+    for name, outcome in expect.items():
+        if outcome == "written":
+            assert name in manifest, name
+        else:
+            assert name in q_by_name and q_by_name[name]["reason"], name
+    assert "truncated" in q_by_name["truncated.jpg"]["reason"]
+    assert q_by_name["zero.jpg"]["reason"] == "zero-byte file"
+    assert "not an image" in q_by_name["notes.jpg"]["reason"]
+    assert q_by_name["emptyclass"]["reason"] == "empty class folder"
+    assert manifest["cmyk.jpg"]["mode"] == "CMYK" and manifest["sixteen.png"]["mode"].startswith("I;16")
+    assert manifest["huge.jpg"]["resized"] and max(manifest["huge.jpg"]["height"], manifest["huge.jpg"]["width"]) == 512
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    for label, row in stats["per_class"].items():
+        assert row["written"] + row["quarantined"] == row["input"], label
+    assert r.written + r.quarantined == r.input_files
+    # every stored image decodes as 8-bit RGB
+    import tensorflow as tf
+
+    from components.data import raw_dataset
+
+    for blob, _ in raw_dataset(str(tmp_path / "out"), "train").as_numpy_iterator():
+        img = tf.io.decode_image(blob, expand_animations=False)
+        assert img.dtype == tf.uint8 and img.shape[-1] == 3
+
+
+def test_split_stability_and_determinism(tmp_path):
+    generate(tmp_path / "a", classes=2, per_class=100, size=32, seed=1)
+    _ingest(tmp_path / "a", tmp_path / "o1", num_workers=2)
+    _ingest(tmp_path / "a", tmp_path / "o2")
+    assert (tmp_path / "o1/labels.txt").read_bytes() == (tmp_path / "o2/labels.txt").read_bytes()
+    assert _split_sets(tmp_path / "o1") == _split_sets(tmp_path / "o2")
+    before = {m["sha256"]: m["split"] for m in _manifest(tmp_path / "o1")}
+    assert len(before) == 200 and set(before.values()) == {"train", "val", "test"}
+    generate(tmp_path / "new", classes=2, per_class=25, size=32, seed=2)
+    for f in (tmp_path / "new").rglob("*.jpg"):
+        shutil.copy(f, tmp_path / "a" / f.parent.name / ("new_" + f.name))
+    _ingest(tmp_path / "a", tmp_path / "o3")
+    after = {m["sha256"]: m["split"] for m in _manifest(tmp_path / "o3")}
+    assert len(after) == 250
+    assert all(after[s] == split for s, split in before.items())
+
+
+def test_leakage_across_split_folders_blocks(tmp_path):
+    root = tmp_path / "pre"
+    for split in ("train", "val", "test"):
+        generate(root / split, classes=2, per_class=6, size=32, seed={"train": 1, "val": 2, "test": 3}[split])
+    dup = root / "train" / "circle" / "circle_0000.jpg"
+    shutil.copy(dup, root / "test" / "circle" / "leaked.jpg")
+    _ingest(root, tmp_path / "out")
+    assert Counter(m["split"] for m in _manifest(tmp_path / "out"))["train"] == 12
+    with pytest.raises(ValidationFailed, match=r"leakage: (?=.*circle_0000.jpg)(?=.*leaked.jpg)"):
+        validate(ValidateConfig(min_per_class={"train": 1}), str(tmp_path / "out"), str(tmp_path / "v"))
+    report = json.loads((tmp_path / "v" / "validation.json").read_text())
+    assert not report["passed"] and any("leakage" in e for e in report["errors"])
+    r = validate(ValidateConfig(min_per_class={"train": 1}, leakage="drop_from_eval"), str(tmp_path / "out"),
+                 str(tmp_path / "v2"))
+    assert r.passed and len(r.exclude_from_eval) == 1
+
+
+def test_same_image_under_two_classes_blocks(tmp_path):
+    generate(tmp_path / "in", classes=2, per_class=10, size=32)
+    shutil.copy(tmp_path / "in/circle/circle_0001.jpg", tmp_path / "in/square/copied.jpg")
+    _ingest(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(ValidationFailed, match=r"labelled \['circle', 'square'\]"):
+        validate(ValidateConfig(min_per_class={"train": 1}), str(tmp_path / "out"), str(tmp_path / "v"))
+
+
+def test_validate_min_per_class_names_class_and_split(tmp_path):
+    generate(tmp_path / "in", classes=2, per_class=5, size=32)
+    _ingest(tmp_path / "in", tmp_path / "out")
+    with pytest.raises(ValidationFailed, match=r"class '\w+' has \d image\(s\) in split 'train'; minimum is 50"):
+        validate(ValidateConfig(min_per_class={"train": 50}), str(tmp_path / "out"), str(tmp_path / "v"))
+
+
+def test_csv_manifest_source(tmp_path):
+    generate(tmp_path / "imgs", classes=2, per_class=8, size=32)
+    rows = ["path,label,split"]
+    for f in sorted((tmp_path / "imgs").rglob("*.jpg")):
+        split = "test" if f.stem.endswith("7") else "train"
+        rows.append(f"{f.relative_to(tmp_path)},{f.parent.name},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    r = ingest(DataConfig(source="csv", path=str(tmp_path / "m.csv"), num_workers=1), str(tmp_path / "out"))
+    assert r.written == 16 and r.counts["test"] == {"circle": 1, "square": 1}
+
+
+def test_tfds_source_prepared_locally(tmp_path):
+    import tensorflow_datasets as tfds
+
+    class GraftTinyTfds(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(), "label": tfds.features.ClassLabel(names=["cat", "dog"])}))
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(0, 16), "test": self._generate_examples(100, 6)}
+
+        def _generate_examples(self, start, n):
+            rng = np.random.default_rng(start)
+            for i in range(n):
+                yield i, {"image": rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), "label": i % 2}
+
+    GraftTinyTfds(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    cfg = DataConfig(source="tfds", tfds_name="graft_tiny_tfds", tfds_data_dir=str(tmp_path / "tfds"),
+                     tfds_splits={"train": "auto", "test": "test"}, num_workers=1)
+    r = ingest(cfg, str(tmp_path / "out"))
+    assert r.labels == ["cat", "dog"] and r.written == 22 and sum(r.counts["test"].values()) >= 6
+    with pytest.raises(FileNotFoundError, match="not prepared"):
+        ingest(DataConfig(source="tfds", tfds_name="graft_tiny_tfds", tfds_data_dir=str(tmp_path / "none")),
+               str(tmp_path / "out2"))
+
+
+def test_cli_ingest_without_config(tmp_path, capsys):
+    from pipeline.cli import main
+
+    generate(tmp_path / "imgs", classes=2, per_class=6, size=32)
+    (tmp_path / "imgs/circle/broken.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
+    assert main(["ingest", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--set", "data.num_workers=1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["written"] == 12 and out["quarantined"] == 1
+
+
+def test_demo_data_is_deterministic(tmp_path):
+    generate(tmp_path / "a", classes=3, per_class=4, size=32, seed=5)
+    generate(tmp_path / "b", classes=3, per_class=4, size=32, seed=5)
+    for f in (tmp_path / "a").rglob("*.jpg"):
+        assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
+    generate(tmp_path / "s", classes=3, per_class=2, size=32, task="source")
+    assert not {p.name for p in (tmp_path / "s").iterdir()} & {p.name for p in (tmp_path / "a").iterdir()}
+    img = Image.open(io.BytesIO(next((tmp_path / "a").rglob("*.jpg")).read_bytes()))
+    assert img.size == (32, 32)

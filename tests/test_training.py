@@ -1,0 +1,194 @@
+"""The two training stages on real TFRecords: frozen means frozen, cache, guard, resume, transfer."""
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from components import model as gmodel
+from components.demo_data import generate
+from components.ingest import ingest
+from components.train import fine_tune, load_model, train_head
+from conftest import REPO
+from pipeline.config import (
+    AugmentConfig,
+    BaseConfig,
+    DataConfig,
+    FineTuneConfig,
+    HeadConfig,
+    TrainConfig,
+    TrainHeadConfig,
+)
+
+DEMO_BASE = str(REPO / "configs" / "demo_base.weights.h5")
+NO_AUG = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> str:
+    """3 demo classes x 60 at 64 px, ingested."""
+    tmp = tmp_path_factory.mktemp("train")
+    generate(tmp / "imgs", classes=3, per_class=60, size=64, seed=7)
+    ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
+    return str(tmp / "ex")
+
+
+def _head(examples, out, size=32, base=None, **kw):
+    cfg = TrainHeadConfig(**{"epochs": 3, "batch_size": 16, "patience": 0, **kw})
+    return train_head(examples, str(out), base=base or BaseConfig(weights=None, kwargs={"alpha": 0.35}),
+                      head=HeadConfig(), train=TrainConfig(), cfg=cfg, augment=NO_AUG, image_size=size)
+
+
+def _weights(layer) -> list[np.ndarray]:
+    return [np.array(w) for w in layer.weights]
+
+
+def test_head_stage_leaves_base_bit_identical(examples, tmp_path):
+    keras.utils.set_random_seed(1)
+    base0 = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35, input_shape=(32, 32, 3))
+    path = tmp_path / "init.weights.h5"
+    base0.save_weights(path)
+    base_cfg = BaseConfig(weights=str(path), kwargs={"alpha": 0.35})
+    for cache in ("on", "off"):
+        r = _head(examples, tmp_path / cache, base=base_cfg, feature_cache=cache)
+        trained = gmodel.base_of(load_model(r.model_path))
+        n_bn = 0
+        for before, after in zip(base0.layers, trained.layers, strict=True):
+            for a, b in zip(_weights(before), _weights(after), strict=True):
+                assert np.array_equal(a, b), f"{cache}: {after.name} changed"
+            n_bn += isinstance(after, keras.layers.BatchNormalization)
+        assert n_bn > 40  # moving means/variances were among the compared weights
+
+
+def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
+    head = _head(examples, tmp_path / "head")
+    ft = fine_tune(examples, str(tmp_path / "head"), str(tmp_path / "ft"), train=TrainConfig(),
+                   cfg=FineTuneConfig(epochs=1, batch_size=16, guard=False, learning_rate=1e-3,
+                                      unfreeze={"mode": "from_layer", "from_layer": "block_14_expand"}),
+                   augment=NO_AUG, image_size=32)
+    before = gmodel.base_of(load_model(head.model_path))
+    after = gmodel.base_of(load_model(ft.model_path))
+    start = [layer.name for layer in after.layers].index("block_14_expand")
+    changed = 0
+    for i, (a, b) in enumerate(zip(before.layers, after.layers, strict=True)):
+        same = all(np.array_equal(x, y) for x, y in zip(_weights(a), _weights(b), strict=True))
+        if i < start or isinstance(b, keras.layers.BatchNormalization):
+            assert same, f"{b.name} (index {i}) should be frozen"
+        elif b.weights:
+            changed += not same
+    assert changed >= 3
+    assert ft.extra["unfreeze"]["from_layer"] == "block_14_expand"
+
+
+def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, tmp_path):
+    base = BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35})
+    t0 = time.time()
+    cached = _head(examples, tmp_path / "c", size=64, base=base, feature_cache="on", epochs=10)
+    t_cached = time.time() - t0
+    t0 = time.time()
+    plain = _head(examples, tmp_path / "u", size=64, base=base, feature_cache="off", epochs=10)
+    t_plain = time.time() - t0
+    print(f"\nhead stage, 10 epochs: cached {t_cached:.1f}s val_acc {cached.best_val_accuracy:.3f}; "
+          f"uncached {t_plain:.1f}s val_acc {plain.best_val_accuracy:.3f}")
+    assert cached.cache_used and not plain.cache_used
+    assert abs(cached.best_val_accuracy - plain.best_val_accuracy) <= 0.03 + 1e-9
+    assert t_cached < t_plain
+    a, b = load_model(cached.model_path), load_model(plain.model_path)  # same structure and weight layout
+    assert [w.path for w in a.weights] == [w.path for w in b.weights]
+    assert [w.shape for w in a.weights] == [w.shape for w in b.weights]
+
+
+def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
+    head = _head(examples, tmp_path / "head", size=64, base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}))
+    ft = fine_tune(examples, str(tmp_path / "head"), str(tmp_path / "ft"), train=TrainConfig(),
+                   cfg=FineTuneConfig(epochs=2, batch_size=16, optimizer="sgd", learning_rate=1.0,
+                                      cosine_decay=False, patience=0, unfreeze={"mode": "all"}),
+                   augment=NO_AUG, image_size=64)
+    assert ft.extra["guard"] == "kept_head" and ft.extra["kept"] == "head"
+    assert ft.extra["fine_tuned_val_accuracy"] < ft.extra["head_val_accuracy"]
+    kept, orig = load_model(ft.model_path), load_model(head.model_path)
+    for a, b in zip(kept.weights, orig.weights, strict=True):
+        assert np.array_equal(np.array(a), np.array(b))
+    assert json.loads((tmp_path / "ft" / "result.json").read_text())["extra"]["guard"] == "kept_head"
+
+
+class _Boom(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise RuntimeError("killed after epoch 1")
+
+
+def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
+    out = tmp_path / "head"
+    cfg = dict(base=BaseConfig(weights=None, kwargs={"alpha": 0.35}), head=HeadConfig(), train=TrainConfig(),
+               cfg=TrainHeadConfig(epochs=3, batch_size=16, patience=0), augment=NO_AUG, image_size=32)
+    with pytest.raises(RuntimeError, match="killed after epoch 1"):
+        train_head(examples, str(out), extra_callbacks=[_Boom()], **cfg)
+    assert not (out / "result.json").exists() and (out / "backup").exists()
+    r = train_head(examples, str(out), **cfg)
+    assert r.resumed_from_epoch == 1
+    epochs = [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]
+    again = train_head(examples, str(out), **cfg)  # finished: returned as is, not re-run
+    assert again.seconds == r.seconds
+
+
+def test_transfer_beats_scratch_on_demo(examples, tmp_path):
+    """The shipped demo base, head only, vs the same architecture from scratch, same epochs."""
+    epochs = 10
+    head = _head(examples, tmp_path / "head", size=64, epochs=epochs,
+                 base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}))
+    keras.utils.set_random_seed(0)
+    from components import data as gdata
+
+    model = gmodel.build_model(BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 3, 64)
+    gmodel.base_of(model).trainable = True
+    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    hist = model.fit(gdata.image_dataset(examples, "train", 64, 16, shuffle=True), epochs=epochs, verbose=0,
+                     validation_data=gdata.image_dataset(examples, "val", 64, 16))
+    scratch = max(hist.history["val_accuracy"])
+    print(f"\nval accuracy after {epochs} epochs: transfer (head only) {head.best_val_accuracy:.3f} "
+          f"vs scratch {scratch:.3f}")
+    assert head.best_val_accuracy > scratch
+
+
+def test_cpu_scale_up_switches_are_no_ops():
+    import tensorflow as tf
+
+    assert gmodel.set_precision(TrainConfig(mixed_precision=True)) == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    assert gmodel.choose_strategy(TrainConfig()) is tf.distribute.get_strategy()
+
+
+def test_unknown_layer_and_backbone_errors():
+    model = gmodel.build_model(BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 2, 32)
+    from pipeline.config import UnfreezeConfig
+
+    with pytest.raises(ValueError, match="not a layer of.*inspect-base"):
+        gmodel.unfreeze(model, UnfreezeConfig(mode="from_layer", from_layer="block_99_expand"))
+    with pytest.raises(ValueError, match="unknown backbone 'nope'; valid:.*efficientnet_b0"):
+        gmodel.backbone("nope")
+    with pytest.raises(FileNotFoundError, match="base.weights file not found"):
+        gmodel.build_base(BaseConfig(weights="/nonexistent.h5"), 32)
+
+
+def test_inspect_base_names_block_boundaries(capsys):
+    from pipeline.cli import main
+
+    assert main(["inspect-base", "mobilenet_v2", "--alpha", "0.35", "--size", "32"]) == 0
+    out = capsys.readouterr().out
+    assert "---- block block_13 (" in out and "block_13_expand" in out
+    assert "from_layer: block_1" in out
+
+
+def test_registry_builds_every_listed_backbone_offline():
+    from components.backbones import BACKBONES
+
+    assert {"mobilenet_v2", "efficientnet_b0", "resnet50", "convnext_tiny", "xception"} <= set(BACKBONES)
+    for name in ("mobilenet_v3_small", "efficientnet_b0"):
+        base = gmodel.build_base(BaseConfig(name=name, weights=None), 32 if name != "efficientnet_b0" else 32)
+        assert base.output_shape[-1] > 0 and not base.trainable
+    assert Path(DEMO_BASE).stat().st_size < 3 * 1024 * 1024
