@@ -74,7 +74,7 @@ def pretrain_demo_base(out: str, recipe: dict | None = None) -> dict:
     info = {"file": os.path.basename(out), "sha256": digest, "bytes": os.path.getsize(out),
             "source_classes": classes, "val_accuracy": float(hist.history["val_accuracy"][-1]),
             "seconds": round(time.time() - t0, 1), "recipe": r,
-            "command": f"graft pretrain-demo-base --out {out}"}
+            "command": "make pretrain-demo-base  (graft pretrain-demo-base --out configs/demo_base.weights.h5)"}
     with open(out + ".json", "w") as f:
         json.dump(info, f, indent=2)
     log(f"pretrain: base saved to {out} ({info['bytes']} bytes, sha256 {digest[:12]}), "

@@ -18,8 +18,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _quiet_libraries() -> None:
+    """Graft prints its own progress; library chatter only with GRAFT_DEBUG=1."""
+    if os.environ.get("GRAFT_DEBUG"):
+        return
+    logging.getLogger().setLevel(logging.ERROR)
     for name in ("apache_beam", "absl", "tensorflow", "kfp", "matplotlib"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
+    import warnings
+
+    warnings.filterwarnings("ignore", module="keras")
     try:
         import absl.logging
 

@@ -146,7 +146,7 @@ class TrainHeadConfig(Section):
 
 
 class UnfreezeConfig(Section):
-    mode: Literal["from_layer", "top_fraction", "all"] = "top_fraction"
+    mode: Literal["from_layer", "top_fraction", "all"] = "all"
     from_layer: str | None = None
     top_fraction: float = Field(0.3, gt=0, le=1)
 

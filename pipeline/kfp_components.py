@@ -45,7 +45,7 @@ def make_components(image: str) -> dict:
                  head_model: Input[Model], model: Input[Model], evaluation: Output[Artifact],
                  metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                  report: Output[HTML]) -> bool:
-        from pipeline.kfp_runtime import run, log_evaluation
+        from pipeline.kfp_runtime import log_evaluation, run
 
         run("evaluate", config_json, {"examples": examples, "validation": validation,
                                       "head_model": head_model, "model": model}, evaluation)

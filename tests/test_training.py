@@ -7,12 +7,12 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import REPO
 
 from components import model as gmodel
 from components.demo_data import generate
 from components.ingest import ingest
 from components.train import fine_tune, load_model, train_head
-from conftest import REPO
 from pipeline.config import (
     AugmentConfig,
     BaseConfig,

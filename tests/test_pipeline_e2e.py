@@ -1,0 +1,144 @@
+"""The local pipeline end to end on tiny generated data: SavedModel, caching, blessing, push."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from conftest import REPO, tiny_config
+
+from components import data as gdata
+from components.push import versions
+from components.train import load_model
+from pipeline.config import parse_config
+from pipeline.runner import run_pipeline
+
+
+def _out(run, step):
+    return run["steps"][step]["output"]
+
+
+def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
+    cfg, run, tmp = pipeline_run
+    assert run["status"] == "succeeded"
+    push = run["steps"]["push"]["summary"]
+    assert push["pushed"] and os.path.isdir(push["destination"])
+    sm = tf.saved_model.load(push["destination"])
+    fn = sm.signatures["serving_default"]
+    model = load_model(os.path.join(_out(run, "fine_tune"), "model.keras"))
+    examples = _out(run, "ingest")
+    blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
+    assert len(blobs) >= 5
+    served = fn(image_bytes=tf.constant(blobs))
+    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), 32).numpy() for b in blobs])
+    keras_probs = model.predict(pixels, verbose=0)
+    assert (served["scores"].numpy().argmax(1) == keras_probs.argmax(1)).all()
+    labels = gdata.read_labels(examples)
+    top = [c[0].decode() for c in served["classes"].numpy()]
+    assert top == [labels[i] for i in keras_probs.argmax(1)]
+    assert set(sm.signatures) >= {"serving_default", "predict_pixels"}
+    assert open(os.path.join(push["destination"], "assets", "labels.txt")).read().split() == labels
+    card = json.load(open(os.path.join(push["destination"], "model_card.json")))
+    assert card["labels"] == labels and card["parity_max_abs_diff"] <= 1e-4
+
+
+def test_run_json_and_reports(pipeline_run):
+    cfg, run, tmp = pipeline_run
+    rec = json.load(open(os.path.join(run["run_dir"], "run.json")))
+    assert list(rec["steps"]) == ["ingest", "validate", "train_head", "fine_tune", "evaluate", "export", "push"]
+    assert all(s["status"] == "ran" and s["fingerprint"] for s in rec["steps"].values())
+    ev = json.load(open(os.path.join(_out(run, "evaluate"), "evaluation.json")))
+    for key in ("accuracy", "top_3_accuracy", "macro_f1", "log_loss", "ece", "per_class", "confusion_matrix"):
+        assert key in ev["candidate"] and key in ev["head_only"]
+    assert os.path.getsize(os.path.join(_out(run, "evaluate"), "report.html")) > 10_000
+    for png in ("confusion_matrix.png", "per_class_f1.png", "training_curves.png"):
+        assert open(os.path.join(_out(run, "evaluate"), png), "rb").read(4) == b"\x89PNG"
+
+
+def test_second_run_is_cached_and_lr_change_reruns_downstream(pipeline_run):
+    cfg, run, tmp = pipeline_run
+    t0 = time.time()
+    again = run_pipeline(cfg)
+    t_cached = time.time() - t0
+    status = {k: v["status"] for k, v in again["steps"].items()}
+    assert all(status[s] == "cached" for s in ("ingest", "validate", "train_head", "fine_tune", "evaluate", "export"))
+    assert again["steps"]["push"]["summary"]["already_at_destination"]
+    assert not again["steps"]["push"]["summary"]["pushed"]
+    assert t_cached * 4 < run["seconds"], (t_cached, run["seconds"])
+    changed = parse_config({**cfg.to_dict(), "fine_tune": {**cfg.fine_tune.model_dump(), "learning_rate": 3e-4},
+                            "push": {**cfg.push.model_dump(), "destination": str(tmp / "other-models")}})
+    third = run_pipeline(changed)
+    status = {k: v["status"] for k, v in third["steps"].items()}
+    assert status["ingest"] == status["validate"] == status["train_head"] == "cached"
+    assert status["fine_tune"] == status["evaluate"] == status["export"] == "ran"
+
+
+def test_worse_model_is_not_pushed_unless_forced(pipeline_run, tiny_data, tmp_path):
+    cfg, run, tmp = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    before = versions(str(dest), "tiny")
+    bad = parse_config(tiny_config(tmp_path, tiny_data, train_head__epochs=1, train_head__learning_rate=1e-7,
+                                   fine_tune__enabled=False, push__destination=str(dest),
+                                   evaluate__max_regression=0.0))
+    r = run_pipeline(bad)
+    ev = r["steps"]["evaluate"]["summary"]
+    assert ev["baseline_accuracy"] is not None and ev["accuracy"] < ev["baseline_accuracy"], ev
+    assert not ev["blessed"] and any("regression" in x for x in ev["reasons"])
+    assert not r["steps"]["push"]["summary"]["pushed"] and versions(str(dest), "tiny") == before
+    forced = run_pipeline(bad, force_push=True)
+    p = forced["steps"]["push"]["summary"]
+    assert p["pushed"] and p["forced"] and versions(str(dest), "tiny") == before + [p["version"]]
+
+
+def test_interrupted_push_leaves_no_partial_version(pipeline_run, tmp_path):
+    cfg, run, tmp = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    before = versions(str(dest), "tiny")
+    export_dir = _out(run, "export")
+    new_export = tmp_path / "export"
+    shutil.copytree(export_dir, new_export)
+    meta = json.load(open(new_export / "export.json"))
+    meta.update(model_sha256="another-model", path=str(new_export / "tiny" / str(meta["version"])))
+    json.dump(meta, open(new_export / "export.json", "w"))
+    code = f"""
+import sys; sys.path.insert(0, {str(REPO)!r})
+from components.push import push
+from pipeline.config import PushConfig
+push({str(new_export)!r}, {_out(run, 'evaluate')!r}, {str(tmp_path / 'p')!r},
+     cfg=PushConfig(destination={str(dest)!r}), model_name="tiny")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "GRAFT_TEST_CRASH_BEFORE_RENAME": "1"})
+    assert proc.returncode == 17
+    assert versions(str(dest), "tiny") == before
+    leftovers = [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
+    assert leftovers and all(d.startswith(".tmp-") for d in leftovers)  # invisible to TF Serving
+    for v in before:
+        tf.saved_model.load(str(dest / "tiny" / str(v)))  # previous versions intact
+    proc = subprocess.run([sys.executable, "-c", code])
+    assert proc.returncode == 0
+    after = versions(str(dest), "tiny")
+    assert len(after) == len(before) + 1 and not [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
+
+
+def test_warmup_records_are_answered(pipeline_run):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    cfg, run, tmp = pipeline_run
+    version_dir = run["steps"]["push"]["summary"]["destination"]
+    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
+    path = os.path.join(version_dir, "assets.extra", "tf_serving_warmup_requests")
+    n = 0
+    for rec in tf.data.TFRecordDataset(path).as_numpy_iterator():
+        log = prediction_log_pb2.PredictionLog.FromString(rec)
+        req = log.predict_log.request
+        assert req.model_spec.name == "tiny" and req.model_spec.signature_name == "serving_default"
+        out = fn(**{k: tf.constant(tf.make_ndarray(v)) for k, v in req.inputs.items()})
+        assert out["scores"].shape[-1] == 3
+        n += 1
+    assert n == 2
