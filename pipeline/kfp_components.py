@@ -13,26 +13,26 @@ from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metri
 def make_components(image: str) -> dict:
     """The wrappers built for one container image (kubeflow.image)."""
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def ingest(config_json: str, examples: Output[Dataset]):
         from pipeline.kfp_runtime import run
 
         run("ingest", config_json, {}, examples)
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def validate(config_json: str, examples: Input[Dataset], validation: Output[Artifact]):
         from pipeline.kfp_runtime import run
 
         run("validate", config_json, {"examples": examples}, validation)
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def train_head(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
                    model: Output[Model]):
         from pipeline.kfp_runtime import run
 
         run("train_head", config_json, {"examples": examples, "validation": validation}, model)
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def fine_tune(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
                   head_model: Input[Model], model: Output[Model]):
         from pipeline.kfp_runtime import run
@@ -40,7 +40,7 @@ def make_components(image: str) -> dict:
         run("fine_tune", config_json, {"examples": examples, "validation": validation,
                                        "head_model": head_model}, model)
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def evaluate(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
                  head_model: Input[Model], model: Input[Model], evaluation: Output[Artifact],
                  metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
@@ -51,14 +51,14 @@ def make_components(image: str) -> dict:
                                       "head_model": head_model, "model": model}, evaluation)
         return log_evaluation(config_json, evaluation, metrics, confusion, report)
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def export(config_json: str, model: Input[Model], examples: Input[Dataset],
                evaluation: Input[Artifact], exported: Output[Model]):
         from pipeline.kfp_runtime import run
 
         run("export", config_json, {"model": model, "examples": examples, "evaluation": evaluation}, exported)
 
-    @dsl.component(base_image=image)
+    @dsl.component(base_image=image, install_kfp_package=False)
     def push(config_json: str, exported: Input[Model], evaluation: Input[Artifact], pushed: Output[Artifact]):
         from pipeline.kfp_runtime import run
 

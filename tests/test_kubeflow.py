@@ -8,8 +8,8 @@ import os
 import pytest
 import tensorflow as tf
 import yaml
-
 from conftest import REPO, tiny_config
+
 from pipeline import dag
 from pipeline.config import load_config, parse_config
 from pipeline.kubeflow import compile_pipeline, submit

@@ -1,0 +1,16 @@
+# Component image for Kubeflow Pipelines (and the retraining CronJob).
+# Build: docker build -t REGISTRY/graft:0.1.0 .   (not built in this repo's CI: no Docker engine)
+# The TensorFlow GPU base matches the pinned tensorflow 2.21; on CPU nodes it runs on the CPU.
+FROM tensorflow/tensorflow:2.21.0-gpu
+WORKDIR /app
+ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2
+COPY pyproject.toml README.md ./
+COPY pipeline/ pipeline/
+COPY components/ components/
+COPY serving/ serving/
+RUN pip install .
+# configs/ travels with the image: the CronJob and `graft submit` read it from /app/configs
+COPY configs/ configs/
+RUN useradd --uid 1000 --create-home graft
+USER 1000
+ENTRYPOINT []
