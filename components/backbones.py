@@ -5,6 +5,7 @@ Kept free of TensorFlow imports so the config can validate a base name instantly
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,17 +18,37 @@ class Backbone:
     default_size: int
     min_size: int
     default_kwargs: dict[str, Any] = field(default_factory=dict)
-    block_prefix: str = ""  # how layer names spell a block, for inspect-base
 
-    def block_of(self, layer_name: str) -> str:
-        """The block a layer belongs to, from Keras' naming (block_13_expand -> block_13)."""
-        parts = layer_name.split("_")
-        if layer_name.startswith("block_") and len(parts) > 1 and parts[1].isdigit():
-            return f"block_{parts[1]}"  # mobilenet_v2
-        if layer_name.startswith(("block", "conv", "stage", "expanded_conv", "mixed")):
-            head = parts[0]
-            return head if not (len(parts) > 1 and parts[1].isdigit()) else f"{head}_{parts[1]}"
-        return parts[0]
+    def blocks(self, layer_names: list[str]) -> list[str]:
+        """The block of each layer, from Keras' layer naming; stem before, top after."""
+        out, seen = [], False
+        for name in layer_names:
+            block = block_of(name)
+            if block:
+                seen = True
+            out.append(block or ("top" if seen else "stem"))
+        return out
+
+
+_BLOCK_PATTERNS = [
+    (re.compile(r"^(block_\d+)_"), "{}"),  # mobilenet_v2: block_13_expand
+    (re.compile(r"^expanded_conv_(\d+)_"), "block_{}"),  # mobilenet_v3
+    (re.compile(r"^expanded_conv_"), "block_0"),  # first inverted residual
+    (re.compile(r"^conv_(?:dw|pw)_(\d+)"), "block_{}"),  # mobilenet v1
+    (re.compile(r"^(block\d+)[a-z]_"), "{}"),  # efficientnet(v2): block2a_expand_conv
+    (re.compile(r"^(conv\d+_block\d+)_"), "{}"),  # resnet, densenet
+    (re.compile(r"^(block\d+)_"), "{}"),  # xception
+    (re.compile(r"^(mixed\d+)"), "{}"),  # inception_v3
+    (re.compile(r"^(convnext_tiny_stage_\d+)_block_(\d+)"), "{}_{}"),
+]
+
+
+def block_of(layer_name: str) -> str | None:
+    for pattern, fmt in _BLOCK_PATTERNS:
+        m = pattern.match(layer_name)
+        if m:
+            return fmt.format(*m.groups())
+    return None
 
 
 def _b(name, ctor, mod, size, min_size=32, **kw) -> Backbone:

@@ -178,6 +178,7 @@ def describe_base(name: str, size: int | None = None, kwargs: dict | None = None
     b = backbone(name)
     cfg = BaseConfig(name=name, weights=None, kwargs=kwargs or {})
     base = build_base(cfg, size or b.default_size)
-    rows = [LayerInfo(i, layer.name, type(layer).__name__, b.block_of(layer.name), layer.count_params(),
-                      0) for i, layer in enumerate(base.layers)]
+    blocks = b.blocks([layer.name for layer in base.layers])
+    rows = [LayerInfo(i, layer.name, type(layer).__name__, blocks[i], layer.count_params(), 0)
+            for i, layer in enumerate(base.layers)]
     return base, rows

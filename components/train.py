@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from components import data as gdata
 from components import model as gmodel
-from components.validate import excluded_from_eval, read_manifest
+from components.validate import excluded_from_eval, excluded_from_train, read_manifest
 from pipeline.config import (
     AugmentConfig,
     BaseConfig,
@@ -187,7 +187,7 @@ def _features(extractor: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, 
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def _cached_features(model, cfg, augment, size, examples_dir, exclude, out_dir, seed):
+def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_train, out_dir, seed):
     """Run the frozen base once per pass; saved in the step dir so a resume reuses them."""
     path = os.path.join(out_dir, "features.npz")
     if os.path.exists(path):
@@ -199,7 +199,7 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, out_dir, 
     parts = []
     for p in range(passes):
         ds = gdata.image_dataset(examples_dir, "train", size, 64, augment=augment if cfg.augment else None,
-                                 seed=seed + p)
+                                 seed=seed + p, exclude_sha256=exclude_train)
         parts.append(_features(extractor, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
@@ -233,7 +233,8 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     cbs, elog = callbacks(out_dir, "train_head", cfg.epochs, cfg.patience)
     cbs += extra_callbacks or []
     if cached:
-        xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude, out_dir, train.seed)
+        xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude,
+                                          excluded_from_train(validation_dir), out_dir, train.seed)
         with strategy.scope():
             trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
             trainer.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
@@ -242,7 +243,8 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
                     class_weight=cw, callbacks=cbs, verbose=0, shuffle=True)
     else:
         train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
-                                       augment=augment if cfg.augment else None, seed=train.seed)
+                                       augment=augment if cfg.augment else None, seed=train.seed,
+                                       exclude_sha256=excluded_from_train(validation_dir))
         val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
         with strategy.scope():
             model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
@@ -322,7 +324,8 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
         f"from '{info['from_layer']}' (#{info['from_index']}), {cfg.optimizer} lr {cfg.learning_rate:g}")
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
     train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
-                                   augment=augment if cfg.augment else None, seed=train.seed)
+                                   augment=augment if cfg.augment else None, seed=train.seed,
+                                   exclude_sha256=excluded_from_train(validation_dir))
     cbs, elog = callbacks(out_dir, "fine_tune", cfg.epochs, cfg.patience)
     cbs += extra_callbacks or []
     model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs, verbose=0)

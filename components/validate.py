@@ -26,6 +26,7 @@ class ValidationResult:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     exclude_from_eval: list[str] = field(default_factory=list)
+    exclude_from_all: list[str] = field(default_factory=list)
 
 
 def read_manifest(examples_dir: str) -> list[dict]:
@@ -68,7 +69,12 @@ def validate(cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_erro
         classes = sorted({m["label"] for m in group})
         where = "; ".join(f"{m['path']} ({m['label']}/{m['split']})" for m in group)
         if len(classes) > 1:
-            res.errors.append(f"the same image is labelled {classes}: {where}")
+            if cfg.label_conflicts == "error":
+                res.errors.append(f"the same image is labelled {classes}: {where}")
+            else:
+                res.warnings.append(f"the same image is labelled {classes}: {where} -> dropped everywhere")
+                res.exclude_from_all.append(digest)
+                continue
         if len(splits) > 1:
             msg = f"leakage: the same image (sha256 {digest[:12]}) is in splits {splits}: {where}"
             if cfg.leakage == "error":
@@ -100,11 +106,22 @@ def validate(cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_erro
     return res
 
 
-def excluded_from_eval(validation_dir: str | None) -> set[str]:
+def _excluded(validation_dir: str | None, keys: tuple[str, ...]) -> set[str]:
     if not validation_dir:
         return set()
     path = os.path.join(validation_dir, "validation.json")
     if not os.path.exists(path):
         return set()
     with open(path) as f:
-        return set(json.load(f).get("exclude_from_eval", []))
+        report = json.load(f)
+    return {d for k in keys for d in report.get(k, [])}
+
+
+def excluded_from_eval(validation_dir: str | None) -> set[str]:
+    """sha256s that validate dropped from val/test: leaked ones and label conflicts."""
+    return _excluded(validation_dir, ("exclude_from_eval", "exclude_from_all"))
+
+
+def excluded_from_train(validation_dir: str | None) -> set[str]:
+    """sha256s that validate dropped from training: label conflicts."""
+    return _excluded(validation_dir, ("exclude_from_all",))

@@ -80,6 +80,8 @@ class ValidateConfig(Section):
     )
     max_corrupt_rate: float = Field(0.05, ge=0, le=1)
     leakage: Literal["error", "drop_from_eval"] = "error"
+    label_conflicts: Literal["error", "drop"] = Field(
+        "error", description="the same image under two classes: stop, or drop it everywhere (reported)")
     imbalance_warn_ratio: float = Field(3.0, ge=1)
 
 

@@ -1,0 +1,41 @@
+"""Shared bits for benchmarks: one JSON line per benchmark, saved under results/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def machine() -> str:
+    return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def report(name: str, value: float, baseline: float, unit: str, goal: str, ratio: float | None = None,
+           **extra) -> dict:
+    """ratio defaults to value/baseline; both measured in the same run."""
+    row = {"name": name, "value": round(value, 4), "baseline": round(baseline, 4),
+           "ratio": round(ratio if ratio is not None else value / baseline, 3), "goal": goal, "unit": unit,
+           "machine": machine(), "date": time.strftime("%Y-%m-%d"), **extra}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def demo_examples(tmp: Path, classes: int = 3, per_class: int = 100, size: int = 64) -> str:
+    from components.demo_data import generate
+    from components.ingest import ingest
+    from pipeline.config import DataConfig
+
+    generate(tmp / "imgs", classes=classes, per_class=per_class, size=size, seed=11)
+    ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
+    return str(tmp / "ex")

@@ -1,0 +1,32 @@
+"""Head stage with the bottleneck cache vs the seed's way (frozen base re-run every epoch)."""
+
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, demo_examples, report
+
+
+def main() -> dict:
+    from components.train import train_head
+    from pipeline.config import AugmentConfig, BaseConfig, HeadConfig, TrainConfig, TrainHeadConfig
+
+    tmp = Path(tempfile.mkdtemp())
+    ex = demo_examples(tmp, classes=5, per_class=120)
+    base = BaseConfig(weights=str(REPO / "configs" / "demo_base.weights.h5"), kwargs={"alpha": 0.35})
+    aug = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
+    times = {}
+    for cache in ("off", "on"):
+        t0 = time.time()
+        r = train_head(ex, str(tmp / cache), base=base, head=HeadConfig(), train=TrainConfig(),
+                       cfg=TrainHeadConfig(epochs=10, batch_size=32, patience=0, feature_cache=cache),
+                       augment=aug, image_size=64)
+        times[cache] = (time.time() - t0, r.best_val_accuracy)
+    return report("head_cache", times["off"][0] / times["on"][0], 1.0, "x faster (uncached s / cached s)",
+                  ">= 10x", cached_seconds=round(times["on"][0], 2), uncached_seconds=round(times["off"][0], 2),
+                  cached_val_accuracy=times["on"][1], uncached_val_accuracy=times["off"][1],
+                  setup="5 demo classes x 120 images, 64 px, mobilenet_v2 alpha 0.35, 10 epochs, batch 32")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""`make bench`: every benchmark, one JSON line each (results in benchmarks/results/)."""
+
+from benchmarks import demo_e2e, head_cache, ingest_bench, input_pipeline, serving_bench
+
+if __name__ == "__main__":
+    demo_e2e.main()  # also leaves models/demo for the serving benchmark
+    head_cache.main()
+    input_pipeline.main()
+    ingest_bench.main()
+    serving_bench.main()

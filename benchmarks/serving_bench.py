@@ -1,0 +1,69 @@
+"""gRPC latency and throughput through `graft serve` vs calling the SavedModel in-process."""
+
+import shutil
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.common import REPO, report
+
+
+def _pct(xs, p):
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def main(model_base: str | None = None, name: str = "demo") -> dict:
+    import tensorflow as tf
+
+    from serving.client import GraftClient
+    from serving.launch import ServerProcess
+
+    if model_base is None:
+        model_base = str(REPO / "models" / "demo")
+    if not Path(model_base).is_dir():
+        raise SystemExit(f"no model at {model_base}: run `make demo` first")
+    version = max(int(v) for v in __import__("os").listdir(model_base) if v.isdigit())
+    img = next((REPO / "data" / "demo").rglob("*.jpg")).read_bytes()
+    fn = tf.saved_model.load(f"{model_base}/{version}").signatures["serving_default"]
+    inp = tf.constant([img])
+    for _ in range(10):
+        fn(image_bytes=inp)
+    local = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        fn(image_bytes=inp)["scores"].numpy()
+        local.append(time.perf_counter() - t0)
+    tmp = Path(tempfile.mkdtemp())
+    shutil.copytree(model_base, tmp / name)
+    with ServerProcess(str(tmp / name), name) as srv, GraftClient(srv.target, name) as c:
+        for _ in range(10):
+            c.predict_raw([img])
+        remote = []
+        for _ in range(200):
+            t0 = time.perf_counter()
+            c.predict_raw([img])
+            remote.append(time.perf_counter() - t0)
+
+        def burst(n):
+            with GraftClient(srv.target, name) as cc:
+                for _ in range(n):
+                    cc.predict_raw([img])
+
+        thr = {}
+        for conc in (1, 8):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(conc) as pool:
+                list(pool.map(burst, [400 // conc] * conc))
+            thr[conc] = 400 / (time.perf_counter() - t0)
+    p50_l, p50_r = statistics.median(local), statistics.median(remote)
+    return report("serving", p50_r * 1000, p50_l * 1000, "ms p50, one image", "p50 <= 1.3x in-process",
+                  p99_ms=round(_pct(remote, 99) * 1000, 3), in_process_p99_ms=round(_pct(local, 99) * 1000, 3),
+                  throughput_rps={"concurrency_1": round(thr[1], 1), "concurrency_8": round(thr[8], 1)},
+                  model=f"{name} v{version} (demo, 64 px mobilenet_v2 alpha 0.35)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Real photos, real ImageNet weights: `make test-real` (run by .ci/run when ../shared exists).
+
+The full pipeline on ../shared/datasets/flowers at 224 px with the ImageNet MobileNet v1
+(alpha 0.25) from ../shared/keras/models, plus the same architecture trained from scratch
+for the same fine-tuning budget. Results go to benchmarks/results/flowers.json.
+"""
+
+import json
+import os
+import shutil
+import time
+
+import pytest
+from conftest import REPO, SHARED
+
+FLOWERS = SHARED / "datasets" / "flowers"
+WEIGHTS = SHARED / "keras" / "models" / "mobilenet_2_5_224_tf_no_top.h5"
+RESULTS = REPO / "benchmarks" / "results"
+
+pytestmark = [
+    pytest.mark.real,
+    pytest.mark.skipif(not FLOWERS.is_dir() or not WEIGHTS.exists(),
+                       reason=f"real data absent: need {FLOWERS} and {WEIGHTS} (../shared beside the clone)"),
+]
+
+# Floors a little under what the pipeline achieves here (see README), so a regression fails.
+FLOOR_FINE_TUNED = 0.80
+FLOOR_MARGIN_OVER_SCRATCH = 0.30
+
+
+def _scratch_accuracy(examples: str, validation: str, epochs: int) -> float:
+    import keras
+
+    from components import data as gdata
+    from components import model as gmodel
+    from components.validate import excluded_from_eval, excluded_from_train
+    from pipeline.config import BaseConfig, HeadConfig
+
+    keras.utils.set_random_seed(0)
+    model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), HeadConfig(),
+                               5, 224)
+    gmodel.base_of(model).trainable = True
+    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    from pipeline.config import AugmentConfig
+
+    train = gdata.image_dataset(examples, "train", 224, 32, shuffle=True, augment=AugmentConfig(),
+                                exclude_sha256=excluded_from_train(validation))
+    model.fit(train, epochs=epochs, verbose=0)
+    test = gdata.image_dataset(examples, "test", 224, 64, exclude_sha256=excluded_from_eval(validation))
+    return float(model.evaluate(test, verbose=0)[1])
+
+
+def test_flowers_transfer_quality(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.runner import run_pipeline
+
+    cfg = load_config(REPO / "configs" / "flowers-offline.yaml", [
+        f"data.path={FLOWERS}", f"base.weights={WEIGHTS}", f"runner.run_root={tmp_path / 'runs'}",
+        f"push.destination={tmp_path / 'models'}"])
+    t0 = time.time()
+    run = run_pipeline(cfg)
+    wall = time.time() - t0
+    steps = run["steps"]
+    ev = json.load(open(os.path.join(steps["evaluate"]["output"], "evaluation.json")))
+    head, fine = ev["head_only"]["accuracy"], ev["candidate"]["accuracy"]
+    t1 = time.time()
+    scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.fine_tune.epochs)
+    result = {
+        "name": "flowers", "head_test_accuracy": head, "fine_tuned_test_accuracy": fine,
+        "scratch_test_accuracy": scratch, "wall_seconds": round(wall, 1),
+        "scratch_seconds": round(time.time() - t1, 1),
+        "per_class_f1": {k: round(v["f1"], 4) for k, v in ev["candidate"]["per_class"].items()},
+        "macro_f1": ev["candidate"]["macro_f1"], "ece": ev["candidate"]["ece"],
+        "guard": steps["fine_tune"]["summary"]["guard"],
+        "setup": "flowers 4,317 photos, 224 px, ImageNet MobileNet v1 alpha 0.25; scratch: same architecture, "
+                 f"{cfg.fine_tune.epochs} epochs (the fine-tuning budget)",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    from benchmarks.common import machine
+
+    result["machine"] = machine()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "flowers.json").write_text(json.dumps(result, indent=2) + "\n")
+    shutil.copy(os.path.join(steps["evaluate"]["output"], "confusion_matrix.png"), RESULTS / "flowers_confusion_matrix.png")
+    print("\n" + json.dumps(result))
+    assert wall < 15 * 60, f"pipeline took {wall:.0f}s"
+    assert fine >= head, (fine, head)
+    assert fine >= FLOOR_FINE_TUNED, fine
+    assert fine - scratch >= FLOOR_MARGIN_OVER_SCRATCH, (fine, scratch)
