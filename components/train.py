@@ -148,6 +148,17 @@ def finished(out_dir: str) -> StageResult | None:
     return None
 
 
+def start_stage(out_dir: str, stage: str, train: TrainConfig) -> StageResult | None:
+    """Make the dir; a finished stage is returned as it is, never re-run."""
+    os.makedirs(out_dir, exist_ok=True)
+    done = finished(out_dir)
+    if done:
+        log(f"{stage}: already finished in {out_dir}")
+        return done
+    keras.utils.set_random_seed(train.seed)
+    return None
+
+
 def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
     hist = read_history(out_dir)
     if hist:
@@ -215,13 +226,10 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
                train: TrainConfig, cfg: TrainHeadConfig, augment: AugmentConfig, image_size: int,
                validation_dir: str | None = None, extra_callbacks: list | None = None) -> StageResult:
     """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
-    os.makedirs(out_dir, exist_ok=True)
-    done = finished(out_dir)
+    done = start_stage(out_dir, "train_head", train)
     if done:
-        log(f"train_head: already finished in {out_dir}")
         return done
     t0 = time.time()
-    keras.utils.set_random_seed(train.seed)
     precision = gmodel.set_precision(train)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
@@ -292,13 +300,10 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
               augment: AugmentConfig, image_size: int, validation_dir: str | None = None,
               extra_callbacks: list | None = None) -> StageResult:
     """Unfreeze the top of the base (BN stays frozen), train at a low LR, keep it only if better."""
-    os.makedirs(out_dir, exist_ok=True)
-    done = finished(out_dir)
+    done = start_stage(out_dir, "fine_tune", train)
     if done:
-        log(f"fine_tune: already finished in {out_dir}")
         return done
     t0 = time.time()
-    keras.utils.set_random_seed(train.seed)
     precision = gmodel.set_precision(train)
     exclude = excluded_from_eval(validation_dir)
     head_model_path = os.path.join(head_dir, MODEL)
