@@ -14,6 +14,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 Draw = Callable[[ImageDraw.ImageDraw, random.Random, float, float, float, float, tuple], None]
@@ -154,7 +155,9 @@ def draw_image(draw_fn: Draw, size: int, rng: random.Random) -> Image.Image:
         draw_fn(d, rng, cx, cy, r, rot, col)
     if rng.random() < 0.3:
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
-    noise = Image.effect_noise((size, size), rng.uniform(5, 25)).convert("RGB")
+    sigma = rng.uniform(5, 25)  # seeded noise: PIL's effect_noise uses a global C generator
+    grain = np.random.default_rng(rng.getrandbits(32)).normal(128, sigma, (size, size))
+    noise = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8), "L").convert("RGB")
     return Image.blend(img, noise, rng.uniform(0.03, 0.12))
 
 

@@ -99,7 +99,7 @@ def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str |
             out = outputs[s.name] = os.path.join(root, "steps", s.name, fp)
             rec.output = out
             done = os.path.exists(os.path.join(out, SUCCESS))
-            forced = forced_from is not None and i - 1 >= forced_from
+            forced = (forced_from is not None and i - 1 >= forced_from) or only == s.name
             if only and s.name != only:
                 if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
                     raise RuntimeError(f"--only {only}: upstream step '{s.name}' has no output for this "
