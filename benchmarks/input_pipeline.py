@@ -8,10 +8,9 @@ from benchmarks.common import REPO, demo_examples, report
 
 
 def _steps_per_s(model, ds, steps: int) -> float:
-    it = iter(ds)
-    model.fit(it, steps_per_epoch=3, epochs=1, verbose=0)  # warm up / trace
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # warm up / trace
     t0 = time.time()
-    model.fit(it, steps_per_epoch=steps, epochs=1, verbose=0)
+    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
     return steps / (time.time() - t0)
 
 

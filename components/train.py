@@ -240,6 +240,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
         model = gmodel.build_model(base, head, len(labels), image_size)
     cbs, elog = callbacks(out_dir, "train_head", cfg.epochs, cfg.patience)
     cbs += extra_callbacks or []
+    t_fit = time.time()
     if cached:
         xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude,
                                           excluded_from_train(validation_dir), out_dir, train.seed)
@@ -259,6 +260,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
         model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs,
                   verbose=0)
+    t_fit = time.time() - t_fit
     model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     model_path = os.path.join(out_dir, MODEL)
@@ -267,7 +269,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     acc, loss = _best(hist)
     res = StageResult("train_head", model_path, acc, loss, len(hist), elog.first_epoch or 0,
                       round(time.time() - t0, 2), cached, precision,
-                      {"class_weight": cw, "labels": labels})
+                      {"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2)})
     log(f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache {'on' if cached else 'off'}, "
         f"{res.seconds:.1f}s", level="ok")
     return finish(out_dir, res, "head stage (frozen base)")
