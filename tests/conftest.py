@@ -17,13 +17,13 @@ SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 
 
 def tiny_config(tmp: Path, data: Path, **over) -> dict:
-    """A 32 px, alpha 0.35, few-step config; every e2e test starts from this."""
+    """A 48 px, alpha 0.35, few-step config; every e2e test starts from this."""
     cfg = {
-        "data": {"path": str(data), "image_size": 32, "num_workers": 1},
+        "data": {"path": str(data), "image_size": 48, "num_workers": 1},
         "validate": {"min_per_class": {"train": 2, "val": 1, "test": 1}},
         "base": {"name": "mobilenet_v2", "weights": str(REPO / "configs" / "demo_base.weights.h5"),
                  "kwargs": {"alpha": 0.35}},
-        "train_head": {"epochs": 6, "batch_size": 16, "learning_rate": 0.005},
+        "train_head": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01},
         "fine_tune": {"epochs": 1, "batch_size": 16},
         "export": {"model_name": "tiny", "warmup_requests": 2},
         "push": {"destination": str(tmp / "models")},
@@ -43,7 +43,7 @@ def tiny_data(tmp_path_factory) -> Path:
     from components.demo_data import generate
 
     root = tmp_path_factory.mktemp("tiny") / "images"
-    generate(root, classes=3, per_class=40, size=32, seed=0)
+    generate(root, classes=3, per_class=40, size=48, seed=0)
     return root
 
 

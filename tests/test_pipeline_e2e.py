@@ -34,7 +34,7 @@ def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
     blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
     assert len(blobs) >= 5
     served = fn(image_bytes=tf.constant(blobs))
-    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), 32).numpy() for b in blobs])
+    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy() for b in blobs])
     keras_probs = model.predict(pixels, verbose=0)
     assert (served["scores"].numpy().argmax(1) == keras_probs.argmax(1)).all()
     labels = gdata.read_labels(examples)
@@ -82,9 +82,11 @@ def test_worse_model_is_not_pushed_unless_forced(pipeline_run, tiny_data, tmp_pa
     dest = tmp_path / "models"
     shutil.copytree(cfg.push.destination, dest)
     before = versions(str(dest), "tiny")
-    bad = parse_config(tiny_config(tmp_path, tiny_data, train_head__epochs=1, train_head__learning_rate=1e-7,
-                                   fine_tune__enabled=False, push__destination=str(dest),
-                                   evaluate__max_regression=0.0))
+    # a deliberately wrecked candidate: SGD at LR 1.0 on every layer, guard off
+    bad = parse_config(tiny_config(tmp_path, tiny_data, train_head__epochs=1, fine_tune__optimizer="sgd",
+                                   fine_tune__learning_rate=1.0, fine_tune__guard=False,
+                                   fine_tune__cosine_decay=False, fine_tune__augment=False,
+                                   push__destination=str(dest), evaluate__max_regression=0.0))
     r = run_pipeline(bad)
     ev = r["steps"]["evaluate"]["summary"]
     assert ev["baseline_accuracy"] is not None and ev["accuracy"] < ev["baseline_accuracy"], ev

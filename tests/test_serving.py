@@ -46,8 +46,9 @@ def test_grpc_equals_in_process_saved_model(served):
     assert (tf.make_ndarray(resp.outputs["classes"]) == local["classes"].numpy()).all()
 
 
-def test_metadata_lists_both_signatures(served):
+def test_metadata_lists_both_signatures(served, pipeline_run):
     srv, _, _ = served
+    size = str(pipeline_run[0].data.image_size)
     with GraftClient(srv.target, "tiny") as c:
         md = c.metadata()
         status = c.status()
@@ -58,7 +59,7 @@ def test_metadata_lists_both_signatures(served):
     assert [d["size"] for d in sd["inputs"]["image_bytes"]["tensorShape"]["dim"]] == ["-1"]
     assert sd["outputs"]["scores"]["dtype"] == "DT_FLOAT" and sd["outputs"]["classes"]["dtype"] == "DT_STRING"
     pp = sigs["predict_pixels"]["inputs"]["pixels"]
-    assert pp["dtype"] == "DT_FLOAT" and [d["size"] for d in pp["tensorShape"]["dim"]] == ["-1", "32", "32", "3"]
+    assert pp["dtype"] == "DT_FLOAT" and [d["size"] for d in pp["tensorShape"]["dim"]] == ["-1", size, size, "3"]
     assert status and status[-1]["state"] == "AVAILABLE"
 
 
