@@ -7,7 +7,6 @@ Serving would serve and fed the same raw test bytes, so the comparison is like f
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 
@@ -154,18 +153,17 @@ def _html(out_dir: str, res: dict, plots: dict[str, str]) -> str:
         + "</tr>" for name in ("head_only", "candidate", "baseline") if res.get(name))
     reasons = "".join(f"<li>{r}</li>" for r in res["reasons"])
     verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
-    html = io.StringIO()
-    html.write(f"""<!doctype html><html><head><meta charset="utf-8"><title>Graft evaluation</title>
+    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>Graft evaluation</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
 </head><body><h1>Graft evaluation: {verdict}</h1><ul>{reasons}</ul>
 <table><tr><th>model</th><th>accuracy</th><th>macro-F1</th><th>log loss</th><th>ECE</th></tr>{rows}</table>
 <h2>Confusion matrix</h2>{img(plots['confusion_matrix'])}
 <h2>Per-class F1</h2>{img(plots['per_class_f1'])}
 <h2>Training curves</h2>{img(plots['training_curves'])}
-</body></html>""")
+</body></html>"""
     path = os.path.join(out_dir, "report.html")
     with open(path, "w") as f:
-        f.write(html.getvalue())
+        f.write(html)
     return path
 
 

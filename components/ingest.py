@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
@@ -417,6 +417,3 @@ def _cleanup(out_dir: str) -> None:
     for sub in ("_beam", "_progress"):
         shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
 
-
-def result_dict(r: IngestResult) -> dict:
-    return asdict(r)

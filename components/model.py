@@ -74,7 +74,7 @@ def build_base(cfg: BaseConfig, size: int) -> keras.Model:
     return base
 
 
-def build_head(cfg: HeadConfig, num_classes: int, feature_dim: int | None = None) -> keras.Sequential:
+def build_head(cfg: HeadConfig, num_classes: int) -> keras.Sequential:
     layers = [keras.layers.GlobalAveragePooling2D(name="pool"), keras.layers.Dropout(cfg.dropout, name="dropout")]
     if cfg.fc_size:
         layers.append(keras.layers.Dense(cfg.fc_size, activation="relu", name="fc"))
@@ -171,7 +171,6 @@ class LayerInfo:
     kind: str
     block: str
     params: int
-    trainable_params: int
 
 
 def describe_base(name: str, size: int | None = None, kwargs: dict | None = None) -> tuple[keras.Model, list[LayerInfo]]:
@@ -179,6 +178,6 @@ def describe_base(name: str, size: int | None = None, kwargs: dict | None = None
     cfg = BaseConfig(name=name, weights=None, kwargs=kwargs or {})
     base = build_base(cfg, size or b.default_size)
     blocks = b.blocks([layer.name for layer in base.layers])
-    rows = [LayerInfo(i, layer.name, type(layer).__name__, blocks[i], layer.count_params(), 0)
+    rows = [LayerInfo(i, layer.name, type(layer).__name__, blocks[i], layer.count_params())
             for i, layer in enumerate(base.layers)]
     return base, rows

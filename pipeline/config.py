@@ -130,7 +130,6 @@ class TrainConfig(Section):
     mixed_precision: bool = False
     jit_compile: bool = False
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
-    verbose: int = Field(2, ge=0, le=2)
 
 
 class TrainHeadConfig(Section):
@@ -274,11 +273,6 @@ class GraftConfig(Section):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
-
-    def section_json(self, *names: str) -> str:
-        """Canonical JSON of some sections: the cache key of a step."""
-        full = self.to_dict()
-        return json.dumps({n: full[n] for n in names}, sort_keys=True)
 
 
 # ---------------------------------------------------------------- loading

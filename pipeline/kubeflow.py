@@ -50,19 +50,14 @@ def build_pipeline(cfg: GraftConfig):
                   pipeline_root=cfg.kubeflow.pipeline_root)
     def graft_pipeline(config_json: str = default_json):
         tasks: dict = {}
-        gate = None
         for step in dag.STEPS:
             kwargs = {name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()}
-            if step.name == "push":
+            if step.name == "push":  # only a blessed model is pushed
                 with dsl.If(tasks["evaluate"].outputs["Output"] == True, name="blessed"):  # noqa: E712
-                    task = comps[step.name](config_json=config_json, **kwargs)
-                    _configure(task, step, cfg)
-                gate = task
+                    tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)
             else:
-                task = comps[step.name](config_json=config_json, **kwargs)
-                _configure(task, step, cfg)
-            tasks[step.name] = task
-        assert gate is not None
+                tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)
+            _configure(tasks[step.name], step, cfg)
 
     return graft_pipeline
 
