@@ -23,6 +23,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from components.images import BadImage, normalise, sha256
+from components.paths import is_remote as _is_remote
+from components.paths import join as _join
 from pipeline.config import DataConfig
 from pipeline.log import log
 
@@ -50,10 +52,6 @@ def _gfile():
     return tf.io.gfile
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path
-
-
 def _listdir(path: str) -> list[str]:
     if _is_remote(path):
         return sorted(p.rstrip("/") for p in _gfile().listdir(path))
@@ -62,10 +60,6 @@ def _listdir(path: str) -> list[str]:
 
 def _isdir(path: str) -> bool:
     return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
-
-
-def _join(*parts: str) -> str:
-    return "/".join(p.rstrip("/") for p in parts) if _is_remote(parts[0]) else os.path.join(*parts)
 
 
 def _read_bytes(path: str) -> bytes:

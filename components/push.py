@@ -14,14 +14,11 @@ import uuid
 
 import tensorflow as tf
 
+from components.paths import join as _join
 from pipeline.config import PushConfig
 from pipeline.log import log
 
 gfile = tf.io.gfile
-
-
-def _join(*p: str) -> str:
-    return "/".join(x.rstrip("/") for x in p) if "://" in p[0] else os.path.join(*p)
 
 
 def versions(destination: str, model_name: str) -> list[int]:

@@ -233,6 +233,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     precision = gmodel.set_precision(train)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
+    exclude_train = excluded_from_train(validation_dir)
     cw = class_weights(examples_dir, len(labels), cfg.class_weight)
     cached = use_cache(cfg)
     strategy = gmodel.choose_strategy(train)
@@ -243,7 +244,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     t_fit = time.time()
     if cached:
         xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude,
-                                          excluded_from_train(validation_dir), out_dir, train.seed)
+                                          exclude_train, out_dir, train.seed)
         with strategy.scope():
             trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
             trainer.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
@@ -253,7 +254,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     else:
         train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
                                        augment=augment if cfg.augment else None, seed=train.seed,
-                                       exclude_sha256=excluded_from_train(validation_dir))
+                                       exclude_sha256=exclude_train)
         val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
         with strategy.scope():
             model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
