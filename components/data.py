@@ -82,10 +82,17 @@ def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
                   shuffle: bool = False, augment: AugmentConfig | None = None, seed: int = 0,
                   exclude_sha256: set[str] | None = None, repeat: bool = False,
                   cache: bool = False) -> tf.data.Dataset:
-    """Batched (pixels 0..255, label) for training or evaluation."""
+    """Batched (pixels 0..255, label) for training or evaluation, with a known length.
+
+    The length comes from the ingest manifest. Keras needs it: on a dataset of unknown
+    cardinality it probes one step past the end of every epoch, and that probe still
+    increments optimizer.iterations (no data dependency), which shifts Adam's bias
+    correction and every LR schedule by one step per epoch.
+    """
     ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=not shuffle)
     ds = ds.map(lambda b, y: (decode_and_resize(b, size), y), num_parallel_calls=AUTOTUNE,
                 deterministic=not shuffle)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256)))
     if cache:
         ds = ds.cache()
     if shuffle:
