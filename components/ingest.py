@@ -22,6 +22,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from components.example_proto import serialize
 from components.images import BadImage, normalise, sha256
 from components.paths import is_remote as _is_remote
 from components.paths import join as _join
@@ -178,9 +179,6 @@ class DecodeFn(beam.DoFn):
     def setup(self):
         self._done = 0
         self._id = uuid.uuid4().hex
-        from tensorflow.core.example import example_pb2, feature_pb2
-
-        self._ex, self._feat = example_pb2, feature_pb2
 
     def _tick(self):
         self._done += 1
@@ -218,29 +216,21 @@ class DecodeFn(beam.DoFn):
             return
         digest = sha256(data)
         split = item.get("split") or split_of(digest, self.fractions)
-        f = self._feat
-
-        def b(v):
-            return f.Feature(bytes_list=f.BytesList(value=[v]))
-
-        def i(v):
-            return f.Feature(int64_list=f.Int64List(value=[v]))
-
-        ex = self._ex.Example(features=f.Features(feature={
-            "image/encoded": b(img.encoded),
-            "image/format": b(img.format.encode()),
-            "image/height": i(img.height),
-            "image/width": i(img.width),
-            "image/sha256": b(digest.encode()),
-            "label": i(self.label_ids[label]),
-            "label/text": b(label.encode()),
-            "source": b(path.encode()),
-        }))
+        example = serialize({
+            "image/encoded": img.encoded,
+            "image/format": img.format.encode(),
+            "image/height": img.height,
+            "image/width": img.width,
+            "image/sha256": digest.encode(),
+            "label": self.label_ids[label],
+            "label/text": label.encode(),
+            "source": path.encode(),
+        })
         meta = {"path": path, "label": label, "split": split, "sha256": digest,
                 "height": img.height, "width": img.width, "format": img.source_format,
                 "mode": img.source_mode, "resized": img.resized}
         self._tick()
-        yield (split, ex.SerializeToString(), json.dumps(meta, sort_keys=True))
+        yield (split, example, json.dumps(meta, sort_keys=True))
 
 
 def _beam_options(cfg: DataConfig, n_items: int) -> PipelineOptions:

@@ -190,10 +190,15 @@ def use_cache(cfg: TrainHeadConfig) -> bool:
     return cfg.feature_cache != "off" and valid
 
 
+FEATURE_BATCH = 128  # inference only: a larger batch than training is cheaper per image
+
+
 def _features(extractor: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """One compiled inference pass (an eager call per batch would run op by op)."""
+    step = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
     xs, ys = [], []
     for x, y in ds:
-        xs.append(extractor(x, training=False).numpy())
+        xs.append(step(x).numpy())
         ys.append(y.numpy())
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
@@ -209,12 +214,14 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_t
     passes = max(1, cfg.augmented_passes) if cfg.augment else 1
     parts = []
     for p in range(passes):
-        ds = gdata.image_dataset(examples_dir, "train", size, 64, augment=augment if cfg.augment else None,
+        ds = gdata.image_dataset(examples_dir, "train", size, FEATURE_BATCH,
+                                 augment=augment if cfg.augment else None,
                                  seed=seed + p, exclude_sha256=exclude_train)
         parts.append(_features(extractor, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
-    xv, yv = _features(extractor, gdata.image_dataset(examples_dir, "val", size, 64, exclude_sha256=exclude))
+    xv, yv = _features(extractor, gdata.image_dataset(examples_dir, "val", size, FEATURE_BATCH,
+                                                      exclude_sha256=exclude))
     np.savez(path + ".tmp.npz", xt=xt, yt=yt, xv=xv, yv=yv)
     os.replace(path + ".tmp.npz", path)
     log(f"train_head: cached {len(xt)} train + {len(xv)} val features ({xt.shape[1]}-d) "

@@ -188,3 +188,25 @@ def test_demo_data_is_deterministic(tmp_path):
     assert not {p.name for p in (tmp_path / "s").iterdir()} & {p.name for p in (tmp_path / "a").iterdir()}
     img = Image.open(io.BytesIO(next((tmp_path / "a").rglob("*.jpg")).read_bytes()))
     assert img.size == (32, 32)
+
+
+def test_examples_are_real_tf_examples_built_without_tensorflow():
+    """Beam workers build Examples without importing TF; TF must read them as its own."""
+    import subprocess
+    import sys
+
+    import tensorflow as tf
+
+    from components.example_proto import serialize
+
+    data = serialize({"image/encoded": b"\x00\xffjpeg", "label": 3, "label/text": b"roses"})
+    ex = tf.train.Example.FromString(data)
+    assert ex.features.feature["image/encoded"].bytes_list.value == [b"\x00\xffjpeg"]
+    assert ex.features.feature["label"].int64_list.value == [3]
+    parsed = tf.io.parse_single_example(data, {"label": tf.io.FixedLenFeature([], tf.int64),
+                                               "label/text": tf.io.FixedLenFeature([], tf.string)})
+    assert int(parsed["label"]) == 3 and parsed["label/text"].numpy() == b"roses"
+    probe = "import sys, components.ingest; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "False", "a Beam worker importing components.ingest would load all of TF"
