@@ -233,12 +233,49 @@ class DecodeFn(beam.DoFn):
         yield (split, example, json.dumps(meta, sort_keys=True))
 
 
-def _beam_options(cfg: DataConfig, n_items: int) -> PipelineOptions:
+# Below this much input, DirectRunner multi-processing is slower than one in-memory worker:
+# spawning the SDK workers and the extra Fn API round trips cost ~4 s on 2 cores, more than
+# a second core saves (benchmarks/ingest_bench.py measures both sides of the crossover).
+MULTI_PROCESS_MIN_BYTES = 64 * 2**20
+
+
+def input_bytes(items: list[dict]) -> int | None:
+    """Total bytes to decode; None when a remote listing would make stat-ing every file slow."""
+    total = 0
+    for it in items:
+        if it.get("data") is not None:
+            total += len(it["data"])
+        elif _is_remote(it["path"]):
+            return None
+        else:
+            try:
+                total += os.path.getsize(it["path"])
+            except OSError:
+                pass  # unreadable: quarantined by the pipeline
+    return total
+
+
+def auto_workers(cfg: DataConfig, items: list[dict]) -> int:
+    """data.num_workers, or for 0: all cores when the input is big enough to gain from them."""
+    if cfg.num_workers:
+        return cfg.num_workers
+    cores = os.cpu_count() or 1
+    size = input_bytes(items)
+    if cores > 1 and size is not None and size < MULTI_PROCESS_MIN_BYTES:
+        log(f"ingest: {size / 2**20:.0f} MB of images: one in-memory worker (multi-processing pays off "
+            f"from {MULTI_PROCESS_MIN_BYTES // 2**20} MB; set data.num_workers to force)")
+        return 1
+    return cores
+
+
+def _beam_options(cfg: DataConfig, items: list[dict]) -> PipelineOptions:
     args = list(cfg.beam_args)
     if not any(a.startswith("--runner") for a in args) or any("DirectRunner" in a for a in args):
-        workers = cfg.num_workers or os.cpu_count() or 1
-        workers = max(1, min(workers, n_items))
-        if not any(a.startswith("--direct_num_workers") for a in args):
+        given = [a.split("=", 1)[1] for a in args if a.startswith("--direct_num_workers=")]
+        if given:
+            workers = int(given[-1])
+        else:
+            workers = max(1, min(auto_workers(cfg, items), len(items)))
             args.append(f"--direct_num_workers={workers}")
         if not any(a.startswith("--direct_running_mode") for a in args):
             args.append("--direct_running_mode=" + ("multi_processing" if workers > 1 else "in_memory"))
@@ -268,7 +305,7 @@ def run_beam(items: list[dict], label_ids: dict[str, int], cfg: DataConfig, out_
         progress_dir = os.path.join(out_dir, "_progress")
         os.makedirs(progress_dir, exist_ok=True)
     fractions = cfg.splits.model_dump()
-    opts = _beam_options(cfg, len(items))
+    opts = _beam_options(cfg, items)
     stop = threading.Event()
     printer = None
     if progress_dir and len(items) >= cfg.progress_every:

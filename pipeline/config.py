@@ -55,7 +55,7 @@ class DataConfig(Section):
     max_side: int = Field(1024, ge=32, description="larger stored images are downscaled")
     shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split")
     beam_args: list[str] = Field(default_factory=list)
-    num_workers: int = Field(0, ge=0, description="DirectRunner workers; 0 = all cores")
+    num_workers: int = Field(0, ge=0, description="DirectRunner workers; 0 = all cores for inputs over 64 MB, else one in-memory worker")
     progress_every: int = Field(200, ge=1)
 
     @model_validator(mode="after")
