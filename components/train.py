@@ -193,9 +193,7 @@ def use_cache(cfg: TrainHeadConfig) -> bool:
 FEATURE_BATCH = 128  # inference only: a larger batch than training is cheaper per image
 
 
-def _features(extractor: keras.Model, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """One compiled inference pass (an eager call per batch would run op by op)."""
-    step = tf.function(lambda x: extractor(x, training=False), reduce_retracing=True)
+def _features(step, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for x, y in ds:
         xs.append(step(x).numpy())
@@ -210,6 +208,10 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_t
         z = np.load(path)
         return z["xt"], z["yt"], z["xv"], z["yv"]
     extractor = gmodel.feature_extractor(model)
+    # one compiled inference function for every batch shape and split: traced once (an eager
+    # call per batch runs op by op; a fresh trace per split or batch shape costs seconds)
+    step = tf.function(lambda x: extractor(x, training=False),
+                       input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     t0 = time.time()
     passes = max(1, cfg.augmented_passes) if cfg.augment else 1
     parts = []
@@ -217,10 +219,10 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_t
         ds = gdata.image_dataset(examples_dir, "train", size, FEATURE_BATCH,
                                  augment=augment if cfg.augment else None,
                                  seed=seed + p, exclude_sha256=exclude_train)
-        parts.append(_features(extractor, ds))
+        parts.append(_features(step, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
-    xv, yv = _features(extractor, gdata.image_dataset(examples_dir, "val", size, FEATURE_BATCH,
+    xv, yv = _features(step, gdata.image_dataset(examples_dir, "val", size, FEATURE_BATCH,
                                                       exclude_sha256=exclude))
     np.savez(path + ".tmp.npz", xt=xt, yt=yt, xv=xv, yv=yv)
     os.replace(path + ".tmp.npz", path)
@@ -248,10 +250,12 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
         model = gmodel.build_model(base, head, len(labels), image_size)
     cbs, elog = callbacks(out_dir, "train_head", cfg.epochs, cfg.patience)
     cbs += extra_callbacks or []
-    t_fit = time.time()
+    t_fit, t_feat = time.time(), 0.0
     if cached:
+        t_feat = time.time()
         xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude,
                                           exclude_train, out_dir, train.seed)
+        t_feat = time.time() - t_feat
         with strategy.scope():
             trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
             trainer.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
@@ -277,7 +281,8 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     acc, loss = _best(hist)
     res = StageResult("train_head", model_path, acc, loss, len(hist), elog.first_epoch or 0,
                       round(time.time() - t0, 2), cached, precision,
-                      {"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2)})
+                      {"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2),
+                       "feature_seconds": round(t_feat, 2)})
     log(f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache {'on' if cached else 'off'}, "
         f"{res.seconds:.1f}s", level="ok")
     return finish(out_dir, res, "head stage (frozen base)")
