@@ -210,3 +210,23 @@ def test_examples_are_real_tf_examples_built_without_tensorflow():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "False", "a Beam worker importing components.ingest would load all of TF"
+
+
+def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monkeypatch):
+    """Below the measured crossover multi-processing is slower; an explicit choice always wins."""
+    import os
+
+    from components.ingest import MULTI_PROCESS_MIN_BYTES, _beam_options, auto_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    (tmp_path / "a.jpg").write_bytes(b"\xff" * 1000)
+    small = [{"path": str(tmp_path / "a.jpg"), "label": "a"}]
+    big = [{"path": "mem", "label": "a", "data": b"\0" * MULTI_PROCESS_MIN_BYTES}]
+    cfg = DataConfig(path=str(tmp_path))
+    assert auto_workers(cfg, small) == 1
+    assert auto_workers(cfg, big) == 4
+    assert auto_workers(DataConfig(path=str(tmp_path), num_workers=3), small) == 3
+    opts = _beam_options(cfg, small).get_all_options()
+    assert opts["direct_num_workers"] == 1 and opts["direct_running_mode"] == "in_memory"
+    opts = _beam_options(DataConfig(path=str(tmp_path), beam_args=["--direct_num_workers=3"]), small).get_all_options()
+    assert opts["direct_num_workers"] == 3 and opts["direct_running_mode"] == "multi_processing"
