@@ -334,18 +334,17 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
     with strategy.scope():
         model = load_model(head_model_path)
     head_acc, head_loss = evaluate_on(model, val_ds)
+    train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
+                                   augment=augment if cfg.augment else None, seed=train.seed,
+                                   exclude_sha256=excluded_from_train(validation_dir))
     with strategy.scope():
         info = gmodel.unfreeze(model, cfg.unfreeze)
-        n_train = gdata.count_examples(examples_dir, "train")
-        steps = max(1, math.ceil(n_train / cfg.batch_size))
+        steps = max(1, int(train_ds.cardinality()))  # known: image_dataset carries its length
         model.compile(make_optimizer(cfg.optimizer, _schedule(cfg, steps), cfg.momentum),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
     log(f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing {info['trainable_layers']} layers "
         f"from '{info['from_layer']}' (#{info['from_index']}), {cfg.optimizer} lr {cfg.learning_rate:g}")
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
-    train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
-                                   augment=augment if cfg.augment else None, seed=train.seed,
-                                   exclude_sha256=excluded_from_train(validation_dir))
     cbs, elog = callbacks(out_dir, "fine_tune", cfg.epochs, cfg.patience)
     cbs += extra_callbacks or []
     model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs, verbose=0)
