@@ -271,9 +271,8 @@ def auto_workers(cfg: DataConfig, items: list[dict]) -> int:
 def _beam_options(cfg: DataConfig, items: list[dict]) -> PipelineOptions:
     args = list(cfg.beam_args)
     if not any(a.startswith("--runner") for a in args) or any("DirectRunner" in a for a in args):
-        given = [a.split("=", 1)[1] for a in args if a.startswith("--direct_num_workers=")]
-        if given:
-            workers = int(given[-1])
+        if any(a.startswith("--direct_num_workers") for a in args):  # either flag form, parsed by Beam
+            workers = PipelineOptions(args).get_all_options()["direct_num_workers"]
         else:
             workers = max(1, min(auto_workers(cfg, items), len(items)))
             args.append(f"--direct_num_workers={workers}")
