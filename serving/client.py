@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 from google.protobuf.json_format import MessageToDict
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -37,13 +38,9 @@ class Prediction:
 
 def _string_tensor(values: list[bytes]):
     """A DT_STRING TensorProto of shape [len(values)]."""
-    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+    from serving.tensors import tensor_proto
 
-    t = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
-                               tensor_shape=tensor_shape_pb2.TensorShapeProto(
-                                   dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]))
-    t.string_val.extend(values)
-    return t
+    return tensor_proto(np.array(values, dtype=object))
 
 
 class GraftClient:

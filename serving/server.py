@@ -21,7 +21,7 @@ import tensorflow as tf
 from google.protobuf import any_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorflow.core.framework import types_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -35,6 +35,7 @@ from tensorflow_serving.apis import (
 
 from pipeline.log import log
 from serving.models import ModelManager, ServingError
+from serving.tensors import tensor_proto
 
 _STATE = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
@@ -69,20 +70,6 @@ def _ndarray(name: str, proto) -> np.ndarray:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}' is not a valid TensorProto: {e}") from None
 
 
-def _tensor_proto(v: np.ndarray) -> tensor_pb2.TensorProto:
-    """numpy -> TensorProto; float32 scores and string labels built directly (8x faster than
-    tf.make_tensor_proto, which costs ~0.2 ms per output per request)."""
-    shape = tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in v.shape])
-    if v.dtype == np.float32:
-        return tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape=shape,
-                                      tensor_content=np.ascontiguousarray(v).tobytes())
-    if v.dtype.kind in "OS":
-        t = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_shape=shape)
-        t.string_val.extend(v.ravel().tolist())
-        return t
-    return tf.make_tensor_proto(v)
-
-
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, manager: ModelManager):
         self.m = manager
@@ -97,7 +84,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
             resp.model_spec.version.value = version
             resp.model_spec.signature_name = request.model_spec.signature_name or "serving_default"
             for k, v in out.items():
-                resp.outputs[k].CopyFrom(_tensor_proto(v))
+                resp.outputs[k].CopyFrom(tensor_proto(v))
             return resp
 
         return _guard(context, run)
