@@ -17,7 +17,6 @@ def _steps_per_s(model, ds, steps: int) -> float:
 
 def main() -> dict:
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from components import data as gdata
@@ -53,7 +52,6 @@ def main() -> dict:
         return n / (time.time() - t0)
 
     feed_pipe, feed_naive = feed(pipe), feed(naive)
-    _ = np
     return report("input_pipeline", rates["pipeline"], compute, "fine-tune steps/s", ">= 0.9 of in-memory",
                   naive_steps_per_s=round(rates["naive"], 3), rounds_steps_per_s=rounds,
                   speedup_over_naive=round(rates["pipeline"] / rates["naive"], 3),
