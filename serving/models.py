@@ -42,6 +42,24 @@ class LoadedVersion:
     signatures: dict
     signature_defs: dict[str, meta_graph_pb2.SignatureDef]
     loaded_at: float
+    fast: dict  # signature -> (input names, concrete function): see fast_callable
+
+
+def fast_callable(fn) -> tuple[list[str], object]:
+    """The signature re-traced into a plain concrete function, taking its inputs in name order.
+
+    Calling a loaded SavedModel signature looks up every captured variable's handle in Python
+    on each call (263 for MobileNetV2, ~1 ms); a function traced around it captures them once.
+    Same graph, same outputs: the server tests compare answers with the signature's own.
+    Keep the loaded SavedModel object alive as long as this is used: it owns the variables.
+    """
+    specs = fn.structured_input_signature[1]
+    names = sorted(specs)
+
+    def call(*args):
+        return fn(**dict(zip(names, args, strict=True)))
+
+    return names, tf.function(call, input_signature=[specs[n] for n in names]).get_concrete_function()
 
 
 def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -115,7 +133,9 @@ class ModelManager:
         t0 = time.time()
         try:
             obj = tf.saved_model.load(path)
-            lv = LoadedVersion(version, path, obj, dict(obj.signatures), read_signature_defs(path), time.time())
+            sigs = dict(obj.signatures)
+            lv = LoadedVersion(version, path, obj, sigs, read_signature_defs(path), time.time(),
+                               {k: fast_callable(f) for k, f in sigs.items()})
             n = self._warmup(lv)
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
             with self._lock:
@@ -240,8 +260,9 @@ class ModelManager:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"input '{k}' has shape {list(arr.shape)}; signature wants {spec.shape}")
             feed[k] = tf.constant(arr, dtype=want)
+        names, call = lv.fast[signature]
         try:
-            out = fn(**feed)
+            out = call(*[feed[k] for k in names])
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
             msg = str(e).splitlines()[0][:500]
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"could not run '{signature}': {msg}") from None
