@@ -79,7 +79,7 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
         raise BadImage(f"cannot convert mode {source_mode} to RGB: {e}") from None
     resized = False
     if max(rgb.size) > max_side:
-        rgb = rgb.copy()
+        # in place: the decoded image is ours alone (a defensive copy was 10% of ingest CPU)
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         resized = True
     if fmt == "JPEG" and source_mode == "RGB" and not resized:
