@@ -14,6 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from components import data as gdata
+from components.model import predict_scores
 from components.push import baseline_version, file_sha256, version_path
 from components.train import load_model, read_history
 from components.validate import excluded_from_eval
@@ -193,14 +194,16 @@ def bless(cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note:
 
 
 def evaluate(examples_dir: str, head_dir: str, model_dir: str, out_dir: str, *, cfg: EvaluateConfig,
-             push: PushConfig, model_name: str, image_size: int, validation_dir: str | None = None) -> dict:
+             push: PushConfig, model_name: str, image_size: int, validation_dir: str | None = None,
+             flip_average: bool = False) -> dict:
+    """Test metrics of the head-only and fine-tuned models, scored as the export will serve them."""
     os.makedirs(out_dir, exist_ok=True)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
     blobs, y, pixels = _test_data(examples_dir, image_size, exclude)
     res: dict = {"labels": labels, "test_examples": len(y), "excluded_from_eval": len(exclude)}
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
-        probs = load_model(os.path.join(d, "model.keras")).predict(pixels, batch_size=64, verbose=0)
+        probs = predict_scores(load_model(os.path.join(d, "model.keras")), pixels, flip_average)
         res[key] = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
     baseline, note = None, None
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from components import data as gdata
+from components import model as gmodel
 from components.train import load_model
 from pipeline.config import ExportConfig, GraftConfig
 from pipeline.log import log
@@ -30,11 +31,11 @@ class ParityError(RuntimeError):
     """The exported graph does not compute what the trained model computes."""
 
 
-def _signatures(model: keras.Model, labels: list[str], size: int):
+def _signatures(model: keras.Model, labels: list[str], size: int, flip_average: bool = False):
     label_t = tf.constant(labels)
 
-    def outputs(scores):
-        scores = tf.cast(scores, tf.float32)
+    def outputs(pixels):
+        scores = gmodel.scores(model, pixels, flip_average)
         order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
         return {"scores": scores, "classes": tf.gather(label_t, order)}
 
@@ -42,11 +43,11 @@ def _signatures(model: keras.Model, labels: list[str], size: int):
     def serving_default(image_bytes):
         pixels = tf.map_fn(lambda b: gdata.decode_and_resize(b, size), image_bytes,
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return outputs(model(pixels, training=False))
+        return outputs(pixels)
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
     def predict_pixels(pixels):
-        return outputs(model(pixels, training=False))
+        return outputs(pixels)
 
     return serving_default, predict_pixels
 
@@ -104,6 +105,7 @@ input {config.data.image_size}x{config.data.image_size}, {len(card['labels'])} c
 
 Signatures: `serving_default` (image_bytes: string[None]) and `predict_pixels` (float32[None,H,W,3], 0..255);
 outputs `scores` float32[None,C] and `classes` string[None,C] (labels sorted by score).
+{"Scores are the mean over the image and its mirror image (export.flip_average)." if config.export.flip_average else ""}
 """
     with open(os.path.join(out, "model_card.md"), "w") as f:
         f.write(md)
@@ -112,6 +114,7 @@ outputs `scores` float32[None,C] and `classes` string[None,C] (labels sorted by 
 def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str, *, cfg: ExportConfig,
            image_size: int, config: GraftConfig, version: int | None = None) -> dict:
     """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model."""
+    config = config.model_copy(update={"export": cfg})  # the card records the export settings used
     model_path = os.path.join(model_dir, "model.keras")
     model = load_model(model_path)
     labels = gdata.read_labels(examples_dir)
@@ -121,7 +124,7 @@ def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str,
     final = os.path.join(out_dir, cfg.model_name, str(version))
     if os.path.exists(final):
         shutil.rmtree(final)
-    serving_default, predict_pixels = _signatures(model, labels, image_size)
+    serving_default, predict_pixels = _signatures(model, labels, image_size, cfg.flip_average)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serving_default)
@@ -136,7 +139,7 @@ def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str,
     reloaded = tf.saved_model.load(final).signatures["serving_default"]
     got = reloaded(image_bytes=tf.constant(blobs))["scores"].numpy()
     pixels = np.stack([gdata.decode_and_resize(tf.constant(b), image_size).numpy() for b in blobs])
-    want = model.predict(pixels, verbose=0)
+    want = gmodel.predict_scores(model, pixels, cfg.flip_average)
     parity = float(np.max(np.abs(got - want)))
     if not parity <= cfg.parity_tolerance:
         shutil.rmtree(final)

@@ -21,6 +21,26 @@ from pipeline.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfig
 from pipeline.log import log
 
 
+def scores(model: keras.Model, pixels, flip_average: bool = False):
+    """The model's class scores as float32 in a graph; with flip_average, the mean over the mirror image.
+
+    The one definition of what a Graft model outputs: the exported signatures call it, and
+    evaluation calls `predict_scores`, which matches it, so the test metrics are the served model's.
+    """
+    out = tf.cast(model(pixels, training=False), tf.float32)
+    if flip_average:
+        out = (out + tf.cast(model(tf.reverse(pixels, axis=[2]), training=False), tf.float32)) / 2.0
+    return out
+
+
+def predict_scores(model: keras.Model, pixels, flip_average: bool = False, batch_size: int = 64):
+    """`scores` for a numpy batch of 0..255 pixels, through Keras' batched predict."""
+    out = model.predict(pixels, batch_size=batch_size, verbose=0).astype("float32")
+    if flip_average:
+        out = (out + model.predict(pixels[:, :, ::-1], batch_size=batch_size, verbose=0).astype("float32")) / 2.0
+    return out
+
+
 def backbone(name: str) -> Backbone:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(sorted(BACKBONES))}")

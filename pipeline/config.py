@@ -186,6 +186,9 @@ class ExportConfig(Section):
     model_name: str = Field("graft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     parity_tolerance: float = Field(1e-4, gt=0)
     warmup_requests: int = Field(3, ge=0, le=100)
+    flip_average: bool = Field(
+        False, description="serve (and evaluate) the mean of the scores for the image and its mirror "
+                           "image: 2x inference per request; for models trained with horizontal flips")
 
 
 class PushConfig(Section):

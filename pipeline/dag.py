@@ -73,7 +73,7 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
 
     r = evaluate(inputs["examples"], inputs["head_model"], inputs["model"], out, cfg=cfg.evaluate,
                  push=cfg.push, model_name=cfg.export.model_name, image_size=cfg.data.image_size,
-                 validation_dir=inputs["validation"])
+                 validation_dir=inputs["validation"], flip_average=cfg.export.flip_average)
     return {"blessed": r["blessed"], "reasons": r["reasons"],
             "accuracy": r["candidate"]["accuracy"], "head_accuracy": r["head_only"]["accuracy"],
             "baseline_accuracy": (r.get("baseline") or {}).get("accuracy")}
@@ -114,7 +114,8 @@ STEPS: list[Step] = [
          "unfreeze the top of the base at a low LR, guarded", gpu_capable=True),
     Step("evaluate", {"examples": "ingest", "validation": "validate", "head_model": "train_head",
                       "model": "fine_tune"},
-         ("data.image_size", "evaluate", "push.destination", "export.model_name"), "Metrics", _evaluate,
+         ("data.image_size", "evaluate", "push.destination", "export.model_name", "export.flip_average"),
+         "Metrics", _evaluate,
          "test metrics, plots, report, blessing vs the served baseline", external_key=_baseline_key),
     Step("export", {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate"},
          ("data.image_size", "export", "base"), "Model", _export,

@@ -46,6 +46,35 @@ def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
     assert card["labels"] == labels and card["parity_max_abs_diff"] <= 1e-4
 
 
+
+def test_flip_average_export_is_mirror_invariant_and_matches_evaluation(pipeline_run, tmp_path):
+    from components.evaluate import evaluate
+    from components.export import export
+
+    cfg, run, tmp = pipeline_run
+    examples, model_dir = _out(run, "ingest"), _out(run, "fine_tune")
+    ev_dir = tmp_path / "evaluate"
+    ev = evaluate(examples, _out(run, "train_head"), model_dir, str(ev_dir), cfg=cfg.evaluate, push=cfg.push,
+                  model_name="flip", image_size=cfg.data.image_size, flip_average=True)
+    # the parity check inside export compares the SavedModel with evaluation's scoring
+    r = export(model_dir, examples, str(ev_dir), str(tmp_path / "export"),
+               cfg=cfg.export.model_copy(update={"model_name": "flip", "flip_average": True}),
+               image_size=cfg.data.image_size, config=cfg)
+    assert r["parity_max_abs_diff"] <= 1e-4
+    blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
+    pixels = tf.constant(np.stack([gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy()
+                                   for b in blobs]))
+    mirror = tf.reverse(pixels, axis=[2])
+    flip = tf.saved_model.load(r["path"]).signatures["predict_pixels"]
+    plain = tf.saved_model.load(run["steps"]["export"]["summary"]["path"]).signatures["predict_pixels"]
+    assert np.abs(flip(pixels=pixels)["scores"].numpy() - flip(pixels=mirror)["scores"].numpy()).max() <= 1e-5
+    assert np.abs(plain(pixels=pixels)["scores"].numpy() - plain(pixels=mirror)["scores"].numpy()).max() > 1e-3
+    served = flip(pixels=pixels)["scores"].numpy()
+    y = np.array([int(v) for _, v in gdata.raw_dataset(examples, "test").as_numpy_iterator()])
+    assert abs(ev["candidate"]["accuracy"] - (served.argmax(1) == y).mean()) <= 1 / len(y)  # one near-tie at most
+    card = open(os.path.join(r["path"], "model_card.md")).read()
+    assert "mirror image" in card
+
 def test_run_json_and_reports(pipeline_run):
     cfg, run, tmp = pipeline_run
     rec = json.load(open(os.path.join(run["run_dir"], "run.json")))

@@ -28,12 +28,26 @@ FLOOR_FINE_TUNED = 0.70  # achieved 0.720-0.730 here; the 0.75 goal is not reach
 FLOOR_MARGIN_OVER_SCRATCH = 0.30
 
 
-def _scratch_accuracy(examples: str, validation: str, epochs: int) -> float:
+def _test_accuracy(model, examples: str, validation: str, flip_average: bool) -> float:
+    """Test accuracy scored the way the export serves (components.model.scores)."""
+    from components import data as gdata
+    from components import model as gmodel
+    from components.validate import excluded_from_eval
+
+    test = gdata.image_dataset(examples, "test", 224, 64, exclude_sha256=excluded_from_eval(validation))
+    correct = total = 0
+    for x, y in test:
+        correct += int((gmodel.scores(model, x, flip_average).numpy().argmax(1) == y.numpy()).sum())
+        total += len(y)
+    return correct / total
+
+
+def _scratch_accuracy(examples: str, validation: str, epochs: int, flip_average: bool) -> float:
     import keras
 
     from components import data as gdata
     from components import model as gmodel
-    from components.validate import excluded_from_eval, excluded_from_train
+    from components.validate import excluded_from_train
     from pipeline.config import BaseConfig, HeadConfig
 
     keras.utils.set_random_seed(0)
@@ -46,8 +60,7 @@ def _scratch_accuracy(examples: str, validation: str, epochs: int) -> float:
     train = gdata.image_dataset(examples, "train", 224, 32, shuffle=True, augment=AugmentConfig(),
                                 exclude_sha256=excluded_from_train(validation))
     model.fit(train, epochs=epochs, verbose=0)
-    test = gdata.image_dataset(examples, "test", 224, 64, exclude_sha256=excluded_from_eval(validation))
-    return float(model.evaluate(test, verbose=0)[1])
+    return _test_accuracy(model, examples, validation, flip_average)
 
 
 def test_flowers_transfer_quality(tmp_path):
@@ -64,16 +77,25 @@ def test_flowers_transfer_quality(tmp_path):
     ev = json.load(open(os.path.join(steps["evaluate"]["output"], "evaluation.json")))
     head, fine = ev["head_only"]["accuracy"], ev["candidate"]["accuracy"]
     t1 = time.time()
-    scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.fine_tune.epochs)
+    flip = cfg.export.flip_average
+    scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.fine_tune.epochs, flip)
+    scratch_seconds = time.time() - t1
+    from components.train import load_model
+
+    plain = _test_accuracy(load_model(os.path.join(steps["fine_tune"]["output"], "model.keras")),
+                           steps["ingest"]["output"], steps["validate"]["output"], False)
     result = {
         "name": "flowers", "head_test_accuracy": head, "fine_tuned_test_accuracy": fine,
-        "scratch_test_accuracy": scratch, "wall_seconds": round(wall, 1),
-        "scratch_seconds": round(time.time() - t1, 1),
+        "scratch_test_accuracy": scratch, "fine_tuned_without_flip_average": plain,
+        "flip_average": flip, "wall_seconds": round(wall, 1),
+        "scratch_seconds": round(scratch_seconds, 1),
         "per_class_f1": {k: round(v["f1"], 4) for k, v in ev["candidate"]["per_class"].items()},
         "macro_f1": ev["candidate"]["macro_f1"], "ece": ev["candidate"]["ece"],
         "guard": steps["fine_tune"]["summary"]["guard"],
         "setup": "flowers 4,317 photos, 224 px, ImageNet MobileNet v1 alpha 0.25; scratch: same architecture, "
-                 f"{cfg.fine_tune.epochs} epochs (the fine-tuning budget)",
+                 f"{cfg.fine_tune.epochs} epochs (the fine-tuning budget)"
+                 + ("; all test accuracies scored as served: export.flip_average, the mean over the image "
+                    "and its mirror image" if flip else ""),
         "date": time.strftime("%Y-%m-%d"),
     }
     from benchmarks.common import machine
