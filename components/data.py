@@ -78,6 +78,9 @@ def augmentation_layers(cfg: AugmentConfig, seed: int = 0):
     return layers
 
 
+SHUFFLE_BUFFER = 2048
+
+
 def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
                   shuffle: bool = False, augment: AugmentConfig | None = None, seed: int = 0,
                   exclude_sha256: set[str] | None = None, repeat: bool = False,
@@ -90,13 +93,17 @@ def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
     correction and every LR schedule by one step per epoch.
     """
     ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=not shuffle)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256)))
+    if shuffle and not cache:
+        # shuffle the encoded bytes, before decoding: a buffer of decoded images must be filled
+        # (every image in it decoded) before an epoch's first step, and holds size^2*12 bytes each
+        ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda b, y: (decode_and_resize(b, size), y), num_parallel_calls=AUTOTUNE,
                 deterministic=not shuffle)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256)))
     if cache:
         ds = ds.cache()
-    if shuffle:
-        ds = ds.shuffle(2048, seed=seed, reshuffle_each_iteration=True)
+        if shuffle:
+            ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, num_parallel_calls=AUTOTUNE)
