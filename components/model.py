@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from components.backbones import BACKBONES, Backbone
@@ -24,8 +25,8 @@ from pipeline.log import log
 def scores(model: keras.Model, pixels, flip_average: bool = False):
     """The model's class scores as float32 in a graph; with flip_average, the mean over the mirror image.
 
-    The one definition of what a Graft model outputs: the exported signatures call it, and
-    evaluation calls `predict_scores`, which matches it, so the test metrics are the served model's.
+    The one definition of what a Graft model outputs: the exported signatures call it, and so
+    does evaluation (through `predict_scores`), so the test metrics are the served model's.
     """
     out = tf.cast(model(pixels, training=False), tf.float32)
     if flip_average:
@@ -34,11 +35,9 @@ def scores(model: keras.Model, pixels, flip_average: bool = False):
 
 
 def predict_scores(model: keras.Model, pixels, flip_average: bool = False, batch_size: int = 64):
-    """`scores` for a numpy batch of 0..255 pixels, through Keras' batched predict."""
-    out = model.predict(pixels, batch_size=batch_size, verbose=0).astype("float32")
-    if flip_average:
-        out = (out + model.predict(pixels[:, :, ::-1], batch_size=batch_size, verbose=0).astype("float32")) / 2.0
-    return out
+    """`scores` over a numpy array of 0..255 pixels, a batch at a time, through one traced function."""
+    fn = tf.function(lambda x: scores(model, x, flip_average), reduce_retracing=True)
+    return np.concatenate([fn(pixels[i:i + batch_size]).numpy() for i in range(0, len(pixels), batch_size)])
 
 
 def backbone(name: str) -> Backbone:
