@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from components.example_proto import serialize
 from components.images import BadImage, normalise, sha256
@@ -281,6 +281,25 @@ def _beam_options(cfg: DataConfig, items: list[dict]) -> PipelineOptions:
     return PipelineOptions(args)
 
 
+def local_runner(opts: PipelineOptions):
+    """The FnApiRunner for DirectRunner jobs (None for any other runner: Beam picks it).
+
+    Beam 2.77's DirectRunner first tries to download its Prism runner binary from GitHub
+    on every run: network at ingest time, a stray temp dir when it fails, and where it
+    succeeds a different runner that ignores direct_num_workers. Going straight to the
+    FnApiRunner it otherwise falls back to keeps local ingest offline and as configured.
+    """
+    if opts.view_as(StandardOptions).runner not in (None, "DirectRunner", "SwitchingDirectRunner"):
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    info = beam_provision_api_pb2.ProvisionInfo(
+        pipeline_options=JobServiceHandle.encode_pipeline_options(opts.get_all_options()))
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
+
+
 def _progress_printer(progress_dir: str, total: int, stop: threading.Event):
     start = time.time()
     last = -1
@@ -311,7 +330,7 @@ def run_beam(items: list[dict], label_ids: dict[str, int], cfg: DataConfig, out_
         printer = threading.Thread(target=_progress_printer, args=(progress_dir, len(items), stop), daemon=True)
         printer.start()
     try:
-        with beam.Pipeline(options=opts) as p:
+        with beam.Pipeline(runner=local_runner(opts), options=opts) as p:
             decoded = (
                 p
                 | "Files" >> beam.Create(items, reshuffle=True)

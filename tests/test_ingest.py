@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -81,10 +82,13 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
         assert img.dtype == tf.uint8 and img.shape[-1] == 3
 
 
-def test_split_stability_and_determinism(tmp_path):
+def test_split_stability_and_determinism(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
     generate(tmp_path / "a", classes=2, per_class=100, size=32, seed=1)
     _ingest(tmp_path / "a", tmp_path / "o1", num_workers=2)
     _ingest(tmp_path / "a", tmp_path / "o2")
+    # both runs stay on the local FnApiRunner: Beam's DirectRunner would first try to download Prism
+    assert "Prism" not in caplog.text
     assert (tmp_path / "o1/labels.txt").read_bytes() == (tmp_path / "o2/labels.txt").read_bytes()
     assert _split_sets(tmp_path / "o1") == _split_sets(tmp_path / "o2")
     before = {m["sha256"]: m["split"] for m in _manifest(tmp_path / "o1")}
@@ -216,7 +220,9 @@ def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monke
     """Below the measured crossover multi-processing is slower; an explicit choice always wins."""
     import os
 
-    from components.ingest import MULTI_PROCESS_MIN_BYTES, _beam_options, auto_workers
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from components.ingest import MULTI_PROCESS_MIN_BYTES, _beam_options, auto_workers, local_runner
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     (tmp_path / "a.jpg").write_bytes(b"\xff" * 1000)
@@ -230,3 +236,5 @@ def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monke
     assert opts["direct_num_workers"] == 1 and opts["direct_running_mode"] == "in_memory"
     opts = _beam_options(DataConfig(path=str(tmp_path), beam_args=["--direct_num_workers=3"]), small).get_all_options()
     assert opts["direct_num_workers"] == 3 and opts["direct_running_mode"] == "multi_processing"
+    assert type(local_runner(_beam_options(cfg, small))).__name__ == "FnApiRunner"
+    assert local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None  # other runners: Beam's choice
