@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
+# pytest-xdist workers for make test; a file stays on one worker (its fixtures are built once)
+TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
 
@@ -23,7 +25,7 @@ demo: $(STAMP)
 	$(BIN)/python -m serving.demo_query --model-base-path models/demo --model-name demo data/demo-holdout
 
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-real: $(STAMP)
 	GRAFT_SHARED=$(SHARED) $(BIN)/pytest -q -m real -p no:randomly
