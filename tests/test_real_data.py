@@ -24,7 +24,7 @@ pytestmark = [
 ]
 
 # Floors a little under what the pipeline achieves here (see README), so a regression fails.
-FLOOR_FINE_TUNED = 0.70  # achieved 0.720-0.747 here; the 0.75 goal is not reached (README)
+FLOOR_FINE_TUNED = 0.72  # achieved 0.750-0.756 with the fc head here (SE ~0.017 on 685 test photos)
 FLOOR_MARGIN_OVER_SCRATCH = 0.30
 
 
@@ -42,17 +42,16 @@ def _test_accuracy(model, examples: str, validation: str, flip_average: bool) ->
     return correct / total
 
 
-def _scratch_accuracy(examples: str, validation: str, epochs: int, flip_average: bool) -> float:
+def _scratch_accuracy(examples: str, validation: str, head, epochs: int, flip_average: bool) -> float:
     import keras
 
     from components import data as gdata
     from components import model as gmodel
     from components.validate import excluded_from_train
-    from pipeline.config import BaseConfig, HeadConfig
+    from pipeline.config import BaseConfig
 
     keras.utils.set_random_seed(0)
-    model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), HeadConfig(),
-                               5, 224)
+    model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), head, 5, 224)
     gmodel.base_of(model).trainable = True
     model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     from pipeline.config import AugmentConfig
@@ -78,7 +77,8 @@ def test_flowers_transfer_quality(tmp_path):
     head, fine = ev["head_only"]["accuracy"], ev["candidate"]["accuracy"]
     t1 = time.time()
     flip = cfg.export.flip_average
-    scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.fine_tune.epochs, flip)
+    scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.head, cfg.fine_tune.epochs,
+                                flip)
     scratch_seconds = time.time() - t1
     from components.train import load_model
 
@@ -92,7 +92,8 @@ def test_flowers_transfer_quality(tmp_path):
         "per_class_f1": {k: round(v["f1"], 4) for k, v in ev["candidate"]["per_class"].items()},
         "macro_f1": ev["candidate"]["macro_f1"], "ece": ev["candidate"]["ece"],
         "guard": steps["fine_tune"]["summary"]["guard"],
-        "setup": "flowers 4,317 photos, 224 px, ImageNet MobileNet v1 alpha 0.25; scratch: same architecture, "
+        "setup": f"flowers 4,317 photos, 224 px, ImageNet MobileNet v1 alpha 0.25, head fc {cfg.head.fc_size}; "
+                 "scratch: same architecture, "
                  f"{cfg.fine_tune.epochs} epochs (the fine-tuning budget)"
                  + ("; all test accuracies scored as served: export.flip_average, the mean over the image "
                     "and its mirror image" if flip else ""),
