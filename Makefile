@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SHARED ?= $(abspath ../shared)
-# pytest-xdist workers for make test; a file stays on one worker (its fixtures are built once)
+# pytest-xdist workers for make test (0: one process); each file's tests share one worker
 TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
