@@ -190,7 +190,7 @@ def use_cache(cfg: TrainHeadConfig) -> bool:
     return cfg.feature_cache != "off" and valid
 
 
-FEATURE_BATCH = 128  # inference only: a larger batch than training is cheaper per image
+FEATURE_BATCH = 128  # inference only: per-image cost is flat from 32 to 128 here (256 is slower), fewer calls
 
 
 def _features(step, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
