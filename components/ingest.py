@@ -268,9 +268,15 @@ def auto_workers(cfg: DataConfig, items: list[dict]) -> int:
     return cores
 
 
+def _is_direct(opts: PipelineOptions) -> bool:
+    """No runner, or the DirectRunner by any name Beam accepts (any case, 'Runner' optional)."""
+    name = (opts.view_as(StandardOptions).runner or "direct").lower().removesuffix("runner")
+    return name in ("direct", "switchingdirect")
+
+
 def _beam_options(cfg: DataConfig, items: list[dict]) -> PipelineOptions:
     args = list(cfg.beam_args)
-    if not any(a.startswith("--runner") for a in args) or any("DirectRunner" in a for a in args):
+    if _is_direct(PipelineOptions(args)):
         if any(a.startswith("--direct_num_workers") for a in args):  # either flag form, parsed by Beam
             workers = PipelineOptions(args).get_all_options()["direct_num_workers"]
         else:
@@ -289,7 +295,7 @@ def local_runner(opts: PipelineOptions):
     succeeds a different runner that ignores direct_num_workers. Going straight to the
     FnApiRunner it otherwise falls back to keeps local ingest offline and as configured.
     """
-    if opts.view_as(StandardOptions).runner not in (None, "DirectRunner", "SwitchingDirectRunner"):
+    if not _is_direct(opts):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner

@@ -236,5 +236,8 @@ def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monke
     assert opts["direct_num_workers"] == 1 and opts["direct_running_mode"] == "in_memory"
     opts = _beam_options(DataConfig(path=str(tmp_path), beam_args=["--direct_num_workers=3"]), small).get_all_options()
     assert opts["direct_num_workers"] == 3 and opts["direct_running_mode"] == "multi_processing"
-    assert type(local_runner(_beam_options(cfg, small))).__name__ == "FnApiRunner"
+    for args in ([], ["--runner=direct"], ["--runner=DirectRunner"]):
+        opts = _beam_options(DataConfig(path=str(tmp_path), beam_args=args), small)
+        assert opts.get_all_options()["direct_running_mode"] == "in_memory", args
+        assert type(local_runner(opts)).__name__ == "FnApiRunner", args
     assert local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None  # other runners: Beam's choice
