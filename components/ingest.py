@@ -276,9 +276,10 @@ def _is_direct(opts: PipelineOptions) -> bool:
 
 def _beam_options(cfg: DataConfig, items: list[dict]) -> PipelineOptions:
     args = list(cfg.beam_args)
-    if _is_direct(PipelineOptions(args)):
+    given = PipelineOptions(args)
+    if _is_direct(given):
         if any(a.startswith("--direct_num_workers") for a in args):  # either flag form, parsed by Beam
-            workers = PipelineOptions(args).get_all_options()["direct_num_workers"]
+            workers = given.get_all_options()["direct_num_workers"]
         else:
             workers = max(1, min(auto_workers(cfg, items), len(items)))
             args.append(f"--direct_num_workers={workers}")
