@@ -11,6 +11,9 @@ COPY serving/ serving/
 RUN pip install .
 # configs/ travels with the image: the CronJob and `graft submit` read it from /app/configs
 COPY configs/ configs/
+# the GPU check runs on a GPU node in this same image:
+#   docker run --gpus all -e OUT=/tmp/gpu REGISTRY/graft:0.1.0 benchmarks/gpu_check.sh
+COPY benchmarks/ benchmarks/
 RUN useradd --uid 1000 --create-home graft
 USER 1000
 ENTRYPOINT []

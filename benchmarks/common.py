@@ -20,13 +20,14 @@ def machine() -> str:
 
 
 def report(name: str, value: float, baseline: float, unit: str, goal: str, ratio: float | None = None,
-           **extra) -> dict:
+           results_dir: Path | None = None, **extra) -> dict:
     """ratio defaults to value/baseline; both measured in the same run."""
     row = {"name": name, "value": round(value, 4), "baseline": round(baseline, 4),
            "ratio": round(ratio if ratio is not None else value / baseline, 3), "goal": goal, "unit": unit,
            "machine": machine(), "date": time.strftime("%Y-%m-%d"), **extra}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
+    out = Path(results_dir or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")
     print(json.dumps(row), flush=True)
     return row
 
