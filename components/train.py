@@ -190,9 +190,14 @@ def use_cache(cfg: TrainHeadConfig) -> bool:
     return cfg.feature_cache != "off" and valid
 
 
-# inference only; measured per image on 2 cores, interleaved: 32 beats 128 by 25-50%
-# (MobileNetV2 a0.35 at 128 px: 3.1-3.2 vs 4.1-4.9 ms; MobileNet a0.25 at 224 px: 6.4-7.4 vs 9-15 ms)
-FEATURE_BATCH = 32
+def feature_batch() -> int:
+    """Batch of the inference-only feature pass.
+
+    CPU: 32, measured per image on 2 cores, interleaved, 25-50% cheaper than 128 (MobileNetV2
+    a0.35 at 128 px: 3.1-3.2 vs 4.1-4.9 ms; MobileNet a0.25 at 224 px: 6.4-7.4 vs 9-15 ms).
+    GPU: 128, as before (unmeasured there; a GPU pays per call, not per image).
+    """
+    return 128 if tf.config.list_physical_devices("GPU") else 32
 
 
 def _features(step, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -216,16 +221,16 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_t
                        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
     t0 = time.time()
     passes = max(1, cfg.augmented_passes) if cfg.augment else 1
+    batch = feature_batch()
     parts = []
     for p in range(passes):
-        ds = gdata.image_dataset(examples_dir, "train", size, FEATURE_BATCH,
+        ds = gdata.image_dataset(examples_dir, "train", size, batch,
                                  augment=augment if cfg.augment else None,
                                  seed=seed + p, exclude_sha256=exclude_train)
         parts.append(_features(step, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
-    xv, yv = _features(step, gdata.image_dataset(examples_dir, "val", size, FEATURE_BATCH,
-                                                      exclude_sha256=exclude))
+    xv, yv = _features(step, gdata.image_dataset(examples_dir, "val", size, batch, exclude_sha256=exclude))
     np.savez(path + ".tmp.npz", xt=xt, yt=yt, xv=xv, yv=yv)
     os.replace(path + ".tmp.npz", path)
     log(f"train_head: cached {len(xt)} train + {len(xv)} val features ({xt.shape[1]}-d) "
