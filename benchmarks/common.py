@@ -40,3 +40,13 @@ def demo_examples(tmp: Path, classes: int = 3, per_class: int = 100, size: int =
     generate(tmp / "imgs", classes=classes, per_class=per_class, size=size, seed=11)
     ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
     return str(tmp / "ex")
+
+
+def in_memory_batches(examples: str, size: int, batch: int):
+    """Four decoded train batches held in memory, repeated: the compute limit a feed is held to."""
+    import tensorflow as tf
+
+    from components import data as gdata
+
+    x, y = next(iter(gdata.image_dataset(examples, "train", size, batch * 4)))
+    return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(2)

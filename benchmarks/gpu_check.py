@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.common import RESULTS, demo_examples, report
+from benchmarks.common import RESULTS, demo_examples, in_memory_batches, report
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,7 @@ def main(smoke: bool = False, out: Path | None = None) -> dict:
     print(f"gpu_check: {'smoke run on the CPU' if smoke else ', '.join(devices)}; generating "
           f"{s.classes * s.per_class} demo images at {s.size} px", flush=True)
     ex = demo_examples(Path(tempfile.mkdtemp()), classes=s.classes, per_class=s.per_class, size=s.size)
-    x, y = next(iter(gdata.image_dataset(ex, "train", s.size, s.batch * 4)))
-    memory = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(s.batch).prefetch(2)
+    memory = in_memory_batches(ex, s.size, s.batch)
     rates, models = {}, {}
     for name, policy, jit in VARIANTS:
         t0 = time.time()

@@ -5,7 +5,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, demo_examples, report
+from benchmarks.common import REPO, demo_examples, in_memory_batches, report
 
 
 def _steps_per_s(model, ds, steps: int) -> float:
@@ -17,7 +17,6 @@ def _steps_per_s(model, ds, steps: int) -> float:
 
 def main() -> dict:
     import keras
-    import tensorflow as tf
 
     from components import data as gdata
     from components import model as gmodel
@@ -31,8 +30,7 @@ def main() -> dict:
     gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
     model.compile(keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
     pipe = gdata.image_dataset(ex, "train", size, batch, shuffle=True, repeat=True)
-    x, y = next(iter(gdata.image_dataset(ex, "train", size, batch * 4)))
-    mem = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(2)
+    mem = in_memory_batches(ex, size, batch)
     naive = gdata.naive_image_dataset(ex, "train", size, batch).repeat()
     # three interleaved rounds, median per feed: this shared machine's speed drifts by up to 2x
     # within minutes (CPU quota), so one sample per variant in sequence would compare states
