@@ -84,22 +84,26 @@ SHUFFLE_BUFFER = 2048
 def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
                   shuffle: bool = False, augment: AugmentConfig | None = None, seed: int = 0,
                   exclude_sha256: set[str] | None = None, repeat: bool = False,
-                  cache: bool = False) -> tf.data.Dataset:
+                  cache: bool = False, deterministic: bool = False) -> tf.data.Dataset:
     """Batched (pixels 0..255, label) for training or evaluation, with a known length.
 
     The length comes from the ingest manifest. Keras needs it: on a dataset of unknown
     cardinality it probes one step past the end of every epoch, and that probe still
     increments optimizer.iterations (no data dependency), which shifts Adam's bias
     correction and every LR schedule by one step per epoch.
+
+    Shuffled reads are unordered for speed; `deterministic` orders them and runs the
+    augmentation sequentially, so its random draws land on the same images every run.
     """
-    ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=not shuffle)
+    ordered = deterministic or not shuffle
+    ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=ordered)
     ds = ds.apply(tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256)))
     if shuffle and not cache:
         # shuffle the encoded bytes, before decoding: a buffer of decoded images must be filled
         # (every image in it decoded) before an epoch's first step, and holds size^2*12 bytes each
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda b, y: (decode_and_resize(b, size), y), num_parallel_calls=AUTOTUNE,
-                deterministic=not shuffle)
+                deterministic=ordered)
     if cache:
         ds = ds.cache()
         if shuffle:
@@ -115,7 +119,7 @@ def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
                 x = layer(x, training=True)
             return x, y
 
-        ds = ds.map(apply, num_parallel_calls=AUTOTUNE)
+        ds = ds.map(apply, num_parallel_calls=None if deterministic else AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 

@@ -156,6 +156,8 @@ def start_stage(out_dir: str, stage: str, train: TrainConfig) -> StageResult | N
         log(f"{stage}: already finished in {out_dir}")
         return done
     keras.utils.set_random_seed(train.seed)
+    if train.deterministic:
+        tf.config.experimental.enable_op_determinism()  # process-wide; nondeterministic ops then raise
     return None
 
 
@@ -208,7 +210,8 @@ def _features(step, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_train, out_dir, seed):
+def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_train, out_dir, seed,
+                     deterministic):
     """Run the frozen base once per pass; saved in the step dir so a resume reuses them."""
     path = os.path.join(out_dir, "features.npz")
     if os.path.exists(path):
@@ -226,7 +229,7 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_t
     for p in range(passes):
         ds = gdata.image_dataset(examples_dir, "train", size, batch,
                                  augment=augment if cfg.augment else None,
-                                 seed=seed + p, exclude_sha256=exclude_train)
+                                 seed=seed + p, exclude_sha256=exclude_train, deterministic=deterministic)
         parts.append(_features(step, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
@@ -261,7 +264,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     if cached:
         t_feat = time.time()
         xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude,
-                                          exclude_train, out_dir, train.seed)
+                                          exclude_train, out_dir, train.seed, train.deterministic)
         t_feat = time.time() - t_feat
         with strategy.scope():
             trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
@@ -272,7 +275,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     else:
         train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
                                        augment=augment if cfg.augment else None, seed=train.seed,
-                                       exclude_sha256=exclude_train)
+                                       exclude_sha256=exclude_train, deterministic=train.deterministic)
         val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
         with strategy.scope():
             model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
@@ -289,7 +292,7 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     res = StageResult("train_head", model_path, acc, loss, len(hist), elog.first_epoch or 0,
                       round(time.time() - t0, 2), cached, precision,
                       {"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2),
-                       "feature_seconds": round(t_feat, 2)})
+                       "feature_seconds": round(t_feat, 2), "deterministic": train.deterministic})
     log(f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache {'on' if cached else 'off'}, "
         f"{res.seconds:.1f}s", level="ok")
     return finish(out_dir, res, "head stage (frozen base)")
@@ -343,7 +346,8 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
     head_acc, head_loss = evaluate_on(model, val_ds)
     train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
                                    augment=augment if cfg.augment else None, seed=train.seed,
-                                   exclude_sha256=excluded_from_train(validation_dir))
+                                   exclude_sha256=excluded_from_train(validation_dir),
+                                   deterministic=train.deterministic)
     with strategy.scope():
         info = gmodel.unfreeze(model, cfg.unfreeze)
         steps = max(1, int(train_ds.cardinality()))  # known: image_dataset carries its length
@@ -369,7 +373,8 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
                       round(time.time() - t0, 2), False, precision,
                       {"guard": "kept_head" if kept == "head" else "accepted", "kept": kept,
                        "head_val_accuracy": head_acc, "fine_tuned_val_accuracy": ft_acc,
-                       "head_val_loss": head_loss, "fine_tuned_val_loss": ft_loss, "unfreeze": info})
+                       "head_val_loss": head_loss, "fine_tuned_val_loss": ft_loss, "unfreeze": info,
+                       "deterministic": train.deterministic})
     log(f"fine_tune: val_accuracy head {head_acc:.3f} -> fine-tuned {ft_acc:.3f}; kept {kept} "
         f"({res.seconds:.1f}s)", level="ok")
     return finish(out_dir, res, "fine-tune stage")

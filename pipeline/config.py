@@ -130,6 +130,9 @@ class TrainConfig(Section):
     mixed_precision: bool = False
     jit_compile: bool = False
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
+    deterministic: bool = Field(
+        False, description="bit-identical re-runs from the same ingest artifact on the same machine and "
+                           "TF build: ordered reads, sequential augmentation, TF op determinism; slower")
 
 
 class TrainHeadConfig(Section):

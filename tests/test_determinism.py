@@ -1,0 +1,66 @@
+"""train.deterministic: two runs from the same ingest artifact give bit-identical models.
+
+Each run is its own process (op determinism is process-wide, and a re-run is a new
+process in real use): the head stage on cached features, then fine-tuning on shuffled,
+augmented batches read from several shards.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from components.demo_data import generate
+from components.ingest import ingest
+from components.train import load_model, read_history
+from pipeline.config import DataConfig
+
+RUN = """
+import sys
+from components.train import fine_tune, train_head
+from pipeline.config import (AugmentConfig, BaseConfig, FineTuneConfig, HeadConfig, TrainConfig,
+                             TrainHeadConfig)
+ex, out = sys.argv[1], sys.argv[2]
+train = TrainConfig(seed=3, deterministic=True)
+aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.1, translation=0.1)
+train_head(ex, out + "/head", base=BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), head=HeadConfig(fc_size=16),
+           train=train, cfg=TrainHeadConfig(epochs=1, batch_size=16, patience=0), augment=aug, image_size=32)
+fine_tune(ex, out + "/head", out + "/ft", train=train, augment=aug, image_size=32,
+          cfg=FineTuneConfig(epochs=1, batch_size=16, learning_rate=1e-3, patience=0, guard=False))
+"""
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> str:
+    """3 demo classes x 40 at 48 px in 4 shards."""
+    tmp = tmp_path_factory.mktemp("det")
+    generate(tmp / "imgs", classes=3, per_class=40, size=48, seed=5)
+    ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1, shards=4), str(tmp / "ex"))
+    return str(tmp / "ex")
+
+
+def _train(examples: str, out) -> None:
+    proc = subprocess.run([sys.executable, "-c", RUN, examples, str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_deterministic_runs_are_bit_identical(examples, tmp_path):
+    _train(examples, tmp_path / "a")
+    _train(examples, tmp_path / "b")
+    for stage in ("head", "ft"):
+        a, b = (load_model(str(tmp_path / r / stage / "model.keras")) for r in "ab")
+        wa, wb = a.get_weights(), b.get_weights()
+        assert len(wa) == len(wb) > 0
+        for x, y in zip(wa, wb, strict=True):
+            assert np.array_equal(x, y), (stage, x.shape)
+        ha, hb = (read_history(str(tmp_path / r / stage)) for r in "ab")
+        assert ha == hb and len(ha) == 1, (ha, hb)
+    # the fine-tune really trained: its weights moved away from the head stage's
+    head, ft = (load_model(str(tmp_path / "a" / s / "model.keras")) for s in ("head", "ft"))
+    assert any(not np.array_equal(x, y) for x, y in zip(head.get_weights(), ft.get_weights(), strict=True))
+    result = json.loads((tmp_path / "a" / "ft" / "result.json").read_text())
+    assert result["extra"]["deterministic"] is True
