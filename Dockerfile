@@ -5,6 +5,8 @@ FROM tensorflow/tensorflow:2.21.0-gpu
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2
 COPY pyproject.toml README.md ./
+COPY graft/ graft/
+COPY core/ core/
 COPY pipeline/ pipeline/
 COPY components/ components/
 COPY serving/ serving/

@@ -22,7 +22,7 @@ demo: $(STAMP)
 	@test -d data/demo || $(BIN)/graft demo-data data/demo --classes 5 --per-class 200 --size 64 --seed 0
 	@test -d data/demo-holdout || $(BIN)/graft demo-data data/demo-holdout --classes 5 --per-class 1 --size 64 --seed 12345
 	$(BIN)/graft run --config configs/demo.yaml
-	$(BIN)/python -m serving.demo_query --model-base-path models/demo --model-name demo data/demo-holdout
+	$(BIN)/python -m graft.serving.demo_query --model-base-path models/demo --model-name demo data/demo-holdout
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile

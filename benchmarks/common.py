@@ -33,9 +33,9 @@ def report(name: str, value: float, baseline: float, unit: str, goal: str, ratio
 
 
 def demo_examples(tmp: Path, classes: int = 3, per_class: int = 100, size: int = 64) -> str:
-    from components.demo_data import generate
-    from components.ingest import ingest
-    from pipeline.config import DataConfig
+    from graft.components.demo_data import generate
+    from graft.components.ingest import ingest
+    from graft.core.config import DataConfig
 
     generate(tmp / "imgs", classes=classes, per_class=per_class, size=size, seed=11)
     ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
@@ -46,7 +46,7 @@ def in_memory_batches(examples: str, size: int, batch: int):
     """Four decoded train batches held in memory, repeated: the compute limit a feed is held to."""
     import tensorflow as tf
 
-    from components import data as gdata
+    from graft.components import data as gdata
 
     x, y = next(iter(gdata.image_dataset(examples, "train", size, batch * 4)))
     return tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch).prefetch(2)

@@ -45,8 +45,8 @@ VARIANTS = (("float32", "float32", False), ("mixed_float16", "mixed_float16", Fa
 def _fine_tune_model(policy: str, jit: bool, s: Settings):
     import keras
 
-    from components import model as gmodel
-    from pipeline.config import BaseConfig, HeadConfig, UnfreezeConfig
+    from graft.components import model as gmodel
+    from graft.core.config import BaseConfig, HeadConfig, UnfreezeConfig
 
     keras.mixed_precision.set_global_policy(policy)
     model = gmodel.build_model(BaseConfig(name=s.backbone, weights=None, kwargs={"alpha": s.alpha}),
@@ -79,7 +79,7 @@ def _images_per_s(model, ds, s: Settings) -> float:
 def main(smoke: bool = False, out: Path | None = None) -> dict:
     import tensorflow as tf
 
-    from components import data as gdata
+    from graft.components import data as gdata
 
     s = SMOKE if smoke else FULL
     gpus = tf.config.list_physical_devices("GPU")

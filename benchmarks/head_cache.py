@@ -8,8 +8,14 @@ from benchmarks.common import REPO, demo_examples, report
 
 
 def main() -> dict:
-    from components.train import train_head
-    from pipeline.config import AugmentConfig, BaseConfig, HeadConfig, TrainConfig, TrainHeadConfig
+    from graft.components.train import train_head
+    from graft.core.config import (
+        AugmentConfig,
+        BaseConfig,
+        HeadConfig,
+        TrainConfig,
+        TrainHeadConfig,
+    )
 
     tmp = Path(tempfile.mkdtemp())
     ex = demo_examples(tmp, classes=5, per_class=120, size=128)

@@ -25,8 +25,8 @@ def _camera_photos(src: Path, dst: Path) -> None:
 
 
 def _rate(imgs: Path, out: Path, workers: int, n: int) -> float:
-    from components.ingest import ingest
-    from pipeline.config import DataConfig
+    from graft.components.ingest import ingest
+    from graft.core.config import DataConfig
 
     t0 = time.time()
     ingest(DataConfig(path=str(imgs), num_workers=workers, progress_every=10**6), str(out))
@@ -34,7 +34,7 @@ def _rate(imgs: Path, out: Path, workers: int, n: int) -> float:
 
 
 def main() -> dict:
-    from components.demo_data import generate
+    from graft.components.demo_data import generate
 
     tmp = Path(tempfile.mkdtemp())
     cores = os.cpu_count() or 2

@@ -18,9 +18,9 @@ def _steps_per_s(model, ds, steps: int) -> float:
 def main() -> dict:
     import keras
 
-    from components import data as gdata
-    from components import model as gmodel
-    from pipeline.config import BaseConfig, HeadConfig, UnfreezeConfig
+    from graft.components import data as gdata
+    from graft.components import model as gmodel
+    from graft.core.config import BaseConfig, HeadConfig, UnfreezeConfig
 
     tmp = Path(tempfile.mkdtemp())
     ex = demo_examples(tmp, classes=3, per_class=200, size=96)

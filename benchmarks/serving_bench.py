@@ -18,9 +18,9 @@ def _pct(xs, p):
 def main(model_base: str | None = None, name: str = "demo") -> dict:
     import tensorflow as tf
 
-    from serving.client import GraftClient
-    from serving.launch import ServerProcess
-    from serving.models import fast_callable
+    from graft.serving.client import GraftClient
+    from graft.serving.launch import ServerProcess
+    from graft.serving.models import fast_callable
 
     if model_base is None:
         model_base = str(REPO / "models" / "demo")

@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from pipeline.config import AugmentConfig
+from graft.core.config import AugmentConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = {

@@ -9,17 +9,35 @@ from __future__ import annotations
 import base64
 import json
 import os
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from components import data as gdata
-from components.model import predict_scores
-from components.push import baseline_version, file_sha256, version_path
-from components.train import load_model, read_history
-from components.validate import excluded_from_eval
-from pipeline.config import EvaluateConfig, PushConfig
-from pipeline.log import log
+from graft.components import data as gdata
+from graft.components.model import predict_scores
+from graft.components.push import baseline_version, file_sha256, version_path
+from graft.components.train import load_model, read_history
+from graft.components.validate import excluded_from_eval
+from graft.core.config import EvaluateConfig
+from graft.core.log import log
+
+
+@dataclass
+class EvaluationResult:
+    """What evaluation.json holds; the metrics dicts come from metrics_from_probs."""
+
+    labels: list[str]
+    test_examples: int
+    excluded_from_eval: int
+    head_only: dict
+    candidate: dict
+    baseline: dict | None
+    baseline_version: int | None
+    blessed: bool
+    reasons: list[str]
+    plots: dict[str, str]
+    report: str
 
 
 def metrics_from_probs(probs: np.ndarray, y: np.ndarray, labels: list[str], top_k: int, bins: int) -> dict:
@@ -194,37 +212,42 @@ def bless(cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note:
 
 
 def evaluate(examples_dir: str, head_dir: str, model_dir: str, out_dir: str, *, cfg: EvaluateConfig,
-             push: PushConfig, model_name: str, image_size: int, validation_dir: str | None = None,
-             flip_average: bool = False) -> dict:
-    """Test metrics of the head-only and fine-tuned models, scored as the export will serve them."""
+             destination: str, model_name: str, image_size: int, validation_dir: str | None = None,
+             flip_average: bool = False) -> EvaluationResult:
+    """Test metrics of the head-only and fine-tuned models, scored as the export will serve them.
+
+    `destination` is the push destination: its newest other version is the served baseline.
+    """
     os.makedirs(out_dir, exist_ok=True)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
     blobs, y, pixels = _test_data(examples_dir, image_size, exclude)
-    res: dict = {"labels": labels, "test_examples": len(y), "excluded_from_eval": len(exclude)}
+    scored: dict[str, dict] = {}
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
         probs = predict_scores(load_model(os.path.join(d, "model.keras")), pixels, flip_average)
-        res[key] = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
+        scored[key] = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
     baseline, note = None, None
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
-    version = baseline_version(push.destination, model_name, cand_sha) if cfg.compare_baseline else None
+    version = baseline_version(destination, model_name, cand_sha) if cfg.compare_baseline else None
     if version is not None:
-        path = version_path(push.destination, model_name, version)
+        path = version_path(destination, model_name, version)
         probs, note = _baseline_probs(path, blobs, labels)
         if probs is not None:
             baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
             baseline.update({"version": version, "path": path})
-        res["baseline_version"] = version
-    res["baseline"] = baseline
-    res["blessed"], res["reasons"] = bless(cfg, res["candidate"], baseline, note)
+    blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
+    res = EvaluationResult(labels=labels, test_examples=len(y), excluded_from_eval=len(exclude),
+                           head_only=scored["head_only"], candidate=scored["candidate"],
+                           baseline=baseline, baseline_version=version, blessed=blessed,
+                           reasons=reasons, plots={}, report="")
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
-    plots = _plots(out_dir, res, labels, histories)
-    res["plots"] = {k: os.path.basename(v) for k, v in plots.items()}
-    res["report"] = os.path.basename(_html(out_dir, res, plots))
+    plots = _plots(out_dir, asdict(res), labels, histories)
+    res.plots = {k: os.path.basename(v) for k, v in plots.items()}
+    res.report = os.path.basename(_html(out_dir, asdict(res), plots))
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
-        json.dump(res, f, indent=2)
+        json.dump(asdict(res), f, indent=2)
     b = f"baseline v{version} {baseline['accuracy']:.3f}" if baseline else "no baseline"
-    log(f"evaluate: test accuracy head-only {res['head_only']['accuracy']:.3f}, fine-tuned "
-        f"{res['candidate']['accuracy']:.3f}, {b} -> {'BLESSED' if res['blessed'] else 'not blessed'}",
-        level="ok" if res["blessed"] else "warn")
+    log(f"evaluate: test accuracy head-only {res.head_only['accuracy']:.3f}, fine-tuned "
+        f"{res.candidate['accuracy']:.3f}, {b} -> {'BLESSED' if res.blessed else 'not blessed'}",
+        level="ok" if res.blessed else "warn")
     return res

@@ -13,16 +13,17 @@ import json
 import os
 import shutil
 import time
+from dataclasses import asdict, dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from components import data as gdata
-from components import model as gmodel
-from components.train import load_model
-from pipeline.config import ExportConfig, GraftConfig
-from pipeline.log import log
+from graft.components import data as gdata
+from graft.components import model as gmodel
+from graft.components.train import load_model
+from graft.core.config import BaseConfig, ExportConfig, HeadConfig
+from graft.core.log import log
 
 WARMUP_FILE = "tf_serving_warmup_requests"
 
@@ -67,23 +68,24 @@ def write_warmup(path: str, blobs: list[bytes], model_name: str) -> int:
     return len(blobs)
 
 
-def _model_card(out: str, config: GraftConfig, examples_dir: str, evaluation: dict, version: int,
-                parity: float, model_path: str) -> None:
+def _model_card(out: str, *, cfg: ExportConfig, base: BaseConfig, head: HeadConfig, image_size: int,
+                settings: dict, examples_dir: str, evaluation: dict, version: int, parity: float,
+                model_path: str) -> None:
     with open(os.path.join(examples_dir, "stats.json")) as f:
         stats = json.load(f)
     cand = evaluation["candidate"]
     card = {
-        "model_name": config.export.model_name, "version": version,
+        "model_name": cfg.model_name, "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base": config.base.model_dump(), "head": config.head.model_dump(),
-        "image_size": config.data.image_size, "labels": evaluation["labels"],
+        "base": base.model_dump(mode="json"), "head": head.model_dump(mode="json"),
+        "image_size": image_size, "labels": evaluation["labels"],
         "data": {"source": stats["source"], "counts": stats["counts"], "quarantined": stats["quarantined"]},
         "metrics": {k: cand[k] for k in ("accuracy", "macro_f1", "log_loss", "ece")},
         "head_only_accuracy": evaluation["head_only"]["accuracy"],
         "blessed": evaluation["blessed"], "blessing_reasons": evaluation["reasons"],
         "parity_max_abs_diff": parity,
         "lineage": {"examples": examples_dir, "trained_model": model_path},
-        "config": config.to_dict(),
+        "config": settings,  # the config this step read (its cache key), nothing more
     }
     with open(os.path.join(out, "model_card.json"), "w") as f:
         json.dump(card, f, indent=2)
@@ -91,8 +93,8 @@ def _model_card(out: str, config: GraftConfig, examples_dir: str, evaluation: di
                           for lab, m in cand["per_class"].items())
     md = f"""# Model card: {card['model_name']} v{version}
 
-Image classifier grafted onto **{config.base.name}** ({config.base.kwargs or 'default kwargs'}),
-input {config.data.image_size}x{config.data.image_size}, {len(card['labels'])} classes.
+Image classifier grafted onto **{base.name}** ({base.kwargs or 'default kwargs'}),
+input {image_size}x{image_size}, {len(card['labels'])} classes.
 
 - Data: `{stats['source']}`; train/val/test = {sum(stats['counts']['train'].values())}/{sum(stats['counts']['val'].values())}/{sum(stats['counts']['test'].values())}; quarantined {stats['quarantined']}
 - Test accuracy {cand['accuracy']:.4f} (head-only {card['head_only_accuracy']:.4f}), macro-F1 {cand['macro_f1']:.4f}, log loss {cand['log_loss']:.4f}, ECE {cand['ece']:.4f}
@@ -105,16 +107,31 @@ input {config.data.image_size}x{config.data.image_size}, {len(card['labels'])} c
 
 Signatures: `serving_default` (image_bytes: string[None]) and `predict_pixels` (float32[None,H,W,3], 0..255);
 outputs `scores` float32[None,C] and `classes` string[None,C] (labels sorted by score).
-{"Scores are the mean over the image and its mirror image (export.flip_average)." if config.export.flip_average else ""}
+{"Scores are the mean over the image and its mirror image (export.flip_average)." if cfg.flip_average else ""}
 """
     with open(os.path.join(out, "model_card.md"), "w") as f:
         f.write(md)
 
 
+@dataclass
+class ExportResult:
+    path: str
+    version: int
+    model_sha256: str
+    model_name: str
+    labels: list[str]
+    parity_max_abs_diff: float
+    warmup_requests: int
+    blessed: bool
+
+
 def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str, *, cfg: ExportConfig,
-           image_size: int, config: GraftConfig, version: int | None = None) -> dict:
-    """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model."""
-    config = config.model_copy(update={"export": cfg})  # the card records the export settings used
+           image_size: int, base: BaseConfig, head: HeadConfig, settings: dict | None = None,
+           version: int | None = None) -> ExportResult:
+    """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model.
+
+    `settings` (the config values the caller keyed this export on) go into the model card.
+    """
     model_path = os.path.join(model_dir, "model.keras")
     model = load_model(model_path)
     labels = gdata.read_labels(examples_dir)
@@ -147,13 +164,16 @@ def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str,
                           f"{cfg.parity_tolerance:.1e}; nothing exported")
     n_warm = write_warmup(os.path.join(final, "assets.extra", WARMUP_FILE), blobs[:cfg.warmup_requests],
                           cfg.model_name)
-    _model_card(final, config, examples_dir, evaluation, version, parity, model_path)
-    from components.push import file_sha256
+    _model_card(final, cfg=cfg, base=base, head=head, image_size=image_size,
+                settings=settings or {}, examples_dir=examples_dir, evaluation=evaluation,
+                version=version, parity=parity, model_path=model_path)
+    from graft.components.push import file_sha256
 
-    result = {"path": final, "version": version, "model_sha256": file_sha256(model_path), "model_name": cfg.model_name, "labels": labels,
-              "parity_max_abs_diff": parity, "warmup_requests": n_warm, "blessed": evaluation["blessed"]}
+    result = ExportResult(path=final, version=version, model_sha256=file_sha256(model_path),
+                          model_name=cfg.model_name, labels=labels, parity_max_abs_diff=parity,
+                          warmup_requests=n_warm, blessed=evaluation["blessed"])
     with open(os.path.join(out_dir, "export.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(asdict(result), f, indent=2)
     log(f"export: SavedModel v{version} at {final} (parity max abs diff {parity:.1e}, "
         f"{n_warm} warmup requests)", level="ok")
     return result

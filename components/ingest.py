@@ -9,6 +9,7 @@ so adding images never moves an old one to another split.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -22,12 +23,12 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from components.example_proto import serialize
-from components.images import BadImage, normalise, sha256
-from components.paths import is_remote as _is_remote
-from components.paths import join as _join
-from pipeline.config import DataConfig
-from pipeline.log import log
+from graft.components.example_proto import serialize
+from graft.components.images import BadImage, normalise, sha256
+from graft.core.config import DataConfig
+from graft.core.log import log
+from graft.core.paths import is_remote as _is_remote
+from graft.core.paths import join as _join
 
 SPLITS = ("train", "val", "test")
 SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
@@ -42,6 +43,30 @@ class IngestResult:
     written: int
     quarantined: int
     input_files: int
+
+
+def source_fingerprint(data: DataConfig) -> str:
+    """What ingest reads, cheaply: every file's name, size and mtime (no reads). Keys its cache."""
+    h = hashlib.sha256()
+    path = data.path
+    if data.source in ("folder", "csv") and path and not _is_remote(path) and os.path.exists(path):
+        if os.path.isfile(path):
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for f in sorted(files):
+                    full = os.path.join(root, f)
+                    st = os.lstat(full)
+                    h.update(f"{os.path.relpath(full, path)}:{st.st_size}:{st.st_mtime_ns}\n".encode(
+                        errors="surrogateescape"))
+                for sub in dirs:
+                    h.update(f"dir:{os.path.relpath(os.path.join(root, sub), path)}\n".encode(
+                        errors="surrogateescape"))
+    else:
+        h.update(f"{data.source}:{path}:{data.tfds_name}:{data.tfds_data_dir}".encode())
+    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ listing

@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components.backbones import BACKBONES, Backbone
-from pipeline.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfig
-from pipeline.log import log
+from graft.core.backbones import BACKBONES, Backbone
+from graft.core.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfig
+from graft.core.log import log
 
 
 def scores(model: keras.Model, pixels, flip_average: bool = False):

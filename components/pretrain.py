@@ -17,9 +17,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import demo_data
-from components.model import BackbonePreprocess
-from pipeline.log import log
+from graft.components import demo_data
+from graft.components.model import BackbonePreprocess
+from graft.core.log import log
 
 RECIPE = {"classes": 6, "per_class": 500, "size": 64, "seed": 1, "alpha": 0.35, "epochs": 24,
           "batch_size": 64, "learning_rate": 2e-3}

@@ -11,12 +11,13 @@ import json
 import os
 import time
 import uuid
+from dataclasses import asdict, dataclass, field
 
 import tensorflow as tf
 
-from components.paths import join as _join
-from pipeline.config import PushConfig
-from pipeline.log import log
+from graft.core.config import PushConfig
+from graft.core.log import log
+from graft.core.paths import join as _join
 
 gfile = tf.io.gfile
 
@@ -84,8 +85,21 @@ def _clean_stale_tmp(root: str) -> None:
             gfile.rmtree(_join(root, d.rstrip("/")))
 
 
+@dataclass
+class PushResult:
+    pushed: bool
+    blessed: bool
+    forced: bool
+    version: int
+    reasons: list[str]
+    destination: str | None = None
+    already_at_destination: bool = False
+    files: int = 0
+    removed_versions: list[int] = field(default_factory=list)
+
+
 def push(export_dir: str, evaluation_dir: str, out_dir: str, *, cfg: PushConfig, model_name: str,
-         force: bool | None = None) -> dict:
+         force: bool | None = None) -> PushResult:
     """Copy <export_dir>/<model_name>/<version> to <destination>/<model_name>/<version> if blessed."""
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
@@ -94,13 +108,13 @@ def push(export_dir: str, evaluation_dir: str, out_dir: str, *, cfg: PushConfig,
     with open(os.path.join(export_dir, "export.json")) as f:
         exported = json.load(f)
     src, version = exported["path"], int(exported["version"])
-    result = {"pushed": False, "blessed": evaluation["blessed"], "forced": False, "destination": None,
-              "version": version, "reasons": evaluation["reasons"]}
+    result = PushResult(pushed=False, blessed=evaluation["blessed"], forced=False, version=version,
+                        reasons=evaluation["reasons"])
     same = [v for v in versions(cfg.destination, model_name)
             if pushed_model_sha(cfg.destination, model_name, v) == exported.get("model_sha256")]
     if same:
-        result.update(already_at_destination=True, version=same[-1],
-                      destination=version_path(cfg.destination, model_name, same[-1]))
+        result.already_at_destination, result.version = True, same[-1]
+        result.destination = version_path(cfg.destination, model_name, same[-1])
         log(f"push: this model is already at the destination as version {same[-1]}; nothing to do")
     elif not evaluation["blessed"] and not force:
         log("push: model not blessed; nothing pushed (" + "; ".join(evaluation["reasons"]) + ")", level="warn")
@@ -124,10 +138,10 @@ def push(export_dir: str, evaluation_dir: str, out_dir: str, *, cfg: PushConfig,
         for old in versions(cfg.destination, model_name)[:-cfg.keep]:
             gfile.rmtree(version_path(cfg.destination, model_name, old))
             removed.append(old)
-        result.update(pushed=True, forced=not evaluation["blessed"], destination=final, version=version,
-                      files=n, removed_versions=removed)
-        log(f"push: {'FORCED ' if result['forced'] else ''}pushed version {version} to {final}"
+        result.pushed, result.forced, result.destination = True, not evaluation["blessed"], final
+        result.version, result.files, result.removed_versions = version, n, removed
+        log(f"push: {'FORCED ' if result.forced else ''}pushed version {version} to {final}"
             + (f"; removed old versions {removed}" if removed else ""), level="ok")
     with open(os.path.join(out_dir, "push.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(asdict(result), f, indent=2)
     return result

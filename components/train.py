@@ -19,10 +19,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from components import data as gdata
-from components import model as gmodel
-from components.validate import excluded_from_eval, excluded_from_train, read_manifest
-from pipeline.config import (
+from graft.components import data as gdata
+from graft.components import model as gmodel
+from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
+from graft.core.config import (
     AugmentConfig,
     BaseConfig,
     FineTuneConfig,
@@ -30,7 +30,7 @@ from pipeline.config import (
     TrainConfig,
     TrainHeadConfig,
 )
-from pipeline.log import log
+from graft.core.log import log
 
 RESULT = "result.json"
 MODEL = "model.keras"
@@ -289,9 +289,11 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     model.save(model_path)
     hist = read_history(out_dir)
     acc, loss = _best(hist)
-    res = StageResult("train_head", model_path, acc, loss, len(hist), elog.first_epoch or 0,
-                      round(time.time() - t0, 2), cached, precision,
-                      {"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2),
+    res = StageResult(stage="train_head", model_path=model_path, best_val_accuracy=acc,
+                      best_val_loss=loss, epochs_run=len(hist),
+                      resumed_from_epoch=elog.first_epoch or 0, seconds=round(time.time() - t0, 2),
+                      cache_used=cached, precision=precision,
+                      extra={"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2),
                        "feature_seconds": round(t_feat, 2), "deterministic": train.deterministic})
     log(f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache {'on' if cached else 'off'}, "
         f"{res.seconds:.1f}s", level="ok")
@@ -338,8 +340,10 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
         model = load_model(head_model_path)
         model.save(model_path)
         acc, loss = evaluate_on(model, val_ds)
-        return finish(out_dir, StageResult("fine_tune", model_path, acc, loss, 0, 0, 0.0, False, precision,
-                                           {"guard": "disabled", "kept": "head"}), "fine-tune (disabled)")
+        res = StageResult(stage="fine_tune", model_path=model_path, best_val_accuracy=acc,
+                          best_val_loss=loss, epochs_run=0, precision=precision,
+                          extra={"guard": "disabled", "kept": "head"})
+        return finish(out_dir, res, "fine-tune (disabled)")
     strategy = gmodel.choose_strategy(train)
     with strategy.scope():
         model = load_model(head_model_path)
@@ -369,9 +373,11 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
     model.save(model_path)
     hist = read_history(out_dir)
     acc, loss = (head_acc, head_loss) if kept == "head" else (ft_acc, ft_loss)
-    res = StageResult("fine_tune", model_path, acc, loss, len(hist), elog.first_epoch or 0,
-                      round(time.time() - t0, 2), False, precision,
-                      {"guard": "kept_head" if kept == "head" else "accepted", "kept": kept,
+    res = StageResult(stage="fine_tune", model_path=model_path, best_val_accuracy=acc,
+                      best_val_loss=loss, epochs_run=len(hist),
+                      resumed_from_epoch=elog.first_epoch or 0, seconds=round(time.time() - t0, 2),
+                      precision=precision,
+                      extra={"guard": "kept_head" if kept == "head" else "accepted", "kept": kept,
                        "head_val_accuracy": head_acc, "fine_tuned_val_accuracy": ft_acc,
                        "head_val_loss": head_loss, "fine_tuned_val_loss": ft_loss, "unfreeze": info,
                        "deterministic": train.deterministic})

@@ -12,8 +12,8 @@ import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from pipeline.config import ValidateConfig
-from pipeline.log import log
+from graft.core.config import ValidateConfig
+from graft.core.log import log
 
 
 class ValidationFailed(RuntimeError):

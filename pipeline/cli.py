@@ -11,8 +11,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.config import ConfigError, GraftConfig, dump_yaml, load_config  # noqa: E402
-from pipeline.log import log  # noqa: E402
+from graft.core.config import ConfigError, GraftConfig, dump_yaml, load_config  # noqa: E402
+from graft.core.log import log  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -49,7 +49,7 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def cmd_demo_data(args) -> int:
-    from components.demo_data import generate
+    from graft.components.demo_data import generate
 
     counts = generate(args.out, classes=args.classes, per_class=args.per_class, size=args.size,
                       seed=args.seed, task=args.task)
@@ -64,7 +64,7 @@ def cmd_config_show(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from components.ingest import ingest
+    from graft.components.ingest import ingest
 
     overrides = list(args.set)
     if args.source:
@@ -79,7 +79,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_validate(args) -> int:
-    from components.validate import ValidationFailed, validate
+    from graft.components.validate import ValidationFailed, validate
 
     cfg = load_config(args.config, args.set, None if args.config else {"data": {"path": "."}})
     try:
@@ -92,8 +92,8 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from pipeline.runner import run_pipeline
-    from pipeline.summary import print_summary
+    from graft.pipeline.runner import run_pipeline
+    from graft.pipeline.summary import print_summary
 
     cfg = _config(args)
     run = run_pipeline(cfg, use_cache=not args.no_cache, only=args.only, from_step=args.from_step,
@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_inspect_base(args) -> int:
-    from components.model import describe_base
+    from graft.components.model import describe_base
 
     kwargs = {"alpha": args.alpha} if args.alpha else {}
     base, rows = describe_base(args.name, args.size, kwargs)
@@ -139,14 +139,14 @@ def cmd_inspect_base(args) -> int:
 
 
 def cmd_pretrain(args) -> int:
-    from components.pretrain import pretrain_demo_base
+    from graft.components.pretrain import pretrain_demo_base
 
     pretrain_demo_base(args.out)
     return 0
 
 
 def cmd_compile(args) -> int:
-    from pipeline.kubeflow import compile_pipeline
+    from graft.pipeline.kubeflow import compile_pipeline
 
     cfg = _config(args)
     path = compile_pipeline(cfg, args.output)
@@ -155,7 +155,7 @@ def cmd_compile(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from pipeline.kubeflow import submit
+    from graft.pipeline.kubeflow import submit
 
     cfg = _config(args)
     out = submit(cfg, host=args.host, experiment=args.experiment, run_name=args.run_name,
@@ -165,13 +165,13 @@ def cmd_submit(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from serving.server import serve_forever
+    from graft.serving.server import serve_forever
 
     return serve_forever(args)
 
 
 def cmd_predict(args) -> int:
-    from serving.client import predict_main
+    from graft.serving.client import predict_main
 
     return predict_main(args)
 

@@ -15,27 +15,27 @@ def make_components(image: str) -> dict:
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def ingest(config_json: str, examples: Output[Dataset]):
-        from pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import run
 
         run("ingest", config_json, {}, examples)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def validate(config_json: str, examples: Input[Dataset], validation: Output[Artifact]):
-        from pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import run
 
         run("validate", config_json, {"examples": examples}, validation)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def train_head(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
                    model: Output[Model]):
-        from pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import run
 
         run("train_head", config_json, {"examples": examples, "validation": validation}, model)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def fine_tune(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
                   head_model: Input[Model], model: Output[Model]):
-        from pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import run
 
         run("fine_tune", config_json, {"examples": examples, "validation": validation,
                                        "head_model": head_model}, model)
@@ -45,22 +45,22 @@ def make_components(image: str) -> dict:
                  head_model: Input[Model], model: Input[Model], evaluation: Output[Artifact],
                  metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
                  report: Output[HTML]) -> bool:
-        from pipeline.kfp_runtime import log_evaluation, run
+        from graft.pipeline.kfp_runtime import log_evaluation, run
 
         run("evaluate", config_json, {"examples": examples, "validation": validation,
                                       "head_model": head_model, "model": model}, evaluation)
-        return log_evaluation(config_json, evaluation, metrics, confusion, report)
+        return log_evaluation(evaluation, metrics, confusion, report)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def export(config_json: str, model: Input[Model], examples: Input[Dataset],
                evaluation: Input[Artifact], exported: Output[Model]):
-        from pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import run
 
         run("export", config_json, {"model": model, "examples": examples, "evaluation": evaluation}, exported)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def push(config_json: str, exported: Input[Model], evaluation: Input[Artifact], pushed: Output[Artifact]):
-        from pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import run
 
         run("push", config_json, {"exported": exported, "evaluation": evaluation}, pushed)
 

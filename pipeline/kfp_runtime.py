@@ -6,8 +6,8 @@ import json
 import os
 import shutil
 
-from pipeline import dag
-from pipeline.config import GraftConfig
+from graft.core.config import GraftConfig
+from graft.pipeline import dag
 
 
 def run(step: str, config_json: str, inputs: dict, output) -> dict:
@@ -20,9 +20,8 @@ def run(step: str, config_json: str, inputs: dict, output) -> dict:
     return summary
 
 
-def log_evaluation(config_json: str, evaluation, metrics, confusion, report) -> bool:
+def log_evaluation(evaluation, metrics, confusion, report) -> bool:
     """Dashboard artifacts: scalar Metrics, the confusion matrix, the HTML report."""
-    cfg = GraftConfig.model_validate_json(config_json)
     with open(os.path.join(evaluation.path, "evaluation.json")) as f:
         ev = json.load(f)
     for prefix, key in (("", "candidate"), ("head_only_", "head_only"), ("baseline_", "baseline")):
@@ -33,4 +32,4 @@ def log_evaluation(config_json: str, evaluation, metrics, confusion, report) -> 
     metrics.log_metric("blessed", 1.0 if ev["blessed"] else 0.0)
     confusion.log_confusion_matrix(ev["labels"], ev["candidate"]["confusion_matrix"])
     shutil.copy(os.path.join(evaluation.path, ev["report"]), report.path)
-    return bool(ev["blessed"] or cfg.push.force)
+    return bool(ev["blessed"])  # the output push's `when` reads

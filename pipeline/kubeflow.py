@@ -2,7 +2,7 @@
 
 The step order and wiring come from dag.STEPS (the same object the local runner walks);
 pipeline.kfp_components holds only the thin per-step wrappers. Training steps get GPUs,
-node selector and toleration from `kubeflow:`; push runs only under dsl.If(blessed).
+node selector and toleration from `kubeflow:`; a step with `when` runs under dsl.If on its upstream's output.
 """
 
 
@@ -11,10 +11,10 @@ import os
 
 from kfp import compiler, dsl, kubernetes
 
-from pipeline import dag
-from pipeline.config import GraftConfig
-from pipeline.kfp_components import OUTPUT_NAMES, make_components
-from pipeline.log import log
+from graft.core.config import GraftConfig
+from graft.core.log import log
+from graft.pipeline import dag
+from graft.pipeline.kfp_components import OUTPUT_NAMES, make_components
 
 
 def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
@@ -52,8 +52,10 @@ def build_pipeline(cfg: GraftConfig):
         tasks: dict = {}
         for step in dag.STEPS:
             kwargs = {name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()}
-            if step.name == "push":  # only a blessed model is pushed
-                with dsl.If(tasks["evaluate"].outputs["Output"] == True, name="blessed"):  # noqa: E712
+            if step.when and not dag.forced(step, cfg):
+                # the upstream wrapper returns step.when.output as its kfp output
+                gate = tasks[step.when.step].outputs["Output"] == True  # noqa: E712
+                with dsl.If(gate, name=step.when.output):
                     tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)
             else:
                 tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)

@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import dag
-from pipeline.config import GraftConfig
-from pipeline.log import log
+from graft.core.config import GraftConfig, apply_overrides, parse_config
+from graft.core.log import log
+from graft.pipeline import dag
 
 SUCCESS = "_SUCCESS"
 
@@ -33,36 +33,23 @@ class StepRecord:
     seconds: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-
-
-def data_fingerprint(cfg: GraftConfig) -> str:
-    """What the ingest step reads: file names, sizes and mtimes (cheap, no reads)."""
-    h = hashlib.sha256()
-    d = cfg.data
-    if d.source in ("folder", "csv") and d.path and "://" not in d.path and os.path.exists(d.path):
-        if os.path.isfile(d.path):
-            st = os.stat(d.path)
-            h.update(f"{d.path}:{st.st_size}:{st.st_mtime_ns}".encode())
-        else:
-            for root, dirs, files in os.walk(d.path):
-                dirs.sort()
-                for f in sorted(files):
-                    st = os.stat(os.path.join(root, f))
-                    h.update(f"{os.path.relpath(os.path.join(root, f), d.path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
-                for sub in dirs:
-                    h.update(f"dir:{os.path.relpath(os.path.join(root, sub), d.path)}\n".encode())
-    else:
-        h.update(f"{d.source}:{d.path}:{d.tfds_name}:{d.tfds_data_dir}".encode())
-    return h.hexdigest()
+    config_read: list[str] = field(default_factory=list)  # dotted keys the step read
 
 
 def fingerprint(s: dag.Step, cfg: GraftConfig, input_fps: dict[str, str], inputs: dict[str, str]) -> str:
-    payload = {"step": s.name, "config": dag.section_values(cfg, s.sections), "inputs": input_fps}
-    if s.name == "ingest":
-        payload["data"] = data_fingerprint(cfg)
-    if s.external_key:
-        payload["external"] = s.external_key(cfg, inputs)
+    payload = {"step": s.name, "config": dag.section_values(cfg, s.sections), "inputs": input_fps,
+               "external": dag.external_key(s, cfg, inputs)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _when_unmet(s: dag.Step, cfg: GraftConfig, records: dict[str, StepRecord]) -> str | None:
+    """Why the step's `when` holds it back, or None when it runs."""
+    if s.when is None or dag.forced(s, cfg):
+        return None
+    upstream = records[s.when.step].summary
+    if upstream.get(s.when.output):
+        return None
+    return f"{s.when.step}.{s.when.output} is false"
 
 
 def _banner(i: int, n: int, s: dag.Step, status: str) -> None:
@@ -86,7 +73,7 @@ def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str |
     outputs: dict[str, str] = {}
     forced_from = dag.STEP_NAMES.index(from_step) if from_step else None
     if force_push:
-        cfg = cfg.model_copy(update={"push": cfg.push.model_copy(update={"force": True})})
+        cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
     run = {"run_id": run_id, "run_dir": run_dir, "config": cfg.to_dict(), "steps": records,
            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running"}
     n = len(dag.STEPS)
@@ -108,6 +95,11 @@ def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str |
                 if done:
                     rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
                 continue
+            unmet = _when_unmet(s, cfg, records)
+            if unmet:
+                rec.status, rec.summary = "skipped", {"reason": unmet}
+                _banner(i, n, s, f"skipped ({unmet})")
+                continue
             if done and use_cache and s.cacheable and not forced:
                 rec.status = "cached"
                 rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
@@ -120,11 +112,15 @@ def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str |
                 log(f"{s.name}: found an unfinished output in {out}; resuming")
             _banner(i, n, s, "running")
             t0 = time.time()
+            reads: set[str] = set()
             try:
-                rec.summary = dag.run_step(s.name, cfg, inputs, out)
+                rec.summary = dag.run_step(s.name, cfg, inputs, out, reads)
             except Exception as e:
-                rec.status, rec.error, rec.seconds = "failed", f"{type(e).__name__}: {e}", round(time.time() - t0, 2)
+                rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
+                rec.seconds = round(time.time() - t0, 2)
                 raise
+            finally:
+                rec.config_read = sorted(reads)
             rec.seconds = round(time.time() - t0, 2)
             rec.status = "ran"
             if s.cacheable:

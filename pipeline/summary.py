@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import GraftConfig
+from graft.core.config import GraftConfig
 
 
 def _fmt(v) -> str:

@@ -38,7 +38,7 @@ class Prediction:
 
 def _string_tensor(values: list[bytes]):
     """A DT_STRING TensorProto of shape [len(values)]."""
-    from serving.tensors import tensor_proto
+    from graft.serving.tensors import tensor_proto
 
     return tensor_proto(np.array(values, dtype=object))
 

@@ -6,9 +6,9 @@ import argparse
 import os
 import sys
 
-from pipeline.log import log
-from serving.client import GraftClient
-from serving.launch import ServerProcess
+from graft.core.log import log
+from graft.serving.client import GraftClient
+from graft.serving.launch import ServerProcess
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,7 +28,7 @@ class ServerProcess:
                  extra: list[str] | None = None, log_path: str | None = None):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
-        cmd = [sys.executable, "-m", "pipeline.cli", "serve", "--model-base-path", base_path,
+        cmd = [sys.executable, "-m", "graft.pipeline.cli", "serve", "--model-base-path", base_path,
                "--model-name", model_name, "--port", str(self.port), "--rest-port", str(self.rest_port),
                "--poll-seconds", str(poll_seconds), *(extra or [])]
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL

@@ -20,7 +20,7 @@ import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
-from pipeline.log import log
+from graft.core.log import log
 
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 

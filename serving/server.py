@@ -33,9 +33,9 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from pipeline.log import log
-from serving.models import ModelManager, ServingError
-from serving.tensors import tensor_proto
+from graft.core.log import log
+from graft.serving.models import ModelManager, ServingError
+from graft.serving.tensors import tensor_proto
 
 _STATE = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -12,7 +11,6 @@ os.environ.setdefault("KERAS_HOME", str(Path(__file__).parent / ".keras-empty"))
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 
 
@@ -40,7 +38,7 @@ def tiny_config(tmp: Path, data: Path, **over) -> dict:
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from components.demo_data import generate
+    from graft.components.demo_data import generate
 
     root = tmp_path_factory.mktemp("tiny") / "images"
     generate(root, classes=3, per_class=40, size=48, seed=0)
@@ -50,8 +48,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, tiny_data):
     """One full local pipeline run: (config, run record, tmp dir)."""
-    from pipeline.config import parse_config
-    from pipeline.runner import run_pipeline
+    from graft.core.config import parse_config
+    from graft.pipeline.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("e2e")
     cfg = parse_config(tiny_config(tmp, tiny_data))

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.config import ConfigError, load_config, parse_config
+from graft.core.config import ConfigError, load_config, parse_config
 
 
 def test_defaults_and_overrides(tmp_path):
@@ -51,7 +51,7 @@ def test_bad_set_syntax(tmp_path):
 
 
 def test_cli_config_show(tmp_path, capsys):
-    from pipeline.cli import main
+    from graft.pipeline.cli import main
 
     p = tmp_path / "c.yaml"
     p.write_text("data: {path: imgs}\n")

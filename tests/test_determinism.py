@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from components.demo_data import generate
-from components.ingest import ingest
-from components.train import load_model, read_history
-from pipeline.config import DataConfig
+from graft.components.demo_data import generate
+from graft.components.ingest import ingest
+from graft.components.train import load_model, read_history
+from graft.core.config import DataConfig
 
 RUN = """
 import sys
-from components.train import fine_tune, train_head
-from pipeline.config import (AugmentConfig, BaseConfig, FineTuneConfig, HeadConfig, TrainConfig,
+from graft.components.train import fine_tune, train_head
+from graft.core.config import (AugmentConfig, BaseConfig, FineTuneConfig, HeadConfig, TrainConfig,
                              TrainHeadConfig)
 ex, out = sys.argv[1], sys.argv[2]
 train = TrainConfig(seed=3, deterministic=True)

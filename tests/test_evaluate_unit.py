@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from components.evaluate import _baseline_probs, bless, metrics_from_probs
-from pipeline.config import EvaluateConfig
+from graft.components.evaluate import _baseline_probs, bless, metrics_from_probs
+from graft.core.config import EvaluateConfig
 
 
 def test_metrics_from_probs():

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.demo_data import generate
-from components.ingest import ingest
-from components.validate import ValidationFailed, validate
-from pipeline.config import DataConfig, ValidateConfig
+from graft.components.demo_data import generate
+from graft.components.ingest import ingest
+from graft.components.validate import ValidationFailed, validate
+from graft.core.config import DataConfig, ValidateConfig
 
 
 def _ingest(path, out, **kw):
@@ -75,7 +75,7 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
     # every stored image decodes as 8-bit RGB
     import tensorflow as tf
 
-    from components.data import raw_dataset
+    from graft.components.data import raw_dataset
 
     for blob, _ in raw_dataset(str(tmp_path / "out"), "train").as_numpy_iterator():
         img = tf.io.decode_image(blob, expand_animations=False)
@@ -174,7 +174,7 @@ def test_tfds_source_prepared_locally(tmp_path):
 
 
 def test_cli_ingest_without_config(tmp_path, capsys):
-    from pipeline.cli import main
+    from graft.pipeline.cli import main
 
     generate(tmp_path / "imgs", classes=2, per_class=6, size=32)
     (tmp_path / "imgs/circle/broken.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
@@ -201,7 +201,7 @@ def test_examples_are_real_tf_examples_built_without_tensorflow():
 
     import tensorflow as tf
 
-    from components.example_proto import serialize
+    from graft.components.example_proto import serialize
 
     data = serialize({"image/encoded": b"\x00\xffjpeg", "label": 3, "label/text": b"roses"})
     ex = tf.train.Example.FromString(data)
@@ -210,7 +210,7 @@ def test_examples_are_real_tf_examples_built_without_tensorflow():
     parsed = tf.io.parse_single_example(data, {"label": tf.io.FixedLenFeature([], tf.int64),
                                                "label/text": tf.io.FixedLenFeature([], tf.string)})
     assert int(parsed["label"]) == 3 and parsed["label/text"].numpy() == b"roses"
-    probe = "import sys, components.ingest; print('tensorflow' in sys.modules)"
+    probe = "import sys, graft.components.ingest; print('tensorflow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.stdout.strip() == "False", "a Beam worker importing components.ingest would load all of TF"
@@ -222,7 +222,12 @@ def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monke
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from components.ingest import MULTI_PROCESS_MIN_BYTES, _beam_options, auto_workers, local_runner
+    from graft.components.ingest import (
+        MULTI_PROCESS_MIN_BYTES,
+        _beam_options,
+        auto_workers,
+        local_runner,
+    )
 
     monkeypatch.setattr(os, "cpu_count", lambda: 4)
     (tmp_path / "a.jpg").write_bytes(b"\xff" * 1000)

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-from pipeline.config import load_config
+from graft.core.config import load_config
 
 K8S = REPO / "k8s"
 K8S_VERSION = "1.33.0"
@@ -73,7 +73,7 @@ def test_probes_ports_and_names_agree_with_configs_and_client():
     svc = next(d for d in docs if d["kind"] == "Service")
     assert ports == {"grpc": int(p["GRPC_PORT"]), "http": int(p["REST_PORT"])}
     assert {x["port"] for x in svc["spec"]["ports"]} == {int(p["GRPC_PORT"]), int(p["REST_PORT"])}
-    from pipeline.cli import build_parser
+    from graft.pipeline.cli import build_parser
 
     serve = build_parser().parse_args(["serve", "--model-base-path", "x", "--model-name", "y"])
     predict = build_parser().parse_args(["predict", "--model", "y", "img"])
@@ -95,7 +95,7 @@ def test_cronjob_forbids_concurrency_with_least_rbac():
 
 
 def test_batching_parameters_parse_as_tf_serving_proto():
-    from serving.batching import parse_batching_parameters
+    from graft.serving.batching import parse_batching_parameters
 
     m = parse_batching_parameters((K8S / "base" / "batching_parameters.txt").read_text())
     assert m.max_batch_size.value == 32 and m.num_batch_threads.value >= 1

@@ -10,9 +10,9 @@ import tensorflow as tf
 import yaml
 from conftest import REPO, tiny_config
 
-from pipeline import dag
-from pipeline.config import load_config, parse_config
-from pipeline.kubeflow import compile_pipeline, submit
+from graft.core.config import load_config, parse_config
+from graft.pipeline import dag
+from graft.pipeline.kubeflow import compile_pipeline, submit
 
 GPU_STEPS = {"train_head", "fine_tune"}
 
@@ -91,18 +91,18 @@ def test_caching_retries_and_if_gate(compiled):
 
 
 def test_wrappers_match_the_dag():
-    from pipeline.kfp_components import make_components
+    from graft.pipeline.kfp_components import make_components
 
     comps = make_components("img")
     for s in dag.STEPS:
         params = set(inspect.signature(comps[s.name].python_func).parameters) - {"config_json"}
-        from pipeline.kfp_components import OUTPUT_NAMES
+        from graft.pipeline.kfp_components import OUTPUT_NAMES
 
         assert set(s.inputs) <= params and OUTPUT_NAMES[s.name] in params, s.name
 
 
 def test_submit_dry_run_schedule(capsys):
-    from pipeline.cli import main
+    from graft.pipeline.cli import main
 
     assert main(["submit", "--config", str(REPO / "configs" / "kubeflow-gpu.yaml"), "--schedule", "0 3 * * 1",
                  "--experiment", "weekly", "--dry-run"]) == 0
@@ -120,7 +120,7 @@ def test_submit_unreachable_host_is_clear():
 def _run_local(cfg, root):
     from kfp import local
 
-    from pipeline.kubeflow import build_pipeline
+    from graft.pipeline.kubeflow import build_pipeline
 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     build_pipeline(cfg)()
@@ -153,6 +153,6 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     out2 = json.load(open(os.path.join(run_dir2, "evaluate", "executor_output.json")))
     assert out2["parameterValues"]["Output"] is False
     assert not os.path.exists(os.path.join(run_dir2, "push"))
-    from components.push import versions
+    from graft.components.push import versions
 
     assert versions(cfg.push.destination, "tiny") == [pushed["version"]]

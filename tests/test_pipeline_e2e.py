@@ -9,13 +9,13 @@ import time
 
 import numpy as np
 import tensorflow as tf
-from conftest import REPO, tiny_config
+from conftest import tiny_config
 
-from components import data as gdata
-from components.push import versions
-from components.train import load_model
-from pipeline.config import parse_config
-from pipeline.runner import run_pipeline
+from graft.components import data as gdata
+from graft.components.push import versions
+from graft.components.train import load_model
+from graft.core.config import parse_config
+from graft.pipeline.runner import run_pipeline
 
 
 def _out(run, step):
@@ -48,31 +48,32 @@ def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
 
 
 def test_flip_average_export_is_mirror_invariant_and_matches_evaluation(pipeline_run, tmp_path):
-    from components.evaluate import evaluate
-    from components.export import export
+    from graft.components.evaluate import evaluate
+    from graft.components.export import export
 
     cfg, run, tmp = pipeline_run
     examples, model_dir = _out(run, "ingest"), _out(run, "fine_tune")
     ev_dir = tmp_path / "evaluate"
-    ev = evaluate(examples, _out(run, "train_head"), model_dir, str(ev_dir), cfg=cfg.evaluate, push=cfg.push,
+    ev = evaluate(examples, _out(run, "train_head"), model_dir, str(ev_dir), cfg=cfg.evaluate,
+                  destination=cfg.push.destination,
                   model_name="flip", image_size=cfg.data.image_size, flip_average=True)
     # the parity check inside export compares the SavedModel with evaluation's scoring
     r = export(model_dir, examples, str(ev_dir), str(tmp_path / "export"),
                cfg=cfg.export.model_copy(update={"model_name": "flip", "flip_average": True}),
-               image_size=cfg.data.image_size, config=cfg)
-    assert r["parity_max_abs_diff"] <= 1e-4
+               image_size=cfg.data.image_size, base=cfg.base, head=cfg.head)
+    assert r.parity_max_abs_diff <= 1e-4
     blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
     pixels = tf.constant(np.stack([gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy()
                                    for b in blobs]))
     mirror = tf.reverse(pixels, axis=[2])
-    flip = tf.saved_model.load(r["path"]).signatures["predict_pixels"]
+    flip = tf.saved_model.load(r.path).signatures["predict_pixels"]
     plain = tf.saved_model.load(run["steps"]["export"]["summary"]["path"]).signatures["predict_pixels"]
     assert np.abs(flip(pixels=pixels)["scores"].numpy() - flip(pixels=mirror)["scores"].numpy()).max() <= 1e-5
     assert np.abs(plain(pixels=pixels)["scores"].numpy() - plain(pixels=mirror)["scores"].numpy()).max() > 1e-3
     served = flip(pixels=pixels)["scores"].numpy()
     y = np.array([int(v) for _, v in gdata.raw_dataset(examples, "test").as_numpy_iterator()])
-    assert abs(ev["candidate"]["accuracy"] - (served.argmax(1) == y).mean()) <= 1 / len(y)  # one near-tie at most
-    card = open(os.path.join(r["path"], "model_card.md")).read()
+    assert abs(ev.candidate["accuracy"] - (served.argmax(1) == y).mean()) <= 1 / len(y)  # one near-tie at most
+    card = open(os.path.join(r.path, "model_card.md")).read()
     assert "mirror image" in card
 
 def test_run_json_and_reports(pipeline_run):
@@ -120,7 +121,9 @@ def test_worse_model_is_not_pushed_unless_forced(pipeline_run, tiny_data, tmp_pa
     ev = r["steps"]["evaluate"]["summary"]
     assert ev["baseline_accuracy"] is not None and ev["accuracy"] < ev["baseline_accuracy"], ev
     assert not ev["blessed"] and any("regression" in x for x in ev["reasons"])
-    assert not r["steps"]["push"]["summary"]["pushed"] and versions(str(dest), "tiny") == before
+    push = r["steps"]["push"]
+    assert push["status"] == "skipped" and "evaluate.blessed" in push["summary"]["reason"]
+    assert versions(str(dest), "tiny") == before
     forced = run_pipeline(bad, force_push=True)
     p = forced["steps"]["push"]["summary"]
     assert p["pushed"] and p["forced"] and versions(str(dest), "tiny") == before + [p["version"]]
@@ -138,9 +141,8 @@ def test_interrupted_push_leaves_no_partial_version(pipeline_run, tmp_path):
     meta.update(model_sha256="another-model", path=str(new_export / "tiny" / str(meta["version"])))
     json.dump(meta, open(new_export / "export.json", "w"))
     code = f"""
-import sys; sys.path.insert(0, {str(REPO)!r})
-from components.push import push
-from pipeline.config import PushConfig
+from graft.components.push import push
+from graft.core.config import PushConfig
 push({str(new_export)!r}, {_out(run, 'evaluate')!r}, {str(tmp_path / 'p')!r},
      cfg=PushConfig(destination={str(dest)!r}), model_name="tiny")
 """

@@ -30,9 +30,9 @@ FLOOR_MARGIN_OVER_SCRATCH = 0.30
 
 def _test_accuracy(model, examples: str, validation: str, flip_average: bool) -> float:
     """Test accuracy scored the way the export serves (components.model.scores)."""
-    from components import data as gdata
-    from components import model as gmodel
-    from components.validate import excluded_from_eval
+    from graft.components import data as gdata
+    from graft.components import model as gmodel
+    from graft.components.validate import excluded_from_eval
 
     test = gdata.image_dataset(examples, "test", 224, 64, exclude_sha256=excluded_from_eval(validation))
     correct = total = 0
@@ -45,16 +45,16 @@ def _test_accuracy(model, examples: str, validation: str, flip_average: bool) ->
 def _scratch_accuracy(examples: str, validation: str, head, epochs: int, flip_average: bool) -> float:
     import keras
 
-    from components import data as gdata
-    from components import model as gmodel
-    from components.validate import excluded_from_train
-    from pipeline.config import BaseConfig
+    from graft.components import data as gdata
+    from graft.components import model as gmodel
+    from graft.components.validate import excluded_from_train
+    from graft.core.config import BaseConfig
 
     keras.utils.set_random_seed(0)
     model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), head, 5, 224)
     gmodel.base_of(model).trainable = True
     model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    from pipeline.config import AugmentConfig
+    from graft.core.config import AugmentConfig
 
     train = gdata.image_dataset(examples, "train", 224, 32, shuffle=True, augment=AugmentConfig(),
                                 exclude_sha256=excluded_from_train(validation))
@@ -63,8 +63,8 @@ def _scratch_accuracy(examples: str, validation: str, head, epochs: int, flip_av
 
 
 def test_flowers_transfer_quality(tmp_path):
-    from pipeline.config import load_config
-    from pipeline.runner import run_pipeline
+    from graft.core.config import load_config
+    from graft.pipeline.runner import run_pipeline
 
     cfg = load_config(REPO / "configs" / "flowers-offline.yaml", [
         f"data.path={FLOWERS}", f"base.weights={WEIGHTS}", f"runner.run_root={tmp_path / 'runs'}",
@@ -80,7 +80,7 @@ def test_flowers_transfer_quality(tmp_path):
     scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.head, cfg.fine_tune.epochs,
                                 flip)
     scratch_seconds = time.time() - t1
-    from components.train import load_model
+    from graft.components.train import load_model
 
     plain = _test_accuracy(load_model(os.path.join(steps["fine_tune"]["output"], "model.keras")),
                            steps["ingest"]["output"], steps["validate"]["output"], False)

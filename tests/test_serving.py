@@ -17,9 +17,9 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2
 
-from components import data as gdata
-from serving.client import GraftClient, _string_tensor
-from serving.launch import ServerProcess
+from graft.components import data as gdata
+from graft.serving.client import GraftClient, _string_tensor
+from graft.serving.launch import ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +142,7 @@ def test_rest_b64_predict_and_status(served):
 
 
 def test_cli_predict_json(served, capsys, tmp_path):
-    from pipeline.cli import main
+    from graft.pipeline.cli import main
 
     srv, _, blobs = served
     img = tmp_path / "x.jpg"

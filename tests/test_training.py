@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from components import model as gmodel
-from components.demo_data import generate
-from components.ingest import ingest
-from components.train import fine_tune, load_model, train_head
-from pipeline.config import (
+from graft.components import model as gmodel
+from graft.components.demo_data import generate
+from graft.components.ingest import ingest
+from graft.components.train import fine_tune, load_model, train_head
+from graft.core.config import (
     AugmentConfig,
     BaseConfig,
     DataConfig,
@@ -85,8 +85,8 @@ def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
 
 def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, tmp_path):
     """No dropout and one full batch per epoch: both paths take the same Adam steps from the same init."""
-    from components import data as gdata
-    from components.train import evaluate_on
+    from graft.components import data as gdata
+    from graft.components.train import evaluate_on
 
     base = BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35})
     runs = {}
@@ -115,7 +115,7 @@ def test_training_dataset_has_known_length_so_each_epoch_is_exactly_its_steps(ex
     """An unknown-length dataset makes Keras probe past the end of each epoch, and that probe
     increments optimizer.iterations: Adam's bias correction and LR schedules drift by a step
     per epoch (this was the cached/uncached mismatch)."""
-    from components import data as gdata
+    from graft.components import data as gdata
 
     ds = gdata.image_dataset(examples, "train", 32, 48, shuffle=True)
     n = gdata.count_examples(examples, "train")
@@ -168,7 +168,7 @@ def test_transfer_beats_scratch_on_demo(examples, tmp_path):
     head = _head(examples, tmp_path / "head", size=64, epochs=epochs,
                  base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}))
     keras.utils.set_random_seed(0)
-    from components import data as gdata
+    from graft.components import data as gdata
 
     model = gmodel.build_model(BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 3, 64)
     gmodel.base_of(model).trainable = True
@@ -191,7 +191,7 @@ def test_cpu_scale_up_switches_are_no_ops():
 
 def test_unknown_layer_and_backbone_errors():
     model = gmodel.build_model(BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 2, 32)
-    from pipeline.config import UnfreezeConfig
+    from graft.core.config import UnfreezeConfig
 
     with pytest.raises(ValueError, match="not a layer of.*inspect-base"):
         gmodel.unfreeze(model, UnfreezeConfig(mode="from_layer", from_layer="block_99_expand"))
@@ -202,7 +202,7 @@ def test_unknown_layer_and_backbone_errors():
 
 
 def test_inspect_base_names_block_boundaries(capsys):
-    from pipeline.cli import main
+    from graft.pipeline.cli import main
 
     assert main(["inspect-base", "mobilenet_v2", "--alpha", "0.35", "--size", "32"]) == 0
     out = capsys.readouterr().out
@@ -211,7 +211,7 @@ def test_inspect_base_names_block_boundaries(capsys):
 
 
 def test_registry_builds_every_listed_backbone_offline():
-    from components.backbones import BACKBONES
+    from graft.core.backbones import BACKBONES
 
     assert {"mobilenet_v2", "efficientnet_b0", "resnet50", "convnext_tiny", "xception"} <= set(BACKBONES)
     for name in ("mobilenet_v3_small", "efficientnet_b0"):

@@ -14,6 +14,13 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from graft.core.backbones import BACKBONES
+
+# The pipeline's steps in order. graft.pipeline.dag defines them and checks that it matches
+# this list, which the config needs (kubeflow.resources keys) without importing the pipeline.
+STEP_NAMES: tuple[str, ...] = (
+    "ingest", "validate", "train_head", "fine_tune", "evaluate", "export", "push")
+
 
 class ConfigError(ValueError):
     """A config problem, with the dotted key path in the message."""
@@ -95,8 +102,6 @@ class BaseConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_name(cls, v: str) -> str:
-        from components.backbones import BACKBONES
-
         if v not in BACKBONES:
             raise ValueError(f"unknown backbone '{v}'; valid: {', '.join(sorted(BACKBONES))}")
         return v
@@ -250,8 +255,6 @@ class KubeflowConfig(Section):
     @field_validator("resources")
     @classmethod
     def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
-        from pipeline.dag import STEP_NAMES
-
         bad = set(v) - set(STEP_NAMES)
         if bad:
             raise ValueError(f"unknown step(s) {sorted(bad)}; valid: {', '.join(STEP_NAMES)}")
