@@ -16,15 +16,34 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def machine() -> str:
-    return f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return (
+        f"{platform.machine()} {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+        f"Python {platform.python_version()}"
+    )
 
 
-def report(name: str, value: float, baseline: float, unit: str, goal: str, ratio: float | None = None,
-           results_dir: Path | None = None, **extra) -> dict:
+def report(
+    name: str,
+    value: float,
+    baseline: float,
+    unit: str,
+    goal: str,
+    ratio: float | None = None,
+    results_dir: Path | None = None,
+    **extra,
+) -> dict:
     """ratio defaults to value/baseline; both measured in the same run."""
-    row = {"name": name, "value": round(value, 4), "baseline": round(baseline, 4),
-           "ratio": round(ratio if ratio is not None else value / baseline, 3), "goal": goal, "unit": unit,
-           "machine": machine(), "date": time.strftime("%Y-%m-%d"), **extra}
+    row = {
+        "name": name,
+        "value": round(value, 4),
+        "baseline": round(baseline, 4),
+        "ratio": round(ratio if ratio is not None else value / baseline, 3),
+        "goal": goal,
+        "unit": unit,
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        **extra,
+    }
     out = Path(results_dir or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(row, indent=2) + "\n")

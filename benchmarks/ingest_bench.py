@@ -39,17 +39,32 @@ def main() -> dict:
     tmp = Path(tempfile.mkdtemp())
     cores = os.cpu_count() or 2
     generate(tmp / "small", classes=5, per_class=500, size=320, seed=3)
-    small = {name: round(_rate(tmp / "small", tmp / f"out-small-{name}", w, 2500), 1)
-             for name, w in (("one", 1), ("multi", cores), ("auto", 0), ("one_again", 1))}
+    small = {
+        name: round(_rate(tmp / "small", tmp / f"out-small-{name}", w, 2500), 1)
+        for name, w in (("one", 1), ("multi", cores), ("auto", 0), ("one_again", 1))
+    }
     generate(tmp / "seed", classes=5, per_class=400, size=400, seed=3)
     _camera_photos(tmp / "seed", tmp / "camera")
-    camera = {name: _rate(tmp / "camera", tmp / f"out-camera-{name}", w, 2000)
-              for name, w in (("one", 1), ("multi", cores))}
-    return report("ingest", camera["multi"], camera["one"], "images/s", ">= 1.6x on 2 cores",
-                  workers=cores, images=2000, workload="2,000 JPEGs 1600x1200, downscaled to 1024 on ingest",
-                  small_images={"workload": "2,500 JPEGs 320 px (31 MB)", "images_per_s": small,
-                                "multi_vs_one": round(small["multi"] / max(small["one"], small["one_again"]), 2),
-                                "auto_vs_one": round(small["auto"] / max(small["one"], small["one_again"]), 2)})
+    camera = {
+        name: _rate(tmp / "camera", tmp / f"out-camera-{name}", w, 2000)
+        for name, w in (("one", 1), ("multi", cores))
+    }
+    return report(
+        "ingest",
+        camera["multi"],
+        camera["one"],
+        "images/s",
+        ">= 1.6x on 2 cores",
+        workers=cores,
+        images=2000,
+        workload="2,000 JPEGs 1600x1200, downscaled to 1024 on ingest",
+        small_images={
+            "workload": "2,500 JPEGs 320 px (31 MB)",
+            "images_per_s": small,
+            "multi_vs_one": round(small["multi"] / max(small["one"], small["one_again"]), 2),
+            "auto_vs_one": round(small["auto"] / max(small["one"], small["one_again"]), 2),
+        },
+    )
 
 
 if __name__ == "__main__":

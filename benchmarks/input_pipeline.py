@@ -25,8 +25,12 @@ def main() -> dict:
     tmp = Path(tempfile.mkdtemp())
     ex = demo_examples(tmp, classes=3, per_class=200, size=96)
     size, batch, steps = 96, 32, 25
-    model = gmodel.build_model(BaseConfig(weights=str(REPO / "configs" / "demo_base.weights.h5"),
-                                          kwargs={"alpha": 0.35}), HeadConfig(), 3, size)
+    model = gmodel.build_model(
+        BaseConfig(weights=str(REPO / "configs" / "demo_base.weights.h5"), kwargs={"alpha": 0.35}),
+        HeadConfig(),
+        3,
+        size,
+    )
     gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
     model.compile(keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
     pipe = gdata.image_dataset(ex, "train", size, batch, shuffle=True, repeat=True)
@@ -40,6 +44,7 @@ def main() -> dict:
             rounds[name].append(round(_steps_per_s(model, ds, steps), 3))
     rates = {k: statistics.median(v) for k, v in rounds.items()}
     compute = rates["memory"]
+
     # input-only throughput: how fast each pipeline alone delivers batches
     def feed(ds, n=60):
         it = iter(ds)
@@ -50,12 +55,22 @@ def main() -> dict:
         return n / (time.time() - t0)
 
     feed_pipe, feed_naive = feed(pipe), feed(naive)
-    return report("input_pipeline", rates["pipeline"], compute, "fine-tune steps/s", ">= 0.9 of in-memory",
-                  naive_steps_per_s=round(rates["naive"], 3), rounds_steps_per_s=rounds,
-                  speedup_over_naive=round(rates["pipeline"] / rates["naive"], 3),
-                  input_only_batches_per_s={"pipeline": round(feed_pipe, 1), "naive": round(feed_naive, 1),
-                                            "speedup": round(feed_pipe / feed_naive, 2)},
-                  setup=f"mobilenet_v2 alpha 0.35, all layers, {size} px, batch {batch}, {steps} steps")
+    return report(
+        "input_pipeline",
+        rates["pipeline"],
+        compute,
+        "fine-tune steps/s",
+        ">= 0.9 of in-memory",
+        naive_steps_per_s=round(rates["naive"], 3),
+        rounds_steps_per_s=rounds,
+        speedup_over_naive=round(rates["pipeline"] / rates["naive"], 3),
+        input_only_batches_per_s={
+            "pipeline": round(feed_pipe, 1),
+            "naive": round(feed_naive, 1),
+            "speedup": round(feed_pipe / feed_naive, 2),
+        },
+        setup=f"mobilenet_v2 alpha 0.35, all layers, {size} px, batch {batch}, {steps} steps",
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def main(model_base: str | None = None, name: str = "demo") -> dict:
         raise SystemExit(f"no model at {model_base}: run `make demo` first")
     version = max(int(v) for v in __import__("os").listdir(model_base) if v.isdigit())
     img = next((REPO / "data" / "demo").rglob("*.jpg")).read_bytes()
-    loaded = tf.saved_model.load(f"{model_base}/{version}")  # kept: the signatures hold its variables weakly
+    loaded = tf.saved_model.load(
+        f"{model_base}/{version}"
+    )  # kept: the signatures hold its variables weakly
     fn = loaded.signatures["serving_default"]
 
     def in_process():  # what an application embedding the model does: bytes in, both outputs out
@@ -42,7 +44,11 @@ def main(model_base: str | None = None, name: str = "demo") -> dict:
     tmp = Path(tempfile.mkdtemp())
     shutil.copytree(model_base, tmp / name)
     with ServerProcess(str(tmp / name), name) as srv, GraftClient(srv.target, name) as c:
-        calls = {"local": in_process, "traced": in_process_traced, "remote": lambda: c.predict_raw([img])}
+        calls = {
+            "local": in_process,
+            "traced": in_process_traced,
+            "remote": lambda: c.predict_raw([img]),
+        }
         for _ in range(10):
             for call in calls.values():
                 call()
@@ -78,17 +84,25 @@ def main(model_base: str | None = None, name: str = "demo") -> dict:
             thr[conc] = 400 / (time.perf_counter() - t0)
     p50_l, p50_r = statistics.median(local), statistics.median(remote)
     p50_t = statistics.median(times["traced"])
-    return report("serving", p50_r * 1000, p50_l * 1000, "ms p50, one image", "p50 <= 1.3x in-process",
-                  p99_ms=round(_pct(remote, 99) * 1000, 3), in_process_p99_ms=round(_pct(local, 99) * 1000, 3),
-                  throughput_rps={"concurrency_1": round(thr[1], 1), "concurrency_8": round(thr[8], 1)},
-                  model=f"{name} v{version} (demo, 64 px mobilenet_v2 alpha 0.35)",
-                  grpc_status_rpc_p50_ms=round(status_p50 * 1000, 3),
-                  in_process_traced_p50_ms=round(p50_t * 1000, 3),
-                  ratio_vs_traced=round(p50_r / p50_t, 3),
-                  note="in-process = tf.constant(bytes) + the loaded serving_default signature + both outputs to "
-                       "numpy; in_process_traced = the same through the server's re-traced function "
-                       "(serving.models.fast_callable), so ratio_vs_traced is gRPC's own cost; all three "
-                       "interleaved")
+    return report(
+        "serving",
+        p50_r * 1000,
+        p50_l * 1000,
+        "ms p50, one image",
+        "p50 <= 1.3x in-process",
+        p99_ms=round(_pct(remote, 99) * 1000, 3),
+        in_process_p99_ms=round(_pct(local, 99) * 1000, 3),
+        throughput_rps={"concurrency_1": round(thr[1], 1), "concurrency_8": round(thr[8], 1)},
+        model=f"{name} v{version} (demo, 64 px mobilenet_v2 alpha 0.35)",
+        grpc_status_rpc_p50_ms=round(status_p50 * 1000, 3),
+        in_process_traced_p50_ms=round(p50_t * 1000, 3),
+        ratio_vs_traced=round(p50_r / p50_t, 3),
+        note="in-process = tf.constant(bytes) + the loaded serving_default signature + both "
+        "outputs to "
+        "numpy; in_process_traced = the same through the server's re-traced function "
+        "(serving.models.fast_callable), so ratio_vs_traced is gRPC's own cost; all three "
+        "interleaved",
+    )
 
 
 if __name__ == "__main__":

@@ -43,21 +43,33 @@ def read_labels(examples_dir: str) -> list[str]:
         return [line.strip() for line in f if line.strip()]
 
 
-def raw_dataset(examples_dir: str, split: str, exclude_sha256: set[str] | None = None,
-                deterministic: bool = True) -> tf.data.Dataset:
+def raw_dataset(
+    examples_dir: str,
+    split: str,
+    exclude_sha256: set[str] | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
     """(image_bytes, label) with parallel interleaved reads of the gzip shards."""
     files = tf.data.Dataset.from_tensor_slices(split_files(examples_dir, split))
     ds = files.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-        cycle_length=4, num_parallel_calls=AUTOTUNE, deterministic=deterministic,
+        cycle_length=4,
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
     )
-    ds = ds.map(lambda r: tf.io.parse_single_example(r, FEATURES), num_parallel_calls=AUTOTUNE,
-                deterministic=deterministic)
+    ds = ds.map(
+        lambda r: tf.io.parse_single_example(r, FEATURES),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
     if exclude_sha256:
         bad = tf.constant(sorted(exclude_sha256))
         ds = ds.filter(lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex["image/sha256"], bad))))
-    return ds.map(lambda ex: (ex["image/encoded"], ex["label"]), num_parallel_calls=AUTOTUNE,
-                  deterministic=deterministic)
+    return ds.map(
+        lambda ex: (ex["image/encoded"], ex["label"]),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=deterministic,
+    )
 
 
 def augmentation_layers(cfg: AugmentConfig, seed: int = 0):
@@ -72,7 +84,11 @@ def augmentation_layers(cfg: AugmentConfig, seed: int = 0):
     if cfg.zoom > 0:
         layers.append(keras.layers.RandomZoom(cfg.zoom, fill_mode="reflect", seed=seed))
     if cfg.translation > 0:
-        layers.append(keras.layers.RandomTranslation(cfg.translation, cfg.translation, fill_mode="reflect", seed=seed))
+        layers.append(
+            keras.layers.RandomTranslation(
+                cfg.translation, cfg.translation, fill_mode="reflect", seed=seed
+            )
+        )
     if cfg.contrast > 0:
         layers.append(keras.layers.RandomContrast(cfg.contrast, value_range=(0, 255), seed=seed))
     return layers
@@ -81,10 +97,20 @@ def augmentation_layers(cfg: AugmentConfig, seed: int = 0):
 SHUFFLE_BUFFER = 2048
 
 
-def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
-                  shuffle: bool = False, augment: AugmentConfig | None = None, seed: int = 0,
-                  exclude_sha256: set[str] | None = None, repeat: bool = False,
-                  cache: bool = False, deterministic: bool = False) -> tf.data.Dataset:
+def image_dataset(
+    examples_dir: str,
+    split: str,
+    size: int,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+    exclude_sha256: set[str] | None = None,
+    repeat: bool = False,
+    cache: bool = False,
+    deterministic: bool = False,
+) -> tf.data.Dataset:
     """Batched (pixels 0..255, label) for training or evaluation, with a known length.
 
     The length comes from the ingest manifest. Keras needs it: on a dataset of unknown
@@ -97,13 +123,18 @@ def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
     """
     ordered = deterministic or not shuffle
     ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=ordered)
-    ds = ds.apply(tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256)))
+    ds = ds.apply(
+        tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256))
+    )
     if shuffle and not cache:
         # shuffle the encoded bytes, before decoding: a buffer of decoded images must be filled
         # (every image in it decoded) before an epoch's first step, and holds size^2*12 bytes each
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda b, y: (decode_and_resize(b, size), y), num_parallel_calls=AUTOTUNE,
-                deterministic=ordered)
+    ds = ds.map(
+        lambda b, y: (decode_and_resize(b, size), y),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=ordered,
+    )
     if cache:
         ds = ds.cache()
         if shuffle:
@@ -123,7 +154,9 @@ def image_dataset(examples_dir: str, split: str, size: int, batch_size: int, *,
     return ds.prefetch(AUTOTUNE)
 
 
-def naive_image_dataset(examples_dir: str, split: str, size: int, batch_size: int) -> tf.data.Dataset:
+def naive_image_dataset(
+    examples_dir: str, split: str, size: int, batch_size: int
+) -> tf.data.Dataset:
     """Sequential reads and maps, no prefetch: the baseline the input benchmark beats."""
     ds = tf.data.TFRecordDataset(split_files(examples_dir, split), compression_type="GZIP")
     ds = ds.map(lambda r: tf.io.parse_single_example(r, FEATURES))
@@ -138,5 +171,7 @@ def count_examples(examples_dir: str, split: str, exclude_sha256: set[str] | Non
     if tf.io.gfile.exists(path):
         with tf.io.gfile.GFile(path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
-        return sum(1 for r in rows if r["split"] == split and r["sha256"] not in (exclude_sha256 or ()))
+        return sum(
+            1 for r in rows if r["split"] == split and r["sha256"] not in (exclude_sha256 or ())
+        )
     return sum(1 for _ in raw_dataset(examples_dir, split, exclude_sha256))

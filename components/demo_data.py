@@ -135,12 +135,24 @@ def draw_image(draw_fn: Draw, size: int, rng: random.Random) -> Image.Image:
     d = ImageDraw.Draw(img)
     for y in range(size):  # vertical gradient
         t = y / max(1, size - 1)
-        d.line([(0, y), (size, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(bg1, bg2, strict=True)))
+        d.line(
+            [(0, y), (size, y)],
+            fill=tuple(int(a + (b - a) * t) for a, b in zip(bg1, bg2, strict=True)),
+        )
     for _ in range(rng.randint(2, 6)):  # clutter: thin random strokes and specks
         c = _color(rng)
         x0, y0 = rng.uniform(0, size), rng.uniform(0, size)
         if rng.random() < 0.5:
-            d.line([x0, y0, x0 + rng.uniform(-size / 3, size / 3), y0 + rng.uniform(-size / 3, size / 3)], fill=c, width=1)
+            d.line(
+                [
+                    x0,
+                    y0,
+                    x0 + rng.uniform(-size / 3, size / 3),
+                    y0 + rng.uniform(-size / 3, size / 3),
+                ],
+                fill=c,
+                width=1,
+            )
         else:
             s = rng.uniform(1, size / 16)
             d.rectangle([x0, y0, x0 + s, y0 + s], fill=c)
@@ -161,8 +173,15 @@ def draw_image(draw_fn: Draw, size: int, rng: random.Random) -> Image.Image:
     return Image.blend(img, noise, rng.uniform(0.03, 0.12))
 
 
-def generate(out: str | Path, classes: int = 5, per_class: int = 200, size: int = 64, seed: int = 0,
-             task: str = "target", quality: int = 90) -> dict[str, int]:
+def generate(
+    out: str | Path,
+    classes: int = 5,
+    per_class: int = 200,
+    size: int = 64,
+    seed: int = 0,
+    task: str = "target",
+    quality: int = 90,
+) -> dict[str, int]:
     """Write `out/<class>/<class>_NNNN.jpg`; same arguments give byte-identical files."""
     table = TARGET_CLASSES if task == "target" else SOURCE_CLASSES
     if not 2 <= classes <= len(table):
@@ -174,6 +193,8 @@ def generate(out: str | Path, classes: int = 5, per_class: int = 200, size: int 
         for i in range(per_class):
             key = hashlib.sha256(f"{task}/{name}/{seed}/{i}".encode()).digest()
             rng = random.Random(int.from_bytes(key[:8], "big"))
-            draw_image(table[name], size, rng).save(out / name / f"{name}_{i:04d}.jpg", quality=quality)
+            draw_image(table[name], size, rng).save(
+                out / name / f"{name}_{i:04d}.jpg", quality=quality
+            )
         counts[name] = per_class
     return counts

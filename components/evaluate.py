@@ -40,7 +40,9 @@ class EvaluationResult:
     report: str
 
 
-def metrics_from_probs(probs: np.ndarray, y: np.ndarray, labels: list[str], top_k: int, bins: int) -> dict:
+def metrics_from_probs(
+    probs: np.ndarray, y: np.ndarray, labels: list[str], top_k: int, bins: int
+) -> dict:
     """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE."""
     n, c = probs.shape
     pred = probs.argmax(1)
@@ -54,7 +56,12 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray, labels: list[str], top_
         prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
         rec = tp / cm[i].sum() if cm[i].sum() else 0.0
         f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[lab] = {"precision": float(prec), "recall": float(rec), "f1": float(f1), "support": int(cm[i].sum())}
+        per_class[lab] = {
+            "precision": float(prec),
+            "recall": float(rec),
+            "f1": float(f1),
+            "support": int(cm[i].sum()),
+        }
         f1s.append(f1)
     k = min(top_k, c)
     topk = np.argsort(-probs, 1)[:, :k]
@@ -71,14 +78,18 @@ def metrics_from_probs(probs: np.ndarray, y: np.ndarray, labels: list[str], top_
         "accuracy": float(correct.mean()) if n else 0.0,
         f"top_{k}_accuracy": float(np.mean([y[i] in topk[i] for i in range(n)])) if n else 0.0,
         "macro_f1": float(np.mean(f1s)),
-        "log_loss": float(-np.mean(np.log(np.clip(probs[np.arange(n), y], 1e-12, 1.0)))) if n else 0.0,
+        "log_loss": float(-np.mean(np.log(np.clip(probs[np.arange(n), y], 1e-12, 1.0))))
+        if n
+        else 0.0,
         "ece": float(ece),
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
 
 
-def _test_data(examples_dir: str, size: int, exclude: set[str]) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+def _test_data(
+    examples_dir: str, size: int, exclude: set[str]
+) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     raw = list(gdata.raw_dataset(examples_dir, "test", exclude).as_numpy_iterator())
     if not raw:
         raise ValueError(f"the test split in {examples_dir} is empty")
@@ -88,7 +99,9 @@ def _test_data(examples_dir: str, size: int, exclude: set[str]) -> tuple[list[by
     return blobs, y, pixels
 
 
-def _baseline_probs(path: str, blobs: list[bytes], labels: list[str]) -> tuple[np.ndarray | None, str | None]:
+def _baseline_probs(
+    path: str, blobs: list[bytes], labels: list[str]
+) -> tuple[np.ndarray | None, str | None]:
     """Scores of the served model, reordered to our label order; None + reason if not comparable."""
     label_file = os.path.join(path, "assets", "labels.txt")
     if not tf.io.gfile.exists(label_file):
@@ -96,16 +109,20 @@ def _baseline_probs(path: str, blobs: list[bytes], labels: list[str]) -> tuple[n
     with tf.io.gfile.GFile(label_file) as f:
         base_labels = [line.strip() for line in f if line.strip()]
     if base_labels != labels:
-        return None, (f"label sets differ (baseline {base_labels} vs candidate {labels}): "
-                      "no automatic blessing")
+        return None, (
+            f"label sets differ (baseline {base_labels} vs candidate {labels}): "
+            "no automatic blessing"
+        )
     fn = tf.saved_model.load(path).signatures["serving_default"]
     out = []
     for i in range(0, len(blobs), 64):
-        out.append(fn(image_bytes=tf.constant(blobs[i:i + 64]))["scores"].numpy())
+        out.append(fn(image_bytes=tf.constant(blobs[i : i + 64]))["scores"].numpy())
     return np.concatenate(out), None
 
 
-def _plots(out_dir: str, results: dict, labels: list[str], histories: dict[str, list]) -> dict[str, str]:
+def _plots(
+    out_dir: str, results: dict, labels: list[str], histories: dict[str, list]
+) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +136,14 @@ def _plots(out_dir: str, results: dict, labels: list[str], histories: dict[str, 
     ax.set_yticks(range(len(labels)), labels)
     for i in range(len(labels)):
         for j in range(len(labels)):
-            ax.text(j, i, cm[i, j], ha="center", va="center", color="black" if cm[i, j] < cm.max() / 2 else "white")
+            ax.text(
+                j,
+                i,
+                cm[i, j],
+                ha="center",
+                va="center",
+                color="black" if cm[i, j] < cm.max() / 2 else "white",
+            )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (test)")
@@ -149,7 +173,9 @@ def _plots(out_dir: str, results: dict, labels: list[str], histories: dict[str, 
         ep = [offset + h["epoch"] for h in hist]
         for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
             ax.plot(ep, [h.get(key, np.nan) for h in hist], "-", label=f"{stage} {key}")
-            ax.plot(ep, [h.get(f"val_{key}", np.nan) for h in hist], "--", label=f"{stage} val_{key}")
+            ax.plot(
+                ep, [h.get(f"val_{key}", np.nan) for h in hist], "--", label=f"{stage} val_{key}"
+            )
         offset = ep[-1]
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_title(key)
@@ -164,21 +190,31 @@ def _plots(out_dir: str, results: dict, labels: list[str], histories: dict[str, 
 
 def _html(out_dir: str, res: dict, plots: dict[str, str]) -> str:
     def img(p):
-        return f'<img src="data:image/png;base64,{base64.b64encode(open(p, "rb").read()).decode()}"/>'
+        return (
+            f'<img src="data:image/png;base64,{base64.b64encode(open(p, "rb").read()).decode()}"/>'
+        )
 
     rows = "".join(
-        f"<tr><td>{name}</td>" + "".join(
-            f"<td>{(res.get(name) or {}).get(k, float('nan')):.4f}</td>" for k in ("accuracy", "macro_f1", "log_loss", "ece"))
-        + "</tr>" for name in ("head_only", "candidate", "baseline") if res.get(name))
+        f"<tr><td>{name}</td>"
+        + "".join(
+            f"<td>{(res.get(name) or {}).get(k, float('nan')):.4f}</td>"
+            for k in ("accuracy", "macro_f1", "log_loss", "ece")
+        )
+        + "</tr>"
+        for name in ("head_only", "candidate", "baseline")
+        if res.get(name)
+    )
     reasons = "".join(f"<li>{r}</li>" for r in res["reasons"])
     verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
     html = f"""<!doctype html><html><head><meta charset="utf-8"><title>Graft evaluation</title>
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
+<style>body{{font-family:sans-serif;margin:2em}}
+td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
 </head><body><h1>Graft evaluation: {verdict}</h1><ul>{reasons}</ul>
-<table><tr><th>model</th><th>accuracy</th><th>macro-F1</th><th>log loss</th><th>ECE</th></tr>{rows}</table>
-<h2>Confusion matrix</h2>{img(plots['confusion_matrix'])}
-<h2>Per-class F1</h2>{img(plots['per_class_f1'])}
-<h2>Training curves</h2>{img(plots['training_curves'])}
+<table><tr><th>model</th><th>accuracy</th><th>macro-F1</th><th>log loss</th><th>ECE</th></tr>
+{rows}</table>
+<h2>Confusion matrix</h2>{img(plots["confusion_matrix"])}
+<h2>Per-class F1</h2>{img(plots["per_class_f1"])}
+<h2>Training curves</h2>{img(plots["training_curves"])}
 </body></html>"""
     path = os.path.join(out_dir, "report.html")
     with open(path, "w") as f:
@@ -186,7 +222,9 @@ def _html(out_dir: str, res: dict, plots: dict[str, str]) -> str:
     return path
 
 
-def bless(cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note: str | None) -> tuple[bool, list[str]]:
+def bless(
+    cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note: str | None
+) -> tuple[bool, list[str]]:
     reasons, ok = [], True
     if cand["accuracy"] < cfg.min_accuracy:
         ok = False
@@ -200,20 +238,38 @@ def bless(cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note:
         delta = cand["accuracy"] - baseline["accuracy"]
         if cfg.min_improvement > 0 and delta < cfg.min_improvement:
             ok = False
-            reasons.append(f"improvement {delta:+.4f} over baseline < min_improvement {cfg.min_improvement:+.4f}")
+            reasons.append(
+                f"improvement {delta:+.4f} over baseline < min_improvement "
+                f"{cfg.min_improvement:+.4f}"
+            )
         elif delta < -cfg.max_regression:
             ok = False
-            reasons.append(f"regression {delta:+.4f} vs baseline exceeds max_regression {cfg.max_regression:.4f}")
+            reasons.append(
+                f"regression {delta:+.4f} vs baseline exceeds max_regression "
+                f"{cfg.max_regression:.4f}"
+            )
         else:
-            reasons.append(f"{delta:+.4f} vs baseline accuracy {baseline['accuracy']:.4f}: within thresholds")
+            reasons.append(
+                f"{delta:+.4f} vs baseline accuracy {baseline['accuracy']:.4f}: within thresholds"
+            )
     else:
         reasons.append("no baseline at the push destination: first model")
     return ok, reasons
 
 
-def evaluate(examples_dir: str, head_dir: str, model_dir: str, out_dir: str, *, cfg: EvaluateConfig,
-             destination: str, model_name: str, image_size: int, validation_dir: str | None = None,
-             flip_average: bool = False) -> EvaluationResult:
+def evaluate(
+    examples_dir: str,
+    head_dir: str,
+    model_dir: str,
+    out_dir: str,
+    *,
+    cfg: EvaluateConfig,
+    destination: str,
+    model_name: str,
+    image_size: int,
+    validation_dir: str | None = None,
+    flip_average: bool = False,
+) -> EvaluationResult:
     """Test metrics of the head-only and fine-tuned models, scored as the export will serve them.
 
     `destination` is the push destination: its newest other version is the served baseline.
@@ -236,10 +292,19 @@ def evaluate(examples_dir: str, head_dir: str, model_dir: str, out_dir: str, *, 
             baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
             baseline.update({"version": version, "path": path})
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
-    res = EvaluationResult(labels=labels, test_examples=len(y), excluded_from_eval=len(exclude),
-                           head_only=scored["head_only"], candidate=scored["candidate"],
-                           baseline=baseline, baseline_version=version, blessed=blessed,
-                           reasons=reasons, plots={}, report="")
+    res = EvaluationResult(
+        labels=labels,
+        test_examples=len(y),
+        excluded_from_eval=len(exclude),
+        head_only=scored["head_only"],
+        candidate=scored["candidate"],
+        baseline=baseline,
+        baseline_version=version,
+        blessed=blessed,
+        reasons=reasons,
+        plots={},
+        report="",
+    )
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)
     res.plots = {k: os.path.basename(v) for k, v in plots.items()}
@@ -247,7 +312,9 @@ def evaluate(examples_dir: str, head_dir: str, model_dir: str, out_dir: str, *, 
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
     b = f"baseline v{version} {baseline['accuracy']:.3f}" if baseline else "no baseline"
-    log(f"evaluate: test accuracy head-only {res.head_only['accuracy']:.3f}, fine-tuned "
+    log(
+        f"evaluate: test accuracy head-only {res.head_only['accuracy']:.3f}, fine-tuned "
         f"{res.candidate['accuracy']:.3f}, {b} -> {'BLESSED' if res.blessed else 'not blessed'}",
-        level="ok" if res.blessed else "warn")
+        level="ok" if res.blessed else "warn",
+    )
     return res

@@ -15,9 +15,14 @@ _F = descriptor_pb2.FieldDescriptorProto
 
 
 def _build():
-    fd = descriptor_pb2.FileDescriptorProto(name="graft/tf_example.proto", package="tensorflow",
-                                            syntax="proto3")
-    for name, ftype in (("BytesList", _F.TYPE_BYTES), ("FloatList", _F.TYPE_FLOAT), ("Int64List", _F.TYPE_INT64)):
+    fd = descriptor_pb2.FileDescriptorProto(
+        name="graft/tf_example.proto", package="tensorflow", syntax="proto3"
+    )
+    for name, ftype in (
+        ("BytesList", _F.TYPE_BYTES),
+        ("FloatList", _F.TYPE_FLOAT),
+        ("Int64List", _F.TYPE_INT64),
+    ):
         m = fd.message_type.add(name=name)
         f = m.field.add(name="value", number=1, label=_F.LABEL_REPEATED, type=ftype)
         if ftype != _F.TYPE_BYTES:
@@ -25,20 +30,43 @@ def _build():
     feature = fd.message_type.add(name="Feature")
     feature.oneof_decl.add(name="kind")
     for number, (name, type_name) in enumerate(
-            (("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")), start=1):
-        feature.field.add(name=name, number=number, label=_F.LABEL_OPTIONAL, type=_F.TYPE_MESSAGE,
-                          type_name=f".tensorflow.{type_name}", oneof_index=0)
+        (("bytes_list", "BytesList"), ("float_list", "FloatList"), ("int64_list", "Int64List")),
+        start=1,
+    ):
+        feature.field.add(
+            name=name,
+            number=number,
+            label=_F.LABEL_OPTIONAL,
+            type=_F.TYPE_MESSAGE,
+            type_name=f".tensorflow.{type_name}",
+            oneof_index=0,
+        )
     features = fd.message_type.add(name="Features")
     entry = features.nested_type.add(name="FeatureEntry")
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
-    entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_MESSAGE,
-                    type_name=".tensorflow.Feature")
-    features.field.add(name="feature", number=1, label=_F.LABEL_REPEATED, type=_F.TYPE_MESSAGE,
-                       type_name=".tensorflow.Features.FeatureEntry")
+    entry.field.add(
+        name="value",
+        number=2,
+        label=_F.LABEL_OPTIONAL,
+        type=_F.TYPE_MESSAGE,
+        type_name=".tensorflow.Feature",
+    )
+    features.field.add(
+        name="feature",
+        number=1,
+        label=_F.LABEL_REPEATED,
+        type=_F.TYPE_MESSAGE,
+        type_name=".tensorflow.Features.FeatureEntry",
+    )
     example = fd.message_type.add(name="Example")
-    example.field.add(name="features", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_MESSAGE,
-                      type_name=".tensorflow.Features")
+    example.field.add(
+        name="features",
+        number=1,
+        label=_F.LABEL_OPTIONAL,
+        type=_F.TYPE_MESSAGE,
+        type_name=".tensorflow.Features",
+    )
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
     return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.Example"))

@@ -42,8 +42,11 @@ def _signatures(model: keras.Model, labels: list[str], size: int, flip_average: 
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        pixels = tf.map_fn(lambda b: gdata.decode_and_resize(b, size), image_bytes,
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        pixels = tf.map_fn(
+            lambda b: gdata.decode_and_resize(b, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
         return outputs(pixels)
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
@@ -61,53 +64,85 @@ def write_warmup(path: str, blobs: list[bytes], model_name: str) -> int:
     with tf.io.TFRecordWriter(path) as w:
         for b in blobs:
             req = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default"))
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name="serving_default")
+            )
             req.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b], dtype=tf.string))
-            log_ = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=req))
+            log_ = prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=req)
+            )
             w.write(log_.SerializeToString())
     return len(blobs)
 
 
-def _model_card(out: str, *, cfg: ExportConfig, base: BaseConfig, head: HeadConfig, image_size: int,
-                settings: dict, examples_dir: str, evaluation: dict, version: int, parity: float,
-                model_path: str) -> None:
+def _model_card(
+    out: str,
+    *,
+    cfg: ExportConfig,
+    base: BaseConfig,
+    head: HeadConfig,
+    image_size: int,
+    settings: dict,
+    examples_dir: str,
+    evaluation: dict,
+    version: int,
+    parity: float,
+    model_path: str,
+) -> None:
     with open(os.path.join(examples_dir, "stats.json")) as f:
         stats = json.load(f)
     cand = evaluation["candidate"]
     card = {
-        "model_name": cfg.model_name, "version": version,
+        "model_name": cfg.model_name,
+        "version": version,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "base": base.model_dump(mode="json"), "head": head.model_dump(mode="json"),
-        "image_size": image_size, "labels": evaluation["labels"],
-        "data": {"source": stats["source"], "counts": stats["counts"], "quarantined": stats["quarantined"]},
+        "base": base.model_dump(mode="json"),
+        "head": head.model_dump(mode="json"),
+        "image_size": image_size,
+        "labels": evaluation["labels"],
+        "data": {
+            "source": stats["source"],
+            "counts": stats["counts"],
+            "quarantined": stats["quarantined"],
+        },
         "metrics": {k: cand[k] for k in ("accuracy", "macro_f1", "log_loss", "ece")},
         "head_only_accuracy": evaluation["head_only"]["accuracy"],
-        "blessed": evaluation["blessed"], "blessing_reasons": evaluation["reasons"],
+        "blessed": evaluation["blessed"],
+        "blessing_reasons": evaluation["reasons"],
         "parity_max_abs_diff": parity,
         "lineage": {"examples": examples_dir, "trained_model": model_path},
         "config": settings,  # the config this step read (its cache key), nothing more
     }
     with open(os.path.join(out, "model_card.json"), "w") as f:
         json.dump(card, f, indent=2)
-    per_class = "\n".join(f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-                          for lab, m in cand["per_class"].items())
-    md = f"""# Model card: {card['model_name']} v{version}
+    per_class = "\n".join(
+        f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
+        for lab, m in cand["per_class"].items()
+    )
+    split_sizes = "/".join(str(sum(stats["counts"][s].values())) for s in ("train", "val", "test"))
+    flip_note = (
+        "Scores are the mean over the image and its mirror image (export.flip_average)."
+        if cfg.flip_average
+        else ""
+    )
+    md = f"""# Model card: {card["model_name"]} v{version}
 
-Image classifier grafted onto **{base.name}** ({base.kwargs or 'default kwargs'}),
-input {image_size}x{image_size}, {len(card['labels'])} classes.
+Image classifier grafted onto **{base.name}** ({base.kwargs or "default kwargs"}),
+input {image_size}x{image_size}, {len(card["labels"])} classes.
 
-- Data: `{stats['source']}`; train/val/test = {sum(stats['counts']['train'].values())}/{sum(stats['counts']['val'].values())}/{sum(stats['counts']['test'].values())}; quarantined {stats['quarantined']}
-- Test accuracy {cand['accuracy']:.4f} (head-only {card['head_only_accuracy']:.4f}), macro-F1 {cand['macro_f1']:.4f}, log loss {cand['log_loss']:.4f}, ECE {cand['ece']:.4f}
-- Blessed: {card['blessed']} ({'; '.join(card['blessing_reasons'])})
+- Data: `{stats["source"]}`; train/val/test = {split_sizes}; quarantined {stats["quarantined"]}
+- Test accuracy {cand["accuracy"]:.4f} (head-only {card["head_only_accuracy"]:.4f}), \
+macro-F1 {cand["macro_f1"]:.4f}, log loss {cand["log_loss"]:.4f}, ECE {cand["ece"]:.4f}
+- Blessed: {card["blessed"]} ({"; ".join(card["blessing_reasons"])})
 - Serving parity (SavedModel vs Keras, max abs diff): {parity:.2e}
 
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
 
-Signatures: `serving_default` (image_bytes: string[None]) and `predict_pixels` (float32[None,H,W,3], 0..255);
+Signatures: `serving_default` (image_bytes: string[None]) and \
+`predict_pixels` (float32[None,H,W,3], 0..255);
 outputs `scores` float32[None,C] and `classes` string[None,C] (labels sorted by score).
-{"Scores are the mean over the image and its mirror image (export.flip_average)." if cfg.flip_average else ""}
+{flip_note}
 """
     with open(os.path.join(out, "model_card.md"), "w") as f:
         f.write(md)
@@ -125,9 +160,19 @@ class ExportResult:
     blessed: bool
 
 
-def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str, *, cfg: ExportConfig,
-           image_size: int, base: BaseConfig, head: HeadConfig, settings: dict | None = None,
-           version: int | None = None) -> ExportResult:
+def export(
+    model_dir: str,
+    examples_dir: str,
+    evaluation_dir: str,
+    out_dir: str,
+    *,
+    cfg: ExportConfig,
+    image_size: int,
+    base: BaseConfig,
+    head: HeadConfig,
+    settings: dict | None = None,
+    version: int | None = None,
+) -> ExportResult:
     """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model.
 
     `settings` (the config values the caller keyed this export on) go into the model card.
@@ -148,7 +193,9 @@ def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str,
     archive.add_endpoint("predict_pixels", predict_pixels)
     archive.write_out(final, verbose=False)
     os.makedirs(os.path.join(final, "assets"), exist_ok=True)
-    shutil.copy(os.path.join(examples_dir, "labels.txt"), os.path.join(final, "assets", "labels.txt"))
+    shutil.copy(
+        os.path.join(examples_dir, "labels.txt"), os.path.join(final, "assets", "labels.txt")
+    )
 
     blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "test").take(64).as_numpy_iterator()]
     if not blobs:
@@ -160,20 +207,45 @@ def export(model_dir: str, examples_dir: str, evaluation_dir: str, out_dir: str,
     parity = float(np.max(np.abs(got - want)))
     if not parity <= cfg.parity_tolerance:
         shutil.rmtree(final)
-        raise ParityError(f"export parity check failed: SavedModel vs Keras max abs diff {parity:.3e} > "
-                          f"{cfg.parity_tolerance:.1e}; nothing exported")
-    n_warm = write_warmup(os.path.join(final, "assets.extra", WARMUP_FILE), blobs[:cfg.warmup_requests],
-                          cfg.model_name)
-    _model_card(final, cfg=cfg, base=base, head=head, image_size=image_size,
-                settings=settings or {}, examples_dir=examples_dir, evaluation=evaluation,
-                version=version, parity=parity, model_path=model_path)
+        raise ParityError(
+            f"export parity check failed: SavedModel vs Keras max abs diff {parity:.3e} > "
+            f"{cfg.parity_tolerance:.1e}; nothing exported"
+        )
+    n_warm = write_warmup(
+        os.path.join(final, "assets.extra", WARMUP_FILE),
+        blobs[: cfg.warmup_requests],
+        cfg.model_name,
+    )
+    _model_card(
+        final,
+        cfg=cfg,
+        base=base,
+        head=head,
+        image_size=image_size,
+        settings=settings or {},
+        examples_dir=examples_dir,
+        evaluation=evaluation,
+        version=version,
+        parity=parity,
+        model_path=model_path,
+    )
     from graft.components.push import file_sha256
 
-    result = ExportResult(path=final, version=version, model_sha256=file_sha256(model_path),
-                          model_name=cfg.model_name, labels=labels, parity_max_abs_diff=parity,
-                          warmup_requests=n_warm, blessed=evaluation["blessed"])
+    result = ExportResult(
+        path=final,
+        version=version,
+        model_sha256=file_sha256(model_path),
+        model_name=cfg.model_name,
+        labels=labels,
+        parity_max_abs_diff=parity,
+        warmup_requests=n_warm,
+        blessed=evaluation["blessed"],
+    )
     with open(os.path.join(out_dir, "export.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)
-    log(f"export: SavedModel v{version} at {final} (parity max abs diff {parity:.1e}, "
-        f"{n_warm} warmup requests)", level="ok")
+    log(
+        f"export: SavedModel v{version} at {final} (parity max abs diff {parity:.1e}, "
+        f"{n_warm} warmup requests)",
+        level="ok",
+    )
     return result

@@ -93,4 +93,6 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
             rgb.save(buf, format="PNG")
             out_fmt = "png"
         encoded = buf.getvalue()
-    return NormalisedImage(encoded, out_fmt, rgb.size[1], rgb.size[0], fmt.lower(), source_mode, resized)
+    return NormalisedImage(
+        encoded, out_fmt, rgb.size[1], rgb.size[0], fmt.lower(), source_mode, resized
+    )

@@ -59,11 +59,17 @@ def source_fingerprint(data: DataConfig) -> str:
                 for f in sorted(files):
                     full = os.path.join(root, f)
                     st = os.lstat(full)
-                    h.update(f"{os.path.relpath(full, path)}:{st.st_size}:{st.st_mtime_ns}\n".encode(
-                        errors="surrogateescape"))
+                    h.update(
+                        f"{os.path.relpath(full, path)}:{st.st_size}:{st.st_mtime_ns}\n".encode(
+                            errors="surrogateescape"
+                        )
+                    )
                 for sub in dirs:
-                    h.update(f"dir:{os.path.relpath(os.path.join(root, sub), path)}\n".encode(
-                        errors="surrogateescape"))
+                    h.update(
+                        f"dir:{os.path.relpath(os.path.join(root, sub), path)}\n".encode(
+                            errors="surrogateescape"
+                        )
+                    )
     else:
         h.update(f"{data.source}:{path}:{data.tfds_name}:{data.tfds_data_dir}".encode())
     return h.hexdigest()
@@ -112,7 +118,9 @@ def list_folder(root: str) -> tuple[list[dict], list[dict]]:
             cdir = _join(base, cls)
             if not _isdir(cdir) or cls.startswith("."):
                 if not presplit and not _isdir(cdir):
-                    problems.append({"path": cdir, "label": None, "reason": "file outside any class folder"})
+                    problems.append(
+                        {"path": cdir, "label": None, "reason": "file outside any class folder"}
+                    )
                 continue
             files = [f for f in _listdir(cdir) if not _isdir(_join(cdir, f))]
             if not files:
@@ -141,7 +149,9 @@ def list_csv(manifest: str) -> list[dict]:
             raise ValueError(f"{manifest} line {n}: split must be train/val/test, got '{split}'")
         if not _is_remote(path) and not os.path.isabs(path):
             path = os.path.join(base, path)
-        items.append({"path": path, "label": label, "split": SPLIT_DIRS.get(split) if split else None})
+        items.append(
+            {"path": path, "label": label, "split": SPLIT_DIRS.get(split) if split else None}
+        )
     return items
 
 
@@ -166,12 +176,14 @@ def list_tfds(cfg: DataConfig) -> tuple[list[dict], list[str]]:
     for tfds_split, graft_split in mapping.items():
         ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
         for i, ex in enumerate(ds.as_numpy_iterator()):
-            items.append({
-                "path": f"tfds://{cfg.tfds_name}/{tfds_split}/{i}",
-                "label": names[int(ex[label_key])],
-                "split": None if graft_split == "auto" else graft_split,
-                "data": bytes(ex[image_key]),
-            })
+            items.append(
+                {
+                    "path": f"tfds://{cfg.tfds_name}/{tfds_split}/{i}",
+                    "label": names[int(ex[label_key])],
+                    "split": None if graft_split == "auto" else graft_split,
+                    "data": bytes(ex[image_key]),
+                }
+            )
     return items, names
 
 
@@ -193,8 +205,14 @@ class DecodeFn(beam.DoFn):
 
     QUARANTINE = "quarantine"
 
-    def __init__(self, label_ids: dict[str, int], fractions: dict[str, float], max_side: int,
-                 progress_dir: str | None, progress_every: int):
+    def __init__(
+        self,
+        label_ids: dict[str, int],
+        fractions: dict[str, float],
+        max_side: int,
+        progress_dir: str | None,
+        progress_every: int,
+    ):
         self.label_ids = label_ids
         self.fractions = fractions
         self.max_side = max_side
@@ -226,34 +244,50 @@ class DecodeFn(beam.DoFn):
                 data = _read_bytes(path)
         except OSError as e:
             self._tick()
-            yield beam.pvalue.TaggedOutput(self.QUARANTINE, {"path": path, "label": label, "reason": f"unreadable: {e}"})
+            yield beam.pvalue.TaggedOutput(
+                self.QUARANTINE, {"path": path, "label": label, "reason": f"unreadable: {e}"}
+            )
             return
         try:
             img = normalise(data, self.max_side)
         except BadImage as e:
             self._tick()
-            yield beam.pvalue.TaggedOutput(self.QUARANTINE, {"path": path, "label": label, "reason": str(e)})
+            yield beam.pvalue.TaggedOutput(
+                self.QUARANTINE, {"path": path, "label": label, "reason": str(e)}
+            )
             return
         except Exception as e:  # noqa: BLE001 - an unforeseen decoder failure still loses nothing
             self._tick()
-            yield beam.pvalue.TaggedOutput(self.QUARANTINE, {"path": path, "label": label,
-                                                             "reason": f"decoder error: {type(e).__name__}: {e}"})
+            yield beam.pvalue.TaggedOutput(
+                self.QUARANTINE,
+                {"path": path, "label": label, "reason": f"decoder error: {type(e).__name__}: {e}"},
+            )
             return
         digest = sha256(data)
         split = item.get("split") or split_of(digest, self.fractions)
-        example = serialize({
-            "image/encoded": img.encoded,
-            "image/format": img.format.encode(),
-            "image/height": img.height,
-            "image/width": img.width,
-            "image/sha256": digest.encode(),
-            "label": self.label_ids[label],
-            "label/text": label.encode(),
-            "source": path.encode(),
-        })
-        meta = {"path": path, "label": label, "split": split, "sha256": digest,
-                "height": img.height, "width": img.width, "format": img.source_format,
-                "mode": img.source_mode, "resized": img.resized}
+        example = serialize(
+            {
+                "image/encoded": img.encoded,
+                "image/format": img.format.encode(),
+                "image/height": img.height,
+                "image/width": img.width,
+                "image/sha256": digest.encode(),
+                "label": self.label_ids[label],
+                "label/text": label.encode(),
+                "source": path.encode(),
+            }
+        )
+        meta = {
+            "path": path,
+            "label": label,
+            "split": split,
+            "sha256": digest,
+            "height": img.height,
+            "width": img.width,
+            "format": img.source_format,
+            "mode": img.source_mode,
+            "resized": img.resized,
+        }
         self._tick()
         yield (split, example, json.dumps(meta, sort_keys=True))
 
@@ -287,8 +321,11 @@ def auto_workers(cfg: DataConfig, items: list[dict]) -> int:
     cores = os.cpu_count() or 1
     size = input_bytes(items)
     if cores > 1 and size is not None and size < MULTI_PROCESS_MIN_BYTES:
-        log(f"ingest: {size / 2**20:.0f} MB of images: one in-memory worker (multi-processing pays off "
-            f"from {MULTI_PROCESS_MIN_BYTES // 2**20} MB; set data.num_workers to force)")
+        log(
+            f"ingest: {size / 2**20:.0f} MB of images: one in-memory worker (multi-processing "
+            "pays off "
+            f"from {MULTI_PROCESS_MIN_BYTES // 2**20} MB; set data.num_workers to force)"
+        )
         return 1
     return cores
 
@@ -303,13 +340,17 @@ def _beam_options(cfg: DataConfig, items: list[dict]) -> PipelineOptions:
     args = list(cfg.beam_args)
     given = PipelineOptions(args)
     if _is_direct(given):
-        if any(a.startswith("--direct_num_workers") for a in args):  # either flag form, parsed by Beam
+        if any(
+            a.startswith("--direct_num_workers") for a in args
+        ):  # either flag form, parsed by Beam
             workers = given.get_all_options()["direct_num_workers"]
         else:
             workers = max(1, min(auto_workers(cfg, items), len(items)))
             args.append(f"--direct_num_workers={workers}")
         if not any(a.startswith("--direct_running_mode") for a in args):
-            args.append("--direct_running_mode=" + ("multi_processing" if workers > 1 else "in_memory"))
+            args.append(
+                "--direct_running_mode=" + ("multi_processing" if workers > 1 else "in_memory")
+            )
     return PipelineOptions(args)
 
 
@@ -328,7 +369,8 @@ def local_runner(opts: PipelineOptions):
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
     info = beam_provision_api_pb2.ProvisionInfo(
-        pipeline_options=JobServiceHandle.encode_pipeline_options(opts.get_all_options()))
+        pipeline_options=JobServiceHandle.encode_pipeline_options(opts.get_all_options())
+    )
     return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
 
 
@@ -359,29 +401,44 @@ def run_beam(items: list[dict], label_ids: dict[str, int], cfg: DataConfig, out_
     stop = threading.Event()
     printer = None
     if progress_dir and len(items) >= cfg.progress_every:
-        printer = threading.Thread(target=_progress_printer, args=(progress_dir, len(items), stop), daemon=True)
+        printer = threading.Thread(
+            target=_progress_printer, args=(progress_dir, len(items), stop), daemon=True
+        )
         printer.start()
     try:
         with beam.Pipeline(runner=local_runner(opts), options=opts) as p:
             decoded = (
                 p
                 | "Files" >> beam.Create(items, reshuffle=True)
-                | "Decode" >> beam.ParDo(DecodeFn(label_ids, fractions, cfg.max_side, progress_dir,
-                                                  cfg.progress_every)).with_outputs(DecodeFn.QUARANTINE, main="ok")
+                | "Decode"
+                >> beam.ParDo(
+                    DecodeFn(label_ids, fractions, cfg.max_side, progress_dir, cfg.progress_every)
+                ).with_outputs(DecodeFn.QUARANTINE, main="ok")
             )
             for split in SPLITS:
                 (
                     decoded.ok
                     | f"Only{split}" >> beam.Filter(lambda r, s=split: r[0] == s)
                     | f"Ser{split}" >> beam.Map(lambda r: r[1])
-                    | f"Write{split}" >> beam.io.WriteToTFRecord(
-                        _join(out_dir, split), file_name_suffix=".tfrecord.gz", num_shards=cfg.shards,
-                        compression_type=beam.io.filesystem.CompressionTypes.GZIP)
+                    | f"Write{split}"
+                    >> beam.io.WriteToTFRecord(
+                        _join(out_dir, split),
+                        file_name_suffix=".tfrecord.gz",
+                        num_shards=cfg.shards,
+                        compression_type=beam.io.filesystem.CompressionTypes.GZIP,
+                    )
                 )
-            (decoded.ok | "Meta" >> beam.Map(lambda r: r[2])
-             | "WriteMeta" >> beam.io.WriteToText(_join(tmp, "meta"), file_name_suffix=".jsonl"))
-            (decoded[DecodeFn.QUARANTINE] | "QJson" >> beam.Map(lambda q: json.dumps(q, sort_keys=True))
-             | "WriteQ" >> beam.io.WriteToText(_join(tmp, "quarantine"), file_name_suffix=".jsonl"))
+            (
+                decoded.ok
+                | "Meta" >> beam.Map(lambda r: r[2])
+                | "WriteMeta" >> beam.io.WriteToText(_join(tmp, "meta"), file_name_suffix=".jsonl")
+            )
+            (
+                decoded[DecodeFn.QUARANTINE]
+                | "QJson" >> beam.Map(lambda q: json.dumps(q, sort_keys=True))
+                | "WriteQ"
+                >> beam.io.WriteToText(_join(tmp, "quarantine"), file_name_suffix=".jsonl")
+            )
     finally:
         stop.set()
         if printer:
@@ -433,8 +490,13 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
     log(f"ingest: {len(items)} files, {len(labels)} classes from {data.path or data.tfds_name}")
     run_beam(items, label_ids, data, out_dir)
 
-    meta = sorted(_read_jsonl_glob(_join(out_dir, "_beam", "meta*")), key=lambda m: (m["split"], m["label"], m["sha256"], m["path"]))
-    quarantine = problems + sorted(_read_jsonl_glob(_join(out_dir, "_beam", "quarantine*")), key=lambda q: q["path"])
+    meta = sorted(
+        _read_jsonl_glob(_join(out_dir, "_beam", "meta*")),
+        key=lambda m: (m["split"], m["label"], m["sha256"], m["path"]),
+    )
+    quarantine = problems + sorted(
+        _read_jsonl_glob(_join(out_dir, "_beam", "quarantine*")), key=lambda q: q["path"]
+    )
     counts: dict[str, dict[str, int]] = {s: {lab: 0 for lab in labels} for s in SPLITS}
     sizes: dict[str, Counter] = defaultdict(Counter)
     formats: Counter = Counter()
@@ -449,14 +511,21 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
     stats = {
         "input_files": len(items),
         "written": len(meta),
-        "quarantined": len(quarantine) - sum(1 for q in quarantine if q["reason"] == "empty class folder"),
+        "quarantined": len(quarantine)
+        - sum(1 for q in quarantine if q["reason"] == "empty class folder"),
         "labels": labels,
         "counts": counts,
         "per_class": {
-            lab: {"input": inputs_per_class[lab], "written": sum(counts[s][lab] for s in SPLITS),
-                  "quarantined": q_per_class[lab]} for lab in labels
+            lab: {
+                "input": inputs_per_class[lab],
+                "written": sum(counts[s][lab] for s in SPLITS),
+                "quarantined": q_per_class[lab],
+            }
+            for lab in labels
         },
-        "empty_classes": sorted(q["label"] for q in quarantine if q["reason"] == "empty class folder"),
+        "empty_classes": sorted(
+            q["label"] for q in quarantine if q["reason"] == "empty class folder"
+        ),
         "size_histogram": {s: dict(sorted(c.items())) for s, c in sizes.items()},
         "format_histogram": dict(sorted(formats.items())),
         "mode_histogram": dict(sorted(modes.items())),
@@ -467,13 +536,18 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
     _write_text(_join(out_dir, "labels.txt"), "".join(f"{lab}\n" for lab in labels))
     _write_text(_join(out_dir, "stats.json"), json.dumps(stats, indent=2))
     _write_text(_join(out_dir, "quarantine.json"), json.dumps(quarantine, indent=2))
-    _write_text(_join(out_dir, "manifest.jsonl"), "".join(json.dumps(m, sort_keys=True) + "\n" for m in meta))
+    _write_text(
+        _join(out_dir, "manifest.jsonl"),
+        "".join(json.dumps(m, sort_keys=True) + "\n" for m in meta),
+    )
     _cleanup(out_dir)
     for q in quarantine:
         log(f"ingest: quarantined {q['path']}: {q['reason']}", level="warn")
-    log(f"ingest: wrote {len(meta)} examples "
+    log(
+        f"ingest: wrote {len(meta)} examples "
         + ", ".join(f"{s}={sum(counts[s].values())}" for s in SPLITS)
-        + f"; quarantined {stats['quarantined']}; {stats['seconds']}s")
+        + f"; quarantined {stats['quarantined']}; {stats['seconds']}s"
+    )
     return IngestResult(out_dir, labels, counts, len(meta), stats["quarantined"], len(items))
 
 
@@ -487,4 +561,3 @@ def _cleanup(out_dir: str) -> None:
         return
     for sub in ("_beam", "_progress"):
         shutil.rmtree(os.path.join(out_dir, sub), ignore_errors=True)
-

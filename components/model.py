@@ -23,7 +23,7 @@ from graft.core.log import log
 
 
 def scores(model: keras.Model, pixels, flip_average: bool = False):
-    """The model's class scores as float32 in a graph; with flip_average, the mean over the mirror image.
+    """The model's class scores as float32 in a graph; flip_average: the mean with the mirror image.
 
     The one definition of what a Graft model outputs: the exported signatures call it, and so
     does evaluation (through `predict_scores`), so the test metrics are the served model's.
@@ -35,9 +35,11 @@ def scores(model: keras.Model, pixels, flip_average: bool = False):
 
 
 def predict_scores(model: keras.Model, pixels, flip_average: bool = False, batch_size: int = 64):
-    """`scores` over a numpy array of 0..255 pixels, a batch at a time, through one traced function."""
+    """`scores` over a numpy array of 0..255 pixels, a batch at a time, via one traced function."""
     fn = tf.function(lambda x: scores(model, x, flip_average), reduce_retracing=True)
-    return np.concatenate([fn(pixels[i:i + batch_size]).numpy() for i in range(0, len(pixels), batch_size)])
+    return np.concatenate(
+        [fn(pixels[i : i + batch_size]).numpy() for i in range(0, len(pixels), batch_size)]
+    )
 
 
 def backbone(name: str) -> Backbone:
@@ -53,7 +55,9 @@ class BackbonePreprocess(keras.layers.Layer):
     def __init__(self, backbone_name: str, **kwargs):
         super().__init__(**kwargs)
         self.backbone_name = backbone_name
-        mod = importlib.import_module(f"keras.applications.{backbone(backbone_name).preprocess_module}")
+        mod = importlib.import_module(
+            f"keras.applications.{backbone(backbone_name).preprocess_module}"
+        )
         self._fn = mod.preprocess_input
 
     def call(self, x):
@@ -94,14 +98,21 @@ def build_base(cfg: BaseConfig, size: int) -> keras.Model:
 
 
 def build_head(cfg: HeadConfig, num_classes: int) -> keras.Sequential:
-    layers = [keras.layers.GlobalAveragePooling2D(name="pool"), keras.layers.Dropout(cfg.dropout, name="dropout")]
+    layers = [
+        keras.layers.GlobalAveragePooling2D(name="pool"),
+        keras.layers.Dropout(cfg.dropout, name="dropout"),
+    ]
     if cfg.fc_size:
         layers.append(keras.layers.Dense(cfg.fc_size, activation="relu", name="fc"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions"))
+    layers.append(
+        keras.layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")
+    )
     return keras.Sequential(layers, name="head")
 
 
-def build_model(base_cfg: BaseConfig, head_cfg: HeadConfig, num_classes: int, size: int) -> keras.Model:
+def build_model(
+    base_cfg: BaseConfig, head_cfg: HeadConfig, num_classes: int, size: int
+) -> keras.Model:
     base = build_base(base_cfg, size)
     head = build_head(head_cfg, num_classes)
     inputs = keras.Input((size, size, 3), name="pixels")
@@ -112,7 +123,9 @@ def build_model(base_cfg: BaseConfig, head_cfg: HeadConfig, num_classes: int, si
 
 
 def base_of(model: keras.Model) -> keras.Model:
-    return next(layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head")
+    return next(
+        layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head"
+    )
 
 
 def head_of(model: keras.Model) -> keras.Sequential:
@@ -146,8 +159,10 @@ def unfreeze(model: keras.Model, cfg: UnfreezeConfig) -> dict:
         names = [layer.name for layer in layers]
         if cfg.from_layer not in names:
             close = [n for n in names if cfg.from_layer.split("_")[0] in n][:8]
-            raise ValueError(f"fine_tune.unfreeze.from_layer '{cfg.from_layer}' is not a layer of "
-                             f"{base.name}; e.g. {close or names[:8]} (see `graft inspect-base`)")
+            raise ValueError(
+                f"fine_tune.unfreeze.from_layer '{cfg.from_layer}' is not a layer of "
+                f"{base.name}; e.g. {close or names[:8]} (see `graft inspect-base`)"
+            )
         start = names.index(cfg.from_layer)
     else:
         start = int(round(len(layers) * (1.0 - cfg.top_fraction)))
@@ -157,8 +172,12 @@ def unfreeze(model: keras.Model, cfg: UnfreezeConfig) -> dict:
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = i >= start and not is_bn
         n_trainable += int(layer.trainable and bool(layer.weights))
-    return {"from_index": start, "from_layer": layers[min(start, len(layers) - 1)].name,
-            "trainable_layers": n_trainable, "total_layers": len(layers)}
+    return {
+        "from_index": start,
+        "from_layer": layers[min(start, len(layers) - 1)].name,
+        "trainable_layers": n_trainable,
+        "total_layers": len(layers),
+    }
 
 
 def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
@@ -166,7 +185,11 @@ def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
     gpus = tf.config.list_physical_devices("GPU")
     want = train.strategy
     if want == "auto":
-        want = "multi_worker" if os.environ.get("TF_CONFIG") else ("mirrored" if len(gpus) > 1 else "default")
+        want = (
+            "multi_worker"
+            if os.environ.get("TF_CONFIG")
+            else ("mirrored" if len(gpus) > 1 else "default")
+        )
     if want == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if want == "mirrored" and gpus:
@@ -176,7 +199,11 @@ def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
 
 def set_precision(train: TrainConfig) -> str:
     """mixed_float16 only where a GPU exists; on CPU it would only slow things down."""
-    policy = "mixed_float16" if train.mixed_precision and tf.config.list_physical_devices("GPU") else "float32"
+    policy = (
+        "mixed_float16"
+        if train.mixed_precision and tf.config.list_physical_devices("GPU")
+        else "float32"
+    )
     if train.mixed_precision and policy == "float32":
         log("train.mixed_precision is on but no GPU is visible: staying in float32", level="warn")
     keras.mixed_precision.set_global_policy(policy)
@@ -192,11 +219,15 @@ class LayerInfo:
     params: int
 
 
-def describe_base(name: str, size: int | None = None, kwargs: dict | None = None) -> tuple[keras.Model, list[LayerInfo]]:
+def describe_base(
+    name: str, size: int | None = None, kwargs: dict | None = None
+) -> tuple[keras.Model, list[LayerInfo]]:
     b = backbone(name)
     cfg = BaseConfig(name=name, weights=None, kwargs=kwargs or {})
     base = build_base(cfg, size or b.default_size)
     blocks = b.blocks([layer.name for layer in base.layers])
-    rows = [LayerInfo(i, layer.name, type(layer).__name__, blocks[i], layer.count_params())
-            for i, layer in enumerate(base.layers)]
+    rows = [
+        LayerInfo(i, layer.name, type(layer).__name__, blocks[i], layer.count_params())
+        for i, layer in enumerate(base.layers)
+    ]
     return base, rows

@@ -21,8 +21,16 @@ from graft.components import demo_data
 from graft.components.model import BackbonePreprocess
 from graft.core.log import log
 
-RECIPE = {"classes": 6, "per_class": 500, "size": 64, "seed": 1, "alpha": 0.35, "epochs": 24,
-          "batch_size": 64, "learning_rate": 2e-3}
+RECIPE = {
+    "classes": 6,
+    "per_class": 500,
+    "size": 64,
+    "seed": 1,
+    "alpha": 0.35,
+    "epochs": 24,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+}
 
 
 def _load_folder(root: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -41,15 +49,22 @@ def pretrain_demo_base(out: str, recipe: dict | None = None) -> dict:
     keras.utils.set_random_seed(r["seed"])
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        demo_data.generate(tmp, classes=r["classes"], per_class=r["per_class"], size=r["size"],
-                           seed=r["seed"], task="source")
+        demo_data.generate(
+            tmp,
+            classes=r["classes"],
+            per_class=r["per_class"],
+            size=r["size"],
+            seed=r["seed"],
+            task="source",
+        )
         x, y, classes = _load_folder(tmp, r["size"])
     perm = np.random.default_rng(r["seed"]).permutation(len(x))
     x, y = x[perm], y[perm]
     n_val = len(x) // 10
     xv, yv, x, y = x[:n_val], y[:n_val], x[n_val:], y[n_val:]
-    base = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=r["alpha"],
-                                          input_shape=(r["size"], r["size"], 3))
+    base = keras.applications.MobileNetV2(
+        include_top=False, weights=None, alpha=r["alpha"], input_shape=(r["size"], r["size"], 3)
+    )
     for layer in base.layers:  # Keras' 0.999 is tuned for ImageNet-length runs; this run is short
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = 0.9
@@ -59,24 +74,43 @@ def pretrain_demo_base(out: str, recipe: dict | None = None) -> dict:
     out_layer = keras.layers.Dense(len(classes), activation="softmax")(keras.layers.Dropout(0.3)(h))
     model = keras.Model(inp, out_layer)
     steps = r["epochs"] * int(np.ceil(len(x) / r["batch_size"]))
-    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(r["learning_rate"], steps)),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(r["learning_rate"], steps)),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
     def dihedral(img, label):  # the shapes' classes do not change under flips and quarter turns
         img = tf.image.rot90(img, tf.random.uniform([], 0, 4, tf.int32))
         return tf.image.random_flip_left_right(img), label
 
-    train_ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=r["seed"])
-                .map(dihedral, num_parallel_calls=tf.data.AUTOTUNE).batch(r["batch_size"]).prefetch(2))
+    train_ds = (
+        tf.data.Dataset.from_tensor_slices((x, y))
+        .shuffle(len(x), seed=r["seed"])
+        .map(dihedral, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(r["batch_size"])
+        .prefetch(2)
+    )
     hist = model.fit(train_ds, epochs=r["epochs"], validation_data=(xv, yv), verbose=2)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     base.save_weights(out)
     digest = hashlib.sha256(open(out, "rb").read()).hexdigest()
-    info = {"file": os.path.basename(out), "sha256": digest, "bytes": os.path.getsize(out),
-            "source_classes": classes, "val_accuracy": float(hist.history["val_accuracy"][-1]),
-            "seconds": round(time.time() - t0, 1), "recipe": r,
-            "command": "make pretrain-demo-base  (graft pretrain-demo-base --out configs/demo_base.weights.h5)"}
+    info = {
+        "file": os.path.basename(out),
+        "sha256": digest,
+        "bytes": os.path.getsize(out),
+        "source_classes": classes,
+        "val_accuracy": float(hist.history["val_accuracy"][-1]),
+        "seconds": round(time.time() - t0, 1),
+        "recipe": r,
+        "command": "make pretrain-demo-base  "
+        "(graft pretrain-demo-base --out configs/demo_base.weights.h5)",
+    }
     with open(out + ".json", "w") as f:
         json.dump(info, f, indent=2)
-    log(f"pretrain: base saved to {out} ({info['bytes']} bytes, sha256 {digest[:12]}), "
-        f"source val_accuracy {info['val_accuracy']:.3f}", level="ok")
+    log(
+        f"pretrain: base saved to {out} ({info['bytes']} bytes, sha256 {digest[:12]}), "
+        f"source val_accuracy {info['val_accuracy']:.3f}",
+        level="ok",
+    )
     return info

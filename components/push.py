@@ -59,7 +59,9 @@ def pushed_model_sha(destination: str, model_name: str, version: int) -> str | N
         return json.load(f).get("model_sha256")
 
 
-def baseline_version(destination: str, model_name: str, candidate_sha: str | None = None) -> int | None:
+def baseline_version(
+    destination: str, model_name: str, candidate_sha: str | None = None
+) -> int | None:
     """The newest version at the destination that is not the candidate itself."""
     for v in reversed(versions(destination, model_name)):
         if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
@@ -98,9 +100,16 @@ class PushResult:
     removed_versions: list[int] = field(default_factory=list)
 
 
-def push(export_dir: str, evaluation_dir: str, out_dir: str, *, cfg: PushConfig, model_name: str,
-         force: bool | None = None) -> PushResult:
-    """Copy <export_dir>/<model_name>/<version> to <destination>/<model_name>/<version> if blessed."""
+def push(
+    export_dir: str,
+    evaluation_dir: str,
+    out_dir: str,
+    *,
+    cfg: PushConfig,
+    model_name: str,
+    force: bool | None = None,
+) -> PushResult:
+    """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed."""
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
     with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
@@ -108,16 +117,27 @@ def push(export_dir: str, evaluation_dir: str, out_dir: str, *, cfg: PushConfig,
     with open(os.path.join(export_dir, "export.json")) as f:
         exported = json.load(f)
     src, version = exported["path"], int(exported["version"])
-    result = PushResult(pushed=False, blessed=evaluation["blessed"], forced=False, version=version,
-                        reasons=evaluation["reasons"])
-    same = [v for v in versions(cfg.destination, model_name)
-            if pushed_model_sha(cfg.destination, model_name, v) == exported.get("model_sha256")]
+    result = PushResult(
+        pushed=False,
+        blessed=evaluation["blessed"],
+        forced=False,
+        version=version,
+        reasons=evaluation["reasons"],
+    )
+    same = [
+        v
+        for v in versions(cfg.destination, model_name)
+        if pushed_model_sha(cfg.destination, model_name, v) == exported.get("model_sha256")
+    ]
     if same:
         result.already_at_destination, result.version = True, same[-1]
         result.destination = version_path(cfg.destination, model_name, same[-1])
         log(f"push: this model is already at the destination as version {same[-1]}; nothing to do")
     elif not evaluation["blessed"] and not force:
-        log("push: model not blessed; nothing pushed (" + "; ".join(evaluation["reasons"]) + ")", level="warn")
+        log(
+            "push: model not blessed; nothing pushed (" + "; ".join(evaluation["reasons"]) + ")",
+            level="warn",
+        )
     else:
         root = _join(cfg.destination, model_name)
         gfile.makedirs(root)
@@ -129,19 +149,29 @@ def push(export_dir: str, evaluation_dir: str, out_dir: str, *, cfg: PushConfig,
         tmp = _join(root, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
         n = _copy_tree(src, tmp)
         with gfile.GFile(_join(tmp, MARKER), "w") as f:
-            json.dump({"model_sha256": exported.get("model_sha256"), "pushed": time.time(),
-                       "blessed": evaluation["blessed"], "forced": not evaluation["blessed"]}, f)
+            json.dump(
+                {
+                    "model_sha256": exported.get("model_sha256"),
+                    "pushed": time.time(),
+                    "blessed": evaluation["blessed"],
+                    "forced": not evaluation["blessed"],
+                },
+                f,
+            )
         if os.environ.get("GRAFT_TEST_CRASH_BEFORE_RENAME"):
             os._exit(17)  # tests: simulate a kill between the copy and the rename
         gfile.rename(tmp, final, overwrite=False)
         removed = []
-        for old in versions(cfg.destination, model_name)[:-cfg.keep]:
+        for old in versions(cfg.destination, model_name)[: -cfg.keep]:
             gfile.rmtree(version_path(cfg.destination, model_name, old))
             removed.append(old)
         result.pushed, result.forced, result.destination = True, not evaluation["blessed"], final
         result.version, result.files, result.removed_versions = version, n, removed
-        log(f"push: {'FORCED ' if result.forced else ''}pushed version {version} to {final}"
-            + (f"; removed old versions {removed}" if removed else ""), level="ok")
+        log(
+            f"push: {'FORCED ' if result.forced else ''}pushed version {version} to {final}"
+            + (f"; removed old versions {removed}" if removed else ""),
+            level="ok",
+        )
     with open(os.path.join(out_dir, "push.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)
     return result

@@ -95,9 +95,11 @@ class EpochLog(keras.callbacks.Callback):
             f.write(json.dumps(row) + "\n")
         done = epoch + 1 - (self.first_epoch or 0)
         eta = (time.time() - self.t0) / max(1, done) * (self.total - epoch - 1)
-        log(f"{self.stage}: epoch {epoch + 1}/{self.total} loss {row.get('loss', 0):.4f} "
+        log(
+            f"{self.stage}: epoch {epoch + 1}/{self.total} loss {row.get('loss', 0):.4f} "
             f"acc {row.get('accuracy', 0):.3f} val_loss {row.get('val_loss', 0):.4f} "
-            f"val_acc {row.get('val_accuracy', 0):.3f} (ETA {eta:.0f}s)")
+            f"val_acc {row.get('val_accuracy', 0):.3f} (ETA {eta:.0f}s)"
+        )
 
 
 def read_history(out_dir: str) -> list[dict]:
@@ -132,11 +134,18 @@ def plot_curves(history: list[dict], path: str, title: str) -> None:
 
 def callbacks(out_dir: str, stage: str, epochs: int, patience: int) -> tuple[list, EpochLog]:
     elog = EpochLog(os.path.join(out_dir, "history.jsonl"), stage, epochs)
-    cbs: list = [keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")), elog,
-                 keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard"), write_graph=False,
-                                             profile_batch=0)]
+    cbs: list = [
+        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+        elog,
+        keras.callbacks.TensorBoard(
+            os.path.join(out_dir, "tensorboard"), write_graph=False, profile_batch=0
+        ),
+    ]
     if patience:
-        cbs.insert(0, keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True))
+        cbs.insert(
+            0,
+            keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
+        )
     return cbs, elog
 
 
@@ -157,7 +166,8 @@ def start_stage(out_dir: str, stage: str, train: TrainConfig) -> StageResult | N
         return done
     keras.utils.set_random_seed(train.seed)
     if train.deterministic:
-        tf.config.experimental.enable_op_determinism()  # process-wide; nondeterministic ops then raise
+        # process-wide; nondeterministic ops then raise
+        tf.config.experimental.enable_op_determinism()
     return None
 
 
@@ -187,8 +197,10 @@ def _jit(train: TrainConfig) -> bool:
 def use_cache(cfg: TrainHeadConfig) -> bool:
     valid = not cfg.augment or cfg.augmented_passes > 0
     if cfg.feature_cache == "on" and not valid:
-        raise ValueError("train_head.feature_cache=on needs train_head.augment=false or "
-                         "train_head.augmented_passes > 0")
+        raise ValueError(
+            "train_head.feature_cache=on needs train_head.augment=false or "
+            "train_head.augmented_passes > 0"
+        )
     return cfg.feature_cache != "off" and valid
 
 
@@ -210,8 +222,9 @@ def _features(step, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 
-def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_train, out_dir, seed,
-                     deterministic):
+def _cached_features(
+    model, cfg, augment, size, examples_dir, exclude, exclude_train, out_dir, seed, deterministic
+):
     """Run the frozen base once per pass; saved in the step dir so a resume reuses them."""
     path = os.path.join(out_dir, "features.npz")
     if os.path.exists(path):
@@ -220,30 +233,53 @@ def _cached_features(model, cfg, augment, size, examples_dir, exclude, exclude_t
     extractor = gmodel.feature_extractor(model)
     # one compiled inference function for every batch shape and split: traced once (an eager
     # call per batch runs op by op; a fresh trace per split or batch shape costs seconds)
-    step = tf.function(lambda x: extractor(x, training=False),
-                       input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+    step = tf.function(
+        lambda x: extractor(x, training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+    )
     t0 = time.time()
     passes = max(1, cfg.augmented_passes) if cfg.augment else 1
     batch = feature_batch()
     parts = []
     for p in range(passes):
-        ds = gdata.image_dataset(examples_dir, "train", size, batch,
-                                 augment=augment if cfg.augment else None,
-                                 seed=seed + p, exclude_sha256=exclude_train, deterministic=deterministic)
+        ds = gdata.image_dataset(
+            examples_dir,
+            "train",
+            size,
+            batch,
+            augment=augment if cfg.augment else None,
+            seed=seed + p,
+            exclude_sha256=exclude_train,
+            deterministic=deterministic,
+        )
         parts.append(_features(step, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
-    xv, yv = _features(step, gdata.image_dataset(examples_dir, "val", size, batch, exclude_sha256=exclude))
+    xv, yv = _features(
+        step, gdata.image_dataset(examples_dir, "val", size, batch, exclude_sha256=exclude)
+    )
     np.savez(path + ".tmp.npz", xt=xt, yt=yt, xv=xv, yv=yv)
     os.replace(path + ".tmp.npz", path)
-    log(f"train_head: cached {len(xt)} train + {len(xv)} val features ({xt.shape[1]}-d) "
-        f"in {time.time() - t0:.1f}s")
+    log(
+        f"train_head: cached {len(xt)} train + {len(xv)} val features ({xt.shape[1]}-d) "
+        f"in {time.time() - t0:.1f}s"
+    )
     return xt, yt, xv, yv
 
 
-def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadConfig,
-               train: TrainConfig, cfg: TrainHeadConfig, augment: AugmentConfig, image_size: int,
-               validation_dir: str | None = None, extra_callbacks: list | None = None) -> StageResult:
+def train_head(
+    examples_dir: str,
+    out_dir: str,
+    *,
+    base: BaseConfig,
+    head: HeadConfig,
+    train: TrainConfig,
+    cfg: TrainHeadConfig,
+    augment: AugmentConfig,
+    image_size: int,
+    validation_dir: str | None = None,
+    extra_callbacks: list | None = None,
+) -> StageResult:
     """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
     done = start_stage(out_dir, "train_head", train)
     if done:
@@ -263,40 +299,102 @@ def train_head(examples_dir: str, out_dir: str, *, base: BaseConfig, head: HeadC
     t_fit, t_feat = time.time(), 0.0
     if cached:
         t_feat = time.time()
-        xt, yt, xv, yv = _cached_features(model, cfg, augment, image_size, examples_dir, exclude,
-                                          exclude_train, out_dir, train.seed, train.deterministic)
+        xt, yt, xv, yv = _cached_features(
+            model,
+            cfg,
+            augment,
+            image_size,
+            examples_dir,
+            exclude,
+            exclude_train,
+            out_dir,
+            train.seed,
+            train.deterministic,
+        )
         t_feat = time.time() - t_feat
         with strategy.scope():
             trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
-            trainer.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
-                            loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
-        trainer.fit(xt, yt, batch_size=cfg.batch_size, epochs=cfg.epochs, validation_data=(xv, yv),
-                    class_weight=cw, callbacks=cbs, verbose=0, shuffle=True)
+            trainer.compile(
+                make_optimizer(cfg.optimizer, cfg.learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=_jit(train),
+            )
+        trainer.fit(
+            xt,
+            yt,
+            batch_size=cfg.batch_size,
+            epochs=cfg.epochs,
+            validation_data=(xv, yv),
+            class_weight=cw,
+            callbacks=cbs,
+            verbose=0,
+            shuffle=True,
+        )
     else:
-        train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
-                                       augment=augment if cfg.augment else None, seed=train.seed,
-                                       exclude_sha256=exclude_train, deterministic=train.deterministic)
-        val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
+        train_ds = gdata.image_dataset(
+            examples_dir,
+            "train",
+            image_size,
+            cfg.batch_size,
+            shuffle=True,
+            augment=augment if cfg.augment else None,
+            seed=train.seed,
+            exclude_sha256=exclude_train,
+            deterministic=train.deterministic,
+        )
+        val_ds = gdata.image_dataset(
+            examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude
+        )
         with strategy.scope():
-            model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
-        model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs,
-                  verbose=0)
+            model.compile(
+                make_optimizer(cfg.optimizer, cfg.learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+                jit_compile=_jit(train),
+            )
+        model.fit(
+            train_ds,
+            epochs=cfg.epochs,
+            validation_data=val_ds,
+            class_weight=cw,
+            callbacks=cbs,
+            verbose=0,
+        )
     t_fit = time.time() - t_fit
-    model.compile(make_optimizer(cfg.optimizer, cfg.learning_rate), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
+    model.compile(
+        make_optimizer(cfg.optimizer, cfg.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
     model_path = os.path.join(out_dir, MODEL)
     model.save(model_path)
     hist = read_history(out_dir)
     acc, loss = _best(hist)
-    res = StageResult(stage="train_head", model_path=model_path, best_val_accuracy=acc,
-                      best_val_loss=loss, epochs_run=len(hist),
-                      resumed_from_epoch=elog.first_epoch or 0, seconds=round(time.time() - t0, 2),
-                      cache_used=cached, precision=precision,
-                      extra={"class_weight": cw, "labels": labels, "train_seconds": round(t_fit, 2),
-                       "feature_seconds": round(t_feat, 2), "deterministic": train.deterministic})
-    log(f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache {'on' if cached else 'off'}, "
-        f"{res.seconds:.1f}s", level="ok")
+    res = StageResult(
+        stage="train_head",
+        model_path=model_path,
+        best_val_accuracy=acc,
+        best_val_loss=loss,
+        epochs_run=len(hist),
+        resumed_from_epoch=elog.first_epoch or 0,
+        seconds=round(time.time() - t0, 2),
+        cache_used=cached,
+        precision=precision,
+        extra={
+            "class_weight": cw,
+            "labels": labels,
+            "train_seconds": round(t_fit, 2),
+            "feature_seconds": round(t_feat, 2),
+            "deterministic": train.deterministic,
+        },
+    )
+    log(
+        f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache "
+        f"{'on' if cached else 'off'}, "
+        f"{res.seconds:.1f}s",
+        level="ok",
+    )
     return finish(out_dir, res, "head stage (frozen base)")
 
 
@@ -309,8 +407,11 @@ def _schedule(cfg: FineTuneConfig, steps_per_epoch: int):
     if not cfg.cosine_decay and not warm:
         return cfg.learning_rate
     return keras.optimizers.schedules.CosineDecay(
-        0.0 if warm else cfg.learning_rate, decay_steps=max(1, total - warm) if cfg.cosine_decay else 10**9,
-        warmup_target=cfg.learning_rate if warm else None, warmup_steps=warm)
+        0.0 if warm else cfg.learning_rate,
+        decay_steps=max(1, total - warm) if cfg.cosine_decay else 10**9,
+        warmup_target=cfg.learning_rate if warm else None,
+        warmup_steps=warm,
+    )
 
 
 def load_model(path: str) -> keras.Model:
@@ -323,9 +424,18 @@ def evaluate_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float]:
     return float(acc), float(loss)
 
 
-def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainConfig, cfg: FineTuneConfig,
-              augment: AugmentConfig, image_size: int, validation_dir: str | None = None,
-              extra_callbacks: list | None = None) -> StageResult:
+def fine_tune(
+    examples_dir: str,
+    head_dir: str,
+    out_dir: str,
+    *,
+    train: TrainConfig,
+    cfg: FineTuneConfig,
+    augment: AugmentConfig,
+    image_size: int,
+    validation_dir: str | None = None,
+    extra_callbacks: list | None = None,
+) -> StageResult:
     """Unfreeze the top of the base (BN stays frozen), train at a low LR, keep it only if better."""
     done = start_stage(out_dir, "fine_tune", train)
     if done:
@@ -334,53 +444,101 @@ def fine_tune(examples_dir: str, head_dir: str, out_dir: str, *, train: TrainCon
     precision = gmodel.set_precision(train)
     exclude = excluded_from_eval(validation_dir)
     head_model_path = os.path.join(head_dir, MODEL)
-    val_ds = gdata.image_dataset(examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude)
+    val_ds = gdata.image_dataset(
+        examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude
+    )
     model_path = os.path.join(out_dir, MODEL)
     if not cfg.enabled:
         model = load_model(head_model_path)
         model.save(model_path)
         acc, loss = evaluate_on(model, val_ds)
-        res = StageResult(stage="fine_tune", model_path=model_path, best_val_accuracy=acc,
-                          best_val_loss=loss, epochs_run=0, precision=precision,
-                          extra={"guard": "disabled", "kept": "head"})
+        res = StageResult(
+            stage="fine_tune",
+            model_path=model_path,
+            best_val_accuracy=acc,
+            best_val_loss=loss,
+            epochs_run=0,
+            precision=precision,
+            extra={"guard": "disabled", "kept": "head"},
+        )
         return finish(out_dir, res, "fine-tune (disabled)")
     strategy = gmodel.choose_strategy(train)
     with strategy.scope():
         model = load_model(head_model_path)
     head_acc, head_loss = evaluate_on(model, val_ds)
-    train_ds = gdata.image_dataset(examples_dir, "train", image_size, cfg.batch_size, shuffle=True,
-                                   augment=augment if cfg.augment else None, seed=train.seed,
-                                   exclude_sha256=excluded_from_train(validation_dir),
-                                   deterministic=train.deterministic)
+    train_ds = gdata.image_dataset(
+        examples_dir,
+        "train",
+        image_size,
+        cfg.batch_size,
+        shuffle=True,
+        augment=augment if cfg.augment else None,
+        seed=train.seed,
+        exclude_sha256=excluded_from_train(validation_dir),
+        deterministic=train.deterministic,
+    )
     with strategy.scope():
         info = gmodel.unfreeze(model, cfg.unfreeze)
         steps = max(1, int(train_ds.cardinality()))  # known: image_dataset carries its length
-        model.compile(make_optimizer(cfg.optimizer, _schedule(cfg, steps), cfg.momentum),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=_jit(train))
-    log(f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing {info['trainable_layers']} layers "
-        f"from '{info['from_layer']}' (#{info['from_index']}), {cfg.optimizer} lr {cfg.learning_rate:g}")
+        model.compile(
+            make_optimizer(cfg.optimizer, _schedule(cfg, steps), cfg.momentum),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile=_jit(train),
+        )
+    log(
+        f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing "
+        f"{info['trainable_layers']} layers "
+        f"from '{info['from_layer']}' (#{info['from_index']}), {cfg.optimizer} lr "
+        f"{cfg.learning_rate:g}"
+    )
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
     cbs, elog = callbacks(out_dir, "fine_tune", cfg.epochs, cfg.patience)
     cbs += extra_callbacks or []
-    model.fit(train_ds, epochs=cfg.epochs, validation_data=val_ds, class_weight=cw, callbacks=cbs, verbose=0)
+    model.fit(
+        train_ds,
+        epochs=cfg.epochs,
+        validation_data=val_ds,
+        class_weight=cw,
+        callbacks=cbs,
+        verbose=0,
+    )
     ft_acc, ft_loss = evaluate_on(model, val_ds)
     kept = "fine_tuned"
     if cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
         kept = "head"
-        log(f"fine_tune: GUARD: fine-tuned val_accuracy {ft_acc:.3f} < head-only {head_acc:.3f}; "
-            "keeping the head-only weights", level="warn")
+        log(
+            f"fine_tune: GUARD: fine-tuned val_accuracy {ft_acc:.3f} < head-only {head_acc:.3f}; "
+            "keeping the head-only weights",
+            level="warn",
+        )
         model = load_model(head_model_path)
     model.save(model_path)
     hist = read_history(out_dir)
     acc, loss = (head_acc, head_loss) if kept == "head" else (ft_acc, ft_loss)
-    res = StageResult(stage="fine_tune", model_path=model_path, best_val_accuracy=acc,
-                      best_val_loss=loss, epochs_run=len(hist),
-                      resumed_from_epoch=elog.first_epoch or 0, seconds=round(time.time() - t0, 2),
-                      precision=precision,
-                      extra={"guard": "kept_head" if kept == "head" else "accepted", "kept": kept,
-                       "head_val_accuracy": head_acc, "fine_tuned_val_accuracy": ft_acc,
-                       "head_val_loss": head_loss, "fine_tuned_val_loss": ft_loss, "unfreeze": info,
-                       "deterministic": train.deterministic})
-    log(f"fine_tune: val_accuracy head {head_acc:.3f} -> fine-tuned {ft_acc:.3f}; kept {kept} "
-        f"({res.seconds:.1f}s)", level="ok")
+    res = StageResult(
+        stage="fine_tune",
+        model_path=model_path,
+        best_val_accuracy=acc,
+        best_val_loss=loss,
+        epochs_run=len(hist),
+        resumed_from_epoch=elog.first_epoch or 0,
+        seconds=round(time.time() - t0, 2),
+        precision=precision,
+        extra={
+            "guard": "kept_head" if kept == "head" else "accepted",
+            "kept": kept,
+            "head_val_accuracy": head_acc,
+            "fine_tuned_val_accuracy": ft_acc,
+            "head_val_loss": head_loss,
+            "fine_tuned_val_loss": ft_loss,
+            "unfreeze": info,
+            "deterministic": train.deterministic,
+        },
+    )
+    log(
+        f"fine_tune: val_accuracy head {head_acc:.3f} -> fine-tuned {ft_acc:.3f}; kept {kept} "
+        f"({res.seconds:.1f}s)",
+        level="ok",
+    )
     return finish(out_dir, res, "fine-tune stage")

@@ -34,7 +34,9 @@ def read_manifest(examples_dir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def validate(cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_error: bool = True) -> ValidationResult:
+def validate(
+    cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_error: bool = True
+) -> ValidationResult:
     """Run every check, write validation.json, then raise if any check blocks."""
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(examples_dir, "stats.json")) as f:
@@ -51,7 +53,9 @@ def validate(cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_erro
         for lab in labels:
             n = stats["counts"].get(split, {}).get(lab, 0)
             if n < minimum:
-                res.errors.append(f"class '{lab}' has {n} image(s) in split '{split}'; minimum is {minimum}")
+                res.errors.append(
+                    f"class '{lab}' has {n} image(s) in split '{split}'; minimum is {minimum}"
+                )
 
     total = stats["input_files"]
     rate = stats["quarantined"] / total if total else 0.0
@@ -72,7 +76,9 @@ def validate(cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_erro
             if cfg.label_conflicts == "error":
                 res.errors.append(f"the same image is labelled {classes}: {where}")
             else:
-                res.warnings.append(f"the same image is labelled {classes}: {where} -> dropped everywhere")
+                res.warnings.append(
+                    f"the same image is labelled {classes}: {where} -> dropped everywhere"
+                )
                 res.exclude_from_all.append(digest)
                 continue
         if len(splits) > 1:
@@ -89,8 +95,10 @@ def validate(cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_erro
         if ratio > cfg.imbalance_warn_ratio:
             big = labels[train_counts.index(max(train_counts))]
             small = labels[train_counts.index(min(train_counts))]
-            res.warnings.append(f"class imbalance {ratio:.1f}x ('{big}' vs '{small}' in train); "
-                                "train_head.class_weight=auto compensates")
+            res.warnings.append(
+                f"class imbalance {ratio:.1f}x ('{big}' vs '{small}' in train); "
+                "train_head.class_weight=auto compensates"
+            )
 
     res.passed = not res.errors
     with open(os.path.join(out_dir, "validation.json"), "w") as f:

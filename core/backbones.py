@@ -60,8 +60,20 @@ BACKBONES: dict[str, Backbone] = {
     for b in [
         _b("mobilenet_v2", "MobileNetV2", "mobilenet_v2", 224),
         _b("mobilenet", "MobileNet", "mobilenet", 224),
-        _b("mobilenet_v3_small", "MobileNetV3Small", "mobilenet_v3", 224, include_preprocessing=True),
-        _b("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3", 224, include_preprocessing=True),
+        _b(
+            "mobilenet_v3_small",
+            "MobileNetV3Small",
+            "mobilenet_v3",
+            224,
+            include_preprocessing=True,
+        ),
+        _b(
+            "mobilenet_v3_large",
+            "MobileNetV3Large",
+            "mobilenet_v3",
+            224,
+            include_preprocessing=True,
+        ),
         _b("efficientnet_b0", "EfficientNetB0", "efficientnet", 224),
         _b("efficientnet_b1", "EfficientNetB1", "efficientnet", 240),
         _b("efficientnet_b2", "EfficientNetB2", "efficientnet", 260),

@@ -19,7 +19,14 @@ from graft.core.backbones import BACKBONES
 # The pipeline's steps in order. graft.pipeline.dag defines them and checks that it matches
 # this list, which the config needs (kubeflow.resources keys) without importing the pipeline.
 STEP_NAMES: tuple[str, ...] = (
-    "ingest", "validate", "train_head", "fine_tune", "evaluate", "export", "push")
+    "ingest",
+    "validate",
+    "train_head",
+    "fine_tune",
+    "evaluate",
+    "export",
+    "push",
+)
 
 
 class ConfigError(ValueError):
@@ -55,14 +62,20 @@ class DataConfig(Section):
     tfds_download: bool = False
     tfds_splits: dict[str, str] = Field(
         default_factory=dict,
-        description="map TFDS split -> graft split (train/val/test/auto); empty: all splits hash-split",
+        description="map TFDS split -> graft split (train/val/test/auto); empty: all splits "
+        "hash-split",
     )
     splits: Splits = Field(default_factory=Splits)
     image_size: int = Field(224, ge=32, le=1024, description="square training/serving input side")
     max_side: int = Field(1024, ge=32, description="larger stored images are downscaled")
     shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split")
     beam_args: list[str] = Field(default_factory=list)
-    num_workers: int = Field(0, ge=0, description="DirectRunner workers; 0 = all cores for inputs over 64 MB, else one in-memory worker")
+    num_workers: int = Field(
+        0,
+        ge=0,
+        description="DirectRunner workers; 0 = all cores for inputs over 64 MB, else one "
+        "in-memory worker",
+    )
     progress_every: int = Field(200, ge=1)
 
     @model_validator(mode="after")
@@ -73,7 +86,9 @@ class DataConfig(Section):
             raise ValueError("data.tfds_name is required when data.source is 'tfds'")
         bad = {v for v in self.tfds_splits.values()} - {"train", "val", "test", "auto"}
         if bad:
-            raise ValueError(f"data.tfds_splits values must be train/val/test/auto, got {sorted(bad)}")
+            raise ValueError(
+                f"data.tfds_splits values must be train/val/test/auto, got {sorted(bad)}"
+            )
         return self
 
 
@@ -88,7 +103,9 @@ class ValidateConfig(Section):
     max_corrupt_rate: float = Field(0.05, ge=0, le=1)
     leakage: Literal["error", "drop_from_eval"] = "error"
     label_conflicts: Literal["error", "drop"] = Field(
-        "error", description="the same image under two classes: stop, or drop it everywhere (reported)")
+        "error",
+        description="the same image under two classes: stop, or drop it everywhere (reported)",
+    )
     imbalance_warn_ratio: float = Field(3.0, ge=1)
 
 
@@ -136,8 +153,10 @@ class TrainConfig(Section):
     jit_compile: bool = False
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     deterministic: bool = Field(
-        False, description="bit-identical re-runs from the same ingest artifact on the same machine and "
-                           "TF build: ordered reads, sequential augmentation, TF op determinism; slower")
+        False,
+        description="bit-identical re-runs from the same ingest artifact on the same machine and "
+        "TF build: ordered reads, sequential augmentation, TF op determinism; slower",
+    )
 
 
 class TrainHeadConfig(Section):
@@ -195,12 +214,16 @@ class ExportConfig(Section):
     parity_tolerance: float = Field(1e-4, gt=0)
     warmup_requests: int = Field(3, ge=0, le=100)
     flip_average: bool = Field(
-        False, description="serve (and evaluate) the mean of the scores for the image and its mirror "
-                           "image: 2x inference per request; for models trained with horizontal flips")
+        False,
+        description="serve (and evaluate) the mean of the scores for the image and its mirror "
+        "image: 2x inference per request; for models trained with horizontal flips",
+    )
 
 
 class PushConfig(Section):
-    destination: str = Field("models", description="local path or tf.io.gfile URL; <dest>/<model_name>/<version>")
+    destination: str = Field(
+        "models", description="local path or tf.io.gfile URL; <dest>/<model_name>/<version>"
+    )
     keep: int = Field(5, ge=1, description="newest versions kept at the destination")
     force: bool = False
 
@@ -230,8 +253,17 @@ class StepResources(Section):
 
 
 def _default_resources() -> dict[str, StepResources]:
-    small = dict(cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi", retries=2)
-    train = dict(cpu_request="4", cpu_limit="8", memory_request="8Gi", memory_limit="16Gi", gpu=True, retries=1)
+    small = dict(
+        cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi", retries=2
+    )
+    train = dict(
+        cpu_request="4",
+        cpu_limit="8",
+        memory_request="8Gi",
+        memory_limit="16Gi",
+        gpu=True,
+        retries=1,
+    )
     return {
         "ingest": StepResources(**{**small, "cpu_request": "2", "cpu_limit": "4"}),
         "validate": StepResources(**small),
@@ -314,9 +346,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     for part in loc:
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
-        field = next(
-            (f for n, f in model.model_fields.items() if part in (n, f.alias)), None
-        )
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
         if field is None:
             return None
         ann = field.annotation
@@ -337,7 +367,9 @@ def _format_errors(err: ValidationError) -> str:
         path = ".".join(str(p) for p in loc).replace("validate_", "validate") or "(top level)"
         if e["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1]) if len(loc) > 1 else GraftConfig
-            allowed = sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
+            allowed = (
+                sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
+            )
             guess = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
             hint = f" (did you mean '{guess[0]}'?)" if guess else ""
             lines.append(f"  {path}: unknown key{hint}; allowed: {', '.join(allowed)}")
@@ -355,8 +387,11 @@ def parse_config(raw: dict[str, Any]) -> GraftConfig:
         raise ConfigError(_format_errors(err)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                defaults: dict[str, Any] | None = None) -> GraftConfig:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> GraftConfig:
     """YAML file (or none) + `--set` overrides -> a validated GraftConfig."""
     raw: dict[str, Any] = json.loads(json.dumps(defaults or {}))
     if path:
@@ -386,7 +421,12 @@ def _deep_merge(dst: dict, src: dict) -> None:
 def _resolve_relative_paths(loaded: dict, base_dir: Path, raw: dict) -> None:
     """A weights file named in configs/x.yaml as `demo_base.weights.h5` is found beside it."""
     w = (loaded.get("base") or {}).get("weights")
-    if isinstance(w, str) and w not in ("imagenet",) and "://" not in w and not Path(w).is_absolute():
+    if (
+        isinstance(w, str)
+        and w not in ("imagenet",)
+        and "://" not in w
+        and not Path(w).is_absolute()
+    ):
         cand = base_dir / w
         if cand.exists():
             raw["base"]["weights"] = str(cand.resolve())

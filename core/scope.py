@@ -32,8 +32,14 @@ def _field_name(model: BaseModel, key: str) -> str:
 class ScopedConfig:
     """Attribute access like the config; each read is recorded in `reads`."""
 
-    def __init__(self, model: BaseModel, sections: tuple[str, ...], step: str = "?",
-                 _prefix: str = "", _reads: set[str] | None = None):
+    def __init__(
+        self,
+        model: BaseModel,
+        sections: tuple[str, ...],
+        step: str = "?",
+        _prefix: str = "",
+        _reads: set[str] | None = None,
+    ):
         self._model = model
         self._sections = tuple(sections)
         self._step = step
@@ -53,7 +59,8 @@ class ScopedConfig:
         raise UndeclaredConfigRead(
             f"step '{self._step}' read config key '{path}', which is not among its declared "
             f"sections ({', '.join(self._sections) or 'none'}); declare it in graft.pipeline.dag "
-            "so that it keys the step's cache")
+            "so that it keys the step's cache"
+        )
 
     def values(self) -> dict[str, Any]:
         """The declared sections' values as JSON-able data, keyed by their dotted path."""

@@ -41,8 +41,13 @@ def _config(args, defaults: dict | None = None) -> GraftConfig:
 
 def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", "-c", required=required, help="YAML config (see configs/)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
-                   help="override a config key, e.g. --set fine_tune.learning_rate=3e-4 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a config key, e.g. --set fine_tune.learning_rate=3e-4 (repeatable)",
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -51,8 +56,14 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 def cmd_demo_data(args) -> int:
     from graft.components.demo_data import generate
 
-    counts = generate(args.out, classes=args.classes, per_class=args.per_class, size=args.size,
-                      seed=args.seed, task=args.task)
+    counts = generate(
+        args.out,
+        classes=args.classes,
+        per_class=args.per_class,
+        size=args.size,
+        seed=args.seed,
+        task=args.task,
+    )
     log(f"demo-data: wrote {sum(counts.values())} images in {len(counts)} classes to {args.out}")
     return 0
 
@@ -71,10 +82,23 @@ def cmd_ingest(args) -> int:
         overrides = [f"data.path={args.source}", *overrides]
         if args.source.lower().endswith(".csv"):
             overrides.insert(0, "data.source=csv")
-    cfg = load_config(args.config, overrides, None if args.config else {"data": {"path": args.source}})
+    cfg = load_config(
+        args.config, overrides, None if args.config else {"data": {"path": args.source}}
+    )
     r = ingest(cfg.data, args.out)
-    print(json.dumps({"out_dir": r.out_dir, "labels": r.labels, "written": r.written,
-                      "quarantined": r.quarantined, "input_files": r.input_files, "counts": r.counts}, indent=2))
+    print(
+        json.dumps(
+            {
+                "out_dir": r.out_dir,
+                "labels": r.labels,
+                "written": r.written,
+                "quarantined": r.quarantined,
+                "input_files": r.input_files,
+                "counts": r.counts,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -96,8 +120,13 @@ def cmd_run(args) -> int:
     from graft.pipeline.summary import print_summary
 
     cfg = _config(args)
-    run = run_pipeline(cfg, use_cache=not args.no_cache, only=args.only, from_step=args.from_step,
-                       force_push=args.force)
+    run = run_pipeline(
+        cfg,
+        use_cache=not args.no_cache,
+        only=args.only,
+        from_step=args.from_step,
+        force_push=args.force,
+    )
     print_summary(run, cfg)
     return 0
 
@@ -110,12 +139,18 @@ def cmd_inspect_base(args) -> int:
     blocks: dict[str, list] = {}
     for r in rows:
         blocks.setdefault(r.block, []).append(r)
-    print(f"{args.name}: {len(rows)} layers, {base.count_params():,} parameters, input {base.input_shape[1:]}")
+    print(
+        f"{args.name}: {len(rows)} layers, {base.count_params():,} parameters, input "
+        f"{base.input_shape[1:]}"
+    )
     print(f"{'index':>5}  {'name':<32} {'type':<24} {'block':<14} {'params':>9}")
     last = None
     for r in rows:
         if r.block != last:
-            print(f"{'':>5}  ---- block {r.block} ({len(blocks[r.block])} layers, starts at index {r.index}) ----")
+            print(
+                f"{'':>5}  ---- block {r.block} ({len(blocks[r.block])} layers, starts at "
+                f"index {r.index}) ----"
+            )
             last = r.block
         print(f"{r.index:>5}  {r.name:<32} {r.kind:<24} {r.block:<14} {r.params:>9,}")
     firsts = [(b, rs[0]) for b, rs in blocks.items()]
@@ -123,8 +158,10 @@ def cmd_inspect_base(args) -> int:
     print("\nFine-tune from a block boundary, e.g.:")
     for b, r in top:
         frac = 1 - r.index / len(rows)
-        print(f"  fine_tune:\n    unfreeze: {{mode: from_layer, from_layer: {r.name}}}   "
-              f"# block {b}, index {r.index}, top {frac:.0%} of layers")
+        print(
+            f"  fine_tune:\n    unfreeze: {{mode: from_layer, from_layer: {r.name}}}   "
+            f"# block {b}, index {r.index}, top {frac:.0%} of layers"
+        )
     if args.plot:
         try:
             import keras
@@ -132,8 +169,12 @@ def cmd_inspect_base(args) -> int:
             keras.utils.plot_model(base, to_file=args.plot, show_shapes=True)
             log(f"inspect-base: architecture diagram written to {args.plot}")
         except (ImportError, OSError) as e:
-            log(f"inspect-base: cannot draw the diagram ({e}); install graphviz (apt-get install graphviz) "
-                "and pydot (pip install pydot)", level="error")
+            log(
+                f"inspect-base: cannot draw the diagram ({e}); install graphviz (apt-get "
+                "install graphviz) "
+                "and pydot (pip install pydot)",
+                level="error",
+            )
             return 4
     return 0
 
@@ -158,8 +199,15 @@ def cmd_submit(args) -> int:
     from graft.pipeline.kubeflow import submit
 
     cfg = _config(args)
-    out = submit(cfg, host=args.host, experiment=args.experiment, run_name=args.run_name,
-                 schedule=args.schedule, max_concurrency=args.max_concurrency, dry_run=args.dry_run)
+    out = submit(
+        cfg,
+        host=args.host,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        schedule=args.schedule,
+        max_concurrency=args.max_concurrency,
+        dry_run=args.dry_run,
+    )
     print(json.dumps(out, indent=2))
     return 0
 
@@ -177,7 +225,9 @@ def cmd_predict(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="graft", description="Transfer-learning image classifiers, folder to TF Serving.")
+    ap = argparse.ArgumentParser(
+        prog="graft", description="Transfer-learning image classifiers, folder to TF Serving."
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo-data", help="generate a procedural image-folder dataset")
@@ -186,8 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-class", type=int, default=200)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--task", choices=["target", "source"], default="target",
-                   help="source: disjoint classes, for pretraining the demo base")
+    p.add_argument(
+        "--task",
+        choices=["target", "source"],
+        default="target",
+        help="source: disjoint classes, for pretraining the demo base",
+    )
     p.set_defaults(fn=cmd_demo_data)
 
     p = sub.add_parser("config", help="config tools")
@@ -252,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version-policy", default="latest", help="latest | all | specific:N[,M]")
     p.add_argument("--poll-seconds", type=float, default=2.0)
     p.add_argument("--max-message-mb", type=int, default=32)
-    p.add_argument("--max-pixels", type=int, default=40_000_000, help="larger images: RESOURCE_EXHAUSTED")
+    p.add_argument(
+        "--max-pixels", type=int, default=40_000_000, help="larger images: RESOURCE_EXHAUSTED"
+    )
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("predict", help="classify images through a (TF) Serving gRPC endpoint")
@@ -281,7 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - top-level: one clear line, traceback on request
         if os.environ.get("GRAFT_DEBUG"):
             raise
-        print(f"graft: error: {type(e).__name__}: {e}\n(set GRAFT_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(
+            f"graft: error: {type(e).__name__}: {e}\n(set GRAFT_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 

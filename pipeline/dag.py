@@ -25,7 +25,7 @@ KeyFn = Callable[[GraftConfig, dict[str, str]], str]
 
 @dataclass(frozen=True)
 class When:
-    """Run a step only when a bool in an upstream step's summary is true, or a config flag forces it.
+    """Run a step only when a bool in an upstream step's summary is true, or a config flag forces.
 
     On Kubeflow the upstream step's kfp wrapper returns that bool as its output, and the
     step runs under `dsl.If`; locally the runner reads the upstream summary.
@@ -58,8 +58,12 @@ def _ingest(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.ingest import ingest
 
     r = ingest(cfg.data, out)
-    return {"written": r.written, "quarantined": r.quarantined, "input_files": r.input_files,
-            "labels": r.labels}
+    return {
+        "written": r.written,
+        "quarantined": r.quarantined,
+        "input_files": r.input_files,
+        "labels": r.labels,
+    }
 
 
 def _source_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
@@ -72,40 +76,78 @@ def _validate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.validate import validate
 
     r = validate(cfg.validate_, inputs["examples"], out)
-    return {"passed": r.passed, "warnings": len(r.warnings),
-            "excluded_from_eval": len(r.exclude_from_eval)}
+    return {
+        "passed": r.passed,
+        "warnings": len(r.warnings),
+        "excluded_from_eval": len(r.exclude_from_eval),
+    }
 
 
 def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.train import train_head
 
-    r = train_head(inputs["examples"], out, base=cfg.base, head=cfg.head, train=cfg.train,
-                   cfg=cfg.train_head, augment=cfg.augment, image_size=cfg.data.image_size,
-                   validation_dir=inputs["validation"])
-    return {"val_accuracy": r.best_val_accuracy, "epochs": r.epochs_run, "cache_used": r.cache_used,
-            "seconds": r.seconds}
+    r = train_head(
+        inputs["examples"],
+        out,
+        base=cfg.base,
+        head=cfg.head,
+        train=cfg.train,
+        cfg=cfg.train_head,
+        augment=cfg.augment,
+        image_size=cfg.data.image_size,
+        validation_dir=inputs["validation"],
+    )
+    return {
+        "val_accuracy": r.best_val_accuracy,
+        "epochs": r.epochs_run,
+        "cache_used": r.cache_used,
+        "seconds": r.seconds,
+    }
 
 
 def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.train import fine_tune
 
-    r = fine_tune(inputs["examples"], inputs["head_model"], out, train=cfg.train, cfg=cfg.fine_tune,
-                  augment=cfg.augment, image_size=cfg.data.image_size,
-                  validation_dir=inputs["validation"])
-    return {"val_accuracy": r.best_val_accuracy, "epochs": r.epochs_run,
-            "guard": r.extra.get("guard"), "seconds": r.seconds}
+    r = fine_tune(
+        inputs["examples"],
+        inputs["head_model"],
+        out,
+        train=cfg.train,
+        cfg=cfg.fine_tune,
+        augment=cfg.augment,
+        image_size=cfg.data.image_size,
+        validation_dir=inputs["validation"],
+    )
+    return {
+        "val_accuracy": r.best_val_accuracy,
+        "epochs": r.epochs_run,
+        "guard": r.extra.get("guard"),
+        "seconds": r.seconds,
+    }
 
 
 def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.evaluate import evaluate
 
-    r = evaluate(inputs["examples"], inputs["head_model"], inputs["model"], out, cfg=cfg.evaluate,
-                 destination=cfg.push.destination, model_name=cfg.export.model_name,
-                 image_size=cfg.data.image_size, validation_dir=inputs["validation"],
-                 flip_average=cfg.export.flip_average)
-    return {"blessed": r.blessed, "reasons": r.reasons, "accuracy": r.candidate["accuracy"],
-            "head_accuracy": r.head_only["accuracy"],
-            "baseline_accuracy": r.baseline["accuracy"] if r.baseline else None}
+    r = evaluate(
+        inputs["examples"],
+        inputs["head_model"],
+        inputs["model"],
+        out,
+        cfg=cfg.evaluate,
+        destination=cfg.push.destination,
+        model_name=cfg.export.model_name,
+        image_size=cfg.data.image_size,
+        validation_dir=inputs["validation"],
+        flip_average=cfg.export.flip_average,
+    )
+    return {
+        "blessed": r.blessed,
+        "reasons": r.reasons,
+        "accuracy": r.candidate["accuracy"],
+        "head_accuracy": r.head_only["accuracy"],
+        "baseline_accuracy": r.baseline["accuracy"] if r.baseline else None,
+    }
 
 
 def _baseline_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
@@ -120,44 +162,113 @@ def _baseline_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
 def _export(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.export import export
 
-    r = export(inputs["model"], inputs["examples"], inputs["evaluation"], out, cfg=cfg.export,
-               image_size=cfg.data.image_size, base=cfg.base, head=cfg.head,
-               settings=cfg.values())
+    r = export(
+        inputs["model"],
+        inputs["examples"],
+        inputs["evaluation"],
+        out,
+        cfg=cfg.export,
+        image_size=cfg.data.image_size,
+        base=cfg.base,
+        head=cfg.head,
+        settings=cfg.values(),
+    )
     return {"version": r.version, "path": r.path, "parity_max_abs_diff": r.parity_max_abs_diff}
 
 
 def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.push import push
 
-    r = push(inputs["exported"], inputs["evaluation"], out, cfg=cfg.push,
-             model_name=cfg.export.model_name)
-    return {"pushed": r.pushed, "forced": r.forced, "version": r.version,
-            "destination": r.destination, "already_at_destination": r.already_at_destination}
+    r = push(
+        inputs["exported"],
+        inputs["evaluation"],
+        out,
+        cfg=cfg.push,
+        model_name=cfg.export.model_name,
+    )
+    return {
+        "pushed": r.pushed,
+        "forced": r.forced,
+        "version": r.version,
+        "destination": r.destination,
+        "already_at_destination": r.already_at_destination,
+    }
 
 
 STEPS: list[Step] = [
-    Step("ingest", {}, ("data",), "Dataset", _ingest,
-         "Beam: images -> TFRecords, labels, stats, quarantine", external_key=_source_key),
-    Step("validate", {"examples": "ingest"}, ("validate",), "Artifact", _validate,
-         "blocking data checks: classes, counts, corrupt rate, leakage"),
-    Step("train_head", {"examples": "ingest", "validation": "validate"},
-         ("data.image_size", "base", "head", "train", "train_head", "augment"), "Model", _train_head,
-         "new head on the frozen base (bottleneck cache)", gpu_capable=True),
-    Step("fine_tune", {"examples": "ingest", "validation": "validate", "head_model": "train_head"},
-         ("data.image_size", "train", "fine_tune", "augment"), "Model", _fine_tune,
-         "unfreeze the base as fine_tune.unfreeze says, at a low LR, guarded", gpu_capable=True),
-    Step("evaluate", {"examples": "ingest", "validation": "validate", "head_model": "train_head",
-                      "model": "fine_tune"},
-         ("data.image_size", "evaluate", "push.destination", "export.model_name",
-          "export.flip_average"),
-         "Metrics", _evaluate, "test metrics, plots, report, blessing vs the served baseline",
-         external_key=_baseline_key),
-    Step("export", {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate"},
-         ("data.image_size", "export", "base", "head"), "Model", _export,
-         "SavedModel for TF Serving with in-graph preprocessing, warmup, model card"),
-    Step("push", {"exported": "export", "evaluation": "evaluate"}, ("push", "export.model_name"),
-         "Artifact", _push, "atomic copy to the serving destination, only when blessed",
-         cacheable=False, when=When("evaluate", "blessed", forced_by="push.force")),
+    Step(
+        "ingest",
+        {},
+        ("data",),
+        "Dataset",
+        _ingest,
+        "Beam: images -> TFRecords, labels, stats, quarantine",
+        external_key=_source_key,
+    ),
+    Step(
+        "validate",
+        {"examples": "ingest"},
+        ("validate",),
+        "Artifact",
+        _validate,
+        "blocking data checks: classes, counts, corrupt rate, leakage",
+    ),
+    Step(
+        "train_head",
+        {"examples": "ingest", "validation": "validate"},
+        ("data.image_size", "base", "head", "train", "train_head", "augment"),
+        "Model",
+        _train_head,
+        "new head on the frozen base (bottleneck cache)",
+        gpu_capable=True,
+    ),
+    Step(
+        "fine_tune",
+        {"examples": "ingest", "validation": "validate", "head_model": "train_head"},
+        ("data.image_size", "train", "fine_tune", "augment"),
+        "Model",
+        _fine_tune,
+        "unfreeze the base as fine_tune.unfreeze says, at a low LR, guarded",
+        gpu_capable=True,
+    ),
+    Step(
+        "evaluate",
+        {
+            "examples": "ingest",
+            "validation": "validate",
+            "head_model": "train_head",
+            "model": "fine_tune",
+        },
+        (
+            "data.image_size",
+            "evaluate",
+            "push.destination",
+            "export.model_name",
+            "export.flip_average",
+        ),
+        "Metrics",
+        _evaluate,
+        "test metrics, plots, report, blessing vs the served baseline",
+        external_key=_baseline_key,
+    ),
+    Step(
+        "export",
+        {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate"},
+        ("data.image_size", "export", "base", "head"),
+        "Model",
+        _export,
+        "SavedModel for TF Serving with in-graph preprocessing, warmup, model card",
+    ),
+    Step(
+        "push",
+        {"exported": "export", "evaluation": "evaluate"},
+        ("push", "export.model_name"),
+        "Artifact",
+        _push,
+        "atomic copy to the serving destination, only when blessed",
+        cacheable=False,
+        when=When("evaluate", "blessed", forced_by="push.force"),
+    ),
 ]
 STEP_NAMES: list[str] = [s.name for s in STEPS]
 if tuple(STEP_NAMES) != tuple(CONFIG_STEP_NAMES):  # the config validates kubeflow.resources keys
@@ -197,8 +308,9 @@ def forced(s: Step, cfg: GraftConfig) -> bool:
 RESULT_FILE = "_step_result.json"
 
 
-def run_step(name: str, cfg: GraftConfig, inputs: dict[str, str], out_dir: str,
-             reads: set[str] | None = None) -> dict[str, Any]:
+def run_step(
+    name: str, cfg: GraftConfig, inputs: dict[str, str], out_dir: str, reads: set[str] | None = None
+) -> dict[str, Any]:
     """Run one step into out_dir, seeing only its declared config, and record its summary.
 
     `reads`, when given, receives the dotted config keys the step read.
@@ -214,4 +326,3 @@ def run_step(name: str, cfg: GraftConfig, inputs: dict[str, str], out_dir: str,
     with open(os.path.join(out_dir, RESULT_FILE), "w") as f:
         json.dump(summary, f, indent=2, default=str)
     return summary
-

@@ -5,7 +5,6 @@ so the bodies only import Graft and hand over. Input names match dag.STEPS' inpu
 checks it); the wiring and order come from dag.STEPS, not from here.
 """
 
-
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
@@ -26,47 +25,105 @@ def make_components(image: str) -> dict:
         run("validate", config_json, {"examples": examples}, validation)
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def train_head(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
-                   model: Output[Model]):
+    def train_head(
+        config_json: str,
+        examples: Input[Dataset],
+        validation: Input[Artifact],
+        model: Output[Model],
+    ):
         from graft.pipeline.kfp_runtime import run
 
         run("train_head", config_json, {"examples": examples, "validation": validation}, model)
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def fine_tune(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
-                  head_model: Input[Model], model: Output[Model]):
+    def fine_tune(
+        config_json: str,
+        examples: Input[Dataset],
+        validation: Input[Artifact],
+        head_model: Input[Model],
+        model: Output[Model],
+    ):
         from graft.pipeline.kfp_runtime import run
 
-        run("fine_tune", config_json, {"examples": examples, "validation": validation,
-                                       "head_model": head_model}, model)
+        run(
+            "fine_tune",
+            config_json,
+            {"examples": examples, "validation": validation, "head_model": head_model},
+            model,
+        )
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def evaluate(config_json: str, examples: Input[Dataset], validation: Input[Artifact],
-                 head_model: Input[Model], model: Input[Model], evaluation: Output[Artifact],
-                 metrics: Output[Metrics], confusion: Output[ClassificationMetrics],
-                 report: Output[HTML]) -> bool:
+    def evaluate(
+        config_json: str,
+        examples: Input[Dataset],
+        validation: Input[Artifact],
+        head_model: Input[Model],
+        model: Input[Model],
+        evaluation: Output[Artifact],
+        metrics: Output[Metrics],
+        confusion: Output[ClassificationMetrics],
+        report: Output[HTML],
+    ) -> bool:
         from graft.pipeline.kfp_runtime import log_evaluation, run
 
-        run("evaluate", config_json, {"examples": examples, "validation": validation,
-                                      "head_model": head_model, "model": model}, evaluation)
+        run(
+            "evaluate",
+            config_json,
+            {
+                "examples": examples,
+                "validation": validation,
+                "head_model": head_model,
+                "model": model,
+            },
+            evaluation,
+        )
         return log_evaluation(evaluation, metrics, confusion, report)
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def export(config_json: str, model: Input[Model], examples: Input[Dataset],
-               evaluation: Input[Artifact], exported: Output[Model]):
+    def export(
+        config_json: str,
+        model: Input[Model],
+        examples: Input[Dataset],
+        evaluation: Input[Artifact],
+        exported: Output[Model],
+    ):
         from graft.pipeline.kfp_runtime import run
 
-        run("export", config_json, {"model": model, "examples": examples, "evaluation": evaluation}, exported)
+        run(
+            "export",
+            config_json,
+            {"model": model, "examples": examples, "evaluation": evaluation},
+            exported,
+        )
 
     @dsl.component(base_image=image, install_kfp_package=False)
-    def push(config_json: str, exported: Input[Model], evaluation: Input[Artifact], pushed: Output[Artifact]):
+    def push(
+        config_json: str,
+        exported: Input[Model],
+        evaluation: Input[Artifact],
+        pushed: Output[Artifact],
+    ):
         from graft.pipeline.kfp_runtime import run
 
         run("push", config_json, {"exported": exported, "evaluation": evaluation}, pushed)
 
-    return {"ingest": ingest, "validate": validate, "train_head": train_head, "fine_tune": fine_tune,
-            "evaluate": evaluate, "export": export, "push": push}
+    return {
+        "ingest": ingest,
+        "validate": validate,
+        "train_head": train_head,
+        "fine_tune": fine_tune,
+        "evaluate": evaluate,
+        "export": export,
+        "push": push,
+    }
 
 
-OUTPUT_NAMES = {"ingest": "examples", "validate": "validation", "train_head": "model", "fine_tune": "model",
-                "evaluate": "evaluation", "export": "exported", "push": "pushed"}
+OUTPUT_NAMES = {
+    "ingest": "examples",
+    "validate": "validation",
+    "train_head": "model",
+    "fine_tune": "model",
+    "evaluate": "evaluation",
+    "export": "exported",
+    "push": "pushed",
+}

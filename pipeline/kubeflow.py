@@ -2,9 +2,9 @@
 
 The step order and wiring come from dag.STEPS (the same object the local runner walks);
 pipeline.kfp_components holds only the thin per-step wrappers. Training steps get GPUs,
-node selector and toleration from `kubeflow:`; a step with `when` runs under dsl.If on its upstream's output.
+node selector and toleration from `kubeflow:`; a step with `when` runs under dsl.If on its
+upstream's output.
 """
-
 
 import json
 import os
@@ -34,7 +34,9 @@ def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
         task.set_accelerator_limit(kf.gpu.count)
         for key, value in kf.gpu.node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
-        kubernetes.add_toleration(task, key=kf.gpu.toleration_key, operator="Exists", effect="NoSchedule")
+        kubernetes.add_toleration(
+            task, key=kf.gpu.toleration_key, operator="Exists", effect="NoSchedule"
+        )
     if res.retries:
         task.set_retry(num_retries=res.retries, backoff_duration="30s", backoff_factor=2.0)
     task.set_caching_options(enable_caching=res.caching and step.cacheable)
@@ -45,13 +47,18 @@ def build_pipeline(cfg: GraftConfig):
     comps = make_components(cfg.kubeflow.image)
     default_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
-    @dsl.pipeline(name=cfg.kubeflow.pipeline_name,
-                  description="Graft: ingest -> validate -> train_head -> fine_tune -> evaluate -> export -> push",
-                  pipeline_root=cfg.kubeflow.pipeline_root)
+    @dsl.pipeline(
+        name=cfg.kubeflow.pipeline_name,
+        description="Graft: ingest -> validate -> train_head -> fine_tune -> evaluate -> "
+        "export -> push",
+        pipeline_root=cfg.kubeflow.pipeline_root,
+    )
     def graft_pipeline(config_json: str = default_json):
         tasks: dict = {}
         for step in dag.STEPS:
-            kwargs = {name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()}
+            kwargs = {
+                name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()
+            }
             if step.when and not dag.forced(step, cfg):
                 # the upstream wrapper returns step.when.output as its kfp output
                 gate = tasks[step.when.step].outputs["Output"] == True  # noqa: E712
@@ -70,8 +77,16 @@ def compile_pipeline(cfg: GraftConfig, output: str) -> str:
     return output
 
 
-def submit(cfg: GraftConfig, *, host: str | None, experiment: str | None, run_name: str | None,
-           schedule, max_concurrency: int = 1, dry_run: bool = False) -> dict:
+def submit(
+    cfg: GraftConfig,
+    *,
+    host: str | None,
+    experiment: str | None,
+    run_name: str | None,
+    schedule,
+    max_concurrency: int = 1,
+    dry_run: bool = False,
+) -> dict:
     """Create a run, or a recurring run when `schedule` (5-field cron) is given."""
     import tempfile
 
@@ -85,9 +100,13 @@ def submit(cfg: GraftConfig, *, host: str | None, experiment: str | None, run_na
         if len(fields) not in (5, 6):
             raise ValueError(f"--schedule must be a cron expression of 5 fields, got '{schedule}'")
         cron = schedule if len(fields) == 6 else "0 " + schedule  # KFP takes a seconds field first
-    plan = {"host": host, "experiment": experiment, "pipeline_package": package,
-            "run_name": run_name or f"{cfg.kubeflow.pipeline_name}-run",
-            "kind": "recurring_run" if cron else "run"}
+    plan = {
+        "host": host,
+        "experiment": experiment,
+        "pipeline_package": package,
+        "run_name": run_name or f"{cfg.kubeflow.pipeline_name}-run",
+        "kind": "recurring_run" if cron else "run",
+    }
     if cron:
         plan.update(cron_expression=cron, max_concurrency=max_concurrency)
     if dry_run:
@@ -101,15 +120,23 @@ def submit(cfg: GraftConfig, *, host: str | None, experiment: str | None, run_na
         client = kfp.Client(host=host)
         exp = client.create_experiment(experiment)
     except Exception as e:  # noqa: BLE001 - connection errors come in many types
-        raise ConnectionError(f"cannot reach the KFP API at {host}: {type(e).__name__}: {str(e)[:300]}") from None
+        raise ConnectionError(
+            f"cannot reach the KFP API at {host}: {type(e).__name__}: {str(e)[:300]}"
+        ) from None
     if cron:
-        r = client.create_recurring_run(exp.experiment_id, job_name=plan["run_name"], cron_expression=cron,
-                                        max_concurrency=max_concurrency, pipeline_package_path=package,
-                                        enable_caching=False)
+        r = client.create_recurring_run(
+            exp.experiment_id,
+            job_name=plan["run_name"],
+            cron_expression=cron,
+            max_concurrency=max_concurrency,
+            pipeline_package_path=package,
+            enable_caching=False,
+        )
         plan["recurring_run_id"] = r.recurring_run_id
     else:
-        r = client.create_run_from_pipeline_package(package, arguments={}, run_name=plan["run_name"],
-                                                    experiment_name=experiment)
+        r = client.create_run_from_pipeline_package(
+            package, arguments={}, run_name=plan["run_name"], experiment_name=experiment
+        )
         plan["run_id"] = r.run_id
     log(f"submit: {plan['kind']} created on {host}")
     return plan

@@ -36,9 +36,15 @@ class StepRecord:
     config_read: list[str] = field(default_factory=list)  # dotted keys the step read
 
 
-def fingerprint(s: dag.Step, cfg: GraftConfig, input_fps: dict[str, str], inputs: dict[str, str]) -> str:
-    payload = {"step": s.name, "config": dag.section_values(cfg, s.sections), "inputs": input_fps,
-               "external": dag.external_key(s, cfg, inputs)}
+def fingerprint(
+    s: dag.Step, cfg: GraftConfig, input_fps: dict[str, str], inputs: dict[str, str]
+) -> str:
+    payload = {
+        "step": s.name,
+        "config": dag.section_values(cfg, s.sections),
+        "inputs": input_fps,
+        "external": dag.external_key(s, cfg, inputs),
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -56,8 +62,15 @@ def _banner(i: int, n: int, s: dag.Step, status: str) -> None:
     log(f"[{i}/{n}] {s.name}: {status} - {s.doc}")
 
 
-def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str | None = None,
-                 from_step: str | None = None, force_push: bool = False, run_id: str | None = None) -> dict:
+def run_pipeline(
+    cfg: GraftConfig,
+    *,
+    use_cache: bool | None = None,
+    only: str | None = None,
+    from_step: str | None = None,
+    force_push: bool = False,
+    run_id: str | None = None,
+) -> dict:
     """Run the pipeline; returns the run record (also written to run.json)."""
     use_cache = cfg.runner.cache if use_cache is None else use_cache
     for name in (only, from_step):
@@ -74,8 +87,14 @@ def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str |
     forced_from = dag.STEP_NAMES.index(from_step) if from_step else None
     if force_push:
         cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
-    run = {"run_id": run_id, "run_dir": run_dir, "config": cfg.to_dict(), "steps": records,
-           "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "status": "running"}
+    run = {
+        "run_id": run_id,
+        "run_dir": run_dir,
+        "config": cfg.to_dict(),
+        "steps": records,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "status": "running",
+    }
     n = len(dag.STEPS)
     try:
         for i, s in enumerate(dag.STEPS, start=1):
@@ -89,8 +108,10 @@ def run_pipeline(cfg: GraftConfig, *, use_cache: bool | None = None, only: str |
             forced = (forced_from is not None and i - 1 >= forced_from) or only == s.name
             if only and s.name != only:
                 if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
-                    raise RuntimeError(f"--only {only}: upstream step '{s.name}' has no output for this "
-                                       "config yet; run the pipeline (or --from) first")
+                    raise RuntimeError(
+                        f"--only {only}: upstream step '{s.name}' has no output for this "
+                        "config yet; run the pipeline (or --from) first"
+                    )
                 rec.status = "cached" if done else "skipped"
                 if done:
                     rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))

@@ -31,13 +31,21 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
     m.add_row("served baseline", _fmt(ev.get("baseline_accuracy")))
     console.print(m)
     if ev:
-        console.print(("[green]BLESSED[/green]" if ev.get("blessed") else "[yellow]NOT BLESSED[/yellow]")
-                      + ": " + "; ".join(ev.get("reasons", [])))
+        console.print(
+            ("[green]BLESSED[/green]" if ev.get("blessed") else "[yellow]NOT BLESSED[/yellow]")
+            + ": "
+            + "; ".join(ev.get("reasons", []))
+        )
     if push.get("pushed") or push.get("already_at_destination"):
         console.print(f"pushed: {push['destination']}")
-        console.print("serve it:  graft serve --model-base-path "
-                      f"{cfg.push.destination}/{cfg.export.model_name} --model-name {cfg.export.model_name}")
-        console.print(f"query it:  graft predict --server 127.0.0.1:8500 --model {cfg.export.model_name} IMAGE.jpg")
+        console.print(
+            "serve it:  graft serve --model-base-path "
+            f"{cfg.push.destination}/{cfg.export.model_name} --model-name {cfg.export.model_name}"
+        )
+        console.print(
+            "query it:  graft predict --server 127.0.0.1:8500 --model "
+            f"{cfg.export.model_name} IMAGE.jpg"
+        )
     elif push:
         console.print("not pushed (use --force to push anyway)")
     console.print(f"run record: {run['run_dir']}/run.json")

@@ -29,9 +29,12 @@ _FIELDS = [
 
 
 def _build():
-    fd = descriptor_pb2.FileDescriptorProto(name="graft/tfs_batching_parameters.proto",
-                                            package="tensorflow.serving", syntax="proto3",
-                                            dependency=["google/protobuf/wrappers.proto"])
+    fd = descriptor_pb2.FileDescriptorProto(
+        name="graft/tfs_batching_parameters.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     msg = fd.message_type.add(name="BatchingParameters")
     for name, number, type_name, label in _FIELDS:
         f = msg.field.add(name=name, number=number, label=label)
@@ -40,10 +43,11 @@ def _build():
         else:
             f.type = _F.TYPE_INT64 if name == "allowed_batch_sizes" else _F.TYPE_BOOL
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(
-        wrappers_pb2.DESCRIPTOR.serialized_pb))
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb))
     pool.Add(fd)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters")
+    )
 
 
 BatchingParameters = _build()

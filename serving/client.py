@@ -44,13 +44,26 @@ def _string_tensor(values: list[bytes]):
 
 
 class GraftClient:
-    def __init__(self, target: str, model_name: str, version: int | None = None, timeout: float = 30.0,
-                 retries: int = 4, backoff: float = 0.25, max_message_mb: int = 32):
+    def __init__(
+        self,
+        target: str,
+        model_name: str,
+        version: int | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+        max_message_mb: int = 32,
+    ):
         self.target, self.model_name, self.version = target, model_name, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         limit = max_message_mb * 1024 * 1024
-        self.channel = grpc.insecure_channel(target, options=[
-            ("grpc.max_send_message_length", limit), ("grpc.max_receive_message_length", limit)])
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
+        )
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -107,16 +120,24 @@ class GraftClient:
         resp = self._call(self.predictions.GetModelMetadata, req)
         sig_map = SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sig_map)
-        return {"version": resp.model_spec.version.value,
-                "signature_def": {k: MessageToDict(v) for k, v in sig_map.signature_def.items()}}
+        return {
+            "version": resp.model_spec.version.value,
+            "signature_def": {k: MessageToDict(v) for k, v in sig_map.signature_def.items()},
+        }
 
     def status(self) -> list[dict]:
         req = get_model_status_pb2.GetModelStatusRequest()
         self._spec(req.model_spec)
         resp = self._call(self.models.GetModelStatus, req)
         names = {10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
-        return [{"version": s.version, "state": names.get(s.state, str(s.state)),
-                 "error": s.status.error_message} for s in resp.model_version_status]
+        return [
+            {
+                "version": s.version,
+                "state": names.get(s.state, str(s.state)),
+                "error": s.status.error_message,
+            }
+            for s in resp.model_version_status
+        ]
 
 
 def predict_main(args) -> int:
@@ -128,7 +149,11 @@ def predict_main(args) -> int:
         return 1
     if args.json:
         for img, p in zip(args.images, preds, strict=True):
-            print(json.dumps({"image": img, "labels": p.labels, "scores": [round(s, 6) for s in p.scores]}))
+            print(
+                json.dumps(
+                    {"image": img, "labels": p.labels, "scores": [round(s, 6) for s in p.scores]}
+                )
+            )
         return 0
     from rich.console import Console
     from rich.table import Table

@@ -19,7 +19,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", type=int, default=3)
     args = ap.parse_args(argv)
     if not os.path.isdir(args.model_base_path):
-        log(f"demo: nothing pushed to {args.model_base_path} (model not blessed?); skipping the query", level="warn")
+        log(
+            f"demo: nothing pushed to {args.model_base_path} (model not blessed?); skipping "
+            "the query",
+            level="warn",
+        )
         return 0
     images = sorted(os.path.join(r, f) for r, _, fs in os.walk(args.holdout) for f in fs)[: args.n]
     srv = ServerProcess(args.model_base_path, args.model_name)

@@ -24,16 +24,39 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, base_path: str, model_name: str, *, rest: bool = False, poll_seconds: float = 1.0,
-                 extra: list[str] | None = None, log_path: str | None = None):
+    def __init__(
+        self,
+        base_path: str,
+        model_name: str,
+        *,
+        rest: bool = False,
+        poll_seconds: float = 1.0,
+        extra: list[str] | None = None,
+        log_path: str | None = None,
+    ):
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
-        cmd = [sys.executable, "-m", "graft.pipeline.cli", "serve", "--model-base-path", base_path,
-               "--model-name", model_name, "--port", str(self.port), "--rest-port", str(self.rest_port),
-               "--poll-seconds", str(poll_seconds), *(extra or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "graft.pipeline.cli",
+            "serve",
+            "--model-base-path",
+            base_path,
+            "--model-name",
+            model_name,
+            "--port",
+            str(self.port),
+            "--rest-port",
+            str(self.rest_port),
+            "--poll-seconds",
+            str(poll_seconds),
+            *(extra or []),
+        ]
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log,
-                                     env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        self.proc = subprocess.Popen(
+            cmd, stdout=self.log, stderr=self.log, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        )
         self.target = f"127.0.0.1:{self.port}"
 
     def wait_healthy(self, timeout: float = 120.0) -> ServerProcess:

@@ -59,7 +59,9 @@ def fast_callable(fn) -> tuple[list[str], object]:
     def call(*args):
         return fn(**dict(zip(names, args, strict=True)))
 
-    return names, tf.function(call, input_signature=[specs[n] for n in names]).get_concrete_function()
+    return names, tf.function(
+        call, input_signature=[specs[n] for n in names]
+    ).get_concrete_function()
 
 
 def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -83,7 +85,9 @@ def parse_policy(text: str) -> tuple[str, set[int]]:
 class ModelManager:
     """Keeps the versions the policy wants loaded; everything else is unloaded."""
 
-    def __init__(self, base_path: str, model_name: str, policy: str = "latest", max_pixels: int = 40_000_000):
+    def __init__(
+        self, base_path: str, model_name: str, policy: str = "latest", max_pixels: int = 40_000_000
+    ):
         self.base_path = base_path
         self.model_name = model_name
         self.policy, self.specific = parse_policy(policy)
@@ -99,9 +103,12 @@ class ModelManager:
     def on_disk(self) -> list[int]:
         if not tf.io.gfile.isdir(self.base_path):
             return []
-        return sorted(int(d.rstrip("/")) for d in tf.io.gfile.listdir(self.base_path)
-                      if d.rstrip("/").isdigit()
-                      and tf.io.gfile.exists(os.path.join(self.base_path, d.rstrip("/"), "saved_model.pb")))
+        return sorted(
+            int(d.rstrip("/"))
+            for d in tf.io.gfile.listdir(self.base_path)
+            if d.rstrip("/").isdigit()
+            and tf.io.gfile.exists(os.path.join(self.base_path, d.rstrip("/"), "saved_model.pb"))
+        )
 
     def wanted(self, disk: list[int]) -> set[int]:
         if self.policy == "all":
@@ -134,8 +141,15 @@ class ModelManager:
         try:
             obj = tf.saved_model.load(path)
             sigs = dict(obj.signatures)
-            lv = LoadedVersion(version, path, obj, sigs, read_signature_defs(path), time.time(),
-                               {k: fast_callable(f) for k, f in sigs.items()})
+            lv = LoadedVersion(
+                version,
+                path,
+                obj,
+                sigs,
+                read_signature_defs(path),
+                time.time(),
+                {k: fast_callable(f) for k, f in sigs.items()},
+            )
             n = self._warmup(lv)
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
             with self._lock:
@@ -146,7 +160,10 @@ class ModelManager:
         with self._lock:
             self._versions[version] = lv
             self._states[version] = "AVAILABLE"
-        log(f"serve: {self.model_name} version {version} AVAILABLE ({time.time() - t0:.1f}s, {n} warmup requests)")
+        log(
+            f"serve: {self.model_name} version {version} AVAILABLE ({time.time() - t0:.1f}s, "
+            f"{n} warmup requests)"
+        )
 
     def unload(self, version: int) -> None:
         with self._lock:
@@ -166,7 +183,9 @@ class ModelManager:
         with self._lock:
             available = set(self._versions)
         for v in sorted(available - want):
-            if want & available or not want:  # never drop the last version before its successor is up
+            if (
+                want & available or not want
+            ):  # never drop the last version before its successor is up
                 self.unload(v)
 
     def start(self, poll_seconds: float) -> None:
@@ -196,87 +215,135 @@ class ModelManager:
 
     def resolve(self, name: str, version: int | None) -> LoadedVersion:
         if name != self.model_name:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: model '{name}' "
-                               f"(this server serves '{self.model_name}')")
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND,
+                f"Servable not found for request: model '{name}' "
+                f"(this server serves '{self.model_name}')",
+            )
         with self._lock:
             if version is None:
                 if not self._versions:
-                    raise ServingError(grpc.StatusCode.UNAVAILABLE, f"no version of '{name}' is available yet")
+                    raise ServingError(
+                        grpc.StatusCode.UNAVAILABLE, f"no version of '{name}' is available yet"
+                    )
                 return self._versions[max(self._versions)]
             if version not in self._versions:
-                raise ServingError(grpc.StatusCode.NOT_FOUND,
-                                   f"Servable not found for request: model '{name}' version {version} "
-                                   f"(available: {sorted(self._versions)})")
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Servable not found for request: model '{name}' version {version} "
+                    f"(available: {sorted(self._versions)})",
+                )
             return self._versions[version]
 
     def _check_images(self, name: str, arr: np.ndarray) -> None:
         for i, blob in enumerate(arr.reshape(-1)):
             if not isinstance(blob, (bytes, bytearray)) or not blob:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}'[{i}] is empty")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}'[{i}] is empty"
+                )
             try:
                 with Image.open(io.BytesIO(blob)) as im:
                     w, h = im.size
                     fmt = im.format
             except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input '{name}'[{i}] is not a decodable JPEG/PNG/GIF/BMP image ({e})") from None
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{name}'[{i}] is not a decodable JPEG/PNG/GIF/BMP image ({e})",
+                ) from None
             if fmt not in ("JPEG", "PNG", "GIF", "BMP"):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input '{name}'[{i}] is {fmt}; expected JPEG, PNG, GIF or BMP")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{name}'[{i}] is {fmt}; expected JPEG, PNG, GIF or BMP",
+                )
             if w * h > self.max_pixels:
-                raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                   f"input '{name}'[{i}] is {w}x{h} = {w * h:,} pixels, over the server's "
-                                   f"limit of {self.max_pixels:,}")
+                raise ServingError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"input '{name}'[{i}] is {w}x{h} = {w * h:,} pixels, over the server's "
+                    f"limit of {self.max_pixels:,}",
+                )
 
-    def _run(self, lv: LoadedVersion, signature: str, inputs: dict[str, np.ndarray], output_filter: set[str]):
+    def _run(
+        self,
+        lv: LoadedVersion,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: set[str],
+    ):
         if signature not in lv.signatures:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"unknown signature '{signature}'; available: {sorted(lv.signatures)}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"unknown signature '{signature}'; available: {sorted(lv.signatures)}",
+            )
         fn = lv.signatures[signature]
         specs = fn.structured_input_signature[1]
         if not inputs:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"empty request: signature '{signature}' "
-                               f"expects inputs {sorted(specs)}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"empty request: signature '{signature}' expects inputs {sorted(specs)}",
+            )
         missing, extra = set(specs) - set(inputs), set(inputs) - set(specs)
         if missing or extra:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               f"signature '{signature}' expects inputs {sorted(specs)}; "
-                               f"missing {sorted(missing)}, unexpected {sorted(extra)}")
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"signature '{signature}' expects inputs {sorted(specs)}; "
+                f"missing {sorted(missing)}, unexpected {sorted(extra)}",
+            )
         feed = {}
         for k, spec in specs.items():
             arr = inputs[k]
             want = spec.dtype
             if want == tf.string:
                 if arr.dtype.kind not in ("O", "S"):
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"input '{k}' must be DT_STRING, got {arr.dtype}")
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"input '{k}' must be DT_STRING, got {arr.dtype}",
+                    )
                 if k.endswith("_bytes"):
                     self._check_images(k, arr)
-            elif arr.dtype.kind in ("O", "S", "U") or (want.is_floating and arr.dtype.kind not in "fiu") \
-                    or (want.is_integer and arr.dtype.kind not in "iu"):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input '{k}' must be {want.name}, got {arr.dtype}")
+            elif (
+                arr.dtype.kind in ("O", "S", "U")
+                or (want.is_floating and arr.dtype.kind not in "fiu")
+                or (want.is_integer and arr.dtype.kind not in "iu")
+            ):
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{k}' must be {want.name}, got {arr.dtype}",
+                )
             if not spec.shape.is_compatible_with(arr.shape):
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input '{k}' has shape {list(arr.shape)}; signature wants {spec.shape}")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{k}' has shape {list(arr.shape)}; signature wants {spec.shape}",
+                )
             feed[k] = tf.constant(arr, dtype=want)
         names, call = lv.fast[signature]
         try:
             out = call(*[feed[k] for k in names])
         except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
             msg = str(e).splitlines()[0][:500]
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"could not run '{signature}': {msg}") from None
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"could not run '{signature}': {msg}"
+            ) from None
         except tf.errors.ResourceExhaustedError as e:
             raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)[:500]) from None
         if output_filter:
             unknown = output_filter - set(out)
             if unknown:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"output_filter names unknown outputs {sorted(unknown)}; have {sorted(out)}")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"output_filter names unknown outputs {sorted(unknown)}; have {sorted(out)}",
+                )
             out = {k: v for k, v in out.items() if k in output_filter}
         return {k: v.numpy() for k, v in out.items()}
 
-    def predict(self, name: str, version: int | None, signature: str, inputs: dict[str, np.ndarray],
-                output_filter: set[str] | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    def predict(
+        self,
+        name: str,
+        version: int | None,
+        signature: str,
+        inputs: dict[str, np.ndarray],
+        output_filter: set[str] | None = None,
+    ) -> tuple[int, dict[str, np.ndarray]]:
         lv = self.resolve(name, version)
-        return lv.version, self._run(lv, signature or "serving_default", inputs, output_filter or set())
+        return lv.version, self._run(
+            lv, signature or "serving_default", inputs, output_filter or set()
+        )

@@ -44,7 +44,10 @@ def _version_of(spec) -> int | None:
     if spec.HasField("version"):
         return int(spec.version.value)
     if spec.version_label:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "version labels are not supported; use a version number")
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "version labels are not supported; use a version number",
+        )
     return None
 
 
@@ -61,13 +64,20 @@ def _guard(context, fn):
 def _ndarray(name: str, proto) -> np.ndarray:
     """TensorProto -> numpy; image bytes take a direct path (make_ndarray is generic and slow)."""
     dims = [d.size for d in proto.tensor_shape.dim]
-    if (proto.dtype == types_pb2.DT_STRING and not proto.tensor_content and dims and min(dims) >= 0
-            and int(np.prod(dims)) == len(proto.string_val)):
+    if (
+        proto.dtype == types_pb2.DT_STRING
+        and not proto.tensor_content
+        and dims
+        and min(dims) >= 0
+        and int(np.prod(dims)) == len(proto.string_val)
+    ):
         return np.array(list(proto.string_val), dtype=object).reshape(dims)
     try:
         return tf.make_ndarray(proto)
     except Exception as e:  # noqa: BLE001
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}' is not a valid TensorProto: {e}") from None
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}' is not a valid TensorProto: {e}"
+        ) from None
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -77,8 +87,13 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     def Predict(self, request, context):
         def run():
             inputs = {k: _ndarray(k, v) for k, v in request.inputs.items()}
-            version, out = self.m.predict(request.model_spec.name, _version_of(request.model_spec),
-                                          request.model_spec.signature_name, inputs, set(request.output_filter))
+            version, out = self.m.predict(
+                request.model_spec.name,
+                _version_of(request.model_spec),
+                request.model_spec.signature_name,
+                inputs,
+                set(request.output_filter),
+            )
             resp = predict_pb2.PredictResponse()
             resp.model_spec.name = self.m.model_name
             resp.model_spec.version.value = version
@@ -93,8 +108,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         def run():
             fields = set(request.metadata_field)
             if fields != {"signature_def"}:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"metadata_field must be ['signature_def'], got {sorted(fields)}")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"metadata_field must be ['signature_def'], got {sorted(fields)}",
+                )
             lv = self.m.resolve(request.model_spec.name, _version_of(request.model_spec))
             sig_map = get_model_metadata_pb2.SignatureDefMap()
             for k, v in lv.signature_defs.items():
@@ -110,23 +127,32 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _guard(context, run)
 
     def Classify(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                      "Classify needs a tf.Example classification signature; use Predict with serving_default")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Classify needs a tf.Example classification signature; use Predict with "
+            "serving_default",
+        )
 
     def Regress(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "Regress is not supported by Graft models")
 
     def MultiInference(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by Graft models")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by Graft models"
+        )
 
 
 def status_response(m: ModelManager, name: str, version: int | None):
     if name != m.model_name:
-        raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' not found (serving '{m.model_name}')")
+        raise ServingError(
+            grpc.StatusCode.NOT_FOUND, f"model '{name}' not found (serving '{m.model_name}')"
+        )
     states = m.states()
     if version is not None:
         if version not in states:
-            raise ServingError(grpc.StatusCode.NOT_FOUND, f"model '{name}' version {version} not found")
+            raise ServingError(
+                grpc.StatusCode.NOT_FOUND, f"model '{name}' version {version} not found"
+            )
         states = {version: states[version]}
     resp = get_model_status_pb2.GetModelStatusResponse()
     for v, (state, err) in sorted(states.items()):
@@ -142,10 +168,17 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self.m = manager
 
     def GetModelStatus(self, request, context):
-        return _guard(context, lambda: status_response(self.m, request.model_spec.name, _version_of(request.model_spec)))
+        return _guard(
+            context,
+            lambda: status_response(
+                self.m, request.model_spec.name, _version_of(request.model_spec)
+            ),
+        )
 
     def HandleReloadConfigRequest(self, request, context):
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server serves one model from --model-base-path")
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "this server serves one model from --model-base-path"
+        )
 
 
 # ---------------------------------------------------------------- REST
@@ -174,7 +207,9 @@ def _to_array(values, name: str) -> np.ndarray:
 
 def _jsonable(arr: np.ndarray):
     if arr.dtype.kind in ("O", "S"):
-        return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else b, otypes=[object])(arr).tolist()
+        return np.vectorize(lambda b: b.decode() if isinstance(b, bytes) else b, otypes=[object])(
+            arr
+        ).tolist()
     return arr.tolist()
 
 
@@ -194,15 +229,19 @@ def make_rest_handler(m: ModelManager):
             self.wfile.write(data)
 
         def _error(self, e: ServingError):
-            http = {grpc.StatusCode.NOT_FOUND: 404, grpc.StatusCode.INVALID_ARGUMENT: 400,
-                    grpc.StatusCode.RESOURCE_EXHAUSTED: 413, grpc.StatusCode.UNAVAILABLE: 503}.get(e.code, 500)
+            http = {
+                grpc.StatusCode.NOT_FOUND: 404,
+                grpc.StatusCode.INVALID_ARGUMENT: 400,
+                grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+                grpc.StatusCode.UNAVAILABLE: 503,
+            }.get(e.code, 500)
             self._send(http, {"error": e.message})
 
         def _route(self):
             path = self.path.split("?")[0]
             if not path.startswith("/v1/models/"):
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown path {path}")
-            rest = path[len("/v1/models/"):]
+            rest = path[len("/v1/models/") :]
             verb = None
             if ":" in rest:
                 rest, verb = rest.rsplit(":", 1)
@@ -212,7 +251,9 @@ def make_rest_handler(m: ModelManager):
                 try:
                     version = int(tail[1])
                 except ValueError:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"bad version '{tail[1]}'") from None
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"bad version '{tail[1]}'"
+                    ) from None
                 tail = tail[2:]
             return name, version, verb, tail
 
@@ -224,14 +265,31 @@ def make_rest_handler(m: ModelManager):
                     from google.protobuf.json_format import MessageToDict
 
                     sigs = {k: MessageToDict(v) for k, v in lv.signature_defs.items()}
-                    return self._send(200, {"model_spec": {"name": name, "version": str(lv.version)},
-                                            "metadata": {"signature_def": {"signature_def": sigs}}})
+                    return self._send(
+                        200,
+                        {
+                            "model_spec": {"name": name, "version": str(lv.version)},
+                            "metadata": {"signature_def": {"signature_def": sigs}},
+                        },
+                    )
                 resp = status_response(m, name, version)
                 names = {v: k for k, v in _STATE.items()}
-                return self._send(200, {"model_version_status": [
-                    {"version": str(s.version), "state": names[s.state],
-                     "status": {"error_code": "OK" if not s.status.error_code else "UNKNOWN",
-                                "error_message": s.status.error_message}} for s in resp.model_version_status]})
+                return self._send(
+                    200,
+                    {
+                        "model_version_status": [
+                            {
+                                "version": str(s.version),
+                                "state": names[s.state],
+                                "status": {
+                                    "error_code": "OK" if not s.status.error_code else "UNKNOWN",
+                                    "error_message": s.status.error_message,
+                                },
+                            }
+                            for s in resp.model_version_status
+                        ]
+                    },
+                )
             except ServingError as e:
                 self._error(e)
 
@@ -239,12 +297,16 @@ def make_rest_handler(m: ModelManager):
             try:
                 name, version, verb, _ = self._route()
                 if verb != "predict":
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"unsupported verb ':{verb}'")
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"unsupported verb ':{verb}'"
+                    )
                 length = int(self.headers.get("Content-Length") or 0)
                 try:
                     body = json.loads(self.rfile.read(length) or b"{}")
                 except json.JSONDecodeError as e:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"request body is not JSON: {e}") from None
+                    raise ServingError(
+                        grpc.StatusCode.INVALID_ARGUMENT, f"request body is not JSON: {e}"
+                    ) from None
                 sig = body.get("signature_name", "serving_default")
                 if "instances" in body:
                     inst = [_rest_value(i) for i in body["instances"]]
@@ -252,7 +314,11 @@ def make_rest_handler(m: ModelManager):
                         inputs = {k: _to_array([i[k] for i in inst], k) for k in inst[0]}
                     else:
                         lv = m.resolve(name, version)
-                        only = list(lv.signatures[sig].structured_input_signature[1]) if sig in lv.signatures else ["?"]
+                        only = (
+                            list(lv.signatures[sig].structured_input_signature[1])
+                            if sig in lv.signatures
+                            else ["?"]
+                        )
                         inputs = {only[0]: _to_array(inst, only[0])}
                     v, out = m.predict(name, version, sig, inputs)
                     n = len(next(iter(out.values())))
@@ -263,7 +329,9 @@ def make_rest_handler(m: ModelManager):
                     inputs = {k: _to_array(_rest_value(val), k) for k, val in raw.items()}
                     v, out = m.predict(name, version, sig, inputs)
                     return self._send(200, {"outputs": {k: _jsonable(o) for k, o in out.items()}})
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "body needs 'instances' or 'inputs'")
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, "body needs 'instances' or 'inputs'"
+                )
             except ServingError as e:
                 self._error(e)
             except Exception as e:  # noqa: BLE001
@@ -276,33 +344,65 @@ def make_rest_handler(m: ModelManager):
 
 
 class GraftServer:
-    def __init__(self, base_path: str, model_name: str, *, host: str = "127.0.0.1", port: int = 8500,
-                 rest_port: int = 0, policy: str = "latest", poll_seconds: float = 2.0,
-                 max_message_mb: int = 32, max_pixels: int = 40_000_000, workers: int = 16):
+    def __init__(
+        self,
+        base_path: str,
+        model_name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8500,
+        rest_port: int = 0,
+        policy: str = "latest",
+        poll_seconds: float = 2.0,
+        max_message_mb: int = 32,
+        max_pixels: int = 40_000_000,
+        workers: int = 16,
+    ):
         self.manager = ModelManager(base_path, model_name, policy, max_pixels)
         limit = max_message_mb * 1024 * 1024
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager), self.grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager), self.grpc)
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers),
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ],
+        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager), self.grpc
+        )
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            ModelServicer(self.manager), self.grpc
+        )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection([
-            prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME], self.grpc)
+        reflection.enable_server_reflection(
+            [
+                prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.grpc,
+        )
         self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if not self.port:
             raise OSError(f"cannot bind gRPC on {host}:{port}")
         self.host, self.poll_seconds = host, poll_seconds
-        self.rest = ThreadingHTTPServer((host, rest_port), make_rest_handler(self.manager)) if rest_port else None
+        self.rest = (
+            ThreadingHTTPServer((host, rest_port), make_rest_handler(self.manager))
+            if rest_port
+            else None
+        )
         self._health_thread = None
         self._stopped = threading.Event()
 
     def _update_health(self):
         while not self._stopped.wait(0.5):
-            s = health_pb2.HealthCheckResponse.SERVING if self.manager.available() else health_pb2.HealthCheckResponse.NOT_SERVING
+            s = (
+                health_pb2.HealthCheckResponse.SERVING
+                if self.manager.available()
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
             self.health.set("", s)
             self.health.set("tensorflow.serving.PredictionService", s)
 
@@ -314,9 +414,11 @@ class GraftServer:
         self._health_thread.start()
         if self.rest:
             threading.Thread(target=self.rest.serve_forever, daemon=True).start()
-        log(f"serve: gRPC on {self.host}:{self.port}"
+        log(
+            f"serve: gRPC on {self.host}:{self.port}"
             + (f", REST on {self.host}:{self.rest.server_address[1]}" if self.rest else "")
-            + f"; model '{self.manager.model_name}' from {self.manager.base_path}")
+            + f"; model '{self.manager.model_name}' from {self.manager.base_path}"
+        )
         return self
 
     def stop(self, grace: float = 2.0) -> None:
@@ -329,9 +431,17 @@ class GraftServer:
 
 
 def serve_forever(args) -> int:
-    srv = GraftServer(args.model_base_path, args.model_name, host=args.host, port=args.port,
-                      rest_port=args.rest_port, policy=args.version_policy, poll_seconds=args.poll_seconds,
-                      max_message_mb=args.max_message_mb, max_pixels=args.max_pixels).start()
+    srv = GraftServer(
+        args.model_base_path,
+        args.model_name,
+        host=args.host,
+        port=args.port,
+        rest_port=args.rest_port,
+        policy=args.version_policy,
+        poll_seconds=args.poll_seconds,
+        max_message_mb=args.max_message_mb,
+        max_pixels=args.max_pixels,
+    ).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

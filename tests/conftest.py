@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny generated data and one tiny pipeline run reused by e2e and serving tests."""
+"""Fixtures: tiny generated data and one tiny pipeline run reused by e2e and serving tests."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ def tiny_config(tmp: Path, data: Path, **over) -> dict:
     cfg = {
         "data": {"path": str(data), "image_size": 48, "num_workers": 1},
         "validate": {"min_per_class": {"train": 2, "val": 1, "test": 1}},
-        "base": {"name": "mobilenet_v2", "weights": str(REPO / "configs" / "demo_base.weights.h5"),
-                 "kwargs": {"alpha": 0.35}},
+        "base": {
+            "name": "mobilenet_v2",
+            "weights": str(REPO / "configs" / "demo_base.weights.h5"),
+            "kwargs": {"alpha": 0.35},
+        },
         "train_head": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01},
         "fine_tune": {"epochs": 1, "batch_size": 16},
         "export": {"model_name": "tiny", "warmup_requests": 2},

@@ -85,8 +85,11 @@ def test_the_graph_sees_lazy_imports():
 
 
 def test_no_generic_top_level_names_installed():
-    probe = "import importlib.util as u; print([n for n in ('pipeline', 'components', 'serving', 'core') if u.find_spec(n)])"
-    out = subprocess.run([sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, check=True)
+    names = ("pipeline", "components", "serving", "core")
+    probe = f"import importlib.util as u; print([n for n in {names} if u.find_spec(n)])"
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd="/", capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "[]"
 
 
@@ -122,5 +125,6 @@ def test_each_step_reads_exactly_its_declared_sections(pipeline_run):
         assert rec["status"] == "ran", (s.name, rec["status"])
         reads = rec["config_read"]
         for section in s.sections:
-            assert any(r == section or r.startswith(section + ".")
-                       for r in reads), f"{s.name} declares {section} but never read it: {reads}"
+            assert any(r == section or r.startswith(section + ".") for r in reads), (
+                f"{s.name} declares {section} but never read it: {reads}"
+            )

@@ -6,7 +6,9 @@ from graft.core.config import ConfigError, load_config, parse_config
 def test_defaults_and_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data: {path: imgs}\ntrain_head: {epochs: 4}\n")
-    cfg = load_config(p, ["train_head.epochs=3", "fine_tune.learning_rate=3e-4", "base.kwargs={alpha: 0.5}"])
+    cfg = load_config(
+        p, ["train_head.epochs=3", "fine_tune.learning_rate=3e-4", "base.kwargs={alpha: 0.5}"]
+    )
     assert cfg.train_head.epochs == 3
     assert cfg.fine_tune.learning_rate == pytest.approx(3e-4)
     assert cfg.base.kwargs == {"alpha": 0.5}
@@ -26,7 +28,10 @@ def test_misspelled_section(tmp_path):
 
 
 def test_negative_epochs_names_path():
-    with pytest.raises(ConfigError, match=r"fine_tune\.epochs: Input should be greater than or equal to 1 \(got -2\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"fine_tune\.epochs: Input should be greater than or equal to 1 \(got -2\)",
+    ):
         parse_config({"data": {"path": "x"}, "fine_tune": {"epochs": -2}})
 
 
@@ -36,7 +41,9 @@ def test_bad_choice_lists_allowed_values():
 
 
 def test_unknown_backbone_lists_valid():
-    with pytest.raises(ConfigError, match=r"base.name: .*unknown backbone 'resnet9000'; valid: .*mobilenet_v2"):
+    with pytest.raises(
+        ConfigError, match=r"base.name: .*unknown backbone 'resnet9000'; valid: .*mobilenet_v2"
+    ):
         parse_config({"data": {"path": "x"}, "base": {"name": "resnet9000"}})
 
 

@@ -26,8 +26,9 @@ from graft.core.config import (AugmentConfig, BaseConfig, FineTuneConfig, HeadCo
 ex, out = sys.argv[1], sys.argv[2]
 train = TrainConfig(seed=3, deterministic=True)
 aug = AugmentConfig(flip="horizontal", rotation=0.1, zoom=0.1, contrast=0.1, translation=0.1)
-train_head(ex, out + "/head", base=BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), head=HeadConfig(fc_size=16),
-           train=train, cfg=TrainHeadConfig(epochs=1, batch_size=16, patience=0), augment=aug, image_size=32)
+base = BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25})
+train_head(ex, out + "/head", base=base, head=HeadConfig(fc_size=16), train=train,
+           cfg=TrainHeadConfig(epochs=1, batch_size=16, patience=0), augment=aug, image_size=32)
 fine_tune(ex, out + "/head", out + "/ft", train=train, augment=aug, image_size=32,
           cfg=FineTuneConfig(epochs=1, batch_size=16, learning_rate=1e-3, patience=0, guard=False))
 """
@@ -43,8 +44,13 @@ def examples(tmp_path_factory) -> str:
 
 
 def _train(examples: str, out) -> None:
-    proc = subprocess.run([sys.executable, "-c", RUN, examples, str(out)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, examples, str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -61,6 +67,8 @@ def test_deterministic_runs_are_bit_identical(examples, tmp_path):
         assert ha == hb and len(ha) == 1, (ha, hb)
     # the fine-tune really trained: its weights moved away from the head stage's
     head, ft = (load_model(str(tmp_path / "a" / s / "model.keras")) for s in ("head", "ft"))
-    assert any(not np.array_equal(x, y) for x, y in zip(head.get_weights(), ft.get_weights(), strict=True))
+    assert any(
+        not np.array_equal(x, y) for x, y in zip(head.get_weights(), ft.get_weights(), strict=True)
+    )
     result = json.loads((tmp_path / "a" / "ft" / "result.json").read_text())
     assert result["extra"]["deterministic"] is True

@@ -13,7 +13,9 @@ def test_metrics_from_probs():
     m = metrics_from_probs(probs, y, ["a", "b", "c"], top_k=2, bins=5)
     assert m["accuracy"] == pytest.approx(0.75) and m["top_2_accuracy"] == 1.0
     assert m["confusion_matrix"] == [[1, 0, 0], [1, 1, 0], [0, 0, 1]]
-    assert m["per_class"]["a"]["precision"] == pytest.approx(0.5) and m["per_class"]["b"]["recall"] == pytest.approx(0.5)
+    assert m["per_class"]["a"]["precision"] == pytest.approx(0.5) and m["per_class"]["b"][
+        "recall"
+    ] == pytest.approx(0.5)
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.7, 0.3, 0.8])))
     assert 0 <= m["ece"] <= 1
 
@@ -26,7 +28,9 @@ def test_blessing_rules():
     assert not ok and "regression" in why[-1]
     ok, why = bless(cfg, {"accuracy": 0.4}, None, None)
     assert not ok and "min_accuracy" in why[0]
-    ok, why = bless(EvaluateConfig(min_improvement=0.02), {"accuracy": 0.81}, {"accuracy": 0.8}, None)
+    ok, why = bless(
+        EvaluateConfig(min_improvement=0.02), {"accuracy": 0.81}, {"accuracy": 0.8}, None
+    )
     assert not ok and "min_improvement" in why[-1]
 
 

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh runs before a lent GPU's minutes are spent on it: the smoke run on the CPU."""
+"""benchmarks/gpu_check.sh works before a lent GPU's minutes are spent on it: a CPU smoke run."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
 
 def _run(tmp_path, **env):
-    return subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "OUT": str(tmp_path), "PY": sys.executable, **env})
+    return subprocess.run(
+        ["bash", str(SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={**os.environ, "OUT": str(tmp_path), "PY": sys.executable, **env},
+    )
 
 
 def test_smoke_run_measures_every_variant_and_writes_one_result(tmp_path):
@@ -22,7 +27,9 @@ def test_smoke_run_measures_every_variant_and_writes_one_result(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(proc.stdout.strip().splitlines()[-1])  # the one JSON line comes last
     assert json.loads((tmp_path / "gpu_check_smoke.json").read_text()) == row
-    assert row["name"] == "gpu_check_smoke" and row["smoke"] is True  # never mistaken for GPU figures
+    assert (
+        row["name"] == "gpu_check_smoke" and row["smoke"] is True
+    )  # never mistaken for GPU figures
     for key in ("value", "baseline", "ratio", "goal", "unit", "machine", "date"):
         assert key in row, key
     rates = row["images_per_s"]

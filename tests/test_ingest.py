@@ -18,7 +18,10 @@ from graft.core.config import DataConfig, ValidateConfig
 
 
 def _ingest(path, out, **kw):
-    return ingest(DataConfig(path=str(path), image_size=32, num_workers=kw.pop("num_workers", 1), **kw), str(out))
+    return ingest(
+        DataConfig(path=str(path), image_size=32, num_workers=kw.pop("num_workers", 1), **kw),
+        str(out),
+    )
 
 
 def _manifest(out):
@@ -46,9 +49,16 @@ def plant_bad_inputs(root: Path) -> dict[str, str]:
     Image.fromarray(np.full((20, 24), 40000, dtype=np.uint16)).save(c / "sixteen.png")
     Image.new("RGB", (5000, 5000), (0, 90, 200)).save(root / "square" / "huge.jpg", quality=50)
     (root / "emptyclass").mkdir()
-    return {"truncated.jpg": "quarantine", "zero.jpg": "quarantine", "notes.jpg": "quarantine",
-            "rgba.png": "written", "gray.jpg": "written", "cmyk.jpg": "written", "sixteen.png": "written",
-            "huge.jpg": "written"}
+    return {
+        "truncated.jpg": "quarantine",
+        "zero.jpg": "quarantine",
+        "notes.jpg": "quarantine",
+        "rgba.png": "written",
+        "gray.jpg": "written",
+        "cmyk.jpg": "written",
+        "sixteen.png": "written",
+        "huge.jpg": "written",
+    }
 
 
 def test_bad_inputs_are_written_or_quarantined(tmp_path):
@@ -66,8 +76,13 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
     assert q_by_name["zero.jpg"]["reason"] == "zero-byte file"
     assert "not an image" in q_by_name["notes.jpg"]["reason"]
     assert q_by_name["emptyclass"]["reason"] == "empty class folder"
-    assert manifest["cmyk.jpg"]["mode"] == "CMYK" and manifest["sixteen.png"]["mode"].startswith("I;16")
-    assert manifest["huge.jpg"]["resized"] and max(manifest["huge.jpg"]["height"], manifest["huge.jpg"]["width"]) == 512
+    assert manifest["cmyk.jpg"]["mode"] == "CMYK" and manifest["sixteen.png"]["mode"].startswith(
+        "I;16"
+    )
+    assert (
+        manifest["huge.jpg"]["resized"]
+        and max(manifest["huge.jpg"]["height"], manifest["huge.jpg"]["width"]) == 512
+    )
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     for label, row in stats["per_class"].items():
         assert row["written"] + row["quarantined"] == row["input"], label
@@ -105,17 +120,28 @@ def test_split_stability_and_determinism(tmp_path, caplog):
 def test_leakage_across_split_folders_blocks(tmp_path):
     root = tmp_path / "pre"
     for split in ("train", "val", "test"):
-        generate(root / split, classes=2, per_class=6, size=32, seed={"train": 1, "val": 2, "test": 3}[split])
+        generate(
+            root / split,
+            classes=2,
+            per_class=6,
+            size=32,
+            seed={"train": 1, "val": 2, "test": 3}[split],
+        )
     dup = root / "train" / "circle" / "circle_0000.jpg"
     shutil.copy(dup, root / "test" / "circle" / "leaked.jpg")
     _ingest(root, tmp_path / "out")
     assert Counter(m["split"] for m in _manifest(tmp_path / "out"))["train"] == 12
     with pytest.raises(ValidationFailed, match=r"leakage: (?=.*circle_0000.jpg)(?=.*leaked.jpg)"):
-        validate(ValidateConfig(min_per_class={"train": 1}), str(tmp_path / "out"), str(tmp_path / "v"))
+        validate(
+            ValidateConfig(min_per_class={"train": 1}), str(tmp_path / "out"), str(tmp_path / "v")
+        )
     report = json.loads((tmp_path / "v" / "validation.json").read_text())
     assert not report["passed"] and any("leakage" in e for e in report["errors"])
-    r = validate(ValidateConfig(min_per_class={"train": 1}, leakage="drop_from_eval"), str(tmp_path / "out"),
-                 str(tmp_path / "v2"))
+    r = validate(
+        ValidateConfig(min_per_class={"train": 1}, leakage="drop_from_eval"),
+        str(tmp_path / "out"),
+        str(tmp_path / "v2"),
+    )
     assert r.passed and len(r.exclude_from_eval) == 1
 
 
@@ -124,14 +150,20 @@ def test_same_image_under_two_classes_blocks(tmp_path):
     shutil.copy(tmp_path / "in/circle/circle_0001.jpg", tmp_path / "in/square/copied.jpg")
     _ingest(tmp_path / "in", tmp_path / "out")
     with pytest.raises(ValidationFailed, match=r"labelled \['circle', 'square'\]"):
-        validate(ValidateConfig(min_per_class={"train": 1}), str(tmp_path / "out"), str(tmp_path / "v"))
+        validate(
+            ValidateConfig(min_per_class={"train": 1}), str(tmp_path / "out"), str(tmp_path / "v")
+        )
 
 
 def test_validate_min_per_class_names_class_and_split(tmp_path):
     generate(tmp_path / "in", classes=2, per_class=5, size=32)
     _ingest(tmp_path / "in", tmp_path / "out")
-    with pytest.raises(ValidationFailed, match=r"class '\w+' has \d image\(s\) in split 'train'; minimum is 50"):
-        validate(ValidateConfig(min_per_class={"train": 50}), str(tmp_path / "out"), str(tmp_path / "v"))
+    with pytest.raises(
+        ValidationFailed, match=r"class '\w+' has \d image\(s\) in split 'train'; minimum is 50"
+    ):
+        validate(
+            ValidateConfig(min_per_class={"train": 50}), str(tmp_path / "out"), str(tmp_path / "v")
+        )
 
 
 def test_csv_manifest_source(tmp_path):
@@ -141,7 +173,9 @@ def test_csv_manifest_source(tmp_path):
         split = "test" if f.stem.endswith("7") else "train"
         rows.append(f"{f.relative_to(tmp_path)},{f.parent.name},{split}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    r = ingest(DataConfig(source="csv", path=str(tmp_path / "m.csv"), num_workers=1), str(tmp_path / "out"))
+    r = ingest(
+        DataConfig(source="csv", path=str(tmp_path / "m.csv"), num_workers=1), str(tmp_path / "out")
+    )
     assert r.written == 16 and r.counts["test"] == {"circle": 1, "square": 1}
 
 
@@ -152,25 +186,47 @@ def test_tfds_source_prepared_locally(tmp_path):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(), "label": tfds.features.ClassLabel(names=["cat", "dog"])}))
+            return tfds.core.DatasetInfo(
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {
+                        "image": tfds.features.Image(),
+                        "label": tfds.features.ClassLabel(names=["cat", "dog"]),
+                    }
+                ),
+            )
 
         def _split_generators(self, dl_manager):
-            return {"train": self._generate_examples(0, 16), "test": self._generate_examples(100, 6)}
+            return {
+                "train": self._generate_examples(0, 16),
+                "test": self._generate_examples(100, 6),
+            }
 
         def _generate_examples(self, start, n):
             rng = np.random.default_rng(start)
             for i in range(n):
-                yield i, {"image": rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), "label": i % 2}
+                yield (
+                    i,
+                    {"image": rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), "label": i % 2},
+                )
 
     GraftTinyTfds(data_dir=str(tmp_path / "tfds")).download_and_prepare()
-    cfg = DataConfig(source="tfds", tfds_name="graft_tiny_tfds", tfds_data_dir=str(tmp_path / "tfds"),
-                     tfds_splits={"train": "auto", "test": "test"}, num_workers=1)
+    cfg = DataConfig(
+        source="tfds",
+        tfds_name="graft_tiny_tfds",
+        tfds_data_dir=str(tmp_path / "tfds"),
+        tfds_splits={"train": "auto", "test": "test"},
+        num_workers=1,
+    )
     r = ingest(cfg, str(tmp_path / "out"))
     assert r.labels == ["cat", "dog"] and r.written == 22 and sum(r.counts["test"].values()) >= 6
     with pytest.raises(FileNotFoundError, match="not prepared"):
-        ingest(DataConfig(source="tfds", tfds_name="graft_tiny_tfds", tfds_data_dir=str(tmp_path / "none")),
-               str(tmp_path / "out2"))
+        ingest(
+            DataConfig(
+                source="tfds", tfds_name="graft_tiny_tfds", tfds_data_dir=str(tmp_path / "none")
+            ),
+            str(tmp_path / "out2"),
+        )
 
 
 def test_cli_ingest_without_config(tmp_path, capsys):
@@ -178,7 +234,19 @@ def test_cli_ingest_without_config(tmp_path, capsys):
 
     generate(tmp_path / "imgs", classes=2, per_class=6, size=32)
     (tmp_path / "imgs/circle/broken.png").write_bytes(b"\x89PNG\r\n\x1a\nxx")
-    assert main(["ingest", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"), "--set", "data.num_workers=1"]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                str(tmp_path / "imgs"),
+                "--out",
+                str(tmp_path / "out"),
+                "--set",
+                "data.num_workers=1",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["written"] == 12 and out["quarantined"] == 1
 
@@ -189,7 +257,9 @@ def test_demo_data_is_deterministic(tmp_path):
     for f in (tmp_path / "a").rglob("*.jpg"):
         assert f.read_bytes() == (tmp_path / "b" / f.relative_to(tmp_path / "a")).read_bytes()
     generate(tmp_path / "s", classes=3, per_class=2, size=32, task="source")
-    assert not {p.name for p in (tmp_path / "s").iterdir()} & {p.name for p in (tmp_path / "a").iterdir()}
+    assert not {p.name for p in (tmp_path / "s").iterdir()} & {
+        p.name for p in (tmp_path / "a").iterdir()
+    }
     img = Image.open(io.BytesIO(next((tmp_path / "a").rglob("*.jpg")).read_bytes()))
     assert img.size == (32, 32)
 
@@ -207,13 +277,25 @@ def test_examples_are_real_tf_examples_built_without_tensorflow():
     ex = tf.train.Example.FromString(data)
     assert ex.features.feature["image/encoded"].bytes_list.value == [b"\x00\xffjpeg"]
     assert ex.features.feature["label"].int64_list.value == [3]
-    parsed = tf.io.parse_single_example(data, {"label": tf.io.FixedLenFeature([], tf.int64),
-                                               "label/text": tf.io.FixedLenFeature([], tf.string)})
+    parsed = tf.io.parse_single_example(
+        data,
+        {
+            "label": tf.io.FixedLenFeature([], tf.int64),
+            "label/text": tf.io.FixedLenFeature([], tf.string),
+        },
+    )
     assert int(parsed["label"]) == 3 and parsed["label/text"].numpy() == b"roses"
     probe = "import sys, graft.components.ingest; print('tensorflow' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
-    assert out.stdout.strip() == "False", "a Beam worker importing components.ingest would load all of TF"
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert out.stdout.strip() == "False", (
+        "a Beam worker importing components.ingest would load all of TF"
+    )
 
 
 def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monkeypatch):
@@ -239,10 +321,14 @@ def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monke
     assert auto_workers(DataConfig(path=str(tmp_path), num_workers=3), small) == 3
     opts = _beam_options(cfg, small).get_all_options()
     assert opts["direct_num_workers"] == 1 and opts["direct_running_mode"] == "in_memory"
-    opts = _beam_options(DataConfig(path=str(tmp_path), beam_args=["--direct_num_workers=3"]), small).get_all_options()
+    opts = _beam_options(
+        DataConfig(path=str(tmp_path), beam_args=["--direct_num_workers=3"]), small
+    ).get_all_options()
     assert opts["direct_num_workers"] == 3 and opts["direct_running_mode"] == "multi_processing"
     for args in ([], ["--runner=direct"], ["--runner=DirectRunner"]):
         opts = _beam_options(DataConfig(path=str(tmp_path), beam_args=args), small)
         assert opts.get_all_options()["direct_running_mode"] == "in_memory", args
         assert type(local_runner(opts)).__name__ == "FnApiRunner", args
-    assert local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None  # other runners: Beam's choice
+    assert (
+        local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
+    )  # other runners: Beam's choice

@@ -14,17 +14,25 @@ from graft.core.config import load_config
 K8S = REPO / "k8s"
 K8S_VERSION = "1.33.0"
 KUSTOMIZE = shutil.which("kubectl")
-needs_kustomize = pytest.mark.skipif(KUSTOMIZE is None, reason="kubectl (with kustomize) is not installed; "
-                                     "the pure-Python base-file check still runs")
+needs_kustomize = pytest.mark.skipif(
+    KUSTOMIZE is None,
+    reason="kubectl (with kustomize) is not installed; the pure-Python base-file check still runs",
+)
 
 
 def render(path: Path) -> list[dict]:
-    out = subprocess.run([KUSTOMIZE, "kustomize", str(path)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [KUSTOMIZE, "kustomize", str(path)], check=True, capture_output=True, text=True
+    ).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
 
 def params() -> dict[str, str]:
-    return dict(line.split("=", 1) for line in (K8S / "base" / "params.env").read_text().split() if "=" in line)
+    return dict(
+        line.split("=", 1)
+        for line in (K8S / "base" / "params.env").read_text().split()
+        if "=" in line
+    )
 
 
 def _deployment(docs):
@@ -52,7 +60,9 @@ def test_gpu_overlay_requests_gpu_and_tolerates_taint_cpu_does_not():
     gpu = _deployment(render(K8S / "overlays/gpu"))["spec"]["template"]["spec"]
     cpu = _deployment(render(K8S / "overlays/cpu"))["spec"]["template"]["spec"]
     assert gpu["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in gpu[
+        "tolerations"
+    ]
     assert gpu["nodeSelector"] and gpu["containers"][0]["image"].endswith("-gpu")
     assert "nvidia.com/gpu" not in cpu["containers"][0]["resources"]["limits"]
     assert "tolerations" not in cpu and "nodeSelector" not in cpu
@@ -91,7 +101,10 @@ def test_cronjob_forbids_concurrency_with_least_rbac():
     role = next(d for d in docs if d["kind"] == "Role")
     assert all("delete" not in r["verbs"] and "*" not in r["verbs"] for r in role["rules"])
     args = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:2] == ["graft", "submit"] and (REPO / args[args.index("--config") + 1].removeprefix("/app/")).exists()
+    assert (
+        args[:2] == ["graft", "submit"]
+        and (REPO / args[args.index("--config") + 1].removeprefix("/app/")).exists()
+    )
 
 
 def test_batching_parameters_parse_as_tf_serving_proto():

@@ -35,15 +35,20 @@ def _task_specs(spec):
 
 def _containers(spec):
     execs = spec["deploymentSpec"]["executors"]
-    return {name.removeprefix("exec-").replace("-", "_"): e["container"] for name, e in execs.items()}
+    return {
+        name.removeprefix("exec-").replace("-", "_"): e["container"] for name, e in execs.items()
+    }
 
 
 def test_step_list_equals_local_runner(compiled):
     _, spec, _ = compiled
     tasks = {t.replace("-", "_") for t in _task_specs(spec) if not t.startswith("condition")}
     assert tasks == set(dag.STEP_NAMES)
-    deps = {name.replace("-", "_"): {d.replace("-", "_") for d in t.get("dependentTasks", [])}
-            for name, t in _task_specs(spec).items() if not name.startswith("condition")}
+    deps = {
+        name.replace("-", "_"): {d.replace("-", "_") for d in t.get("dependentTasks", [])}
+        for name, t in _task_specs(spec).items()
+        if not name.startswith("condition")
+    }
     for s in dag.STEPS:
         if s.name != "push":
             assert deps[s.name] == set(s.inputs.values()), s.name
@@ -55,7 +60,9 @@ def test_resources_accelerators_on_training_steps_only(compiled):
     for name, c in containers.items():
         res = c.get("resources", {})
         want = cfg.kubeflow.resources[name]
-        assert res.get("cpuRequest") == float(want.cpu_request) and res.get("cpuLimit") == float(want.cpu_limit), name
+        assert res.get("cpuRequest") == float(want.cpu_request) and res.get("cpuLimit") == float(
+            want.cpu_limit
+        ), name
         assert res.get("memoryRequest") and res.get("memoryLimit"), name
         acc = res.get("accelerator")
         if name in GPU_STEPS:
@@ -71,9 +78,15 @@ def test_node_selector_and_toleration_on_gpu_steps(compiled):
     with_k8s = {n.removeprefix("exec-").replace("-", "_"): e for n, e in execs.items()}
     assert set(with_k8s) == GPU_STEPS
     for e in with_k8s.values():
-        assert e["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
+        assert e["nodeSelector"]["labels"] == {
+            "cloud.google.com/gke-accelerator": "nvidia-tesla-t4"
+        }
         tol = e["tolerations"][0]
-        assert tol["key"] == "nvidia.com/gpu" and tol["effect"] == "NoSchedule" and tol["operator"] == "Exists"
+        assert (
+            tol["key"] == "nvidia.com/gpu"
+            and tol["effect"] == "NoSchedule"
+            and tol["operator"] == "Exists"
+        )
 
 
 def test_caching_retries_and_if_gate(compiled):
@@ -86,7 +99,10 @@ def test_caching_retries_and_if_gate(compiled):
         assert t["cachingOptions"].get("enableCache", False) == (step != "push"), name
         assert t["retryPolicy"]["maxRetryCount"] >= 1, name
     cond = next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("condition"))
-    assert "evaluate-Output" in cond["triggerPolicy"]["condition"] and "== true" in cond["triggerPolicy"]["condition"]
+    assert (
+        "evaluate-Output" in cond["triggerPolicy"]["condition"]
+        and "== true" in cond["triggerPolicy"]["condition"]
+    )
     assert "push" in spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
 
 
@@ -104,8 +120,21 @@ def test_wrappers_match_the_dag():
 def test_submit_dry_run_schedule(capsys):
     from graft.pipeline.cli import main
 
-    assert main(["submit", "--config", str(REPO / "configs" / "kubeflow-gpu.yaml"), "--schedule", "0 3 * * 1",
-                 "--experiment", "weekly", "--dry-run"]) == 0
+    assert (
+        main(
+            [
+                "submit",
+                "--config",
+                str(REPO / "configs" / "kubeflow-gpu.yaml"),
+                "--schedule",
+                "0 3 * * 1",
+                "--experiment",
+                "weekly",
+                "--dry-run",
+            ]
+        )
+        == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     assert plan["cron_expression"] == "0 0 3 * * 1" and plan["experiment"] == "weekly"
     assert plan["kind"] == "recurring_run" and os.path.getsize(plan["pipeline_package"]) > 1000
@@ -122,7 +151,9 @@ def _run_local(cfg, root):
 
     from graft.pipeline.kubeflow import build_pipeline
 
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
+    )
     build_pipeline(cfg)()
     run_dir = sorted(glob.glob(os.path.join(root, "graft-*")))[-1]
     return run_dir
@@ -136,7 +167,11 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     metrics = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert {"accuracy", "macro_f1", "log_loss", "ece", "head_only_accuracy"} <= set(metrics)
     cm = out["artifacts"]["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
-    assert len(cm["rows"]) == 3 and [a["displayName"] for a in cm["annotationSpecs"]] == ["circle", "square", "triangle"]
+    assert len(cm["rows"]) == 3 and [a["displayName"] for a in cm["annotationSpecs"]] == [
+        "circle",
+        "square",
+        "triangle",
+    ]
     assert os.path.getsize(os.path.join(run_dir, "evaluate", "report")) > 10_000
     assert out["parameterValues"]["Output"] is True
     pushed = json.load(open(glob.glob(os.path.join(run_dir, "push", "pushed", "push.json"))[0]))
@@ -147,8 +182,13 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     assert fn(image_bytes=tf.constant([blob]))["scores"].shape == (1, 3)
 
     assert metrics["accuracy"] < 1.0  # so min_accuracy 1.0 is impossible for this model
-    raw2 = tiny_config(tmp_path, tiny_data, train_head__epochs=1, fine_tune__enabled=False,
-                       evaluate__min_accuracy=1.0)
+    raw2 = tiny_config(
+        tmp_path,
+        tiny_data,
+        train_head__epochs=1,
+        fine_tune__enabled=False,
+        evaluate__min_accuracy=1.0,
+    )
     run_dir2 = _run_local(parse_config(raw2), tmp_path / "kfp-root2")
     out2 = json.load(open(os.path.join(run_dir2, "evaluate", "executor_output.json")))
     assert out2["parameterValues"]["Output"] is False

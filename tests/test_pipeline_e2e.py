@@ -34,7 +34,9 @@ def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
     blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
     assert len(blobs) >= 5
     served = fn(image_bytes=tf.constant(blobs))
-    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy() for b in blobs])
+    pixels = np.stack(
+        [gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy() for b in blobs]
+    )
     keras_probs = model.predict(pixels, verbose=0)
     assert (served["scores"].numpy().argmax(1) == keras_probs.argmax(1)).all()
     labels = gdata.read_labels(examples)
@@ -46,7 +48,6 @@ def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
     assert card["labels"] == labels and card["parity_max_abs_diff"] <= 1e-4
 
 
-
 def test_flip_average_export_is_mirror_invariant_and_matches_evaluation(pipeline_run, tmp_path):
     from graft.components.evaluate import evaluate
     from graft.components.export import export
@@ -54,35 +55,82 @@ def test_flip_average_export_is_mirror_invariant_and_matches_evaluation(pipeline
     cfg, run, tmp = pipeline_run
     examples, model_dir = _out(run, "ingest"), _out(run, "fine_tune")
     ev_dir = tmp_path / "evaluate"
-    ev = evaluate(examples, _out(run, "train_head"), model_dir, str(ev_dir), cfg=cfg.evaluate,
-                  destination=cfg.push.destination,
-                  model_name="flip", image_size=cfg.data.image_size, flip_average=True)
+    ev = evaluate(
+        examples,
+        _out(run, "train_head"),
+        model_dir,
+        str(ev_dir),
+        cfg=cfg.evaluate,
+        destination=cfg.push.destination,
+        model_name="flip",
+        image_size=cfg.data.image_size,
+        flip_average=True,
+    )
     # the parity check inside export compares the SavedModel with evaluation's scoring
-    r = export(model_dir, examples, str(ev_dir), str(tmp_path / "export"),
-               cfg=cfg.export.model_copy(update={"model_name": "flip", "flip_average": True}),
-               image_size=cfg.data.image_size, base=cfg.base, head=cfg.head)
+    r = export(
+        model_dir,
+        examples,
+        str(ev_dir),
+        str(tmp_path / "export"),
+        cfg=cfg.export.model_copy(update={"model_name": "flip", "flip_average": True}),
+        image_size=cfg.data.image_size,
+        base=cfg.base,
+        head=cfg.head,
+    )
     assert r.parity_max_abs_diff <= 1e-4
     blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
-    pixels = tf.constant(np.stack([gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy()
-                                   for b in blobs]))
+    pixels = tf.constant(
+        np.stack(
+            [gdata.decode_and_resize(tf.constant(b), cfg.data.image_size).numpy() for b in blobs]
+        )
+    )
     mirror = tf.reverse(pixels, axis=[2])
     flip = tf.saved_model.load(r.path).signatures["predict_pixels"]
-    plain = tf.saved_model.load(run["steps"]["export"]["summary"]["path"]).signatures["predict_pixels"]
-    assert np.abs(flip(pixels=pixels)["scores"].numpy() - flip(pixels=mirror)["scores"].numpy()).max() <= 1e-5
-    assert np.abs(plain(pixels=pixels)["scores"].numpy() - plain(pixels=mirror)["scores"].numpy()).max() > 1e-3
+    plain = tf.saved_model.load(run["steps"]["export"]["summary"]["path"]).signatures[
+        "predict_pixels"
+    ]
+    assert (
+        np.abs(flip(pixels=pixels)["scores"].numpy() - flip(pixels=mirror)["scores"].numpy()).max()
+        <= 1e-5
+    )
+    assert (
+        np.abs(
+            plain(pixels=pixels)["scores"].numpy() - plain(pixels=mirror)["scores"].numpy()
+        ).max()
+        > 1e-3
+    )
     served = flip(pixels=pixels)["scores"].numpy()
     y = np.array([int(v) for _, v in gdata.raw_dataset(examples, "test").as_numpy_iterator()])
-    assert abs(ev.candidate["accuracy"] - (served.argmax(1) == y).mean()) <= 1 / len(y)  # one near-tie at most
+    assert abs(ev.candidate["accuracy"] - (served.argmax(1) == y).mean()) <= 1 / len(
+        y
+    )  # one near-tie at most
     card = open(os.path.join(r.path, "model_card.md")).read()
     assert "mirror image" in card
+
 
 def test_run_json_and_reports(pipeline_run):
     cfg, run, tmp = pipeline_run
     rec = json.load(open(os.path.join(run["run_dir"], "run.json")))
-    assert list(rec["steps"]) == ["ingest", "validate", "train_head", "fine_tune", "evaluate", "export", "push"]
+    assert list(rec["steps"]) == [
+        "ingest",
+        "validate",
+        "train_head",
+        "fine_tune",
+        "evaluate",
+        "export",
+        "push",
+    ]
     assert all(s["status"] == "ran" and s["fingerprint"] for s in rec["steps"].values())
     ev = json.load(open(os.path.join(_out(run, "evaluate"), "evaluation.json")))
-    for key in ("accuracy", "top_3_accuracy", "macro_f1", "log_loss", "ece", "per_class", "confusion_matrix"):
+    for key in (
+        "accuracy",
+        "top_3_accuracy",
+        "macro_f1",
+        "log_loss",
+        "ece",
+        "per_class",
+        "confusion_matrix",
+    ):
         assert key in ev["candidate"] and key in ev["head_only"]
     assert os.path.getsize(os.path.join(_out(run, "evaluate"), "report.html")) > 10_000
     for png in ("confusion_matrix.png", "per_class_f1.png", "training_curves.png"):
@@ -95,12 +143,20 @@ def test_second_run_is_cached_and_lr_change_reruns_downstream(pipeline_run):
     again = run_pipeline(cfg)
     t_cached = time.time() - t0
     status = {k: v["status"] for k, v in again["steps"].items()}
-    assert all(status[s] == "cached" for s in ("ingest", "validate", "train_head", "fine_tune", "evaluate", "export"))
+    assert all(
+        status[s] == "cached"
+        for s in ("ingest", "validate", "train_head", "fine_tune", "evaluate", "export")
+    )
     assert again["steps"]["push"]["summary"]["already_at_destination"]
     assert not again["steps"]["push"]["summary"]["pushed"]
     assert t_cached * 4 < run["seconds"], (t_cached, run["seconds"])
-    changed = parse_config({**cfg.to_dict(), "fine_tune": {**cfg.fine_tune.model_dump(), "learning_rate": 3e-4},
-                            "push": {**cfg.push.model_dump(), "destination": str(tmp / "other-models")}})
+    changed = parse_config(
+        {
+            **cfg.to_dict(),
+            "fine_tune": {**cfg.fine_tune.model_dump(), "learning_rate": 3e-4},
+            "push": {**cfg.push.model_dump(), "destination": str(tmp / "other-models")},
+        }
+    )
     third = run_pipeline(changed)
     status = {k: v["status"] for k, v in third["steps"].items()}
     assert status["ingest"] == status["validate"] == status["train_head"] == "cached"
@@ -113,10 +169,20 @@ def test_worse_model_is_not_pushed_unless_forced(pipeline_run, tiny_data, tmp_pa
     shutil.copytree(cfg.push.destination, dest)
     before = versions(str(dest), "tiny")
     # a deliberately wrecked candidate: SGD at LR 1.0 on every layer, guard off
-    bad = parse_config(tiny_config(tmp_path, tiny_data, train_head__epochs=1, fine_tune__optimizer="sgd",
-                                   fine_tune__learning_rate=1.0, fine_tune__guard=False,
-                                   fine_tune__cosine_decay=False, fine_tune__augment=False,
-                                   push__destination=str(dest), evaluate__max_regression=0.0))
+    bad = parse_config(
+        tiny_config(
+            tmp_path,
+            tiny_data,
+            train_head__epochs=1,
+            fine_tune__optimizer="sgd",
+            fine_tune__learning_rate=1.0,
+            fine_tune__guard=False,
+            fine_tune__cosine_decay=False,
+            fine_tune__augment=False,
+            push__destination=str(dest),
+            evaluate__max_regression=0.0,
+        )
+    )
     r = run_pipeline(bad)
     ev = r["steps"]["evaluate"]["summary"]
     assert ev["baseline_accuracy"] is not None and ev["accuracy"] < ev["baseline_accuracy"], ev
@@ -143,10 +209,12 @@ def test_interrupted_push_leaves_no_partial_version(pipeline_run, tmp_path):
     code = f"""
 from graft.components.push import push
 from graft.core.config import PushConfig
-push({str(new_export)!r}, {_out(run, 'evaluate')!r}, {str(tmp_path / 'p')!r},
+push({str(new_export)!r}, {_out(run, "evaluate")!r}, {str(tmp_path / "p")!r},
      cfg=PushConfig(destination={str(dest)!r}), model_name="tiny")
 """
-    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "GRAFT_TEST_CRASH_BEFORE_RENAME": "1"})
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "GRAFT_TEST_CRASH_BEFORE_RENAME": "1"}
+    )
     assert proc.returncode == 17
     assert versions(str(dest), "tiny") == before
     leftovers = [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
@@ -156,7 +224,9 @@ push({str(new_export)!r}, {_out(run, 'evaluate')!r}, {str(tmp_path / 'p')!r},
     proc = subprocess.run([sys.executable, "-c", code])
     assert proc.returncode == 0
     after = versions(str(dest), "tiny")
-    assert len(after) == len(before) + 1 and not [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
+    assert len(after) == len(before) + 1 and not [
+        d for d in os.listdir(dest / "tiny") if not d.isdigit()
+    ]
 
 
 def test_warmup_records_are_answered(pipeline_run):

@@ -19,8 +19,10 @@ RESULTS = REPO / "benchmarks" / "results"
 
 pytestmark = [
     pytest.mark.real,
-    pytest.mark.skipif(not FLOWERS.is_dir() or not WEIGHTS.exists(),
-                       reason=f"real data absent: need {FLOWERS} and {WEIGHTS} (../shared beside the clone)"),
+    pytest.mark.skipif(
+        not FLOWERS.is_dir() or not WEIGHTS.exists(),
+        reason=f"real data absent: need {FLOWERS} and {WEIGHTS} (../shared beside the clone)",
+    ),
 ]
 
 # Floors a little under what the pipeline achieves here (see README), so a regression fails.
@@ -34,7 +36,9 @@ def _test_accuracy(model, examples: str, validation: str, flip_average: bool) ->
     from graft.components import model as gmodel
     from graft.components.validate import excluded_from_eval
 
-    test = gdata.image_dataset(examples, "test", 224, 64, exclude_sha256=excluded_from_eval(validation))
+    test = gdata.image_dataset(
+        examples, "test", 224, 64, exclude_sha256=excluded_from_eval(validation)
+    )
     correct = total = 0
     for x, y in test:
         correct += int((gmodel.scores(model, x, flip_average).numpy().argmax(1) == y.numpy()).sum())
@@ -42,7 +46,9 @@ def _test_accuracy(model, examples: str, validation: str, flip_average: bool) ->
     return correct / total
 
 
-def _scratch_accuracy(examples: str, validation: str, head, epochs: int, flip_average: bool) -> float:
+def _scratch_accuracy(
+    examples: str, validation: str, head, epochs: int, flip_average: bool
+) -> float:
     import keras
 
     from graft.components import data as gdata
@@ -51,13 +57,24 @@ def _scratch_accuracy(examples: str, validation: str, head, epochs: int, flip_av
     from graft.core.config import BaseConfig
 
     keras.utils.set_random_seed(0)
-    model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), head, 5, 224)
+    model = gmodel.build_model(
+        BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}), head, 5, 224
+    )
     gmodel.base_of(model).trainable = True
-    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     from graft.core.config import AugmentConfig
 
-    train = gdata.image_dataset(examples, "train", 224, 32, shuffle=True, augment=AugmentConfig(),
-                                exclude_sha256=excluded_from_train(validation))
+    train = gdata.image_dataset(
+        examples,
+        "train",
+        224,
+        32,
+        shuffle=True,
+        augment=AugmentConfig(),
+        exclude_sha256=excluded_from_train(validation),
+    )
     model.fit(train, epochs=epochs, verbose=0)
     return _test_accuracy(model, examples, validation, flip_average)
 
@@ -66,9 +83,15 @@ def test_flowers_transfer_quality(tmp_path):
     from graft.core.config import load_config
     from graft.pipeline.runner import run_pipeline
 
-    cfg = load_config(REPO / "configs" / "flowers-offline.yaml", [
-        f"data.path={FLOWERS}", f"base.weights={WEIGHTS}", f"runner.run_root={tmp_path / 'runs'}",
-        f"push.destination={tmp_path / 'models'}"])
+    cfg = load_config(
+        REPO / "configs" / "flowers-offline.yaml",
+        [
+            f"data.path={FLOWERS}",
+            f"base.weights={WEIGHTS}",
+            f"runner.run_root={tmp_path / 'runs'}",
+            f"push.destination={tmp_path / 'models'}",
+        ],
+    )
     t0 = time.time()
     run = run_pipeline(cfg)
     wall = time.time() - t0
@@ -77,26 +100,41 @@ def test_flowers_transfer_quality(tmp_path):
     head, fine = ev["head_only"]["accuracy"], ev["candidate"]["accuracy"]
     t1 = time.time()
     flip = cfg.export.flip_average
-    scratch = _scratch_accuracy(steps["ingest"]["output"], steps["validate"]["output"], cfg.head, cfg.fine_tune.epochs,
-                                flip)
+    scratch = _scratch_accuracy(
+        steps["ingest"]["output"], steps["validate"]["output"], cfg.head, cfg.fine_tune.epochs, flip
+    )
     scratch_seconds = time.time() - t1
     from graft.components.train import load_model
 
-    plain = _test_accuracy(load_model(os.path.join(steps["fine_tune"]["output"], "model.keras")),
-                           steps["ingest"]["output"], steps["validate"]["output"], False)
+    plain = _test_accuracy(
+        load_model(os.path.join(steps["fine_tune"]["output"], "model.keras")),
+        steps["ingest"]["output"],
+        steps["validate"]["output"],
+        False,
+    )
     result = {
-        "name": "flowers", "head_test_accuracy": head, "fine_tuned_test_accuracy": fine,
-        "scratch_test_accuracy": scratch, "fine_tuned_without_flip_average": plain,
-        "flip_average": flip, "wall_seconds": round(wall, 1),
+        "name": "flowers",
+        "head_test_accuracy": head,
+        "fine_tuned_test_accuracy": fine,
+        "scratch_test_accuracy": scratch,
+        "fine_tuned_without_flip_average": plain,
+        "flip_average": flip,
+        "wall_seconds": round(wall, 1),
         "scratch_seconds": round(scratch_seconds, 1),
         "per_class_f1": {k: round(v["f1"], 4) for k, v in ev["candidate"]["per_class"].items()},
-        "macro_f1": ev["candidate"]["macro_f1"], "ece": ev["candidate"]["ece"],
+        "macro_f1": ev["candidate"]["macro_f1"],
+        "ece": ev["candidate"]["ece"],
         "guard": steps["fine_tune"]["summary"]["guard"],
-        "setup": f"flowers 4,317 photos, 224 px, ImageNet MobileNet v1 alpha 0.25, head fc {cfg.head.fc_size}; "
-                 "scratch: same architecture, "
-                 f"{cfg.fine_tune.epochs} epochs (the fine-tuning budget)"
-                 + ("; all test accuracies scored as served: export.flip_average, the mean over the image "
-                    "and its mirror image" if flip else ""),
+        "setup": "flowers 4,317 photos, 224 px, ImageNet MobileNet v1 alpha 0.25, "
+        f"head fc {cfg.head.fc_size}; "
+        "scratch: same architecture, "
+        f"{cfg.fine_tune.epochs} epochs (the fine-tuning budget)"
+        + (
+            "; all test accuracies scored as served: export.flip_average, the mean over the image "
+            "and its mirror image"
+            if flip
+            else ""
+        ),
         "date": time.strftime("%Y-%m-%d"),
     }
     from benchmarks.common import machine
@@ -104,7 +142,10 @@ def test_flowers_transfer_quality(tmp_path):
     result["machine"] = machine()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "flowers.json").write_text(json.dumps(result, indent=2) + "\n")
-    shutil.copy(os.path.join(steps["evaluate"]["output"], "confusion_matrix.png"), RESULTS / "flowers_confusion_matrix.png")
+    shutil.copy(
+        os.path.join(steps["evaluate"]["output"], "confusion_matrix.png"),
+        RESULTS / "flowers_confusion_matrix.png",
+    )
     print("\n" + json.dumps(result))
     assert wall < 15 * 60, f"pipeline took {wall:.0f}s"
     assert fine >= head, (fine, head)

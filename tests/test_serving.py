@@ -27,8 +27,13 @@ def served(pipeline_run, tmp_path_factory):
     cfg, run, tmp = pipeline_run
     base = tmp_path_factory.mktemp("serving") / "tiny"
     shutil.copytree(os.path.join(cfg.push.destination, "tiny"), base)
-    srv = ServerProcess(str(base), "tiny", rest=True, extra=["--max-message-mb", "4", "--max-pixels", "25000000"],
-                        log_path=str(base.parent / "server.log")).wait_healthy()
+    srv = ServerProcess(
+        str(base),
+        "tiny",
+        rest=True,
+        extra=["--max-message-mb", "4", "--max-pixels", "25000000"],
+        log_path=str(base.parent / "server.log"),
+    ).wait_healthy()
     examples = run["steps"]["ingest"]["output"]
     blobs = [b for b, _ in gdata.raw_dataset(examples, "test").as_numpy_iterator()]
     yield srv, base, blobs
@@ -40,7 +45,9 @@ def test_grpc_equals_in_process_saved_model(served):
     with GraftClient(srv.target, "tiny") as c:
         resp = c.predict_raw(blobs)
     version = resp.model_spec.version.value
-    local = tf.saved_model.load(str(base / str(version))).signatures["serving_default"](image_bytes=tf.constant(blobs))
+    local = tf.saved_model.load(str(base / str(version))).signatures["serving_default"](
+        image_bytes=tf.constant(blobs)
+    )
     got = tf.make_ndarray(resp.outputs["scores"])
     assert np.max(np.abs(got - local["scores"].numpy())) <= 1e-5
     assert (tf.make_ndarray(resp.outputs["classes"]) == local["classes"].numpy()).all()
@@ -57,9 +64,17 @@ def test_metadata_lists_both_signatures(served, pipeline_run):
     sd = sigs["serving_default"]
     assert sd["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
     assert [d["size"] for d in sd["inputs"]["image_bytes"]["tensorShape"]["dim"]] == ["-1"]
-    assert sd["outputs"]["scores"]["dtype"] == "DT_FLOAT" and sd["outputs"]["classes"]["dtype"] == "DT_STRING"
+    assert (
+        sd["outputs"]["scores"]["dtype"] == "DT_FLOAT"
+        and sd["outputs"]["classes"]["dtype"] == "DT_STRING"
+    )
     pp = sigs["predict_pixels"]["inputs"]["pixels"]
-    assert pp["dtype"] == "DT_FLOAT" and [d["size"] for d in pp["tensorShape"]["dim"]] == ["-1", size, size, "3"]
+    assert pp["dtype"] == "DT_FLOAT" and [d["size"] for d in pp["tensorShape"]["dim"]] == [
+        "-1",
+        size,
+        size,
+        "3",
+    ]
     assert status and status[-1]["state"] == "AVAILABLE"
 
 
@@ -85,21 +100,45 @@ def test_abuse_gets_right_codes_and_server_keeps_serving(served):
     good = _request({"image_bytes": _string_tensor(blobs[:1])})
     cases = {
         "empty request": (_request({}), grpc.StatusCode.INVALID_ARGUMENT),
-        "wrong input name": (_request({"image": _string_tensor(blobs[:1])}), grpc.StatusCode.INVALID_ARGUMENT),
-        "wrong dtype": (_request({"image_bytes": tf.make_tensor_proto(np.zeros(2, np.float32))}),
-                        grpc.StatusCode.INVALID_ARGUMENT),
-        "wrong shape": (_request({"pixels": tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32))},
-                                 signature="predict_pixels"), grpc.StatusCode.INVALID_ARGUMENT),
-        "random bytes": (_request({"image_bytes": _string_tensor([os.urandom(2000)])}), grpc.StatusCode.INVALID_ARGUMENT),
-        "10000x10000 png": (_request({"image_bytes": _string_tensor([_png(10000, 10000)])}),
-                            grpc.StatusCode.RESOURCE_EXHAUSTED),
-        "over the size limit": (_request({"image_bytes": _string_tensor([os.urandom(5 * 1024 * 1024)])}),
-                                grpc.StatusCode.RESOURCE_EXHAUSTED),
-        "unknown model": (_request({"image_bytes": _string_tensor(blobs[:1])}, name="nope"), grpc.StatusCode.NOT_FOUND),
-        "unknown version": (_request({"image_bytes": _string_tensor(blobs[:1])}, version=12345),
-                            grpc.StatusCode.NOT_FOUND),
-        "unknown signature": (_request({"image_bytes": _string_tensor(blobs[:1])}, signature="nope"),
-                              grpc.StatusCode.INVALID_ARGUMENT),
+        "wrong input name": (
+            _request({"image": _string_tensor(blobs[:1])}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "wrong dtype": (
+            _request({"image_bytes": tf.make_tensor_proto(np.zeros(2, np.float32))}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "wrong shape": (
+            _request(
+                {"pixels": tf.make_tensor_proto(np.zeros((1, 8, 8, 3), np.float32))},
+                signature="predict_pixels",
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "random bytes": (
+            _request({"image_bytes": _string_tensor([os.urandom(2000)])}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "10000x10000 png": (
+            _request({"image_bytes": _string_tensor([_png(10000, 10000)])}),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+        "over the size limit": (
+            _request({"image_bytes": _string_tensor([os.urandom(5 * 1024 * 1024)])}),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+        "unknown model": (
+            _request({"image_bytes": _string_tensor(blobs[:1])}, name="nope"),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        "unknown version": (
+            _request({"image_bytes": _string_tensor(blobs[:1])}, version=12345),
+            grpc.StatusCode.NOT_FOUND,
+        ),
+        "unknown signature": (
+            _request({"image_bytes": _string_tensor(blobs[:1])}, signature="nope"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
     }
     with GraftClient(srv.target, "tiny", max_message_mb=16) as c:
         for name, (req, code) in cases.items():
@@ -107,7 +146,10 @@ def test_abuse_gets_right_codes_and_server_keeps_serving(served):
                 c.predictions.Predict(req, timeout=30)
             assert e.value.code() == code, f"{name}: {e.value.code()} {e.value.details()}"
             assert e.value.details(), name
-            assert c.predictions.Predict(good, timeout=30).outputs["scores"].tensor_shape.dim[1].size == 3, name
+            assert (
+                c.predictions.Predict(good, timeout=30).outputs["scores"].tensor_shape.dim[1].size
+                == 3
+            ), name
     assert srv.proc.poll() is None
 
 
@@ -128,8 +170,12 @@ def test_sixteen_concurrent_clients(served):
 def test_rest_b64_predict_and_status(served):
     srv, _, blobs = served
     url = f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny"
-    body = json.dumps({"instances": [{"image_bytes": {"b64": base64.b64encode(blobs[0]).decode()}}]}).encode()
-    out = json.load(urllib.request.urlopen(urllib.request.Request(url + ":predict", data=body), timeout=30))
+    body = json.dumps(
+        {"instances": [{"image_bytes": {"b64": base64.b64encode(blobs[0]).decode()}}]}
+    ).encode()
+    out = json.load(
+        urllib.request.urlopen(urllib.request.Request(url + ":predict", data=body), timeout=30)
+    )
     pred = out["predictions"][0]
     assert len(pred["scores"]) == 3 and len(pred["classes"]) == 3
     st = json.load(urllib.request.urlopen(url, timeout=10))
@@ -137,7 +183,11 @@ def test_rest_b64_predict_and_status(served):
     md = json.load(urllib.request.urlopen(url + "/metadata", timeout=10))
     assert "serving_default" in md["metadata"]["signature_def"]["signature_def"]
     with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(urllib.request.Request(url + ":predict", data=b'{"instances": [{"image_bytes": {"b64": "AAAA"}}]}'))
+        urllib.request.urlopen(
+            urllib.request.Request(
+                url + ":predict", data=b'{"instances": [{"image_bytes": {"b64": "AAAA"}}]}'
+            )
+        )
     assert e.value.code == 400
 
 
@@ -147,7 +197,22 @@ def test_cli_predict_json(served, capsys, tmp_path):
     srv, _, blobs = served
     img = tmp_path / "x.jpg"
     img.write_bytes(blobs[0])
-    assert main(["predict", "--server", srv.target, "--model", "tiny", "--json", "--top-k", "2", str(img)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--server",
+                srv.target,
+                "--model",
+                "tiny",
+                "--json",
+                "--top-k",
+                "2",
+                str(img),
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert len(row["labels"]) == 2 and row["scores"][0] >= row["scores"][1]
 
@@ -157,9 +222,15 @@ def test_hot_reload_without_failed_requests(pipeline_run, tmp_path):
     base = tmp_path / "tiny"
     shutil.copytree(os.path.join(cfg.push.destination, "tiny"), base)
     old = max(int(v) for v in os.listdir(base) if v.isdigit())
-    blobs = [b for b, _ in gdata.raw_dataset(run["steps"]["ingest"]["output"], "test").take(2).as_numpy_iterator()]
+    blobs = [
+        b
+        for b, _ in gdata.raw_dataset(run["steps"]["ingest"]["output"], "test")
+        .take(2)
+        .as_numpy_iterator()
+    ]
     seen, failures, stop = set(), [], threading.Event()
     with ServerProcess(str(base), "tiny", poll_seconds=1.0) as srv:
+
         def loop():
             with GraftClient(srv.target, "tiny", retries=0) as c:
                 while not stop.is_set():

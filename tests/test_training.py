@@ -1,4 +1,4 @@
-"""The two training stages on real TFRecords: frozen means frozen, cache, guard, resume, transfer."""
+"""Both training stages on real TFRecords: frozen means frozen, cache, guard, resume, transfer."""
 
 import json
 import time
@@ -38,8 +38,16 @@ def examples(tmp_path_factory) -> str:
 
 def _head(examples, out, size=32, base=None, **kw):
     cfg = TrainHeadConfig(**{"epochs": 3, "batch_size": 16, "patience": 0, **kw})
-    return train_head(examples, str(out), base=base or BaseConfig(weights=None, kwargs={"alpha": 0.35}),
-                      head=HeadConfig(), train=TrainConfig(), cfg=cfg, augment=NO_AUG, image_size=size)
+    return train_head(
+        examples,
+        str(out),
+        base=base or BaseConfig(weights=None, kwargs={"alpha": 0.35}),
+        head=HeadConfig(),
+        train=TrainConfig(),
+        cfg=cfg,
+        augment=NO_AUG,
+        image_size=size,
+    )
 
 
 def _weights(layer) -> list[np.ndarray]:
@@ -48,7 +56,9 @@ def _weights(layer) -> list[np.ndarray]:
 
 def test_head_stage_leaves_base_bit_identical(examples, tmp_path):
     keras.utils.set_random_seed(1)
-    base0 = keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35, input_shape=(32, 32, 3))
+    base0 = keras.applications.MobileNetV2(
+        include_top=False, weights=None, alpha=0.35, input_shape=(32, 32, 3)
+    )
     path = tmp_path / "init.weights.h5"
     base0.save_weights(path)
     base_cfg = BaseConfig(weights=str(path), kwargs={"alpha": 0.35})
@@ -65,10 +75,21 @@ def test_head_stage_leaves_base_bit_identical(examples, tmp_path):
 
 def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
     head = _head(examples, tmp_path / "head")
-    ft = fine_tune(examples, str(tmp_path / "head"), str(tmp_path / "ft"), train=TrainConfig(),
-                   cfg=FineTuneConfig(epochs=1, batch_size=16, guard=False, learning_rate=1e-3,
-                                      unfreeze={"mode": "from_layer", "from_layer": "block_14_expand"}),
-                   augment=NO_AUG, image_size=32)
+    ft = fine_tune(
+        examples,
+        str(tmp_path / "head"),
+        str(tmp_path / "ft"),
+        train=TrainConfig(),
+        cfg=FineTuneConfig(
+            epochs=1,
+            batch_size=16,
+            guard=False,
+            learning_rate=1e-3,
+            unfreeze={"mode": "from_layer", "from_layer": "block_14_expand"},
+        ),
+        augment=NO_AUG,
+        image_size=32,
+    )
     before = gmodel.base_of(load_model(head.model_path))
     after = gmodel.base_of(load_model(ft.model_path))
     start = [layer.name for layer in after.layers].index("block_14_expand")
@@ -84,7 +105,7 @@ def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
 
 
 def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, tmp_path):
-    """No dropout and one full batch per epoch: both paths take the same Adam steps from the same init."""
+    """No dropout, one full batch per epoch: both paths take the same Adam steps from one init."""
     from graft.components import data as gdata
     from graft.components.train import evaluate_on
 
@@ -92,22 +113,37 @@ def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, t
     runs = {}
     for cache in ("on", "off"):
         t0 = time.time()
-        r = train_head(examples, str(tmp_path / cache), base=base, head=HeadConfig(dropout=0.0),
-                       train=TrainConfig(), augment=NO_AUG, image_size=64,
-                       cfg=TrainHeadConfig(epochs=25, batch_size=1024, patience=0, learning_rate=0.005,
-                                           feature_cache=cache))
+        r = train_head(
+            examples,
+            str(tmp_path / cache),
+            base=base,
+            head=HeadConfig(dropout=0.0),
+            train=TrainConfig(),
+            augment=NO_AUG,
+            image_size=64,
+            cfg=TrainHeadConfig(
+                epochs=25, batch_size=1024, patience=0, learning_rate=0.005, feature_cache=cache
+            ),
+        )
         runs[cache] = (r, time.time() - t0)
     val = gdata.image_dataset(examples, "val", 64, 32)
     acc = {c: evaluate_on(load_model(r.model_path), val)[0] for c, (r, _) in runs.items()}
-    print(f"\nhead stage, 25 full-batch epochs: cached {runs['on'][1]:.1f}s val_acc {acc['on']:.3f}; "
-          f"uncached {runs['off'][1]:.1f}s val_acc {acc['off']:.3f}")
+    print(
+        f"\nhead stage, 25 full-batch epochs: cached {runs['on'][1]:.1f}s val_acc {acc['on']:.3f}; "
+        f"uncached {runs['off'][1]:.1f}s val_acc {acc['off']:.3f}"
+    )
     assert runs["on"][0].cache_used and not runs["off"][0].cache_used
     assert abs(acc["on"] - acc["off"]) <= 0.03 + 1e-9
     assert runs["on"][1] < runs["off"][1]
-    a, b = load_model(runs["on"][0].model_path), load_model(runs["off"][0].model_path)  # same layout
+    a, b = (
+        load_model(runs["on"][0].model_path),
+        load_model(runs["off"][0].model_path),
+    )  # same layout
     assert [w.path for w in a.weights] == [w.path for w in b.weights]
     assert [w.shape for w in a.weights] == [w.shape for w in b.weights]
-    for wa, wb in zip(a.weights, b.weights, strict=True):  # and the same head, up to float summation order
+    for wa, wb in zip(
+        a.weights, b.weights, strict=True
+    ):  # and the same head, up to float summation order
         np.testing.assert_allclose(np.array(wa), np.array(wb), atol=1e-3, err_msg=wa.path)
 
 
@@ -120,25 +156,50 @@ def test_training_dataset_has_known_length_so_each_epoch_is_exactly_its_steps(ex
     ds = gdata.image_dataset(examples, "train", 32, 48, shuffle=True)
     n = gdata.count_examples(examples, "train")
     assert int(ds.cardinality()) == -(-n // 48)
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(3, activation="softmax"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
     model.fit(ds, epochs=3, verbose=0)
     assert int(model.optimizer.iterations.numpy()) == 3 * -(-n // 48)
 
 
 def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
-    head = _head(examples, tmp_path / "head", size=48, base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}))
-    ft = fine_tune(examples, str(tmp_path / "head"), str(tmp_path / "ft"), train=TrainConfig(),
-                   cfg=FineTuneConfig(epochs=1, batch_size=16, optimizer="sgd", learning_rate=1.0,
-                                      cosine_decay=False, patience=0, unfreeze={"mode": "all"}),
-                   augment=NO_AUG, image_size=48)
+    head = _head(
+        examples,
+        tmp_path / "head",
+        size=48,
+        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}),
+    )
+    ft = fine_tune(
+        examples,
+        str(tmp_path / "head"),
+        str(tmp_path / "ft"),
+        train=TrainConfig(),
+        cfg=FineTuneConfig(
+            epochs=1,
+            batch_size=16,
+            optimizer="sgd",
+            learning_rate=1.0,
+            cosine_decay=False,
+            patience=0,
+            unfreeze={"mode": "all"},
+        ),
+        augment=NO_AUG,
+        image_size=48,
+    )
     assert ft.extra["guard"] == "kept_head" and ft.extra["kept"] == "head"
     assert ft.extra["fine_tuned_val_accuracy"] < ft.extra["head_val_accuracy"]
     kept, orig = load_model(ft.model_path), load_model(head.model_path)
     for a, b in zip(kept.weights, orig.weights, strict=True):
         assert np.array_equal(np.array(a), np.array(b))
-    assert json.loads((tmp_path / "ft" / "result.json").read_text())["extra"]["guard"] == "kept_head"
+    assert (
+        json.loads((tmp_path / "ft" / "result.json").read_text())["extra"]["guard"] == "kept_head"
+    )
 
 
 class _Boom(keras.callbacks.Callback):
@@ -149,14 +210,22 @@ class _Boom(keras.callbacks.Callback):
 
 def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
     out = tmp_path / "head"
-    cfg = dict(base=BaseConfig(weights=None, kwargs={"alpha": 0.35}), head=HeadConfig(), train=TrainConfig(),
-               cfg=TrainHeadConfig(epochs=3, batch_size=16, patience=0), augment=NO_AUG, image_size=32)
+    cfg = dict(
+        base=BaseConfig(weights=None, kwargs={"alpha": 0.35}),
+        head=HeadConfig(),
+        train=TrainConfig(),
+        cfg=TrainHeadConfig(epochs=3, batch_size=16, patience=0),
+        augment=NO_AUG,
+        image_size=32,
+    )
     with pytest.raises(RuntimeError, match="killed after epoch 1"):
         train_head(examples, str(out), extra_callbacks=[_Boom()], **cfg)
     assert not (out / "result.json").exists() and (out / "backup").exists()
     r = train_head(examples, str(out), **cfg)
     assert r.resumed_from_epoch == 1
-    epochs = [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()
+    ]
     assert epochs == [1, 2, 3]
     again = train_head(examples, str(out), **cfg)  # finished: returned as is, not re-run
     assert again.seconds == r.seconds
@@ -165,19 +234,34 @@ def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
 def test_transfer_beats_scratch_on_demo(examples, tmp_path):
     """The shipped demo base, head only, vs the same architecture from scratch, same epochs."""
     epochs = 6
-    head = _head(examples, tmp_path / "head", size=64, epochs=epochs,
-                 base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}))
+    head = _head(
+        examples,
+        tmp_path / "head",
+        size=64,
+        epochs=epochs,
+        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}),
+    )
     keras.utils.set_random_seed(0)
     from graft.components import data as gdata
 
-    model = gmodel.build_model(BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 3, 64)
+    model = gmodel.build_model(
+        BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 3, 64
+    )
     gmodel.base_of(model).trainable = True
-    model.compile(keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    hist = model.fit(gdata.image_dataset(examples, "train", 64, 16, shuffle=True), epochs=epochs, verbose=0,
-                     validation_data=gdata.image_dataset(examples, "val", 64, 16))
+    model.compile(
+        keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
+    hist = model.fit(
+        gdata.image_dataset(examples, "train", 64, 16, shuffle=True),
+        epochs=epochs,
+        verbose=0,
+        validation_data=gdata.image_dataset(examples, "val", 64, 16),
+    )
     scratch = max(hist.history["val_accuracy"])
-    print(f"\nval accuracy after {epochs} epochs: transfer (head only) {head.best_val_accuracy:.3f} "
-          f"vs scratch {scratch:.3f}")
+    print(
+        f"\nval accuracy after {epochs} epochs: transfer (head only) {head.best_val_accuracy:.3f} "
+        f"vs scratch {scratch:.3f}"
+    )
     assert head.best_val_accuracy > scratch
 
 
@@ -190,7 +274,9 @@ def test_cpu_scale_up_switches_are_no_ops():
 
 
 def test_unknown_layer_and_backbone_errors():
-    model = gmodel.build_model(BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 2, 32)
+    model = gmodel.build_model(
+        BaseConfig(weights=None, kwargs={"alpha": 0.35}), HeadConfig(), 2, 32
+    )
     from graft.core.config import UnfreezeConfig
 
     with pytest.raises(ValueError, match="not a layer of.*inspect-base"):
@@ -213,8 +299,12 @@ def test_inspect_base_names_block_boundaries(capsys):
 def test_registry_builds_every_listed_backbone_offline():
     from graft.core.backbones import BACKBONES
 
-    assert {"mobilenet_v2", "efficientnet_b0", "resnet50", "convnext_tiny", "xception"} <= set(BACKBONES)
+    assert {"mobilenet_v2", "efficientnet_b0", "resnet50", "convnext_tiny", "xception"} <= set(
+        BACKBONES
+    )
     for name in ("mobilenet_v3_small", "efficientnet_b0"):
-        base = gmodel.build_base(BaseConfig(name=name, weights=None), 32 if name != "efficientnet_b0" else 32)
+        base = gmodel.build_base(
+            BaseConfig(name=name, weights=None), 32 if name != "efficientnet_b0" else 32
+        )
         assert base.output_shape[-1] > 0 and not base.trainable
     assert Path(DEMO_BASE).stat().st_size < 3 * 1024 * 1024
