@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: demo test test-real lint bench clean pretrain-demo-base
+.PHONY: demo test test-fast test-real lint bench clean pretrain-demo-base
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# the fast loop: everything but the tests that train a model (marked slow)
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not real"
 
 test-real: $(STAMP)
 	GRAFT_SHARED=$(SHARED) $(BIN)/pytest -q -m real -p no:randomly

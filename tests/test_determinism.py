@@ -18,6 +18,8 @@ from graft.components.ingest import ingest
 from graft.components.train import load_model, read_history
 from graft.core.config import DataConfig
 
+pytestmark = pytest.mark.slow  # trains a model
+
 RUN = """
 import sys
 from graft.components.train import fine_tune, train_head

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
@@ -22,6 +23,7 @@ def _run(tmp_path, **env):
     )
 
 
+@pytest.mark.slow
 def test_smoke_run_measures_every_variant_and_writes_one_result(tmp_path):
     proc = _run(tmp_path, GPU_CHECK_SMOKE="1")
     assert proc.returncode == 0, proc.stderr[-3000:]

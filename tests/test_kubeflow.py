@@ -159,6 +159,7 @@ def _run_local(cfg, root):
     return run_dir
 
 
+@pytest.mark.slow
 def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     raw = tiny_config(tmp_path, tiny_data, fine_tune__epochs=1, train_head__epochs=3)
     cfg = parse_config(raw)

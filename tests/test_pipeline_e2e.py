@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from conftest import tiny_config
 
@@ -16,6 +17,8 @@ from graft.components.push import versions
 from graft.components.train import load_model
 from graft.core.config import parse_config
 from graft.pipeline.runner import run_pipeline
+
+pytestmark = pytest.mark.slow  # trains a model
 
 
 def _out(run, step):

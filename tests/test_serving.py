@@ -21,6 +21,8 @@ from graft.components import data as gdata
 from graft.serving.client import GraftClient, _string_tensor
 from graft.serving.launch import ServerProcess
 
+pytestmark = pytest.mark.slow  # trains a model
+
 
 @pytest.fixture(scope="module")
 def served(pipeline_run, tmp_path_factory):

@@ -13,6 +13,7 @@ from graft.components import model as gmodel
 from graft.components.demo_data import generate
 from graft.components.ingest import ingest
 from graft.components.train import fine_tune, load_model, train_head
+from graft.core.backbones import BACKBONES
 from graft.core.config import (
     AugmentConfig,
     BaseConfig,
@@ -54,6 +55,7 @@ def _weights(layer) -> list[np.ndarray]:
     return [np.array(w) for w in layer.weights]
 
 
+@pytest.mark.slow
 def test_head_stage_leaves_base_bit_identical(examples, tmp_path):
     keras.utils.set_random_seed(1)
     base0 = keras.applications.MobileNetV2(
@@ -73,6 +75,7 @@ def test_head_stage_leaves_base_bit_identical(examples, tmp_path):
         assert n_bn > 40  # moving means/variances were among the compared weights
 
 
+@pytest.mark.slow
 def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
     head = _head(examples, tmp_path / "head")
     ft = fine_tune(
@@ -104,6 +107,7 @@ def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
     assert ft.extra["unfreeze"]["from_layer"] == "block_14_expand"
 
 
+@pytest.mark.slow
 def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, tmp_path):
     """No dropout, one full batch per epoch: both paths take the same Adam steps from one init."""
     from graft.components import data as gdata
@@ -168,6 +172,7 @@ def test_training_dataset_has_known_length_so_each_epoch_is_exactly_its_steps(ex
     assert int(model.optimizer.iterations.numpy()) == 3 * -(-n // 48)
 
 
+@pytest.mark.slow
 def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
     head = _head(
         examples,
@@ -208,6 +213,7 @@ class _Boom(keras.callbacks.Callback):
             raise RuntimeError("killed after epoch 1")
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
     out = tmp_path / "head"
     cfg = dict(
@@ -231,6 +237,7 @@ def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
     assert again.seconds == r.seconds
 
 
+@pytest.mark.slow
 def test_transfer_beats_scratch_on_demo(examples, tmp_path):
     """The shipped demo base, head only, vs the same architecture from scratch, same epochs."""
     epochs = 6
@@ -296,15 +303,15 @@ def test_inspect_base_names_block_boundaries(capsys):
     assert "from_layer: block_1" in out
 
 
-def test_registry_builds_every_listed_backbone_offline():
-    from graft.core.backbones import BACKBONES
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", sorted(BACKBONES))
+def test_every_registered_backbone_builds_offline_at_its_minimum_size(name):
+    size = max(32, BACKBONES[name].min_size)
+    base = gmodel.build_base(BaseConfig(name=name, weights=None), size)
+    assert base.output_shape[-1] > 0 and not base.trainable
+    with pytest.raises(ValueError, match="minimum"):
+        gmodel.build_base(BaseConfig(name=name, weights=None), BACKBONES[name].min_size - 1)
 
-    assert {"mobilenet_v2", "efficientnet_b0", "resnet50", "convnext_tiny", "xception"} <= set(
-        BACKBONES
-    )
-    for name in ("mobilenet_v3_small", "efficientnet_b0"):
-        base = gmodel.build_base(
-            BaseConfig(name=name, weights=None), 32 if name != "efficientnet_b0" else 32
-        )
-        assert base.output_shape[-1] > 0 and not base.trainable
+
+def test_demo_base_weights_stay_small():
     assert Path(DEMO_BASE).stat().st_size < 3 * 1024 * 1024
