@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +23,45 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis.get_model_metadata_pb2 import SignatureDefMap
 
-RETRYABLE = {grpc.StatusCode.UNAVAILABLE}
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
+SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
+GRPC_MAX_ATTEMPTS = 5  # gRPC's ceiling on a retryPolicy's maxAttempts
+State = get_model_status_pb2.ModelVersionStatus.State
+
+
+def _duration(seconds: float) -> str:
+    """A service-config duration ("0.25s"): gRPC's JSON parser rejects exponent notation."""
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def retry_options(retries: int, backoff: float) -> list[tuple[str, int | str]]:
+    """Channel options that make gRPC itself retry every call of both TF Serving services.
+
+    Same schedule as the loop this replaced: retries + 1 attempts, waits starting at
+    `backoff` and doubling, only on UNAVAILABLE, no wait-for-ready. gRPC allows at most 5
+    attempts and jitters each wait by up to 20%; the call's timeout is one deadline over all
+    attempts. retries=0 leaves gRPC's defaults alone (one attempt).
+    """
+    if retries <= 0:
+        return []
+    attempts = min(retries + 1, GRPC_MAX_ATTEMPTS)  # gRPC would clamp it, logging an error
+    policy = {
+        "maxAttempts": attempts,
+        "initialBackoff": _duration(backoff),
+        "maxBackoff": _duration(backoff * 2 ** (attempts - 2)),
+        "backoffMultiplier": 2,
+        "retryableStatusCodes": [c.name for c in RETRYABLE],
+    }
+    config = {"methodConfig": [{"name": [{"service": s} for s in SERVICES], "retryPolicy": policy}]}
+    return [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(config))]
+
+
+def _state_name(value: int) -> str:
+    """The proto enum's name; a value these protos do not know stays a number."""
+    try:
+        return State.Name(value)
+    except ValueError:
+        return str(value)
 
 
 @dataclass
@@ -62,6 +99,9 @@ class GraftClient:
             options=[
                 ("grpc.max_send_message_length", limit),
                 ("grpc.max_receive_message_length", limit),
+                # gRPC only retries a call whose request it still holds: up to a full message
+                ("grpc.per_rpc_retry_buffer_size", limit),
+                *retry_options(retries, backoff),
             ],
         )
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
@@ -83,23 +123,11 @@ class GraftClient:
         if signature:
             spec.signature_name = signature
 
-    def _call(self, method, request):
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            try:
-                return method(request, timeout=self.timeout)
-            except grpc.RpcError as e:
-                if e.code() not in RETRYABLE or attempt == self.retries:
-                    raise
-                time.sleep(delay)
-                delay *= 2
-        raise AssertionError("unreachable")
-
     def predict_raw(self, images: list[bytes], signature: str = "serving_default"):
         req = predict_pb2.PredictRequest()
         self._spec(req.model_spec, signature)
         req.inputs["image_bytes"].CopyFrom(_string_tensor(images))
-        return self._call(self.predictions.Predict, req)
+        return self.predictions.Predict(req, timeout=self.timeout)
 
     def predict(self, images: list[str | Path | bytes], top_k: int = 3) -> list[Prediction]:
         blobs = [i if isinstance(i, bytes) else Path(i).read_bytes() for i in images]
@@ -117,7 +145,7 @@ class GraftClient:
     def metadata(self) -> dict:
         req = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(req.model_spec)
-        resp = self._call(self.predictions.GetModelMetadata, req)
+        resp = self.predictions.GetModelMetadata(req, timeout=self.timeout)
         sig_map = SignatureDefMap()
         resp.metadata["signature_def"].Unpack(sig_map)
         return {
@@ -128,27 +156,36 @@ class GraftClient:
     def status(self) -> list[dict]:
         req = get_model_status_pb2.GetModelStatusRequest()
         self._spec(req.model_spec)
-        resp = self._call(self.models.GetModelStatus, req)
-        names = {10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+        resp = self.models.GetModelStatus(req, timeout=self.timeout)
         return [
             {
                 "version": s.version,
-                "state": names.get(s.state, str(s.state)),
+                "state": _state_name(s.state),
                 "error": s.status.error_message,
             }
             for s in resp.model_version_status
         ]
 
 
-def predict_main(args) -> int:
+def predict_main(
+    *,
+    images: list[str],
+    server: str,
+    model: str,
+    version: int | None = None,
+    top_k: int = 3,
+    as_json: bool = False,
+    timeout: float = 30.0,
+) -> int:
+    """`graft predict`: keywords, so the client does not depend on the CLI's Namespace."""
     try:
-        with GraftClient(args.server, args.model, args.version, timeout=args.timeout) as c:
-            preds = c.predict(args.images, args.top_k)
+        with GraftClient(server, model, version, timeout=timeout) as c:
+            preds = c.predict(images, top_k)
     except grpc.RpcError as e:
         print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    if args.json:
-        for img, p in zip(args.images, preds, strict=True):
+    if as_json:
+        for img, p in zip(images, preds, strict=True):
             print(
                 json.dumps(
                     {"image": img, "labels": p.labels, "scores": [round(s, 6) for s in p.scores]}
@@ -158,11 +195,11 @@ def predict_main(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{args.model} @ {args.server}")
+    t = Table(title=f"{model} @ {server}")
     t.add_column("image")
-    for k in range(args.top_k):
+    for k in range(top_k):
         t.add_column(f"#{k + 1}")
-    for img, p in zip(args.images, preds, strict=True):
+    for img, p in zip(images, preds, strict=True):
         t.add_row(str(img), *[f"{lab} {s:.3f}" for lab, s in zip(p.labels, p.scores, strict=True)])
     Console().print(t)
     return 0

@@ -19,10 +19,12 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
 from graft.core.log import log
 
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
+State = ModelVersionStatus.State  # TF Serving's own version states, as GetModelStatus sends them
 
 
 class ServingError(Exception):
@@ -93,7 +95,7 @@ class ModelManager:
         self.policy, self.specific = parse_policy(policy)
         self.max_pixels = max_pixels
         self._versions: dict[int, LoadedVersion] = {}
-        self._states: dict[int, str] = {}  # version -> LOADING | AVAILABLE | UNLOADING | END
+        self._states: dict[int, int] = {}  # version -> State.LOADING | AVAILABLE | UNLOADING | END
         self._errors: dict[int, str] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -136,7 +138,7 @@ class ModelManager:
     def load(self, version: int) -> None:
         path = os.path.join(self.base_path, str(version))
         with self._lock:
-            self._states[version] = "LOADING"
+            self._states[version] = State.LOADING
         t0 = time.time()
         try:
             obj = tf.saved_model.load(path)
@@ -153,13 +155,13 @@ class ModelManager:
             n = self._warmup(lv)
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
             with self._lock:
-                self._states[version] = "END"
+                self._states[version] = State.END
                 self._errors[version] = f"{type(e).__name__}: {e}"
             log(f"serve: version {version} failed to load: {e}", level="error")
             return
         with self._lock:
             self._versions[version] = lv
-            self._states[version] = "AVAILABLE"
+            self._states[version] = State.AVAILABLE
         log(
             f"serve: {self.model_name} version {version} AVAILABLE ({time.time() - t0:.1f}s, "
             f"{n} warmup requests)"
@@ -167,9 +169,9 @@ class ModelManager:
 
     def unload(self, version: int) -> None:
         with self._lock:
-            self._states[version] = "UNLOADING"
+            self._states[version] = State.UNLOADING
             self._versions.pop(version, None)
-            self._states[version] = "END"
+            self._states[version] = State.END
         log(f"serve: {self.model_name} version {version} unloaded")
 
     def poll_once(self) -> None:
@@ -177,7 +179,7 @@ class ModelManager:
         want = self.wanted(disk)
         with self._lock:
             have = set(self._versions)
-            failed = {v for v, s in self._states.items() if s == "END" and v in self._errors}
+            failed = {v for v, s in self._states.items() if s == State.END and v in self._errors}
         for v in sorted(want - have - failed):
             self.load(v)  # the old version keeps serving meanwhile
         with self._lock:
@@ -205,7 +207,8 @@ class ModelManager:
         self._stop.set()
 
     # ------------------------------------------------------------ queries
-    def states(self) -> dict[int, tuple[str, str]]:
+    def states(self) -> dict[int, tuple[int, str]]:
+        """version -> (State value, load error); the State values go into GetModelStatus as-is."""
         with self._lock:
             return {v: (s, self._errors.get(v, "")) for v, s in self._states.items()}
 

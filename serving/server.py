@@ -34,10 +34,8 @@ from tensorflow_serving.apis import (
 )
 
 from graft.core.log import log
-from graft.serving.models import ModelManager, ServingError
+from graft.serving.models import ModelManager, ServingError, State
 from graft.serving.tensors import tensor_proto
-
-_STATE = {"LOADING": 20, "AVAILABLE": 30, "UNLOADING": 40, "END": 50}
 
 
 def _version_of(spec) -> int | None:
@@ -158,7 +156,7 @@ def status_response(m: ModelManager, name: str, version: int | None):
     for v, (state, err) in sorted(states.items()):
         mvs = resp.model_version_status.add()
         mvs.version = v
-        mvs.state = _STATE[state]
+        mvs.state = state
         mvs.status.CopyFrom(status_pb2.StatusProto(error_code=13 if err else 0, error_message=err))
     return resp
 
@@ -273,14 +271,13 @@ def make_rest_handler(m: ModelManager):
                         },
                     )
                 resp = status_response(m, name, version)
-                names = {v: k for k, v in _STATE.items()}
                 return self._send(
                     200,
                     {
                         "model_version_status": [
                             {
                                 "version": str(s.version),
-                                "state": names[s.state],
+                                "state": State.Name(s.state),
                                 "status": {
                                     "error_code": "OK" if not s.status.error_code else "UNKNOWN",
                                     "error_message": s.status.error_message,
@@ -430,17 +427,32 @@ class GraftServer:
         log("serve: stopped")
 
 
-def serve_forever(args) -> int:
+def serve_forever(
+    *,
+    model_base_path: str,
+    model_name: str,
+    host: str = "127.0.0.1",
+    port: int = 8500,
+    rest_port: int = 0,
+    version_policy: str = "latest",
+    poll_seconds: float = 2.0,
+    max_message_mb: int = 32,
+    max_pixels: int = 40_000_000,
+) -> int:
+    """Serve until SIGTERM/SIGINT; keywords, so the server does not depend on the CLI's Namespace.
+
+    rest_port=0 means no REST front end.
+    """
     srv = GraftServer(
-        args.model_base_path,
-        args.model_name,
-        host=args.host,
-        port=args.port,
-        rest_port=args.rest_port,
-        policy=args.version_policy,
-        poll_seconds=args.poll_seconds,
-        max_message_mb=args.max_message_mb,
-        max_pixels=args.max_pixels,
+        model_base_path,
+        model_name,
+        host=host,
+        port=port,
+        rest_port=rest_port,
+        policy=version_policy,
+        poll_seconds=poll_seconds,
+        max_message_mb=max_message_mb,
+        max_pixels=max_pixels,
     ).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
