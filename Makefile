@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
 
 pretrain-demo-base: $(STAMP)
-	$(BIN)/graft pretrain-demo-base --out configs/demo_base.weights.h5
+	$(BIN)/graft pretrain-demo-base --out graft/assets/demo_base.weights.h5
 
 clean:
 	rm -rf runs models data build pipeline.yaml

@@ -20,7 +20,7 @@ def main() -> dict:
     tmp = Path(tempfile.mkdtemp())
     ex = demo_examples(tmp, classes=5, per_class=120, size=128)
     base = BaseConfig(
-        weights=str(REPO / "configs" / "demo_base.weights.h5"), kwargs={"alpha": 0.35}
+        weights=str(REPO / "graft" / "assets" / "demo_base.weights.h5"), kwargs={"alpha": 0.35}
     )
     aug = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
     times = {}

@@ -26,7 +26,9 @@ def main() -> dict:
     ex = demo_examples(tmp, classes=3, per_class=200, size=96)
     size, batch, steps = 96, 32, 25
     model = gmodel.build_model(
-        BaseConfig(weights=str(REPO / "configs" / "demo_base.weights.h5"), kwargs={"alpha": 0.35}),
+        BaseConfig(
+            weights=str(REPO / "graft" / "assets" / "demo_base.weights.h5"), kwargs={"alpha": 0.35}
+        ),
         HeadConfig(),
         3,
         size,
@@ -36,8 +38,8 @@ def main() -> dict:
     pipe = gdata.image_dataset(ex, "train", size, batch, shuffle=True, repeat=True)
     mem = in_memory_batches(ex, size, batch)
     naive = gdata.naive_image_dataset(ex, "train", size, batch).repeat()
-    # three interleaved rounds, median per feed: this shared machine's speed drifts by up to 2x
-    # within minutes (CPU quota), so one sample per variant in sequence would compare states
+    # three interleaved rounds, median per feed: a shared machine's speed drifts within minutes
+    # (benchmarks/README.md), so one sample per variant in sequence would compare machine states
     rounds = {"memory": [], "pipeline": [], "naive": []}
     for _ in range(3):
         for name, ds in (("memory", mem), ("pipeline", pipe), ("naive", naive)):

@@ -1,6 +1,13 @@
 """`make bench`: every benchmark, one JSON line each (results in benchmarks/results/)."""
 
-from benchmarks import demo_e2e, head_cache, ingest_bench, input_pipeline, serving_bench
+from benchmarks import (
+    demo_e2e,
+    head_cache,
+    ingest_bench,
+    input_pipeline,
+    serving_bench,
+    serving_load,
+)
 
 if __name__ == "__main__":
     demo_e2e.main()  # also leaves models/demo for the serving benchmark
@@ -8,3 +15,4 @@ if __name__ == "__main__":
     input_pipeline.main()
     ingest_bench.main()
     serving_bench.main()
+    serving_load.main()  # uses models/demo too

@@ -8,6 +8,7 @@ the model always takes raw 0-255 pixels, in training and in serving alike.
 
 from __future__ import annotations
 
+import json
 import os
 
 import tensorflow as tf
@@ -38,8 +39,20 @@ def split_files(examples_dir: str, split: str) -> list[str]:
     return files
 
 
-def read_labels(examples_dir: str) -> list[str]:
-    with tf.io.gfile.GFile(os.path.join(examples_dir, "labels.txt")) as f:
+def read_labels(folder: str) -> list[str] | None:
+    """The class names in `folder` (an ingest output or a SavedModel's assets), exactly.
+
+    labels.json keeps any Unicode name; labels.txt (one per line) is read for older outputs.
+    None when neither file is there.
+    """
+    path = os.path.join(folder, "labels.json")
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return json.loads(f.read().decode("utf-8"))
+    path = os.path.join(folder, "labels.txt")
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
         return [line.strip() for line in f if line.strip()]
 
 
@@ -110,6 +123,7 @@ def image_dataset(
     repeat: bool = False,
     cache: bool = False,
     deterministic: bool = False,
+    workers: int = 1,
 ) -> tf.data.Dataset:
     """Batched (pixels 0..255, label) for training or evaluation, with a known length.
 
@@ -120,12 +134,20 @@ def image_dataset(
 
     Shuffled reads are unordered for speed; `deterministic` orders them and runs the
     augmentation sequentially, so its random draws land on the same images every run.
+
+    `workers` > 1 (MultiWorkerMirroredStrategy): the dataset carries the auto-shard policy of
+    `shard_policy`. Under FILE each worker holds a different number of images, so the dataset
+    repeats without a length and the caller runs `steps_per_epoch` steps on every worker.
     """
     ordered = deterministic or not shuffle
+    policy = shard_policy(len(split_files(examples_dir, split)), workers, training=shuffle)
+    by_file = policy == tf.data.experimental.AutoShardPolicy.FILE
     ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=ordered)
-    ds = ds.apply(
-        tf.data.experimental.assert_cardinality(count_examples(examples_dir, split, exclude_sha256))
-    )
+    if by_file:
+        repeat = True  # a worker's share is not the manifest's count: no length to assert
+    else:
+        n = count_examples(examples_dir, split, exclude_sha256)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(n))
     if shuffle and not cache:
         # shuffle the encoded bytes, before decoding: a buffer of decoded images must be filled
         # (every image in it decoded) before an epoch's first step, and holds size^2*12 bytes each
@@ -151,7 +173,46 @@ def image_dataset(
             return x, y
 
         ds = ds.map(apply, num_parallel_calls=None if deterministic else AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = policy
+    return ds.prefetch(AUTOTUNE).with_options(options)
+
+
+def shard_policy(
+    num_files: int, workers: int, training: bool
+) -> tf.data.experimental.AutoShardPolicy:
+    """How tf.distribute splits a dataset over `workers` machines: FILE or DATA.
+
+    FILE, for training with >= 2 shard files per worker: each worker reads and decodes only its
+    own files. DATA makes every worker read and decode every image and keep 1/N of them: N times
+    the input work, on an input pipeline that is already the CPU's bottleneck. But FILE splits
+    by whole files, and hash-split shards are uneven: with one file per worker a worker's share
+    is one shard's luck (and with fewer files than workers TF refuses FILE), while with two or
+    more per worker the shares average out, and the repeat + steps_per_epoch of image_dataset
+    absorbs the rest. So fewer files than that: DATA, exact to the example. Evaluation is DATA
+    always: each validation image counted exactly once, as the guard's comparison needs.
+    One worker: TF's AUTO, which does nothing without a cluster (replicas in one process split
+    each batch instead).
+    """
+    if workers <= 1:
+        return tf.data.experimental.AutoShardPolicy.AUTO
+    if training and num_files >= 2 * workers:
+        return tf.data.experimental.AutoShardPolicy.FILE
+    return tf.data.experimental.AutoShardPolicy.DATA
+
+
+def steps_per_epoch(
+    ds: tf.data.Dataset,
+    examples_dir: str,
+    split: str,
+    batch_size: int,
+    exclude_sha256: set[str] | None = None,
+) -> int | None:
+    """Steps for `fit` on a repeating (FILE-sharded) dataset; None when it has its own length."""
+    if int(ds.cardinality()) >= 0:
+        return None
+    n = count_examples(examples_dir, split, exclude_sha256)
+    return max(1, -(-n // batch_size))
 
 
 def naive_image_dataset(

@@ -6,19 +6,22 @@ Serving would serve and fed the same raw test bytes, so the comparison is like f
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-from dataclasses import asdict, dataclass
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from html import escape
 
 import numpy as np
 import tensorflow as tf
 
 from graft.components import data as gdata
-from graft.components.model import predict_scores
+from graft.components import report
+from graft.components.model import base_of, predict_scores
 from graft.components.push import baseline_version, file_sha256, version_path
-from graft.components.train import load_model, read_history
-from graft.components.validate import excluded_from_eval
+from graft.components.train import RESULT, load_model, read_history
+from graft.components.validate import excluded_from_eval, read_manifest
 from graft.core.config import EvaluateConfig
 from graft.core.log import log
 
@@ -38,6 +41,10 @@ class EvaluationResult:
     reasons: list[str]
     plots: dict[str, str]
     report: str
+    # per model: n, and accuracy / top-k as [value, 95% low, 95% high] (Wilson)
+    intervals: dict = field(default_factory=dict)
+    # "a - b": paired accuracy difference on the same test images, with a bootstrap interval
+    comparisons: dict = field(default_factory=dict)
 
 
 def metrics_from_probs(
@@ -89,25 +96,31 @@ def metrics_from_probs(
 
 def _test_data(
     examples_dir: str, size: int, exclude: set[str]
-) -> tuple[list[bytes], np.ndarray, np.ndarray]:
-    raw = list(gdata.raw_dataset(examples_dir, "test", exclude).as_numpy_iterator())
+) -> tuple[list[bytes], np.ndarray, np.ndarray, list[str]]:
+    """The test split in file order: encoded bytes, labels, pixels, and each image's sha256."""
+    records = tf.data.TFRecordDataset(
+        gdata.split_files(examples_dir, "test"), compression_type="GZIP"
+    ).map(lambda r: tf.io.parse_single_example(r, gdata.FEATURES))
+    raw = [
+        (ex["image/encoded"], int(ex["label"]), ex["image/sha256"].decode())
+        for ex in records.as_numpy_iterator()
+    ]
+    raw = [r for r in raw if r[2] not in exclude]
     if not raw:
         raise ValueError(f"the test split in {examples_dir} is empty")
-    blobs = [b for b, _ in raw]
-    y = np.array([int(v) for _, v in raw])
+    blobs = [b for b, _, _ in raw]
+    y = np.array([v for _, v, _ in raw])
     pixels = np.stack([gdata.decode_and_resize(tf.constant(b), size).numpy() for b in blobs])
-    return blobs, y, pixels
+    return blobs, y, pixels, [h for _, _, h in raw]
 
 
 def _baseline_probs(
     path: str, blobs: list[bytes], labels: list[str]
 ) -> tuple[np.ndarray | None, str | None]:
     """Scores of the served model, reordered to our label order; None + reason if not comparable."""
-    label_file = os.path.join(path, "assets", "labels.txt")
-    if not tf.io.gfile.exists(label_file):
-        return None, f"baseline {path} has no assets/labels.txt"
-    with tf.io.gfile.GFile(label_file) as f:
-        base_labels = [line.strip() for line in f if line.strip()]
+    base_labels = gdata.read_labels(os.path.join(path, "assets"))
+    if base_labels is None:
+        return None, f"baseline {path} has no assets/labels.json or labels.txt"
     if base_labels != labels:
         return None, (
             f"label sets differ (baseline {base_labels} vs candidate {labels}): "
@@ -172,9 +185,10 @@ def _plots(
             continue
         ep = [offset + h["epoch"] for h in hist]
         for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
-            ax.plot(ep, [h.get(key, np.nan) for h in hist], "-", label=f"{stage} {key}")
+            # markers: a one-epoch stage is a point, which a bare line would not draw
+            ax.plot(ep, [h.get(key, np.nan) for h in hist], ".-", label=f"{stage} {key}")
             ax.plot(
-                ep, [h.get(f"val_{key}", np.nan) for h in hist], "--", label=f"{stage} val_{key}"
+                ep, [h.get(f"val_{key}", np.nan) for h in hist], ".--", label=f"{stage} val_{key}"
             )
         offset = ep[-1]
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
@@ -188,43 +202,137 @@ def _plots(
     return paths
 
 
-def _html(out_dir: str, res: dict, plots: dict[str, str]) -> str:
-    def img(p):
-        return (
-            f'<img src="data:image/png;base64,{base64.b64encode(open(p, "rb").read()).decode()}"/>'
+def _data_checks_html(validation_dir: str | None) -> str:
+    """Validate's warnings and the near-duplicate pairs it found, so the report shows them."""
+    path = os.path.join(validation_dir or "", "validation.json")
+    if not validation_dir or not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        checks = json.load(f)
+    items = "".join(f"<li>{escape(w)}</li>" for w in checks.get("warnings", [])) or "<li>none</li>"
+    pairs = checks.get("near_duplicates", [])
+    table = ""
+    if pairs:
+        table = (
+            "<h3>Near-duplicate pairs (train ~ val/test)</h3><table><tr><th>val/test image</th>"
+            "<th>train image</th><th>hash bits</th><th>colour diff</th></tr>"
+            + "".join(
+                f"<tr><td>{escape(p['eval_path'])} ({escape(p['eval_split'])})</td>"
+                f"<td>{escape(p['train_path'])}</td><td>{p['bits']}</td><td>{p['colour']}</td></tr>"
+                for p in pairs[:50]
+            )
+            + "</table>"
         )
+    return f"<h2>Data checks (validate)</h2><ul>{items}</ul>{table}"
 
-    rows = "".join(
-        f"<tr><td>{name}</td>"
-        + "".join(
-            f"<td>{(res.get(name) or {}).get(k, float('nan')):.4f}</td>"
-            for k in ("accuracy", "macro_f1", "log_loss", "ece")
-        )
-        + "</tr>"
-        for name in ("head_only", "candidate", "baseline")
-        if res.get(name)
-    )
-    reasons = "".join(f"<li>{r}</li>" for r in res["reasons"])
-    verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
-    html = f"""<!doctype html><html><head><meta charset="utf-8"><title>Graft evaluation</title>
-<style>body{{font-family:sans-serif;margin:2em}}
-td,th{{padding:4px 10px;border-bottom:1px solid #ddd}}</style>
-</head><body><h1>Graft evaluation: {verdict}</h1><ul>{reasons}</ul>
-<table><tr><th>model</th><th>accuracy</th><th>macro-F1</th><th>log loss</th><th>ECE</th></tr>
-{rows}</table>
-<h2>Confusion matrix</h2>{img(plots["confusion_matrix"])}
-<h2>Per-class F1</h2>{img(plots["per_class_f1"])}
-<h2>Training curves</h2>{img(plots["training_curves"])}
-</body></html>"""
-    path = os.path.join(out_dir, "report.html")
-    with open(path, "w") as f:
-        f.write(html)
-    return path
+
+def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray) -> dict:
+    """Fine-tuned vs head-only, and the candidate vs the served baseline, paired per image."""
+    hit = {k: (p.argmax(1) == y) for k, p in probs_of.items()}
+    pairs = [("candidate", "head_only", "fine-tuned - head only")]
+    pairs.append(("candidate", "baseline", "candidate - served baseline"))
+    return {
+        name: report.paired_difference(hit[a], hit[b])
+        for a, b, name in pairs
+        if a in hit and b in hit
+    }
+
+
+def _guard(model_dir: str) -> dict | None:
+    """The fine_tune step's guard decision: StageResult.extra in its result.json."""
+    path = os.path.join(model_dir, RESULT)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("extra") or None
+
+
+def _gallery(
+    probs: np.ndarray,
+    y: np.ndarray,
+    blobs: list[bytes],
+    shas: list[str],
+    labels: list[str],
+    examples_dir: str,
+) -> list[dict]:
+    """The candidate's most confidently wrong test images, with thumbnails and source paths."""
+    try:
+        paths = {m["sha256"]: m["path"] for m in read_manifest(examples_dir)}
+    except OSError:
+        paths = {}
+    try:
+        with open(os.path.join(examples_dir, "stats.json")) as f:
+            root = json.load(f).get("source") or ""
+    except (OSError, ValueError):
+        root = ""
+    if root and os.path.isdir(root):  # paths relative to the data folder: shorter, and enough
+        paths = {k: os.path.relpath(v, root) if v.startswith(root) else v for k, v in paths.items()}
+    return [
+        {
+            "true": labels[y[i]],
+            "predicted": labels[pred],
+            "score": score,
+            "path": paths.get(shas[i]),
+            "thumb": report.thumbnail(blobs[i]),
+        }
+        for i, pred, score in report.confidently_wrong(probs, y)
+    ]
+
+
+def _provenance(
+    examples_dir: str,
+    head_dir: str,
+    model_dir: str,
+    out_dir: str,
+    model,
+    model_name: str,
+    res: EvaluationResult,
+) -> dict:
+    """Which data, base and config produced this report: what a reader needs to reproduce it."""
+    stats = {}
+    if os.path.exists(os.path.join(examples_dir, "stats.json")):
+        with open(os.path.join(examples_dir, "stats.json")) as f:
+            stats = json.load(f)
+    data_fp = stats.get("data_fingerprint")
+    if data_fp is None and os.path.exists(os.path.join(examples_dir, "manifest.jsonl")):
+        from graft.components.ingest import data_fingerprint
+
+        data_fp = data_fingerprint(read_manifest(examples_dir))
+
+    def step_fp(d: str) -> str | None:  # the local runner's content-addressed step dirs
+        name = os.path.basename(os.path.normpath(d))
+        return name if re.fullmatch(r"[0-9a-f]{16}", name) else None
+
+    base = model.name.removeprefix("graft_")
+    try:
+        base = f"{base} ({base_of(model).name})"
+    except StopIteration:
+        pass
+    return {
+        "model name": model_name,
+        "base": base,
+        "data fingerprint": data_fp,
+        "data source": stats.get("source"),
+        "source fingerprint": stats.get("source_fingerprint"),
+        "config hash": step_fp(out_dir),
+        "config hash covers": "every config section and input upstream of this report "
+        "(the evaluate step's fingerprint)"
+        if step_fp(out_dir)
+        else None,
+        "train_head step": step_fp(head_dir),
+        "fine_tune step": step_fp(model_dir),
+        "labels": ", ".join(res.labels),
+        "test images": res.test_examples,
+        "excluded from evaluation (validate)": res.excluded_from_eval,
+        "served baseline": f"version {res.baseline_version}" if res.baseline_version else "none",
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
 
 
 def bless(
     cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note: str | None
 ) -> tuple[bool, list[str]]:
+    """Blessed or not, with every reason: the push step and the report both show them."""
     reasons, ok = [], True
     if cand["accuracy"] < cfg.min_accuracy:
         ok = False
@@ -247,6 +355,14 @@ def bless(
             reasons.append(
                 f"regression {delta:+.4f} vs baseline exceeds max_regression "
                 f"{cfg.max_regression:.4f}"
+            )
+        elif abs(delta) < 1e-12 and not cfg.bless_ties:
+            # a tie is most often the served model again (e.g. the guard kept the same head
+            # weights): pushing it swaps the server to a copy for nothing
+            ok = False
+            reasons.append(
+                f"tie: {delta:+.4f} vs baseline accuracy {baseline['accuracy']:.4f}; "
+                "evaluate.bless_ties is false"
             )
         else:
             reasons.append(
@@ -277,10 +393,12 @@ def evaluate(
     os.makedirs(out_dir, exist_ok=True)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
-    blobs, y, pixels = _test_data(examples_dir, image_size, exclude)
+    blobs, y, pixels, shas = _test_data(examples_dir, image_size, exclude)
     scored: dict[str, dict] = {}
+    probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
-        probs = predict_scores(load_model(os.path.join(d, "model.keras")), pixels, flip_average)
+        model = load_model(os.path.join(d, "model.keras"))
+        probs = probs_of[key] = predict_scores(model, pixels, flip_average)
         scored[key] = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
     baseline, note = None, None
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
@@ -289,6 +407,7 @@ def evaluate(
         path = version_path(destination, model_name, version)
         probs, note = _baseline_probs(path, blobs, labels)
         if probs is not None:
+            probs_of["baseline"] = probs
             baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
             baseline.update({"version": version, "path": path})
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
@@ -308,7 +427,24 @@ def evaluate(
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)
     res.plots = {k: os.path.basename(v) for k, v in plots.items()}
-    res.report = os.path.basename(_html(out_dir, asdict(res), plots))
+    checks = _data_checks_html(validation_dir)
+    res.intervals = {k: report.intervals(p, y, cfg.top_k) for k, p in probs_of.items()}
+    res.comparisons = _comparisons(probs_of, y)
+    provenance = _provenance(examples_dir, head_dir, model_dir, out_dir, model, model_name, res)
+    res.report = os.path.basename(
+        report.write_report(
+            out_dir,
+            asdict(res),
+            plots,
+            intervals_by_model=res.intervals,
+            comparisons=res.comparisons,
+            guard=_guard(model_dir),
+            gallery=_gallery(probs_of["candidate"], y, blobs, shas, labels, examples_dir),
+            provenance=provenance,
+            top_k=cfg.top_k,
+            checks_html=checks,
+        )
+    )
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
     b = f"baseline v{version} {baseline['accuracy']:.3f}" if baseline else "no baseline"

@@ -1,6 +1,6 @@
 """tf.train.Example without importing TensorFlow, for the Beam ingest workers.
 
-Importing tensorflow.core.example.example_pb2 imports all of TensorFlow (5-10 s per
+Importing tensorflow.core.example.example_pb2 imports all of TensorFlow (seconds per
 process), which every multi-processing Beam worker would pay before decoding one image.
 The messages are rebuilt here from tensorflow/core/example/{feature,example}.proto (same
 package, names, field numbers and types, so the bytes are the same wire format) in a

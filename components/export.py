@@ -193,9 +193,8 @@ def export(
     archive.add_endpoint("predict_pixels", predict_pixels)
     archive.write_out(final, verbose=False)
     os.makedirs(os.path.join(final, "assets"), exist_ok=True)
-    shutil.copy(
-        os.path.join(examples_dir, "labels.txt"), os.path.join(final, "assets", "labels.txt")
-    )
+    for name in ("labels.json", "labels.txt"):
+        shutil.copy(os.path.join(examples_dir, name), os.path.join(final, "assets", name))
 
     blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "test").take(64).as_numpy_iterator()]
     if not blobs:

@@ -28,6 +28,21 @@ class NormalisedImage:
     source_format: str
     source_mode: str
     resized: bool
+    dhash: str  # 64-bit difference hash (hex): near-identical images differ in a few bits
+    grid: str  # 4x4 RGB block means (hex, 48 bytes): tells apart look-alike textures
+
+
+def dhash(img: Image.Image) -> str:
+    """Difference hash: survives re-encoding, resizing and small edits."""
+    small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def colour_grid(img: Image.Image) -> str:
+    """Mean colour of 4x4 blocks. dHash alone calls different periodic textures identical;
+    their block colours differ (benchmarks/README.md, near-duplicates)."""
+    return np.asarray(img.resize((4, 4), Image.Resampling.BOX), dtype=np.uint8).tobytes().hex()
 
 
 def sha256(data: bytes) -> str:
@@ -79,7 +94,7 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
         raise BadImage(f"cannot convert mode {source_mode} to RGB: {e}") from None
     resized = False
     if max(rgb.size) > max_side:
-        # in place: the decoded image is ours alone (a defensive copy was 10% of ingest CPU)
+        # in place: the decoded image is ours alone (a defensive copy cost ingest CPU)
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         resized = True
     if fmt == "JPEG" and source_mode == "RGB" and not resized:
@@ -94,5 +109,13 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
             out_fmt = "png"
         encoded = buf.getvalue()
     return NormalisedImage(
-        encoded, out_fmt, rgb.size[1], rgb.size[0], fmt.lower(), source_mode, resized
+        encoded=encoded,
+        format=out_fmt,
+        height=rgb.size[1],
+        width=rgb.size[0],
+        source_format=fmt.lower(),
+        source_mode=source_mode,
+        resized=resized,
+        dhash=dhash(rgb),
+        grid=colour_grid(rgb),
     )

@@ -8,11 +8,10 @@ so adding images never moves an old one to another split.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -25,13 +24,26 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from graft.components.example_proto import serialize
 from graft.components.images import BadImage, normalise, sha256
+from graft.components.sources import (
+    SPLITS,
+    DataLayoutError,
+    Listing,
+    apply_group_pattern,
+    carve_fractions,
+    check_labels,
+    file_problem,
+    list_csv,
+    list_folder,
+    list_tfds,
+    read_bounded,
+)
 from graft.core.config import DataConfig
-from graft.core.log import log
+from graft.core.log import Progress, log
 from graft.core.paths import is_remote as _is_remote
 from graft.core.paths import join as _join
+from graft.core.quiet import native_stderr_captured
 
-SPLITS = ("train", "val", "test")
-SPLIT_DIRS = {"train": "train", "val": "val", "validation": "val", "valid": "val", "test": "test"}
+LABELS_FILE = "labels.json"
 FORMAT_HISTOGRAM_BINS = (64, 128, 256, 512, 1024, 2048)
 
 
@@ -75,7 +87,16 @@ def source_fingerprint(data: DataConfig) -> str:
     return h.hexdigest()
 
 
-# ------------------------------------------------------------------ listing
+def data_fingerprint(manifest: list[dict]) -> str:
+    """The written examples' content: every image's sha256 with its label and split.
+
+    Same images, labels and splits, same fingerprint, wherever the files live or however they
+    are named. 16 hex digits, like the step fingerprints.
+    """
+    h = hashlib.sha256()
+    for key in sorted((m["split"], m["label"], m["sha256"]) for m in manifest):
+        h.update(("\t".join(key) + "\n").encode())
+    return h.hexdigest()[:16]
 
 
 def _gfile():
@@ -84,120 +105,19 @@ def _gfile():
     return tf.io.gfile
 
 
-def _listdir(path: str) -> list[str]:
-    if _is_remote(path):
-        return sorted(p.rstrip("/") for p in _gfile().listdir(path))
-    return sorted(os.listdir(path))
-
-
-def _isdir(path: str) -> bool:
-    return _gfile().isdir(path) if _is_remote(path) else os.path.isdir(path)
-
-
-def _read_bytes(path: str) -> bytes:
-    if _is_remote(path):
-        with _gfile().GFile(path, "rb") as f:
-            return f.read()
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def list_folder(root: str) -> tuple[list[dict], list[dict]]:
-    """Items (path, label, split-or-None) of root/<class>/* or root/<split>/<class>/*.
-
-    Returns (items, folder_problems); an empty class folder is a problem, reported.
-    """
-    if not _isdir(root):
-        raise FileNotFoundError(f"image folder not found: {root}")
-    top = [d for d in _listdir(root) if _isdir(_join(root, d)) and not d.startswith(".")]
-    presplit = bool(top) and all(d.lower() in SPLIT_DIRS for d in top)
-    layers = [(SPLIT_DIRS[d.lower()], _join(root, d)) for d in top] if presplit else [(None, root)]
-    items, problems = [], []
-    for split, base in layers:
-        for cls in _listdir(base):
-            cdir = _join(base, cls)
-            if not _isdir(cdir) or cls.startswith("."):
-                if not presplit and not _isdir(cdir):
-                    problems.append(
-                        {"path": cdir, "label": None, "reason": "file outside any class folder"}
-                    )
-                continue
-            files = [f for f in _listdir(cdir) if not _isdir(_join(cdir, f))]
-            if not files:
-                problems.append({"path": cdir, "label": cls, "reason": "empty class folder"})
-            for f in files:
-                items.append({"path": _join(cdir, f), "label": cls, "split": split})
-    return items, problems
-
-
-def list_csv(manifest: str) -> list[dict]:
-    """Rows `path,label[,split]` (header optional); relative paths are beside the CSV."""
-    text = _read_bytes(manifest).decode("utf-8")
-    rows = list(csv.reader(io.StringIO(text)))
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        rows = rows[1:]
-    base = os.path.dirname(manifest)
-    items = []
-    for n, row in enumerate(rows, start=1):
-        if not row or not "".join(row).strip():
-            continue
-        if len(row) < 2:
-            raise ValueError(f"{manifest} line {n}: expected path,label[,split], got {row}")
-        path, label = row[0].strip(), row[1].strip()
-        split = row[2].strip().lower() if len(row) > 2 and row[2].strip() else None
-        if split is not None and split not in SPLIT_DIRS:
-            raise ValueError(f"{manifest} line {n}: split must be train/val/test, got '{split}'")
-        if not _is_remote(path) and not os.path.isabs(path):
-            path = os.path.join(base, path)
-        items.append(
-            {"path": path, "label": label, "split": SPLIT_DIRS.get(split) if split else None}
-        )
-    return items
-
-
-def list_tfds(cfg: DataConfig) -> tuple[list[dict], list[str]]:
-    """Encoded bytes from a prepared TFDS dataset, without decoding or downloading."""
-    import tensorflow_datasets as tfds
-
-    builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir)
-    if cfg.tfds_download:
-        builder.download_and_prepare()
-    elif not builder.is_prepared():
-        raise FileNotFoundError(
-            f"TFDS dataset '{cfg.tfds_name}' is not prepared in {builder.data_dir} and "
-            "data.tfds_download is false"
-        )
-    info = builder.info
-    image_key = next(k for k, v in info.features.items() if type(v).__name__ == "Image")
-    label_key = next(k for k, v in info.features.items() if type(v).__name__ == "ClassLabel")
-    names = list(info.features[label_key].names)
-    mapping = cfg.tfds_splits or {s: "auto" for s in info.splits}
-    items = []
-    for tfds_split, graft_split in mapping.items():
-        ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
-        for i, ex in enumerate(ds.as_numpy_iterator()):
-            items.append(
-                {
-                    "path": f"tfds://{cfg.tfds_name}/{tfds_split}/{i}",
-                    "label": names[int(ex[label_key])],
-                    "split": None if graft_split == "auto" else graft_split,
-                    "data": bytes(ex[image_key]),
-                }
-            )
-    return items, names
-
-
 # ------------------------------------------------------------------ the Beam part
 
 
 def split_of(digest: str, fractions: dict[str, float]) -> str:
-    """Deterministic split from the content hash: a stable function of the bytes."""
+    """The split from a hash (of the bytes, or of the group): adding data moves nothing."""
     u = int(digest[:15], 16) / float(16**15)
-    if u < fractions["train"]:
-        return "train"
-    if u < fractions["train"] + fractions["val"]:
-        return "val"
-    return "test"
+    edge = 0.0
+    present = [s for s in SPLITS if s in fractions]
+    for split in present:
+        edge += fractions[split]
+        if u < edge:
+            return split
+    return present[-1]
 
 
 class DecodeFn(beam.DoFn):
@@ -212,10 +132,12 @@ class DecodeFn(beam.DoFn):
         max_side: int,
         progress_dir: str | None,
         progress_every: int,
+        max_file_bytes: int,
     ):
         self.label_ids = label_ids
         self.fractions = fractions
         self.max_side = max_side
+        self.max_file_bytes = max_file_bytes
         self.progress_dir = progress_dir
         self.progress_every = progress_every
 
@@ -236,12 +158,23 @@ class DecodeFn(beam.DoFn):
     def finish_bundle(self):
         self._flush()
 
+    def _quarantine(self, item: dict, reason: str):
+        self._tick()
+        return beam.pvalue.TaggedOutput(
+            self.QUARANTINE, {"path": item["path"], "label": item["label"], "reason": reason}
+        )
+
     def process(self, item: dict):
         path, label = item["path"], item["label"]
+        data = item.get("data")
+        if data is None and not _is_remote(path):
+            problem = file_problem(path, self.max_file_bytes)  # stat only: a FIFO is never opened
+            if problem:
+                yield self._quarantine(item, problem)
+                return
         try:
-            data = item.get("data")
             if data is None:
-                data = _read_bytes(path)
+                data = read_bounded(path, self.max_file_bytes)
         except OSError as e:
             self._tick()
             yield beam.pvalue.TaggedOutput(
@@ -264,7 +197,9 @@ class DecodeFn(beam.DoFn):
             )
             return
         digest = sha256(data)
-        split = item.get("split") or split_of(digest, self.fractions)
+        group = item.get("group")
+        key = sha256(group.encode()) if group else digest
+        split = item.get("split") or split_of(key, self.fractions)
         example = serialize(
             {
                 "image/encoded": img.encoded,
@@ -287,14 +222,20 @@ class DecodeFn(beam.DoFn):
             "format": img.source_format,
             "mode": img.source_mode,
             "resized": img.resized,
+            "dhash": img.dhash,
+            "grid": img.grid,
         }
+        if group:
+            meta["group"] = group
+        if item.get("group_hint"):
+            meta["group_hint"] = item["group_hint"]
         self._tick()
         yield (split, example, json.dumps(meta, sort_keys=True))
 
 
 # Below this much input, DirectRunner multi-processing is slower than one in-memory worker:
-# spawning the SDK workers and the extra Fn API round trips cost ~4 s on 2 cores, more than
-# a second core saves (benchmarks/ingest_bench.py measures both sides of the crossover).
+# spawning the SDK workers and the extra Fn API round trips cost more than a second core
+# saves (benchmarks/ingest_bench.py measures both sides of the crossover).
 MULTI_PROCESS_MIN_BYTES = 64 * 2**20
 
 
@@ -375,28 +316,30 @@ def local_runner(opts: PipelineOptions):
 
 
 def _progress_printer(progress_dir: str, total: int, stop: threading.Event):
-    start = time.time()
-    last = -1
-    while not stop.wait(2.0):
-        done = 0
-        for name in os.listdir(progress_dir):
-            try:
-                done += int(Path(progress_dir, name).read_text() or 0)
-            except (OSError, ValueError):
-                pass
-        if done != last:
-            rate = done / max(1e-9, time.time() - start)
-            log(f"ingest: {done}/{total} files ({rate:.0f}/s)")
-            last = done
+    """Sums the workers' counters: a bar with ETA on a terminal, else a line every 10 s."""
+    with Progress("ingest", total, "files", every=10.0) as bar:
+        while not stop.wait(1.0):
+            done = 0
+            for name in os.listdir(progress_dir):
+                try:
+                    done += int(Path(progress_dir, name).read_text() or 0)
+                except (OSError, ValueError):
+                    pass
+            bar.update(done)
 
 
-def run_beam(items: list[dict], label_ids: dict[str, int], cfg: DataConfig, out_dir: str) -> None:
+def run_beam(
+    items: list[dict],
+    label_ids: dict[str, int],
+    cfg: DataConfig,
+    out_dir: str,
+    fractions: dict[str, float],
+) -> None:
     tmp = _join(out_dir, "_beam")
     progress_dir = None
     if not _is_remote(out_dir):
         progress_dir = os.path.join(out_dir, "_progress")
         os.makedirs(progress_dir, exist_ok=True)
-    fractions = cfg.splits.model_dump()
     opts = _beam_options(cfg, items)
     stop = threading.Event()
     printer = None
@@ -406,13 +349,22 @@ def run_beam(items: list[dict], label_ids: dict[str, int], cfg: DataConfig, out_
         )
         printer.start()
     try:
-        with beam.Pipeline(runner=local_runner(opts), options=opts) as p:
+        # Beam's worker processes inherit fd 2 and log their start-up there: kept out of sight
+        # unless -v, and replayed if the pipeline fails
+        with native_stderr_captured(), beam.Pipeline(runner=local_runner(opts), options=opts) as p:
             decoded = (
                 p
                 | "Files" >> beam.Create(items, reshuffle=True)
                 | "Decode"
                 >> beam.ParDo(
-                    DecodeFn(label_ids, fractions, cfg.max_side, progress_dir, cfg.progress_every)
+                    DecodeFn(
+                        label_ids,
+                        fractions,
+                        cfg.max_side,
+                        progress_dir,
+                        cfg.progress_every,
+                        cfg.max_file_bytes,
+                    )
                 ).with_outputs(DecodeFn.QUARANTINE, main="ok")
             )
             for split in SPLITS:
@@ -462,12 +414,61 @@ def _size_bin(side: int) -> str:
     return f">{FORMAT_HISTOGRAM_BINS[-1]}"
 
 
+def write_labels(out_dir: str, labels: list[str]) -> None:
+    """labels.json is the truth (any Unicode name round-trips); labels.txt is for people."""
+    _write_text(_join(out_dir, LABELS_FILE), json.dumps(labels, ensure_ascii=False, indent=1))
+    _write_text(_join(out_dir, "labels.txt"), "".join(f"{lab}\n" for lab in labels))
+
+
 def _write_text(path: str, text: str) -> None:
     if _is_remote(path):
         with _gfile().GFile(path, "w") as f:
             f.write(text)
     else:
-        Path(path).write_text(text)
+        Path(path).write_text(text, encoding="utf-8")
+
+
+def _list(data: DataConfig) -> tuple[Listing, list[str]]:
+    """The source's items, rejects and labels; group keys set from data.group_by."""
+    if data.source == "folder":
+        listing = list_folder(data.path)
+    elif data.source == "csv":
+        listing = list_csv(data.path, data.group_by)
+    else:
+        listing, labels = list_tfds(data)
+        return listing, labels
+    if data.group_by and re.compile(data.group_by).groups == 1:
+        misses = apply_group_pattern(listing.items, data.group_by)
+        if misses:
+            log(
+                f"ingest: {misses} file name(s) do not match data.group_by '{data.group_by}'; "
+                "each of those is its own group",
+                level="warn",
+            )
+    check_labels(listing.items)
+    return listing, sorted({i["label"] for i in listing.items})
+
+
+def _carve(listing: Listing, fractions: dict[str, float], source: str) -> dict[str, float]:
+    """Clear the split of the images that are to be carved; say what was found and carved."""
+    found = listing.found_splits
+    carve = carve_fractions(found, fractions)
+    missing = [s for s in SPLITS if s not in found]
+    if found and missing:
+        for it in listing.items:
+            if it["split"] in (None, "train"):
+                it["split"] = None
+        shares = ", ".join(f"{s} {f:.0%}" for s, f in carve.items())
+        log(
+            f"ingest: found split(s) {', '.join(found)} in {source}; carving {', '.join(missing)} "
+            f"from train by content hash ({shares})"
+        )
+    elif found:
+        log(f"ingest: found splits {', '.join(found)} in {source}; nothing carved")
+    else:
+        shares = ", ".join(f"{s} {f:.0%}" for s, f in carve.items())
+        log(f"ingest: no split folders in {source}; carving every split by content hash ({shares})")
+    return carve
 
 
 def ingest(data: DataConfig, out_dir: str) -> IngestResult:
@@ -475,27 +476,28 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
     t0 = time.time()
     if not _is_remote(out_dir):
         os.makedirs(out_dir, exist_ok=True)
-    problems: list[dict] = []
-    if data.source == "folder":
-        items, problems = list_folder(data.path)
-        labels = sorted({i["label"] for i in items})
-    elif data.source == "csv":
-        items = list_csv(data.path)
-        labels = sorted({i["label"] for i in items})
-    else:
-        items, labels = list_tfds(data)
+    listing, labels = _list(data)
+    items = listing.items
+    source = data.path or data.tfds_name
     if not items:
-        raise ValueError(f"no input files found in {data.path or data.tfds_name}")
+        raise DataLayoutError(f"no readable image files found in {source}")
     label_ids = {name: i for i, name in enumerate(labels)}
-    log(f"ingest: {len(items)} files, {len(labels)} classes from {data.path or data.tfds_name}")
-    run_beam(items, label_ids, data, out_dir)
+    n_input = len(items) + len(listing.rejected)
+    log(f"ingest: {n_input} files, {len(labels)} classes from {source}")
+    fractions = _carve(listing, data.splits.model_dump(), source)
+    try:
+        run_beam(items, label_ids, data, out_dir, fractions)
+    except BaseException:
+        _cleanup(out_dir)
+        raise
 
     meta = sorted(
         _read_jsonl_glob(_join(out_dir, "_beam", "meta*")),
         key=lambda m: (m["split"], m["label"], m["sha256"], m["path"]),
     )
-    quarantine = problems + sorted(
-        _read_jsonl_glob(_join(out_dir, "_beam", "quarantine*")), key=lambda q: q["path"]
+    quarantine = sorted(
+        listing.rejected + _read_jsonl_glob(_join(out_dir, "_beam", "quarantine*")),
+        key=lambda q: q["path"],
     )
     counts: dict[str, dict[str, int]] = {s: {lab: 0 for lab in labels} for s in SPLITS}
     sizes: dict[str, Counter] = defaultdict(Counter)
@@ -506,13 +508,12 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
         sizes[m["split"]][_size_bin(max(m["height"], m["width"]))] += 1
         formats[m["format"]] += 1
         modes[m["mode"]] += 1
-    inputs_per_class = Counter(i["label"] for i in items)
-    q_per_class = Counter(q["label"] for q in quarantine if q["reason"] != "empty class folder")
+    inputs_per_class = Counter(i["label"] for i in items + listing.rejected)
+    q_per_class = Counter(q["label"] for q in quarantine)
     stats = {
-        "input_files": len(items),
+        "input_files": n_input,  # == written + quarantined
         "written": len(meta),
-        "quarantined": len(quarantine)
-        - sum(1 for q in quarantine if q["reason"] == "empty class folder"),
+        "quarantined": len(quarantine),
         "labels": labels,
         "counts": counts,
         "per_class": {
@@ -523,17 +524,23 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
             }
             for lab in labels
         },
-        "empty_classes": sorted(
-            q["label"] for q in quarantine if q["reason"] == "empty class folder"
-        ),
+        "empty_classes": sorted(n["label"] for n in listing.notes),
+        "found_splits": listing.found_splits,
+        "carved": fractions,
+        "group_by": data.group_by,
+        "group_hint": listing.group_hint,
         "size_histogram": {s: dict(sorted(c.items())) for s, c in sizes.items()},
         "format_histogram": dict(sorted(formats.items())),
         "mode_histogram": dict(sorted(modes.items())),
         "resized": sum(1 for m in meta if m["resized"]),
         "source": data.path or f"tfds:{data.tfds_name}",
+        # what the report names the data by: the examples' content (labels, splits, bytes),
+        # and the cheap listing fingerprint that keys ingest's cache
+        "data_fingerprint": data_fingerprint(meta),
+        "source_fingerprint": source_fingerprint(data),
         "seconds": round(time.time() - t0, 2),
     }
-    _write_text(_join(out_dir, "labels.txt"), "".join(f"{lab}\n" for lab in labels))
+    write_labels(out_dir, labels)
     _write_text(_join(out_dir, "stats.json"), json.dumps(stats, indent=2))
     _write_text(_join(out_dir, "quarantine.json"), json.dumps(quarantine, indent=2))
     _write_text(
@@ -548,7 +555,14 @@ def ingest(data: DataConfig, out_dir: str) -> IngestResult:
         + ", ".join(f"{s}={sum(counts[s].values())}" for s in SPLITS)
         + f"; quarantined {stats['quarantined']}; {stats['seconds']}s"
     )
-    return IngestResult(out_dir, labels, counts, len(meta), stats["quarantined"], len(items))
+    return IngestResult(
+        out_dir=out_dir,
+        labels=labels,
+        counts=counts,
+        written=len(meta),
+        quarantined=stats["quarantined"],
+        input_files=n_input,
+    )
 
 
 def _cleanup(out_dir: str) -> None:

@@ -17,9 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from graft.core.backbones import BACKBONES, Backbone
+from graft.core.backbones import BACKBONES, Backbone, block_of
 from graft.core.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfig
 from graft.core.log import log
+from graft.core.paths import demo_weights, is_remote
 
 
 def scores(model: keras.Model, pixels, flip_average: bool = False):
@@ -76,10 +77,14 @@ def build_base(cfg: BaseConfig, size: int) -> keras.Model:
     kwargs = {**b.default_kwargs, **cfg.kwargs}
     weights = cfg.weights
     path = None
-    if weights not in (None, "imagenet"):
+    if weights == "demo":
+        path, weights = demo_weights(), None
+    elif weights not in (None, "imagenet"):
         path = weights
         if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"base.weights file not found: {path}")
+            raise FileNotFoundError(
+                f"base.weights file not found: {path if is_remote(path) else os.path.abspath(path)}"
+            )
         weights = None
     try:
         base = ctor(include_top=False, weights=weights, input_shape=(size, size, 3), **kwargs)
@@ -149,39 +154,86 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, pooled, name="features")
 
 
-def unfreeze(model: keras.Model, cfg: UnfreezeConfig) -> dict:
-    """Make the top of the base trainable; BatchNormalization always stays frozen."""
-    base = base_of(model)
-    layers = base.layers
+def plan_unfreeze(layers: list, cfg: UnfreezeConfig, base_name: str = "the base") -> dict:
+    """Which of the base's layers fine-tuning trains under `cfg`, without changing them.
+
+    The one place that decides: `unfreeze` applies it, `graft inspect-base` reports it, and
+    `unfreeze_text` says it in words for the log. BatchNormalization always stays frozen.
+    """
+    names = [layer.name for layer in layers]
     if cfg.mode == "all":
         start = 0
     elif cfg.mode == "from_layer":
-        names = [layer.name for layer in layers]
         if cfg.from_layer not in names:
             close = [n for n in names if cfg.from_layer.split("_")[0] in n][:8]
             raise ValueError(
                 f"fine_tune.unfreeze.from_layer '{cfg.from_layer}' is not a layer of "
-                f"{base.name}; e.g. {close or names[:8]} (see `graft inspect-base`)"
+                f"{base_name}; e.g. {close or names[:8]} (see `graft inspect-base`)"
             )
         start = names.index(cfg.from_layer)
     else:
         start = int(round(len(layers) * (1.0 - cfg.top_fraction)))
-    base.trainable = True
-    n_trainable = 0
-    for i, layer in enumerate(layers):
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = i >= start and not is_bn
-        n_trainable += int(layer.trainable and bool(layer.weights))
+    mask = [
+        i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        for i, layer in enumerate(layers)
+    ]
+    first = names[min(start, len(names) - 1)]
+    weighted = [bool(layer.weights) for layer in layers]
+    params = [layer.count_params() for layer in layers]
+    bn = sum(i >= start and not m for i, m in enumerate(mask))
     return {
         "from_index": start,
-        "from_layer": layers[min(start, len(layers) - 1)].name,
-        "trainable_layers": n_trainable,
+        "from_layer": first,
+        "from_block": block_of(first) or ("stem" if start == 0 else "top"),
+        "unfrozen_layers": len(layers) - start,
+        "trainable_layers": sum(m and w for m, w in zip(mask, weighted, strict=True)),
+        "frozen_batchnorm": bn,
         "total_layers": len(layers),
+        "trainable_params": sum(p for m, p in zip(mask, params, strict=True) if m),
+        "total_params": sum(params),
+        "mask": mask,
     }
 
 
+def unfreeze_text(plan: dict) -> str:
+    """What a plan really trains, in words: 'all 155 layers' or 'the top 37 ... from ...'."""
+    n, total = plan["unfrozen_layers"], plan["total_layers"]
+    share = plan["trainable_params"] / max(1, plan["total_params"])
+    where = (
+        f"all {total} layers"
+        if plan["from_index"] == 0
+        else f"the top {n} of {total} layers, from '{plan['from_layer']}' "
+        f"(#{plan['from_index']}, {plan['from_block']})"
+    )
+    return (
+        f"{where}: {plan['trainable_layers']} with weights, {share:.0%} of the base's "
+        f"parameters; {plan['frozen_batchnorm']} BatchNormalization layers stay frozen"
+    )
+
+
+def unfreeze(model: keras.Model, cfg: UnfreezeConfig) -> dict:
+    """Make the base trainable as `plan_unfreeze` says; returns the plan without its mask."""
+    base = base_of(model)
+    plan = plan_unfreeze(base.layers, cfg, base.name)
+    base.trainable = True
+    for layer, trainable in zip(base.layers, plan["mask"], strict=True):
+        layer.trainable = trainable
+    return {k: v for k, v in plan.items() if k != "mask"}
+
+
+_STRATEGIES: dict[str, tf.distribute.Strategy] = {}
+
+
 def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
-    """Mirrored on several GPUs, MultiWorker under TF_CONFIG, else the default (CPU: no-op)."""
+    """Mirrored on several devices, MultiWorker under TF_CONFIG, else the default (CPU: no-op).
+
+    `mirrored` mirrors over the GPUs, else over the logical CPUs (one, or several where a
+    process split its CPU, as the tests do: the all-reduce code path without a GPU). Each kind
+    is made once per process and reused: a second instance reuses the first one's collective
+    keys, so two stages run in one process would meet each other's all-reduces ("Shape
+    mismatch in the collective instance"); and MultiWorkerMirroredStrategy configures
+    collective ops, which TF allows only before the first op, so a stage asks for it first.
+    """
     gpus = tf.config.list_physical_devices("GPU")
     want = train.strategy
     if want == "auto":
@@ -190,11 +242,56 @@ def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
             if os.environ.get("TF_CONFIG")
             else ("mirrored" if len(gpus) > 1 else "default")
         )
-    if want == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if want == "mirrored" and gpus:
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
+    if want not in _STRATEGIES:
+        if want == "multi_worker":
+            _STRATEGIES[want] = tf.distribute.MultiWorkerMirroredStrategy()
+        elif want == "mirrored" and gpus:
+            _STRATEGIES[want] = tf.distribute.MirroredStrategy()
+        elif want == "mirrored":
+            cpus = tf.config.list_logical_devices("CPU")
+            _STRATEGIES[want] = tf.distribute.MirroredStrategy([d.name for d in cpus])
+        else:
+            return tf.distribute.get_strategy()
+    return _STRATEGIES[want]
+
+
+def chief_task(task_type: str | None, task_id: int | None, cluster: dict) -> bool:
+    """The task that writes: `chief`, or worker 0 when the cluster has no chief (a TFJob with
+    Worker replicas only: the Training Operator and TF both treat worker 0 as the chief)."""
+    if not task_type:
+        return True
+    return task_type == "chief" or (
+        task_type == "worker" and task_id == 0 and not cluster.get("chief")
+    )
+
+
+def _cluster(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None, dict]:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None, None, {}
+    return resolver.task_type, resolver.task_id, resolver.cluster_spec().as_dict()
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """Whether this process writes the stage's outputs and checkpoints (always, on one worker)."""
+    return chief_task(*_cluster(strategy))
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """Machines (processes) in the strategy's cluster: what the input pipeline shards over."""
+    _, _, cluster = _cluster(strategy)
+    return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
+
+
+def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
+    """What a stage ran on, for its result.json."""
+    task_type, task_id, _ = _cluster(strategy)
+    return {
+        "strategy": type(strategy).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "workers": worker_count(strategy),
+        "task": f"{task_type}:{task_id}" if task_type else None,
+    }
 
 
 def set_precision(train: TrainConfig) -> str:

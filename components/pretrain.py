@@ -104,7 +104,7 @@ def pretrain_demo_base(out: str, recipe: dict | None = None) -> dict:
         "seconds": round(time.time() - t0, 1),
         "recipe": r,
         "command": "make pretrain-demo-base  "
-        "(graft pretrain-demo-base --out configs/demo_base.weights.h5)",
+        "(graft pretrain-demo-base --out graft/assets/demo_base.weights.h5)",
     }
     with open(out + ".json", "w") as f:
         json.dump(info, f, indent=2)

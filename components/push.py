@@ -1,25 +1,49 @@
 """Push: copy a blessed version to the serving destination atomically; keep the newest K.
 
-The version is copied to a hidden temporary sibling (TF Serving ignores names that are not
-integers) and renamed into place, so a poller never sees a half-written version. An
-existing version is never overwritten.
+Two pushes may overlap (a manual run and a scheduled one), so every step is owned:
+
+- each push copies into its own hidden temp dir, `.tmp-push-<host>-<pid>-<id>` (TF Serving
+  ignores names that are not integers), and on a local disk holds an flock on
+  `<that name>.lock` beside it for as long as it runs;
+- stale temp dirs are removed only when their owner is gone: its lock can be taken (locks die
+  with their process), or, without a lock file, its pid on this host no longer exists;
+- the copy is verified (file count and bytes, the completion marker written last) before it
+  may be renamed; a partial tree is never renamed into place;
+- the version number is chosen, and the rename and pruning done, under a destination lock;
+- a model the destination already has (same weights checksum) is never pushed again.
+
+Remote destinations (gs://, s3://, ...) have no flock: the destination lock there is a local
+file, so it orders pushes from this host only, and a temp dir's owner can be checked only
+from the host that wrote it (other hosts remove unknown temp dirs after STALE_SECONDS).
+Object-store renames are copies, not atomic: push to one remote model path from one host.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
+import socket
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import tensorflow as tf
 
 from graft.core.config import PushConfig
 from graft.core.log import log
+from graft.core.paths import is_remote
 from graft.core.paths import join as _join
 
 gfile = tf.io.gfile
+
+MARKER = "graft_push.json"  # written last into a pushed version: it is complete
+TMP_PREFIX = ".tmp-push-"
+STALE_SECONDS = 24 * 3600  # temp dirs whose owner cannot be checked are removed after this
 
 
 def versions(destination: str, model_name: str) -> list[int]:
@@ -38,12 +62,7 @@ def version_path(destination: str, model_name: str, version: int) -> str:
     return _join(destination, model_name, str(version))
 
 
-MARKER = "graft_push.json"
-
-
 def file_sha256(path: str) -> str:
-    import hashlib
-
     h = hashlib.sha256()
     with gfile.GFile(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -51,12 +70,69 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def pushed_model_sha(destination: str, model_name: str, version: int) -> str | None:
-    path = _join(version_path(destination, model_name, version), MARKER)
+def weights_sha256(saved_model_dir: str) -> str | None:
+    """What the served model computes: its variable values, labels and serving settings.
+
+    Not the file bytes: re-saving the same weights (the fine-tune guard keeping the head-only
+    model) writes a new model.keras and a new SavedModel, and both must count as the model
+    already served. Variables are hashed by value, in an order that does not depend on their
+    names. None when the directory holds no readable checkpoint.
+    """
+    try:
+        reader = tf.train.load_checkpoint(_join(saved_model_dir, "variables", "variables"))
+        dtypes = reader.get_variable_to_dtype_map()
+    except Exception:  # noqa: BLE001 - no checkpoint, or a broken one: nothing to compare
+        return None
+    digests = []
+    for name in dtypes:
+        if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
+            continue
+        value = np.asarray(reader.get_tensor(name))
+        h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
+        if value.dtype == object:
+            for item in value.ravel():
+                h.update(item if isinstance(item, bytes) else str(item).encode())
+        else:
+            h.update(np.ascontiguousarray(value).tobytes())
+        digests.append(h.hexdigest())
+    total = hashlib.sha256("\n".join(sorted(digests)).encode())
+    labels = _join(saved_model_dir, "assets", "labels.txt")
+    if gfile.exists(labels):
+        with gfile.GFile(labels, "rb") as f:
+            total.update(b"labels\n" + f.read())
+    card_path = _join(saved_model_dir, "model_card.json")
+    if gfile.exists(card_path):  # settings that change the served graph but not the weights
+        with gfile.GFile(card_path) as f:
+            card = json.load(f)
+        export_cfg = (card.get("config") or {}).get("export") or {}
+        serving = {"image_size": card.get("image_size"), "flip": export_cfg.get("flip_average")}
+        total.update(json.dumps(serving, sort_keys=True).encode())
+    return total.hexdigest()
+
+
+def _marker(version_dir: str) -> dict | None:
+    path = _join(version_dir, MARKER)
     if not gfile.exists(path):
         return None
-    with gfile.GFile(path) as f:
-        return json.load(f).get("model_sha256")
+    try:
+        with gfile.GFile(path) as f:
+            return json.load(f)
+    except (ValueError, OSError, tf.errors.OpError):
+        return None
+
+
+def pushed_model_sha(destination: str, model_name: str, version: int) -> str | None:
+    m = _marker(version_path(destination, model_name, version))
+    return m.get("model_sha256") if m else None
+
+
+def pushed_weights_sha(destination: str, model_name: str, version: int) -> str | None:
+    """The version's weights checksum: from its marker, else computed (a hand-copied version)."""
+    path = version_path(destination, model_name, version)
+    m = _marker(path)
+    if m and m.get("weights_sha256"):
+        return m["weights_sha256"]
+    return weights_sha256(path)
 
 
 def baseline_version(
@@ -69,22 +145,185 @@ def baseline_version(
     return None
 
 
-def _copy_tree(src: str, dst: str) -> int:
-    n = 0
-    for dirpath, _, files in gfile.walk(src):
-        rel = os.path.relpath(dirpath, src)
-        target = dst if rel == "." else _join(dst, rel)
-        gfile.makedirs(target)
+def same_model_version(
+    destination: str, model_name: str, model_sha: str | None, weights_sha: str | None
+) -> int | None:
+    """The newest version that is this model: the same model file or the same weights."""
+    for v in reversed(versions(destination, model_name)):
+        if model_sha and pushed_model_sha(destination, model_name, v) == model_sha:
+            return v
+        if weights_sha and pushed_weights_sha(destination, model_name, v) == weights_sha:
+            return v
+    return None
+
+
+def _walk_files(root: str) -> dict[str, int]:
+    """Relative path -> size of every file under root."""
+    out = {}
+    for dirpath, _, files in gfile.walk(root):
+        rel = os.path.relpath(dirpath, root) if not is_remote(root) else dirpath[len(root) :]
+        rel = rel.strip("/")
         for f in files:
-            gfile.copy(_join(dirpath, f), _join(target, f), overwrite=False)
-            n += 1
-    return n
+            key = f if rel in ("", ".") else f"{rel}/{f}"
+            out[key] = gfile.stat(_join(dirpath, f)).length
+    return out
 
 
-def _clean_stale_tmp(root: str) -> None:
-    for d in gfile.listdir(root):
-        if d.startswith(".tmp-"):
-            gfile.rmtree(_join(root, d.rstrip("/")))
+def _copy_tree(src: str, dst: str) -> dict[str, int]:
+    files = _walk_files(src)
+    for rel in sorted(files):
+        target = _join(dst, *rel.split("/"))
+        gfile.makedirs(target.rsplit("/", 1)[0])
+        gfile.copy(_join(src, *rel.split("/")), target, overwrite=False)
+    return files
+
+
+class IncompleteCopy(RuntimeError):
+    """The temp copy does not match its source: it must not become a version."""
+
+
+def _verify(tmp: str, expected: dict[str, int]) -> None:
+    got = _walk_files(tmp)
+    marker = got.pop(MARKER, None)
+    if marker is None:
+        raise IncompleteCopy(f"{tmp}: no {MARKER}")
+    if "saved_model.pb" not in got:
+        raise IncompleteCopy(f"{tmp}: no saved_model.pb")
+    if got != expected:
+        missing = sorted(set(expected) - set(got))
+        sizes = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
+        raise IncompleteCopy(
+            f"{tmp}: {len(got)} of {len(expected)} files, {sum(got.values())} of "
+            f"{sum(expected.values())} bytes (missing e.g. {missing[:3]}, wrong size {sizes[:3]})"
+        )
+
+
+# ---------------------------------------------------------------- locks and owners
+
+
+@contextlib.contextmanager
+def _flock(path: str):
+    """An exclusive flock on path, removed on release; safe against a concurrent unlink."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the holder before us unlinked it: lock the new file instead
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _destination_lock(root: str):
+    """Orders choosing the version number, the rename and pruning between pushes."""
+    if is_remote(root):
+        key = hashlib.sha256(root.encode()).hexdigest()[:16]
+        return _flock(os.path.join(tempfile.gettempdir(), f"graft-push-{key}.lock"))
+    return _flock(os.path.join(root, ".push.lock"))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_gone(root: str, name: str) -> bool:
+    """True only when the push that made temp dir `name` cannot still be running."""
+    import fcntl
+
+    if not is_remote(root):
+        try:
+            fd = os.open(os.path.join(root, name + ".lock"), os.O_RDWR)
+        except FileNotFoundError:
+            pass  # no owner lock: an older push, a remote-style name, or a hand-made dir
+        else:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    return False  # its owner holds it
+                raise
+            finally:
+                os.close(fd)
+            return True
+    if name.startswith(TMP_PREFIX):
+        try:
+            host, pid, _ = name[len(TMP_PREFIX) :].rsplit("-", 2)
+            if host == socket.gethostname():
+                return not _pid_alive(int(pid))
+        except ValueError:
+            pass
+    try:
+        mtime = gfile.stat(_join(root, name)).mtime_nsec / 1e9
+    except tf.errors.NotFoundError:
+        return False
+    return time.time() - mtime > STALE_SECONDS
+
+
+def _remove_stale_tmp(root: str) -> list[str]:
+    removed = []
+    for entry in gfile.listdir(root):
+        name = entry.rstrip("/")
+        if not name.startswith(".tmp-") or name.endswith(".lock"):
+            continue
+        if not _owner_gone(root, name):
+            continue
+        with contextlib.suppress(tf.errors.NotFoundError):
+            gfile.rmtree(_join(root, name))
+        if not is_remote(root):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(root, name + ".lock"))
+        removed.append(name)
+    if not is_remote(root):  # lock files of owners that died before making their dir
+        for name in os.listdir(root):
+            if name.startswith(TMP_PREFIX) and name.endswith(".lock"):
+                tmp = name[: -len(".lock")]
+                if not os.path.exists(os.path.join(root, tmp)) and _owner_gone(root, tmp):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(os.path.join(root, name))
+    if removed:
+        log(f"push: removed temp dirs of pushes that are gone: {removed}", level="warn")
+    return removed
+
+
+@contextlib.contextmanager
+def _owned_tmp(root: str):
+    """A fresh temp dir that only this process uses; removed unless renamed away."""
+    name = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = _join(root, name)
+    owner = (
+        contextlib.nullcontext() if is_remote(root) else _flock(os.path.join(root, name + ".lock"))
+    )
+    with owner:  # taken before the dir exists, so no cleaner ever sees it unowned
+        gfile.makedirs(tmp)
+        try:
+            yield tmp
+        finally:
+            if gfile.exists(tmp):
+                with contextlib.suppress(tf.errors.NotFoundError):
+                    gfile.rmtree(tmp)
+
+
+# ---------------------------------------------------------------- push
 
 
 @dataclass
@@ -98,6 +337,12 @@ class PushResult:
     already_at_destination: bool = False
     files: int = 0
     removed_versions: list[int] = field(default_factory=list)
+
+
+def _already(result: PushResult, destination: str, model_name: str, version: int) -> None:
+    result.already_at_destination, result.version = True, version
+    result.destination = version_path(destination, model_name, version)
+    log(f"push: this model is already at the destination as version {version}; nothing to do")
 
 
 def push(
@@ -117,6 +362,7 @@ def push(
     with open(os.path.join(export_dir, "export.json")) as f:
         exported = json.load(f)
     src, version = exported["path"], int(exported["version"])
+    model_sha, weights = exported.get("model_sha256"), weights_sha256(src)
     result = PushResult(
         pushed=False,
         blessed=evaluation["blessed"],
@@ -124,15 +370,9 @@ def push(
         version=version,
         reasons=evaluation["reasons"],
     )
-    same = [
-        v
-        for v in versions(cfg.destination, model_name)
-        if pushed_model_sha(cfg.destination, model_name, v) == exported.get("model_sha256")
-    ]
-    if same:
-        result.already_at_destination, result.version = True, same[-1]
-        result.destination = version_path(cfg.destination, model_name, same[-1])
-        log(f"push: this model is already at the destination as version {same[-1]}; nothing to do")
+    same = same_model_version(cfg.destination, model_name, model_sha, weights)
+    if same is not None:
+        _already(result, cfg.destination, model_name, same)
     elif not evaluation["blessed"] and not force:
         log(
             "push: model not blessed; nothing pushed (" + "; ".join(evaluation["reasons"]) + ")",
@@ -141,37 +381,55 @@ def push(
     else:
         root = _join(cfg.destination, model_name)
         gfile.makedirs(root)
-        _clean_stale_tmp(root)
-        existing = versions(cfg.destination, model_name)
-        if version in existing or (existing and version < existing[-1]):
-            version = max(existing[-1] + 1, int(time.time()))  # never overwrite, always newest
-        final = _join(root, str(version))
-        tmp = _join(root, f".tmp-{version}-{uuid.uuid4().hex[:8]}")
-        n = _copy_tree(src, tmp)
-        with gfile.GFile(_join(tmp, MARKER), "w") as f:
-            json.dump(
-                {
-                    "model_sha256": exported.get("model_sha256"),
-                    "pushed": time.time(),
-                    "blessed": evaluation["blessed"],
-                    "forced": not evaluation["blessed"],
-                },
-                f,
+        _remove_stale_tmp(root)
+        with _owned_tmp(root) as tmp:
+            files = _copy_tree(src, tmp)
+            with gfile.GFile(_join(tmp, MARKER), "w") as f:  # last: the copy is complete
+                json.dump(
+                    {
+                        "model_sha256": model_sha,
+                        "weights_sha256": weights,
+                        "files": len(files),
+                        "bytes": sum(files.values()),
+                        "pushed": time.time(),
+                        "blessed": evaluation["blessed"],
+                        "forced": not evaluation["blessed"],
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                    },
+                    f,
+                )
+            _verify(tmp, files)
+            if os.environ.get("GRAFT_TEST_CRASH_BEFORE_RENAME"):
+                os._exit(17)  # tests: simulate a kill between the copy and the rename
+            with _destination_lock(root):
+                same = same_model_version(cfg.destination, model_name, model_sha, weights)
+                if same is not None:  # another push brought the same model meanwhile
+                    _already(result, cfg.destination, model_name, same)
+                else:
+                    existing = versions(cfg.destination, model_name)
+                    if version in existing or (existing and version < existing[-1]):
+                        version = max(existing[-1] + 1, int(time.time()))  # newest, never over
+                    final = _join(root, str(version))
+                    gfile.rename(tmp, final, overwrite=False)
+                    removed = []
+                    for old in versions(cfg.destination, model_name)[: -cfg.keep]:
+                        gfile.rmtree(version_path(cfg.destination, model_name, old))
+                        removed.append(old)
+                    result.pushed, result.forced = True, not evaluation["blessed"]
+                    result.destination, result.version = final, version
+                    result.files, result.removed_versions = len(files), removed
+        if result.pushed:
+            log(
+                f"push: {'FORCED ' if result.forced else ''}pushed version {version} to "
+                f"{result.destination} ({result.files} files, verified)"
+                + (
+                    f"; removed old versions {result.removed_versions}"
+                    if result.removed_versions
+                    else ""
+                ),
+                level="ok",
             )
-        if os.environ.get("GRAFT_TEST_CRASH_BEFORE_RENAME"):
-            os._exit(17)  # tests: simulate a kill between the copy and the rename
-        gfile.rename(tmp, final, overwrite=False)
-        removed = []
-        for old in versions(cfg.destination, model_name)[: -cfg.keep]:
-            gfile.rmtree(version_path(cfg.destination, model_name, old))
-            removed.append(old)
-        result.pushed, result.forced, result.destination = True, not evaluation["blessed"], final
-        result.version, result.files, result.removed_versions = version, n, removed
-        log(
-            f"push: {'FORCED ' if result.forced else ''}pushed version {version} to {final}"
-            + (f"; removed old versions {removed}" if removed else ""),
-            level="ok",
-        )
     with open(os.path.join(out_dir, "push.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)
     return result

@@ -4,6 +4,10 @@ Each stage writes into its own output dir: model.keras, history.jsonl, curves.pn
 TensorBoard logs, result.json, and a BackupAndRestore checkpoint while it runs, so a
 killed stage re-run in the same dir continues from its last completed epoch and a
 finished one (result.json) is returned as it is.
+
+Under tf.distribute (components.model.choose_strategy) every worker runs the same code; only
+the chief writes the output dir. The others write into a temp dir that is deleted at the end,
+the Keras multi-worker pattern: saving may run collective ops, so every worker must save.
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,7 +37,7 @@ from graft.core.config import (
     TrainConfig,
     TrainHeadConfig,
 )
-from graft.core.log import log
+from graft.core.log import Progress, log
 
 RESULT = "result.json"
 MODEL = "model.keras"
@@ -82,12 +89,21 @@ class EpochLog(keras.callbacks.Callback):
         self.path, self.stage, self.total = path, stage, total_epochs
         self.first_epoch: int | None = None
         self.t0 = time.time()
+        self.bar: Progress | None = None
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.first_epoch is None:
             self.first_epoch = epoch
             if epoch:
                 log(f"{self.stage}: resuming at epoch {epoch + 1}/{self.total}")
+            if sys.stderr.isatty():  # a bar with ETA on a terminal; the epoch lines print above
+                self.bar = Progress(self.stage, self.total, "epochs").__enter__()
+                self.bar.update(epoch)
+
+    def on_train_end(self, logs=None):
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
@@ -100,6 +116,8 @@ class EpochLog(keras.callbacks.Callback):
             f"acc {row.get('accuracy', 0):.3f} val_loss {row.get('val_loss', 0):.4f} "
             f"val_acc {row.get('val_accuracy', 0):.3f} (ETA {eta:.0f}s)"
         )
+        if self.bar is not None:
+            self.bar.update(epoch + 1)
 
 
 def read_history(out_dir: str) -> list[dict]:
@@ -132,10 +150,29 @@ def plot_curves(history: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def callbacks(out_dir: str, stage: str, epochs: int, patience: int) -> tuple[list, EpochLog]:
+class WorkerBackup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore where every worker restores from the chief's checkpoint.
+
+    Each worker writes its own (a non-chief's goes to its temp dir), but all must resume at
+    the same epoch with the same weights, or their collective steps would not line up.
+    """
+
+    def __init__(self, write_dir: str, restore_dir: str):
+        super().__init__(write_dir)
+        self.restore = keras.callbacks.BackupAndRestore(restore_dir)
+
+    def on_train_begin(self, logs=None):
+        self.restore.set_model(self.model)
+        self.restore.on_train_begin(logs)
+
+
+def callbacks(
+    out_dir: str, stage: str, epochs: int, patience: int, chief_dir: str | None = None
+) -> tuple[list, EpochLog]:
+    """The stage's callbacks, writing into out_dir; a worker resumes from chief_dir's backup."""
     elog = EpochLog(os.path.join(out_dir, "history.jsonl"), stage, epochs)
     cbs: list = [
-        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+        WorkerBackup(os.path.join(out_dir, "backup"), os.path.join(chief_dir or out_dir, "backup")),
         elog,
         keras.callbacks.TensorBoard(
             os.path.join(out_dir, "tensorboard"), write_graph=False, profile_batch=0
@@ -157,9 +194,12 @@ def finished(out_dir: str) -> StageResult | None:
     return None
 
 
-def start_stage(out_dir: str, stage: str, train: TrainConfig) -> StageResult | None:
-    """Make the dir; a finished stage is returned as it is, never re-run."""
-    os.makedirs(out_dir, exist_ok=True)
+def start_stage(
+    out_dir: str, stage: str, train: TrainConfig, chief: bool = True
+) -> StageResult | None:
+    """Make the dir (the chief only); a finished stage is returned as it is, never re-run."""
+    if chief:
+        os.makedirs(out_dir, exist_ok=True)
     done = finished(out_dir)
     if done:
         log(f"{stage}: already finished in {out_dir}")
@@ -169,6 +209,30 @@ def start_stage(out_dir: str, stage: str, train: TrainConfig) -> StageResult | N
         # process-wide; nondeterministic ops then raise
         tf.config.experimental.enable_op_determinism()
     return None
+
+
+def write_dir(out_dir: str, strategy: tf.distribute.Strategy) -> str:
+    """Where this process writes: out_dir on the chief, a fresh temp dir on any other worker."""
+    if gmodel.is_chief(strategy):
+        return out_dir
+    tmp = tempfile.mkdtemp(prefix="graft-worker-")
+    task = gmodel.describe_strategy(strategy)["task"]
+    log(f"{task}: not the chief: writing to {tmp} (deleted at the end), the chief to {out_dir}")
+    return tmp
+
+
+def release(wdir: str, out_dir: str) -> None:
+    """A non-chief's temp dir goes once the stage ends, finished or failed."""
+    if os.path.abspath(wdir) != os.path.abspath(out_dir):
+        shutil.rmtree(wdir, ignore_errors=True)
+
+
+def distribution(strategy: tf.distribute.Strategy, policy=None) -> dict:
+    """What a stage ran on (strategy, replicas, workers, input sharding), for result.json."""
+    info = gmodel.describe_strategy(strategy)
+    if policy is not None and info["workers"] > 1:
+        info["shard_policy"] = policy.name
+    return info
 
 
 def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
@@ -207,9 +271,8 @@ def use_cache(cfg: TrainHeadConfig) -> bool:
 def feature_batch() -> int:
     """Batch of the inference-only feature pass.
 
-    CPU: 32, measured per image on 2 cores, interleaved, 25-50% cheaper than 128 (MobileNetV2
-    a0.35 at 128 px: 3.1-3.2 vs 4.1-4.9 ms; MobileNet a0.25 at 224 px: 6.4-7.4 vs 9-15 ms).
-    GPU: 128, as before (unmeasured there; a GPU pays per call, not per image).
+    CPU: 32, cheaper per image than 128 on 2 cores (benchmarks/README.md, head_cache).
+    GPU: 128 (unmeasured there; a GPU pays per call, not per image).
     """
     return 128 if tf.config.list_physical_devices("GPU") else 32
 
@@ -281,9 +344,45 @@ def train_head(
     extra_callbacks: list | None = None,
 ) -> StageResult:
     """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
-    done = start_stage(out_dir, "train_head", train)
+    strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
+    done = start_stage(out_dir, "train_head", train, gmodel.is_chief(strategy))
     if done:
         return done
+    wdir = write_dir(out_dir, strategy)
+    try:
+        return _train_head(
+            examples_dir,
+            out_dir,
+            wdir,
+            strategy,
+            base=base,
+            head=head,
+            train=train,
+            cfg=cfg,
+            augment=augment,
+            image_size=image_size,
+            validation_dir=validation_dir,
+            extra_callbacks=extra_callbacks,
+        )
+    finally:
+        release(wdir, out_dir)
+
+
+def _train_head(
+    examples_dir,
+    out_dir,
+    wdir,
+    strategy,
+    *,
+    base,
+    head,
+    train,
+    cfg,
+    augment,
+    image_size,
+    validation_dir,
+    extra_callbacks,
+) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
     labels = gdata.read_labels(examples_dir)
@@ -291,10 +390,11 @@ def train_head(
     exclude_train = excluded_from_train(validation_dir)
     cw = class_weights(examples_dir, len(labels), cfg.class_weight)
     cached = use_cache(cfg)
-    strategy = gmodel.choose_strategy(train)
+    workers = gmodel.worker_count(strategy)
+    policy = None
     with strategy.scope():
         model = gmodel.build_model(base, head, len(labels), image_size)
-    cbs, elog = callbacks(out_dir, "train_head", cfg.epochs, cfg.patience)
+    cbs, elog = callbacks(wdir, "train_head", cfg.epochs, cfg.patience, out_dir)
     cbs += extra_callbacks or []
     t_fit, t_feat = time.time(), 0.0
     if cached:
@@ -307,7 +407,7 @@ def train_head(
             examples_dir,
             exclude,
             exclude_train,
-            out_dir,
+            wdir,
             train.seed,
             train.deterministic,
         )
@@ -342,9 +442,11 @@ def train_head(
             seed=train.seed,
             exclude_sha256=exclude_train,
             deterministic=train.deterministic,
+            workers=workers,
         )
+        policy = train_ds.options().experimental_distribute.auto_shard_policy
         val_ds = gdata.image_dataset(
-            examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude
+            examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude, workers=workers
         )
         with strategy.scope():
             model.compile(
@@ -356,20 +458,24 @@ def train_head(
         model.fit(
             train_ds,
             epochs=cfg.epochs,
+            steps_per_epoch=gdata.steps_per_epoch(
+                train_ds, examples_dir, "train", cfg.batch_size, exclude_train
+            ),
             validation_data=val_ds,
             class_weight=cw,
             callbacks=cbs,
             verbose=0,
         )
     t_fit = time.time() - t_fit
-    model.compile(
-        make_optimizer(cfg.optimizer, cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    with strategy.scope():
+        model.compile(
+            make_optimizer(cfg.optimizer, cfg.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     model_path = os.path.join(out_dir, MODEL)
-    model.save(model_path)
-    hist = read_history(out_dir)
+    model.save(os.path.join(wdir, MODEL))
+    hist = read_history(wdir)
     acc, loss = _best(hist)
     res = StageResult(
         stage="train_head",
@@ -387,6 +493,7 @@ def train_head(
             "train_seconds": round(t_fit, 2),
             "feature_seconds": round(t_feat, 2),
             "deterministic": train.deterministic,
+            "distribution": distribution(strategy, policy),
         },
     )
     log(
@@ -395,7 +502,7 @@ def train_head(
         f"{res.seconds:.1f}s",
         level="ok",
     )
-    return finish(out_dir, res, "head stage (frozen base)")
+    return finish(wdir, res, "head stage (frozen base)")
 
 
 # ------------------------------------------------------------------ stage 2: fine-tune
@@ -419,7 +526,8 @@ def load_model(path: str) -> keras.Model:
 
 
 def evaluate_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float]:
-    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    with model.distribute_strategy.scope():  # the strategy the model was made under
+        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     loss, acc = model.evaluate(ds, verbose=0)
     return float(acc), float(loss)
 
@@ -436,21 +544,57 @@ def fine_tune(
     validation_dir: str | None = None,
     extra_callbacks: list | None = None,
 ) -> StageResult:
-    """Unfreeze the top of the base (BN stays frozen), train at a low LR, keep it only if better."""
-    done = start_stage(out_dir, "fine_tune", train)
+    """Unfreeze the base as cfg.unfreeze says (BN stays frozen), train at a low LR, keep the
+    result only if better."""
+    strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
+    done = start_stage(out_dir, "fine_tune", train, gmodel.is_chief(strategy))
     if done:
         return done
+    wdir = write_dir(out_dir, strategy)
+    try:
+        return _fine_tune(
+            examples_dir,
+            head_dir,
+            out_dir,
+            wdir,
+            strategy,
+            train=train,
+            cfg=cfg,
+            augment=augment,
+            image_size=image_size,
+            validation_dir=validation_dir,
+            extra_callbacks=extra_callbacks,
+        )
+    finally:
+        release(wdir, out_dir)
+
+
+def _fine_tune(
+    examples_dir,
+    head_dir,
+    out_dir,
+    wdir,
+    strategy,
+    *,
+    train,
+    cfg,
+    augment,
+    image_size,
+    validation_dir,
+    extra_callbacks,
+) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
     exclude = excluded_from_eval(validation_dir)
     head_model_path = os.path.join(head_dir, MODEL)
+    workers = gmodel.worker_count(strategy)
     val_ds = gdata.image_dataset(
-        examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude
+        examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude, workers=workers
     )
     model_path = os.path.join(out_dir, MODEL)
     if not cfg.enabled:
         model = load_model(head_model_path)
-        model.save(model_path)
+        model.save(os.path.join(wdir, MODEL))
         acc, loss = evaluate_on(model, val_ds)
         res = StageResult(
             stage="fine_tune",
@@ -461,8 +605,7 @@ def fine_tune(
             precision=precision,
             extra={"guard": "disabled", "kept": "head"},
         )
-        return finish(out_dir, res, "fine-tune (disabled)")
-    strategy = gmodel.choose_strategy(train)
+        return finish(wdir, res, "fine-tune (disabled)")
     with strategy.scope():
         model = load_model(head_model_path)
     head_acc, head_loss = evaluate_on(model, val_ds)
@@ -476,10 +619,15 @@ def fine_tune(
         seed=train.seed,
         exclude_sha256=excluded_from_train(validation_dir),
         deterministic=train.deterministic,
+        workers=workers,
+    )
+    # image_dataset carries its length, except a FILE-sharded one, which repeats
+    fit_steps = gdata.steps_per_epoch(
+        train_ds, examples_dir, "train", cfg.batch_size, excluded_from_train(validation_dir)
     )
     with strategy.scope():
         info = gmodel.unfreeze(model, cfg.unfreeze)
-        steps = max(1, int(train_ds.cardinality()))  # known: image_dataset carries its length
+        steps = max(1, fit_steps or int(train_ds.cardinality()))
         model.compile(
             make_optimizer(cfg.optimizer, _schedule(cfg, steps), cfg.momentum),
             loss="sparse_categorical_crossentropy",
@@ -488,16 +636,16 @@ def fine_tune(
         )
     log(
         f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing "
-        f"{info['trainable_layers']} layers "
-        f"from '{info['from_layer']}' (#{info['from_index']}), {cfg.optimizer} lr "
-        f"{cfg.learning_rate:g}"
+        f"{gmodel.unfreeze_text(info)} (fine_tune.unfreeze.mode: {cfg.unfreeze.mode}); "
+        f"{cfg.optimizer} lr {cfg.learning_rate:g}"
     )
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
-    cbs, elog = callbacks(out_dir, "fine_tune", cfg.epochs, cfg.patience)
+    cbs, elog = callbacks(wdir, "fine_tune", cfg.epochs, cfg.patience, out_dir)
     cbs += extra_callbacks or []
     model.fit(
         train_ds,
         epochs=cfg.epochs,
+        steps_per_epoch=fit_steps,
         validation_data=val_ds,
         class_weight=cw,
         callbacks=cbs,
@@ -513,8 +661,8 @@ def fine_tune(
             level="warn",
         )
         model = load_model(head_model_path)
-    model.save(model_path)
-    hist = read_history(out_dir)
+    model.save(os.path.join(wdir, MODEL))
+    hist = read_history(wdir)
     acc, loss = (head_acc, head_loss) if kept == "head" else (ft_acc, ft_loss)
     res = StageResult(
         stage="fine_tune",
@@ -534,6 +682,9 @@ def fine_tune(
             "fine_tuned_val_loss": ft_loss,
             "unfreeze": info,
             "deterministic": train.deterministic,
+            "distribution": distribution(
+                strategy, train_ds.options().experimental_distribute.auto_shard_policy
+            ),
         },
     )
     log(
@@ -541,4 +692,4 @@ def fine_tune(
         f"({res.seconds:.1f}s)",
         level="ok",
     )
-    return finish(out_dir, res, "fine-tune stage")
+    return finish(wdir, res, "fine-tune stage")

@@ -8,9 +8,12 @@ to `exclude_from_eval`, which the data readers honour.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from graft.core.config import ValidateConfig
 from graft.core.log import log
@@ -27,6 +30,67 @@ class ValidationResult:
     warnings: list[str] = field(default_factory=list)
     exclude_from_eval: list[str] = field(default_factory=list)
     exclude_from_all: list[str] = field(default_factory=list)
+    near_duplicates: list[dict] = field(default_factory=list)  # train image ~ val/test image
+    crossing_groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its splits
+
+
+MAX_LISTED = 200  # pairs and groups listed in validation.json; the counts are always whole
+EVAL_SPLITS = ("val", "test")
+
+
+def interval_halfwidth(n: int) -> float:
+    """Worst-case (p = 0.5) half-width of a 95% interval on an accuracy measured on n images."""
+    return 1.96 * math.sqrt(0.25 / n) if n else 1.0
+
+
+def _grid(m: dict) -> np.ndarray:
+    return np.frombuffer(bytes.fromhex(m["grid"]), dtype=np.uint8).astype(np.int16)
+
+
+def find_near_duplicates(manifest: list[dict], max_bits: int, max_colour: float) -> list[dict]:
+    """Val/test images that look like a train image: difference hash within max_bits and 4x4
+    block colours within max_colour (mean absolute difference, 0-255).
+
+    Exact copies (same sha256) are the leakage check's; this finds re-encoded, resized or
+    lightly edited copies that sha256 cannot see.
+    """
+    train = [m for m in manifest if m["split"] == "train" and m.get("dhash") and m.get("grid")]
+    if not train:
+        return []
+    hashes = np.array([int(m["dhash"], 16) for m in train], dtype=np.uint64)
+    grids = np.stack([_grid(m) for m in train])
+    pairs = []
+    for m in manifest:
+        if m["split"] not in EVAL_SPLITS or not m.get("dhash") or not m.get("grid"):
+            continue
+        bits = np.bitwise_count(hashes ^ np.uint64(int(m["dhash"], 16)))
+        close = np.flatnonzero(bits <= max_bits)
+        colour = np.abs(grids[close] - _grid(m)).mean(axis=1) if len(close) else []
+        for i, c in zip(close, colour, strict=True):
+            t = train[i]
+            if t["sha256"] != m["sha256"] and c <= max_colour:
+                pairs.append(
+                    {
+                        "eval_path": m["path"],
+                        "eval_split": m["split"],
+                        "eval_label": m["label"],
+                        "eval_sha256": m["sha256"],
+                        "train_path": t["path"],
+                        "train_label": t["label"],
+                        "bits": int(bits[i]),
+                        "colour": round(float(c), 2),
+                    }
+                )
+    return sorted(pairs, key=lambda p: (p["bits"], p["eval_path"]))
+
+
+def crossing_groups(manifest: list[dict], key: str) -> dict[str, list[str]]:
+    """Groups (by manifest field `key`) whose images sit in more than one split."""
+    splits: dict[str, set[str]] = defaultdict(set)
+    for m in manifest:
+        if m.get(key):
+            splits[m[key]].add(m["split"])
+    return {g: sorted(s) for g, s in sorted(splits.items()) if len(s) > 1}
 
 
 def read_manifest(examples_dir: str) -> list[dict]:
@@ -89,6 +153,10 @@ def validate(
                 res.warnings.append(msg + " -> dropped from evaluation")
                 res.exclude_from_eval.append(digest)
 
+    _check_groups(cfg, stats, manifest, res)
+    _check_near_duplicates(cfg, manifest, res)
+    _check_small_splits(cfg, stats, labels, res)
+
     train_counts = [stats["counts"]["train"].get(lab, 0) for lab in labels]
     if train_counts and min(train_counts) > 0:
         ratio = max(train_counts) / min(train_counts)
@@ -112,6 +180,77 @@ def validate(
     if res.passed:
         log(f"validate: passed ({len(res.warnings)} warning(s))", level="ok")
     return res
+
+
+def _check_groups(cfg: ValidateConfig, stats: dict, manifest: list[dict], res) -> None:
+    """A group (patient, ...) in two splits leaks: its val/test images are not unseen."""
+    crossing = crossing_groups(manifest, "group")
+    if crossing:
+        leaked = [m for m in manifest if m.get("group") in crossing and m["split"] in EVAL_SPLITS]
+        msg = (
+            f"leakage: {len(crossing)} group(s) of data.group_by '{stats.get('group_by')}' have "
+            f"images in several splits ({len(leaked)} val/test images), e.g. "
+            + ", ".join(f"{g} {s}" for g, s in list(crossing.items())[:5])
+        )
+        if cfg.leakage == "error":
+            res.errors.append(msg + "; see crossing_groups in validation.json")
+        else:
+            res.warnings.append(msg + " -> their val/test images dropped from evaluation")
+            res.exclude_from_eval += sorted({m["sha256"] for m in leaked})
+    hint = stats.get("group_hint")
+    if hint and not stats.get("group_by"):
+        crossing = crossing_groups(manifest, "group_hint")
+        if crossing:
+            n = sum(
+                1 for m in manifest if m.get("group_hint") in crossing and m["split"] in EVAL_SPLITS
+            )
+            res.warnings.append(
+                f"possible leakage: column '{hint}' looks like a group, and {len(crossing)} of its "
+                f"values have images in several splits ({n} val/test images share a {hint} with "
+                f"train); set data.group_by: {hint} to keep each {hint} in one split"
+            )
+    res.crossing_groups = dict(list(crossing.items())[:MAX_LISTED])
+
+
+def _check_near_duplicates(cfg: ValidateConfig, manifest: list[dict], res) -> None:
+    if cfg.near_duplicates == "off":
+        return
+    pairs = find_near_duplicates(manifest, cfg.near_duplicate_bits, cfg.near_duplicate_colour)
+    res.near_duplicates = pairs[:MAX_LISTED]
+    if not pairs:
+        return
+    shown = "; ".join(f"{p['eval_path']} ~ {p['train_path']} ({p['bits']} bits)" for p in pairs[:3])
+    msg = (
+        f"{len(pairs)} near-duplicate pair(s) between train and val/test (difference hash within "
+        f"{cfg.near_duplicate_bits} bits, block colours within {cfg.near_duplicate_colour:g}), "
+        f"e.g. {shown}; all in validation.json"
+    )
+    if cfg.near_duplicates == "error":
+        res.errors.append(msg)
+    elif cfg.near_duplicates == "drop_from_eval":
+        res.warnings.append(msg + " -> their val/test copies dropped from evaluation")
+        res.exclude_from_eval += sorted({p["eval_sha256"] for p in pairs})
+    else:
+        res.warnings.append(msg + " (validate.near_duplicates: drop_from_eval or error to act)")
+
+
+def _check_small_splits(cfg: ValidateConfig, stats: dict, labels: list[str], res) -> None:
+    """Few val/test images make noisy numbers: say how noisy."""
+    for split in EVAL_SPLITS:
+        counts = stats["counts"].get(split, {})
+        small = [
+            (lab, counts.get(lab, 0))
+            for lab in labels
+            if 0 < counts.get(lab, 0) < cfg.small_split_warn
+        ]
+        if small:
+            shown = ", ".join(f"'{lab}' {n} (±{interval_halfwidth(n):.0%})" for lab, n in small[:8])
+            total = sum(counts.values())
+            res.warnings.append(
+                f"small {split} split: {len(small)} class(es) under {cfg.small_split_warn} images "
+                f"({shown} per-class accuracy, 95% worst case); all {total} {split} images give "
+                f"±{interval_halfwidth(total):.0%} on accuracy"
+            )
 
 
 def _excluded(validation_dir: str | None, keys: tuple[str, ...]) -> set[str]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,6 +28,11 @@ STEP_NAMES: tuple[str, ...] = (
     "export",
     "push",
 )
+
+
+# Upper bounds for counts: a typo (epochs: 10000000) fails in validation, not after a day.
+MAX_EPOCHS = 1000
+MAX_BATCH = 65_536
 
 
 class ConfigError(ValueError):
@@ -67,16 +73,28 @@ class DataConfig(Section):
     )
     splits: Splits = Field(default_factory=Splits)
     image_size: int = Field(224, ge=32, le=1024, description="square training/serving input side")
-    max_side: int = Field(1024, ge=32, description="larger stored images are downscaled")
+    max_side: int = Field(1024, ge=32, le=16384, description="larger stored images are downscaled")
     shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split")
     beam_args: list[str] = Field(default_factory=list)
     num_workers: int = Field(
         0,
         ge=0,
+        le=1024,
         description="DirectRunner workers; 0 = all cores for inputs over 64 MB, else one "
         "in-memory worker",
     )
-    progress_every: int = Field(200, ge=1)
+    progress_every: int = Field(200, ge=1, le=10_000_000)
+    max_file_bytes: int = Field(
+        50 * 2**20,
+        ge=1,
+        le=2**32,
+        description="larger files are quarantined without being read",
+    )
+    group_by: str | None = Field(
+        None,
+        description="keep each group in one split: a CSV column name (e.g. patient), or a regex "
+        "with one capture group applied to the file name (e.g. '^(\\w+)_')",
+    )
 
     @model_validator(mode="after")
     def _source_needs(self) -> DataConfig:
@@ -84,6 +102,21 @@ class DataConfig(Section):
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
         if self.source == "tfds" and not self.tfds_name:
             raise ValueError("data.tfds_name is required when data.source is 'tfds'")
+        if self.group_by is not None:
+            try:
+                groups = re.compile(self.group_by).groups
+            except re.error as e:
+                raise ValueError(f"data.group_by is not a valid regex: {e}") from None
+            if groups > 1:
+                raise ValueError(
+                    f"data.group_by regex '{self.group_by}' has {groups} capture groups; use one"
+                )
+            if groups == 0 and self.source != "csv":
+                raise ValueError(
+                    f"data.group_by '{self.group_by}' has no capture group, so it names a CSV "
+                    f"column, but data.source is '{self.source}'; for file names use a regex "
+                    "with one capture group, e.g. '^([^_]+)_'"
+                )
         bad = {v for v in self.tfds_splits.values()} - {"train", "val", "test", "auto"}
         if bad:
             raise ValueError(
@@ -95,8 +128,8 @@ class DataConfig(Section):
 class ValidateConfig(Section):
     """Blocking data checks before any training."""
 
-    min_classes: int = Field(2, ge=2)
-    min_per_class: dict[str, int] = Field(
+    min_classes: int = Field(2, ge=2, le=100_000)
+    min_per_class: dict[str, Annotated[int, Field(ge=0, le=10_000_000)]] = Field(
         default_factory=lambda: {"train": 5, "val": 1, "test": 1},
         description="minimum images per class in each split",
     )
@@ -106,14 +139,39 @@ class ValidateConfig(Section):
         "error",
         description="the same image under two classes: stop, or drop it everywhere (reported)",
     )
-    imbalance_warn_ratio: float = Field(3.0, ge=1)
+    imbalance_warn_ratio: float = Field(3.0, ge=1, le=1_000_000)
+    near_duplicates: Literal["warn", "error", "drop_from_eval", "off"] = Field(
+        "warn",
+        description="near-identical images (perceptual hash) across splits: warn, stop, or "
+        "drop their val/test copies from evaluation",
+    )
+    near_duplicate_bits: int = Field(
+        10, ge=0, le=32, description="difference-hash Hamming distance (of 64 bits) that counts"
+    )
+    near_duplicate_colour: float = Field(
+        3.0,
+        ge=0,
+        le=255,
+        description="and mean absolute difference of 4x4 block colours (0-255) that counts",
+    )
+    small_split_warn: int = Field(
+        20,
+        ge=0,
+        le=10_000_000,
+        description="warn when a class has fewer images than this in val or test",
+    )
 
 
 class BaseConfig(Section):
     """The pretrained backbone."""
 
     name: str = "mobilenet_v2"
-    weights: str | None = Field("imagenet", description="'imagenet', a weights file path, or null")
+    weights: str | None = Field(
+        "imagenet",
+        description="'imagenet' (Keras' file in $KERAS_HOME/models), 'demo' (the small synthetic "
+        "base shipped with Graft: demos and tests only, useless for photos), a weights file, "
+        "or null (random init)",
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {alpha: 0.35}")
 
     @field_validator("name")
@@ -126,7 +184,7 @@ class BaseConfig(Section):
 
 class HeadConfig(Section):
     dropout: float = Field(0.2, ge=0, lt=1)
-    fc_size: int = Field(0, ge=0, description="0: no hidden Dense layer")
+    fc_size: int = Field(0, ge=0, le=16384, description="0: no hidden Dense layer")
 
 
 class AugmentConfig(Section):
@@ -160,16 +218,21 @@ class TrainConfig(Section):
 
 
 class TrainHeadConfig(Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
     learning_rate: float = Field(1e-3, gt=0, le=10)
-    patience: int = Field(3, ge=0, description="early stopping on val_loss; 0 disables")
+    patience: int = Field(
+        3, ge=0, le=MAX_EPOCHS, description="early stopping on val_loss; 0 disables"
+    )
     class_weight: Literal["auto", "none"] = "auto"
     feature_cache: Literal["auto", "on", "off"] = "auto"
     augment: bool = Field(False, description="augment during the head stage")
     augmented_passes: int = Field(
-        0, ge=0, description="with augment and cache: precompute this many augmented passes"
+        0,
+        ge=0,
+        le=100,
+        description="with augment and cache: precompute this many augmented passes",
     )
 
 
@@ -188,30 +251,35 @@ class UnfreezeConfig(Section):
 class FineTuneConfig(Section):
     enabled: bool = True
     unfreeze: UnfreezeConfig = Field(default_factory=UnfreezeConfig)
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
     learning_rate: float = Field(1e-4, gt=0, le=10)
     momentum: float = Field(0.9, ge=0, lt=1)
     cosine_decay: bool = True
-    warmup_epochs: float = Field(0.0, ge=0)
-    patience: int = Field(3, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
+    patience: int = Field(3, ge=0, le=MAX_EPOCHS)
     augment: bool = True
     guard: bool = Field(True, description="keep the head-only weights if fine-tuning hurts val")
 
 
 class EvaluateConfig(Section):
-    top_k: int = Field(3, ge=1)
-    ece_bins: int = Field(10, ge=2)
+    top_k: int = Field(3, ge=1, le=1000)
+    ece_bins: int = Field(10, ge=2, le=1000)
     min_accuracy: float = Field(0.0, ge=0, le=1)
     min_improvement: float = Field(0.0, ge=-1, le=1, description="vs baseline, absolute")
     max_regression: float = Field(0.0, ge=0, le=1, description="tolerated drop vs baseline")
+    bless_ties: bool = Field(
+        False,
+        description="bless a candidate whose accuracy equals the baseline's exactly (most often "
+        "the same model again); the first model at a destination is blessed either way",
+    )
     compare_baseline: bool = True
 
 
 class ExportConfig(Section):
     model_name: str = Field("graft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    parity_tolerance: float = Field(1e-4, gt=0)
+    parity_tolerance: float = Field(1e-4, gt=0, le=1)
     warmup_requests: int = Field(3, ge=0, le=100)
     flip_average: bool = Field(
         False,
@@ -224,7 +292,7 @@ class PushConfig(Section):
     destination: str = Field(
         "models", description="local path or tf.io.gfile URL; <dest>/<model_name>/<version>"
     )
-    keep: int = Field(5, ge=1, description="newest versions kept at the destination")
+    keep: int = Field(5, ge=1, le=1000, description="newest versions kept at the destination")
     force: bool = False
 
 
@@ -235,7 +303,7 @@ class RunnerConfig(Section):
 
 class GpuConfig(Section):
     type: str = "nvidia-tesla-t4"
-    count: int = Field(1, ge=0)
+    count: int = Field(1, ge=0, le=64)
     node_selector: dict[str, str] = Field(
         default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}
     )
@@ -283,6 +351,22 @@ class KubeflowConfig(Section):
     pipeline_name: str = "graft"
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     resources: dict[str, StepResources] = Field(default_factory=_default_resources)
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="machines per training step; > 1: each GPU-capable step runs as a TFJob "
+        "(Kubeflow Training Operator) of this many workers under MultiWorkerMirroredStrategy",
+    )
+    gpus_per_worker: int | None = Field(
+        None, ge=0, le=16, description="GPUs per TFJob worker; null: kubeflow.gpu.count"
+    )
+    tfjob_timeout_s: int = Field(
+        24 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="a TFJob still unfinished after this long fails the step",
+    )
 
     @field_validator("resources")
     @classmethod
@@ -319,9 +403,35 @@ class GraftConfig(Section):
 # ---------------------------------------------------------------- loading
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases: `*ref` can expand a few lines into gigabytes (alias bomb).
+
+    Anchors alone are harmless; every alias, merge keys (`<<: *base`) included, is refused.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.YAMLError(
+                f"YAML alias '*{event.anchor}' at line {event.start_mark.line + 1}: aliases and "
+                "merge keys are not allowed in Graft configs (an alias can expand into gigabytes); "
+                "write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
+def _safe_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _parse_scalar(text: str) -> Any:
     """`--set` values are YAML scalars: 3, 1e-4, true, null, [a, b], {alpha: 0.35}."""
-    return yaml.safe_load(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        return _safe_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set value {text!r}: {e}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -399,13 +509,13 @@ def load_config(
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = _safe_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
+        _resolve_relative_paths(loaded, p.resolve().parent)
         _deep_merge(raw, loaded)
-        _resolve_relative_paths(loaded, p.parent, raw)
     apply_overrides(raw, overrides or [])
     return parse_config(raw)
 
@@ -418,18 +528,30 @@ def _deep_merge(dst: dict, src: dict) -> None:
             dst[k] = v
 
 
-def _resolve_relative_paths(loaded: dict, base_dir: Path, raw: dict) -> None:
-    """A weights file named in configs/x.yaml as `demo_base.weights.h5` is found beside it."""
-    w = (loaded.get("base") or {}).get("weights")
-    if (
-        isinstance(w, str)
-        and w not in ("imagenet",)
-        and "://" not in w
-        and not Path(w).is_absolute()
-    ):
-        cand = base_dir / w
-        if cand.exists():
-            raw["base"]["weights"] = str(cand.resolve())
+# Config keys that hold a path. One rule: a relative path written in a config file means
+# relative to that file's folder, wherever graft is run from.
+PATH_KEYS = (
+    "data.path",
+    "data.tfds_data_dir",
+    "base.weights",
+    "runner.run_root",
+    "push.destination",
+)
+# base.weights values that name weights rather than a file
+NAMED_WEIGHTS = ("imagenet", "demo")
+
+
+def _resolve_relative_paths(loaded: dict, base_dir: Path) -> None:
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        node = loaded.get(section)
+        value = node.get(key) if isinstance(node, dict) else None
+        if not isinstance(value, str) or not value or "://" in value:
+            continue
+        if dotted == "base.weights" and value in NAMED_WEIGHTS:
+            continue
+        path = Path(value).expanduser()
+        node[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
 def dump_yaml(cfg: GraftConfig) -> str:

@@ -5,6 +5,13 @@ from __future__ import annotations
 import os
 
 
+def demo_weights() -> str:
+    """The synthetic demo base shipped inside the package (base.weights: demo)."""
+    from importlib.resources import files
+
+    return str(files("graft") / "assets" / "demo_base.weights.h5")
+
+
 def is_remote(path: str) -> bool:
     """gs://, s3://, hdfs:// ... (anything tf.io.gfile handles that os does not)."""
     return "://" in path
@@ -12,3 +19,37 @@ def is_remote(path: str) -> bool:
 
 def join(*parts: str) -> str:
     return "/".join(p.rstrip("/") for p in parts) if is_remote(parts[0]) else os.path.join(*parts)
+
+
+# What `graft predict` picks up when it walks a folder (ingest itself reads any file and lets
+# the decoder decide; a prediction run over a folder should skip notes, CSVs and the like).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+
+
+def image_files(paths: list[str]) -> list[str]:
+    """Files as given, folders walked recursively for image files, in a stable order.
+
+    A named file is kept whatever its extension (the user asked for it); hidden files and
+    folders inside a walked folder are skipped. A missing path raises FileNotFoundError.
+    """
+    out: list[str] = []
+    for p in paths:
+        if os.path.isdir(p):
+            found = []
+            for root, dirs, files in os.walk(p):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [
+                    os.path.join(root, f)
+                    for f in sorted(files)
+                    if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)
+                ]
+            if not found:
+                raise FileNotFoundError(
+                    f"no image files ({', '.join(IMAGE_SUFFIXES)}) under the folder {p}"
+                )
+            out += found
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or folder: {p}")
+    return out

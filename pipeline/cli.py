@@ -6,20 +6,27 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_TF_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Beam workers and servers inherit it
 
+from graft.core.backbones import BACKBONES  # noqa: E402
 from graft.core.config import ConfigError, GraftConfig, dump_yaml, load_config  # noqa: E402
 from graft.core.log import log  # noqa: E402
+from graft.core.log import setup as log_setup  # noqa: E402
+from graft.core.paths import demo_weights  # noqa: E402
+from graft.core.quiet import VERBOSE_ENV, import_tensorflow_quietly, verbose  # noqa: E402
+from graft.pipeline.dag import STEP_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def _quiet_libraries() -> None:
-    """Graft prints its own progress; library chatter only with GRAFT_DEBUG=1."""
-    if os.environ.get("GRAFT_DEBUG"):
+    """Graft prints its own progress; library chatter only with -v (or GRAFT_DEBUG=1)."""
+    if verbose():
         return
     logging.getLogger().setLevel(logging.ERROR)
     for name in ("apache_beam", "absl", "tensorflow", "kfp", "matplotlib"):
@@ -48,6 +55,25 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
         default=[],
         help="override a config key, e.g. --set fine_tune.learning_rate=3e-4 (repeatable)",
     )
+
+
+_BACKBONE_HELP = "backbone: " + ", ".join(sorted(BACKBONES))
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    steps = ", ".join(STEP_NAMES)
+    p.add_argument("--no-cache", action="store_true", help="re-run every step")
+    p.add_argument(
+        "--only", metavar="STEP", choices=STEP_NAMES, help=f"run just this step: {steps}"
+    )
+    p.add_argument(
+        "--from",
+        dest="from_step",
+        metavar="STEP",
+        choices=STEP_NAMES,
+        help=f"re-run from this step on: {steps}",
+    )
+    p.add_argument("--force", action="store_true", help="push even if not blessed")
 
 
 # ---------------------------------------------------------------- commands
@@ -116,23 +142,13 @@ def cmd_validate(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from graft.pipeline.runner import run_pipeline
-    from graft.pipeline.summary import print_summary
-
-    cfg = _config(args)
-    run = run_pipeline(
-        cfg,
-        use_cache=not args.no_cache,
-        only=args.only,
-        from_step=args.from_step,
-        force_push=args.force,
-    )
-    print_summary(run, cfg)
+    _run_and_summarize(_config(args), args)
     return 0
 
 
 def cmd_inspect_base(args) -> int:
-    from graft.components.model import describe_base
+    from graft.components.model import describe_base, plan_unfreeze, unfreeze_text
+    from graft.core.config import UnfreezeConfig
 
     kwargs = {"alpha": args.alpha} if args.alpha else {}
     base, rows = describe_base(args.name, args.size, kwargs)
@@ -153,30 +169,67 @@ def cmd_inspect_base(args) -> int:
             )
             last = r.block
         print(f"{r.index:>5}  {r.name:<32} {r.kind:<24} {r.block:<14} {r.params:>9,}")
-    firsts = [(b, rs[0]) for b, rs in blocks.items()]
-    top = firsts[-4:-1] if len(firsts) > 3 else firsts
-    print("\nFine-tune from a block boundary, e.g.:")
-    for b, r in top:
-        frac = 1 - r.index / len(rows)
+    # what fine-tuning trains: computed by the same plan_unfreeze the fine_tune step applies
+    default = UnfreezeConfig()
+    print(
+        f"\nFine-tuning with the defaults (fine_tune.unfreeze.mode: {default.mode}) unfreezes "
+        f"{unfreeze_text(plan_unfreeze(base.layers, default, args.name))}."
+    )
+    firsts = [(b, rs[0]) for b, rs in blocks.items() if b not in ("stem", "top")]
+    print("Fewer layers (small data, or a base far from your images' domain), e.g.:")
+    for _, r in firsts[-3:]:
+        cfg = UnfreezeConfig(mode="from_layer", from_layer=r.name)
         print(
-            f"  fine_tune:\n    unfreeze: {{mode: from_layer, from_layer: {r.name}}}   "
-            f"# block {b}, index {r.index}, top {frac:.0%} of layers"
+            f"  fine_tune.unfreeze: {{mode: from_layer, from_layer: {r.name}}}\n"
+            f"      unfreezes {unfreeze_text(plan_unfreeze(base.layers, cfg, args.name))}"
         )
+    frac = UnfreezeConfig(mode="top_fraction")
+    print(
+        f"  fine_tune.unfreeze: {{mode: top_fraction, top_fraction: {frac.top_fraction}}}\n"
+        f"      unfreezes {unfreeze_text(plan_unfreeze(base.layers, frac, args.name))}"
+    )
     if args.plot:
-        try:
-            import keras
-
-            keras.utils.plot_model(base, to_file=args.plot, show_shapes=True)
-            log(f"inspect-base: architecture diagram written to {args.plot}")
-        except (ImportError, OSError) as e:
-            log(
-                f"inspect-base: cannot draw the diagram ({e}); install graphviz (apt-get "
-                "install graphviz) "
-                "and pydot (pip install pydot)",
-                level="error",
-            )
-            return 4
+        how = _plot_base(base, rows, args.plot)
+        log(f"inspect-base: {how} written to {args.plot}")
     return 0
+
+
+def _plot_base(base, rows, path: str) -> str:
+    """Keras' layer graph with pydot + graphviz; without them, a matplotlib block chart."""
+    import keras
+
+    try:
+        keras.utils.plot_model(base, to_file=path, show_shapes=True)
+        return "layer graph (pydot + graphviz)"
+    except (ImportError, OSError, FileNotFoundError, AttributeError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        log(
+            f"inspect-base: no layer graph ({reason}); drawing blocks with matplotlib. For the "
+            "graph: pip install 'graft[plot]' and apt-get install graphviz",
+            level="warn",
+        )
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks: dict[str, list] = {}
+    for r in rows:
+        blocks.setdefault(r.block, []).append(r)
+    names = list(blocks)
+    params = [sum(r.params for r in blocks[b]) for b in names]
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.28 * len(names)))
+    ax.barh(range(len(names)), params, color="#4c72b0")
+    ax.set_yticks(
+        range(len(names)), [f"{b} (#{blocks[b][0].index}, {len(blocks[b])})" for b in names]
+    )
+    ax.invert_yaxis()
+    ax.set_xlabel("parameters")
+    ax.set_title(f"{base.name}: parameters per block (first layer #, layers)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return "block chart (matplotlib)"
 
 
 def cmd_pretrain(args) -> int:
@@ -215,27 +268,272 @@ def cmd_submit(args) -> int:
 def cmd_serve(args) -> int:
     from graft.serving.server import serve_forever
 
-    return serve_forever(args)
+    return serve_forever(
+        model_base_path=args.model_base_path,
+        model_name=args.model_name,
+        host=args.host,
+        port=args.port,
+        rest_port=args.rest_port,
+        version_policy=args.version_policy,
+        poll_seconds=args.poll_seconds,
+        max_message_mb=args.max_message_mb,
+        max_pixels=args.max_pixels,
+        max_images=args.max_images,
+        max_request_pixels=args.max_request_pixels,
+        decode_chunk_pixels=args.decode_chunk_pixels,
+        load_retries=args.load_retries,
+        load_retry_interval=args.load_retry_interval,
+        ssl_cert=args.ssl_cert,
+        ssl_key=args.ssl_key,
+        ssl_client_ca=args.ssl_client_ca,
+        reflection=args.reflection,
+        rest_workers=args.rest_workers,
+        rest_idle_timeout=args.rest_idle_timeout,
+    )
 
 
 def cmd_predict(args) -> int:
-    from graft.serving.client import predict_main
+    from graft.core.paths import image_files
 
-    return predict_main(args)
+    if args.model_dir and (args.model or args.server):
+        raise ConfigError("graft predict: give --model-dir DIR (local) or --model NAME (server)")
+    if not args.model_dir and not args.model:
+        raise ConfigError(
+            "graft predict: give --model-dir DIR (a SavedModel or models/NAME, no server) or "
+            "--model NAME [--server HOST:PORT] (a running graft serve or TF Serving)"
+        )
+    images = image_files(args.images)
+    if args.model_dir:
+        from graft.serving.local import LocalPredictor
+
+        predictor = LocalPredictor(args.model_dir, batch_size=args.batch_size)
+        preds = predictor.predict(images, args.top_k)
+        version = f" v{predictor.version}" if predictor.version is not None else ""
+        return _report_predictions(preds, args, f"{predictor.path}{version}")
+    from graft.core.quiet import native_stderr_captured
+    from graft.serving.client import DEFAULT_SERVER
+
+    server = args.server or DEFAULT_SERVER
+    with native_stderr_captured():  # its gRPC/TF imports' native start-up lines
+        from graft.serving.client import GraftClient, predict_main
+    if not args.csv:
+        return predict_main(
+            images=images,
+            server=server,
+            model=args.model,
+            version=args.version,
+            top_k=args.top_k,
+            as_json=args.json,
+            timeout=args.timeout,
+            batch_size=args.batch_size,
+        )
+    import grpc
+
+    from graft.serving.local import Prediction
+
+    preds = []
+    try:
+        with GraftClient(server, args.model, args.version, timeout=args.timeout) as c:
+            for i in range(0, len(images), args.batch_size):
+                batch = images[i : i + args.batch_size]
+                for img, p in zip(batch, c.predict(batch, args.top_k), strict=True):
+                    preds.append(Prediction(img, p.labels, p.scores))
+    except grpc.RpcError as e:
+        print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    return _report_predictions(preds, args, f"{args.model} @ {server}")
+
+
+def _report_predictions(preds, args, title: str) -> int:
+    """CSV file, JSON lines or a table; exit 1 if any image could not be classified."""
+    from graft.serving.local import print_table, write_csv
+
+    if args.csv:
+        write_csv(preds, args.csv, args.top_k)
+        log(f"predict: wrote {len(preds)} rows to {args.csv} ({title})", level="ok")
+    elif args.json:
+        for p in preds:
+            row = {"image": p.image, "labels": p.labels, "scores": [round(s, 6) for s in p.scores]}
+            print(json.dumps({**row, "error": p.error} if p.error else row))
+    else:
+        print_table(preds, title, args.top_k)
+    bad = [p for p in preds if p.error]
+    for p in bad:
+        log(f"predict: {p.image}: {p.error}", level="error")
+    return 1 if bad else 0
+
+
+def _run_and_summarize(cfg: GraftConfig, args) -> dict:
+    from graft.pipeline.runner import run_pipeline
+    from graft.pipeline.summary import print_summary
+
+    run = run_pipeline(
+        cfg,
+        use_cache=not args.no_cache,
+        only=args.only,
+        from_step=args.from_step,
+        force_push=args.force,
+    )
+    print_summary(run, cfg)
+    return run
+
+
+def photos_template() -> str:
+    """configs/photos.yaml, shipped inside the package too (graft/assets links to it)."""
+    from importlib.resources import files
+
+    return str(files("graft") / "assets" / "photos.yaml")
+
+
+def _model_name(data_dir: str) -> str:
+    """The data folder's name as a model name (export.model_name's pattern), else 'graft'."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(os.path.abspath(data_dir)).name).strip("-.")
+    return name if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name or "") else "graft"
+
+
+def cmd_train(args) -> int:
+    if args.budget_minutes is not None:
+        raise ConfigError(
+            "--budget-minutes comes with the auto recipe (recipe: auto), which is not built yet; "
+            "for now bound the time with the epochs, e.g. --set fine_tune.epochs=3 "
+            "--set train_head.epochs=20"
+        )
+    remote = "://" in args.data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
+    if not remote and not os.path.isdir(args.data_dir):
+        raise ConfigError(f"graft train: DATA_DIR is not a folder: {args.data_dir}")
+    overrides = [
+        "data.source=folder",
+        f"data.path={args.data_dir if remote else os.path.abspath(args.data_dir)}",
+        f"export.model_name={args.name or _model_name(args.data_dir)}",
+    ]
+    if args.base:
+        overrides.append(f"base.name={args.base}")
+    if args.weights:
+        weights = args.weights
+        if weights not in ("imagenet", "demo", "null"):
+            weights = os.path.abspath(os.path.expanduser(weights))
+        overrides.append(f"base.weights={weights}")
+    cfg = load_config(args.config, [*overrides, *args.set])
+    import_tensorflow_quietly()
+    log(
+        f"train: {cfg.data.path} -> model '{cfg.export.model_name}' on {cfg.base.name} "
+        f"(weights: {cfg.base.weights}), template {args.config}"
+    )
+    run = _run_and_summarize(cfg, args)
+    log(f"train: to change settings and re-run: graft run --config {run['config_file']}")
+    return 0
+
+
+def _run_dirs(root: str) -> list[Path]:
+    """The run folders under run_root (those with a run.json), oldest first."""
+    base = Path(root)
+    if not base.is_dir():
+        return []
+    return sorted(d for d in base.iterdir() if (d / "run.json").is_file())
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def cmd_runs_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    runs = _run_dirs(args.run_root)
+    if not runs:
+        log(f"runs: no runs under {os.path.abspath(args.run_root)}", level="warn")
+        return 0
+    t = Table(title=f"runs in {os.path.abspath(args.run_root)}")
+    t.add_column("run id", no_wrap=True)  # whole, to copy into graft report RUN_ID
+    for col in ("status", "seconds", "test accuracy", "blessed", "pushed version"):
+        t.add_column(col, overflow="fold")
+    for d in runs:
+        run = _read_json(d / "run.json")
+        steps = run.get("steps", {})
+        ev = steps.get("evaluate", {}).get("summary", {})
+        push = steps.get("push", {}).get("summary", {})
+        acc = ev.get("accuracy")
+        blessed = ev.get("blessed")
+        t.add_row(
+            d.name,
+            str(run.get("status", "?")),
+            f"{run.get('seconds', 0):.0f}",
+            "-" if acc is None else f"{acc:.3f}",
+            "-" if blessed is None else ("yes" if blessed else "no"),
+            str(push["version"]) if push.get("pushed") else "-",
+        )
+    Console().print(t)
+    return 0
+
+
+def cmd_report(args) -> int:
+    runs = _run_dirs(args.run_root)
+    with_report = [d for d in runs if (d / "evaluate" / "report.html").is_file()]
+    if args.run_id == "latest":
+        if not with_report:
+            raise ConfigError(f"no run with a report under {os.path.abspath(args.run_root)}")
+        run_dir = with_report[-1]
+    else:
+        run_dir = Path(args.run_root) / args.run_id
+        if not (run_dir / "run.json").is_file():
+            known = ", ".join(d.name for d in runs[-5:]) or "none"
+            raise ConfigError(f"no run '{args.run_id}' under {args.run_root}; latest: {known}")
+        if run_dir not in with_report:
+            status = _read_json(run_dir / "run.json").get("status", "?")
+            raise ConfigError(f"run {args.run_id} ({status}) has no evaluation report")
+    path = (run_dir / "evaluate" / "report.html").absolute()
+    print(path)
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(path.as_uri())
+    return 0
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none to show."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or "%(default)" in (
+            action.help or ""
+        ):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command shares the defaults-showing help and a -v/--verbose flag."""
+
+    def __init__(self, *a, **kw):
+        kw.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*a, **kw)
+        self.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="show library output too: TensorFlow's C++ start-up lines, Beam, Keras",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="graft", description="Transfer-learning image classifiers, folder to TF Serving."
+    ap = _Parser(
+        prog="graft",
+        description="Transfer-learning image classifiers, folder to TF Serving. "
+        "Start with: graft train DATA_DIR",
     )
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     p = sub.add_parser("demo-data", help="generate a procedural image-folder dataset")
-    p.add_argument("out")
-    p.add_argument("--classes", type=int, default=5)
-    p.add_argument("--per-class", type=int, default=200)
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out", help="folder to write ROOT/<class>/*.png into")
+    p.add_argument("--classes", type=int, default=5, help="number of classes")
+    p.add_argument("--per-class", type=int, default=200, help="images per class")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument(
         "--task",
         choices=["target", "source"],
@@ -248,85 +546,208 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     s = csub.add_parser("show", help="print the resolved config")
     _add_config_args(s)
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     s.set_defaults(fn=cmd_config_show)
 
     p = sub.add_parser("ingest", help="images -> TFRecords (Beam); works without a config")
     p.add_argument("source", nargs="?", help="image folder or CSV manifest (overrides data.path)")
-    p.add_argument("--out", "-o", required=True)
+    p.add_argument("--out", "-o", required=True, help="output folder for the TFRecords and stats")
     _add_config_args(p, required=False)
-    p.set_defaults(fn=cmd_ingest)
+    p.set_defaults(fn=cmd_ingest, tensorflow=True)
 
     p = sub.add_parser("validate", help="check an ingest output")
     p.add_argument("examples", help="ingest output dir")
-    p.add_argument("--out", "-o", required=True)
+    p.add_argument("--out", "-o", required=True, help="output folder for validation.json")
     _add_config_args(p, required=False)
-    p.set_defaults(fn=cmd_validate)
+    p.set_defaults(fn=cmd_validate, tensorflow=True)
+
+    p = sub.add_parser(
+        "train",
+        help="one command: a folder of labelled photos -> evaluated, exported, pushed model",
+        description="Runs the whole pipeline with the configs/photos.yaml template (ImageNet "
+        "MobileNetV2, settings measured on real photos) and writes the resolved config to "
+        "runs/<run_id>/config.yaml: edit it and re-run with graft run --config.",
+    )
+    p.add_argument(
+        "data_dir",
+        metavar="DATA_DIR",
+        help="ROOT/<class>/*.jpg, or pre-split ROOT/{train,val,test}/<class>/",
+    )
+    p.add_argument("--base", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="base weights: imagenet (Keras downloads them once), a local .h5 file (offline), "
+        "or demo (synthetic: tests only); default: the template's, imagenet",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        metavar="N",
+        help="not available yet: comes with the auto recipe; bound the time with "
+        "--set fine_tune.epochs=N",
+    )
+    p.add_argument("--name", metavar="MODEL", help="model name (default: DATA_DIR's folder name)")
+    p.add_argument(
+        "--config",
+        "-c",
+        default=photos_template(),
+        help="template to start from (default: configs/photos.yaml)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a config key, e.g. --set fine_tune.epochs=3 (repeatable)",
+    )
+    _add_run_args(p)
+    p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("run", help="run the whole pipeline locally")
     _add_config_args(p)
-    p.add_argument("--no-cache", action="store_true", help="re-run every step")
-    p.add_argument("--only", metavar="STEP")
-    p.add_argument("--from", dest="from_step", metavar="STEP", help="re-run from STEP on")
-    p.add_argument("--force", action="store_true", help="push even if not blessed")
-    p.set_defaults(fn=cmd_run)
+    _add_run_args(p)
+    p.set_defaults(fn=cmd_run, tensorflow=True)
 
     p = sub.add_parser("inspect-base", help="list a backbone's layers and blocks")
-    p.add_argument("name")
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--size", type=int)
-    p.add_argument("--plot", metavar="FILE")
-    p.set_defaults(fn=cmd_inspect_base)
+    p.add_argument("name", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
+    p.add_argument("--alpha", type=float, help="width multiplier (MobileNets), e.g. 0.35")
+    p.add_argument("--size", type=int, help="input side in pixels (default: the backbone's own)")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="also draw the architecture to FILE (.png): keras+pydot+graphviz when installed "
+        "(pip install 'graft[plot]'), else a matplotlib block chart",
+    )
+    p.set_defaults(fn=cmd_inspect_base, tensorflow=True)
 
     p = sub.add_parser("pretrain-demo-base", help="train the demo base on the source task")
-    p.add_argument("--out", default=str(REPO / "configs" / "demo_base.weights.h5"))
-    p.set_defaults(fn=cmd_pretrain)
+    p.add_argument("--out", default=demo_weights(), help="weights file to write")
+    p.set_defaults(fn=cmd_pretrain, tensorflow=True)
 
     p = sub.add_parser("compile", help="compile the Kubeflow pipeline YAML")
     _add_config_args(p)
-    p.add_argument("--output", "-o", default="pipeline.yaml")
+    p.add_argument("--output", "-o", default="pipeline.yaml", help="pipeline YAML to write")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("submit", help="submit a run or a recurring run to Kubeflow Pipelines")
     _add_config_args(p)
     p.add_argument("--host", help="KFP API URL (default kubeflow.host)")
-    p.add_argument("--experiment")
-    p.add_argument("--run-name")
+    p.add_argument("--experiment", help="KFP experiment (default kubeflow.experiment)")
+    p.add_argument("--run-name", help="name of the KFP run")
     p.add_argument("--schedule", metavar="CRON", help='e.g. "0 3 * * 1": a recurring run')
-    p.add_argument("--max-concurrency", type=int, default=1)
-    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--max-concurrency", type=int, default=1, help="recurring runs allowed at once")
+    p.add_argument(
+        "--dry-run", action="store_true", help="compile and show what would be submitted"
+    )
     p.set_defaults(fn=cmd_submit)
 
     p = sub.add_parser("serve", help="TF-Serving-compatible gRPC (+REST) server for local use")
-    p.add_argument("--model-base-path", required=True)
-    p.add_argument("--model-name", required=True)
-    p.add_argument("--port", type=int, default=8500)
+    p.add_argument(
+        "--model-base-path", required=True, help="folder of numbered SavedModel versions"
+    )
+    p.add_argument("--model-name", required=True, help="name clients ask for")
+    p.add_argument("--port", type=int, default=8500, help="gRPC port")
     p.add_argument("--rest-port", type=int, default=0, help="0: no REST")
-    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--version-policy", default="latest", help="latest | all | specific:N[,M]")
-    p.add_argument("--poll-seconds", type=float, default=2.0)
-    p.add_argument("--max-message-mb", type=int, default=32)
+    p.add_argument(
+        "--poll-seconds", type=float, default=2.0, help="how often to look for new versions"
+    )
+    p.add_argument(
+        "--max-message-mb", type=int, default=32, help="gRPC message and REST body limit"
+    )
     p.add_argument(
         "--max-pixels", type=int, default=40_000_000, help="larger images: RESOURCE_EXHAUSTED"
     )
-    p.set_defaults(fn=cmd_serve)
+    p.add_argument("--max-images", type=int, default=1000, help="images (rows) per request")
+    p.add_argument(
+        "--max-request-pixels", type=int, default=100_000_000, help="all images of one request"
+    )
+    p.add_argument(
+        "--decode-chunk-pixels",
+        type=int,
+        default=16_000_000,
+        help="bigger requests are decoded and run in chunks of about this many pixels",
+    )
+    p.add_argument(
+        "--load-retries", type=int, default=5, help="retries of a version that failed to load"
+    )
+    p.add_argument(
+        "--load-retry-interval",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="wait between load retries",
+    )
+    p.add_argument("--ssl-cert", help="PEM certificate: TLS for gRPC and REST")
+    p.add_argument("--ssl-key", help="PEM private key for --ssl-cert")
+    p.add_argument("--ssl-client-ca", help="PEM CA: require client certificates signed by it")
+    p.add_argument("--reflection", action="store_true", help="enable gRPC server reflection")
+    p.add_argument("--rest-workers", type=int, default=16, help="REST thread pool size")
+    p.add_argument(
+        "--rest-idle-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="close REST connections idle this long",
+    )
+    p.set_defaults(fn=cmd_serve, tensorflow=True)
 
-    p = sub.add_parser("predict", help="classify images through a (TF) Serving gRPC endpoint")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--server", default="127.0.0.1:8500")
-    p.add_argument("--model", required=True)
-    p.add_argument("--version", type=int)
-    p.add_argument("--top-k", type=int, default=3)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--timeout", type=float, default=30.0)
+    p = sub.add_parser(
+        "predict",
+        help="classify images: locally from a SavedModel, or through a (TF) Serving endpoint",
+        description="Local: --model-dir models/NAME (newest version) or a version folder; no "
+        "server. Server: --model NAME [--server HOST:PORT]. Folders are walked for images.",
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="image files, or folders walked recursively for .jpg/.jpeg/.png/.gif/.bmp",
+    )
+    p.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help="predict in this process from a SavedModel version folder or a model base path",
+    )
+    p.add_argument("--model", help="model name on the server")
+    p.add_argument("--server", metavar="HOST:PORT", help="gRPC endpoint (default 127.0.0.1:8500)")
+    p.add_argument("--version", type=int, help="model version on the server (default: newest)")
+    p.add_argument("--top-k", type=int, default=3, help="labels per image")
+    p.add_argument("--csv", metavar="OUT", help="write the predictions to this CSV file")
+    p.add_argument("--json", action="store_true", help="print one JSON line per image")
+    p.add_argument("--batch-size", type=int, default=32, help="images per model call / request")
+    p.add_argument("--timeout", type=float, default=30.0, help="server request timeout, seconds")
     p.set_defaults(fn=cmd_predict)
+
+    p = sub.add_parser("runs", help="past runs")
+    rsub = p.add_subparsers(dest="runs_cmd", required=True, metavar="COMMAND")
+    s = rsub.add_parser("list", help="table of runs: status, time, test accuracy, push")
+    s.add_argument("--run-root", default="runs", help="runner.run_root of the runs")
+    s.set_defaults(fn=cmd_runs_list)
+
+    p = sub.add_parser("report", help="print the path of a run's evaluation report")
+    p.add_argument(
+        "run_id", nargs="?", default="latest", help="a run id (graft runs list) or latest"
+    )
+    p.add_argument("--run-root", default="runs", help="runner.run_root of the runs")
+    p.add_argument("--open", action="store_true", help="open it in the web browser")
+    p.set_defaults(fn=cmd_report)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ[VERBOSE_ENV] = "1"  # subprocesses (Beam workers, servers) inherit it
+        if not _TF_LEVEL_GIVEN:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        log_setup(verbose=True)
     _quiet_libraries()
     try:
+        if getattr(args, "tensorflow", False):
+            import_tensorflow_quietly()  # before any step imports it: no C++ start-up noise
         return args.fn(args)
     except ConfigError as e:
         print(f"graft: {e}", file=sys.stderr)

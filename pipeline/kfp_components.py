@@ -2,7 +2,8 @@
 
 kfp embeds each function's source in the compiled YAML and runs it in the component image,
 so the bodies only import Graft and hand over. Input names match dag.STEPS' inputs (a test
-checks it); the wiring and order come from dag.STEPS, not from here.
+checks it); the wiring and order come from dag.STEPS, not from here. Every gpu_capable step's
+wrapper takes `tfjob_json`: set (kubeflow.workers > 1), the step runs as that TFJob.
 """
 
 from kfp import dsl
@@ -30,10 +31,17 @@ def make_components(image: str) -> dict:
         examples: Input[Dataset],
         validation: Input[Artifact],
         model: Output[Model],
+        tfjob_json: str = "",
     ):
         from graft.pipeline.kfp_runtime import run
 
-        run("train_head", config_json, {"examples": examples, "validation": validation}, model)
+        run(
+            "train_head",
+            config_json,
+            {"examples": examples, "validation": validation},
+            model,
+            tfjob_json,
+        )
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def fine_tune(
@@ -42,6 +50,7 @@ def make_components(image: str) -> dict:
         validation: Input[Artifact],
         head_model: Input[Model],
         model: Output[Model],
+        tfjob_json: str = "",
     ):
         from graft.pipeline.kfp_runtime import run
 
@@ -50,6 +59,7 @@ def make_components(image: str) -> dict:
             config_json,
             {"examples": examples, "validation": validation, "head_model": head_model},
             model,
+            tfjob_json,
         )
 
     @dsl.component(base_image=image, install_kfp_package=False)

@@ -10,10 +10,17 @@ from graft.core.config import GraftConfig
 from graft.pipeline import dag
 
 
-def run(step: str, config_json: str, inputs: dict, output) -> dict:
-    cfg = GraftConfig.model_validate_json(config_json)
+def run(step: str, config_json: str, inputs: dict, output, tfjob_json: str = "") -> dict:
+    """Run one step in this pod, or, given a compiled TFJob, on the TFJob's workers."""
     os.makedirs(output.path, exist_ok=True)
-    summary = dag.run_step(step, cfg, {k: a.path for k, a in inputs.items()}, output.path)
+    if tfjob_json:
+        from graft.pipeline.tfjob import launch
+
+        uris = {k: a.uri for k, a in inputs.items()}
+        summary = launch(step, config_json, json.loads(tfjob_json), uris, output)
+    else:
+        cfg = GraftConfig.model_validate_json(config_json)
+        summary = dag.run_step(step, cfg, {k: a.path for k, a in inputs.items()}, output.path)
     for k, v in summary.items():
         if isinstance(v, (int, float, str, bool)):
             output.metadata[k] = v

@@ -3,7 +3,8 @@
 The step order and wiring come from dag.STEPS (the same object the local runner walks);
 pipeline.kfp_components holds only the thin per-step wrappers. Training steps get GPUs,
 node selector and toleration from `kubeflow:`; a step with `when` runs under dsl.If on its
-upstream's output.
+upstream's output. With kubeflow.workers > 1 each gpu_capable step's task gets its TFJob
+(pipeline.tfjob) compiled in, and is itself a small pod that launches it and waits.
 """
 
 import json
@@ -13,23 +14,37 @@ from kfp import compiler, dsl, kubernetes
 
 from graft.core.config import GraftConfig
 from graft.core.log import log
-from graft.pipeline import dag
+from graft.pipeline import dag, tfjob
 from graft.pipeline.kfp_components import OUTPUT_NAMES, make_components
+
+# the task that creates a TFJob and waits for it: no GPU, little CPU
+LAUNCHER = {
+    "cpu_request": "250m",
+    "cpu_limit": "1",
+    "memory_request": "512Mi",
+    "memory_limit": "2Gi",
+}
+
+
+def launches_tfjob(step: dag.Step, cfg: GraftConfig) -> bool:
+    return step.gpu_capable and cfg.kubeflow.workers > 1
 
 
 def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
     kf = cfg.kubeflow
     res = kf.resources[step.name]
     task.set_display_name(step.name)
-    if res.cpu_request:
-        task.set_cpu_request(res.cpu_request)
-    if res.cpu_limit:
-        task.set_cpu_limit(res.cpu_limit)
-    if res.memory_request:
-        task.set_memory_request(res.memory_request)
-    if res.memory_limit:
-        task.set_memory_limit(res.memory_limit)
-    if res.gpu and step.gpu_capable and kf.gpu.count > 0:
+    launcher = launches_tfjob(step, cfg)  # the step's resources go to the TFJob's workers
+    pod = res.model_copy(update=LAUNCHER) if launcher else res
+    if pod.cpu_request:
+        task.set_cpu_request(pod.cpu_request)
+    if pod.cpu_limit:
+        task.set_cpu_limit(pod.cpu_limit)
+    if pod.memory_request:
+        task.set_memory_request(pod.memory_request)
+    if pod.memory_limit:
+        task.set_memory_limit(pod.memory_limit)
+    if res.gpu and step.gpu_capable and kf.gpu.count > 0 and not launcher:
         task.set_accelerator_type(kf.gpu.type)
         task.set_accelerator_limit(kf.gpu.count)
         for key, value in kf.gpu.node_selector.items():
@@ -44,6 +59,13 @@ def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
 
 def build_pipeline(cfg: GraftConfig):
     """A @dsl.pipeline whose only parameter is the resolved config as JSON."""
+    root = cfg.kubeflow.pipeline_root or ""
+    if cfg.kubeflow.workers > 1 and not root.startswith("gs://"):
+        raise ValueError(
+            f"kubeflow.workers={cfg.kubeflow.workers} needs kubeflow.pipeline_root on gs:// "
+            f"(got {root or 'none: the cluster default, MinIO'}): the TFJob's pods share no "
+            "disk and read their inputs and write their output by URI with tf.io.gfile"
+        )
     comps = make_components(cfg.kubeflow.image)
     default_json = json.dumps(cfg.to_dict(), sort_keys=True)
 
@@ -59,6 +81,8 @@ def build_pipeline(cfg: GraftConfig):
             kwargs = {
                 name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()
             }
+            if launches_tfjob(step, cfg):
+                kwargs["tfjob_json"] = json.dumps(tfjob.manifest(cfg, step), sort_keys=True)
             if step.when and not dag.forced(step, cfg):
                 # the upstream wrapper returns step.when.output as its kfp output
                 gate = tasks[step.when.step].outputs["Output"] == True  # noqa: E712

@@ -17,7 +17,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from graft.core.config import GraftConfig, apply_overrides, parse_config
+import yaml
+
+from graft.core.config import NAMED_WEIGHTS, PATH_KEYS, GraftConfig, apply_overrides, parse_config
 from graft.core.log import log
 from graft.pipeline import dag
 
@@ -87,9 +89,11 @@ def run_pipeline(
     forced_from = dag.STEP_NAMES.index(from_step) if from_step else None
     if force_push:
         cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
+    config_file = write_config_file(cfg, os.path.join(run_dir, CONFIG_FILE))
     run = {
         "run_id": run_id,
         "run_dir": run_dir,
+        "config_file": config_file,
         "config": cfg.to_dict(),
         "steps": records,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -127,8 +131,10 @@ def run_pipeline(
                 _banner(i, n, s, f"cached ({fp})")
                 _link(run_dir, s.name, out)
                 continue
-            if os.path.exists(out) and (done or not use_cache or forced):
-                shutil.rmtree(out)  # re-run from scratch; an unfinished dir is kept to resume
+            if os.path.exists(out) and (done or not use_cache or forced or not s.cacheable):
+                # re-run from scratch; an unfinished dir is kept to resume. A step that is never
+                # cached (push) never writes _SUCCESS and has nothing to resume.
+                shutil.rmtree(out)
             elif os.path.exists(out):
                 log(f"{s.name}: found an unfinished output in {out}; resuming")
             _banner(i, n, s, "running")
@@ -159,6 +165,31 @@ def run_pipeline(
         with open(os.path.join(run_dir, "run.json"), "w") as f:
             json.dump(run, f, indent=2, default=str)
     return run
+
+
+CONFIG_FILE = "config.yaml"
+
+
+def write_config_file(cfg: GraftConfig, path: str) -> str:
+    """The run's resolved config as a file `graft run --config` reproduces the run from.
+
+    Relative local paths are made absolute: in a config file they would mean relative to the
+    file's folder (the run dir), not to where this run was started.
+    """
+    raw = cfg.to_dict()
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = raw.get(section, {}).get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            if not (dotted == "base.weights" and value in NAMED_WEIGHTS):
+                raw[section][key] = os.path.abspath(os.path.expanduser(value))
+    header = (
+        "# The resolved config of this run: every key, defaults included.\n"
+        "# Edit and re-run with: graft run --config " + path + "\n"
+    )
+    with open(path, "w") as f:
+        f.write(header + yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def _link(run_dir: str, name: str, target: str) -> None:

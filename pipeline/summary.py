@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 from rich.table import Table
 
@@ -17,7 +19,7 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
     steps = run["steps"]
     t = Table(title=f"graft run {run['run_id']} ({run['status']}, {run['seconds']:.0f}s)")
     for col in ("step", "status", "seconds", "output"):
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # whole paths, wrapped, never cut with an ellipsis
     for name, rec in steps.items():
         t.add_row(name, rec["status"], f"{rec['seconds']:.1f}", rec["output"] or "")
     console.print(t)
@@ -36,16 +38,36 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
             + ": "
             + "; ".join(ev.get("reasons", []))
         )
+    # soft_wrap: long paths and commands stay whole (the terminal wraps them; copy-paste works)
+    report = os.path.join(run["run_dir"], "evaluate", "report.html")
+    if os.path.exists(report):
+        console.print(f"report: {report}", soft_wrap=True, highlight=False, markup=False)
     if push.get("pushed") or push.get("already_at_destination"):
-        console.print(f"pushed: {push['destination']}")
+        base = f"{cfg.push.destination}/{cfg.export.model_name}"
         console.print(
-            "serve it:  graft serve --model-base-path "
-            f"{cfg.push.destination}/{cfg.export.model_name} --model-name {cfg.export.model_name}"
+            f"pushed: {push['destination']}", soft_wrap=True, highlight=False, markup=False
         )
         console.print(
-            "query it:  graft predict --server 127.0.0.1:8500 --model "
-            f"{cfg.export.model_name} IMAGE.jpg"
+            f"predict:   graft predict --model-dir {base} IMAGES_OR_FOLDER",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+        console.print(
+            f"serve it:  graft serve --model-base-path {base} --model-name {cfg.export.model_name}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
         )
     elif push:
         console.print("not pushed (use --force to push anyway)")
-    console.print(f"run record: {run['run_dir']}/run.json")
+    console.print(
+        f"run record: {run['run_dir']}/run.json", soft_wrap=True, highlight=False, markup=False
+    )
+    if run.get("config_file"):
+        console.print(
+            f"config: {run['config_file']}",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )

@@ -14,15 +14,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 from google.protobuf.json_format import MessageToDict
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    get_model_status_pb2,
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
-from tensorflow_serving.apis.get_model_metadata_pb2 import SignatureDefMap
 
+from graft.serving import protos
+from graft.serving.tensors import tensor_proto, to_numpy
+
+_pb = protos.load()  # TF Serving's protos without importing TensorFlow (start-up < 1 s)
+get_model_metadata_pb2, get_model_status_pb2 = _pb.get_model_metadata_pb2, _pb.get_model_status_pb2
+model_service_pb2_grpc, predict_pb2 = _pb.model_service_pb2_grpc, _pb.predict_pb2
+prediction_service_pb2_grpc = _pb.prediction_service_pb2_grpc
+SignatureDefMap = get_model_metadata_pb2.SignatureDefMap
+
+DEFAULT_SERVER = "127.0.0.1:8500"  # graft serve's and TF Serving's gRPC port
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE,)
 SERVICES = ("tensorflow.serving.PredictionService", "tensorflow.serving.ModelService")
 GRPC_MAX_ATTEMPTS = 5  # gRPC's ceiling on a retryPolicy's maxAttempts
@@ -75,8 +77,6 @@ class Prediction:
 
 def _string_tensor(values: list[bytes]):
     """A DT_STRING TensorProto of shape [len(values)]."""
-    from graft.serving.tensors import tensor_proto
-
     return tensor_proto(np.array(values, dtype=object))
 
 
@@ -90,20 +90,25 @@ class GraftClient:
         retries: int = 4,
         backoff: float = 0.25,
         max_message_mb: int = 32,
+        tls: dict[str, bytes] | None = None,
     ):
+        """tls: grpc.ssl_channel_credentials keywords (root_certificates, and for a server
+        with --ssl-client-ca also private_key and certificate_chain); None: plaintext."""
         self.target, self.model_name, self.version = target, model_name, version
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         limit = max_message_mb * 1024 * 1024
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_send_message_length", limit),
-                ("grpc.max_receive_message_length", limit),
-                # gRPC only retries a call whose request it still holds: up to a full message
-                ("grpc.per_rpc_retry_buffer_size", limit),
-                *retry_options(retries, backoff),
-            ],
-        )
+        options = [
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            # gRPC only retries a call whose request it still holds: up to a full message
+            ("grpc.per_rpc_retry_buffer_size", limit),
+            *retry_options(retries, backoff),
+        ]
+        if tls:
+            creds = grpc.ssl_channel_credentials(**tls)
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -132,10 +137,8 @@ class GraftClient:
     def predict(self, images: list[str | Path | bytes], top_k: int = 3) -> list[Prediction]:
         blobs = [i if isinstance(i, bytes) else Path(i).read_bytes() for i in images]
         resp = self.predict_raw(blobs)
-        import tensorflow as tf
-
-        scores = tf.make_ndarray(resp.outputs["scores"])
-        classes = tf.make_ndarray(resp.outputs["classes"])
+        scores = to_numpy(resp.outputs["scores"])
+        classes = to_numpy(resp.outputs["classes"])
         out = []
         for row, labels in zip(scores, classes, strict=True):
             ranked = sorted((float(s) for s in row), reverse=True)
@@ -176,11 +179,17 @@ def predict_main(
     top_k: int = 3,
     as_json: bool = False,
     timeout: float = 30.0,
+    batch_size: int = 32,
 ) -> int:
-    """`graft predict`: keywords, so the client does not depend on the CLI's Namespace."""
+    """`graft predict`: keywords, so the client does not depend on the CLI's Namespace.
+
+    Images go in requests of batch_size, so a big folder stays under the server's limits.
+    """
+    preds: list[Prediction] = []
     try:
         with GraftClient(server, model, version, timeout=timeout) as c:
-            preds = c.predict(images, top_k)
+            for i in range(0, len(images), batch_size):
+                preds += c.predict(images[i : i + batch_size], top_k)
     except grpc.RpcError as e:
         print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
@@ -194,12 +203,14 @@ def predict_main(
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
-    t = Table(title=f"{model} @ {server}")
-    t.add_column("image")
+    t = Table(title=Text(f"{model} @ {server}"))
+    t.add_column("image", overflow="fold")  # whole paths, never cut with an ellipsis
     for k in range(top_k):
-        t.add_column(f"#{k + 1}")
+        t.add_column(f"#{k + 1}", overflow="fold")
     for img, p in zip(images, preds, strict=True):
-        t.add_row(str(img), *[f"{lab} {s:.3f}" for lab, s in zip(p.labels, p.scores, strict=True)])
+        cells = [Text(f"{lab} {s:.3f}") for lab, s in zip(p.labels, p.scores, strict=True)]
+        t.add_row(Text(str(img)), *cells)  # Text: a name with [brackets] is not markup
     Console().print(t)
     return 0

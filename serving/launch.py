@@ -33,7 +33,11 @@ class ServerProcess:
         poll_seconds: float = 1.0,
         extra: list[str] | None = None,
         log_path: str | None = None,
+        tls: dict[str, bytes] | None = None,
     ):
+        """tls: channel credentials for the health check when the server runs with --ssl-*:
+        {"root_certificates": ..., "private_key": ..., "certificate_chain": ...}.
+        """
         self.port = free_port()
         self.rest_port = free_port() if rest else 0
         cmd = [
@@ -58,10 +62,16 @@ class ServerProcess:
             cmd, stdout=self.log, stderr=self.log, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         )
         self.target = f"127.0.0.1:{self.port}"
+        self.tls = tls
+
+    def channel(self) -> grpc.Channel:
+        if self.tls:
+            return grpc.secure_channel(self.target, grpc.ssl_channel_credentials(**self.tls))
+        return grpc.insecure_channel(self.target)
 
     def wait_healthy(self, timeout: float = 120.0) -> ServerProcess:
         deadline = time.time() + timeout
-        with grpc.insecure_channel(self.target) as ch:
+        with self.channel() as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.time() < deadline:
                 if self.proc.poll() is not None:

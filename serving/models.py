@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +35,105 @@ class ServingError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may cost; each has a `graft serve` flag, named in the refusal."""
+
+    max_pixels: int = 40_000_000  # one image (--max-pixels)
+    max_images: int = 1000  # images, or rows, in one request (--max-images)
+    max_request_pixels: int = 100_000_000  # all images of one request (--max-request-pixels)
+    chunk_pixels: int = 16_000_000  # decoded at once; bigger requests run in chunks
+
+
+def over_limit(what: str, got: int, limit: int, flag: str) -> ServingError:
+    """RESOURCE_EXHAUSTED (HTTP 413) that names the limit and the flag that sets it."""
+    return ServingError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"{what} ({got:,}), over the server's limit of {limit:,}: set by {flag}",
+    )
+
+
+_NOISE = re.compile(
+    r"^(Graph execution error:|Detected at node|Node:|\d+ root error|\d+ successful operations"
+    r"|\d+ derived errors|Additional GRPC error information|Function call stack:)"
+)
+
+
+def root_cause(e: BaseException) -> str:
+    """The cause inside a TF op error: its first line is only "Graph execution error:".
+
+    Drops the traceback of where the graph was built and the node annotations, keeps the
+    error lines themselves (e.g. "jpeg::Uncompress failed. Invalid JPEG data or crop window.").
+    """
+    text = getattr(e, "message", None) or str(e)
+    keep: list[str] = []
+    for line in text.splitlines():
+        multi = re.match(r"^\s*\(\d+\)\s+[A-Z_]+:\s*(.*)$", line)  # "  (0) INVALID_ARGUMENT: x"
+        if multi:
+            line = multi.group(1)
+        elif not line.strip() or line[0].isspace() or _NOISE.match(line):
+            continue  # tracebacks are indented; "\t [[{{node ...}}]]" too
+        line = re.sub(r"\s*\[\[\{\{.*?\}\}\]\]|\s*\[Op:[^\]]*\]", "", line).strip()
+        if line and line not in keep:
+            keep.append(line)
+    if keep:
+        return "; ".join(keep)[:1000]
+    return (text.strip().splitlines() or [repr(e)])[0][:1000]
+
+
+def _add(cost: list[int] | None, more: list[int]) -> list[int] | None:
+    """Per-row decode costs summed over inputs; None (do not chunk) when rows disagree."""
+    if cost is None:
+        return more
+    return [a + b for a, b in zip(cost, more, strict=True)] if len(cost) == len(more) else None
+
+
+def nearest_model_dir(path: str, depth: int = 3, budget: int = 2000) -> str | None:
+    """The closest directory to `path` (below it, then above) that holds a version dir.
+
+    For the start-up warning: a base path one level off (models/ for models/tiny, or a
+    version dir itself) is the usual mistake. Bounded: at most `budget` directories listed.
+    """
+
+    def holds_version(d: str) -> bool:
+        try:
+            return any(
+                c.rstrip("/").isdigit()
+                and tf.io.gfile.exists(os.path.join(d, c.rstrip("/"), "saved_model.pb"))
+                for c in tf.io.gfile.listdir(d)
+            )
+        except (tf.errors.OpError, OSError):
+            return False
+
+    seen = 0
+    level = [path] if tf.io.gfile.isdir(path) else []
+    for _ in range(depth):
+        nxt = []
+        for d in level:
+            try:
+                children = sorted(c.rstrip("/") for c in tf.io.gfile.listdir(d))
+            except (tf.errors.OpError, OSError):
+                continue
+            for c in children:
+                child = os.path.join(d, c)
+                seen += 1
+                if seen > budget:
+                    return None
+                if not c.isdigit() and tf.io.gfile.isdir(child):
+                    if holds_version(child):
+                        return child
+                    nxt.append(child)
+        level = nxt
+    up = os.path.dirname(os.path.abspath(path)) if "://" not in path else None
+    for _ in range(depth):
+        if not up or up == os.path.dirname(up):
+            break
+        if holds_version(up):
+            return up
+        up = os.path.dirname(up)
+    return None
 
 
 @dataclass
@@ -85,18 +185,34 @@ def parse_policy(text: str) -> tuple[str, set[int]]:
 
 
 class ModelManager:
-    """Keeps the versions the policy wants loaded; everything else is unloaded."""
+    """Keeps the versions the policy wants loaded; everything else is unloaded.
+
+    A version that fails to load (often one still being copied in) is retried up to
+    `load_retries` times, `load_retry_interval` seconds apart, as TF Serving does
+    (--max_num_load_retries, --load_retry_interval_micros); the old version keeps serving.
+    """
 
     def __init__(
-        self, base_path: str, model_name: str, policy: str = "latest", max_pixels: int = 40_000_000
+        self,
+        base_path: str,
+        model_name: str,
+        policy: str = "latest",
+        max_pixels: int = 40_000_000,
+        *,
+        limits: Limits | None = None,
+        load_retries: int = 5,
+        load_retry_interval: float = 60.0,
     ):
         self.base_path = base_path
         self.model_name = model_name
         self.policy, self.specific = parse_policy(policy)
-        self.max_pixels = max_pixels
+        self.limits = limits or Limits(max_pixels=max_pixels)
+        self.max_pixels = self.limits.max_pixels
+        self.load_retries, self.load_retry_interval = load_retries, load_retry_interval
         self._versions: dict[int, LoadedVersion] = {}
         self._states: dict[int, int] = {}  # version -> State.LOADING | AVAILABLE | UNLOADING | END
         self._errors: dict[int, str] = {}
+        self._failures: dict[int, tuple[int, float]] = {}  # version -> (failed loads, when)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -155,13 +271,23 @@ class ModelManager:
             n = self._warmup(lv)
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
             with self._lock:
+                n = self._failures.get(version, (0, 0.0))[0] + 1
+                self._failures[version] = (n, time.monotonic())
+                left = self.load_retries - (n - 1)
+                then = (
+                    f"retrying in {self.load_retry_interval:g}s ({left} retries left)"
+                    if left > 0
+                    else f"giving up after {n} attempts (--load-retries {self.load_retries})"
+                )
                 self._states[version] = State.END
-                self._errors[version] = f"{type(e).__name__}: {e}"
-            log(f"serve: version {version} failed to load: {e}", level="error")
+                self._errors[version] = f"{type(e).__name__}: {root_cause(e)}; {then}"
+            log(f"serve: version {version} failed to load: {root_cause(e)}; {then}", level="error")
             return
         with self._lock:
             self._versions[version] = lv
             self._states[version] = State.AVAILABLE
+            self._errors.pop(version, None)
+            self._failures.pop(version, None)
         log(
             f"serve: {self.model_name} version {version} AVAILABLE ({time.time() - t0:.1f}s, "
             f"{n} warmup requests)"
@@ -174,12 +300,22 @@ class ModelManager:
             self._states[version] = State.END
         log(f"serve: {self.model_name} version {version} unloaded")
 
+    def _waiting(self, now: float) -> set[int]:
+        """Failed versions not to load now: retries used up, or the interval not yet over."""
+        return {
+            v
+            for v, (n, t) in self._failures.items()
+            if n > self.load_retries or now - t < self.load_retry_interval
+        }
+
     def poll_once(self) -> None:
         disk = self.on_disk()
         want = self.wanted(disk)
         with self._lock:
+            for v in set(self._failures) - set(disk):
+                del self._failures[v]  # gone from disk: a new copy later starts afresh
             have = set(self._versions)
-            failed = {v for v, s in self._states.items() if s == State.END and v in self._errors}
+            failed = self._waiting(time.monotonic())
         for v in sorted(want - have - failed):
             self.load(v)  # the old version keeps serving meanwhile
         with self._lock:
@@ -190,7 +326,23 @@ class ModelManager:
             ):  # never drop the last version before its successor is up
                 self.unload(v)
 
+    def warn_if_empty(self) -> str | None:
+        """A wrong --model-base-path should not look like a model still on its way."""
+        if self.on_disk():
+            return None
+        what = "does not exist" if not tf.io.gfile.isdir(self.base_path) else "holds no version"
+        near = nearest_model_dir(self.base_path)
+        msg = (
+            f"serve: --model-base-path {self.base_path} {what} (a version is an integer "
+            "directory with saved_model.pb); "
+            + (f"did you mean {near}?" if near else "no directory nearby holds one")
+            + " Serving nothing until a version appears."
+        )
+        log(msg, level="warn")
+        return msg
+
     def start(self, poll_seconds: float) -> None:
+        self.warn_if_empty()
         self.poll_once()
 
         def loop():
@@ -238,11 +390,24 @@ class ModelManager:
                 )
             return self._versions[version]
 
-    def _check_images(self, name: str, arr: np.ndarray) -> None:
+    def _check_images(self, name: str, arr: np.ndarray) -> list[int]:
+        """Headers only (PIL reads no pixels): formats, sizes, the pixel limits; pixels each."""
+        lim, pixels = self.limits, []
         for i, blob in enumerate(arr.reshape(-1)):
-            if not isinstance(blob, (bytes, bytearray)) or not blob:
+            if isinstance(blob, str):
                 raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}'[{i}] is empty"
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{name}'[{i}] is a text string; image bytes go in as "
+                    '{"b64": "<base64>"} over REST (TF Serving\'s encoding)',
+                )
+            if not isinstance(blob, (bytes, bytearray)):
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{name}'[{i}] is {type(blob).__name__}, not image bytes",
+                )
+            if not blob:
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}'[{i}] is empty (0 bytes)"
                 )
             try:
                 with Image.open(io.BytesIO(blob)) as im:
@@ -258,12 +423,45 @@ class ModelManager:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input '{name}'[{i}] is {fmt}; expected JPEG, PNG, GIF or BMP",
                 )
-            if w * h > self.max_pixels:
-                raise ServingError(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"input '{name}'[{i}] is {w}x{h} = {w * h:,} pixels, over the server's "
-                    f"limit of {self.max_pixels:,}",
+            if w * h > lim.max_pixels:
+                raise over_limit(
+                    f"input '{name}'[{i}] is {w}x{h} pixels", w * h, lim.max_pixels, "--max-pixels"
                 )
+            pixels.append(w * h)
+            if sum(pixels) > lim.max_request_pixels:
+                raise over_limit(
+                    f"input '{name}': images 0..{i} hold this many pixels in all",
+                    sum(pixels),
+                    lim.max_request_pixels,
+                    "--max-request-pixels",
+                )
+        return pixels
+
+    def _chunks(self, n: int, cost: list[int]) -> list[tuple[int, int]]:
+        """Row ranges whose decode cost stays under the chunk budget (one row at least)."""
+        out, start, acc = [], 0, 0
+        for i in range(n):
+            if i > start and acc + cost[i] > self.limits.chunk_pixels:
+                out.append((start, i))
+                start, acc = i, 0
+            acc += cost[i]
+        out.append((start, n))
+        return out
+
+    def _call(self, signature: str, call, feed: dict, names: list, specs: dict, rows=None):
+        try:
+            return call(
+                *[
+                    tf.constant(feed[k] if rows is None else feed[k][rows], dtype=specs[k].dtype)
+                    for k in names
+                ]
+            )
+        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT, f"could not run '{signature}': {root_cause(e)}"
+            ) from None
+        except tf.errors.ResourceExhaustedError as e:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, root_cause(e)) from None
 
     def _run(
         self,
@@ -291,7 +489,22 @@ class ModelManager:
                 f"signature '{signature}' expects inputs {sorted(specs)}; "
                 f"missing {sorted(missing)}, unexpected {sorted(extra)}",
             )
-        feed = {}
+        lim = self.limits
+        for k, arr in inputs.items():  # before anything is decoded or copied
+            rows = arr.size if k.endswith("_bytes") else (arr.shape[0] if arr.ndim else 1)
+            if rows > lim.max_images:
+                raise over_limit(
+                    f"input '{k}' has too many images (rows) in one request",
+                    rows,
+                    lim.max_images,
+                    "--max-images",
+                )
+            if arr.ndim and arr.shape[0] == 0:
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{k}' is an empty batch (shape {list(arr.shape)}); send at least one",
+                )
+        feed, cost = {}, None
         for k, spec in specs.items():
             arr = inputs[k]
             want = spec.dtype
@@ -302,7 +515,9 @@ class ModelManager:
                         f"input '{k}' must be DT_STRING, got {arr.dtype}",
                     )
                 if k.endswith("_bytes"):
-                    self._check_images(k, arr)
+                    pixels = self._check_images(k, arr)
+                    if arr.ndim == 1:
+                        cost = _add(cost, pixels)
             elif (
                 arr.dtype.kind in ("O", "S", "U")
                 or (want.is_floating and arr.dtype.kind not in "fiu")
@@ -317,17 +532,38 @@ class ModelManager:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input '{k}' has shape {list(arr.shape)}; signature wants {spec.shape}",
                 )
-            feed[k] = tf.constant(arr, dtype=want)
+            if want != tf.string and arr.ndim >= 3:  # pixels: rows x H x W (x C)
+                px = int(np.prod(arr.shape[:3]))
+                if px > lim.max_request_pixels:
+                    raise over_limit(
+                        f"input '{k}' holds this many pixels in all",
+                        px,
+                        lim.max_request_pixels,
+                        "--max-request-pixels",
+                    )
+                row = [int(np.prod(arr.shape[1:3]))] * arr.shape[0]
+                cost = _add(cost, row)
+            feed[k] = arr
         names, call = lv.fast[signature]
-        try:
-            out = call(*[feed[k] for k in names])
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-            msg = str(e).splitlines()[0][:500]
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"could not run '{signature}': {msg}"
-            ) from None
-        except tf.errors.ResourceExhaustedError as e:
-            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)[:500]) from None
+        rows = {feed[k].shape[0] if feed[k].ndim else -1 for k in names}
+        n = rows.pop() if len(rows) == 1 else -1
+        ranges = self._chunks(n, cost) if cost is not None and n > 1 and len(cost) == n else []
+        if len(ranges) <= 1:
+            out = {k: v.numpy() for k, v in self._call(signature, call, feed, names, specs).items()}
+        else:  # bounded decoding: memory for one chunk at a time, returned in between
+            parts: dict[str, list] = {}
+            for a, b in ranges:
+                got = self._call(signature, call, feed, names, specs, slice(a, b))
+                for key, v in got.items():
+                    v = v.numpy()
+                    if not v.ndim or v.shape[0] != b - a:
+                        raise ServingError(
+                            grpc.StatusCode.INTERNAL,
+                            f"output '{key}' is not one row per input row; raise "
+                            "--decode-chunk-pixels to run this request in one piece",
+                        )
+                    parts.setdefault(key, []).append(v)
+            out = {k: np.concatenate(v) for k, v in parts.items()}
         if output_filter:
             unknown = output_filter - set(out)
             if unknown:
@@ -336,7 +572,7 @@ class ModelManager:
                     f"output_filter names unknown outputs {sorted(unknown)}; have {sorted(out)}",
                 )
             out = {k: v for k, v in out.items() if k in output_filter}
-        return {k: v.numpy() for k, v in out.items()}
+        return out
 
     def predict(
         self,

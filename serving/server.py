@@ -1,8 +1,12 @@
 """A TF-Serving-compatible server for local use and tests (the real one runs in k8s).
 
 gRPC: PredictionService.Predict / GetModelMetadata, ModelService.GetModelStatus, standard
-health checking and reflection, all from the servicers that tensorflow-serving-api and
-grpcio ship. REST (optional): TF Serving's /v1/models/NAME[/versions/N][:predict|/metadata].
+health checking and (behind --reflection) reflection, all from the servicers that
+tensorflow-serving-api and grpcio ship. REST (optional): TF Serving's
+/v1/models/NAME[/versions/N][:predict|/metadata], on a bounded thread pool whose connections
+time out when idle. Both take TLS (--ssl-cert/--ssl-key, optionally --ssl-client-ca).
+Every request is bounded (serving.models.Limits; the REST body by --max-message-mb, as gRPC
+messages are); a refusal names the limit and its flag.
 Clients written against this server work unchanged against `tensorflow/serving`.
 """
 
@@ -11,9 +15,10 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import ssl
 import threading
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import grpc
 import numpy as np
@@ -34,7 +39,7 @@ from tensorflow_serving.apis import (
 )
 
 from graft.core.log import log
-from graft.serving.models import ModelManager, ServingError, State
+from graft.serving.models import Limits, ModelManager, ServingError, State, over_limit
 from graft.serving.tensors import tensor_proto
 
 
@@ -182,14 +187,20 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
 # ---------------------------------------------------------------- REST
 
 
+def _bad(msg: str) -> ServingError:
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, msg)
+
+
 def _rest_value(v):
     """TF Serving's REST encoding: {"b64": ...} is bytes, anywhere in the body."""
     if isinstance(v, dict):
         if set(v) == {"b64"}:
+            if not isinstance(v["b64"], str):
+                raise _bad(f'{{"b64": ...}} takes a base64 string, got {type(v["b64"]).__name__}')
             try:
                 return base64.b64decode(v["b64"], validate=True)
             except ValueError as e:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"bad base64: {e}") from None
+                raise _bad(f"bad base64: {e}") from None
         return {k: _rest_value(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_rest_value(x) for x in v]
@@ -197,10 +208,41 @@ def _rest_value(v):
 
 
 def _to_array(values, name: str) -> np.ndarray:
-    arr = np.array(values, dtype=object if name.endswith("_bytes") else None)
+    try:
+        arr = np.array(values, dtype=object if name.endswith("_bytes") else None)
+    except ValueError as e:  # ragged nesting
+        raise _bad(f"input '{name}': values do not form a rectangular array ({e})") from None
     if arr.dtype.kind == "U":
         arr = arr.astype(object)
+    if name.endswith("_bytes"):
+        for i, x in enumerate(arr.reshape(-1)):
+            if isinstance(x, str):
+                raise _bad(
+                    f"input '{name}'[{i}] is a plain JSON string; binary inputs take "
+                    '{"b64": "<base64>"} (TF Serving\'s REST encoding)'
+                )
     return arr
+
+
+def _instances(body: dict, max_images: int) -> list:
+    inst = body["instances"]
+    if not isinstance(inst, list):
+        raise _bad(f"'instances' must be a list, got {type(inst).__name__}")
+    if not inst:
+        raise _bad("'instances' is empty; send at least one")
+    if len(inst) > max_images:  # before any base64 is decoded
+        raise over_limit("'instances' has too many entries", len(inst), max_images, "--max-images")
+    inst = [_rest_value(i) for i in inst]
+    if isinstance(inst[0], dict):
+        keys = set(inst[0])
+        for i, x in enumerate(inst):
+            if not isinstance(x, dict) or set(x) != keys:
+                got = sorted(x) if isinstance(x, dict) else type(x).__name__
+                raise _bad(
+                    f"instances[{i}] has keys {got} but instances[0] has {sorted(keys)}; "
+                    "every instance needs the same named inputs"
+                )
+    return inst
 
 
 def _jsonable(arr: np.ndarray):
@@ -211,9 +253,13 @@ def _jsonable(arr: np.ndarray):
     return arr.tolist()
 
 
-def make_rest_handler(m: ModelManager):
+def make_rest_handler(m: ModelManager, max_body: int, idle_timeout: float = 30.0):
+    """max_body: the REST body limit in bytes (--max-message-mb, as for gRPC messages)."""
+    drain_cap = max(4 * max_body, 256 * 2**20)  # read and drop up to this much of a refused body
+
     class Handler(BaseHTTPRequestHandler):
         server_version = "graft-serving"
+        timeout = idle_timeout  # a connection that sends nothing for this long is closed
 
         def log_message(self, *args):  # quiet
             pass
@@ -225,6 +271,37 @@ def make_rest_handler(m: ModelManager):
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
+
+        def _body(self) -> bytes:
+            raw = self.headers.get("Content-Length")
+            if raw is None:
+                raise _bad("Content-Length header required (chunked bodies are not supported)")
+            try:
+                length = int(raw)
+            except ValueError:
+                raise _bad(f"Content-Length {raw!r} is not a number") from None
+            if length < 0:
+                raise _bad(f"Content-Length {length} is negative")
+            if length > max_body:
+                if length <= drain_cap:  # so the client, still sending, gets to read the 413
+                    left = length
+                    while left > 0:
+                        chunk = self.rfile.read(min(left, 1 << 20))
+                        if not chunk:
+                            break
+                        left -= len(chunk)
+                else:
+                    self.close_connection = True
+                raise over_limit(
+                    "request body is too large, in bytes",
+                    length,
+                    max_body,
+                    f"--max-message-mb {max_body // 2**20}",
+                )
+            data = self.rfile.read(length)
+            if len(data) != length:
+                raise _bad(f"body ended after {len(data)} of {length} bytes (Content-Length)")
+            return data
 
         def _error(self, e: ServingError):
             http = {
@@ -254,6 +331,11 @@ def make_rest_handler(m: ModelManager):
                     ) from None
                 tail = tail[2:]
             return name, version, verb, tail
+
+        def _only_input(self, name, version, sig) -> str:
+            lv = m.resolve(name, version)
+            specs = lv.signatures[sig].structured_input_signature[1] if sig in lv.signatures else {}
+            return next(iter(sorted(specs)), "?")  # an unknown signature is reported by predict
 
         def do_GET(self):
             try:
@@ -297,33 +379,48 @@ def make_rest_handler(m: ModelManager):
                     raise ServingError(
                         grpc.StatusCode.INVALID_ARGUMENT, f"unsupported verb ':{verb}'"
                     )
-                length = int(self.headers.get("Content-Length") or 0)
+                data = self._body()
                 try:
-                    body = json.loads(self.rfile.read(length) or b"{}")
-                except json.JSONDecodeError as e:
-                    raise ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"request body is not JSON: {e}"
-                    ) from None
+                    body = json.loads(data or b"{}")
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise _bad(f"request body is not JSON: {e}") from None
+                if not isinstance(body, dict):
+                    raise _bad(
+                        "request body must be a JSON object with 'instances' or 'inputs', got a "
+                        f"top-level {type(body).__name__}"
+                    )
                 sig = body.get("signature_name", "serving_default")
+                if not isinstance(sig, str):
+                    raise _bad(f"'signature_name' must be a string, got {type(sig).__name__}")
+                if "instances" in body and "inputs" in body:
+                    raise _bad(
+                        "use either 'instances' (row format) or 'inputs' (columnar), not both"
+                    )
                 if "instances" in body:
-                    inst = [_rest_value(i) for i in body["instances"]]
-                    if inst and isinstance(inst[0], dict):
+                    inst = _instances(body, m.limits.max_images)
+                    if isinstance(inst[0], dict):
                         inputs = {k: _to_array([i[k] for i in inst], k) for k in inst[0]}
                     else:
-                        lv = m.resolve(name, version)
-                        only = (
-                            list(lv.signatures[sig].structured_input_signature[1])
-                            if sig in lv.signatures
-                            else ["?"]
-                        )
-                        inputs = {only[0]: _to_array(inst, only[0])}
+                        only = self._only_input(name, version, sig)
+                        inputs = {only: _to_array(inst, only)}
                     v, out = m.predict(name, version, sig, inputs)
                     n = len(next(iter(out.values())))
                     preds = [{k: _jsonable(o[i]) for k, o in out.items()} for i in range(n)]
                     return self._send(200, {"predictions": preds})
                 if "inputs" in body:
                     raw = body["inputs"]
-                    inputs = {k: _to_array(_rest_value(val), k) for k, val in raw.items()}
+                    if not isinstance(raw, dict):  # the columnar form of a one-input signature
+                        raw = {self._only_input(name, version, sig): raw}
+                    inputs = {}
+                    for k, val in raw.items():
+                        if isinstance(val, list) and len(val) > m.limits.max_images:
+                            raise over_limit(
+                                f"input '{k}' has too many rows",
+                                len(val),
+                                m.limits.max_images,
+                                "--max-images",
+                            )
+                        inputs[k] = _to_array(_rest_value(val), k)
                     v, out = m.predict(name, version, sig, inputs)
                     return self._send(200, {"outputs": {k: _jsonable(o) for k, o in out.items()}})
                 raise ServingError(
@@ -340,6 +437,75 @@ def make_rest_handler(m: ModelManager):
 # ---------------------------------------------------------------- server
 
 
+class RestServer(HTTPServer):
+    """HTTP on a bounded pool: `workers` threads, `backlog` more connections queued, the rest
+    answered 503 at once. ThreadingHTTPServer's thread per connection let idle clients hold
+    threads (and memory) without bound. TLS handshakes happen in the worker, under its timeout.
+    """
+
+    def __init__(
+        self,
+        addr,
+        handler,
+        *,
+        workers: int = 16,
+        backlog: int = 64,
+        idle_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
+        super().__init__(addr, handler)
+        self.idle_timeout, self.ssl_context = idle_timeout, ssl_context
+        self.pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="rest")
+        self.slots = threading.BoundedSemaphore(workers + backlog)
+
+    def process_request(self, request, client_address):
+        if not self.slots.acquire(blocking=False):
+            if self.ssl_context is None:
+                body = b'{"error": "server busy: every REST worker and queue slot is taken"}'
+                head = f"HTTP/1.0 503 Service Unavailable\r\nContent-Length: {len(body)}\r\n"
+                with _quiet():
+                    request.sendall(
+                        head.encode() + b"Content-Type: application/json\r\n\r\n" + body
+                    )
+            self.shutdown_request(request)
+            return
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address):
+        conn = request
+        try:
+            request.settimeout(self.idle_timeout)
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(request, server_side=True)
+            self.finish_request(conn, client_address)
+        except (OSError, ssl.SSLError):
+            pass  # the client went away, timed out, or failed the handshake
+        except Exception as e:  # noqa: BLE001 - a worker never dies
+            log(f"serve: REST worker: {type(e).__name__}: {e}", level="error")
+        finally:
+            self.shutdown_request(conn)
+            self.slots.release()
+
+    def server_close(self):
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _quiet:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as f:
+        return f.read()
+
+
 class GraftServer:
     def __init__(
         self,
@@ -353,9 +519,33 @@ class GraftServer:
         poll_seconds: float = 2.0,
         max_message_mb: int = 32,
         max_pixels: int = 40_000_000,
+        max_images: int = 1000,
+        max_request_pixels: int = 100_000_000,
+        decode_chunk_pixels: int = 16_000_000,
+        load_retries: int = 5,
+        load_retry_interval: float = 60.0,
+        ssl_cert: str | None = None,
+        ssl_key: str | None = None,
+        ssl_client_ca: str | None = None,
+        reflection_on: bool = False,
         workers: int = 16,
+        rest_workers: int = 16,
+        rest_idle_timeout: float = 30.0,
     ):
-        self.manager = ModelManager(base_path, model_name, policy, max_pixels)
+        limits = Limits(
+            max_pixels=max_pixels,
+            max_images=max_images,
+            max_request_pixels=max_request_pixels,
+            chunk_pixels=decode_chunk_pixels,
+        )
+        self.manager = ModelManager(
+            base_path,
+            model_name,
+            policy,
+            limits=limits,
+            load_retries=load_retries,
+            load_retry_interval=load_retry_interval,
+        )
         limit = max_message_mb * 1024 * 1024
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers),
@@ -372,21 +562,48 @@ class GraftServer:
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        reflection.enable_server_reflection(
-            [
-                prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-                model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            self.grpc,
-        )
-        self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+        if reflection_on:  # off by default: it hands any client the full API description
+            reflection.enable_server_reflection(
+                [
+                    prediction_service_pb2.DESCRIPTOR.services_by_name[
+                        "PredictionService"
+                    ].full_name,
+                    model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ],
+                self.grpc,
+            )
+        if bool(ssl_cert) != bool(ssl_key):
+            raise ValueError("--ssl-cert and --ssl-key go together")
+        if ssl_client_ca and not ssl_cert:
+            raise ValueError("--ssl-client-ca needs --ssl-cert and --ssl-key")
+        self.tls = bool(ssl_cert)
+        ssl_context = None
+        if self.tls:
+            key, cert, ca = _read(ssl_key), _read(ssl_cert), _read(ssl_client_ca)
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
+            )
+            self.port = self.grpc.add_secure_port(f"{host}:{port}", creds)
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(ssl_cert, ssl_key)
+            if ssl_client_ca:
+                ssl_context.load_verify_locations(ssl_client_ca)
+                ssl_context.verify_mode = ssl.CERT_REQUIRED
+        else:
+            self.port = self.grpc.add_insecure_port(f"{host}:{port}")
         if not self.port:
             raise OSError(f"cannot bind gRPC on {host}:{port}")
         self.host, self.poll_seconds = host, poll_seconds
         self.rest = (
-            ThreadingHTTPServer((host, rest_port), make_rest_handler(self.manager))
+            RestServer(
+                (host, rest_port),
+                make_rest_handler(self.manager, limit, rest_idle_timeout),
+                workers=rest_workers,
+                idle_timeout=rest_idle_timeout,
+                ssl_context=ssl_context,
+            )
             if rest_port
             else None
         )
@@ -411,9 +628,14 @@ class GraftServer:
         self._health_thread.start()
         if self.rest:
             threading.Thread(target=self.rest.serve_forever, daemon=True).start()
+        scheme = "https" if self.tls else "http"
         log(
-            f"serve: gRPC on {self.host}:{self.port}"
-            + (f", REST on {self.host}:{self.rest.server_address[1]}" if self.rest else "")
+            f"serve: gRPC{' (TLS)' if self.tls else ''} on {self.host}:{self.port}"
+            + (
+                f", REST ({scheme}) on {self.host}:{self.rest.server_address[1]}"
+                if self.rest
+                else ""
+            )
             + f"; model '{self.manager.model_name}' from {self.manager.base_path}"
         )
         return self
@@ -423,6 +645,7 @@ class GraftServer:
         self.manager.stop()
         if self.rest:
             self.rest.shutdown()
+            self.rest.server_close()
         self.grpc.stop(grace).wait()
         log("serve: stopped")
 
@@ -438,6 +661,17 @@ def serve_forever(
     poll_seconds: float = 2.0,
     max_message_mb: int = 32,
     max_pixels: int = 40_000_000,
+    max_images: int = 1000,
+    max_request_pixels: int = 100_000_000,
+    decode_chunk_pixels: int = 16_000_000,
+    load_retries: int = 5,
+    load_retry_interval: float = 60.0,
+    ssl_cert: str | None = None,
+    ssl_key: str | None = None,
+    ssl_client_ca: str | None = None,
+    reflection: bool = False,
+    rest_workers: int = 16,
+    rest_idle_timeout: float = 30.0,
 ) -> int:
     """Serve until SIGTERM/SIGINT; keywords, so the server does not depend on the CLI's Namespace.
 
@@ -453,6 +687,17 @@ def serve_forever(
         poll_seconds=poll_seconds,
         max_message_mb=max_message_mb,
         max_pixels=max_pixels,
+        max_images=max_images,
+        max_request_pixels=max_request_pixels,
+        decode_chunk_pixels=decode_chunk_pixels,
+        load_retries=load_retries,
+        load_retry_interval=load_retry_interval,
+        ssl_cert=ssl_cert,
+        ssl_key=ssl_key,
+        ssl_client_ca=ssl_client_ca,
+        reflection_on=reflection,
+        rest_workers=rest_workers,
+        rest_idle_timeout=rest_idle_timeout,
     ).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

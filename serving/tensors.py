@@ -7,7 +7,11 @@ every output of every request, the client for every request's image bytes.
 from __future__ import annotations
 
 import numpy as np
-from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+from graft.serving import protos
+
+_pb = protos.load()  # no TensorFlow import: the client uses this module too
+tensor_pb2, tensor_shape_pb2, types_pb2 = _pb.tensor_pb2, _pb.tensor_shape_pb2, _pb.types_pb2
 
 
 def tensor_proto(v: np.ndarray) -> tensor_pb2.TensorProto:
@@ -28,3 +32,15 @@ def tensor_proto(v: np.ndarray) -> tensor_pb2.TensorProto:
     import tensorflow as tf
 
     return tf.make_tensor_proto(v)
+
+
+def to_numpy(t) -> np.ndarray:
+    """A float or string TensorProto as numpy, without TensorFlow (what Predict answers hold)."""
+    shape = [d.size for d in t.tensor_shape.dim]
+    if t.dtype == types_pb2.DT_FLOAT:
+        if t.tensor_content:
+            return np.frombuffer(t.tensor_content, dtype=np.float32).reshape(shape)
+        return np.array(t.float_val, dtype=np.float32).reshape(shape)
+    if t.dtype == types_pb2.DT_STRING:
+        return np.array(list(t.string_val), dtype=object).reshape(shape)
+    raise ValueError(f"to_numpy handles float and string tensors, got dtype {t.dtype}")

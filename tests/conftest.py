@@ -21,7 +21,7 @@ def tiny_config(tmp: Path, data: Path, **over) -> dict:
         "validate": {"min_per_class": {"train": 2, "val": 1, "test": 1}},
         "base": {
             "name": "mobilenet_v2",
-            "weights": str(REPO / "configs" / "demo_base.weights.h5"),
+            "weights": "demo",
             "kwargs": {"alpha": 0.35},
         },
         "train_head": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01},

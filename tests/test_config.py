@@ -73,4 +73,77 @@ def test_demo_config_is_valid():
     from conftest import REPO
 
     cfg = load_config(REPO / "configs" / "demo.yaml")
-    assert cfg.base.weights.endswith("demo_base.weights.h5")
+    assert cfg.base.weights == "demo"  # shipped with the package: a copied config still finds it
+    assert cfg.data.path == str(REPO / "data" / "demo")  # relative to the config file
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("train_head", "epochs", 10**6),
+        ("fine_tune", "epochs", 10**6),
+        ("fine_tune", "warmup_epochs", 1e9),
+        ("head", "fc_size", 10**7),
+        ("train_head", "batch_size", 10**7),
+        ("fine_tune", "batch_size", 10**7),
+        ("push", "keep", 10**6),
+        ("evaluate", "top_k", 10**6),
+    ],
+)
+def test_counts_and_sizes_have_upper_bounds(section, key, value):
+    with pytest.raises(ConfigError, match=rf"{section}\.{key}: Input should be less than"):
+        parse_config({"data": {"path": "x"}, section: {key: value}})
+
+
+def test_every_int_field_has_an_upper_bound():
+    """A new count without `le=` would let a typo (epochs: 1000000) through validation."""
+    from pydantic import BaseModel
+
+    from graft.core.config import GraftConfig
+
+    unbounded, seen = [], set()
+
+    def walk(model: type[BaseModel], path: str) -> None:
+        if model in seen:
+            return
+        seen.add(model)
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type)]
+            for sub in [ann, *args]:
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, f"{path}{f.alias or name}.")
+            if ann in (int, float) and name not in ("seed",):
+                has_le = any(getattr(m, "le", None) is not None for m in f.metadata)
+                has_lt = any(getattr(m, "lt", None) is not None for m in f.metadata)
+                if not (has_le or has_lt):
+                    unbounded.append(f"{path}{f.alias or name}")
+
+    walk(GraftConfig, "")
+    assert not unbounded, f"numbers without an upper bound: {unbounded}"
+
+
+def test_yaml_alias_bomb_is_refused(tmp_path):
+    p = tmp_path / "bomb.yaml"
+    lines = ["data: {path: imgs}", 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    lines.append("base: {kwargs: {alpha: *a8}}")  # 6 * 9**8 strings if expanded
+    p.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert str(p) in msg and "alias '*a0'" in msg and "not allowed" in msg
+
+
+def test_yaml_merge_keys_are_refused_but_anchors_alone_load(tmp_path):
+    p = tmp_path / "merge.yaml"
+    p.write_text("data: &d {path: imgs}\ntrain_head: {epochs: 2}\nfine_tune:\n  <<: *d\n")
+    with pytest.raises(ConfigError, match=r"merge\.yaml: .*alias '\*d'"):
+        load_config(p)
+    p.write_text("data: &d {path: imgs}\ntrain_head: {epochs: 2}\n")
+    assert load_config(p).train_head.epochs == 2  # an anchor that nothing refers to is harmless
+
+
+def test_set_value_alias_is_refused():
+    with pytest.raises(ConfigError, match=r"--set value .*alias"):
+        load_config(None, ["base.kwargs=[&x 1, *x]"], {"data": {"path": "x"}})

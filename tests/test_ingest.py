@@ -75,7 +75,8 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
     assert "truncated" in q_by_name["truncated.jpg"]["reason"]
     assert q_by_name["zero.jpg"]["reason"] == "zero-byte file"
     assert "not an image" in q_by_name["notes.jpg"]["reason"]
-    assert q_by_name["emptyclass"]["reason"] == "empty class folder"
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["empty_classes"] == ["emptyclass"] and "emptyclass" not in q_by_name
     assert manifest["cmyk.jpg"]["mode"] == "CMYK" and manifest["sixteen.png"]["mode"].startswith(
         "I;16"
     )
@@ -83,7 +84,6 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
         manifest["huge.jpg"]["resized"]
         and max(manifest["huge.jpg"]["height"], manifest["huge.jpg"]["width"]) == 512
     )
-    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
     for label, row in stats["per_class"].items():
         assert row["written"] + row["quarantined"] == row["input"], label
     assert r.written + r.quarantined == r.input_files

@@ -86,8 +86,9 @@ def test_probes_ports_and_names_agree_with_configs_and_client():
     from graft.pipeline.cli import build_parser
 
     serve = build_parser().parse_args(["serve", "--model-base-path", "x", "--model-name", "y"])
-    predict = build_parser().parse_args(["predict", "--model", "y", "img"])
-    assert serve.port == int(p["GRPC_PORT"]) and predict.server.endswith(f":{p['GRPC_PORT']}")
+    from graft.serving.client import DEFAULT_SERVER
+
+    assert serve.port == int(p["GRPC_PORT"]) and DEFAULT_SERVER.endswith(f":{p['GRPC_PORT']}")
     sec = c["securityContext"]
     assert sec["readOnlyRootFilesystem"] and not sec["allowPrivilegeEscalation"]
     assert "--enable_model_warmup=true" in c["args"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from conftest import tiny_config
+from model_copies import other_model_export
 
 from graft.components import data as gdata
 from graft.components.push import versions
@@ -135,7 +136,8 @@ def test_run_json_and_reports(pipeline_run):
         "confusion_matrix",
     ):
         assert key in ev["candidate"] and key in ev["head_only"]
-    assert os.path.getsize(os.path.join(_out(run, "evaluate"), "report.html")) > 10_000
+    report = open(os.path.join(_out(run, "evaluate"), "report.html"), encoding="utf-8").read()
+    assert len(report) > 10_000 and "<h2>Data checks (validate)</h2>" in report
     for png in ("confusion_matrix.png", "per_class_f1.png", "training_curves.png"):
         assert open(os.path.join(_out(run, "evaluate"), png), "rb").read(4) == b"\x89PNG"
 
@@ -203,12 +205,8 @@ def test_interrupted_push_leaves_no_partial_version(pipeline_run, tmp_path):
     dest = tmp_path / "models"
     shutil.copytree(cfg.push.destination, dest)
     before = versions(str(dest), "tiny")
-    export_dir = _out(run, "export")
-    new_export = tmp_path / "export"
-    shutil.copytree(export_dir, new_export)
-    meta = json.load(open(new_export / "export.json"))
-    meta.update(model_sha256="another-model", path=str(new_export / "tiny" / str(meta["version"])))
-    json.dump(meta, open(new_export / "export.json", "w"))
+    # another model (changed weights): push refuses one the destination already has
+    new_export = other_model_export(_out(run, "export"), tmp_path / "export", scale=1.01)
     code = f"""
 from graft.components.push import push
 from graft.core.config import PushConfig

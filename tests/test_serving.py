@@ -5,6 +5,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -33,7 +35,11 @@ def served(pipeline_run, tmp_path_factory):
         str(base),
         "tiny",
         rest=True,
-        extra=["--max-message-mb", "4", "--max-pixels", "25000000"],
+        extra=[
+            *("--max-message-mb", "4", "--max-pixels", "25000000"),
+            # a few test images per chunk, so every multi-image test runs the chunked path
+            *("--decode-chunk-pixels", "20000", "--rest-idle-timeout", "2"),
+        ],
         log_path=str(base.parent / "server.log"),
     ).wait_healthy()
     examples = run["steps"]["ingest"]["output"]
@@ -257,3 +263,365 @@ def test_hot_reload_without_failed_requests(pipeline_run, tmp_path):
     assert not failures, failures[:3]
     assert old + 1 in seen and old in seen
     assert states[old + 1] == "AVAILABLE" and states[old] == "END"
+
+
+# ---------------------------------------------------------------- limits, errors, TLS, reloads
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return kb / 1024
+
+
+def _jpeg(w=64, h=64, seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _post(url: str, body: bytes, headers: dict | None = None, timeout: float = 60):
+    """(status, parsed JSON body) of a POST; HTTP errors are answers here, not exceptions."""
+    req = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+def _good(srv, blobs) -> None:
+    with GraftClient(srv.target, "tiny", retries=0) as c:
+        assert len(c.predict([blobs[0]])[0].labels) == 3
+
+
+@pytest.mark.timeout(300)
+def test_huge_requests_are_refused_quickly_and_memory_stays_flat(served):
+    srv, _, blobs = served
+    _good(srv, blobs)
+    idle = _rss_mb(srv.proc.pid)
+    tiny_png = _png(8, 8)
+    peak = idle
+
+    # gRPC: 5,000 tiny PNGs in one request (the issue's probe took 1.6 -> 4.4 GB)
+    req = _request({"image_bytes": _string_tensor([tiny_png] * 5000)})
+    with GraftClient(srv.target, "tiny", retries=0) as c:
+        t0 = time.time()
+        with pytest.raises(grpc.RpcError) as e:
+            c.predictions.Predict(req, timeout=60)
+        took = time.time() - t0
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "5,000" in e.value.details() and "--max-images" in e.value.details()
+    assert took < 5, took
+    peak = max(peak, _rss_mb(srv.proc.pid))
+    _good(srv, blobs)
+
+    # gRPC: ten 4000x4000 images, each under --max-pixels, together over the request budget
+    big = _png(4000, 4000)
+    with GraftClient(srv.target, "tiny", retries=0) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.predictions.Predict(_request({"image_bytes": _string_tensor([big] * 10)}), timeout=60)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-request-pixels" in e.value.details()
+    peak = max(peak, _rss_mb(srv.proc.pid))
+    _good(srv, blobs)
+
+    url = f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny:predict"
+    # REST: 20,000 small instances, under the body limit: refused on the count
+    inst = {"image_bytes": {"b64": base64.b64encode(tiny_png).decode()}}
+    body = json.dumps({"instances": [inst] * 20_000}).encode()
+    t0 = time.time()
+    code, out = _post(url, body)
+    assert code == 413 and "--max-images" in out["error"], (code, out)
+    assert time.time() - t0 < 5
+    peak = max(peak, _rss_mb(srv.proc.pid))
+    _good(srv, blobs)
+
+    # REST: 20,000 instances of a real image, ~38 MB of JSON: refused on the body size
+    inst = {"image_bytes": {"b64": base64.b64encode(_jpeg(40, 40) + b"\0" * 900).decode()}}
+    body = json.dumps({"instances": [inst] * 20_000}).encode()
+    assert len(body) > 30 * 2**20
+    t0 = time.time()
+    code, out = _post(url, body)
+    assert code == 413 and "--max-message-mb" in out["error"], (code, out)
+    assert time.time() - t0 < 10
+    peak = max(peak, _rss_mb(srv.proc.pid))
+    _good(srv, blobs)
+    assert peak - idle < 200, f"server RSS {idle:.0f} MB idle, {peak:.0f} MB after the requests"
+    assert srv.proc.poll() is None
+
+
+def test_truncated_jpeg_and_empty_batch_errors_keep_their_cause(served):
+    srv, _, blobs = served
+    jpeg = _jpeg(64, 64)
+    cut = jpeg[: len(jpeg) // 2]
+    with GraftClient(srv.target, "tiny", retries=0) as c:
+        with pytest.raises(grpc.RpcError) as e:
+            c.predict_raw([blobs[0], cut])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Invalid JPEG data" in e.value.details(), e.value.details()
+        assert "Graph execution error" not in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:
+            c.predict_raw([])
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "empty batch" in e.value.details()
+    url = f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny:predict"
+    body = {"instances": [{"image_bytes": {"b64": base64.b64encode(cut).decode()}}]}
+    code, out = _post(url, json.dumps(body).encode())
+    assert code == 400 and "Invalid JPEG data" in out["error"], out
+
+
+def test_rest_client_mistakes_get_400_saying_what_is_wrong(served):
+    import http.client
+
+    srv, _, blobs = served
+    url = f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny:predict"
+    b64 = {"b64": base64.b64encode(blobs[0]).decode()}
+    cases = {
+        "top-level list": (json.dumps([{"image_bytes": b64}]), "top-level list"),
+        "instances with different keys": (
+            json.dumps({"instances": [{"image_bytes": b64}, {"image": b64}]}),
+            "instances[1] has keys ['image']",
+        ),
+        "plain string for bytes": (
+            json.dumps({"instances": [{"image_bytes": "not base64, not bytes"}]}),
+            '{"b64"',
+        ),
+        "b64 of a number": (json.dumps({"instances": [{"image_bytes": {"b64": 5}}]}), "b64"),
+        "instances not a list": (json.dumps({"instances": {"image_bytes": b64}}), "a list"),
+        "no instances or inputs": (json.dumps({"signature_name": "serving_default"}), "needs"),
+        "not JSON": ("{nope", "not JSON"),
+        "ragged pixels": (
+            json.dumps({"signature_name": "predict_pixels", "instances": [[[1, 2]], [[1]]]}),
+            "rectangular",
+        ),
+    }
+    for name, (body, says) in cases.items():
+        code, out = _post(url, body.encode())
+        assert code == 400, (name, code, out)
+        assert says in out["error"], (name, out)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.rest_port, timeout=30)
+    conn.putrequest("POST", "/v1/models/tiny:predict")
+    conn.putheader("Content-Length", "twelve")
+    conn.endheaders()
+    conn.send(b'{"instances": []}')
+    resp = conn.getresponse()
+    assert resp.status == 400 and "not a number" in json.load(resp)["error"]
+    conn.close()
+    _good(srv, blobs)
+
+
+@pytest.mark.timeout(120)
+def test_idle_rest_connections_are_closed_and_do_not_block_others(served):
+    import socket
+
+    srv, _, blobs = served
+    idle = [socket.create_connection(("127.0.0.1", srv.rest_port), timeout=30) for _ in range(4)]
+    t0 = time.time()
+    url = f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny"
+    assert json.load(urllib.request.urlopen(url, timeout=10))["model_version_status"]
+    for s in idle:
+        assert s.recv(1024) == b""  # closed by the server (--rest-idle-timeout 2), not by us
+        s.close()
+    assert 1.5 < time.time() - t0 < 20
+
+
+def test_reflection_is_off_by_default(served):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    srv, _, _ = served
+    with grpc.insecure_channel(srv.target) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        with pytest.raises(grpc.RpcError) as e:
+            list(stub.ServerReflectionInfo(iter([req]), timeout=10))
+    assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def _certs(tmp_path):
+    """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def make(cn, issuer=None, *, ca=False, san=None, usage=None):
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer[0].subject if issuer else name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            b = b.add_extension(x509.SubjectAlternativeName(san), critical=False)
+        if usage:
+            b = b.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        cert = b.sign(issuer[1] if issuer else key, hashes.SHA256())
+        return cert, key
+
+    ca = make("graft test CA", ca=True)
+    server = make(
+        "localhost",
+        ca,
+        san=[x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
+        usage=ExtendedKeyUsageOID.SERVER_AUTH,
+    )
+    client = make("graft test client", ca, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    out = {}
+    for label, (cert, key) in {"ca": ca, "server": server, "client": client}.items():
+        out[f"{label}.crt"] = cert.public_bytes(serialization.Encoding.PEM)
+        out[f"{label}.key"] = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        for suffix in ("crt", "key"):
+            (tmp_path / f"{label}.{suffix}").write_bytes(out[f"{label}.{suffix}"])
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_tls_round_trip_with_client_certificates(pipeline_run, tmp_path):
+    import http.client
+    import ssl
+
+    cfg, run, _ = pipeline_run
+    base = tmp_path / "tiny"
+    shutil.copytree(os.path.join(cfg.push.destination, "tiny"), base)
+    pem = _certs(tmp_path)
+    tls = {
+        "root_certificates": pem["ca.crt"],
+        "private_key": pem["client.key"],
+        "certificate_chain": pem["client.crt"],
+    }
+    flags = ["--ssl-cert", str(tmp_path / "server.crt"), "--ssl-key", str(tmp_path / "server.key")]
+    flags += ["--ssl-client-ca", str(tmp_path / "ca.crt"), "--reflection"]
+    blob = _jpeg(48, 48)
+    with ServerProcess(str(base), "tiny", rest=True, extra=flags, tls=tls) as srv:
+        with GraftClient(srv.target, "tiny", retries=0, tls=tls) as c:
+            assert len(c.predict([blob])[0].labels) == 3
+            assert c.status()[-1]["state"] == "AVAILABLE"
+        for bad in (None, {"root_certificates": pem["ca.crt"]}):  # plaintext; no client cert
+            with GraftClient(srv.target, "tiny", retries=0, timeout=5, tls=bad) as c:
+                with pytest.raises(grpc.RpcError) as e:
+                    c.predict([blob])
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        with grpc.secure_channel(srv.target, grpc.ssl_channel_credentials(**tls)) as ch:
+            stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+            req = reflection_pb2.ServerReflectionRequest(list_services="")
+            (answer,) = list(stub.ServerReflectionInfo(iter([req]), timeout=10))
+        names = {s.name for s in answer.list_services_response.service}
+        assert "tensorflow.serving.PredictionService" in names  # --reflection turns it on
+
+        refused = (urllib.error.URLError, ConnectionError, ssl.SSLError, http.client.HTTPException)
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        ctx.load_cert_chain(str(tmp_path / "client.crt"), str(tmp_path / "client.key"))
+        url = f"https://127.0.0.1:{srv.rest_port}/v1/models/tiny"
+        body = json.dumps(
+            {"instances": [{"image_bytes": {"b64": base64.b64encode(blob).decode()}}]}
+        )
+        req = urllib.request.Request(url + ":predict", data=body.encode())
+        with urllib.request.urlopen(req, timeout=30, context=ctx) as r:
+            assert len(json.load(r)["predictions"][0]["scores"]) == 3
+        with pytest.raises(refused):
+            urllib.request.urlopen(f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny", timeout=5)
+        no_client = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        with pytest.raises(refused):
+            urllib.request.urlopen(url, timeout=5, context=no_client).read()
+        assert srv.proc.poll() is None
+
+
+def _state(srv, version) -> tuple[str, str]:
+    with GraftClient(srv.target, "tiny", retries=0) as c:
+        for s in c.status():
+            if s["version"] == version:
+                return s["state"], s["error"]
+    return "", ""
+
+
+@pytest.mark.timeout(300)
+def test_a_version_copied_in_two_steps_loads_once_complete(pipeline_run, tmp_path):
+    cfg, run, _ = pipeline_run
+    base = tmp_path / "tiny"
+    shutil.copytree(os.path.join(cfg.push.destination, "tiny"), base)
+    old = max(int(v) for v in os.listdir(base) if v.isdigit())
+    src, new = base / str(old), base / str(old + 1)
+    flags = ["--load-retries", "100", "--load-retry-interval", "1"]
+    with ServerProcess(str(base), "tiny", poll_seconds=0.3, extra=flags) as srv:
+        # step one, as a plain cp -r that is still running: the graph but no variables yet
+        new.mkdir()
+        shutil.copy(src / "saved_model.pb", new / "saved_model.pb")
+        deadline = time.time() + 60
+        while time.time() < deadline and not _state(srv, old + 1)[1]:
+            time.sleep(0.2)
+        state, error = _state(srv, old + 1)
+        assert state == "END" and "retrying" in error, (state, error)
+        with GraftClient(srv.target, "tiny", retries=0) as c:  # the old one keeps serving
+            assert c.predict_raw([_jpeg(48, 48)]).model_spec.version.value == old
+        # step two: the rest of the files arrive
+        for item in os.listdir(src):
+            if item != "saved_model.pb":
+                (shutil.copytree if (src / item).is_dir() else shutil.copy)(src / item, new / item)
+        deadline = time.time() + 60
+        while time.time() < deadline and _state(srv, old + 1)[0] != "AVAILABLE":
+            time.sleep(0.2)
+        assert _state(srv, old + 1) == ("AVAILABLE", "")
+        with GraftClient(srv.target, "tiny", retries=0) as c:
+            assert c.predict_raw([_jpeg(48, 48)]).model_spec.version.value == old + 1
+
+
+@pytest.mark.timeout(180)
+def test_a_base_path_without_versions_warns_and_names_the_nearest(pipeline_run, tmp_path):
+    cfg, _, _ = pipeline_run
+    shutil.copytree(os.path.join(cfg.push.destination, "tiny"), tmp_path / "models" / "tiny")
+    log_path = tmp_path / "server.log"
+    srv = ServerProcess(str(tmp_path / "models"), "tiny", log_path=str(log_path))
+    try:
+        deadline, text = time.time() + 90, ""
+        while time.time() < deadline and "holds no version" not in text:
+            assert srv.proc.poll() is None
+            time.sleep(0.3)
+            text = log_path.read_text()
+        assert "holds no version" in text
+        assert f"did you mean {tmp_path / 'models' / 'tiny'}" in " ".join(text.split())
+    finally:
+        assert srv.stop() == 0
+
+
+def test_grpc_client_imports_no_tensorflow_and_agrees_with_the_server(served, tmp_path):
+    """The client path loads TF Serving's protos without TensorFlow: fast start-up, same
+    answers as the in-process decoding the other tests use."""
+    srv, _, blobs = served
+    img = tmp_path / "x.jpg"
+    img.write_bytes(blobs[0])
+    probe = (
+        "import json, sys, time; t = time.time()\n"
+        "from graft.serving.client import GraftClient\n"
+        "startup = time.time() - t\n"
+        f"with GraftClient({srv.target!r}, 'tiny') as c:\n"
+        f"    p = c.predict([{str(img)!r}], top_k=2)[0]\n"
+        "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'startup': startup,\n"
+        "                  'labels': p.labels, 'scores': p.scores}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = json.loads(out.stdout.strip().splitlines()[-1])
+    assert row["tf"] is False and row["startup"] < 1.0, row
+    with GraftClient(srv.target, "tiny") as c:
+        want = c.predict([blobs[0]], top_k=2)[0]
+    assert row["labels"] == want.labels
+    assert np.allclose(row["scores"], want.scores, atol=1e-6)

@@ -24,7 +24,7 @@ from graft.core.config import (
     TrainHeadConfig,
 )
 
-DEMO_BASE = str(REPO / "configs" / "demo_base.weights.h5")
+DEMO_BASE = str(REPO / "graft" / "assets" / "demo_base.weights.h5")
 NO_AUG = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
 
 

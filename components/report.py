@@ -1,0 +1,340 @@
+"""report.html: what a person needs to trust (or not) the model evaluate just scored.
+
+Pure numpy, PIL and html: the statistics (Wilson intervals, paired bootstrap differences),
+the confidently-wrong gallery and the page itself. evaluate.py computes the scores and calls
+`write_report`. Every piece of text from data or config goes through html.escape.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import os
+from html import escape
+
+import numpy as np
+
+Z95 = 1.959964  # two-sided 95 % normal quantile
+BOOTSTRAP_REPS = 2000
+GALLERY = 12  # most confidently wrong test images shown
+THUMB = 112  # thumbnail side, pixels
+
+MODEL_NAMES = {
+    "head_only": "head only (frozen base)",
+    "candidate": "fine-tuned (candidate)",
+    "baseline": "served baseline",
+}
+
+
+def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion: sound at small n and near 0 or 1."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_difference(
+    a_correct: np.ndarray, b_correct: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0
+) -> dict:
+    """Accuracy of a minus b on the same images, with a 95 % paired bootstrap interval.
+
+    Paired: each resample draws test images, and both models are scored on those same
+    images, so the interval reflects how often they disagree, not two independent noises.
+    """
+    a = np.asarray(a_correct, dtype=float)
+    b = np.asarray(b_correct, dtype=float)
+    n = len(a)
+    d = a - b
+    if n == 0:
+        return {"difference": 0.0, "low": 0.0, "high": 0.0, "n": 0, "a_only": 0, "b_only": 0}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(reps, n))
+    diffs = d[idx].mean(axis=1)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    return {
+        "difference": float(d.mean()),
+        "low": float(lo),
+        "high": float(hi),
+        "n": n,
+        "a_only": int(((a == 1) & (b == 0)).sum()),
+        "b_only": int(((a == 0) & (b == 1)).sum()),
+    }
+
+
+def top_k_correct(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    k = min(k, probs.shape[1])
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return (top == y[:, None]).any(axis=1)
+
+
+def intervals(probs: np.ndarray, y: np.ndarray, k: int) -> dict:
+    """Accuracy and top-k, each with its Wilson 95 % interval, over n test images."""
+    n = len(y)
+    hit = probs.argmax(1) == y
+    hit_k = top_k_correct(probs, y, k)
+    return {
+        "n": n,
+        "accuracy": [float(hit.mean()) if n else 0.0, *wilson(int(hit.sum()), n)],
+        f"top_{min(k, probs.shape[1])}": [
+            float(hit_k.mean()) if n else 0.0,
+            *wilson(int(hit_k.sum()), n),
+        ],
+    }
+
+
+def confidently_wrong(
+    probs: np.ndarray, y: np.ndarray, limit: int = GALLERY
+) -> list[tuple[int, int, float]]:
+    """(test index, predicted class, its score) of the wrong answers, most confident first."""
+    pred = probs.argmax(1)
+    wrong = np.flatnonzero(pred != y)
+    order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
+    return [(int(i), int(pred[i]), float(probs[i, pred[i]])) for i in order[:limit]]
+
+
+def thumbnail(blob: bytes, side: int = THUMB) -> str | None:
+    """A small inline JPEG (data: URI) of an encoded image; None if it will not decode."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(blob)) as im:
+            im = im.convert("RGB")
+            scale = side / max(im.size)  # small images are scaled up too, to be seen
+            size = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+            im = im.resize(size, Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - a thumbnail is decoration; the row still shows
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# ------------------------------------------------------------------ the page
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em 2em;color:#222;
+max-width:1100px}
+h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:2px solid #eee;padding-bottom:.2em}
+table{border-collapse:collapse;margin:.5em 0} td,th{padding:4px 10px;
+border-bottom:1px solid #ddd;text-align:right} th{background:#f6f6f6}
+td:first-child,th:first-child,td.txt,th.txt{text-align:left}
+.ok{color:#17722b;font-weight:bold} .bad{color:#a61b1b;font-weight:bold}
+.muted{color:#666;font-size:.9em} code{background:#f3f3f3;padding:1px 4px;border-radius:3px}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}
+.card{width:150px;border:1px solid #ddd;border-radius:6px;padding:6px;font-size:.85em}
+.card img{display:block;margin:0 auto 4px;max-width:138px;max-height:138px}
+.card .path{color:#666;word-break:break-all;font-size:.8em}
+dl.prov{display:grid;grid-template-columns:max-content auto;gap:2px 14px}
+dl.prov dt{font-weight:bold} dl.prov dd{margin:0;word-break:break-all}
+"""
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _ci(v: list[float]) -> str:
+    return f"{_pct(v[0])} <span class=muted>[{_pct(v[1])}, {_pct(v[2])}]</span>"
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{escape(title)}</h2>\n{body}</section>\n'
+
+
+def _accuracy_table(res: dict, ivs: dict, k: int) -> str:
+    rows = []
+    for key, name in MODEL_NAMES.items():
+        m, iv = res.get(key), ivs.get(key)
+        if not m or not iv:
+            continue
+        topk = next((v for n, v in iv.items() if n.startswith("top_")), None)
+        rows.append(
+            f"<tr><td>{escape(name)}</td><td>{_ci(iv['accuracy'])}</td>"
+            f"<td>{_ci(topk) if topk else '-'}</td><td>{m['macro_f1']:.3f}</td>"
+            f"<td>{m['log_loss']:.3f}</td><td>{m['ece']:.3f}</td></tr>"
+        )
+    n = ivs.get("candidate", {}).get("n", 0)
+    return (
+        f"<p>On <b>{n}</b> test images. In brackets: the 95% interval (Wilson); with n={n} an "
+        f"accuracy near 80% is known to about ±{_pct(Z95 * math.sqrt(0.16 / max(1, n)))}.</p>"
+        f"<table><tr><th>model</th><th>accuracy</th><th>top-{k}</th><th>macro-F1</th>"
+        f"<th>log loss</th><th>ECE</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _comparison_table(comps: dict, baseline_note: str) -> str:
+    if not comps:
+        return f"<p>No comparison: only one model was scored. {escape(baseline_note)}</p>"
+    rows = []
+    for name, c in comps.items():
+        lo, hi = c["low"], c["high"]
+        if lo > 0:
+            verdict = '<span class="ok">better</span>'
+        elif hi < 0:
+            verdict = '<span class="bad">worse</span>'
+        else:
+            verdict = "no clear difference (interval spans 0)"
+        rows.append(
+            f"<tr><td>{escape(name)}</td><td>{100 * c['difference']:+.1f} pts</td>"
+            f"<td>[{100 * lo:+.1f}, {100 * hi:+.1f}]</td>"
+            f"<td>{c['a_only']} / {c['b_only']}</td><td class=txt>{verdict}</td></tr>"
+        )
+    return (
+        "<p>Accuracy differences on the same test images; the 95% interval is a paired "
+        f"bootstrap ({BOOTSTRAP_REPS} resamples of the test images). {escape(baseline_note)}</p>"
+        "<table><tr><th>comparison</th><th>difference</th><th>95% interval</th>"
+        "<th>right only by first / second</th><th class=txt>reading</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
+def _baseline_note(res: dict) -> str:
+    if res.get("baseline"):
+        return f"Served baseline: version {res.get('baseline_version')}."
+    if res.get("baseline_version"):
+        return f"Served version {res['baseline_version']} is not comparable (see Verdict)."
+    return "No served baseline: this is the first model at the push destination."
+
+
+def _guard_html(guard: dict | None) -> str:
+    if not guard:
+        return "<p>No fine-tuning record found (result.json of the fine_tune step).</p>"
+    decision = guard.get("guard")
+    kept = guard.get("kept")
+    if decision == "kept_head":
+        head = "<p class=bad>The guard kept the head-only model: fine-tuning did worse on val.</p>"
+    elif decision == "accepted":
+        head = "<p class=ok>Fine-tuning kept: it did at least as well as the head on val.</p>"
+    elif decision == "disabled":
+        head = "<p>Fine-tuning was disabled (fine_tune.enabled: false): the head-only model.</p>"
+    else:
+        head = f"<p>Guard: {escape(str(decision))}</p>"
+    rows = []
+    for label, key in (
+        ("val accuracy, head only", "head_val_accuracy"),
+        ("val accuracy, fine-tuned", "fine_tuned_val_accuracy"),
+        ("val loss, head only", "head_val_loss"),
+        ("val loss, fine-tuned", "fine_tuned_val_loss"),
+    ):
+        if isinstance(guard.get(key), (int, float)):
+            rows.append(f"<tr><td>{label}</td><td>{guard[key]:.4f}</td></tr>")
+    unfreeze = guard.get("unfreeze") or {}
+    if unfreeze:
+        total = unfreeze.get("total_layers", "?")
+        where = (
+            f"all {total} base layers"
+            if unfreeze.get("from_index") == 0
+            else f"the top {unfreeze.get('unfrozen_layers', '?')} of {total} base layers, from "
+            f"{escape(str(unfreeze.get('from_layer')))}"
+        )
+        rows.append(f"<tr><td>unfrozen</td><td>{where} (BatchNormalization stays frozen)</td></tr>")
+    rows.append(f"<tr><td>kept</td><td>{escape(str(kept))}</td></tr>")
+    return head + f"<table>{''.join(rows)}</table>"
+
+
+def _per_class_table(res: dict, labels: list[str]) -> str:
+    cand, head = res["candidate"]["per_class"], res["head_only"]["per_class"]
+    rows = "".join(
+        f"<tr><td>{escape(lab)}</td><td>{cand[lab]['precision']:.3f}</td>"
+        f"<td>{cand[lab]['recall']:.3f}</td><td>{cand[lab]['f1']:.3f}</td>"
+        f"<td>{cand[lab]['support']}</td><td>{head[lab]['f1']:.3f}</td></tr>"
+        for lab in labels
+    )
+    return (
+        "<p>Fine-tuned (candidate) model on the test split; support is the number of test "
+        "images of the class.</p><table><tr><th>class</th><th>precision</th><th>recall</th>"
+        f"<th>F1</th><th>support</th><th>F1, head only</th></tr>{rows}</table>"
+    )
+
+
+def _gallery_html(items: list[dict]) -> str:
+    if not items:
+        return "<p>None: the candidate classified every test image correctly.</p>"
+    cards = []
+    for it in items:
+        img = f'<img src="{it["thumb"]}" alt="">' if it.get("thumb") else "<p>(no preview)</p>"
+        cards.append(
+            f'<div class="card">{img}<div>true: <b>{escape(it["true"])}</b></div>'
+            f'<div>predicted: <b class="bad">{escape(it["predicted"])}</b> '
+            f"{it['score']:.3f}</div>"
+            f'<div class="path">{escape(it.get("path") or "")}</div></div>'
+        )
+    return (
+        "<p>The test images the candidate got wrong with the highest confidence: often a "
+        "mislabelled image, or a look-alike class.</p>"
+        f'<div class="gallery">{"".join(cards)}</div>'
+    )
+
+
+def _provenance_html(prov: dict) -> str:
+    rows = "".join(
+        f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in prov.items() if v is not None
+    )
+    return f'<dl class="prov">{rows}</dl>'
+
+
+def _img(path: str, alt: str) -> str:
+    with open(path, "rb") as f:
+        data = base64.b64encode(f.read()).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}" style="max-width:100%">'
+
+
+def write_report(
+    out_dir: str,
+    res: dict,
+    plots: dict[str, str],
+    *,
+    intervals_by_model: dict,
+    comparisons: dict,
+    guard: dict | None,
+    gallery: list[dict],
+    provenance: dict,
+    top_k: int,
+    checks_html: str = "",
+) -> str:
+    """Write report.html into out_dir; returns its path."""
+    verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
+    cls = "ok" if res["blessed"] else "bad"
+    reasons = "".join(f"<li>{escape(r)}</li>" for r in res["reasons"])
+    model = escape(str(provenance.get("model name", "")))
+    base = escape(str(provenance.get("base", "")))
+    n = intervals_by_model.get("candidate", {}).get("n", 0)
+    parts = [
+        _section("verdict", "Verdict", f"<ul>{reasons}</ul>"),
+        _section("accuracy", "Accuracy", _accuracy_table(res, intervals_by_model, top_k)),
+        _section(
+            "comparison",
+            "Head only vs fine-tuned vs served",
+            _comparison_table(comparisons, _baseline_note(res)),
+        ),
+        _section("guard", "Fine-tuning guard", _guard_html(guard)),
+        _section("per-class", "Per-class metrics", _per_class_table(res, res["labels"])),
+        _section("wrong", "Most confidently wrong test images", _gallery_html(gallery)),
+        _section(
+            "confusion", "Confusion matrix", _img(plots["confusion_matrix"], "confusion matrix")
+        ),
+        _section("per-class-f1", "Per-class F1", _img(plots["per_class_f1"], "per-class F1")),
+        _section("curves", "Training curves", _img(plots["training_curves"], "training curves")),
+    ]
+    if checks_html:
+        parts.append(f'<section id="data-checks">{checks_html}</section>\n')
+    parts.append(_section("provenance", "Provenance", _provenance_html(provenance)))
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>Graft evaluation: {model} ({verdict})</title><style>{CSS}</style></head><body>"
+        f'<h1>{model}: <span class="{cls}">{verdict}</span></h1>'
+        f'<p class="muted">base {base} · {n} test images · data '
+        f"{escape(str(provenance.get('data fingerprint') or '-'))} · config "
+        f"{escape(str(provenance.get('config hash') or '-'))}</p>\n"
+        + "".join(parts)
+        + "</body></html>"
+    )
+    path = os.path.join(out_dir, "report.html")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(html)
+    return path

@@ -1,0 +1,375 @@
+"""What ingest reads: a folder, a CSV manifest or a TFDS dataset, laid out as users do.
+
+Listing never opens an image. Anything that must not reach the decoder (a file name that is
+not UTF-8, a FIFO, a device, a file over the size limit, a symlink loop) is turned into a
+quarantine record here, with its reason, so that nothing is lost and nothing hangs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import stat
+import unicodedata
+from dataclasses import dataclass, field
+
+from graft.core.config import DataConfig
+from graft.core.paths import is_remote
+from graft.core.paths import join as _join
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "eval": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+LAYOUT_HELP = """Graft reads one of these layouts:
+  ROOT/<class>/<image>                      every split carved by content hash
+  ROOT/train/<class>/<image>                plus any of ROOT/val/..., ROOT/test/...; the missing
+                                            splits are carved from train (aliases: training,
+                                            validation, valid, eval, dev, testing)
+  a CSV manifest (data.source: csv)         header path,label[,split][,other columns]"""
+GROUP_HINT_COLUMNS = ("patient", "patient_id", "subject", "subject_id", "group", "case", "person")
+
+
+class DataLayoutError(ValueError):
+    """The input cannot be read as any supported layout; the message shows the layouts."""
+
+
+@dataclass
+class Listing:
+    items: list[dict] = field(default_factory=list)  # path, label, split|None, group|None
+    rejected: list[dict] = field(default_factory=list)  # quarantined before reading
+    notes: list[dict] = field(default_factory=list)  # empty class folders
+    found_splits: list[str] = field(default_factory=list)  # pre-split folders present
+    group_hint: str | None = None  # a CSV column that looks like a group, when group_by is unset
+
+
+def printable(path: str) -> str:
+    """A path that can be printed and JSON-encoded, whatever bytes its name holds."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def file_problem(path: str, max_bytes: int) -> str | None:
+    """Why a local file must not be read, or None. Uses stat only: never opens the file."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno == getattr(os, "ELOOP", 40) or "loop" in str(e).lower():
+            return "symlink loop"
+        return f"unreadable: {e.strerror or e}"
+    mode = st.st_mode
+    if not stat.S_ISREG(mode):
+        kind = (
+            "FIFO"
+            if stat.S_ISFIFO(mode)
+            else "socket"
+            if stat.S_ISSOCK(mode)
+            else "device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "directory"
+            if stat.S_ISDIR(mode)
+            else "special file"
+        )
+        return f"not a regular file ({kind}); not read"
+    if st.st_size > max_bytes:
+        return (
+            f"{st.st_size / 2**20:.1f} MB is over data.max_file_bytes "
+            f"({max_bytes / 2**20:.1f} MB); not read"
+        )
+    return None
+
+
+def read_bounded(path: str, max_bytes: int) -> bytes:
+    """Read at most max_bytes (+1 to notice growth); remote paths go through tf.io.gfile."""
+    if is_remote(path):
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(f"file grew past data.max_file_bytes ({max_bytes} bytes) while read")
+    return data
+
+
+# ------------------------------------------------------------------ folders
+
+
+def _reject(out: Listing, path: str, label: str | None, reason: str) -> None:
+    out.rejected.append({"path": printable(path), "label": label, "reason": reason})
+
+
+def _listdir(path: str) -> list[str]:
+    if is_remote(path):
+        import tensorflow as tf
+
+        return sorted(p.rstrip("/") for p in tf.io.gfile.listdir(path))
+    return sorted(os.listdir(path))
+
+
+def _isdir(path: str) -> bool:
+    if is_remote(path):
+        import tensorflow as tf
+
+        return tf.io.gfile.isdir(path)
+    return os.path.isdir(path)
+
+
+def _class_files(cdir: str, label: str, split: str | None, out: Listing) -> None:
+    """Every file under a class folder (nested folders too); symlinked folders not followed."""
+    if is_remote(cdir):
+        for f in _listdir(cdir):
+            p = _join(cdir, f)
+            if not _isdir(p):
+                out.items.append({"path": p, "label": label, "split": split})
+        return
+    for dirpath, dirs, files in os.walk(cdir, followlinks=False):
+        dirs.sort()
+        for d in list(dirs):
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full):
+                dirs.remove(d)
+                _reject(out, full, label, "symlinked folder; not followed")
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            full = os.path.join(dirpath, f)
+            if not _utf8(full):
+                _reject(out, full, label, "file name is not valid UTF-8")
+            else:
+                out.items.append({"path": full, "label": label, "split": split})
+
+
+def list_folder(root: str) -> Listing:
+    """root/<class>/* or root/<split>/<class>/* with any subset of splits present."""
+    if not _isdir(root):
+        where = root if is_remote(root) else os.path.abspath(root)
+        raise FileNotFoundError(f"image folder not found: {where}")
+    names = [n for n in _listdir(root) if not n.startswith(".")]
+    dirs = [n for n in names if _isdir(_join(root, n))]
+    files = [n for n in names if n not in dirs]
+    split_dirs = [d for d in dirs if d.lower() in SPLIT_ALIASES]
+    if not dirs:
+        what = f"{len(files)} file(s) and no class folders" if files else "nothing"
+        raise DataLayoutError(f"{root} holds {what}.\n{LAYOUT_HELP}")
+    if split_dirs and len(split_dirs) != len(dirs):
+        others = sorted(set(dirs) - set(split_dirs))
+        raise DataLayoutError(
+            f"{root} mixes split folders {split_dirs} with other folders {others}; put every "
+            f"class folder inside a split folder, or drop the split folders.\n{LAYOUT_HELP}"
+        )
+    out = Listing()
+    for f in files:  # beside the class folders: reported, never read
+        out.rejected.append(
+            {
+                "path": printable(_join(root, f)),
+                "label": None,
+                "reason": "file outside any class folder",
+            }
+        )
+    if split_dirs:
+        seen: dict[str, str] = {}
+        for d in split_dirs:
+            split = SPLIT_ALIASES[d.lower()]
+            if split in seen:
+                raise DataLayoutError(
+                    f"{root}: both '{seen[split]}' and '{d}' mean split '{split}'"
+                )
+            seen[split] = d
+        if "train" not in seen:
+            raise DataLayoutError(
+                f"{root} has split folders {sorted(seen.values())} but no train folder."
+                f"\n{LAYOUT_HELP}"
+            )
+        out.found_splits = [s for s in SPLITS if s in seen]
+        layers = [(SPLIT_ALIASES[d.lower()], _join(root, d)) for d in split_dirs]
+    else:
+        layers = [(None, root)]
+    for split, base in layers:
+        for cls in _listdir(base):
+            cdir = _join(base, cls)
+            if cls.startswith("."):
+                continue
+            if not _isdir(cdir):
+                _reject(out, cdir, None, "file outside any class folder")
+                continue
+            if not _utf8(cls):
+                _reject(out, cdir, None, "class folder name is not valid UTF-8")
+                continue
+            before = len(out.items)
+            _class_files(cdir, cls, split, out)
+            if len(out.items) == before and not any(r["label"] == cls for r in out.rejected):
+                out.notes.append({"path": cdir, "label": cls, "reason": "empty class folder"})
+    labels = {i["label"] for i in out.items}
+    if len(labels) == 1:
+        (only,) = labels
+        raise DataLayoutError(
+            f"{root}: one class folder ('{only}') holds images; a classifier needs at least two. "
+            f"If {_join(root, only)} holds the class folders, point data.path at it.\n{LAYOUT_HELP}"
+        )
+    return out
+
+
+# ------------------------------------------------------------------ CSV
+
+
+def list_csv(manifest: str, group_by: str | None = None) -> Listing:
+    """Rows `path,label[,split]`; with a header, columns by name (others serve group_by)."""
+    text = read_bounded(manifest, 1 << 30).decode("utf-8")
+    rows = list(csv.reader(io.StringIO(text)))
+    header = None
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    lower = [c.lower() for c in header] if header else ["path", "label", "split"]
+    split_col = lower.index("split") if "split" in lower else None
+    group_col = None
+    out = Listing()
+    if group_by and re.compile(group_by).groups == 0:
+        if not header or group_by not in header:
+            raise DataLayoutError(
+                f"data.group_by column '{group_by}' is not in {manifest}'s header "
+                f"({', '.join(header or ['no header'])})"
+            )
+        group_col = header.index(group_by)
+    elif not group_by and header:
+        hint = next((c for c in header if c.lower() in GROUP_HINT_COLUMNS), None)
+        if hint:  # recorded for validate to check; the split stays per image
+            group_col, out.group_hint = header.index(hint), hint
+    base = os.path.dirname(manifest)
+    for n, row in enumerate(rows, start=2 if header else 1):
+        if not row or not "".join(row).strip():
+            continue
+        if len(row) < 2:
+            raise DataLayoutError(f"{manifest} line {n}: expected path,label[,split], got {row}")
+        path, label = row[0].strip(), row[1].strip()
+        split = None
+        if split_col is not None and len(row) > split_col and row[split_col].strip():
+            word = row[split_col].strip().lower()
+            if word not in SPLIT_ALIASES:
+                raise DataLayoutError(
+                    f"{manifest} line {n}: split must be train/val/test, got '{word}'"
+                )
+            split = SPLIT_ALIASES[word]
+        if not is_remote(path) and not os.path.isabs(path):
+            path = os.path.join(base, path)
+        item = {"path": path, "label": label, "split": split}
+        if group_col is not None and len(row) > group_col and row[group_col].strip():
+            item["group_hint" if out.group_hint else "group"] = row[group_col].strip()
+        out.items.append(item)
+    out.found_splits = sorted({i["split"] for i in out.items if i["split"]}, key=SPLITS.index)
+    return out
+
+
+# ------------------------------------------------------------------ TFDS
+
+
+def list_tfds(cfg: DataConfig) -> tuple[Listing, list[str]]:
+    """Encoded bytes from a prepared TFDS dataset, without decoding or downloading."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir)
+    if cfg.tfds_download:
+        builder.download_and_prepare()
+    elif not builder.is_prepared():
+        raise FileNotFoundError(
+            f"TFDS dataset '{cfg.tfds_name}' is not prepared in {builder.data_dir} and "
+            "data.tfds_download is false"
+        )
+    info = builder.info
+    image_key = next(k for k, v in info.features.items() if type(v).__name__ == "Image")
+    label_key = next(k for k, v in info.features.items() if type(v).__name__ == "ClassLabel")
+    names = list(info.features[label_key].names)
+    mapping = cfg.tfds_splits or {s: "auto" for s in info.splits}
+    out = Listing()
+    for tfds_split, graft_split in mapping.items():
+        ds = builder.as_dataset(split=tfds_split, decoders={image_key: tfds.decode.SkipDecoding()})
+        for i, ex in enumerate(ds.as_numpy_iterator()):
+            out.items.append(
+                {
+                    "path": f"tfds://{cfg.tfds_name}/{tfds_split}/{i}",
+                    "label": names[int(ex[label_key])],
+                    "split": None if graft_split == "auto" else graft_split,
+                    "data": bytes(ex[image_key]),
+                }
+            )
+    out.found_splits = sorted({i["split"] for i in out.items if i["split"]}, key=SPLITS.index)
+    return out, names
+
+
+# ------------------------------------------------------------------ groups, labels, carving
+
+
+def apply_group_pattern(items: list[dict], pattern: str) -> int:
+    """Set each item's group from the regex's capture group on its file name; returns misses."""
+    rx = re.compile(pattern)
+    misses = 0
+    for it in items:
+        m = rx.search(os.path.basename(it["path"]))
+        if m and m.group(1):
+            it["group"] = m.group(1)
+        else:
+            misses += 1
+    return misses
+
+
+def check_labels(items: list[dict]) -> None:
+    """Labels must survive storage exactly and mean one class each; name the folders if not."""
+    by_norm: dict[str, set[str]] = {}
+    bad = []
+    for label in sorted({i["label"] for i in items}):
+        if not label.strip():
+            bad.append(f"an empty class name ({label!r})")
+        elif any(unicodedata.category(ch).startswith("C") for ch in label):
+            bad.append(f"class name {label!r} contains control characters")
+        norm = unicodedata.normalize("NFKC", label).strip().casefold()
+        by_norm.setdefault(norm, set()).add(label)
+    for names in by_norm.values():
+        if len(names) > 1:
+            bad.append(f"class names {sorted(names)!r} differ only by case, spaces or Unicode form")
+    if bad:
+        folders = {
+            os.path.dirname(i["path"])
+            for i in items
+            if i["label"] in {n for v in by_norm.values() if len(v) > 1 for n in v}
+            or not i["label"].strip()
+            or any(unicodedata.category(ch).startswith("C") for ch in i["label"])
+        }
+        raise DataLayoutError(
+            "bad class names: "
+            + "; ".join(bad)
+            + ". Rename these folders (or CSV labels): "
+            + ", ".join(printable(f) for f in sorted(folders)[:10])
+        )
+
+
+def carve_fractions(found: list[str], fractions: dict[str, float]) -> dict[str, float]:
+    """The fractions that images without a split are hashed into.
+
+    Nothing pre-split: all three. Pre-split: train's images are shared between train and the
+    missing splits, in the configured proportions; present splits take no carved images.
+    """
+    if not found:
+        return dict(fractions)
+    targets = ["train"] + [s for s in SPLITS if s not in found]
+    total = sum(fractions[s] for s in targets)
+    return {s: fractions[s] / total for s in targets}

@@ -1,0 +1,497 @@
+"""Training beyond one device, through Graft's own train_head / fine_tune, against one device.
+
+MirroredStrategy over 2 logical CPUs, MultiWorkerMirroredStrategy over 2 local processes
+(TF_CONFIG on 127.0.0.1), and the TFJob worker entry. TF fixes its devices and collective
+ops when it runs its first op, so every run is a fresh process running this file as a
+script (`python tests/test_distributed.py MODE ...`); the tests compare what they wrote.
+Runs are deterministic (train.deterministic: ordered reads, op determinism), so a
+distributed run differs from the one-device run only by the order of float sums in the
+all-reduce: the tolerances below are that noise with a margin, measured (see each test).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve()
+SIZE = 48  # data.image_size of the training runs (the demo base learns nothing at 32 px)
+HEAD_EPOCHS = 4
+# max |w_distributed - w_one_device| over every weight; measured (2 cores, TF 2.21 CPU):
+# mirrored <= 4e-7 (head) / 2e-6 (fine-tune), multi-worker DATA <= 1e-6; margin for other CPUs
+WEIGHT_TOL = 1e-4
+ACC_TOL = 1e-6  # val accuracy: identical predictions, so equal up to float printing
+FILE_ACC_TOL = 0.15  # FILE sharding: other batches; measured |val acc diff| <= 0.05
+
+
+# ---------------------------------------------------------------------------- the runs
+
+
+def _configs():
+    from graft.core.config import (
+        AugmentConfig,
+        BaseConfig,
+        FineTuneConfig,
+        HeadConfig,
+        TrainHeadConfig,
+    )
+
+    no_aug = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
+    return {
+        "base": BaseConfig(name="mobilenet_v2", weights="demo", kwargs={"alpha": 0.35}),
+        "head": HeadConfig(dropout=0.0),  # dropout draws differ per replica: off to compare
+        "augment": no_aug,
+        # 82 train images, batch 16: 5 full batches and one of 2, split 1 + 1 over 2 replicas
+        "head_cfg": lambda cache: TrainHeadConfig(
+            epochs=HEAD_EPOCHS, batch_size=16, patience=0, learning_rate=0.02, feature_cache=cache
+        ),
+        "ft_cfg": FineTuneConfig(
+            epochs=2,
+            batch_size=16,
+            patience=0,
+            learning_rate=1e-3,
+            augment=False,
+            guard=False,
+            unfreeze={"mode": "top_fraction", "top_fraction": 0.3},
+        ),
+    }
+
+
+def _head(examples, out, train, cache, extra_callbacks=None):
+    from graft.components.train import train_head
+
+    c = _configs()
+    return train_head(
+        examples,
+        out,
+        base=c["base"],
+        head=c["head"],
+        train=train,
+        cfg=c["head_cfg"](cache),
+        augment=c["augment"],
+        image_size=SIZE,
+        extra_callbacks=extra_callbacks,
+    )
+
+
+def _fine(examples, head_dir, out, train, cfg=None):
+    from graft.components.train import fine_tune
+
+    c = _configs()
+    return fine_tune(
+        examples,
+        head_dir,
+        out,
+        train=train,
+        cfg=cfg or c["ft_cfg"],
+        augment=c["augment"],
+        image_size=SIZE,
+    )
+
+
+def _fingerprint(img) -> str:
+    import numpy as np
+
+    return hashlib.sha1(np.asarray(img).round().astype(np.uint8).tobytes()).hexdigest()[:16]
+
+
+def _replica_batches(strategy, ds, steps):
+    """Per step, the images each local replica got: what Keras feeds its train step."""
+    it = iter(strategy.experimental_distribute_dataset(ds))
+    out = []
+    for _ in range(steps):
+        x, _ = next(it)
+        out.append([[_fingerprint(i) for i in t] for t in strategy.experimental_local_results(x)])
+    return out
+
+
+def _mixed_fit(strategy, examples: str, jit: bool) -> dict:
+    """mixed_float16 (and XLA) on Graft's model under the strategy: the GPU switches, which
+    train.py turns on only where a GPU is, run here on the CPU. A small base, so XLA compiles
+    in seconds (MobileNetV2 at 48 px takes a minute on 2 cores)."""
+    import keras
+    import numpy as np
+
+    from graft.components import data as gdata
+    from graft.components import model as gmodel
+    from graft.core.config import BaseConfig, HeadConfig, UnfreezeConfig
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        with strategy.scope():
+            base = BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25})
+            model = gmodel.build_model(base, HeadConfig(dropout=0.0), 3, 32)
+            gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
+            model.compile(
+                keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit
+            )
+        workers = gmodel.worker_count(strategy)
+        ds = gdata.image_dataset(examples, "train", 32, 16, shuffle=True, workers=workers)
+        steps = gdata.steps_per_epoch(ds, examples, "train", 16)
+        hist = model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+        return {
+            "loss": float(hist.history["loss"][-1]),
+            "optimizer": type(model.optimizer).__name__,
+            "compute_dtype": model.get_layer("preprocess").compute_dtype,
+            "output_dtype": str(model(np.zeros((2, 32, 32, 3), "float32")).dtype.name),
+            "replicas": int(model.distribute_strategy.num_replicas_in_sync),
+            "jit": jit,
+        }
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def main_mirrored(examples: str, out: str, devices: str) -> None:
+    """Both stages under MirroredStrategy over `devices` logical CPUs; with 2, also the batch
+    split, resume, the guard and mixed precision + XLA under the strategy."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    n = int(devices)
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * n)
+    import keras
+    import numpy as np
+
+    from graft.components import data as gdata
+    from graft.components import model as gmodel
+    from graft.components.train import load_model
+    from graft.core.config import FineTuneConfig, TrainConfig
+
+    mirrored = TrainConfig(strategy="mirrored", deterministic=True)
+    t0 = time.time()
+    res: dict = {
+        "head_cached": asdict(_head(examples, f"{out}/head_cached", mirrored, "on")),
+        "head": asdict(_head(examples, f"{out}/head", mirrored, "off")),
+    }
+    res["fine"] = asdict(_fine(examples, f"{out}/head", f"{out}/fine", mirrored))
+    res["seconds"] = round(time.time() - t0, 1)
+    if n == 1:
+        Path(out, "summary.json").write_text(json.dumps(res, default=str))
+        return
+    strategy = gmodel.choose_strategy(mirrored)
+    # batch sharding: each global batch of 16 is split over the 2 replicas, nothing lost
+    ds = gdata.image_dataset(examples, "train", SIZE, 16)
+    res["replica_batches"] = _replica_batches(strategy, ds, int(ds.cardinality()))
+
+    class Boom(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("killed after epoch 1")
+
+    try:
+        _head(examples, f"{out}/resume", mirrored, "off", [Boom()])
+    except RuntimeError:
+        res["killed"] = True
+    res["resumed"] = asdict(_head(examples, f"{out}/resume", mirrored, "off"))
+    guard = FineTuneConfig(
+        epochs=1, batch_size=16, optimizer="sgd", learning_rate=1.0, cosine_decay=False,
+        patience=0, augment=False, unfreeze={"mode": "all"},
+    )  # fmt: skip
+    res["guard"] = asdict(_fine(examples, f"{out}/head", f"{out}/guard", mirrored, guard))
+    # mixed precision under the strategy (XLA cannot be: over logical CPUs its compiled step
+    # reads the other replica's variables, "Trying to access resource ... located in device
+    # CPU:1 from device CPU:0"; the multi-worker run, one device per process, does XLA)
+    res["mixed"] = _mixed_fit(strategy, examples, jit=False)
+    head = gmodel.base_of(load_model(f"{out}/head/model.keras"))
+    fine = gmodel.base_of(load_model(f"{out}/fine/model.keras"))
+    bn = [
+        (
+            a.name,
+            all(
+                np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True)
+            ),
+        )
+        for a, b in zip(head.layers, fine.layers, strict=True)
+        if isinstance(b, keras.layers.BatchNormalization)
+    ]
+    res["bn_unchanged"] = bn
+    Path(out, "summary.json").write_text(json.dumps(res, default=str))
+
+
+def main_worker(examples: str, out: str, probe: str, stages: str) -> None:
+    """One process of the multi-worker run (TF_CONFIG set by the test), or the 1-worker one.
+
+    stages "head,fine": both stages into out (shared by the workers, as a shared volume or
+    bucket would be), then the sharding probe: the images each worker's replica got.
+    """
+    from graft.components import data as gdata
+    from graft.components import model as gmodel
+    from graft.core.config import TrainConfig
+
+    # with TF_CONFIG: 2 workers; without: the same strategy on 1 worker, the reference (not the
+    # default strategy: under any tf.distribute strategy Keras draws a batch to build the
+    # model before fit, which moves a reshuffling dataset on by one permutation)
+    train = TrainConfig(strategy="multi_worker", deterministic=True)
+    strategy = gmodel.choose_strategy(train)
+    res = {}
+    if "head" in stages:
+        res["head"] = asdict(_head(examples, f"{out}/head", train, "on"))
+    if "fine" in stages:
+        res["fine"] = asdict(_fine(examples, f"{out}/head", f"{out}/fine", train))
+    workers = gmodel.worker_count(strategy)
+    ds = gdata.image_dataset(
+        examples, "train", SIZE, 16, shuffle=True, deterministic=True, workers=workers
+    )
+    steps = gdata.steps_per_epoch(ds, examples, "train", 16) or int(ds.cardinality())
+    task = gmodel.describe_strategy(strategy)["task"] or "single"
+    record = {
+        "policy": ds.options().experimental_distribute.auto_shard_policy.name,
+        "batches": _replica_batches(strategy, ds, steps),
+        "result": res,
+        "chief": gmodel.is_chief(strategy),
+    }
+    if workers > 1:  # one CPU device per process: XLA's compiled step works here
+        record["mixed_xla"] = _mixed_fit(strategy, examples, jit=True)
+    Path(probe).mkdir(parents=True, exist_ok=True)
+    Path(probe, f"{task}.json").write_text(json.dumps(record, default=str))
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _script(*args: str, env=None, timeout=600) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(HERE), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or _env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def _cluster(cmd: list[str], tmp: Path, n: int = 2, timeout: float = 600) -> list[dict]:
+    """n worker processes on 127.0.0.1 free ports, each with its TF_CONFIG and TMPDIR."""
+    ports = _free_ports(n)
+    procs = []
+    for i in range(n):
+        tf_config = {
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": i},
+        }
+        tmpdir = tmp / f"tmp-worker-{i}"
+        tmpdir.mkdir(parents=True)
+        env = _env(TF_CONFIG=json.dumps(tf_config), TMPDIR=str(tmpdir))
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+    out = []
+    deadline = time.time() + timeout
+    try:
+        for i, p in enumerate(procs):
+            so, se = p.communicate(timeout=max(1, deadline - time.time()))
+            out.append(
+                {"rc": p.returncode, "stdout": so, "stderr": se, "tmp": tmp / f"tmp-worker-{i}"}
+            )
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for i, o in enumerate(out):
+        assert o["rc"] == 0, f"worker {i}:\n{o['stderr'][-4000:]}"
+    return out
+
+
+def _max_diff(path_a: str, path_b: str) -> float:
+    import numpy as np
+
+    from graft.components.train import load_model
+
+    a, b = load_model(path_a), load_model(path_b)
+    assert [w.path for w in a.weights] == [w.path for w in b.weights]
+    return max(
+        float(np.max(np.abs(np.array(x) - np.array(y))))
+        for x, y in zip(a.weights, b.weights, strict=True)
+    )
+
+
+def _history_lines(stage_dir: Path) -> list[int]:
+    return [json.loads(x)["epoch"] for x in (stage_dir / "history.jsonl").read_text().split()]
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[int, str]:
+    """3 demo classes x 40 at 48 px, ingested with 2 and with 4 shards per split."""
+    from graft.components.demo_data import generate
+    from graft.components.ingest import ingest
+    from graft.core.config import DataConfig
+
+    tmp = tmp_path_factory.mktemp("dist")
+    generate(tmp / "imgs", classes=3, per_class=40, size=48, seed=3)  # 82 train, 21 val
+    out = {}
+    for shards in (2, 4):
+        out[shards] = str(tmp / f"ex{shards}")
+        ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1, shards=shards), out[shards])
+    return out
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_shard_policy_file_only_with_two_shards_per_worker():
+    import tensorflow as tf
+
+    from graft.components.data import shard_policy
+
+    p = tf.data.experimental.AutoShardPolicy
+    assert shard_policy(16, 1, training=True) == p.AUTO
+    assert shard_policy(4, 2, training=True) == p.FILE
+    assert shard_policy(3, 2, training=True) == p.DATA
+    assert shard_policy(2, 2, training=True) == p.DATA
+    assert shard_policy(64, 2, training=False) == p.DATA  # evaluation: every image once
+
+
+def test_chief_is_worker_zero_without_a_chief_task():
+    from graft.components.model import chief_task
+
+    two = {"worker": ["a:1", "b:2"]}
+    assert chief_task("worker", 0, two) and not chief_task("worker", 1, two)
+    assert chief_task("chief", 0, {**two, "chief": ["c:3"]})
+    assert not chief_task("worker", 0, {**two, "chief": ["c:3"]})
+    assert chief_task(None, None, {})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_mirrored_two_logical_cpus_matches_one_device(data, tmp_path):
+    """Both stages, cached head included, on 2 replicas against the same code on 1 device."""
+    t0 = time.time()
+    _script("mirrored", data[2], str(tmp_path / "one"), "1")
+    t1 = time.time()
+    _script("mirrored", data[2], str(tmp_path / "two"), "2")
+    t2 = time.time()
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    r = json.loads((tmp_path / "two" / "summary.json").read_text())
+    print(f"\nmirrored: 1 device {t1 - t0:.0f}s; 2 devices {t2 - t1:.0f}s (stages {r['seconds']}s)")
+    for stage in ("head_cached", "head", "fine"):
+        a, b = one[stage], r[stage]
+        assert a["extra"]["distribution"]["replicas"] == 1
+        assert b["extra"]["distribution"] == {
+            "strategy": "MirroredStrategy",
+            "replicas": 2,
+            "workers": 1,
+            "task": None,
+        }
+        diff = _max_diff(a["model_path"], b["model_path"])
+        acc = abs(a["best_val_accuracy"] - b["best_val_accuracy"])
+        print(f"  {stage}: max |weight diff| {diff:.1e}, |val acc diff| {acc:.1e}")
+        assert diff <= WEIGHT_TOL and acc <= ACC_TOL, stage
+    assert r["head_cached"]["cache_used"] and not r["head"]["cache_used"]
+    # training moved the weights by far more than the tolerance: the match is not vacuous
+    assert _max_diff(r["head"]["model_path"], r["fine"]["model_path"]) > 100 * WEIGHT_TOL
+    # batch sharding: 82 images, batch 16: 8 + 8 per step, the last 2 as 1 + 1, none lost
+    sizes = [[len(rep) for rep in step] for step in r["replica_batches"]]
+    assert sizes == [[8, 8]] * 5 + [[1, 1]]
+    seen = [f for step in r["replica_batches"] for rep in step for f in rep]
+    assert len(seen) == len(set(seen)) == 82
+    # frozen BatchNormalization: every BN layer's weights and statistics untouched by fine-tune
+    assert len(r["bn_unchanged"]) > 40 and all(same for _, same in r["bn_unchanged"])
+    # checkpoint/resume under the strategy
+    assert r["killed"] and r["resumed"]["resumed_from_epoch"] == 1
+    assert _history_lines(tmp_path / "two" / "resume") == list(range(1, HEAD_EPOCHS + 1))
+    # the guard under the strategy: the destructive fine-tune is rejected, the head kept
+    g = r["guard"]["extra"]
+    assert g["guard"] == "kept_head" and g["fine_tuned_val_accuracy"] < g["head_val_accuracy"]
+    assert _max_diff(r["guard"]["model_path"], r["head"]["model_path"]) == 0.0
+    # mixed precision on Graft's model under the strategy: float16 compute, float32 scores
+    mx = r["mixed"]
+    assert mx["replicas"] == 2 and mx["optimizer"] == "LossScaleOptimizer"
+    assert mx["compute_dtype"] == "float16" and mx["output_dtype"] == "float32"
+    assert 0 < mx["loss"] < 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("shards", [2, 4])
+def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
+    """2 files per split: 1 per worker -> DATA: the same global batches as one worker, so the
+    model matches to float noise. 4 files: 2 per worker -> FILE, each worker reads its own
+    files: other batches, so only the cached head (arrays, DATA) matches exactly."""
+    examples = data[shards]
+    t0 = time.time()
+    _script("worker", examples, str(tmp_path / "single"), str(tmp_path / "probe1"), "head,fine")
+    t1 = time.time()
+    cmd = [sys.executable, str(HERE), "worker", examples, str(tmp_path / "multi")]
+    runs = _cluster([*cmd, str(tmp_path / "probe2"), "head,fine"], tmp_path)
+    t2 = time.time()
+    print(f"\nshards={shards}: 1 worker {t1 - t0:.0f}s, 2 workers {t2 - t1:.0f}s")
+    ref = json.loads((tmp_path / "probe1" / "single.json").read_text())
+    probes = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "probe2").glob("*.json")}
+    assert set(probes) == {"worker:0", "worker:1"}
+    assert probes["worker:0"]["chief"] and not probes["worker:1"]["chief"]
+    policy = "DATA" if shards == 2 else "FILE"
+    assert probes["worker:0"]["policy"] == probes["worker:1"]["policy"] == policy
+    # sharding: each worker got images of its own, and together every image
+    everything = {f for step in ref["batches"] for rep in step for f in rep}
+    mine = [{f for step in p["batches"] for rep in step for f in rep} for p in probes.values()]
+    assert len(everything) == 82
+    assert not (mine[0] & mine[1]), "the two workers read the same images"
+    assert mine[0] | mine[1] == everything
+    for stage in ("head", "fine"):
+        one, two = ref["result"][stage], probes["worker:0"]["result"][stage]
+        dist = two["extra"]["distribution"]
+        assert (dist["strategy"], dist["replicas"], dist["workers"], dist["task"]) == (
+            "MultiWorkerMirroredStrategy",
+            2,
+            2,
+            "worker:0",
+        )
+        assert one["extra"]["distribution"]["workers"] == 1
+        diff = _max_diff(one["model_path"], two["model_path"])
+        acc = abs(one["best_val_accuracy"] - two["best_val_accuracy"])
+        print(f"  {stage}: max |weight diff| {diff:.1e}, |val acc diff| {acc:.3f}")
+        if stage == "head" or policy == "DATA":
+            assert diff <= WEIGHT_TOL and acc <= ACC_TOL, stage
+        else:
+            assert dist["shard_policy"] == "FILE"
+            assert acc <= FILE_ACC_TOL and diff > WEIGHT_TOL, stage  # other batches
+    # chief-only writing: one history line per epoch (a second writer would double them),
+    # the chief's own result, and the non-chief's temp dir made and gone
+    multi = tmp_path / "multi"
+    assert _history_lines(multi / "head") == list(range(1, HEAD_EPOCHS + 1))
+    assert _history_lines(multi / "fine") == [1, 2]
+    result = json.loads((multi / "fine" / "result.json").read_text())
+    assert result["extra"]["distribution"]["task"] == "worker:0"
+    assert "not the chief: writing to" in runs[1]["stderr"]
+    assert "not the chief" not in runs[0]["stderr"]
+    assert not list(runs[1]["tmp"].iterdir()), "the worker left its temp files"
+    # mixed precision + XLA under the multi-worker strategy: one synchronised loss
+    mx = [p["mixed_xla"] for p in probes.values()]
+    assert mx[0] == mx[1] and mx[0]["optimizer"] == "LossScaleOptimizer" and mx[0]["jit"]
+    assert mx[0]["compute_dtype"] == "float16" and 0 < mx[0]["loss"] < 10
+
+
+if __name__ == "__main__":
+    mode, *argv = sys.argv[1:]
+    {"mirrored": main_mirrored, "worker": main_worker}[mode](*argv)

@@ -1,0 +1,280 @@
+"""Push under overlap and re-runs, and blessing of ties, with real exports and real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+from conftest import tiny_config
+from model_copies import other_model_export
+
+from graft.components.evaluate import bless
+from graft.components.push import MARKER, TMP_PREFIX, versions, weights_sha256
+from graft.core.config import EvaluateConfig, PushConfig, parse_config
+
+PUSH = """
+import json, os, sys, time
+from graft.components.push import push
+from graft.core.config import PushConfig
+export, evaluation, out, dest, mode, go = sys.argv[1:7]
+print("ready", flush=True)  # imports done: starting now costs no time
+while not os.path.exists(go):
+    time.sleep(0.005)
+if mode == "mid-copy":  # start only once another push is copying into its temp dir
+    root, t0 = os.path.join(dest, "tiny"), time.time()
+    while time.time() - t0 < 60 and not [
+        d for d in os.listdir(root) if d.startswith(".tmp-") and not d.endswith(".lock")
+    ]:
+        time.sleep(0.002)
+r = push(export, evaluation, out, cfg=PushConfig(destination=dest), model_name="tiny")
+print(json.dumps({"pushed": r.pushed, "already": r.already_at_destination, "version": r.version}))
+"""
+
+
+def _out(run, step):
+    return run["steps"][step]["output"]
+
+
+def _pushes_at_once(jobs: list[tuple[Path, Path, str]], evaluation: str, dest: Path, go: Path):
+    """One process per (export, out dir, mode), all released together once imported.
+
+    mode "now" pushes at once; "mid-copy" waits until another push is copying.
+    """
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUSH, str(e), evaluation, str(o), str(dest), mode, str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        for e, o, mode in jobs
+    ]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready", p.communicate()[1][-3000:]
+    go.write_text("go")
+    return procs
+
+
+def _visible_versions_are_complete(model_dir: Path) -> list[int]:
+    """Every numbered dir: saved_model.pb, the marker, and as many files as the marker says."""
+    seen = []
+    for d in os.listdir(model_dir):
+        if not d.isdigit():
+            continue
+        v = model_dir / d
+        assert (v / "saved_model.pb").exists(), f"version {d} visible without saved_model.pb"
+        marker = json.loads((v / MARKER).read_text())
+        files = sum(len(fs) for _, _, fs in os.walk(v))
+        assert files == marker["files"] + 1, f"version {d}: {files} files, marker says complete"
+        seen.append(int(d))
+    return seen
+
+
+# ---------------------------------------------------------------- blessing (no model)
+
+
+def test_ties_are_not_blessed_by_default_first_model_is():
+    ok, why = bless(EvaluateConfig(), {"accuracy": 0.8}, {"accuracy": 0.8}, None)
+    assert not ok and "tie" in why[-1] and "bless_ties" in why[-1]
+    ok, _ = bless(EvaluateConfig(bless_ties=True), {"accuracy": 0.8}, {"accuracy": 0.8}, None)
+    assert ok
+    ok, why = bless(EvaluateConfig(), {"accuracy": 0.8}, None, None)
+    assert ok and "first model" in why[-1]
+    ok, _ = bless(EvaluateConfig(), {"accuracy": 0.81}, {"accuracy": 0.8}, None)
+    assert ok
+
+
+# ---------------------------------------------------------------- with the pipeline's model
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_concurrent_pushes_only_ever_show_complete_versions(pipeline_run, tmp_path):
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    before = versions(str(dest), "tiny")
+    small = other_model_export(_out(run, "export"), tmp_path / "small", scale=1.01)
+    large = other_model_export(_out(run, "export"), tmp_path / "large", scale=1.02, pad_files=3000)
+    jobs = [(large, tmp_path / "p-large", "now"), (small, tmp_path / "p-small", "mid-copy")]
+    procs = _pushes_at_once(jobs, _out(run, "evaluate"), dest, tmp_path / "go")
+    checks, seen = 0, set()
+    while any(p.poll() is None for p in procs):
+        seen.update(_visible_versions_are_complete(dest / "tiny"))
+        checks += 1
+        time.sleep(0.01)
+    outs = [p.communicate() for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    results = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    after = versions(str(dest), "tiny")
+    _visible_versions_are_complete(dest / "tiny")
+    assert checks > 10  # the poller really watched while both ran
+    assert all(r["pushed"] for r in results), results  # two different models: both go in
+    assert sorted(after) == sorted(before + [r["version"] for r in results])
+    assert not [d for d in os.listdir(dest / "tiny") if not d.isdigit()]  # no temp, no lock
+    big = dest / "tiny" / str(results[0]["version"])
+    assert len(os.listdir(big / "assets.extra" / "pad")) == 3000
+    for r, export in zip(results, (large, small), strict=True):
+        v = dest / "tiny" / str(r["version"])
+        assert weights_sha256(str(v)) == weights_sha256(
+            json.load(open(export / "export.json"))["path"]
+        )
+        tf.saved_model.load(str(v))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_same_model_pushed_twice_at_once_goes_in_once(pipeline_run, tmp_path):
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    before = versions(str(dest), "tiny")
+    export = other_model_export(_out(run, "export"), tmp_path / "e", scale=1.03, pad_files=2000)
+    jobs = [(export, tmp_path / f"p{i}", "now") for i in range(2)]
+    procs = _pushes_at_once(jobs, _out(run, "evaluate"), dest, tmp_path / "go")
+    while any(p.poll() is None for p in procs):
+        _visible_versions_are_complete(dest / "tiny")
+        time.sleep(0.01)
+    outs = [p.communicate() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-2000:] for _, e in outs]
+    results = [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    assert sorted(r["pushed"] for r in results) == [False, True], results
+    refused = next(r for r in results if not r["pushed"])
+    assert refused["already"]  # refused cleanly: it says where the model already is
+    assert len(versions(str(dest), "tiny")) == len(before) + 1
+    assert not [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_same_weights_in_a_new_file_are_not_pushed_again(pipeline_run, tmp_path):
+    """A re-saved model.keras has a new file checksum; its weights are what count."""
+    from graft.components.push import push
+
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    before = versions(str(dest), "tiny")
+    same = other_model_export(_out(run, "export"), tmp_path / "same", scale=1.0)
+    assert (
+        json.load(open(same / "export.json"))["model_sha256"]
+        != json.load(open(Path(_out(run, "export")) / "export.json"))["model_sha256"]
+    )
+    r = push(
+        str(same),
+        _out(run, "evaluate"),
+        str(tmp_path / "p"),
+        cfg=PushConfig(destination=str(dest)),
+        model_name="tiny",
+        force=True,  # even forced: the destination already serves exactly this model
+    )
+    assert not r.pushed and r.already_at_destination and r.version == before[-1]
+    assert versions(str(dest), "tiny") == before
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_live_push_keeps_its_temp_dir_a_dead_one_loses_it(pipeline_run, tmp_path):
+    from graft.components.push import push
+
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    root = dest / "tiny"
+    live, dead = root / f"{TMP_PREFIX}h-1-live", root / f"{TMP_PREFIX}h-2-dead"
+    for d in (live, dead):
+        d.mkdir()
+        (d / "partial").write_text("x")
+        (root / f"{d.name}.lock").write_text("")
+    holder = subprocess.Popen(  # a running push: holds its owner lock
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True); time.sleep(120)",
+            str(root / f"{live.name}.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        export = other_model_export(_out(run, "export"), tmp_path / "e", scale=1.04)
+        r = push(
+            str(export),
+            _out(run, "evaluate"),
+            str(tmp_path / "p"),
+            cfg=PushConfig(destination=str(dest)),
+            model_name="tiny",
+        )
+        assert r.pushed
+        assert live.exists() and (live / "partial").exists()  # its owner is still running
+        assert not dead.exists() and not (root / f"{dead.name}.lock").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_equal_accuracy_is_not_blessed_unless_bless_ties(pipeline_run, tmp_path):
+    """The served model and a candidate that scores the same: no blessing by default."""
+    from graft.components.evaluate import evaluate
+
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    served = dest / "tiny" / str(versions(str(dest), "tiny")[-1])
+    marker = json.loads((served / MARKER).read_text())
+    marker["model_sha256"] = "a-file-saved-at-another-time"  # same weights, another file
+    (served / MARKER).write_text(json.dumps(marker))
+    common = dict(
+        destination=str(dest),
+        model_name="tiny",
+        image_size=cfg.data.image_size,
+        validation_dir=_out(run, "validate"),
+    )
+    args = (_out(run, "ingest"), _out(run, "train_head"), _out(run, "fine_tune"))
+    ev = evaluate(*args, str(tmp_path / "ev"), cfg=cfg.evaluate, **common)
+    assert ev.baseline is not None and ev.baseline["accuracy"] == ev.candidate["accuracy"]
+    assert not ev.blessed and "tie" in ev.reasons[-1]
+    ties = cfg.evaluate.model_copy(update={"bless_ties": True})
+    ev2 = evaluate(*args, str(tmp_path / "ev2"), cfg=ties, **common)
+    assert ev2.blessed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_an_unchanged_rerun_pushes_nothing(pipeline_run, tiny_data, tmp_path):
+    """The issue's case: fine-tune re-runs but keeps the head-only weights it had before."""
+    from graft.pipeline.runner import run_pipeline
+
+    cfg, run, tmp = pipeline_run
+    dest = tmp_path / "models"
+    over = dict(
+        fine_tune__enabled=False,  # the model is the (cached) head's weights, saved anew
+        push__destination=str(dest),
+        runner__run_root=cfg.runner.run_root,  # ingest and the head stage come from cache
+    )
+    first = run_pipeline(parse_config(tiny_config(tmp, tiny_data, **over)))
+    assert first["steps"]["push"]["summary"]["pushed"]
+    pushed = versions(str(dest), "tiny")
+    assert len(pushed) == 1
+    again = run_pipeline(
+        parse_config(tiny_config(tmp, tiny_data, fine_tune__learning_rate=3e-4, **over))
+    )
+    assert again["steps"]["train_head"]["status"] == "cached"
+    assert again["steps"]["fine_tune"]["status"] == "ran"  # a new model.keras, same weights
+    push = again["steps"]["push"]
+    assert push["status"] == "skipped" or not push["summary"]["pushed"], push
+    assert versions(str(dest), "tiny") == pushed
