@@ -6,9 +6,14 @@ step (components.model: preprocess layer, MobileNetV2 at 224 px, every layer tra
 frozen) on real decoded demo images held in memory, in float32, mixed_float16 and
 mixed_float16 + XLA. Then the fastest of the three is fed by components/data.py from the
 ingest TFRecords and from memory: the input_pipeline benchmark's ratio, on that machine.
+Last, with 2 or more GPUs, the scaling figure: images/s of the same step under
+MirroredStrategy on 2 GPUs against 1 GPU, at the same batch per GPU (skipped, saying so,
+when fewer than 2 GPUs are visible).
 
 GPU_CHECK_SMOKE=1 runs the same code tiny on the CPU (the suite does, so the script is known
 to run before a lent GPU's minutes are spent on it); its result is named gpu_check_smoke.
+The smoke run splits the CPU into 2 logical devices, so the MirroredStrategy code runs too
+(without XLA, which cannot compile a step over logical CPUs); that ratio is no figure.
 """
 
 from __future__ import annotations
@@ -56,28 +61,30 @@ VARIANTS = (
 )
 
 
-def _fine_tune_model(policy: str, jit: bool, s: Settings):
+def _fine_tune_model(policy: str, jit: bool, s: Settings, strategy=None):
     import keras
+    import tensorflow as tf
 
     from graft.components import model as gmodel
     from graft.core.config import BaseConfig, HeadConfig, UnfreezeConfig
 
     keras.mixed_precision.set_global_policy(policy)
-    model = gmodel.build_model(
-        BaseConfig(name=s.backbone, weights=None, kwargs={"alpha": s.alpha}),
-        HeadConfig(),
-        s.classes,
-        s.size,
-    )
-    gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
-    # under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer, as in fine_tune
-    model.compile(
-        keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", jit_compile=jit
-    )
+    with (strategy or tf.distribute.get_strategy()).scope():
+        model = gmodel.build_model(
+            BaseConfig(name=s.backbone, weights=None, kwargs={"alpha": s.alpha}),
+            HeadConfig(),
+            s.classes,
+            s.size,
+        )
+        gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
+        # under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer, as in fine_tune
+        model.compile(
+            keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", jit_compile=jit
+        )
     return model
 
 
-def _images_per_s(model, ds, s: Settings) -> float:
+def _images_per_s(model, ds, s: Settings, batch: int | None = None) -> float:
     """One fit of warmup + steps batches, timed between the last warm-up batch and the end.
 
     Reading the loss at both ends waits for the device, so queued GPU work is counted.
@@ -93,7 +100,42 @@ def _images_per_s(model, ds, s: Settings) -> float:
                 marks[batch] = time.perf_counter()
 
     model.fit(ds, steps_per_epoch=s.warmup + s.steps, epochs=1, verbose=0, callbacks=[Clock()])
-    return s.steps * s.batch / (marks[s.warmup + s.steps - 1] - marks[s.warmup - 1])
+    return s.steps * (batch or s.batch) / (marks[s.warmup + s.steps - 1] - marks[s.warmup - 1])
+
+
+def mirrored_scaling(devices: list[str], policy: str, jit: bool, ex: str, s: Settings) -> dict:
+    """images/s on 2 devices under MirroredStrategy vs 1 device, at the same batch per device.
+
+    The 1-device figure is the default strategy, as Graft trains on one GPU; 2 devices get a
+    global batch twice as large, split by the strategy. Skipped, saying why, under 2 devices.
+    """
+    import tensorflow as tf
+
+    if len(devices) < 2:
+        why = (
+            f"2-GPU scaling skipped: {len(devices)} GPU(s) visible, MirroredStrategy needs >= 2 "
+            "(run on a machine with 2 or more GPUs for this figure)"
+        )
+        print(f"gpu_check: {why}", flush=True)
+        return {"skipped": why}
+    rates = {}
+    for n, strategy in ((1, None), (2, tf.distribute.MirroredStrategy(devices[:2]))):
+        model = _fine_tune_model(policy, jit, s, strategy)
+        ds = in_memory_batches(ex, s.size, n * s.batch)
+        rates[n] = _images_per_s(model, ds, s, batch=n * s.batch)
+    speedup = rates[2] / rates[1]
+    print(
+        f"gpu_check: MirroredStrategy {rates[2]:.1f} images/s on 2 devices vs {rates[1]:.1f} on "
+        f"1: x{speedup:.2f} ({speedup / 2:.0%} scaling efficiency)",
+        flush=True,
+    )
+    return {
+        "images_per_s": {"1_device": round(rates[1], 1), "2_devices": round(rates[2], 1)},
+        "speedup": round(speedup, 3),
+        "efficiency": round(speedup / 2, 3),
+        "devices": devices[:2],
+        "variant": f"{policy}{' + XLA' if jit else ''}, batch {s.batch} per device",
+    }
 
 
 def main(smoke: bool = False, out: Path | None = None) -> dict:
@@ -102,6 +144,11 @@ def main(smoke: bool = False, out: Path | None = None) -> dict:
     from graft.components import data as gdata
 
     s = SMOKE if smoke else FULL
+    if smoke:  # before TF makes its devices: 2 logical CPUs for the MirroredStrategy code
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2
+        )
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus and not smoke:
         raise SystemExit(
@@ -143,6 +190,12 @@ def main(smoke: bool = False, out: Path | None = None) -> dict:
         f"{fed['memory']:.1f}",
         flush=True,
     )
+    policy, jit = next((p, j) for n, p, j in VARIANTS if n == best)
+    if smoke:
+        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+        scaling = mirrored_scaling(cpus, policy, False, ex, s)
+    else:
+        scaling = mirrored_scaling([f"/gpu:{i}" for i in range(len(gpus))], policy, jit, ex, s)
     return report(
         "gpu_check_smoke" if smoke else "gpu_check",
         rates[best],
@@ -156,6 +209,7 @@ def main(smoke: bool = False, out: Path | None = None) -> dict:
         mixed_xla_speedup=round(rates["mixed_float16_xla"] / rates["float32"], 3),
         input_pipeline_ratio=round(fed["pipeline"] / fed["memory"], 3),
         input_pipeline_images_per_s={k: round(v, 1) for k, v in fed.items()},
+        mirrored_2_vs_1=scaling,
         gpus=devices,
         smoke=smoke,
         tensorflow=tf.__version__,

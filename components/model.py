@@ -286,12 +286,53 @@ def worker_count(strategy: tf.distribute.Strategy) -> int:
 def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
     """What a stage ran on, for its result.json."""
     task_type, task_id, _ = _cluster(strategy)
+    name = type(strategy).__name__  # MultiWorkerMirroredStrategy's class is CollectiveAllReduce...
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        name = "MultiWorkerMirroredStrategy"
     return {
-        "strategy": type(strategy).__name__,
+        "strategy": name,
         "replicas": int(strategy.num_replicas_in_sync),
         "workers": worker_count(strategy),
         "task": f"{task_type}:{task_id}" if task_type else None,
     }
+
+
+def multi_worker_keras(model: keras.Model, strategy: tf.distribute.Strategy) -> keras.Model:
+    """Let Keras 3 fit/evaluate `model` under MultiWorkerMirroredStrategy over > 1 worker.
+
+    Keras 3.15's TF trainer fails there twice (keras-team/keras#20585, tensorflow#72388): to
+    build the model it all-reduces a whole (x, y) batch, which the collective strategy cannot
+    reduce as one nest; and it reduces each step's scalar logs with axis=0. Here the build
+    takes shapes from this worker's own batch (no collective), and the steps return their logs
+    as shape [1], which the axis-0 mean averages over every replica. Epoch-end logs are read
+    from the metrics' variables, summed across workers: exact. Elsewhere: the model as it is.
+    """
+    if worker_count(strategy) <= 1 or getattr(model, "_graft_multi_worker", False):
+        return model
+    from keras.src import tree  # Keras' own nest utilities, as its trainer uses
+
+    build = model._maybe_symbolic_build
+
+    def local(v):
+        if isinstance(v, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(v)[0]
+        return v
+
+    def symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(local, next(it))
+                break
+        return build(data_batch=data_batch)
+
+    def vector_logs(step):
+        return lambda data: {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+
+    model._maybe_symbolic_build = symbolic_build
+    model.train_step = vector_logs(model.train_step)
+    model.test_step = vector_logs(model.test_step)
+    model._graft_multi_worker = True
+    return model
 
 
 def set_precision(train: TrainConfig) -> str:

@@ -393,7 +393,9 @@ def _train_head(
     workers = gmodel.worker_count(strategy)
     policy = None
     with strategy.scope():
-        model = gmodel.build_model(base, head, len(labels), image_size)
+        model = gmodel.multi_worker_keras(
+            gmodel.build_model(base, head, len(labels), image_size), strategy
+        )
     cbs, elog = callbacks(wdir, "train_head", cfg.epochs, cfg.patience, out_dir)
     cbs += extra_callbacks or []
     t_fit, t_feat = time.time(), 0.0
@@ -413,7 +415,9 @@ def _train_head(
         )
         t_feat = time.time() - t_feat
         with strategy.scope():
-            trainer = gmodel.pooled_head(gmodel.head_of(model), xt.shape[1])
+            trainer = gmodel.multi_worker_keras(
+                gmodel.pooled_head(gmodel.head_of(model), xt.shape[1]), strategy
+            )
             trainer.compile(
                 make_optimizer(cfg.optimizer, cfg.learning_rate),
                 loss="sparse_categorical_crossentropy",
@@ -607,7 +611,7 @@ def _fine_tune(
         )
         return finish(wdir, res, "fine-tune (disabled)")
     with strategy.scope():
-        model = load_model(head_model_path)
+        model = gmodel.multi_worker_keras(load_model(head_model_path), strategy)
     head_acc, head_loss = evaluate_on(model, val_ds)
     train_ds = gdata.image_dataset(
         examples_dir,

@@ -349,6 +349,9 @@ class KubeflowConfig(Section):
     host: str | None = None
     experiment: str = "graft"
     pipeline_name: str = "graft"
+    run_name: str | None = Field(
+        None, max_length=200, description="KFP run name; null: <pipeline_name>-<timestamp>"
+    )
     gpu: GpuConfig = Field(default_factory=GpuConfig)
     resources: dict[str, StepResources] = Field(default_factory=_default_resources)
     workers: int = Field(

@@ -14,6 +14,22 @@ def make_components(image: str) -> dict:
     """The wrappers built for one container image (kubeflow.image)."""
 
     @dsl.component(base_image=image, install_kfp_package=False)
+    def resolve_config(
+        config_json: str,
+        data_path: str,
+        push_destination: str,
+        train_head_epochs: int,
+        train_head_learning_rate: float,
+        fine_tune_enabled: bool,
+        fine_tune_epochs: int,
+        fine_tune_learning_rate: float,
+    ) -> str:
+        params = dict(locals())  # first: only the parameters
+        from graft.pipeline.kfp_runtime import resolve_config as resolve
+
+        return resolve(params.pop("config_json"), params)
+
+    @dsl.component(base_image=image, install_kfp_package=False)
     def ingest(config_json: str, examples: Output[Dataset]):
         from graft.pipeline.kfp_runtime import run
 
@@ -118,6 +134,7 @@ def make_components(image: str) -> dict:
         run("push", config_json, {"exported": exported, "evaluation": evaluation}, pushed)
 
     return {
+        "resolve_config": resolve_config,
         "ingest": ingest,
         "validate": validate,
         "train_head": train_head,

@@ -9,6 +9,18 @@ import shutil
 from graft.core.config import GraftConfig
 from graft.pipeline import dag
 
+# The knobs a dashboard user changes per run: typed pipeline parameters -> config keys. The
+# first task (resolve_config) applies them to the compiled config; every step reads its output.
+PARAMETERS = {
+    "data_path": "data.path",
+    "push_destination": "push.destination",
+    "train_head_epochs": "train_head.epochs",
+    "train_head_learning_rate": "train_head.learning_rate",
+    "fine_tune_enabled": "fine_tune.enabled",
+    "fine_tune_epochs": "fine_tune.epochs",
+    "fine_tune_learning_rate": "fine_tune.learning_rate",
+}
+
 
 def run(step: str, config_json: str, inputs: dict, output, tfjob_json: str = "") -> dict:
     """Run one step in this pod, or, given a compiled TFJob, on the TFJob's workers."""
@@ -40,3 +52,17 @@ def log_evaluation(evaluation, metrics, confusion, report) -> bool:
     confusion.log_confusion_matrix(ev["labels"], ev["candidate"]["confusion_matrix"])
     shutil.copy(os.path.join(evaluation.path, ev["report"]), report.path)
     return bool(ev["blessed"])  # the output push's `when` reads
+
+
+def resolve_config(config_json: str, parameters: dict) -> str:
+    """The config a run's steps see: the compiled config with the dashboard's parameters applied
+    (validated here, so a bad value fails this first, cheap step with the key named)."""
+    from graft.core.config import apply_overrides, parse_config
+
+    raw = json.loads(config_json)
+    overrides = [
+        f"{PARAMETERS[name]}={json.dumps(v)}"
+        for name, v in sorted(parameters.items())
+        if v != ""  # empty: keep the compiled config's value
+    ]
+    return json.dumps(parse_config(apply_overrides(raw, overrides)).to_dict(), sort_keys=True)

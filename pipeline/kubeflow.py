@@ -16,6 +16,7 @@ from graft.core.config import GraftConfig
 from graft.core.log import log
 from graft.pipeline import dag, tfjob
 from graft.pipeline.kfp_components import OUTPUT_NAMES, make_components
+from graft.pipeline.kfp_runtime import PARAMETERS
 
 # the task that creates a TFJob and waits for it: no GPU, little CPU
 LAUNCHER = {
@@ -57,8 +58,15 @@ def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
     task.set_caching_options(enable_caching=res.caching and step.cacheable)
 
 
+def parameter_defaults(cfg: GraftConfig) -> dict:
+    values = dag.section_values(cfg, tuple(PARAMETERS.values()))
+    return {
+        name: values[key] if values[key] is not None else "" for name, key in PARAMETERS.items()
+    }
+
+
 def build_pipeline(cfg: GraftConfig):
-    """A @dsl.pipeline whose only parameter is the resolved config as JSON."""
+    """A @dsl.pipeline: the compiled config plus typed parameters that override it per run."""
     root = cfg.kubeflow.pipeline_root or ""
     if cfg.kubeflow.workers > 1 and not root.startswith("gs://"):
         raise ValueError(
@@ -68,6 +76,7 @@ def build_pipeline(cfg: GraftConfig):
         )
     comps = make_components(cfg.kubeflow.image)
     default_json = json.dumps(cfg.to_dict(), sort_keys=True)
+    defaults = parameter_defaults(cfg)
 
     @dsl.pipeline(
         name=cfg.kubeflow.pipeline_name,
@@ -75,7 +84,31 @@ def build_pipeline(cfg: GraftConfig):
         "export -> push",
         pipeline_root=cfg.kubeflow.pipeline_root,
     )
-    def graft_pipeline(config_json: str = default_json):
+    def graft_pipeline(
+        config_json: str = default_json,
+        data_path: str = defaults["data_path"],
+        push_destination: str = defaults["push_destination"],
+        train_head_epochs: int = defaults["train_head_epochs"],
+        train_head_learning_rate: float = defaults["train_head_learning_rate"],
+        fine_tune_enabled: bool = defaults["fine_tune_enabled"],
+        fine_tune_epochs: int = defaults["fine_tune_epochs"],
+        fine_tune_learning_rate: float = defaults["fine_tune_learning_rate"],
+    ):
+        resolved = comps["resolve_config"](
+            config_json=config_json,
+            data_path=data_path,
+            push_destination=push_destination,
+            train_head_epochs=train_head_epochs,
+            train_head_learning_rate=train_head_learning_rate,
+            fine_tune_enabled=fine_tune_enabled,
+            fine_tune_epochs=fine_tune_epochs,
+            fine_tune_learning_rate=fine_tune_learning_rate,
+        )
+        resolved.set_display_name("config")
+        resolved.set_caching_options(enable_caching=True)
+        resolved.set_cpu_request("0.5").set_memory_request("512Mi").set_memory_limit("1Gi")
+        resolved.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+        config_json = resolved.output
         tasks: dict = {}
         for step in dag.STEPS:
             kwargs = {
@@ -111,13 +144,42 @@ def submit(
     max_concurrency: int = 1,
     dry_run: bool = False,
 ) -> dict:
-    """Create a run, or a recurring run when `schedule` (5-field cron) is given."""
+    """Create a run, or a recurring run when `schedule` (5-field cron) is given.
+
+    The pipeline is compiled into a temporary folder that is removed again, dry run or not.
+    """
     import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="graft-kfp-") as tmp:
+        package = os.path.join(tmp, "pipeline.yaml")
+        compile_pipeline(cfg, package)
+        return _submit_package(
+            cfg,
+            package,
+            host=host,
+            experiment=experiment,
+            run_name=run_name,
+            schedule=schedule,
+            max_concurrency=max_concurrency,
+            dry_run=dry_run,
+        )
+
+
+def _submit_package(
+    cfg: GraftConfig,
+    package: str,
+    *,
+    host: str | None,
+    experiment: str | None,
+    run_name: str | None,
+    schedule,
+    max_concurrency: int,
+    dry_run: bool,
+) -> dict:
+    import time
 
     host = host or cfg.kubeflow.host
     experiment = experiment or cfg.kubeflow.experiment
-    package = os.path.join(tempfile.mkdtemp(prefix="graft-kfp-"), "pipeline.yaml")
-    compile_pipeline(cfg, package)
     cron = None
     if schedule:
         fields = schedule.split()
@@ -127,8 +189,10 @@ def submit(
     plan = {
         "host": host,
         "experiment": experiment,
-        "pipeline_package": package,
-        "run_name": run_name or f"{cfg.kubeflow.pipeline_name}-run",
+        "pipeline_compiled": True,  # into a temporary file, removed after submitting
+        "run_name": run_name
+        or cfg.kubeflow.run_name
+        or f"{cfg.kubeflow.pipeline_name}-{time.strftime('%Y%m%d-%H%M%S')}",
         "kind": "recurring_run" if cron else "run",
     }
     if cron:

@@ -228,11 +228,14 @@ def copy_tree(src: str, dst: str) -> None:
             tf.io.gfile.copy(f"{root}/{name}", f"{target}/{name}", overwrite=True)
 
 
-def launch(step: str, config_json: str, spec: dict, inputs: dict, output) -> dict:
+def launch(
+    step: str, config_json: str, spec: dict, inputs: dict, output, api=None, poll_s: float = 15.0
+) -> dict:
     """In the kfp task: run the step as the TFJob `spec` and fill `output` with its result.
 
     inputs: input name -> artifact URI. The chief uploads to a staging URI beside the output
     artifact; the task copies it into output.path, which kfp then uploads as for any step.
+    api: the Kubernetes CustomObjectsApi (default: this pod's service account).
     """
     import tensorflow as tf
 
@@ -247,7 +250,7 @@ def launch(step: str, config_json: str, spec: dict, inputs: dict, output) -> dic
         inputs=inputs,
         output=staging,
     )
-    run_tfjob(body, cfg.kubeflow.tfjob_timeout_s)
+    run_tfjob(body, cfg.kubeflow.tfjob_timeout_s, poll_s, api)
     copy_tree(staging, output.path)
     tf.io.gfile.rmtree(staging)
     with open(os.path.join(output.path, dag.RESULT_FILE)) as f:

@@ -26,11 +26,12 @@ import pytest
 HERE = Path(__file__).resolve()
 SIZE = 48  # data.image_size of the training runs (the demo base learns nothing at 32 px)
 HEAD_EPOCHS = 4
-# max |w_distributed - w_one_device| over every weight; measured (2 cores, TF 2.21 CPU):
-# mirrored <= 4e-7 (head) / 2e-6 (fine-tune), multi-worker DATA <= 1e-6; margin for other CPUs
-WEIGHT_TOL = 1e-4
+# max |w_distributed - w_one_device| over every weight, measured on 2 cores (TF 2.21, CPU):
+# mirrored 2 replicas <= 1.2e-6, multi-worker DATA <= 3.9e-6 (FILE: 1.1e-2, other batches);
+# 5e-5 leaves >10x for other CPUs' float summation order, and is far below what training moves
+WEIGHT_TOL = 5e-5
 ACC_TOL = 1e-6  # val accuracy: identical predictions, so equal up to float printing
-FILE_ACC_TOL = 0.15  # FILE sharding: other batches; measured |val acc diff| <= 0.05
+FILE_ACC_TOL = 0.15  # FILE sharding: other batches; measured |val acc diff| 0.048 (1 of 21)
 
 
 # ---------------------------------------------------------------------------- the runs
@@ -130,6 +131,7 @@ def _mixed_fit(strategy, examples: str, jit: bool) -> dict:
         with strategy.scope():
             base = BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25})
             model = gmodel.build_model(base, HeadConfig(dropout=0.0), 3, 32)
+            gmodel.multi_worker_keras(model, strategy)  # as train.py does
             gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
             model.compile(
                 keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", jit_compile=jit
@@ -188,10 +190,10 @@ def main_mirrored(examples: str, out: str, devices: str) -> None:
                 raise RuntimeError("killed after epoch 1")
 
     try:
-        _head(examples, f"{out}/resume", mirrored, "off", [Boom()])
+        _head(examples, f"{out}/resume", mirrored, "on", [Boom()])
     except RuntimeError:
         res["killed"] = True
-    res["resumed"] = asdict(_head(examples, f"{out}/resume", mirrored, "off"))
+    res["resumed"] = asdict(_head(examples, f"{out}/resume", mirrored, "on"))
     guard = FineTuneConfig(
         epochs=1, batch_size=16, optimizer="sgd", learning_rate=1.0, cosine_decay=False,
         patience=0, augment=False, unfreeze={"mode": "all"},
@@ -260,8 +262,7 @@ def main_worker(examples: str, out: str, probe: str, stages: str) -> None:
 
 def _env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-    env.update(TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1", **extra)
-    return env
+    return {**env, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1", **extra}
 
 
 def _free_ports(n: int) -> list[int]:
@@ -334,7 +335,7 @@ def _max_diff(path_a: str, path_b: str) -> float:
 
 
 def _history_lines(stage_dir: Path) -> list[int]:
-    return [json.loads(x)["epoch"] for x in (stage_dir / "history.jsonl").read_text().split()]
+    return [json.loads(x)["epoch"] for x in (stage_dir / "history.jsonl").read_text().splitlines()]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -409,7 +410,7 @@ def test_mirrored_two_logical_cpus_matches_one_device(data, tmp_path):
         assert diff <= WEIGHT_TOL and acc <= ACC_TOL, stage
     assert r["head_cached"]["cache_used"] and not r["head"]["cache_used"]
     # training moved the weights by far more than the tolerance: the match is not vacuous
-    assert _max_diff(r["head"]["model_path"], r["fine"]["model_path"]) > 100 * WEIGHT_TOL
+    assert _max_diff(r["head"]["model_path"], r["fine"]["model_path"]) > 20 * WEIGHT_TOL
     # batch sharding: 82 images, batch 16: 8 + 8 per step, the last 2 as 1 + 1, none lost
     sizes = [[len(rep) for rep in step] for step in r["replica_batches"]]
     assert sizes == [[8, 8]] * 5 + [[1, 1]]
@@ -490,6 +491,98 @@ def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
     mx = [p["mixed_xla"] for p in probes.values()]
     assert mx[0] == mx[1] and mx[0]["optimizer"] == "LossScaleOptimizer" and mx[0]["jit"]
     assert mx[0]["compute_dtype"] == "float16" and 0 < mx[0]["loss"] < 10
+
+
+class LocalTrainingOperator:
+    """The Kubernetes API + Training Operator, played locally for one TFJob: `create` starts
+    one process per Worker replica from the manifest's own command, args and env, with the
+    TF_CONFIG the operator would set (127.0.0.1 ports instead of pod DNS names); `get` reports
+    Succeeded or Failed as the operator does, from worker 0 (the chief)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs, self.bodies = tmp, [], []
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body):
+        assert (group, version, plural) == ("kubeflow.org", "v1", "tfjobs")
+        self.bodies.append(body)
+        worker = body["spec"]["tfReplicaSpecs"]["Worker"]
+        c = worker["template"]["spec"]["containers"][0]
+        ports = _free_ports(worker["replicas"])
+        for i in range(worker["replicas"]):
+            tf_config = {
+                "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+                "task": {"type": "worker", "index": i},
+            }
+            env = _env(
+                TF_CONFIG=json.dumps(tf_config),
+                GRAFT_TFJOB_WORK=str(self.tmp / "pods" / f"worker-{i}"),  # a pod's emptyDir
+                TMPDIR=str(self.tmp / f"tmp-{i}"),
+                **{e["name"]: e["value"] for e in c["env"]},
+            )
+            (self.tmp / f"tmp-{i}").mkdir(parents=True)
+            cmd = [sys.executable if c["command"][0] == "python3" else c["command"][0]]
+            self.procs.append(
+                subprocess.Popen(
+                    cmd + c["command"][1:] + c["args"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        rc = self.procs[0].poll()
+        if rc is None:
+            return {"status": {"conditions": [{"type": "Running", "status": "True"}]}}
+        for p in self.procs:
+            p.wait(timeout=120)
+        state = "Succeeded" if rc == 0 else "Failed"
+        return {"status": {"conditions": [{"type": state, "status": "True", "message": ""}]}}
+
+    def logs(self) -> list[str]:
+        return [p.stderr.read() for p in self.procs]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_tfjob_runs_the_step_on_two_workers_and_fills_the_output(data, tmp_path):
+    """The kfp task's side (pipeline.tfjob.launch) with the compiled TFJob of workers: 2, run
+    by a local stand-in for the operator: the pods' command trains the step as 2 workers
+    from file:// URIs, the chief alone uploads, the task gets the output and the summary."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_config
+
+    from graft.core.config import parse_config
+    from graft.pipeline import dag, tfjob
+
+    raw = tiny_config(tmp_path, Path(data[2]), train_head__epochs=2, kubeflow__workers=2)
+    raw["kubeflow"]["pipeline_root"] = "gs://bucket/root"
+    cfg = parse_config(raw)
+    dag.run_step("validate", cfg, {"examples": data[2]}, str(tmp_path / "validation"))
+    spec = tfjob.manifest(cfg, dag.step("train_head"))
+    output = SimpleNamespace(uri=f"file://{tmp_path}/artifacts/model", path=str(tmp_path / "out"))
+    inputs = {"examples": f"file://{data[2]}", "validation": f"file://{tmp_path}/validation"}
+    operator = LocalTrainingOperator(tmp_path)
+    t0 = time.time()
+    summary = tfjob.launch(
+        "train_head", cfg.model_dump_json(by_alias=True), spec, inputs, output, operator, 1.0
+    )
+    print(f"\nTFJob of 2 local workers, train_head 2 epochs: {time.time() - t0:.0f}s")
+    logs = operator.logs()
+    assert [p.returncode for p in operator.procs] == [0, 0], logs[1][-3000:]
+    body = operator.bodies[0]
+    assert body["metadata"]["name"].startswith("graft-train-head-")
+    assert summary["epochs"] == 2 and 0 <= summary["val_accuracy"] <= 1
+    out = Path(output.path)
+    result = json.loads((out / "result.json").read_text())
+    assert result["extra"]["distribution"]["workers"] == 2
+    assert result["extra"]["distribution"]["task"] == "worker:0"
+    assert (out / "model.keras").exists() and _history_lines(out) == [1, 2]
+    assert not (tmp_path / "artifacts" / "model-tfjob").exists()  # staging removed
+    assert "output uploaded" in logs[0] and "output uploaded" not in logs[1]
+    assert "not the chief: writing to" in logs[1]
 
 
 if __name__ == "__main__":

@@ -44,6 +44,22 @@ def test_smoke_run_measures_every_variant_and_writes_one_result(tmp_path):
     assert fed["pipeline"] > 0 and fed["memory"] > 0
     assert row["input_pipeline_ratio"] == round(fed["pipeline"] / fed["memory"], 3)
     assert "gpu_check: float32:" in proc.stdout  # progress as it goes
+    # the 2-device MirroredStrategy code ran, on the smoke run's 2 logical CPUs (no figure)
+    scaling = row["mirrored_2_vs_1"]
+    assert scaling["devices"] == ["/device:CPU:0", "/device:CPU:1"], scaling
+    assert scaling["images_per_s"]["1_device"] > 0 and scaling["images_per_s"]["2_devices"] > 0
+    assert scaling["speedup"] == pytest.approx(
+        scaling["images_per_s"]["2_devices"] / scaling["images_per_s"]["1_device"], rel=0.02
+    )
+
+
+def test_scaling_figure_is_skipped_with_its_reason_under_two_gpus(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))  # benchmarks/ is not installed, as the script runs
+    from benchmarks.gpu_check import SMOKE, mirrored_scaling
+
+    out = mirrored_scaling(["/gpu:0"], "mixed_float16", True, "unused", SMOKE)
+    assert set(out) == {"skipped"} and "1 GPU(s) visible" in out["skipped"]
+    assert "gpu_check: 2-GPU scaling skipped" in capsys.readouterr().out
 
 
 def test_full_run_without_a_gpu_says_so_and_writes_nothing(tmp_path):

@@ -1,5 +1,6 @@
 """k8s manifests: rendered with kustomize, validated offline against Kubernetes JSON schemas."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,7 +41,7 @@ def _deployment(docs):
 
 
 @needs_kustomize
-@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu", "retraining"])
+@pytest.mark.parametrize("overlay", ["overlays/cpu", "overlays/gpu", "retraining", "training"])
 def test_every_rendered_manifest_validates(overlay):
     docs = render(K8S / overlay)
     assert docs
@@ -49,10 +50,80 @@ def test_every_rendered_manifest_validates(overlay):
 
 
 def test_base_files_validate_without_kustomize():
-    for f in sorted((K8S / "base").glob("*.yaml")) + sorted((K8S / "retraining").glob("*.yaml")):
+    files = [*(K8S / "base").glob("*.yaml"), *(K8S / "retraining").glob("*.yaml")]
+    files += [f for f in (K8S / "training").glob("*.yaml") if f.name != "tfjob.yaml"]
+    for f in sorted(files):
         for d in yaml.safe_load_all(f.read_text()):
             if d and d.get("kind") != "Kustomization":
                 kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+
+
+# ---------------------------------------------------------------- the TFJob (kubeflow.workers > 1)
+
+TFJOB_SCHEMA = K8S / "schemas" / "tfjob-v1.schema.json"
+
+
+def validate_tfjob(doc: dict) -> None:
+    """The TFJob CRD's schema (no Kubernetes schema covers it offline), then its pod template
+    against the Kubernetes PodTemplate schema, strictly."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator(json.loads(TFJOB_SCHEMA.read_text())).validate(doc)
+    for replica in doc["spec"]["tfReplicaSpecs"].values():
+        pod_template = {
+            "apiVersion": "v1",
+            "kind": "PodTemplate",
+            "metadata": {"name": "replica"},
+            "template": replica["template"],
+        }
+        kubernetes_validate.validate(pod_template, K8S_VERSION, strict=True)
+
+
+def _container(doc: dict) -> dict:
+    return doc["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]["containers"][0]
+
+
+def _tfjob_doc() -> dict:
+    return next(d for d in yaml.safe_load_all((K8S / "training" / "tfjob.yaml").read_text()) if d)
+
+
+def test_tfjob_manifest_validates_against_the_crd_schema():
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(json.loads(TFJOB_SCHEMA.read_text()))
+    validate_tfjob(_tfjob_doc())
+
+
+@pytest.mark.parametrize(
+    "break_it",
+    [
+        # the operator sets TF_CONFIG only in the container named "tensorflow"
+        lambda d: _container(d).update(name="main"),
+        lambda d: d["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="2"),
+        lambda d: d["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"),
+        lambda d: d["spec"]["tfReplicaSpecs"].update(Boss=d["spec"]["tfReplicaSpecs"]["Worker"]),
+        lambda d: d["spec"].update(tfReplicaSpec={}),  # a typo the API server would prune
+        lambda d: d["metadata"].update(name="Graft_Train"),
+        lambda d: _container(d).update(resources={"limits": {"cpu": ["8"]}}),  # PodTemplate
+    ],
+)
+def test_the_tfjob_schemas_catch_mistakes(break_it):
+    doc = _tfjob_doc()
+    break_it(doc)
+    with pytest.raises(Exception):  # noqa: B017 - jsonschema's or kubernetes-validate's error
+        validate_tfjob(doc)
+
+
+def test_tfjob_yaml_is_what_the_pipeline_compiles(monkeypatch):
+    """k8s/training/tfjob.yaml is pipeline.tfjob.render of configs/kubeflow-gpu.yaml: the
+    file people read is the manifest the training task creates."""
+    from graft.pipeline.tfjob import render
+
+    monkeypatch.chdir(REPO)  # the header names the config as the command does
+    text = (K8S / "training" / "tfjob.yaml").read_text()
+    assert text == render("configs/kubeflow-gpu.yaml", "train_head", 2), (
+        "k8s/training/tfjob.yaml is stale: regenerate it with the command in its header"
+    )
 
 
 @needs_kustomize

@@ -43,7 +43,7 @@ def _containers(spec):
 def test_step_list_equals_local_runner(compiled):
     _, spec, _ = compiled
     tasks = {t.replace("-", "_") for t in _task_specs(spec) if not t.startswith("condition")}
-    assert tasks == set(dag.STEP_NAMES)
+    assert tasks == set(dag.STEP_NAMES) | {"resolve_config"}
     deps = {
         name.replace("-", "_"): {d.replace("-", "_") for d in t.get("dependentTasks", [])}
         for name, t in _task_specs(spec).items()
@@ -51,13 +51,35 @@ def test_step_list_equals_local_runner(compiled):
     }
     for s in dag.STEPS:
         if s.name != "push":
-            assert deps[s.name] == set(s.inputs.values()), s.name
+            assert deps[s.name] == set(s.inputs.values()) | {"resolve_config"}, s.name
+
+
+def test_run_parameters_are_typed_and_default_to_the_config(compiled):
+    from graft.pipeline.kubeflow import PARAMETERS
+
+    cfg, spec, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    want = {
+        "data_path": ("STRING", cfg.data.path),
+        "push_destination": ("STRING", cfg.push.destination),
+        "train_head_epochs": ("NUMBER_INTEGER", cfg.train_head.epochs),
+        "train_head_learning_rate": ("NUMBER_DOUBLE", cfg.train_head.learning_rate),
+        "fine_tune_enabled": ("BOOLEAN", cfg.fine_tune.enabled),
+        "fine_tune_epochs": ("NUMBER_INTEGER", cfg.fine_tune.epochs),
+        "fine_tune_learning_rate": ("NUMBER_DOUBLE", cfg.fine_tune.learning_rate),
+    }
+    assert set(want) == set(PARAMETERS) and set(params) == set(want) | {"config_json"}
+    for name, (kind, default) in want.items():
+        assert params[name]["parameterType"] == kind, name
+        assert params[name]["defaultValue"] == default, name
 
 
 def test_resources_accelerators_on_training_steps_only(compiled):
     cfg, spec, _ = compiled
     containers = _containers(spec)
     for name, c in containers.items():
+        if name == "resolve_config":  # the run-parameter step, not a pipeline step
+            continue
         res = c.get("resources", {})
         want = cfg.kubeflow.resources[name]
         assert res.get("cpuRequest") == float(want.cpu_request) and res.get("cpuLimit") == float(
@@ -120,6 +142,7 @@ def test_wrappers_match_the_dag():
 def test_submit_dry_run_schedule(capsys):
     from graft.pipeline.cli import main
 
+    before = set(glob.glob("/tmp/graft-kfp-*"))
     assert (
         main(
             [
@@ -137,7 +160,9 @@ def test_submit_dry_run_schedule(capsys):
     )
     plan = json.loads(capsys.readouterr().out)
     assert plan["cron_expression"] == "0 0 3 * * 1" and plan["experiment"] == "weekly"
-    assert plan["kind"] == "recurring_run" and os.path.getsize(plan["pipeline_package"]) > 1000
+    assert plan["kind"] == "recurring_run" and plan["pipeline_compiled"]
+    assert plan["run_name"].startswith("graft-") and plan["run_name"] != "graft-run"
+    assert set(glob.glob("/tmp/graft-kfp-*")) <= before  # the compiled package is cleaned up
 
 
 def test_submit_unreachable_host_is_clear():
@@ -146,7 +171,7 @@ def test_submit_unreachable_host_is_clear():
         submit(cfg, host="http://127.0.0.1:9", experiment=None, run_name=None, schedule=None)
 
 
-def _run_local(cfg, root):
+def _run_local(cfg, root, **parameters):
     from kfp import local
 
     from graft.pipeline.kubeflow import build_pipeline
@@ -154,7 +179,7 @@ def _run_local(cfg, root):
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
     )
-    build_pipeline(cfg)()
+    build_pipeline(cfg)(**parameters)
     run_dir = sorted(glob.glob(os.path.join(root, "graft-*")))[-1]
     return run_dir
 
@@ -183,17 +208,189 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     assert fn(image_bytes=tf.constant([blob]))["scores"].shape == (1, 3)
 
     assert metrics["accuracy"] < 1.0  # so min_accuracy 1.0 is impossible for this model
-    raw2 = tiny_config(
-        tmp_path,
-        tiny_data,
-        train_head__epochs=1,
-        fine_tune__enabled=False,
-        evaluate__min_accuracy=1.0,
+    # the same compiled settings, with two run parameters overridden as a dashboard user would
+    raw2 = tiny_config(tmp_path, tiny_data, train_head__epochs=3, evaluate__min_accuracy=1.0)
+    run_dir2 = _run_local(
+        parse_config(raw2), tmp_path / "kfp-root2", train_head_epochs=1, fine_tune_enabled=False
     )
-    run_dir2 = _run_local(parse_config(raw2), tmp_path / "kfp-root2")
+    head = json.load(open(os.path.join(run_dir2, "train-head", "executor_output.json")))
+    assert head["artifacts"]["model"]["artifacts"][0]["metadata"]["epochs"] == 1
+    tuned = json.load(open(os.path.join(run_dir2, "fine-tune", "executor_output.json")))
+    assert tuned["artifacts"]["model"]["artifacts"][0]["metadata"]["guard"] == "disabled"
     out2 = json.load(open(os.path.join(run_dir2, "evaluate", "executor_output.json")))
     assert out2["parameterValues"]["Output"] is False
     assert not os.path.exists(os.path.join(run_dir2, "push"))
     from graft.components.push import versions
 
     assert versions(cfg.push.destination, "tiny") == [pushed["version"]]
+
+
+# ------------------------------------------------------------ several machines: TFJob
+
+
+@pytest.fixture(scope="module")
+def compiled_workers(tmp_path_factory):
+    """configs/kubeflow-gpu.yaml with kubeflow.workers: 2 and 2 GPUs per worker, compiled."""
+    cfg = load_config(
+        REPO / "configs" / "kubeflow-gpu.yaml",
+        ["kubeflow.workers=2", "kubeflow.gpus_per_worker=2"],
+    )
+    path = tmp_path_factory.mktemp("kfp-tfjob") / "pipeline.yaml"
+    compile_pipeline(cfg, str(path))
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return cfg, docs[0], (docs[1] if len(docs) > 1 else {}), path.read_text()
+
+
+def _tfjobs(spec) -> dict[str, dict]:
+    """step -> the TFJob compiled into its task (the constant `tfjob_json` input)."""
+    out = {}
+    for name, t in _task_specs(spec).items():
+        param = t.get("inputs", {}).get("parameters", {}).get("tfjob_json")
+        if param:
+            out[name.replace("-", "_")] = json.loads(param["runtimeValue"]["constant"])
+    return out
+
+
+def test_workers_2_compiles_a_tfjob_into_each_training_step(compiled_workers):
+    import jsonschema
+    import kubernetes_validate
+
+    cfg, spec, _, _ = compiled_workers
+    jobs = _tfjobs(spec)
+    assert set(jobs) == {s.name for s in dag.STEPS if s.gpu_capable} == GPU_STEPS
+    schema = json.loads((REPO / "k8s" / "schemas" / "tfjob-v1.schema.json").read_text())
+    for step, job in jobs.items():
+        jsonschema.Draft202012Validator(schema).validate(job)
+        assert job["apiVersion"] == "kubeflow.org/v1" and job["kind"] == "TFJob"
+        assert set(job["spec"]["tfReplicaSpecs"]) == {"Worker"}  # worker 0 is the chief
+        worker = job["spec"]["tfReplicaSpecs"]["Worker"]
+        assert worker["replicas"] == 2
+        pod = worker["template"]["spec"]
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "w"},
+             "template": worker["template"]},
+            "1.33.0",
+            strict=True,
+        )  # fmt: skip
+        (c,) = pod["containers"]
+        assert c["name"] == "tensorflow" and c["image"] == cfg.kubeflow.image
+        assert c["command"] == ["python3", "-m", "graft.pipeline.tfjob"]
+        assert c["args"] == ["--step", step]
+        res = cfg.kubeflow.resources[step]
+        assert c["resources"]["limits"] == {
+            "cpu": res.cpu_limit,
+            "memory": res.memory_limit,
+            "nvidia.com/gpu": 2,
+        }
+        assert c["resources"]["requests"] == {"cpu": res.cpu_request, "memory": res.memory_request}
+        assert pod["nodeSelector"] == cfg.kubeflow.gpu.node_selector
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_workers_2_launcher_pods_are_small_and_gpu_free(compiled_workers):
+    """The task that waits on the TFJob holds no GPU: the workers do."""
+    _, spec, platform, _ = compiled_workers
+    containers = _containers(spec)
+    for name in GPU_STEPS:
+        res = containers[name]["resources"]
+        assert not res.get("accelerator"), name
+        assert res["resourceCpuLimit"] == "1" and res["resourceMemoryLimit"] == "2Gi", name
+    k8s = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
+    assert not k8s.get("executors"), "no GPU node selector left on the launchers"
+
+
+def test_workers_1_keeps_the_single_pod(compiled):
+    _, spec, _ = compiled
+    assert not _tfjobs(spec)
+    assert "TFJob" not in json.dumps(spec)
+
+
+def test_workers_2_needs_a_gs_pipeline_root():
+    cfg = load_config(
+        REPO / "configs" / "kubeflow-gpu.yaml",
+        ["kubeflow.workers=2", "kubeflow.pipeline_root=null"],
+    )
+    with pytest.raises(ValueError, match="needs kubeflow.pipeline_root on gs://"):
+        compile_pipeline(cfg, "/dev/null")
+
+
+def test_gpu_capable_wrappers_take_a_tfjob():
+    from graft.pipeline.kfp_components import make_components
+
+    comps = make_components("img")
+    for s in dag.STEPS:
+        params = inspect.signature(comps[s.name].python_func).parameters
+        assert ("tfjob_json" in params) == s.gpu_capable, s.name
+
+
+class _FakeTFJobs:
+    """The CustomObjectsApi calls run_tfjob makes, over a list of states to report."""
+
+    def __init__(self, states, exists=None):
+        self.states, self.exists, self.calls = list(states), exists, []
+
+    def create_namespaced_custom_object(self, *args):
+        from kubernetes.client.exceptions import ApiException
+
+        self.calls.append("create")
+        if self.exists:
+            self.exists = None
+            raise ApiException(status=409, reason="AlreadyExists")
+
+    def get_namespaced_custom_object(self, *args):
+        from kubernetes.client.exceptions import ApiException
+
+        self.calls.append("get")
+        st = self.states.pop(0) if self.states else "Running"
+        if st == "Gone":
+            raise ApiException(status=404, reason="NotFound")
+        return {"status": {"conditions": [
+            {"type": "Created", "status": "True"},
+            {"type": st, "status": "True", "message": f"{st} because"},
+        ]}}  # fmt: skip
+
+    def delete_namespaced_custom_object(self, *args):
+        self.calls.append("delete")
+
+
+def _body():
+    return {"metadata": {"name": "graft-train-head-abc", "namespace": "ns"}}
+
+
+def test_run_tfjob_waits_for_success_and_reports_failure():
+    from graft.pipeline.tfjob import run_tfjob, state
+
+    api = _FakeTFJobs(["Running", "Running", "Succeeded"])
+    assert state(run_tfjob(_body(), 60, 0, api)) == "Succeeded"
+    assert api.calls == ["create", "get", "get", "get"]
+    with pytest.raises(RuntimeError, match="failed: Created: ; Failed: Failed because"):
+        run_tfjob(_body(), 60, 0, _FakeTFJobs(["Running", "Failed"]))
+    api = _FakeTFJobs([])
+    with pytest.raises(TimeoutError, match="still running"):
+        run_tfjob(_body(), -1.0, 0, api)
+    assert api.calls[-1] == "delete"
+    assert state({"status": {"conditions": [{"type": "Succeeded", "status": "False"}]}}) is None
+
+
+def test_run_tfjob_replaces_an_earlier_failed_try_and_rejoins_a_running_one():
+    from graft.pipeline.tfjob import run_tfjob
+
+    # a kfp retry: the TFJob of the failed try is deleted, waited out, and made again
+    api = _FakeTFJobs(["Failed", "Running", "Gone", "Succeeded"], exists=True)
+    run_tfjob(_body(), 60, 0, api)
+    assert api.calls == ["create", "get", "delete", "get", "get", "create", "get"]
+    # a relaunched task pod: the TFJob still runs, so it waits for that one
+    api = _FakeTFJobs(["Running", "Succeeded"], exists=True)
+    run_tfjob(_body(), 60, 0, api)
+    assert api.calls == ["create", "get", "get"]
+
+
+def test_tfjob_names_are_dns_1035_and_stable_per_output():
+    import re
+
+    from graft.pipeline.tfjob import job_name
+
+    a = job_name("fine_tune", "gs://b/root/run-1/fine-tune/model")
+    assert a == job_name("fine_tune", "gs://b/root/run-1/fine-tune/model")
+    assert a != job_name("fine_tune", "gs://b/root/run-2/fine-tune/model")
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", a) and len(a) <= 63
