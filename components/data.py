@@ -194,8 +194,8 @@ def shard_policy(
     One worker: TF's AUTO, which does nothing without a cluster (replicas in one process split
     each batch instead).
     """
-    if workers <= 1 or True:  # INTENTIONAL BREAK: no sharding
-        return tf.data.experimental.AutoShardPolicy.OFF
+    if workers <= 1:
+        return tf.data.experimental.AutoShardPolicy.AUTO
     if training and num_files >= 2 * workers:
         return tf.data.experimental.AutoShardPolicy.FILE
     return tf.data.experimental.AutoShardPolicy.DATA

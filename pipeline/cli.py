@@ -235,7 +235,7 @@ def _plot_base(base, rows, path: str) -> str:
 def cmd_pretrain(args) -> int:
     from graft.components.pretrain import pretrain_demo_base
 
-    pretrain_demo_base(args.out)
+    pretrain_demo_base(args.out or demo_weights())
     return 0
 
 
@@ -622,7 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_inspect_base, tensorflow=True)
 
     p = sub.add_parser("pretrain-demo-base", help="train the demo base on the source task")
-    p.add_argument("--out", default=demo_weights(), help="weights file to write")
+    p.add_argument(
+        "--out",
+        help="weights file to write (default: graft/assets/demo_base.weights.h5 in the package)",
+    )
     p.set_defaults(fn=cmd_pretrain, tensorflow=True)
 
     p = sub.add_parser("compile", help="compile the Kubeflow pipeline YAML")
