@@ -4,6 +4,10 @@
 FROM tensorflow/tensorflow:2.21.0-gpu
 WORKDIR /app
 ENV PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 TF_CPP_MIN_LOG_LEVEL=2
+# the commit the model registry records as each version's code version (no .git in the image):
+#   docker build --build-arg GRAFT_GIT_COMMIT=$(git rev-parse HEAD) ...
+ARG GRAFT_GIT_COMMIT=unknown
+ENV GRAFT_GIT_COMMIT=$GRAFT_GIT_COMMIT
 COPY pyproject.toml README.md ./
 COPY graft/ graft/
 COPY core/ core/

@@ -10,7 +10,7 @@ TEST_WORKERS ?= 2
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: demo test test-fast test-real lint bench clean pretrain-demo-base
+.PHONY: demo test test-fast test-real lint bench bench-recipes clean pretrain-demo-base
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -39,6 +39,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run_all
+
+# head-only, seed, manual and auto on every real dataset in ../shared (about 2 hours on 2 cores)
+bench-recipes: $(STAMP)
+	GRAFT_SHARED=$(SHARED) $(BIN)/python -m benchmarks.recipes
 
 pretrain-demo-base: $(STAMP)
 	$(BIN)/graft pretrain-demo-base --out graft/assets/demo_base.weights.h5

@@ -13,6 +13,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from html import escape
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -373,6 +374,21 @@ def bless(
     return ok, reasons
 
 
+def _same_weights(a: keras.Model, b: keras.Model) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb, strict=True)
+    )
+
+
+def _advice(advice_dir: str | None) -> dict | None:
+    path = os.path.join(advice_dir, "advice.json") if advice_dir else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def evaluate(
     examples_dir: str,
     head_dir: str,
@@ -385,6 +401,7 @@ def evaluate(
     image_size: int,
     validation_dir: str | None = None,
     flip_average: bool = False,
+    advice_dir: str | None = None,
 ) -> EvaluationResult:
     """Test metrics of the head-only and fine-tuned models, scored as the export will serve them.
 
@@ -396,10 +413,14 @@ def evaluate(
     blobs, y, pixels, shas = _test_data(examples_dir, image_size, exclude)
     scored: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
+    loaded: dict[str, keras.Model] = {}
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
-        model = load_model(os.path.join(d, "model.keras"))
-        probs = probs_of[key] = predict_scores(model, pixels, flip_average)
-        scored[key] = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
+        model = loaded[key] = load_model(os.path.join(d, "model.keras"))
+        if key == "candidate" and _same_weights(model, loaded["head_only"]):
+            probs_of[key] = probs_of["head_only"]  # fine-tuning off or not kept: scored once
+        else:
+            probs_of[key] = predict_scores(model, pixels, flip_average)
+        scored[key] = metrics_from_probs(probs_of[key], y, labels, cfg.top_k, cfg.ece_bins)
     baseline, note = None, None
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     version = baseline_version(destination, model_name, cand_sha) if cfg.compare_baseline else None
@@ -443,14 +464,21 @@ def evaluate(
             provenance=provenance,
             top_k=cfg.top_k,
             checks_html=checks,
+            advice=_advice(advice_dir),
         )
     )
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
-    b = f"baseline v{version} {baseline['accuracy']:.3f}" if baseline else "no baseline"
+
+    def acc(key: str) -> str:
+        a, lo, hi = res.intervals[key]["accuracy"]
+        return f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+
+    b = f"baseline v{version} {acc('baseline')}" if baseline else "no baseline"
     log(
-        f"evaluate: test accuracy head-only {res.head_only['accuracy']:.3f}, fine-tuned "
-        f"{res.candidate['accuracy']:.3f}, {b} -> {'BLESSED' if res.blessed else 'not blessed'}",
+        f"evaluate: test accuracy (95% Wilson interval, n={len(y)}) head-only {acc('head_only')}"
+        f", kept model {acc('candidate')}, {b} -> "
+        f"{'BLESSED' if res.blessed else 'not blessed'}",
         level="ok" if res.blessed else "warn",
     )
     return res

@@ -88,9 +88,20 @@ def _model_card(
     parity: float,
     model_path: str,
 ) -> None:
-    with open(os.path.join(examples_dir, "stats.json")) as f:
+    from graft.components import registry
+
+    with tf.io.gfile.GFile(os.path.join(examples_dir, "stats.json")) as f:
         stats = json.load(f)
     cand = evaluation["candidate"]
+    # out is <export step dir>/<model>/<version>: the step dir names the config hash
+    lineage = registry.build_lineage(
+        examples_dir=examples_dir,
+        evaluation=evaluation,
+        base=base.model_dump(mode="json"),
+        settings=settings,
+        step_dir=os.path.dirname(os.path.dirname(os.path.normpath(out))),
+        trained_model=model_path,
+    )
     card = {
         "model_name": cfg.model_name,
         "version": version,
@@ -109,7 +120,7 @@ def _model_card(
         "blessed": evaluation["blessed"],
         "blessing_reasons": evaluation["reasons"],
         "parity_max_abs_diff": parity,
-        "lineage": {"examples": examples_dir, "trained_model": model_path},
+        "lineage": lineage,  # run, config hash, code, data snapshot, base, metrics, baseline
         "config": settings,  # the config this step read (its cache key), nothing more
     }
     with open(os.path.join(out, "model_card.json"), "w") as f:
@@ -119,6 +130,16 @@ def _model_card(
         for lab, m in cand["per_class"].items()
     )
     split_sizes = "/".join(str(sum(stats["counts"][s].values())) for s in ("train", "val", "test"))
+    data_lineage, acc = lineage["data"], lineage["metrics"]["accuracy"]
+    acc_text = f"{acc[0]:.4f}" + (f" (95% CI {acc[1]:.4f}-{acc[2]:.4f})" if len(acc) == 3 else "")
+    beat = lineage["baseline"]
+    beat_text = (
+        "none (first model at the destination)"
+        if beat is None
+        else f"version {beat['version']}"
+        + (f", accuracy {beat['accuracy'][0]:.4f}" if beat.get("accuracy") else "")
+    )
+    base_sha = lineage["base"]["weights_sha256"]
     flip_note = (
         "Scores are the mean over the image and its mirror image (export.flip_average)."
         if cfg.flip_average
@@ -138,6 +159,17 @@ macro-F1 {cand["macro_f1"]:.4f}, log loss {cand["log_loss"]:.4f}, ECE {cand["ece
 | class | precision | recall | F1 | support |
 |---|---|---|---|---|
 {per_class}
+
+## Lineage
+
+- Run `{lineage["run_id"]}`, config hash `{lineage["config_hash"]}`, \
+{registry.code_version_text(lineage["code_version"])}
+- Data snapshot `{data_lineage["fingerprint"]}` ({data_lineage["images"]} images) from \
+`{data_lineage["examples_dir"]}`
+- Base {base.name}, weights `{base.weights}`\
+{f" (sha256 {base_sha[:16]})" if base_sha else ""}
+- Test accuracy {acc_text} on {lineage["metrics"]["test_images"]} images; \
+served baseline: {beat_text}
 
 Signatures: `serving_default` (image_bytes: string[None]) and \
 `predict_pixels` (float32[None,H,W,3], 0..255);

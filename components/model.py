@@ -17,6 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from graft.components.features import base_fingerprint
 from graft.core.backbones import BACKBONES, Backbone, block_of
 from graft.core.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfig
 from graft.core.log import log
@@ -98,8 +99,25 @@ def build_base(cfg: BaseConfig, size: int) -> keras.Model:
     if path:
         base.load_weights(path)
         log(f"model: loaded base weights from {path}")
+    fingerprint = base_fingerprint(base, cfg.name, kwargs)
+    if cfg.cut_at:
+        base = cut_base(base, cfg.cut_at)
     base.trainable = False
+    base.graft_fingerprint = fingerprint  # of the full base: the feature store's key
     return base
+
+
+def cut_base(base: keras.Model, layer: str) -> keras.Model:
+    """The base up to `layer` (its output feeds the head): an earlier block's features."""
+    names = [lay.name for lay in base.layers]
+    if layer not in names:
+        near = [n for n in names if layer in n or n in layer][:5]
+        raise ValueError(
+            f"base.cut_at: no layer '{layer}' in {base.name}"
+            + (f"; close: {', '.join(near)}" if near else "")
+            + " (graft inspect-base lists them)"
+        )
+    return keras.Model(base.inputs, base.get_layer(layer).output, name=f"{base.name}_to_{layer}")
 
 
 def build_head(cfg: HeadConfig, num_classes: int) -> keras.Sequential:

@@ -10,7 +10,11 @@ Two pushes may overlap (a manual run and a scheduled one), so every step is owne
 - the copy is verified (file count and bytes, the completion marker written last) before it
   may be renamed; a partial tree is never renamed into place;
 - the version number is chosen, and the rename and pruning done, under a destination lock;
-- a model the destination already has (same weights checksum) is never pushed again.
+- a model the destination already has (same weights checksum) is never pushed again;
+- each version's lineage goes into its marker and, under the destination lock, into the
+  registry index beside the versions (components/registry.py);
+- `rollback` serves an older version again by publishing a copy of it as the newest version,
+  through the same temp dir, verification and locked rename.
 
 Remote destinations (gs://, s3://, ...) have no flock: the destination lock there is a local
 file, so it orders pushes from this host only, and a temp dir's owner can be checked only
@@ -34,6 +38,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from graft.components import registry
+from graft.components.registry import MARKER, version_path, versions  # noqa: F401 - API
 from graft.core.config import PushConfig
 from graft.core.log import log
 from graft.core.paths import is_remote
@@ -41,25 +47,13 @@ from graft.core.paths import join as _join
 
 gfile = tf.io.gfile
 
-MARKER = "graft_push.json"  # written last into a pushed version: it is complete
 TMP_PREFIX = ".tmp-push-"
 STALE_SECONDS = 24 * 3600  # temp dirs whose owner cannot be checked are removed after this
-
-
-def versions(destination: str, model_name: str) -> list[int]:
-    root = _join(destination, model_name)
-    if not gfile.isdir(root):
-        return []
-    return sorted(int(d.rstrip("/")) for d in gfile.listdir(root) if d.rstrip("/").isdigit())
 
 
 def latest_version(destination: str, model_name: str) -> int | None:
     v = versions(destination, model_name)
     return v[-1] if v else None
-
-
-def version_path(destination: str, model_name: str, version: int) -> str:
-    return _join(destination, model_name, str(version))
 
 
 def file_sha256(path: str) -> str:
@@ -169,8 +163,8 @@ def _walk_files(root: str) -> dict[str, int]:
     return out
 
 
-def _copy_tree(src: str, dst: str) -> dict[str, int]:
-    files = _walk_files(src)
+def _copy_tree(src: str, dst: str, skip: tuple[str, ...] = ()) -> dict[str, int]:
+    files = {k: v for k, v in _walk_files(src).items() if k not in skip}
     for rel in sorted(files):
         target = _join(dst, *rel.split("/"))
         gfile.makedirs(target.rsplit("/", 1)[0])
@@ -342,7 +336,56 @@ class PushResult:
 def _already(result: PushResult, destination: str, model_name: str, version: int) -> None:
     result.already_at_destination, result.version = True, version
     result.destination = version_path(destination, model_name, version)
+    served = registry.served_version(destination, model_name)
+    if served is not None and served != version:
+        log(
+            f"push: this model is already at the destination as version {version}, which is not "
+            f"the served one (version {served} is, e.g. after a rollback); not pushed again. To "
+            f"serve it: graft rollback --destination {destination} --model {model_name} "
+            f"--to {version}",
+            level="warn",
+        )
+        return
     log(f"push: this model is already at the destination as version {version}; nothing to do")
+
+
+def _prune(destination: str, model_name: str, keep: int) -> list[int]:
+    """Remove all but the newest `keep` versions, except the original of a kept rollback copy:
+    the version a rollback went back to stays while its copy is kept. Under the lock."""
+    existing = versions(destination, model_name)
+    if len(existing) <= keep:
+        return []
+    kept = existing[-keep:]
+    pinned = set()
+    for v in kept:
+        rb = (_marker(version_path(destination, model_name, v)) or {}).get("rollback") or {}
+        if rb.get("to") is not None:
+            pinned.add(int(rb["to"]))
+    removed = []
+    for old in existing[:-keep]:
+        if old in pinned:
+            continue
+        gfile.rmtree(version_path(destination, model_name, old))
+        removed.append(old)
+    return removed
+
+
+def _record(destination: str, model_name: str, entry: dict, removed: list[int]) -> None:
+    """The index entry of a version just renamed into place. Under the lock. A failure here
+    leaves a correct destination (the entry is also in the version's marker): it warns."""
+    try:
+        registry.update_index(destination, model_name, add=entry, removed=removed)
+    except Exception as e:  # noqa: BLE001 - the version is in place; the index can be rebuilt
+        log(
+            f"push: could not update {registry.index_path(destination, model_name)}: "
+            f"{type(e).__name__}: {e}; `graft models list` reads the version dirs instead",
+            level="warn",
+        )
+
+
+def _write_marker(tmp: str, marker: dict) -> None:
+    with gfile.GFile(_join(tmp, MARKER), "w") as f:  # last: the copy is complete
+        json.dump(marker, f)
 
 
 def push(
@@ -354,7 +397,8 @@ def push(
     model_name: str,
     force: bool | None = None,
 ) -> PushResult:
-    """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed."""
+    """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed,
+    and record the version's lineage in the registry (components/registry.py)."""
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
     with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
@@ -382,23 +426,36 @@ def push(
         root = _join(cfg.destination, model_name)
         gfile.makedirs(root)
         _remove_stale_tmp(root)
+        pushed_at = time.time()
+        entry = {  # the version number is set under the lock
+            "kind": "push",
+            "created": registry.now_iso(pushed_at),
+            "run_id": registry.run_id(),
+            "pushed_by": registry.who(),
+            "forced": not evaluation["blessed"],
+            "model_sha256": model_sha,
+            "weights_sha256": weights,
+            "lineage": registry.lineage_for_push(
+                registry._read_json(_join(src, "model_card.json")), evaluation
+            ),
+        }
         with _owned_tmp(root) as tmp:
             files = _copy_tree(src, tmp)
-            with gfile.GFile(_join(tmp, MARKER), "w") as f:  # last: the copy is complete
-                json.dump(
-                    {
-                        "model_sha256": model_sha,
-                        "weights_sha256": weights,
-                        "files": len(files),
-                        "bytes": sum(files.values()),
-                        "pushed": time.time(),
-                        "blessed": evaluation["blessed"],
-                        "forced": not evaluation["blessed"],
-                        "host": socket.gethostname(),
-                        "pid": os.getpid(),
-                    },
-                    f,
-                )
+            _write_marker(
+                tmp,
+                {
+                    "model_sha256": model_sha,
+                    "weights_sha256": weights,
+                    "files": len(files),
+                    "bytes": sum(files.values()),
+                    "pushed": pushed_at,
+                    "blessed": evaluation["blessed"],
+                    "forced": not evaluation["blessed"],
+                    "host": socket.gethostname(),
+                    "pid": os.getpid(),
+                    "entry": entry,
+                },
+            )
             _verify(tmp, files)
             if os.environ.get("GRAFT_TEST_CRASH_BEFORE_RENAME"):
                 os._exit(17)  # tests: simulate a kill between the copy and the rename
@@ -412,10 +469,8 @@ def push(
                         version = max(existing[-1] + 1, int(time.time()))  # newest, never over
                     final = _join(root, str(version))
                     gfile.rename(tmp, final, overwrite=False)
-                    removed = []
-                    for old in versions(cfg.destination, model_name)[: -cfg.keep]:
-                        gfile.rmtree(version_path(cfg.destination, model_name, old))
-                        removed.append(old)
+                    removed = _prune(cfg.destination, model_name, cfg.keep)
+                    _record(cfg.destination, model_name, {"version": version, **entry}, removed)
                     result.pushed, result.forced = True, not evaluation["blessed"]
                     result.destination, result.version = final, version
                     result.files, result.removed_versions = len(files), removed
@@ -432,4 +487,115 @@ def push(
             )
     with open(os.path.join(out_dir, "push.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)
+    return result
+
+
+# ---------------------------------------------------------------- rollback
+
+
+@dataclass
+class RollbackResult:
+    rolled_back: bool
+    version: int  # the version served now
+    to: int  # the version whose model it serves
+    previous: int | None  # the version served before
+    destination: str | None = None
+    files: int = 0
+
+
+def rollback(
+    destination: str, model_name: str, to: int, *, reason: str | None = None
+) -> RollbackResult:
+    """Serve version `to` again: publish a copy of it as the newest version.
+
+    TF Serving (and `graft serve`) serve the newest integer version, so the copy goes through
+    push's own path: a private temp dir, a verified copy, a new number and a rename under the
+    destination lock. A server polling the destination loads the copy once it is complete and
+    then unloads the version it served before: no request fails. Nothing is pruned; later
+    pushes prune as `push.keep` says but keep `to` while its copy is kept. The index records
+    the copy as kind `rollback` with the original's lineage. If the served version already
+    holds this model (the same weights), nothing is done.
+    """
+    root = _join(destination, model_name)
+    registry.require_model(destination, model_name)
+    existing = versions(destination, model_name)
+    if to not in existing:
+        registry.entry(destination, model_name, to)  # raises UnknownVersion naming the others
+        raise registry.UnknownVersion(  # in the index but its dir is gone
+            f"version {to} of '{model_name}' is no longer at {destination} (pruned or deleted); "
+            f"versions there: {', '.join(map(str, existing)) or 'none'}"
+        )
+    src = version_path(destination, model_name, to)
+    previous = registry.served_version(destination, model_name)
+    weights = pushed_weights_sha(destination, model_name, to)
+    if previous is not None and (
+        previous == to
+        or (weights and pushed_weights_sha(destination, model_name, previous) == weights)
+    ):
+        log(f"rollback: version {previous} already serves version {to}'s model; nothing to do")
+        return RollbackResult(
+            False, previous, to, previous, version_path(destination, model_name, previous)
+        )
+    original = registry.entry(destination, model_name, to)
+    source_marker = _marker(src) or {}
+    at = time.time()
+    by = registry.who()
+    entry = {
+        "kind": "rollback",
+        "created": registry.now_iso(at),
+        "run_id": None,
+        "pushed_by": by,
+        "forced": False,
+        "model_sha256": source_marker.get("model_sha256") or original.get("model_sha256"),
+        "weights_sha256": weights,
+        "lineage": original.get("lineage") or {},
+        "rollback": {
+            "to": to,
+            "from": previous,
+            "by": by,
+            "at": registry.now_iso(at),
+            "reason": reason,
+        },
+    }
+    result = RollbackResult(False, to, to, previous)
+    _remove_stale_tmp(root)
+    with _owned_tmp(root) as tmp:
+        files = _copy_tree(src, tmp, skip=(MARKER,))
+        _write_marker(
+            tmp,
+            {
+                "model_sha256": entry["model_sha256"],
+                "weights_sha256": weights,
+                "files": len(files),
+                "bytes": sum(files.values()),
+                "pushed": at,
+                "blessed": source_marker.get("blessed"),
+                "forced": False,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "rollback": entry["rollback"],
+                "entry": entry,
+            },
+        )
+        _verify(tmp, files)
+        with _destination_lock(root):
+            existing = versions(destination, model_name)
+            if to not in existing:
+                raise registry.UnknownVersion(
+                    f"version {to} of '{model_name}' was removed while it was being copied"
+                )
+            # newer than every version, also those only in the index: no record is overwritten
+            indexed = [int(e["version"]) for e in registry.read_index(destination, model_name)]
+            version = max([*existing, *indexed]) + 1
+            entry["rollback"]["from"] = result.previous = existing[-1]
+            final = _join(root, str(version))
+            gfile.rename(tmp, final, overwrite=False)
+            _record(destination, model_name, {"version": version, **entry}, [])
+            result.rolled_back, result.version = True, version
+            result.destination, result.files = final, len(files)
+    log(
+        f"rollback: version {result.version} (a copy of version {to}) is now the newest and "
+        f"served; it was version {result.previous}",
+        level="ok",
+    )
     return result

@@ -206,8 +206,21 @@ def _guard_html(guard: dict | None) -> str:
         return "<p>No fine-tuning record found (result.json of the fine_tune step).</p>"
     decision = guard.get("guard")
     kept = guard.get("kept")
-    if decision == "kept_head":
+    gain = guard.get("val_gain")
+    if decision == "kept_head" and gain:
+        head = (
+            "<p class=bad>The guard kept the simpler head-only model: the fine-tuned model's val "
+            f"gain {gain['difference']:+.3f} (paired 95% interval [{gain['low']:+.3f}, "
+            f"{gain['high']:+.3f}], n={gain['n']}) is not beyond the noise.</p>"
+        )
+    elif decision == "kept_head":
         head = "<p class=bad>The guard kept the head-only model: fine-tuning did worse on val.</p>"
+    elif decision == "accepted" and gain:
+        head = (
+            f"<p class=ok>Fine-tuning kept: val gain {gain['difference']:+.3f} (paired 95% "
+            f"interval [{gain['low']:+.3f}, {gain['high']:+.3f}], n={gain['n']}), beyond the "
+            "noise.</p>"
+        )
     elif decision == "accepted":
         head = "<p class=ok>Fine-tuning kept: it did at least as well as the head on val.</p>"
     elif decision == "disabled":
@@ -278,6 +291,44 @@ def _provenance_html(prov: dict) -> str:
     return f'<dl class="prov">{rows}</dl>'
 
 
+def advice_html(advice: dict | None) -> str:
+    """The advise step's plan (decision, choice, why) and its probes, as the report shows them."""
+    if not advice:
+        return "<p>No advice recorded (an older run).</p>"
+    cell = advice.get("cell") or {}
+    head = f"<p>Recipe <b>{escape(advice['recipe'])}</b>"
+    if cell:
+        head += (
+            f": the data is <b>{escape(cell['size'])}</b> and <b>{escape(cell['similarity'])}</b>"
+            " to the base's (the seed's size x similarity matrix)"
+        )
+    rows = "".join(
+        f"<tr><td>{escape(d['what'])}</td><td class=txt>{escape(str(d['choice']))}</td>"
+        f"<td class=txt>{escape(d['reason'])}</td></tr>"
+        for d in advice["decisions"]
+    )
+    html = head + "</p><table><tr><th>decision</th><th class=txt>choice</th>"
+    html += "<th class=txt>why</th></tr>" + rows
+    html += "</table>"
+    ev = advice.get("evidence")
+    if ev:
+        probes = "".join(
+            f"<tr><td>{escape(p['depth'])}</td><td class=txt>{escape(p['layer'])}</td>"
+            f"<td>{p['size']}</td>"
+            f"<td>{p['dim']}</td><td>{_ci([p['accuracy'], p['low'], p['high']])}</td>"
+            f"<td>{p['n']}</td></tr>"
+            for p in ev["probes"]
+        )
+        html += (
+            "<p>Linear probes on frozen features, k-fold cross-validated on the training split "
+            f"({ev['n_train']} images, {ev['n_classes']} classes):</p><table><tr><th>depth</th>"
+            "<th class=txt>layer</th><th>px</th><th>dim</th><th>accuracy [95%]</th><th>n</th></tr>"
+            + probes
+            + "</table>"
+        )
+    return html
+
+
 def _img(path: str, alt: str) -> str:
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode()
@@ -296,6 +347,7 @@ def write_report(
     provenance: dict,
     top_k: int,
     checks_html: str = "",
+    advice: dict | None = None,
 ) -> str:
     """Write report.html into out_dir; returns its path."""
     verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
@@ -312,6 +364,7 @@ def write_report(
             "Head only vs fine-tuned vs served",
             _comparison_table(comparisons, _baseline_note(res)),
         ),
+        _section("recipe", "Recipe: what advise measured and chose", advice_html(advice)),
         _section("guard", "Fine-tuning guard", _guard_html(guard)),
         _section("per-class", "Per-class metrics", _per_class_table(res, res["labels"])),
         _section("wrong", "Most confidently wrong test images", _gallery_html(gallery)),

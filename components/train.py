@@ -330,6 +330,37 @@ def _cached_features(
     return xt, yt, xv, yv
 
 
+def _stored_features(model, examples_dir, exclude, exclude_train, store_root, size, chief):
+    """Train and val features through the feature store: the base runs on unseen images only."""
+    from graft.components import features as gfeat
+
+    base = gmodel.base_of(model)
+    layer = base.layers[-1].name
+    store = None
+    if store_root and chief:  # one writer: the chief
+        store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size)
+    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
+    got = {}
+    for split, excl in (("train", exclude_train), ("val", exclude)):
+        got[split] = gfeat.split_features(
+            examples_dir,
+            split,
+            [layer],
+            extractor=extractor,
+            store=store,
+            exclude=excl,
+            batch_size=feature_batch(),
+            stage="train_head",
+        )
+    t, v = got["train"], got["val"]
+    counts = {"computed": t.computed + v.computed, "reused": t.reused + v.reused}
+    log(
+        f"train_head: features of {len(t.y)} train + {len(v.y)} val images: "
+        f"{counts['reused']} from the store, {counts['computed']} computed"
+    )
+    return t.x[layer], t.y, v.x[layer], v.y, counts
+
+
 def train_head(
     examples_dir: str,
     out_dir: str,
@@ -342,6 +373,7 @@ def train_head(
     image_size: int,
     validation_dir: str | None = None,
     extra_callbacks: list | None = None,
+    feature_store: str = "",
 ) -> StageResult:
     """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
     strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
@@ -363,6 +395,7 @@ def train_head(
             image_size=image_size,
             validation_dir=validation_dir,
             extra_callbacks=extra_callbacks,
+            feature_store=feature_store,
         )
     finally:
         release(wdir, out_dir)
@@ -382,6 +415,7 @@ def _train_head(
     image_size,
     validation_dir,
     extra_callbacks,
+    feature_store,
 ) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
@@ -399,20 +433,32 @@ def _train_head(
     cbs, elog = callbacks(wdir, "train_head", cfg.epochs, cfg.patience, out_dir)
     cbs += extra_callbacks or []
     t_fit, t_feat = time.time(), 0.0
+    store_counts = None
     if cached:
         t_feat = time.time()
-        xt, yt, xv, yv = _cached_features(
-            model,
-            cfg,
-            augment,
-            image_size,
-            examples_dir,
-            exclude,
-            exclude_train,
-            wdir,
-            train.seed,
-            train.deterministic,
-        )
+        if not cfg.augment:  # plain features: the same for every run, so the store keeps them
+            xt, yt, xv, yv, store_counts = _stored_features(
+                model,
+                examples_dir,
+                exclude,
+                exclude_train,
+                feature_store,
+                image_size,
+                gmodel.is_chief(strategy),
+            )
+        else:
+            xt, yt, xv, yv = _cached_features(
+                model,
+                cfg,
+                augment,
+                image_size,
+                examples_dir,
+                exclude,
+                exclude_train,
+                wdir,
+                train.seed,
+                train.deterministic,
+            )
         t_feat = time.time() - t_feat
         with strategy.scope():
             trainer = gmodel.multi_worker_keras(
@@ -496,6 +542,7 @@ def _train_head(
             "labels": labels,
             "train_seconds": round(t_fit, 2),
             "feature_seconds": round(t_feat, 2),
+            "features": store_counts,
             "deterministic": train.deterministic,
             "distribution": distribution(strategy, policy),
         },
@@ -527,6 +574,33 @@ def _schedule(cfg: FineTuneConfig, steps_per_epoch: int):
 
 def load_model(path: str) -> keras.Model:
     return keras.models.load_model(path, compile=False)
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after the epoch that would leave too little time for another one."""
+
+    def __init__(self, minutes: float, stage: str):
+        super().__init__()
+        self.seconds, self.stage = minutes * 60, stage
+        self.t0 = time.time()
+        self.stopped_at: int | None = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        spent = time.time() - self.t0
+        if spent + spent / (epoch + 1) > self.seconds:
+            self.model.stop_training = True
+            self.stopped_at = epoch + 1
+            log(
+                f"{self.stage}: time budget ({self.seconds / 60:.1f} min) reached after "
+                f"epoch {epoch + 1} ({spent:.0f}s); stopping"
+            )
+
+
+def correct_on(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
+    """Per image of `ds` (in order), whether the model's top class is the label."""
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    hits = [np.argmax(fn(x).numpy(), 1) == y.numpy() for x, y in ds]
+    return np.concatenate(hits) if hits else np.zeros(0, bool)
 
 
 def evaluate_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float]:
@@ -613,6 +687,8 @@ def _fine_tune(
     with strategy.scope():
         model = gmodel.multi_worker_keras(load_model(head_model_path), strategy)
     head_acc, head_loss = evaluate_on(model, val_ds)
+    noise_rule = cfg.guard and cfg.guard_rule == "beyond_noise"
+    head_hits = correct_on(model, val_ds) if noise_rule else None
     train_ds = gdata.image_dataset(
         examples_dir,
         "train",
@@ -645,6 +721,8 @@ def _fine_tune(
     )
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
     cbs, elog = callbacks(wdir, "fine_tune", cfg.epochs, cfg.patience, out_dir)
+    if cfg.max_minutes:
+        cbs.append(TimeBudget(cfg.max_minutes, "fine_tune"))
     cbs += extra_callbacks or []
     model.fit(
         train_ds,
@@ -657,13 +735,27 @@ def _fine_tune(
     )
     ft_acc, ft_loss = evaluate_on(model, val_ds)
     kept = "fine_tuned"
-    if cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
+    gain = None
+    if noise_rule:
+        from graft.components.report import paired_difference
+
+        gain = paired_difference(correct_on(model, val_ds), head_hits)
+        if gain["low"] <= 0:
+            kept = "head"
+            log(
+                f"fine_tune: GUARD: val gain {gain['difference']:+.3f} (95% paired interval "
+                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], n={gain['n']}) is inside the noise; "
+                "keeping the simpler head-only model (fine_tune.guard_rule: beyond_noise)",
+                level="warn",
+            )
+    elif cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
         kept = "head"
         log(
             f"fine_tune: GUARD: fine-tuned val_accuracy {ft_acc:.3f} < head-only {head_acc:.3f}; "
             "keeping the head-only weights",
             level="warn",
         )
+    if kept == "head":
         model = load_model(head_model_path)
     model.save(os.path.join(wdir, MODEL))
     hist = read_history(wdir)
@@ -684,6 +776,7 @@ def _fine_tune(
             "fine_tuned_val_accuracy": ft_acc,
             "head_val_loss": head_loss,
             "fine_tuned_val_loss": ft_loss,
+            "val_gain": gain,
             "unfreeze": info,
             "deterministic": train.deterministic,
             "distribution": distribution(

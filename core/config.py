@@ -22,6 +22,8 @@ from graft.core.backbones import BACKBONES
 STEP_NAMES: tuple[str, ...] = (
     "ingest",
     "validate",
+    "drift",
+    "advise",
     "train_head",
     "fine_tune",
     "evaluate",
@@ -94,6 +96,11 @@ class DataConfig(Section):
         None,
         description="keep each group in one split: a CSV column name (e.g. patient), or a regex "
         "with one capture group applied to the file name (e.g. '^(\\w+)_')",
+    )
+    incremental: bool = Field(
+        True,
+        description="reuse the newest earlier ingest of the same source for unchanged files "
+        "(path, size, mtime, confirmed by sha256); decode only new and changed ones",
     )
 
     @model_validator(mode="after")
@@ -173,6 +180,11 @@ class BaseConfig(Section):
         "or null (random init)",
     )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {alpha: 0.35}")
+    cut_at: str | None = Field(
+        None,
+        description="layer of the base whose output the head reads (an earlier block's "
+        "features); null: the base's last layer",
+    )
 
     @field_validator("name")
     @classmethod
@@ -214,6 +226,12 @@ class TrainConfig(Section):
         False,
         description="bit-identical re-runs from the same ingest artifact on the same machine and "
         "TF build: ordered reads, sequential augmentation, TF op determinism; slower",
+    )
+    budget_minutes: float = Field(
+        15.0,
+        gt=0,
+        le=100_000,
+        description="recipe auto: wall-time budget of both training stages; sets the epochs",
     )
 
 
@@ -261,6 +279,77 @@ class FineTuneConfig(Section):
     patience: int = Field(3, ge=0, le=MAX_EPOCHS)
     augment: bool = True
     guard: bool = Field(True, description="keep the head-only weights if fine-tuning hurts val")
+    max_minutes: float = Field(
+        0.0, ge=0, le=100_000, description="stop after the epoch that would pass this; 0: none"
+    )
+    guard_rule: Literal["better", "beyond_noise"] = Field(
+        "better",
+        description="better: keep fine-tuning if val accuracy is higher; beyond_noise: only "
+        "if the paired 95% interval of the val gain is above 0",
+    )
+
+
+class AdviseConfig(Section):
+    """How `recipe: auto` measures the data and the base before it plans (the advise step)."""
+
+    folds: int = Field(5, ge=2, le=20, description="k-fold cross-validation of each probe")
+    max_probe_images: int = Field(
+        2000, ge=50, le=1_000_000, description="training images the probes use at most"
+    )
+    small_data: int = Field(
+        1000,
+        ge=0,
+        le=10_000_000,
+        description="below this many training images the data counts as small",
+    )
+
+
+class FeaturesConfig(Section):
+    """The feature store: pooled base features per image, shared by steps and runs."""
+
+    store: str | None = Field(
+        None,
+        description="folder (or gs://...) of the store; null: <runner.run_root>/features; '' "
+        "turns it off",
+    )
+
+
+class DriftConfig(Section):
+    """Scheduled retraining: the new data against the data the served model was trained on."""
+
+    enabled: bool = True
+    action: Literal["warn", "block"] = Field(
+        "warn", description="block: a flagged check fails the run, so nothing is pushed"
+    )
+    max_label_linf: float = Field(
+        0.1, ge=0, le=1, description="label distribution L-infinity (whole snapshots)"
+    )
+    max_stat_js: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Jensen-Shannon divergence (base 2) of per-image statistics, new images "
+        "vs the served snapshot, 10 shared buckets",
+    )
+    embedding_p: float = Field(
+        0.001, gt=0, lt=1, description="embedding MMD permutation p-value below this flags"
+    )
+    max_confidence_js: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="JS divergence of the served model's top score, new images vs its "
+        "held-out (val, test) images",
+    )
+    significance: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="a measure over its threshold flags only if its permutation p-value is "
+        "below this too: small batches differ by chance",
+    )
+    sample: int = Field(500, ge=20, le=1_000_000, description="images per side compared")
+    permutations: int = Field(2000, ge=20, le=100_000)
 
 
 class EvaluateConfig(Section):
@@ -335,6 +424,8 @@ def _default_resources() -> dict[str, StepResources]:
     return {
         "ingest": StepResources(**{**small, "cpu_request": "2", "cpu_limit": "4"}),
         "validate": StepResources(**small),
+        "drift": StepResources(**small),
+        "advise": StepResources(**train),
         "train_head": StepResources(**train),
         "fine_tune": StepResources(**train),
         "evaluate": StepResources(**small),
@@ -384,7 +475,15 @@ class GraftConfig(Section):
     """The whole run."""
 
     data: DataConfig
+    recipe: Literal["auto", "seed", "manual"] = Field(
+        "auto",
+        description="auto: the advise step measures the data and plans the training; seed: "
+        "the seed's fixed recipe; manual: the sections below as written",
+    )
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    advise: AdviseConfig = Field(default_factory=AdviseConfig)
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     base: BaseConfig = Field(default_factory=BaseConfig)
     head: HeadConfig = Field(default_factory=HeadConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -398,6 +497,13 @@ class GraftConfig(Section):
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _store_beside_the_runs(self) -> GraftConfig:
+        if self.features.store is None:
+            root = self.runner.run_root
+            self.features.store = root.rstrip("/") + "/features" if root else "features"
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -435,6 +541,22 @@ def _parse_scalar(text: str) -> Any:
         return _safe_yaml(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"--set value {text!r}: {e}") from None
+
+
+def with_values(cfg: GraftConfig, values: dict[str, Any]) -> GraftConfig:
+    """A copy of a validated config with typed values set by dotted key (the advise plan)."""
+    if not values:
+        return cfg
+    raw = cfg.to_dict()
+    for dotted, value in values.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"plan sets unknown config key '{dotted}'")
+        node[leaf] = value
+    return GraftConfig.model_validate(raw)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -539,6 +661,7 @@ PATH_KEYS = (
     "base.weights",
     "runner.run_root",
     "push.destination",
+    "features.store",
 )
 # base.weights values that name weights rather than a file
 NAMED_WEIGHTS = ("imagenet", "demo")

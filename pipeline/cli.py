@@ -74,6 +74,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help=f"re-run from this step on: {steps}",
     )
     p.add_argument("--force", action="store_true", help="push even if not blessed")
+    p.add_argument(
+        "--run-id", help="name of the run's folder under runner.run_root (default: a timestamp)"
+    )
 
 
 # ---------------------------------------------------------------- commands
@@ -143,6 +146,38 @@ def cmd_validate(args) -> int:
 
 def cmd_run(args) -> int:
     _run_and_summarize(_config(args), args)
+    return 0
+
+
+def cmd_advise(args) -> int:
+    """Ingest, validate and advise (cached like a run), then print the evidence and the plan."""
+    from graft.components.advise import advice_table, read_advice
+    from graft.pipeline.runner import run_pipeline
+
+    target = args.data_or_config
+    if os.path.isdir(target):
+        cfg = load_config(None, [f"data.path={os.path.abspath(target)}", *args.set])
+    else:
+        cfg = load_config(target, args.set)
+    if cfg.recipe == "manual":
+        log("advise: the config says recipe: manual; advising as recipe: auto would")
+    cfg = cfg.model_copy(update={"recipe": "auto" if cfg.recipe == "manual" else cfg.recipe})
+    run = run_pipeline(cfg, until="advise")
+    advice = read_advice(run["steps"]["advise"]["output"])
+    ev = advice.get("evidence")
+    print(advice_table(advice))
+    if ev:
+        print(
+            f"\nevidence: {ev['n_train']} train / {ev['n_val']} val images, {ev['n_classes']} "
+            f"classes (fewest {ev['per_class_min']}), photos {ev['median_side']} px median side, "
+            f"base forward {ev['images_per_s']:.0f} images/s here; measured in {ev['seconds']:.0f}s"
+        )
+        for p in ev["probes"]:
+            print(
+                f"  probe {p['depth']:>6} {p['layer']:<24} {p['size']:>4}px {p['dim']:>5}-d  "
+                f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}]  n={p['n']}"
+            )
+    print(f"\nadvice.json: {os.path.join(run['steps']['advise']['output'], 'advice.json')}")
     return 0
 
 
@@ -373,6 +408,7 @@ def _run_and_summarize(cfg: GraftConfig, args) -> dict:
         only=args.only,
         from_step=args.from_step,
         force_push=args.force,
+        run_id=getattr(args, "run_id", None),
     )
     print_summary(run, cfg)
     return run
@@ -391,13 +427,8 @@ def _model_name(data_dir: str) -> str:
     return name if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name or "") else "graft"
 
 
-def cmd_train(args) -> int:
-    if args.budget_minutes is not None:
-        raise ConfigError(
-            "--budget-minutes comes with the auto recipe (recipe: auto), which is not built yet; "
-            "for now bound the time with the epochs, e.g. --set fine_tune.epochs=3 "
-            "--set train_head.epochs=20"
-        )
+def train_overrides(args) -> list[str]:
+    """The config keys `graft train`'s arguments set on the template."""
     remote = "://" in args.data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
     if not remote and not os.path.isdir(args.data_dir):
         raise ConfigError(f"graft train: DATA_DIR is not a folder: {args.data_dir}")
@@ -406,6 +437,8 @@ def cmd_train(args) -> int:
         f"data.path={args.data_dir if remote else os.path.abspath(args.data_dir)}",
         f"export.model_name={args.name or _model_name(args.data_dir)}",
     ]
+    if args.budget_minutes is not None:
+        overrides.append(f"train.budget_minutes={args.budget_minutes}")
     if args.base:
         overrides.append(f"base.name={args.base}")
     if args.weights:
@@ -413,7 +446,11 @@ def cmd_train(args) -> int:
         if weights not in ("imagenet", "demo", "null"):
             weights = os.path.abspath(os.path.expanduser(weights))
         overrides.append(f"base.weights={weights}")
-    cfg = load_config(args.config, [*overrides, *args.set])
+    return overrides
+
+
+def cmd_train(args) -> int:
+    cfg = load_config(args.config, [*train_overrides(args), *args.set])
     import_tensorflow_quietly()
     log(
         f"train: {cfg.data.path} -> model '{cfg.export.model_name}' on {cfg.base.name} "
@@ -467,6 +504,55 @@ def cmd_runs_list(args) -> int:
             str(push["version"]) if push.get("pushed") else "-",
         )
     Console().print(t)
+    return 0
+
+
+def cmd_models_list(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from graft.components.registry import COLUMNS, require_model, table_row
+
+    entries = require_model(args.destination, args.model)  # exit 2 naming the models there
+    shown = [e for e in entries if args.all or e["status"] in ("served", "available")]
+    if args.json:
+        for e in shown:
+            print(json.dumps(e, default=str))
+        return 0
+    t = Table(title=f"{args.model} at {args.destination} (TF Serving serves the newest version)")
+    for col in COLUMNS:
+        t.add_column(col, overflow="fold", no_wrap=col in ("version", "run id"))
+    for e in shown:
+        t.add_row(*table_row(e).values(), style="bold" if e["status"] == "served" else None)
+    Console().print(t)
+    hidden = len(entries) - len(shown)
+    if hidden:
+        log(f"models: {hidden} pruned or deleted versions not shown (--all shows them)")
+    return 0
+
+
+def cmd_models_show(args) -> int:
+    from graft.components.registry import entry, served_entry
+
+    if args.version == "served":
+        e = served_entry(args.destination, args.name)
+        if e is None:
+            raise ConfigError(f"nothing of '{args.name}' is served from {args.destination}")
+    elif not args.version.isdigit():
+        raise ConfigError(f"VERSION must be a version number or 'served', got '{args.version}'")
+    else:
+        e = entry(args.destination, args.name, int(args.version))
+    print(json.dumps(e, indent=2, default=str))
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from dataclasses import asdict
+
+    from graft.components.push import rollback
+
+    r = rollback(args.destination, args.model, args.to, reason=args.reason)
+    print(json.dumps(asdict(r), indent=2))
     return 0
 
 
@@ -584,8 +670,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-minutes",
         type=float,
         metavar="N",
-        help="not available yet: comes with the auto recipe; bound the time with "
-        "--set fine_tune.epochs=N",
+        help="recipe auto: wall time of both training stages (train.budget_minutes); the plan "
+        "fits the fine-tuning epochs into it",
     )
     p.add_argument("--name", metavar="MODEL", help="model name (default: DATA_DIR's folder name)")
     p.add_argument(
@@ -608,6 +694,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     _add_run_args(p)
     p.set_defaults(fn=cmd_run, tensorflow=True)
+
+    p = sub.add_parser(
+        "advise",
+        help="where the data sits in the size x similarity matrix, and the plan (no training)",
+    )
+    p.add_argument("data_or_config", help="an image folder, or a YAML config")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", default=[], help="override a config key"
+    )
+    p.set_defaults(fn=cmd_advise, tensorflow=True)
 
     p = sub.add_parser("inspect-base", help="list a backbone's layers and blocks")
     p.add_argument("name", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
@@ -729,6 +825,33 @@ def build_parser() -> argparse.ArgumentParser:
     s = rsub.add_parser("list", help="table of runs: status, time, test accuracy, push")
     s.add_argument("--run-root", default="runs", help="runner.run_root of the runs")
     s.set_defaults(fn=cmd_runs_list)
+
+    p = sub.add_parser("models", help="pushed versions and their lineage (the registry)")
+    msub = p.add_subparsers(dest="models_cmd", required=True, metavar="COMMAND")
+    s = msub.add_parser("list", help="table of versions: data, base, accuracy, blessing, served")
+    s.add_argument("--destination", default="models", help="push.destination")
+    s.add_argument("--model", required=True, help="model name (export.model_name)")
+    s.add_argument("--all", action="store_true", help="also versions pruned or deleted since")
+    s.add_argument("--json", action="store_true", help="one JSON entry per line")
+    s.set_defaults(fn=cmd_models_list)
+    s = msub.add_parser("show", help="one version's full lineage record, as JSON")
+    s.add_argument("name", metavar="NAME", help="model name")
+    s.add_argument("version", metavar="VERSION", help="version number, or served")
+    s.add_argument("--destination", default="models", help="push.destination")
+    s.set_defaults(fn=cmd_models_show)
+
+    p = sub.add_parser(
+        "rollback",
+        help="serve an older version again: publish a copy of it as the newest version",
+        description="TF Serving serves the newest version, so the copy becomes the served one "
+        "once a polling server has loaded it; no request fails meanwhile. Recorded in the "
+        "registry (graft models list).",
+    )
+    p.add_argument("--destination", default="models", help="push.destination")
+    p.add_argument("--model", required=True, help="model name (export.model_name)")
+    p.add_argument("--to", type=int, required=True, metavar="VERSION", help="version to serve")
+    p.add_argument("--reason", help="why, recorded in the registry")
+    p.set_defaults(fn=cmd_rollback, tensorflow=True)
 
     p = sub.add_parser("report", help="print the path of a run's evaluation report")
     p.add_argument(

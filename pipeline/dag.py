@@ -46,6 +46,7 @@ class Step:
     doc: str = ""
     cacheable: bool = True
     gpu_capable: bool = False
+    distributed: bool = False  # kubeflow.workers > 1: runs as a TFJob of that many workers
     when: When | None = None
     # What else the output depends on, outside the config and the inputs (e.g. the data on disk).
     external_key: KeyFn | None = field(default=None, compare=False)
@@ -63,6 +64,9 @@ def _ingest(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         "quarantined": r.quarantined,
         "input_files": r.input_files,
         "labels": r.labels,
+        # incremental ingest: the earlier output reused, and files added / changed / removed /
+        # reused / retried (quarantined before) / decoded
+        "incremental": r.incremental,
     }
 
 
@@ -83,6 +87,49 @@ def _validate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     }
 
 
+def _drift(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
+    from graft.components.drift import check_drift
+
+    r = check_drift(
+        cfg.drift,
+        inputs["examples"],
+        inputs["validation"],
+        out,
+        destination=cfg.push.destination,
+        model_name=cfg.export.model_name,
+        base=cfg.base,
+        image_size=cfg.data.image_size,
+        feature_store=cfg.features.store,
+    )
+    return {"checked": r.checked, "flagged": r.flagged, "blocked": r.blocked, "reasons": r.reasons}
+
+
+def _served_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
+    """Drift depends on what is served now: the newest version at the destination."""
+    from graft.components.push import latest_version
+
+    return str(latest_version(cfg.push.destination, cfg.export.model_name))
+
+
+def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
+    from graft.components.advise import advise
+
+    r = advise(
+        inputs["examples"],
+        inputs["validation"],
+        out,
+        recipe=cfg.recipe,
+        base_cfg=cfg.base,
+        image_size=cfg.data.image_size,
+        store_root=cfg.features.store,
+        folds=cfg.advise.folds,
+        max_probe_images=cfg.advise.max_probe_images,
+        small_data=cfg.advise.small_data,
+        budget_minutes=cfg.train.budget_minutes,
+    )
+    return {"recipe": r.recipe, "cell": r.cell, "planned": len(r.overrides), "seconds": r.seconds}
+
+
 def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.train import train_head
 
@@ -96,11 +143,15 @@ def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         augment=cfg.augment,
         image_size=cfg.data.image_size,
         validation_dir=inputs["validation"],
+        feature_store=cfg.features.store,
     )
+    feats = r.extra.get("features") or {}
     return {
         "val_accuracy": r.best_val_accuracy,
         "epochs": r.epochs_run,
         "cache_used": r.cache_used,
+        "features_computed": feats.get("computed"),
+        "features_reused": feats.get("reused"),
         "seconds": r.seconds,
     }
 
@@ -140,6 +191,7 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         image_size=cfg.data.image_size,
         validation_dir=inputs["validation"],
         flip_average=cfg.export.flip_average,
+        advice_dir=inputs["advice"],
     )
     return {
         "blessed": r.blessed,
@@ -214,28 +266,61 @@ STEPS: list[Step] = [
         "blocking data checks: classes, counts, corrupt rate, leakage",
     ),
     Step(
-        "train_head",
+        "drift",
         {"examples": "ingest", "validation": "validate"},
-        ("data.image_size", "base", "head", "train", "train_head", "augment"),
-        "Model",
-        _train_head,
-        "new head on the frozen base (bottleneck cache)",
+        (
+            "drift",
+            "push.destination",
+            "export.model_name",
+            "base",
+            "data.image_size",
+            "features",
+        ),
+        "Artifact",
+        _drift,
+        "new data vs the served model's: labels, image stats, embeddings, confidence",
+        external_key=_served_key,
+    ),
+    Step(
+        "advise",
+        {"examples": "ingest", "validation": "validate"},
+        ("recipe", "data.image_size", "base", "train.budget_minutes", "advise", "features"),
+        "Artifact",
+        _advise,
+        "measure data size and similarity to the base; plan the training (recipe)",
         gpu_capable=True,
     ),
     Step(
+        "train_head",
+        {"examples": "ingest", "validation": "validate", "advice": "advise"},
+        ("data.image_size", "base", "head", "train", "train_head", "augment", "features"),
+        "Model",
+        _train_head,
+        "new head on the frozen base (feature store)",
+        gpu_capable=True,
+        distributed=True,
+    ),
+    Step(
         "fine_tune",
-        {"examples": "ingest", "validation": "validate", "head_model": "train_head"},
+        {
+            "examples": "ingest",
+            "validation": "validate",
+            "advice": "advise",
+            "head_model": "train_head",
+        },
         ("data.image_size", "train", "fine_tune", "augment"),
         "Model",
         _fine_tune,
         "unfreeze the base as fine_tune.unfreeze says, at a low LR, guarded",
         gpu_capable=True,
+        distributed=True,
     ),
     Step(
         "evaluate",
         {
             "examples": "ingest",
             "validation": "validate",
+            "advice": "advise",
             "head_model": "train_head",
             "model": "fine_tune",
         },
@@ -253,7 +338,7 @@ STEPS: list[Step] = [
     ),
     Step(
         "export",
-        {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate"},
+        {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate", "advice": "advise"},
         ("data.image_size", "export", "base", "head"),
         "Model",
         _export,
@@ -305,6 +390,14 @@ def forced(s: Step, cfg: GraftConfig) -> bool:
     return bool(node)
 
 
+def planned(cfg: GraftConfig, advice_dir: str) -> GraftConfig:
+    """The config with the advise step's plan applied (nothing under recipe: manual)."""
+    from graft.components.advise import read_advice
+    from graft.core.config import with_values
+
+    return with_values(cfg, read_advice(advice_dir)["overrides"])
+
+
 RESULT_FILE = "_step_result.json"
 
 
@@ -317,6 +410,8 @@ def run_step(
     """
     s = step(name)
     os.makedirs(out_dir, exist_ok=True)
+    if "advice" in s.inputs:
+        cfg = planned(cfg, inputs["advice"])
     view = scoped(s, cfg)
     try:
         summary = s.run(view, inputs, out_dir)

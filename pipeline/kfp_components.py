@@ -2,7 +2,7 @@
 
 kfp embeds each function's source in the compiled YAML and runs it in the component image,
 so the bodies only import Graft and hand over. Input names match dag.STEPS' inputs (a test
-checks it); the wiring and order come from dag.STEPS, not from here. Every gpu_capable step's
+checks it); the wiring and order come from dag.STEPS, not from here. Every distributed step's
 wrapper takes `tfjob_json`: set (kubeflow.workers > 1), the step runs as that TFJob.
 """
 
@@ -18,6 +18,8 @@ def make_components(image: str) -> dict:
         config_json: str,
         data_path: str,
         push_destination: str,
+        recipe: str,
+        budget_minutes: float,
         train_head_epochs: int,
         train_head_learning_rate: float,
         fine_tune_enabled: bool,
@@ -42,10 +44,37 @@ def make_components(image: str) -> dict:
         run("validate", config_json, {"examples": examples}, validation)
 
     @dsl.component(base_image=image, install_kfp_package=False)
+    def drift(
+        config_json: str,
+        examples: Input[Dataset],
+        validation: Input[Artifact],
+        drift_report: Output[Artifact],
+        metrics: Output[Metrics],
+    ):
+        from graft.pipeline.kfp_runtime import log_json_metrics, run
+
+        run("drift", config_json, {"examples": examples, "validation": validation}, drift_report)
+        log_json_metrics(drift_report, "drift.json", metrics)
+
+    @dsl.component(base_image=image, install_kfp_package=False)
+    def advise(
+        config_json: str,
+        examples: Input[Dataset],
+        validation: Input[Artifact],
+        advice: Output[Artifact],
+        metrics: Output[Metrics],
+    ):
+        from graft.pipeline.kfp_runtime import log_json_metrics, run
+
+        run("advise", config_json, {"examples": examples, "validation": validation}, advice)
+        log_json_metrics(advice, "advice.json", metrics)
+
+    @dsl.component(base_image=image, install_kfp_package=False)
     def train_head(
         config_json: str,
         examples: Input[Dataset],
         validation: Input[Artifact],
+        advice: Input[Artifact],
         model: Output[Model],
         tfjob_json: str = "",
     ):
@@ -54,7 +83,7 @@ def make_components(image: str) -> dict:
         run(
             "train_head",
             config_json,
-            {"examples": examples, "validation": validation},
+            {"examples": examples, "validation": validation, "advice": advice},
             model,
             tfjob_json,
         )
@@ -64,6 +93,7 @@ def make_components(image: str) -> dict:
         config_json: str,
         examples: Input[Dataset],
         validation: Input[Artifact],
+        advice: Input[Artifact],
         head_model: Input[Model],
         model: Output[Model],
         tfjob_json: str = "",
@@ -73,7 +103,12 @@ def make_components(image: str) -> dict:
         run(
             "fine_tune",
             config_json,
-            {"examples": examples, "validation": validation, "head_model": head_model},
+            {
+                "examples": examples,
+                "validation": validation,
+                "advice": advice,
+                "head_model": head_model,
+            },
             model,
             tfjob_json,
         )
@@ -83,6 +118,7 @@ def make_components(image: str) -> dict:
         config_json: str,
         examples: Input[Dataset],
         validation: Input[Artifact],
+        advice: Input[Artifact],
         head_model: Input[Model],
         model: Input[Model],
         evaluation: Output[Artifact],
@@ -98,6 +134,7 @@ def make_components(image: str) -> dict:
             {
                 "examples": examples,
                 "validation": validation,
+                "advice": advice,
                 "head_model": head_model,
                 "model": model,
             },
@@ -111,6 +148,7 @@ def make_components(image: str) -> dict:
         model: Input[Model],
         examples: Input[Dataset],
         evaluation: Input[Artifact],
+        advice: Input[Artifact],
         exported: Output[Model],
     ):
         from graft.pipeline.kfp_runtime import run
@@ -118,7 +156,7 @@ def make_components(image: str) -> dict:
         run(
             "export",
             config_json,
-            {"model": model, "examples": examples, "evaluation": evaluation},
+            {"model": model, "examples": examples, "evaluation": evaluation, "advice": advice},
             exported,
         )
 
@@ -137,6 +175,8 @@ def make_components(image: str) -> dict:
         "resolve_config": resolve_config,
         "ingest": ingest,
         "validate": validate,
+        "drift": drift,
+        "advise": advise,
         "train_head": train_head,
         "fine_tune": fine_tune,
         "evaluate": evaluate,
@@ -148,6 +188,8 @@ def make_components(image: str) -> dict:
 OUTPUT_NAMES = {
     "ingest": "examples",
     "validate": "validation",
+    "drift": "drift_report",
+    "advise": "advice",
     "train_head": "model",
     "fine_tune": "model",
     "evaluate": "evaluation",

@@ -14,6 +14,8 @@ from graft.pipeline import dag
 PARAMETERS = {
     "data_path": "data.path",
     "push_destination": "push.destination",
+    "recipe": "recipe",  # auto | seed | manual; under auto the plan sets the training keys
+    "budget_minutes": "train.budget_minutes",
     "train_head_epochs": "train_head.epochs",
     "train_head_learning_rate": "train_head.learning_rate",
     "fine_tune_enabled": "fine_tune.enabled",
@@ -52,6 +54,28 @@ def log_evaluation(evaluation, metrics, confusion, report) -> bool:
     confusion.log_confusion_matrix(ev["labels"], ev["candidate"]["confusion_matrix"])
     shutil.copy(os.path.join(evaluation.path, ev["report"]), report.path)
     return bool(ev["blessed"])  # the output push's `when` reads
+
+
+def _scalars(node, prefix: str = ""):
+    if isinstance(node, bool):
+        yield prefix, float(node)
+    elif isinstance(node, (int, float)):
+        yield prefix, float(node)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _scalars(v, f"{prefix}_{k}" if prefix else str(k))
+    elif isinstance(node, list) and all(isinstance(v, dict) for v in node):
+        for i, v in enumerate(node):
+            name = v.get("depth") or v.get("what") or str(i)
+            yield from _scalars(v, f"{prefix}_{name}".replace(" ", "_"))
+
+
+def log_json_metrics(artifact, filename: str, metrics, limit: int = 60) -> None:
+    """A step's JSON result as dashboard Metrics: every number in it, named by its path."""
+    with open(os.path.join(artifact.path, filename)) as f:
+        data = json.load(f)
+    for name, value in list(_scalars(data))[:limit]:
+        metrics.log_metric(name, value)
 
 
 def resolve_config(config_json: str, parameters: dict) -> str:

@@ -3,7 +3,7 @@
 The step order and wiring come from dag.STEPS (the same object the local runner walks);
 pipeline.kfp_components holds only the thin per-step wrappers. Training steps get GPUs,
 node selector and toleration from `kubeflow:`; a step with `when` runs under dsl.If on its
-upstream's output. With kubeflow.workers > 1 each gpu_capable step's task gets its TFJob
+upstream's output. With kubeflow.workers > 1 each distributed step's task gets its TFJob
 (pipeline.tfjob) compiled in, and is itself a small pod that launches it and waits.
 """
 
@@ -28,7 +28,7 @@ LAUNCHER = {
 
 
 def launches_tfjob(step: dag.Step, cfg: GraftConfig) -> bool:
-    return step.gpu_capable and cfg.kubeflow.workers > 1
+    return step.distributed and cfg.kubeflow.workers > 1
 
 
 def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
@@ -88,6 +88,8 @@ def build_pipeline(cfg: GraftConfig):
         config_json: str = default_json,
         data_path: str = defaults["data_path"],
         push_destination: str = defaults["push_destination"],
+        recipe: str = defaults["recipe"],
+        budget_minutes: float = defaults["budget_minutes"],
         train_head_epochs: int = defaults["train_head_epochs"],
         train_head_learning_rate: float = defaults["train_head_learning_rate"],
         fine_tune_enabled: bool = defaults["fine_tune_enabled"],
@@ -98,6 +100,8 @@ def build_pipeline(cfg: GraftConfig):
             config_json=config_json,
             data_path=data_path,
             push_destination=push_destination,
+            recipe=recipe,
+            budget_minutes=budget_minutes,
             train_head_epochs=train_head_epochs,
             train_head_learning_rate=train_head_learning_rate,
             fine_tune_enabled=fine_tune_enabled,

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from graft.components.registry import RUN_ID_ENV
 from graft.core.config import NAMED_WEIGHTS, PATH_KEYS, GraftConfig, apply_overrides, parse_config
 from graft.core.log import log
 from graft.pipeline import dag
@@ -72,10 +73,11 @@ def run_pipeline(
     from_step: str | None = None,
     force_push: bool = False,
     run_id: str | None = None,
+    until: str | None = None,
 ) -> dict:
     """Run the pipeline; returns the run record (also written to run.json)."""
     use_cache = cfg.runner.cache if use_cache is None else use_cache
-    for name in (only, from_step):
+    for name in (only, from_step, until):
         if name:
             dag.step(name)  # raises with the valid names
     root = os.path.abspath(cfg.runner.run_root)
@@ -100,8 +102,12 @@ def run_pipeline(
         "status": "running",
     }
     n = len(dag.STEPS)
+    outer_run_id = os.environ.get(RUN_ID_ENV)
+    os.environ[RUN_ID_ENV] = run_id  # steps record it: model card and registry lineage
     try:
         for i, s in enumerate(dag.STEPS, start=1):
+            if until and dag.STEP_NAMES.index(s.name) > dag.STEP_NAMES.index(until):
+                break  # the steps after `until` are not part of this run
             rec = records[s.name] = StepRecord(s.name)
             inputs = {k: outputs[v] for k, v in s.inputs.items()}
             fp = fps[s.name] = fingerprint(s, cfg, {k: fps[v] for k, v in s.inputs.items()}, inputs)
@@ -160,6 +166,10 @@ def run_pipeline(
         run["status"] = "failed"
         raise
     finally:
+        if outer_run_id is None:
+            os.environ.pop(RUN_ID_ENV, None)
+        else:
+            os.environ[RUN_ID_ENV] = outer_run_id
         run["seconds"] = round(time.time() - t_run, 2)
         run["steps"] = {k: vars(v) for k, v in records.items()}
         with open(os.path.join(run_dir, "run.json"), "w") as f:

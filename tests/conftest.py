@@ -18,6 +18,7 @@ def tiny_config(tmp: Path, data: Path, **over) -> dict:
     """A 48 px, alpha 0.35, few-step config; every e2e test starts from this."""
     cfg = {
         "data": {"path": str(data), "image_size": 48, "num_workers": 1},
+        "recipe": "manual",  # the sections below as written; tests of recipe auto set it
         "validate": {"min_per_class": {"train": 2, "val": 1, "test": 1}},
         "base": {
             "name": "mobilenet_v2",

@@ -17,7 +17,8 @@ from conftest import REPO
 
 README = REPO / "README.md"
 BENCH_README = REPO / "benchmarks" / "README.md"
-DOCS = [README, BENCH_README]
+CONFIG_DOC = REPO / "docs" / "config.md"
+DOCS = [README, BENCH_README, *sorted((REPO / "docs").glob("*.md"))]
 README_LIMIT = 14 * 1024  # bytes
 
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
@@ -143,16 +144,16 @@ def _leaves(node, prefix: str = "") -> set[str]:
 
 
 def test_config_reference_matches_the_defaults():
-    """The README's YAML block of defaults is GraftConfig's defaults, key for key."""
+    """docs/config.md's YAML block of defaults is GraftConfig's defaults, key for key."""
     from graft.core.config import parse_config
 
-    section = _text(README).split("## Config reference", 1)[1]
+    section = _text(CONFIG_DOC).split("# Config reference", 1)[1]
     block = next(body for lang, body in FENCE.findall(section) if lang == "yaml")
     documented = yaml.safe_load(block)
     documented["data"]["path"] = "images"
     want = parse_config({"data": {"path": "images"}}).to_dict()
     got = parse_config(documented).to_dict()
-    assert got == want, "README.md config reference differs from core/config.py defaults"
+    assert got == want, "docs/config.md config reference differs from core/config.py defaults"
     want_keys = _leaves({k: v for k, v in want.items() if k != "kubeflow"})
     want_keys |= {k for k in _leaves(want["kubeflow"], "kubeflow.") if ".resources." not in k}
     want_keys |= {"kubeflow.resources"}

@@ -14,7 +14,11 @@ from graft.core.config import load_config, parse_config
 from graft.pipeline import dag
 from graft.pipeline.kubeflow import compile_pipeline, submit
 
-GPU_STEPS = {"train_head", "fine_tune"}
+GPU_STEPS = {"advise", "train_head", "fine_tune"}
+TFJOB_STEPS = {
+    "train_head",
+    "fine_tune",
+}  # advise runs on one GPU pod: its probes are not distributed
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +66,8 @@ def test_run_parameters_are_typed_and_default_to_the_config(compiled):
     want = {
         "data_path": ("STRING", cfg.data.path),
         "push_destination": ("STRING", cfg.push.destination),
+        "recipe": ("STRING", cfg.recipe),
+        "budget_minutes": ("NUMBER_DOUBLE", cfg.train.budget_minutes),
         "train_head_epochs": ("NUMBER_INTEGER", cfg.train_head.epochs),
         "train_head_learning_rate": ("NUMBER_DOUBLE", cfg.train_head.learning_rate),
         "fine_tune_enabled": ("BOOLEAN", cfg.fine_tune.enabled),
@@ -257,7 +263,7 @@ def test_workers_2_compiles_a_tfjob_into_each_training_step(compiled_workers):
 
     cfg, spec, _, _ = compiled_workers
     jobs = _tfjobs(spec)
-    assert set(jobs) == {s.name for s in dag.STEPS if s.gpu_capable} == GPU_STEPS
+    assert set(jobs) == {s.name for s in dag.STEPS if s.distributed} == TFJOB_STEPS
     schema = json.loads((REPO / "k8s" / "schemas" / "tfjob-v1.schema.json").read_text())
     for step, job in jobs.items():
         jsonschema.Draft202012Validator(schema).validate(job)
@@ -291,12 +297,13 @@ def test_workers_2_launcher_pods_are_small_and_gpu_free(compiled_workers):
     """The task that waits on the TFJob holds no GPU: the workers do."""
     _, spec, platform, _ = compiled_workers
     containers = _containers(spec)
-    for name in GPU_STEPS:
+    for name in TFJOB_STEPS:
         res = containers[name]["resources"]
         assert not res.get("accelerator"), name
         assert res["resourceCpuLimit"] == "1" and res["resourceMemoryLimit"] == "2Gi", name
     k8s = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {})
-    assert not k8s.get("executors"), "no GPU node selector left on the launchers"
+    left = {n.removeprefix("exec-").replace("-", "_") for n in k8s.get("executors", {})}
+    assert not left & TFJOB_STEPS, "no GPU node selector left on the launchers"
 
 
 def test_workers_1_keeps_the_single_pod(compiled):
@@ -314,13 +321,13 @@ def test_workers_2_needs_a_gs_pipeline_root():
         compile_pipeline(cfg, "/dev/null")
 
 
-def test_gpu_capable_wrappers_take_a_tfjob():
+def test_distributed_wrappers_take_a_tfjob():
     from graft.pipeline.kfp_components import make_components
 
     comps = make_components("img")
     for s in dag.STEPS:
         params = inspect.signature(comps[s.name].python_func).parameters
-        assert ("tfjob_json" in params) == s.gpu_capable, s.name
+        assert ("tfjob_json" in params) == s.distributed, s.name
 
 
 class _FakeTFJobs:

@@ -118,6 +118,8 @@ def test_run_json_and_reports(pipeline_run):
     assert list(rec["steps"]) == [
         "ingest",
         "validate",
+        "drift",
+        "advise",
         "train_head",
         "fine_tune",
         "evaluate",

@@ -17,6 +17,7 @@ from model_copies import other_model_export
 
 from graft.components.evaluate import bless
 from graft.components.push import MARKER, TMP_PREFIX, versions, weights_sha256
+from graft.components.registry import INDEX, read_index
 from graft.core.config import EvaluateConfig, PushConfig, parse_config
 
 PUSH = """
@@ -120,7 +121,10 @@ def test_two_concurrent_pushes_only_ever_show_complete_versions(pipeline_run, tm
     assert checks > 10  # the poller really watched while both ran
     assert all(r["pushed"] for r in results), results  # two different models: both go in
     assert sorted(after) == sorted(before + [r["version"] for r in results])
-    assert not [d for d in os.listdir(dest / "tiny") if not d.isdigit()]  # no temp, no lock
+    left = [d for d in os.listdir(dest / "tiny") if not d.isdigit() and d != INDEX]
+    assert not left  # no temp, no lock: the versions and the registry index only
+    indexed = {e["version"] for e in read_index(str(dest), "tiny")}
+    assert indexed == set(after), (indexed, after)  # both pushes recorded: no lost update
     big = dest / "tiny" / str(results[0]["version"])
     assert len(os.listdir(big / "assets.extra" / "pad")) == 3000
     for r, export in zip(results, (large, small), strict=True):
@@ -151,7 +155,7 @@ def test_the_same_model_pushed_twice_at_once_goes_in_once(pipeline_run, tmp_path
     refused = next(r for r in results if not r["pushed"])
     assert refused["already"]  # refused cleanly: it says where the model already is
     assert len(versions(str(dest), "tiny")) == len(before) + 1
-    assert not [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
+    assert not [d for d in os.listdir(dest / "tiny") if not d.isdigit() and d != INDEX]
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def test_quickstart_trains_and_its_config_reproduces_the_run(
     sets = [a for s in small for a in ("--set", s)]
     assert main(["train", str(tiny_data), "--weights", "demo", "--name", "quick", *sets]) == 0
     err = capsys.readouterr().err
-    (run_id,) = [d for d in os.listdir(runs) if d != "steps"]
+    (run_id,) = [d for d in os.listdir(runs) if d not in ("steps", "features")]
     config_file = runs / run_id / "config.yaml"
     assert f"graft run --config {config_file}" in err
     assert str(runs / run_id / "evaluate" / "report.html") in err
@@ -47,7 +47,7 @@ def test_quickstart_trains_and_its_config_reproduces_the_run(
     monkeypatch.chdir(runs)
     assert main(["run", "--config", str(config_file)]) == 0
     capsys.readouterr()
-    (second,) = [d for d in os.listdir(runs) if d not in ("steps", run_id)]
+    (second,) = [d for d in os.listdir(runs) if d not in ("steps", "features", run_id)]
     rec = json.loads((runs / second / "run.json").read_text())
     statuses = {name: s["status"] for name, s in rec["steps"].items()}
     assert all(statuses[s] == "cached" for s in statuses if s != "push"), statuses

@@ -142,10 +142,13 @@ def test_step_and_backbone_names_are_listed_and_checked(capsys):
         build_parser().parse_args(["inspect-base", "mobilenetv2"])
 
 
-def test_budget_minutes_is_refused_with_the_reason(tmp_path, capsys):
-    assert main(["train", str(tmp_path), "--budget-minutes", "10"]) == 2
-    err = capsys.readouterr().err
-    assert "auto recipe" in err and "fine_tune.epochs" in err
+def test_budget_minutes_sets_the_auto_recipes_budget(tmp_path):
+    from graft.core.config import load_config
+    from graft.pipeline.cli import build_parser, photos_template, train_overrides
+
+    args = build_parser().parse_args(["train", str(tmp_path), "--budget-minutes", "7.5"])
+    cfg = load_config(photos_template(), train_overrides(args))
+    assert cfg.recipe == "auto" and cfg.train.budget_minutes == 7.5
 
 
 def test_train_template_is_the_photos_config():

@@ -1,0 +1,168 @@
+"""Recipes on every real dataset: head-only, seed, the best manual config, and auto.
+
+    python -m benchmarks.recipes [--datasets flowers,cats_dogs,textures,chest_xray]
+                                 [--recipes head-only,seed,manual,auto] [--work DIR]
+
+Each dataset has one config in configs/recipes/ (its data section and the best manual recipe
+found for it, MobileNetV2 alpha 1.0 from ../shared). Every (dataset, recipe) is one
+`graft run` in its own process with its own feature store and push destination, so no run
+reuses another's features or is compared with another's model. Ingest and validate are shared
+(the runner's cache) and not counted: `seconds` is the wall time of the steps after validate.
+Test accuracy comes with its 95% Wilson interval and the test size. Results:
+benchmarks/results/recipes.json (one object per dataset x recipe) and one JSON line per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, RESULTS, machine
+
+DATASETS = ("flowers", "cats_dogs", "textures", "chest_xray")
+RECIPES = ("seed", "manual", "auto")  # and head-only, from the manual run (below)
+SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
+NOT_TIMED = ("ingest", "validate", "drift")  # shared by every recipe of a dataset
+
+
+def recipe_overrides(recipe: str) -> list[str]:
+    if recipe == "head-only":  # its own run (--recipes head-only); by default read off manual's
+        return ["recipe=manual", "fine_tune.enabled=false"]
+    # seed and auto start from the base's own input size, not the manual config's choice: the
+    # seed's recipe is 224 px, and auto decides whether a smaller input pays
+    return [f"recipe={recipe}", "data.image_size=224"]
+
+
+def head_only_row(manual: dict, steps: dict, ev: dict) -> dict:
+    """head-only, from the manual run: its head stage's model, scored by the same evaluate on
+    the same test images; seconds: the steps up to the head stage, plus evaluate."""
+    acc, lo, hi = ev["intervals"]["head_only"]["accuracy"]
+    spent = ("advise", "train_head", "evaluate", "export", "push")
+    return {
+        **manual,
+        "recipe": "head-only",
+        "test_accuracy": round(acc, 4),
+        "ci_low": round(lo, 4),
+        "ci_high": round(hi, 4),
+        "seconds": round(sum(steps[k]["seconds"] or 0 for k in spent if k in steps), 1),
+        "wall_seconds": None,
+        "kept": "head",
+        "fine_tune_epochs": 0,
+        "from_run": manual["run_id"],
+    }
+
+
+def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]:
+    config = REPO / "configs" / "recipes" / f"{dataset}.yaml"
+    tag = f"{dataset}-{recipe}"
+    sets = [
+        f"runner.run_root={work / dataset / 'runs'}",
+        f"features.store={work / dataset / 'features' / recipe}",
+        f"push.destination={work / dataset / 'models' / recipe}",
+        *recipe_overrides(recipe),
+    ]
+    cmd = [sys.executable, "-m", "graft", "run", "--config", str(config), "--run-id", tag]
+    cmd = (["flock", lock] if lock else []) + cmd  # one heavy job at a time on a shared machine
+    for s in sets:
+        cmd += ["--set", s]
+    log = work / f"{tag}.log"
+    t0 = time.time()
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    wall = time.time() - t0
+    if proc.returncode:
+        raise RuntimeError(f"{tag} failed ({proc.returncode}); see {log}")
+    run = json.loads((work / dataset / "runs" / tag / "run.json").read_text())
+    steps = run["steps"]
+    ev = json.loads((Path(steps["evaluate"]["output"]) / "evaluation.json").read_text())
+    acc, lo, hi = ev["intervals"]["candidate"]["accuracy"]
+    head, hlo, hhi = ev["intervals"]["head_only"]["accuracy"]
+    advice = json.loads((Path(steps["advise"]["output"]) / "advice.json").read_text())
+    ft = json.loads((Path(steps["fine_tune"]["output"]) / "result.json").read_text())
+    row = {
+        "dataset": dataset,
+        "recipe": recipe,
+        "run_id": tag,
+        "test_accuracy": round(acc, 4),
+        "ci_low": round(lo, 4),
+        "ci_high": round(hi, 4),
+        "test_n": ev["test_examples"],
+        "head_only_test_accuracy": round(head, 4),
+        "seconds": round(sum(s["seconds"] or 0 for k, s in steps.items() if k not in NOT_TIMED), 1),
+        "wall_seconds": round(wall, 1),
+        "kept": ft["extra"].get("kept"),
+        "fine_tune_epochs": ft["epochs_run"],
+        "cell": advice.get("cell"),
+        "chose": {d["what"]: d["choice"] for d in advice["decisions"]},
+        "image_size": run["config"]["data"]["image_size"]
+        if recipe != "auto"
+        else advice["overrides"].get("data.image_size"),
+    }
+    rows = [row]
+    if recipe == "manual":
+        rows.append(head_only_row(row, steps, ev))
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """The README table: one line per dataset x recipe, in dataset then recipe order."""
+    out = [
+        "| dataset | recipe | test accuracy [95%] | n | seconds | fine-tune | auto chose |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = {r: i for i, r in enumerate(("head-only", "seed", "manual", "auto"))}
+    for r in sorted(rows, key=lambda r: (DATASETS.index(r["dataset"]), order[r["recipe"]])):
+        chose = ""
+        if r["recipe"] == "auto":
+            c = r["chose"]
+            chose = (
+                f"{r['cell']['size']} + {r['cell']['similarity']}: {c['features']}, "
+                f"{c['input size']} px, {c['head']}, fine-tune {c['fine-tune']}"
+            )
+        ft = f"{r['fine_tune_epochs']} ep, kept {r['kept']}" if r["fine_tune_epochs"] else "none"
+        out.append(
+            f"| {r['dataset']} | {r['recipe']} | {r['test_accuracy']:.3f} "
+            f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] | {r['test_n']} | {r['seconds']:.0f} | "
+            f"{ft} | {chose} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--work", default="/tmp/graft-bench-recipes")
+    ap.add_argument("--lock", default="", help="flock this file around each run")
+    ap.add_argument("--table", action="store_true", help="print results/recipes.json as a table")
+    args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads((RESULTS / "recipes.json").read_text())["runs"]))
+        return 0
+    missing = [d for d in args.datasets.split(",") if not (SHARED / "datasets" / d).is_dir()]
+    if missing:
+        print(f"recipes: skipped, real data absent: {missing} under {SHARED}/datasets")
+        return 0
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "recipes.json"
+    rows = json.loads(out.read_text())["runs"] if out.exists() else []
+    for dataset in args.datasets.split(","):
+        for recipe in args.recipes.split(","):
+            for row in run_one(dataset, recipe, work, args.lock):
+                key = (row["dataset"], row["recipe"])
+                rows = [r for r in rows if (r["dataset"], r["recipe"]) != key] + [row]
+            doc = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": rows}
+            out.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

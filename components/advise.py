@@ -1,0 +1,673 @@
+"""The advise step: where the data sits in the seed's size x similarity matrix, and the plan.
+
+`measure` gathers the evidence a practitioner would look at before training: images per
+class, class balance, image resolution against the input size, and how well frozen features
+from several depths of the base separate the classes (k-fold cross-validated linear probes
+on the training split, each with its 95% interval). If an earlier block probes about as well
+as the last one, the data is far from the base's domain. `plan` (pure, unit-tested) turns
+the evidence into config overrides, each with its reason; the steps after advise run with
+them. All features go through the feature store, so the head stage reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from statistics import median
+from typing import Any
+
+import numpy as np
+
+from graft.core.log import log
+
+SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
+MAX_FINE_TUNE_EPOCHS = 8
+
+
+@dataclass
+class Probe:
+    """k-fold linear probe on pooled features of one layer at one input size."""
+
+    layer: str
+    depth: str  # "final", or the feature map size of an earlier tap, e.g. "14x14"
+    size: int
+    dim: int
+    accuracy: float
+    low: float
+    high: float
+    n: int
+    correct: list[bool] = field(default_factory=list, repr=False)  # out-of-fold, per image
+
+
+@dataclass
+class Evidence:
+    base: str
+    image_size: int
+    n_train: int
+    n_val: int
+    n_classes: int
+    per_class_min: int
+    per_class_max: int
+    median_side: int
+    probes: list[Probe]  # at image_size, final first; then any at a smaller size
+    stage_starts: list[str]  # first layer of each feature-map size of the base, last stage last
+    stage_fraction: list[float]  # share of the base's layers from each stage start to the top
+    base_layers: list[str]
+    images_per_s: float  # forward pass, measured here
+    # per layer: k-fold paired gain of a 256-unit hidden layer over linear, at the chosen size
+    hidden_head: dict[str, dict] | None = None
+    seconds: float = 0.0
+
+    @property
+    def imbalance(self) -> float:
+        return self.per_class_max / max(1, self.per_class_min)
+
+
+@dataclass
+class Decision:
+    what: str
+    choice: Any
+    reason: str
+
+
+@dataclass
+class Plan:
+    recipe: str
+    cell: dict[str, str]
+    overrides: dict[str, Any]
+    decisions: list[Decision]
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def _gap(a: Probe, b: Probe) -> dict:
+    """Paired out-of-fold accuracy a - b on the same images, with its 95% interval."""
+    from graft.components.report import paired_difference
+
+    if len(a.correct) == len(b.correct) and a.correct:
+        return paired_difference(np.array(a.correct), np.array(b.correct))
+    d = a.accuracy - b.accuracy  # different images: independent intervals
+    half = math.hypot(a.high - a.low, b.high - b.low) / 2
+    return {"difference": d, "low": d - half, "high": d + half, "n": min(a.n, b.n)}
+
+
+def _at(ev: Evidence, layer: str) -> Probe:
+    return next(p for p in ev.probes if p.layer == layer and p.size == ev.image_size)
+
+
+def _fmt(p: Probe) -> str:
+    return f"{p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}]"
+
+
+def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
+    """The seed's matrix, applied to measured evidence. Pure: no TensorFlow, no files."""
+    d: list[Decision] = []
+    o: dict[str, Any] = {}
+    at_size = [p for p in ev.probes if p.size == ev.image_size]
+    final = at_size[0]
+    earlier = at_size[1:]
+    small = ev.n_train < small_data
+    size_word = "small" if small else "large"
+    d.append(
+        Decision(
+            "data size",
+            size_word,
+            f"{ev.n_train} training images ({ev.n_train // max(1, ev.n_classes)} per class on "
+            f"average, fewest {ev.per_class_min}); small below advise.small_data={small_data}",
+        )
+    )
+    best_early = max(earlier, key=lambda p: p.accuracy) if earlier else None
+    if best_early is None:
+        similar, why = True, "no earlier tap to compare (base too shallow); assumed similar"
+    else:
+        g = _gap(final, best_early)
+        similar = g["low"] > 0
+        why = (
+            f"final-layer probe {_fmt(final)} vs {best_early.depth} ({best_early.layer}) "
+            f"{_fmt(best_early)}: paired gain {g['difference']:+.3f} "
+            f"[{g['low']:+.3f}, {g['high']:+.3f}]; "
+            + (
+                "the last block is clearly better: close to the base's data"
+                if similar
+                else "an earlier block probes as well or better: far from the base's data"
+            )
+        )
+    d.append(Decision("similarity", "similar" if similar else "dissimilar", why))
+    cell = {"size": size_word, "similarity": "similar" if similar else "dissimilar"}
+
+    # features: an earlier block where it probes better beyond the noise, or, small and
+    # dissimilar (the matrix: "classifier on earlier layers' features"), at least as well
+    chosen = final
+    why = "the base's last layer"
+    if best_early is not None:
+        g = _gap(best_early, final)
+        if g["low"] > 0:
+            chosen = best_early
+            why = (
+                f"{best_early.depth} features ({best_early.layer}, {best_early.dim}-d) probe "
+                f"better than the last layer's by {g['difference']:+.3f} [{g['low']:+.3f}, "
+                f"{g['high']:+.3f}]: the base is cut there, a smaller and faster model"
+            )
+        elif not similar:
+            why = (
+                f"the base's last layer: {best_early.depth} features ({best_early.layer}) probe "
+                f"{_fmt(best_early)} vs {_fmt(final)}, a difference inside the noise, so the "
+                "simpler choice (no cut)"
+            )
+    o["base.cut_at"] = None if chosen is final else chosen.layer
+    d.append(Decision("features", chosen.layer, why))
+
+    # input size: a smaller one when the photos are small and it probes as well
+    smaller = [p for p in ev.probes if p.size < ev.image_size and p.layer == chosen.layer]
+    size = ev.image_size
+    if smaller:
+        s = smaller[0]
+        g = _gap(chosen, s)
+        if g["low"] <= 0:
+            size = s.size
+            chosen = s
+            d.append(
+                Decision(
+                    "input size",
+                    size,
+                    f"photos are {ev.median_side} px (median side); {s.size} px probes "
+                    f"{_fmt(s)} vs {_fmt(_at(ev, s.layer))} at "
+                    f"{ev.image_size} px (gain of the larger {g['difference']:+.3f} "
+                    f"[{g['low']:+.3f}, {g['high']:+.3f}]): not beyond the noise, so the "
+                    f"{(ev.image_size / s.size) ** 2:.1f}x cheaper input",
+                )
+            )
+        else:
+            d.append(
+                Decision(
+                    "input size",
+                    size,
+                    f"{ev.image_size} px probes better than {s.size} px by "
+                    f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]: it pays",
+                )
+            )
+    else:
+        d.append(
+            Decision(
+                "input size",
+                size,
+                f"photos are {ev.median_side} px (median side), not much below {size} px",
+            )
+        )
+    o["data.image_size"] = size
+
+    # head shape: a hidden layer only when it beats linear beyond the noise
+    hh = (ev.hidden_head or {}).get(chosen.layer)
+    if hh and hh["low"] > 0:
+        o["head.fc_size"], o["head.dropout"] = 256, 0.2
+        d.append(
+            Decision(
+                "head",
+                "Dense(256, relu) + dropout 0.2",
+                f"k-fold: a hidden layer gains {hh['difference']:+.3f} "
+                f"[{hh['low']:+.3f}, {hh['high']:+.3f}] over linear",
+            )
+        )
+    else:
+        o["head.fc_size"], o["head.dropout"] = 0, 0.2
+        why = (
+            f"k-fold: a 256-unit hidden layer gains {hh['difference']:+.3f} "
+            f"[{hh['low']:+.3f}, {hh['high']:+.3f}], not beyond the noise: the simpler head"
+            if hh
+            else "linear (no hidden-layer probe)"
+        )
+        d.append(Decision("head", "linear + dropout 0.2", why))
+    o.update(
+        {
+            "train_head.epochs": 40,
+            "train_head.patience": 5,
+            "train_head.optimizer": "adam",
+            "train_head.learning_rate": 1e-3,
+            "train_head.augment": False,
+            "train_head.feature_cache": "on",
+        }
+    )
+
+    # fine-tuning: how much of the base, from the cell and the time budget
+    if small:
+        o["fine_tune.enabled"] = False
+        why = (
+            "small and similar: the classifier only (the seed's matrix)"
+            if similar
+            else "small and dissimilar: the classifier "
+            + ("on earlier features (the seed's matrix)" if o["base.cut_at"] else "only")
+        )
+        d.append(
+            Decision(
+                "fine-tune",
+                "no",
+                f"{why}; with {ev.n_train} training and {ev.n_val} val images a fine-tuning "
+                "gain could not be told from noise (the guard needs its paired interval above "
+                "0), and fine-tuning this little data mostly fits noise",
+            )
+        )
+    else:
+        # stages of the (cut) base: those that start before the layer the head reads
+        starts = list(zip(ev.stage_starts, ev.stage_fraction, strict=True))
+        cut = o["base.cut_at"]
+        if cut and ev.base_layers:
+            at = ev.base_layers.index(cut)
+            starts = [(n, f) for n, f in starts if ev.base_layers.index(n) < at]
+            kept = 1 - at / len(ev.base_layers)  # the share of layers cut away
+            starts = [(n, f - kept) for n, f in starts]
+        n_stages = len(starts)
+        stages = 1 if similar or small else min(2, n_stages)
+        start, frac = starts[-stages] if n_stages else (None, 1.0)
+        lr = 1e-4
+        # epoch time: a forward pass over train + val, plus ~2x forward for the trained part
+        px = (size / ev.image_size) ** 2
+        epoch_s = px * (ev.n_train * (1 + 2 * frac) + ev.n_val) / max(ev.images_per_s, 1e-6)
+        head_s = 30 + px * (ev.n_train + ev.n_val) / max(ev.images_per_s, 1e-6)
+        left = budget_minutes * 60 - head_s
+        epochs = min(MAX_FINE_TUNE_EPOCHS, int(left // max(epoch_s, 1e-6)))
+        if epochs < 2:
+            o["fine_tune.enabled"] = False
+            d.append(
+                Decision(
+                    "fine-tune",
+                    "no",
+                    f"the budget (train.budget_minutes={budget_minutes:g}) fits {epochs} "
+                    f"epoch(s) of ~{epoch_s:.0f}s: too few to pay",
+                )
+            )
+        else:
+            o.update(
+                {
+                    "fine_tune.enabled": True,
+                    "fine_tune.unfreeze.mode": "from_layer" if start else "all",
+                    "fine_tune.unfreeze.from_layer": start,
+                    "fine_tune.optimizer": "adam",
+                    "fine_tune.learning_rate": lr,
+                    "fine_tune.cosine_decay": True,
+                    "fine_tune.warmup_epochs": 0.0,
+                    "fine_tune.epochs": epochs,
+                    "fine_tune.patience": 2,
+                    "fine_tune.augment": True,
+                    "fine_tune.guard": True,
+                    "fine_tune.guard_rule": "beyond_noise",
+                    "fine_tune.max_minutes": round(max(left, epoch_s * 2) / 60, 2),
+                }
+            )
+            what = "the top stage" if stages == 1 else f"the top {stages} stages"
+            d.append(
+                Decision(
+                    "fine-tune",
+                    f"from {start} ({frac:.0%} of the base's layers)",
+                    f"{size_word} and {cell['similarity']}: {what} (the seed's matrix: "
+                    + ("fine-tune the top blocks" if similar else "retrain more of the base")
+                    + f"), Adam lr {lr:g} with cosine decay"
+                    + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the "
+                    f"{budget_minutes:g}-minute budget; kept only if it beats the head-only "
+                    "model on val beyond the noise",
+                )
+            )
+            strong = ev.n_train < 3 * small_data
+            aug = (
+                {"augment.rotation": 0.1, "augment.zoom": 0.2, "augment.contrast": 0.2}
+                if strong
+                else {"augment.rotation": 0.05, "augment.zoom": 0.1, "augment.contrast": 0.1}
+            )
+            o.update({**aug, "augment.translation": 0.1})
+            d.append(
+                Decision(
+                    "augmentation",
+                    "stronger" if strong else "default",
+                    f"{ev.n_train} training images: "
+                    + ("more variety per image" if strong else "enough data for the defaults"),
+                )
+            )
+    return Plan("auto", cell, o, d)
+
+
+def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
+    """The seed's recipe exactly: GAP -> Dense(256, relu) -> softmax, then SGD from layer 149."""
+    i = min(SEED_UNFREEZE_INDEX, len(base_layers) - 1)
+    notes = [
+        Decision("recipe", "seed", "the seed's fixed recipe, the baseline to compare against"),
+        Decision("head", "Dense(256, relu)", "GAP -> Dense(256, relu) -> softmax"),
+        Decision(
+            "fine-tune",
+            f"from layer {i} ({base_layers[i]})",
+            "SGD(1e-4, momentum 0.9), no guard",
+        ),
+    ]
+    if base_name != "mobilenet_v2":
+        notes.append(
+            Decision("base", base_name, "the seed's base is mobilenet_v2; layer 149 of this one")
+        )
+    o = {
+        "base.cut_at": None,
+        "head.fc_size": 256,
+        "head.dropout": 0.0,
+        "train_head.augment": False,
+        "fine_tune.enabled": True,
+        "fine_tune.unfreeze.mode": "from_layer",
+        "fine_tune.unfreeze.from_layer": base_layers[i],
+        "fine_tune.optimizer": "sgd",
+        "fine_tune.learning_rate": 1e-4,
+        "fine_tune.momentum": 0.9,
+        "fine_tune.cosine_decay": False,
+        "fine_tune.warmup_epochs": 0.0,
+        "fine_tune.guard": False,
+    }
+    return Plan("seed", {}, o, notes)
+
+
+# ------------------------------------------------------------------------- measure
+
+
+def probe(x: np.ndarray, y: np.ndarray, folds: int, hidden: int = 0, seed: int = 0):
+    """Out-of-fold predictions of a linear (or one-hidden-layer) classifier: k-fold CV."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    clf = (
+        MLPClassifier((hidden,), alpha=1e-3, early_stopping=True, random_state=seed, max_iter=200)
+        if hidden
+        else LogisticRegression(C=0.5, max_iter=500)
+    )
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    pred = cross_val_predict(make_pipeline(StandardScaler(), clf), x, y, cv=cv)
+    return pred == y
+
+
+def _sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """Up to `cap` indices, stratified by class, fixed by the seed."""
+    if len(y) <= cap:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.extend(rng.choice(idx, max(2, round(cap * len(idx) / len(y))), replace=False))
+    return np.sort(np.array(keep))
+
+
+def taps(base) -> tuple[list[tuple[str, str]], list[str], list[float]]:
+    """Probe layers and stage starts from the base's feature-map sizes.
+
+    A stage is a run of layers with one feature-map size. Taps: the base's output, then in
+    each of the two stages before the last, its widest latest layer (for MobileNetV2 at 224:
+    out_relu, block_13_expand_relu, block_6_expand_relu).
+    """
+    shapes = []
+    for layer in base.layers:
+        shp = layer.output.shape if hasattr(layer, "output") else None
+        shapes.append(tuple(shp) if shp is not None and len(shp) == 4 else None)
+    sizes: list[int] = []
+    starts: list[int] = []
+    for i, shp in enumerate(shapes):
+        if shp is None or shp[1] is None:
+            continue
+        if not sizes or shp[1] != sizes[-1]:
+            if sizes and shp[1] > sizes[-1]:
+                continue  # an upsampling detour: not a new stage
+            sizes.append(shp[1])
+            starts.append(i)
+    names = [layer.name for layer in base.layers]
+    out = [(names[-1], "final")]
+    for k in range(len(sizes) - 2, max(-1, len(sizes) - 4), -1):
+        lo, hi = starts[k], starts[k + 1]
+        best = max(
+            (i for i in range(lo, hi) if shapes[i] and shapes[i][1] == sizes[k]),
+            key=lambda i: (shapes[i][3] or 0, i),
+        )
+        out.append((names[best], f"{sizes[k]}x{sizes[k]}"))
+    n = len(names)
+    return out, [names[i] for i in starts], [(n - i) / n for i in starts]
+
+
+@dataclass
+class AdviceResult:
+    recipe: str
+    cell: dict
+    overrides: dict
+    decisions: list[dict]
+    evidence: dict | None
+    seconds: float
+
+
+def measure(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    base_cfg,
+    image_size: int,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+) -> Evidence:
+    import keras
+
+    from graft.components import features as gfeat
+    from graft.components import model as gmodel
+    from graft.components.model import BackbonePreprocess
+    from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
+
+    t0 = time.time()
+    rows = read_manifest(examples_dir)
+    train_rows = gfeat.split_rows(examples_dir, "train", excluded_from_train(validation_dir))
+    n_val = len(gfeat.split_rows(examples_dir, "val", excluded_from_eval(validation_dir)))
+    per_class: dict[str, int] = {}
+    for r in train_rows:
+        per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+    side = int(median(max(r["height"], r["width"]) for r in rows))
+    sizes = [image_size]
+    b = gmodel.backbone(base_cfg.name)
+    small_side = max(b.min_size, 32 * math.ceil(side / 32))
+    if small_side <= 0.75 * image_size:
+        sizes.append(small_side)
+    cfg_full = base_cfg.model_copy(update={"cut_at": None})
+    probes: list[Probe] = []
+    speed = 0.0
+    stage_starts: list[str] = []
+    stage_frac: list[float] = []
+    base_layers: list[str] = []
+    hidden = None
+    for size in sizes:
+        keras.backend.clear_session()
+        base = gmodel.build_base(cfg_full, size)
+        tap_list, starts, frac = taps(base)
+        if size == image_size:
+            stage_starts, stage_frac = starts, frac
+            base_layers = [layer.name for layer in base.layers]
+        layers = [name for name, _ in tap_list]
+        store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size) if store_root else None
+        extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), layers)
+        # val too: the head stage reads it from the store next
+        excl = {
+            "train": excluded_from_train(validation_dir),
+            "val": excluded_from_eval(validation_dir),
+        }
+        got = {
+            split: gfeat.split_features(
+                examples_dir,
+                split,
+                layers,
+                extractor=extractor,
+                store=store,
+                exclude=excl[split],
+                stage="advise",
+            )
+            for split in ("train", "val")
+        }
+        feats = got["train"]
+        if size == image_size:  # the pass just made, else a short timing of its own
+            n = sum(g.computed for g in got.values())
+            t = sum(g.seconds for g in got.values())
+            speed = n / t if n >= 64 and t > 0 else _speed(extractor, size)
+        idx = _sample(feats.y, max_probe_images)
+        y = feats.y[idx]
+        for name, depth in tap_list:
+            x = feats.x[name][idx]
+            hits = probe(x, y, folds)
+            lo, hi = _wilson(int(hits.sum()), len(hits))
+            p = Probe(name, depth, size, x.shape[1], float(hits.mean()), lo, hi, len(hits))
+            p.correct = hits.tolist()
+            probes.append(p)
+            log(f"advise: probe {depth:>6} {name} at {size}px ({x.shape[1]}-d): {_fmt(p)}")
+        if size == image_size:
+            from graft.components.report import paired_difference
+
+            hidden = {}
+            # on the layers the plan can choose: the last one, and the best probing (ties to
+            # the earlier)
+            at = [p for p in probes if p.size == image_size]
+            best = max(reversed(at), key=lambda q: q.accuracy)
+            for p in [at[0]] + ([best] if best is not at[0] else []):
+                mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256)
+                g = hidden[p.layer] = paired_difference(mlp, np.array(p.correct))
+                log(
+                    f"advise: probe {p.depth:>6} with a 256-unit hidden layer: {mlp.mean():.3f} "
+                    f"(gain over linear {g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}])"
+                )
+    labels_min = min(per_class.values()) if per_class else 0
+    return Evidence(
+        base=base_cfg.name,
+        image_size=image_size,
+        n_train=len(train_rows),
+        n_val=n_val,
+        n_classes=len(per_class),
+        per_class_min=labels_min,
+        per_class_max=max(per_class.values()) if per_class else 0,
+        median_side=side,
+        probes=probes,
+        stage_starts=stage_starts,
+        stage_fraction=stage_frac,
+        base_layers=base_layers,
+        images_per_s=speed,
+        hidden_head=hidden,
+        seconds=round(time.time() - t0, 2),
+    )
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    from graft.components.report import wilson
+
+    return wilson(k, n)
+
+
+def _speed(extractor, size: int, batch: int = 32, reps: int = 2) -> float:
+    """Images per second of the base's forward pass here (a warm-up call, then timed ones)."""
+    import tensorflow as tf
+
+    x = tf.random.uniform([batch, size, size, 3], 0, 255)
+    fn = tf.function(lambda t: extractor(t, training=False))
+    fn(x)
+    t0 = time.time()
+    for _ in range(reps):
+        fn(x)
+    return batch * reps / max(time.time() - t0, 1e-6)
+
+
+def advise(
+    examples_dir: str,
+    validation_dir: str | None,
+    out_dir: str,
+    *,
+    recipe: str,
+    base_cfg,
+    image_size: int,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+    small_data: int,
+    budget_minutes: float,
+) -> AdviceResult:
+    """Measure (auto), plan, and write advice.json + advice.md; manual plans nothing."""
+    t0 = time.time()
+    os.makedirs(out_dir, exist_ok=True)
+    ev = None
+    if recipe == "auto":
+        ev = measure(
+            examples_dir,
+            validation_dir,
+            base_cfg=base_cfg,
+            image_size=image_size,
+            store_root=store_root,
+            folds=folds,
+            max_probe_images=max_probe_images,
+        )
+        p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
+    elif recipe == "seed":
+        from graft.components import model as gmodel
+
+        base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None, "weights": None}), 96)
+        p = seed_plan(base_cfg.name, [layer.name for layer in base.layers])
+    else:
+        p = Plan("manual", {}, {}, [Decision("recipe", "manual", "the config's sections as set")])
+    evidence = None
+    if ev is not None:
+        evidence = asdict(ev)
+        for pr in evidence["probes"]:
+            pr.pop("correct")
+    res = AdviceResult(
+        p.recipe,
+        p.cell,
+        p.overrides,
+        [asdict(x) for x in p.decisions],
+        evidence,
+        round(time.time() - t0, 2),
+    )
+    with open(os.path.join(out_dir, "advice.json"), "w") as f:
+        json.dump(asdict(res), f, indent=2)
+    with open(os.path.join(out_dir, "advice.md"), "w") as f:
+        f.write(advice_markdown(res))
+    for line in advice_table(res).splitlines():
+        log(f"advise: {line}")
+    return res
+
+
+def read_advice(advice_dir: str) -> dict:
+    with open(os.path.join(advice_dir, "advice.json")) as f:
+        return json.load(f)
+
+
+def advice_table(res: AdviceResult | dict) -> str:
+    """The plan as aligned text lines: decision, choice, reason."""
+    r = res if isinstance(res, dict) else asdict(res)
+    cell = r["cell"]
+    lines = [f"recipe {r['recipe']}"]
+    if cell:
+        lines[0] += f": {cell['size']} and {cell['similarity']} (the seed's matrix)"
+    for x in r["decisions"]:
+        lines.append(f"  {x['what']:<13} {str(x['choice']):<34} {x['reason']}")
+    return "\n".join(lines)
+
+
+def advice_markdown(res: AdviceResult | dict) -> str:
+    r = res if isinstance(res, dict) else asdict(res)
+    out = [f"# Advice: recipe {r['recipe']}", ""]
+    if r["cell"]:
+        out += [
+            f"Cell of the seed's matrix: **{r['cell']['size']} x {r['cell']['similarity']}**",
+            "",
+        ]
+    out += ["| decision | choice | why |", "|---|---|---|"]
+    out += [f"| {x['what']} | {x['choice']} | {x['reason']} |" for x in r["decisions"]]
+    ev = r.get("evidence")
+    if ev:
+        out += [
+            "",
+            "| probe | layer | size | dim | k-fold accuracy [95%] | n |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {p['depth']} | {p['layer']} | {p['size']} | {p['dim']} | "
+            f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] | {p['n']} |"
+            for p in ev["probes"]
+        ]
+    return "\n".join(out) + "\n"

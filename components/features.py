@@ -1,0 +1,212 @@
+"""Feature store: pooled base features per image, computed once, read by every step and run.
+
+The forward pass over the frozen base is the costly part of the head stage, the advise
+probes and the drift check. The store keys each image's pooled (global-average) features by
+(image sha256, base fingerprint, input size, layer), so a re-run with another head or
+learning rate, or a scheduled run over a few new images, runs the base over unseen images only.
+
+Layout: <store>/<base fingerprint>/<size>/<layer>/part-<uuid>.npz, each part holding `sha256`
+and `x` rows. A part is written whole under a temporary name and renamed, so a killed run
+leaves no partial part and parallel writers never collide. The base fingerprint hashes the
+name, kwargs and every weight of the full (uncut) base, so other weights compute anew.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from graft.components import data as gdata
+from graft.components.validate import read_manifest
+from graft.core.log import Progress, log
+
+gfile = tf.io.gfile
+
+# Images passed through a base by this process, for tests and step results.
+FORWARD_IMAGES = {"count": 0}
+
+
+def base_fingerprint(base: keras.Model, name: str, kwargs: dict | None = None) -> str:
+    """name + kwargs + a sha256 over every weight of the base (cheap: ~20 ms for MobileNetV2)."""
+    h = hashlib.sha256(f"{name}|{sorted((kwargs or {}).items())}".encode())
+    for w in base.weights:
+        h.update(w.path.encode())
+        h.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+    return f"{name}-{h.hexdigest()[:16]}"
+
+
+@dataclass
+class FeatureStore:
+    """One base at one input size: get/put pooled features per (layer, image sha256)."""
+
+    root: str
+    fingerprint: str
+    size: int
+    _cache: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def folder(self, layer: str) -> str:
+        return os.path.join(self.root, self.fingerprint, str(self.size), layer)
+
+    def load(self, layer: str) -> dict[str, np.ndarray]:
+        """Every stored row of `layer`, sha256 -> vector (read once per process and store)."""
+        if layer in self._cache:
+            return self._cache[layer]
+        rows: dict[str, np.ndarray] = {}
+        folder = self.folder(layer)
+        if gfile.isdir(folder):
+            for name in sorted(gfile.listdir(folder)):
+                if not (name.startswith("part-") and name.endswith(".npz")):
+                    continue
+                with gfile.GFile(os.path.join(folder, name), "rb") as f:
+                    z = np.load(io.BytesIO(f.read()))
+                    rows.update(zip(z["sha256"].tolist(), z["x"], strict=True))
+        self._cache[layer] = rows
+        return rows
+
+    def put(self, layer: str, shas: list[str], x: np.ndarray) -> None:
+        if not len(shas):
+            return
+        folder = self.folder(layer)
+        gfile.makedirs(folder)
+        buf = io.BytesIO()
+        np.savez(buf, sha256=np.array(shas), x=x.astype(np.float32))
+        name = f"part-{uuid.uuid4().hex}.npz"
+        tmp = os.path.join(folder, f".tmp-{name}")
+        with gfile.GFile(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        gfile.rename(tmp, os.path.join(folder, name), overwrite=True)
+        self.load(layer).update(zip(shas, x.astype(np.float32), strict=True))
+
+
+def pooled_extractor(base: keras.Model, preprocess: keras.layers.Layer, layers: list[str]):
+    """pixels 0..255 -> [pooled output of each named layer of `base`], in inference mode."""
+    outs = [base.get_layer(name).output for name in layers]
+    multi = keras.Model(
+        base.inputs, [keras.layers.GlobalAveragePooling2D()(o) for o in outs], name="taps"
+    )
+    inputs = keras.Input(base.input_shape[1:], name="pixels")
+    pooled = multi(preprocess(inputs), training=False)
+    return keras.Model(inputs, pooled if isinstance(pooled, list) else [pooled])
+
+
+@dataclass
+class SplitFeatures:
+    """Features of one split in manifest order: x per layer, labels, image sha256s."""
+
+    x: dict[str, np.ndarray]
+    y: np.ndarray
+    sha256: list[str]
+    computed: int = 0  # images this call ran through the base
+    reused: int = 0  # images served from the store
+    seconds: float = 0.0  # of the forward pass over the computed ones
+
+
+def split_rows(examples_dir: str, split: str, exclude: set[str] | None = None) -> list[dict]:
+    """The ingest manifest's rows of a split, minus `exclude`, first occurrence of each image."""
+    seen: set[str] = set()
+    rows = []
+    for r in read_manifest(examples_dir):
+        if r["split"] != split or r["sha256"] in (exclude or ()) or r["sha256"] in seen:
+            continue
+        seen.add(r["sha256"])
+        rows.append(r)
+    return rows
+
+
+def split_features(
+    examples_dir: str,
+    split: str,
+    layers: list[str],
+    *,
+    extractor,
+    store: FeatureStore | None,
+    exclude: set[str] | None = None,
+    batch_size: int = 32,
+    stage: str = "features",
+) -> SplitFeatures:
+    """Pooled features of every image of a split; only images missing from the store are run."""
+    rows = split_rows(examples_dir, split, exclude)
+    labels = gdata.read_labels(examples_dir) or []
+    index = {lab: i for i, lab in enumerate(labels)}
+    shas = [r["sha256"] for r in rows]
+    y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    have = {layer: (store.load(layer) if store else {}) for layer in layers}
+    missing = sorted({s for s in shas if any(s not in have[layer] for layer in layers)})
+    t0 = time.time()
+    if missing:
+        got = _run_base(examples_dir, split, missing, layers, extractor, batch_size, stage)
+        for layer in layers:
+            if store:
+                store.put(layer, got["sha256"], got[layer])
+            else:
+                have[layer] = dict(zip(got["sha256"], got[layer], strict=True))
+            have[layer] = store.load(layer) if store else have[layer]
+    x = {layer: np.stack([have[layer][s] for s in shas]) for layer in layers}
+    if not shas:
+        x = {layer: np.zeros((0, 0), np.float32) for layer in layers}
+    return SplitFeatures(
+        x,
+        y,
+        shas,
+        computed=len(missing),
+        reused=len(shas) - len(missing),
+        seconds=time.time() - t0 if missing else 0.0,
+    )
+
+
+def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage) -> dict:
+    """Decode and run the base over the images of `split` whose sha256 is in `wanted`."""
+    size = int(extractor.input_shape[1])
+    keys = tf.constant(wanted)
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0
+    )
+    files = tf.data.Dataset.from_tensor_slices(gdata.split_files(examples_dir, split))
+    ds = files.interleave(
+        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    ds = ds.map(lambda r: tf.io.parse_single_example(r, gdata.FEATURES))
+    ds = ds.filter(lambda ex: table.lookup(ex["image/sha256"]) > 0)
+    ds = ds.map(
+        lambda ex: (gdata.decode_and_resize(ex["image/encoded"], size), ex["image/sha256"]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    # one traced function for every batch shape (an eager call per batch runs op by op)
+    step = tf.function(
+        lambda x: extractor(x, training=False),
+        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+    )
+    out: dict[str, list] = {layer: [] for layer in layers}
+    seen: list[str] = []
+    t0 = time.time()
+    with Progress(stage, len(wanted), "images") as bar:
+        for x, sha in ds:
+            feats = step(x)
+            if not isinstance(feats, (list, tuple)):  # a one-output model returns the tensor
+                feats = [feats]
+            for layer, f in zip(layers, feats, strict=True):
+                out[layer].append(f.numpy())
+            seen.extend(s.decode() for s in sha.numpy())
+            FORWARD_IMAGES["count"] += len(x)
+            bar.update(len(seen))
+    # an image stored twice in one split (same bytes) is decoded twice; keep one row each
+    first = {s: i for i, s in reversed(list(enumerate(seen)))}
+    order = [first[s] for s in dict.fromkeys(seen)]
+    res = {layer: np.concatenate(v)[order] if v else np.zeros((0, 0)) for layer, v in out.items()}
+    res["sha256"] = [seen[i] for i in order]
+    secs = time.time() - t0
+    log(
+        f"{stage}: base forward pass over {len(order)} {split} image(s) at {size} px "
+        f"({len(order) / max(secs, 1e-9):.0f}/s, {secs:.1f}s)"
+    )
+    return res

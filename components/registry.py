@@ -1,0 +1,573 @@
+"""Model registry: what each pushed version is and where it came from (lineage), and rollbacks.
+
+Two records, written by push (components/push.py) and kept in step:
+
+- each version dir's completion marker, `<destination>/<model>/<version>/graft_push.json`,
+  holds that version's entry: it travels with the directory;
+- the index, `<destination>/<model>/registry.json`, holds every version's entry, also of
+  versions pruned since (marked `removed`) and of rollbacks. It is rewritten whole, atomically
+  (a temp file renamed over it), under push's destination lock; readers need no lock.
+  TF Serving and `graft serve` load integer-named directories only, so the file beside them
+  is ignored by both.
+
+An entry: `version`, `kind` (`push` or `rollback`), `created`, `run_id` (the run that pushed),
+`pushed_by`, `forced`, `model_sha256`, `weights_sha256`, `lineage` and, for a rollback,
+`rollback` (`to`, `from`, `by`, `at`, `reason`). The lineage (written by export into the model
+card, see `build_lineage`): the run id, config hash and code version that exported the model,
+the data snapshot (ingest output dir, its fingerprints and counts), the base and its weights
+checksum, the test metrics with their 95% intervals, the blessing and the baseline it beat. A
+rollback copy's lineage is the original version's, so the data it was trained on stays known.
+
+This module reads local destinations without TensorFlow (`graft models list` stays fast) and
+remote ones (gs://, s3://...) through tf.io.gfile.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import getpass
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from graft.core.config import ConfigError
+from graft.core.paths import is_remote
+from graft.core.paths import join as _join
+
+MARKER = "graft_push.json"  # written last into a pushed version: it is complete; its entry
+INDEX = "registry.json"  # <destination>/<model>/registry.json: every version's entry
+RUN_ID_ENV = "GRAFT_RUN_ID"  # set by the local runner for the steps of a run
+GIT_COMMIT_ENV = "GRAFT_GIT_COMMIT"  # e.g. set at image build time, where there is no .git
+LINEAGE_FORMAT = 1
+
+
+class UnknownVersion(ConfigError):
+    """No such model or version at the destination (the message names what there is)."""
+
+
+# ---------------------------------------------------------------- files, local or remote
+
+
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _isdir(path: str) -> bool:
+    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def _exists(path: str) -> bool:
+    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def _listdir(path: str) -> list[str]:
+    if is_remote(path):
+        return [d.rstrip("/") for d in _gfile().listdir(path)]
+    return os.listdir(path)
+
+
+def _read_json(path: str) -> dict | None:
+    """The JSON object in path; None when it is missing or unreadable (a torn hand edit)."""
+    try:
+        if is_remote(path):
+            with _gfile().GFile(path) as f:
+                data = json.load(f)
+        else:
+            with open(path) as f:
+                data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    except Exception as e:  # noqa: BLE001 - tf.errors.OpError without importing TF here
+        if type(e).__module__.startswith("tensorflow"):
+            return None
+        raise
+    return data if isinstance(data, dict) else None
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Readers see the old file or the new one, never a part: a temp file renamed over it."""
+    folder, name = path.rsplit("/", 1) if is_remote(path) else os.path.split(path)
+    tmp = _join(folder, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)
+    if is_remote(path):
+        g = _gfile()
+        with g.GFile(tmp, "w") as f:
+            f.write(text)
+        g.rename(tmp, path, overwrite=True)
+        return
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def _sha256_file(path: str) -> str | None:
+    h = hashlib.sha256()
+    try:
+        if is_remote(path):
+            with _gfile().GFile(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+    except Exception:  # noqa: BLE001 - a checksum we cannot take is recorded as unknown
+        return None
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- versions at a destination
+
+
+def version_path(destination: str, model_name: str, version: int) -> str:
+    return _join(destination, model_name, str(version))
+
+
+def versions(destination: str, model_name: str) -> list[int]:
+    """The integer-named version directories, oldest first."""
+    root = _join(destination, model_name)
+    if not _isdir(root):
+        return []
+    return sorted(int(d) for d in _listdir(root) if d.isdigit())
+
+
+def served_version(destination: str, model_name: str) -> int | None:
+    """What TF Serving's default policy serves: the newest version with a saved_model.pb."""
+    for v in reversed(versions(destination, model_name)):
+        if _exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
+            return v
+    return None
+
+
+def read_marker(version_dir: str) -> dict | None:
+    return _read_json(_join(version_dir, MARKER))
+
+
+def models_at(destination: str) -> list[str]:
+    """Model names at a destination: folders holding a version or an index."""
+    if not _isdir(destination):
+        return []
+    out = []
+    for d in sorted(_listdir(destination)):
+        root = _join(destination, d)
+        if d.startswith(".") or not _isdir(root):
+            continue
+        if _exists(_join(root, INDEX)) or any(x.isdigit() for x in _listdir(root)):
+            out.append(d)
+    return out
+
+
+# ---------------------------------------------------------------- who, which code, which run
+
+
+def now_iso(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
+
+
+def run_id() -> str:
+    """The run this process works for: GRAFT_RUN_ID (the local runner sets it), else unknown.
+
+    On Kubeflow nothing sets it yet, so steps there record "unknown".
+    """
+    return os.environ.get(RUN_ID_ENV) or "unknown"
+
+
+def who() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - a container user without a passwd entry
+        user = f"uid{os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict:
+    """Graft's package version, and the git commit of its source when there is one."""
+    import importlib.metadata
+
+    try:
+        version = importlib.metadata.version("graft")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    commit, dirty = os.environ.get(GIT_COMMIT_ENV) or None, None
+    root = Path(__file__).resolve().parent.parent  # the checkout, for an editable install
+    if commit is None and (root / ".git").exists():
+        try:
+            git = ["git", "-C", str(root)]
+            out = subprocess.run(
+                [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            )
+            if out.returncode == 0:
+                commit = out.stdout.strip()
+                status = subprocess.run(
+                    [*git, "status", "--porcelain", "--untracked-files=no"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                )
+                dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return {"graft": version, "git_commit": commit or "unknown", "git_dirty": dirty}
+
+
+def code_version_text(code: dict | None) -> str:
+    if not code:
+        return "unknown"
+    commit = code.get("git_commit") or "unknown"
+    text = f"graft {code.get('graft', '?')}"
+    if commit == "unknown":
+        return text + " (commit unknown)"
+    return text + f" @ {commit[:12]}" + (" (uncommitted changes)" if code.get("git_dirty") else "")
+
+
+# ---------------------------------------------------------------- lineage
+
+
+def _config_hash(step_dir: str | None, settings: dict) -> tuple[str, str]:
+    """The export step's fingerprint (every config section and input upstream of it) when the
+    local runner made the dir, else a hash of the config the step read."""
+    name = os.path.basename(os.path.normpath(step_dir)) if step_dir else ""
+    if len(name) == 16 and all(c in "0123456789abcdef" for c in name):
+        return name, "export step fingerprint: every config section and input upstream"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16], "sha256 of the config the export step read"
+
+
+def base_weights_sha256(weights: str | None) -> str | None:
+    """Checksum of the base's pretrained weights file; None for imagenet (Keras' own download)
+    and for no weights."""
+    if weights in (None, "imagenet"):
+        return None
+    if weights == "demo":
+        from graft.core.paths import demo_weights
+
+        weights = demo_weights()
+    return _sha256_file(weights)
+
+
+def _interval(ev: dict, model: str, key: str) -> list | None:
+    value = (ev.get("intervals") or {}).get(model, {}).get(key)
+    if value is not None:
+        return list(value)
+    m = ev.get(model) or {}
+    return [m[key]] if key in m else None  # no interval recorded: the value alone
+
+
+def _data_snapshot(examples_dir: str) -> dict:
+    stats = _read_json(_join(examples_dir, "stats.json")) or {}
+    counts = stats.get("counts") or {}
+    fp = stats.get("data_fingerprint")
+    if not fp:  # an older ingest output: the manifest's bytes stand for its content
+        manifest = _sha256_file(_join(examples_dir, "manifest.jsonl"))
+        fp = manifest[:16] if manifest else None
+    return {
+        "examples_dir": examples_dir,
+        "fingerprint": fp,
+        "source": stats.get("source"),
+        "source_fingerprint": stats.get("source_fingerprint"),
+        "counts": counts,
+        "split_sizes": {s: sum(c.values()) for s, c in counts.items()},
+        "images": sum(sum(c.values()) for c in counts.values()),
+        "quarantined": stats.get("quarantined"),
+    }
+
+
+def build_lineage(
+    *,
+    examples_dir: str,
+    evaluation: dict,
+    base: dict,
+    settings: dict,
+    step_dir: str | None = None,
+    trained_model: str | None = None,
+) -> dict:
+    """What export records in the model card and push copies into the registry."""
+    config_hash, covers = _config_hash(step_dir, settings)
+    intervals = (evaluation.get("intervals") or {}).get("candidate") or {}
+    cand = evaluation.get("candidate") or {}
+    metrics = {
+        "test_images": intervals.get("n", evaluation.get("test_examples")),
+        "accuracy": _interval(evaluation, "candidate", "accuracy"),
+    }
+    for k, v in intervals.items():
+        if k.startswith("top_"):
+            metrics[k] = list(v)
+    metrics.update({k: cand[k] for k in ("macro_f1", "log_loss", "ece") if k in cand})
+    baseline = None
+    if evaluation.get("baseline_version") is not None:
+        comparison = (evaluation.get("comparisons") or {}).get("candidate - served baseline")
+        baseline = {
+            "version": evaluation["baseline_version"],
+            "accuracy": _interval(evaluation, "baseline", "accuracy"),
+            "difference": comparison,  # paired bootstrap: difference, low, high
+            "compared": evaluation.get("baseline") is not None,
+        }
+    return {
+        "format": LINEAGE_FORMAT,
+        "run_id": run_id(),
+        "exported": now_iso(),
+        "config_hash": config_hash,
+        "config_hash_covers": covers,
+        "code_version": code_version(),
+        "data": _data_snapshot(examples_dir),
+        "base": {
+            "name": base.get("name"),
+            "weights": base.get("weights"),
+            "kwargs": base.get("kwargs") or {},
+            "weights_sha256": base_weights_sha256(base.get("weights")),
+        },
+        "metrics": metrics,
+        "head_only_accuracy": _interval(evaluation, "head_only", "accuracy"),
+        "blessed": evaluation.get("blessed"),
+        "blessing_reasons": list(evaluation.get("reasons") or []),
+        "baseline": baseline,
+        "trained_model": trained_model,
+    }
+
+
+def lineage_for_push(card: dict | None, evaluation: dict) -> dict:
+    """The lineage push records: the model card's, or, for a card exported before lineage was
+    recorded, what the card and evaluation.json still tell."""
+    card = card or {}
+    lineage = card.get("lineage") or {}
+    if lineage.get("format"):
+        return lineage
+    examples = lineage.get("examples") or ""
+    out = build_lineage(
+        examples_dir=examples,
+        evaluation=evaluation,
+        base=card.get("base") or {},
+        settings=card.get("config") or {},
+        trained_model=lineage.get("trained_model"),
+    )
+    out.update(run_id="unknown", code_version=None, exported=card.get("created"))
+    if not examples:
+        out["data"] = {"examples_dir": None, "fingerprint": None, "images": None}
+    return out
+
+
+# ---------------------------------------------------------------- the index
+
+
+def index_path(destination: str, model_name: str) -> str:
+    return _join(destination, model_name, INDEX)
+
+
+def read_index(destination: str, model_name: str) -> list[dict]:
+    """The index's entries, oldest version first ([] when there is no index)."""
+    data = _read_json(index_path(destination, model_name)) or {}
+    entries = [e for e in data.get("versions") or [] if isinstance(e, dict) and "version" in e]
+    return sorted(entries, key=lambda e: int(e["version"]))
+
+
+def update_index(
+    destination: str,
+    model_name: str,
+    *,
+    add: dict | None = None,
+    removed: list[int] | tuple[int, ...] = (),
+) -> None:
+    """Add or replace one entry and mark pruned versions. Call under push's destination lock."""
+    entries = {int(e["version"]): e for e in read_index(destination, model_name)}
+    if add is not None:
+        entries[int(add["version"])] = add
+    for v in removed:
+        if v in entries:
+            entries[v]["removed"] = now_iso()
+    root = _join(destination, model_name)
+    if not is_remote(root):  # temp files of writers killed before their rename
+        for name in os.listdir(root):
+            if name.startswith(f".{INDEX}.tmp-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+    write_json_atomic(
+        index_path(destination, model_name),
+        {
+            "format": LINEAGE_FORMAT,
+            "model": model_name,
+            "updated": now_iso(),
+            "versions": [entries[v] for v in sorted(entries)],
+        },
+    )
+
+
+def _entry_from_dir(destination: str, model_name: str, version: int) -> dict:
+    """An entry for a version the index lacks: from its marker, else its model card."""
+    path = version_path(destination, model_name, version)
+    marker = read_marker(path) or {}
+    if marker.get("entry"):
+        return {**marker["entry"], "version": version}
+    card = _read_json(_join(path, "model_card.json"))
+    created = marker.get("pushed")
+    return {
+        "version": version,
+        "kind": "push",
+        "created": now_iso(created) if created else (card or {}).get("created"),
+        "run_id": "unknown",
+        "pushed_by": marker.get("host"),
+        "forced": marker.get("forced"),
+        "model_sha256": marker.get("model_sha256"),
+        "weights_sha256": marker.get("weights_sha256"),
+        "lineage": lineage_for_push(card, {}) if card else {},
+        "reconstructed": "from the version dir (not in the index)",
+    }
+
+
+def entries(destination: str, model_name: str, *, include_removed: bool = True) -> list[dict]:
+    """Every version's entry, oldest first, with `status`: served, available, removed (pruned)
+    or deleted (its dir gone without push pruning it); versions the index lacks are read from
+    their dirs."""
+    on_disk = versions(destination, model_name)
+    served = served_version(destination, model_name)
+    by_version = {int(e["version"]): dict(e) for e in read_index(destination, model_name)}
+    for v in on_disk:
+        if v not in by_version:
+            by_version[v] = _entry_from_dir(destination, model_name, v)
+    out = []
+    for v in sorted(by_version):
+        e = by_version[v]
+        if v == served:
+            e["status"] = "served"
+        elif v in on_disk:
+            e["status"] = "available"
+        elif e.get("removed"):
+            e["status"] = "removed"
+        else:
+            e["status"] = "deleted"
+        if include_removed or v in on_disk:
+            out.append(e)
+    return out
+
+
+def _unknown_model(destination: str, model_name: str) -> UnknownVersion:
+    there = models_at(destination)
+    return UnknownVersion(
+        f"no model '{model_name}' at {destination}; "
+        + (f"models there: {', '.join(there)}" if there else "it holds no models")
+    )
+
+
+def entry(destination: str, model_name: str, version: int) -> dict:
+    """One version's entry; UnknownVersion naming the versions there are."""
+    all_entries = entries(destination, model_name)
+    if not all_entries:
+        raise _unknown_model(destination, model_name)
+    for e in all_entries:
+        if int(e["version"]) == version:
+            return e
+    known = ", ".join(
+        f"{e['version']}" + ("" if e["status"] in ("served", "available") else f" ({e['status']})")
+        for e in all_entries
+    )
+    raise UnknownVersion(f"model '{model_name}' at {destination} has no version {version}: {known}")
+
+
+def served_entry(destination: str, model_name: str) -> dict | None:
+    """The entry of the version served now (the newest), None when nothing is served.
+
+    For a rollback copy its `lineage` is the original version's, so
+    `served_entry(...)["lineage"]["data"]["examples_dir"]` is the ingest output the served
+    model was trained on in either case (None for a version pushed before lineage existed).
+    """
+    v = served_version(destination, model_name)
+    if v is None:
+        return None
+    for e in entries(destination, model_name):
+        if int(e["version"]) == v:
+            return e
+    return None
+
+
+def require_model(destination: str, model_name: str) -> list[dict]:
+    all_entries = entries(destination, model_name)
+    if not all_entries:
+        raise _unknown_model(destination, model_name)
+    return all_entries
+
+
+# ---------------------------------------------------------------- for `graft models list`
+
+COLUMNS = (
+    "version",
+    "status",
+    "created",
+    "run id",
+    "data snapshot",
+    "base",
+    "test accuracy [95% CI]",
+    "blessed",
+    "baseline beaten",
+)
+
+
+def _accuracy_text(acc: list | None) -> str:
+    if not acc:
+        return "-"
+    if len(acc) == 3:
+        return f"{acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}]"
+    return f"{acc[0]:.3f}"
+
+
+def table_row(e: dict) -> dict[str, str]:
+    """One entry as the cells of `graft models list`."""
+    lin = e.get("lineage") or {}
+    status = e.get("status", "")
+    rb = e.get("rollback")
+    if rb:
+        status += f"; rollback to {rb.get('to')} (from {rb.get('from')}, by {rb.get('by')})"
+    data = lin.get("data") or {}
+    fp = data.get("fingerprint")
+    snapshot = "-" if not fp else f"{fp[:10]}, {data.get('images')} images"
+    base = lin.get("base") or {}
+    weights = base.get("weights")
+    if isinstance(weights, str) and ("/" in weights or weights.endswith(".h5")):
+        weights = weights.rstrip("/").rsplit("/", 1)[-1]
+    base_text = f"{base.get('name')} ({weights})" if base.get("name") else "-"
+    reasons = lin.get("blessing_reasons") or []
+    if e.get("kind") == "rollback":
+        blessed = f"rollback: {rb.get('reason')}" if rb and rb.get("reason") else "rollback"
+    elif e.get("forced"):
+        blessed = "forced" + (f": {reasons[-1]}" if reasons else "")
+    elif lin.get("blessed") is None:
+        blessed = "-"
+    else:
+        blessed = ("yes" if lin.get("blessed") else "no") + (f": {reasons[-1]}" if reasons else "")
+    beat = lin.get("baseline")
+    if not lin or e.get("kind") == "rollback":  # a copy beat nothing; its original's row says
+        beaten = "-"
+    elif beat is None:
+        beaten = "none (first model)"
+    else:
+        beaten = f"{beat.get('version')} ({_accuracy_text(beat.get('accuracy'))})"
+    return dict(
+        zip(
+            COLUMNS,
+            (
+                str(e.get("version")),
+                status,
+                (e.get("created") or "-").replace("T", " ").rstrip("Z"),
+                str(e.get("run_id") or ("-" if e.get("kind") == "rollback" else "unknown")),
+                snapshot,
+                base_text,
+                _accuracy_text((lin.get("metrics") or {}).get("accuracy")),
+                blessed,
+                beaten,
+            ),
+            strict=True,
+        )
+    )

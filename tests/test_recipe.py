@@ -1,0 +1,101 @@
+"""recipe: auto end to end on tiny data, and the feature store's reuse across runs and steps.
+
+Real Beam, TensorFlow and SavedModel; the demo base at 48 px keeps each run to seconds.
+"""
+
+import json
+import os
+
+import pytest
+from conftest import tiny_config
+
+from graft.components import features as gfeat
+from graft.core.config import parse_config
+from graft.pipeline.runner import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def _summary(run, step):
+    return run["steps"][step]["summary"]
+
+
+def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
+    cfg = parse_config(
+        tiny_config(
+            tmp_path,
+            tiny_data,
+            recipe="auto",
+            advise__folds=3,
+            train__budget_minutes=2,
+        )
+    )
+    before = gfeat.FORWARD_IMAGES["count"]
+    run = run_pipeline(cfg)
+    assert run["status"] == "succeeded"
+    advice_dir = run["steps"]["advise"]["output"]
+    advice = json.load(open(os.path.join(advice_dir, "advice.json")))
+    ev = advice["evidence"]
+    assert advice["recipe"] == "auto" and advice["cell"]["size"] == "small"
+    assert [p["depth"] for p in ev["probes"]][0] == "final" and len(ev["probes"]) >= 2
+    assert all(0 <= p["low"] <= p["accuracy"] <= p["high"] <= 1 for p in ev["probes"])
+    decided = {d["what"] for d in advice["decisions"]}
+    assert decided >= {"similarity", "features", "head", "fine-tune"}
+    # the head stage ran on the plan, with the features advise put in the store
+    head = _summary(run, "train_head")
+    assert head["features_computed"] == 0 and head["features_reused"] > 0
+    assert gfeat.FORWARD_IMAGES["count"] - before == ev["n_train"] + ev["n_val"]
+    ft = json.load(open(os.path.join(run["steps"]["fine_tune"]["output"], "result.json")))
+    planned = advice["overrides"]["fine_tune.enabled"]
+    assert (ft["epochs_run"] > 0) == planned
+    # the report shows the plan; the push happened (nothing served before)
+    ev_dir = run["steps"]["evaluate"]["output"]
+    html = open(os.path.join(ev_dir, "report.html")).read()
+    assert 'id="recipe"' in html and advice["cell"]["similarity"] in html
+    assert _summary(run, "push")["pushed"] is True
+    assert os.path.exists(os.path.join(advice_dir, "advice.md"))
+
+
+def test_head_rerun_reads_the_store_and_a_new_base_computes_anew(tmp_path, tiny_data):
+    base = tiny_config(tmp_path, tiny_data)
+    first = run_pipeline(parse_config(base), until="train_head")
+    s1 = _summary(first, "train_head")
+    assert s1["features_computed"] > 0 and s1["features_reused"] == 0
+
+    count = gfeat.FORWARD_IMAGES["count"]
+    changed = tiny_config(tmp_path, tiny_data, head__fc_size=16, train_head__learning_rate=0.003)
+    second = run_pipeline(parse_config(changed), until="train_head")
+    assert second["steps"]["train_head"]["status"] == "ran"  # a new head: not the cached step
+    s2 = _summary(second, "train_head")
+    assert s2["features_computed"] == 0 and s2["features_reused"] == s1["features_computed"]
+    assert gfeat.FORWARD_IMAGES["count"] == count  # no image went through the base
+
+    other_base = tiny_config(tmp_path, tiny_data, base__weights=None)
+    third = run_pipeline(parse_config(other_base), until="train_head")
+    s3 = _summary(third, "train_head")
+    assert s3["features_computed"] == s1["features_computed"]
+    assert gfeat.FORWARD_IMAGES["count"] > count
+
+
+def test_graft_advise_prints_the_cell_evidence_and_plan_without_training(
+    tmp_path, tiny_data, capsys
+):
+    from graft.pipeline.cli import main
+
+    sets = [
+        "base.weights=demo",
+        "base.kwargs={alpha: 0.35}",
+        "data.image_size=48",
+        "data.num_workers=1",
+        "validate.min_per_class={train: 2, val: 1, test: 1}",
+        "advise.folds=3",
+        f"runner.run_root={tmp_path / 'runs'}",
+        f"push.destination={tmp_path / 'models'}",
+    ]
+    assert main(["advise", str(tiny_data), *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    assert "recipe auto: small and" in out and "(the seed's matrix)" in out
+    for word in ("similarity", "features", "input size", "head", "fine-tune", "probe"):
+        assert word in out, word
+    assert not (tmp_path / "runs" / "steps" / "train_head").exists()  # nothing trained
+    assert not (tmp_path / "models").exists()
