@@ -35,7 +35,9 @@ def recipe_overrides(recipe: str) -> list[str]:
         return ["recipe=manual", "fine_tune.enabled=false"]
     # seed and auto start from the base's own input size, not the manual config's choice: the
     # seed's recipe is 224 px, and auto decides whether a smaller input pays
-    return [f"recipe={recipe}", "data.image_size=224"]
+    if recipe in ("seed", "auto"):
+        return [f"recipe={recipe}", "data.image_size=224"]
+    return [f"recipe={recipe}"]
 
 
 def head_only_row(manual: dict, steps: dict, ev: dict) -> dict:

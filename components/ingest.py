@@ -512,6 +512,10 @@ def reuse_key(data: DataConfig) -> dict:
         "path": path,
         "tfds": [data.tfds_name, data.tfds_data_dir],
         "max_side": data.max_side,
+        # whole shards are reused as they are, and splits kept: other layouts start afresh
+        "shards": data.shards,
+        "splits": data.splits.model_dump(),
+        "group_by": data.group_by,
     }
 
 

@@ -560,9 +560,15 @@ def test_tfjob_runs_the_step_on_two_workers_and_fills_the_output(data, tmp_path)
     raw["kubeflow"]["pipeline_root"] = "gs://bucket/root"
     cfg = parse_config(raw)
     dag.run_step("validate", cfg, {"examples": data[2]}, str(tmp_path / "validation"))
+    upstream = {"examples": data[2], "validation": str(tmp_path / "validation")}
+    dag.run_step("advise", cfg, upstream, str(tmp_path / "advice"))  # recipe manual: no plan
     spec = tfjob.manifest(cfg, dag.step("train_head"))
     output = SimpleNamespace(uri=f"file://{tmp_path}/artifacts/model", path=str(tmp_path / "out"))
-    inputs = {"examples": f"file://{data[2]}", "validation": f"file://{tmp_path}/validation"}
+    inputs = {
+        "examples": f"file://{data[2]}",
+        "validation": f"file://{tmp_path}/validation",
+        "advice": f"file://{tmp_path}/advice",
+    }
     operator = LocalTrainingOperator(tmp_path)
     t0 = time.time()
     summary = tfjob.launch(

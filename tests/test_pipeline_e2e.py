@@ -220,7 +220,8 @@ push({str(new_export)!r}, {_out(run, "evaluate")!r}, {str(tmp_path / "p")!r},
     )
     assert proc.returncode == 17
     assert versions(str(dest), "tiny") == before
-    leftovers = [d for d in os.listdir(dest / "tiny") if not d.isdigit()]
+    # registry.json (the lineage index) is expected beside the versions; TF Serving ignores it
+    leftovers = [d for d in os.listdir(dest / "tiny") if not d.isdigit() and d != "registry.json"]
     assert leftovers and all(d.startswith(".tmp-") for d in leftovers)  # invisible to TF Serving
     for v in before:
         tf.saved_model.load(str(dest / "tiny" / str(v)))  # previous versions intact
@@ -228,7 +229,7 @@ push({str(new_export)!r}, {_out(run, "evaluate")!r}, {str(tmp_path / "p")!r},
     assert proc.returncode == 0
     after = versions(str(dest), "tiny")
     assert len(after) == len(before) + 1 and not [
-        d for d in os.listdir(dest / "tiny") if not d.isdigit()
+        d for d in os.listdir(dest / "tiny") if not d.isdigit() and d != "registry.json"
     ]
 
 

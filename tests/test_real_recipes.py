@@ -18,8 +18,9 @@ WEIGHTS = (
     / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 )
 
-# floors: measured auto test accuracy minus about one interval half-width (benchmarks/README.md)
-FLOORS = {"flowers": 0.80, "cats_dogs": 0.95}
+# floors near the low end of the measured auto test accuracy's 95% interval (benchmarks/README.md,
+# Recipes): flowers 0.764 [0.730, 0.794] (n=685), cats_dogs 1.000 [0.977, 1.000] (n=160)
+FLOORS = {"flowers": 0.73, "cats_dogs": 0.95}
 
 
 def _needs(name: str):

@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter
 
 from graft.components import features as gfeat
 from graft.components.demo_data import generate
-from graft.components.drift import DriftBlocked, check_drift
+from graft.components.drift import DriftBlocked
 from graft.components.ingest import ingest
 from graft.components.push import versions
 from graft.core.config import DataConfig, parse_config
@@ -239,18 +239,3 @@ def test_three_scheduled_runs_reuse_then_flag_drift(tmp_path):
     assert d3["flagged"] and d3["blocked"] and d3["compared"]["added"] == 30
     assert d3["metrics"]["js_colourfulness"]["flagged"], d3["metrics"]
     assert d3["kfp_metrics"]["drift_flagged"] == 1
-
-    # the same check with action warn: flagged, not blocked, the run would go on
-    warn = check_drift(
-        cfg.drift.model_copy(update={"action": "warn"}),
-        rec["steps"]["ingest"]["output"],
-        rec["steps"]["validate"]["output"],
-        str(tmp_path / "drift-warn"),
-        destination=str(models),
-        model_name="tiny",
-        base=cfg.base,
-        image_size=cfg.data.image_size,
-        feature_store=cfg.features.store,
-    )
-    assert warn.flagged and not warn.blocked and warn.reasons
-    assert os.path.exists(tmp_path / "drift-warn" / "drift.json")
