@@ -42,7 +42,8 @@ def test_smoke_run_measures_every_variant_and_writes_one_result(tmp_path):
     assert abs(row["baseline"] - rates["float32"]) <= 0.05
     fed = row["input_pipeline_images_per_s"]
     assert fed["pipeline"] > 0 and fed["memory"] > 0
-    assert row["input_pipeline_ratio"] == round(fed["pipeline"] / fed["memory"], 3)
+    # the ratio is of the unrounded rates; the rates shown round to 0.1 images/s
+    assert row["input_pipeline_ratio"] == pytest.approx(fed["pipeline"] / fed["memory"], rel=0.02)
     assert "gpu_check: float32:" in proc.stdout  # progress as it goes
     # the 2-device MirroredStrategy code ran, on the smoke run's 2 logical CPUs (no figure)
     scaling = row["mirrored_2_vs_1"]
