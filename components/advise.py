@@ -25,6 +25,8 @@ from graft.core.log import log
 
 SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
 MAX_FINE_TUNE_EPOCHS = 8
+LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
+LAYER_LR_DECAY = 0.4  # an earlier stage's rate against the next's (ULMFiT: 1 / 2.6)
 
 
 @dataclass
@@ -103,6 +105,38 @@ def _fmt(p: Probe) -> str:
     return f"{p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}]"
 
 
+def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, minutes: float):
+    """Fine-tuning epochs that fit the budget, with the estimate behind them: (epochs, epoch
+    seconds, seconds left after the head, range-test seconds, stages, first layer, share of
+    the base's layers trained). Similar data trains the top stage, dissimilar the top two."""
+    # stages of the (cut) base: those that start before the layer the head reads
+    starts = list(zip(ev.stage_starts, ev.stage_fraction, strict=True))
+    if cut and ev.base_layers:
+        at = ev.base_layers.index(cut)
+        starts = [(n, f) for n, f in starts if ev.base_layers.index(n) < at]
+        kept = 1 - at / len(ev.base_layers)  # the share of layers cut away
+        starts = [(n, f - kept) for n, f in starts]
+    stages = 1 if similar else max(1, min(2, len(starts)))
+    start, frac = starts[-stages] if starts else (None, 1.0)
+    # epoch time: a forward pass over train + val, plus ~2x forward for the trained part
+    px = (size / ev.image_size) ** 2
+    speed = max(ev.images_per_s, 1e-6)
+    epoch_s = px * (ev.n_train * (1 + 2 * frac) + ev.n_val) / speed
+    head_s = 30 + px * (ev.n_train + ev.n_val) / speed
+    left = minutes * 60 - head_s
+    # the LR range test: LR_FIND_STEPS batches (of 32, fine_tune's default), part of an epoch
+    find_s = epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
+    epochs = min(MAX_FINE_TUNE_EPOCHS, int((left - find_s) // max(epoch_s, 1e-6)))
+    return epochs, epoch_s, left, find_s, stages, start, frac
+
+
+def _smaller_size(ev: Evidence, at: Probe) -> int | None:
+    """The smaller probed input size for `at`'s layer when it probes as well (the larger's
+    paired gain inside the noise or below it), else None."""
+    smaller = [p for p in ev.probes if p.size < ev.image_size and p.layer == at.layer]
+    return smaller[0].size if smaller and _gap(at, smaller[0])["low"] <= 0 else None
+
+
 def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     """The seed's matrix, applied to measured evidence. Pure: no TensorFlow, no files."""
     d: list[Decision] = []
@@ -143,9 +177,20 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     # dissimilar (the matrix: "classifier on earlier layers' features"), at least as well
     chosen = final
     why = "the base's last layer"
+    # fine-tuning the whole base, at the input size its last layer would get
+    whole_size = _smaller_size(ev, final) or ev.image_size
+    fits = not small and _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[0] >= 2
     if best_early is not None:
         g = _gap(best_early, final)
-        if g["low"] > 0:
+        if g["low"] > 0 and fits:
+            why = (
+                f"the base's last layer, whole: {best_early.depth} features ({best_early.layer}) "
+                f"probe better by {g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}], "
+                "but with this much data fine-tuning retrains the top stages, so the base is "
+                "not cut (the seed's matrix: large data fine-tunes most of the base, small data "
+                "reads earlier features)"
+            )
+        elif g["low"] > 0:
             chosen = best_early
             why = (
                 f"{best_early.depth} features ({best_early.layer}, {best_early.dim}-d) probe "
@@ -177,8 +222,9 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                     f"photos are {ev.median_side} px (median side); {s.size} px probes "
                     f"{_fmt(s)} vs {_fmt(_at(ev, s.layer))} at "
                     f"{ev.image_size} px (gain of the larger {g['difference']:+.3f} "
-                    f"[{g['low']:+.3f}, {g['high']:+.3f}]): not beyond the noise, so the "
-                    f"{(ev.image_size / s.size) ** 2:.1f}x cheaper input",
+                    f"[{g['low']:+.3f}, {g['high']:+.3f}]): "
+                    + ("the smaller probes better" if g["high"] < 0 else "not beyond the noise")
+                    + f", so the {(ev.image_size / s.size) ** 2:.1f}x cheaper input",
                 )
             )
         else:
@@ -199,6 +245,10 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
             )
         )
     o["data.image_size"] = size
+    # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
+    # standardise them, so the head does too (on the last layer the plain head matches them)
+    o["head.normalize"] = o["base.cut_at"] is not None
+    norm = " + standardised features" if o["head.normalize"] else ""
 
     # head shape: a hidden layer only when it beats linear beyond the noise
     hh = (ev.hidden_head or {}).get(chosen.layer)
@@ -207,7 +257,7 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
         d.append(
             Decision(
                 "head",
-                "Dense(256, relu) + dropout 0.2",
+                f"Dense(256, relu) + dropout 0.2{norm}",
                 f"k-fold: a hidden layer gains {hh['difference']:+.3f} "
                 f"[{hh['low']:+.3f}, {hh['high']:+.3f}] over linear",
             )
@@ -220,7 +270,7 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
             if hh
             else "linear (no hidden-layer probe)"
         )
-        d.append(Decision("head", "linear + dropout 0.2", why))
+        d.append(Decision("head", f"linear + dropout 0.2{norm}", why))
     o.update(
         {
             "train_head.epochs": 40,
@@ -251,24 +301,12 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
             )
         )
     else:
-        # stages of the (cut) base: those that start before the layer the head reads
-        starts = list(zip(ev.stage_starts, ev.stage_fraction, strict=True))
-        cut = o["base.cut_at"]
-        if cut and ev.base_layers:
-            at = ev.base_layers.index(cut)
-            starts = [(n, f) for n, f in starts if ev.base_layers.index(n) < at]
-            kept = 1 - at / len(ev.base_layers)  # the share of layers cut away
-            starts = [(n, f - kept) for n, f in starts]
-        n_stages = len(starts)
-        stages = 1 if similar or small else min(2, n_stages)
-        start, frac = starts[-stages] if n_stages else (None, 1.0)
+        epochs, epoch_s, left, find_s, stages, start, frac = _fine_tune_budget(
+            ev, size, similar, o["base.cut_at"], budget_minutes
+        )
         lr = 1e-4
-        # epoch time: a forward pass over train + val, plus ~2x forward for the trained part
-        px = (size / ev.image_size) ** 2
-        epoch_s = px * (ev.n_train * (1 + 2 * frac) + ev.n_val) / max(ev.images_per_s, 1e-6)
-        head_s = 30 + px * (ev.n_train + ev.n_val) / max(ev.images_per_s, 1e-6)
-        left = budget_minutes * 60 - head_s
-        epochs = min(MAX_FINE_TUNE_EPOCHS, int(left // max(epoch_s, 1e-6)))
+        if o["base.cut_at"]:  # cut because the whole base's fine-tuning did not fit
+            epochs, epoch_s = _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[:2]
         if epochs < 2:
             o["fine_tune.enabled"] = False
             d.append(
@@ -276,10 +314,17 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                     "fine-tune",
                     "no",
                     f"the budget (train.budget_minutes={budget_minutes:g}) fits {epochs} "
-                    f"epoch(s) of ~{epoch_s:.0f}s: too few to pay",
+                    f"epoch(s) of ~{epoch_s:.0f}s of the whole base: too few to pay"
+                    + (
+                        "; the classifier reads the earlier features instead"
+                        if o["base.cut_at"]
+                        else ""
+                    ),
                 )
             )
         else:
+            # two stages: the lower one joins after an epoch, when the top has adapted
+            gradual = 1 if stages > 1 and epochs >= 4 else 0
             o.update(
                 {
                     "fine_tune.enabled": True,
@@ -287,6 +332,10 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                     "fine_tune.unfreeze.from_layer": start,
                     "fine_tune.optimizer": "adam",
                     "fine_tune.learning_rate": lr,
+                    "fine_tune.lr_find": True,
+                    "fine_tune.lr_find_steps": LR_FIND_STEPS,
+                    "fine_tune.layer_lr_decay": LAYER_LR_DECAY if stages > 1 else 1.0,
+                    "fine_tune.unfreeze.gradual_epochs": gradual,
                     "fine_tune.cosine_decay": True,
                     "fine_tune.warmup_epochs": 0.0,
                     "fine_tune.epochs": epochs,
@@ -294,7 +343,7 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                     "fine_tune.augment": True,
                     "fine_tune.guard": True,
                     "fine_tune.guard_rule": "beyond_noise",
-                    "fine_tune.max_minutes": round(max(left, epoch_s * 2) / 60, 2),
+                    "fine_tune.max_minutes": round(max(left - find_s, epoch_s * 2) / 60, 2),
                 }
             )
             what = "the top stage" if stages == 1 else f"the top {stages} stages"
@@ -304,7 +353,20 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                     f"from {start} ({frac:.0%} of the base's layers)",
                     f"{size_word} and {cell['similarity']}: {what} (the seed's matrix: "
                     + ("fine-tune the top blocks" if similar else "retrain more of the base")
-                    + f"), Adam lr {lr:g} with cosine decay"
+                    + "), Adam with cosine decay at the rate an LR range test picks "
+                    f"({LR_FIND_STEPS} batches; {lr / 10:g}..{lr * 10:g}, else {lr:g})"
+                    + (
+                        f"; the lower stage at {LAYER_LR_DECAY:g}x the top's rate (earlier "
+                        "features are more general: discriminative rates, as in ULMFiT)"
+                        if stages > 1
+                        else ""
+                    )
+                    + (
+                        f", joining after {gradual} epoch (gradual unfreezing: the top "
+                        "stage adapts to the head first)"
+                        if gradual
+                        else ""
+                    )
                     + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the "
                     f"{budget_minutes:g}-minute budget; kept only if it beats the head-only "
                     "model on val beyond the noise",
@@ -348,6 +410,7 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
         "base.cut_at": None,
         "head.fc_size": 256,
         "head.dropout": 0.0,
+        "head.normalize": False,
         "train_head.augment": False,
         "fine_tune.enabled": True,
         "fine_tune.unfreeze.mode": "from_layer",
@@ -365,10 +428,22 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
 # ------------------------------------------------------------------------- measure
 
 
-def probe(x: np.ndarray, y: np.ndarray, folds: int, hidden: int = 0, seed: int = 0):
-    """Out-of-fold predictions of a linear (or one-hidden-layer) classifier: k-fold CV."""
+def probe(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int,
+    hidden: int = 0,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+):
+    """Out-of-fold hits of a linear (or one-hidden-layer) classifier: k-fold CV.
+
+    With `groups` (data.group_by: a patient's images), a group's images share one fold: else
+    a probe scores images of patients it trained on, and favours the features that recognise
+    the patient over those that recognise the class.
+    """
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -377,10 +452,17 @@ def probe(x: np.ndarray, y: np.ndarray, folds: int, hidden: int = 0, seed: int =
     clf = (
         MLPClassifier((hidden,), alpha=1e-3, early_stopping=True, random_state=seed, max_iter=200)
         if hidden
-        else LogisticRegression(C=0.5, max_iter=500)
+        else LogisticRegression(C=0.5, max_iter=500, tol=1e-3)  # 1e-4: ~3x the time, same hits
     )
-    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
-    pred = cross_val_predict(make_pipeline(StandardScaler(), clf), x, y, cv=cv)
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    grouped = 2 <= n_groups < len(groups)  # one group cannot be split: plain folds then
+    if grouped:
+        k = min(k, n_groups)
+        cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    else:
+        cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    pipe = make_pipeline(StandardScaler(), clf)
+    pred = cross_val_predict(pipe, x, y, cv=cv, groups=groups if grouped else None)
     return pred == y
 
 
@@ -403,20 +485,11 @@ def taps(base) -> tuple[list[tuple[str, str]], list[str], list[float]]:
     each of the two stages before the last, its widest latest layer (for MobileNetV2 at 224:
     out_relu, block_13_expand_relu, block_6_expand_relu).
     """
-    shapes = []
-    for layer in base.layers:
-        shp = layer.output.shape if hasattr(layer, "output") else None
-        shapes.append(tuple(shp) if shp is not None and len(shp) == 4 else None)
-    sizes: list[int] = []
-    starts: list[int] = []
-    for i, shp in enumerate(shapes):
-        if shp is None or shp[1] is None:
-            continue
-        if not sizes or shp[1] != sizes[-1]:
-            if sizes and shp[1] > sizes[-1]:
-                continue  # an upsampling detour: not a new stage
-            sizes.append(shp[1])
-            starts.append(i)
+    from graft.components import model as gmodel
+
+    shapes = gmodel.feature_map_shapes(base)
+    starts = gmodel.stage_starts(base)
+    sizes = [shapes[i][1] for i in starts]
     names = [layer.name for layer in base.layers]
     out = [(names[-1], "final")]
     for k in range(len(sizes) - 2, max(-1, len(sizes) - 4), -1):
@@ -455,6 +528,7 @@ def measure(
     from graft.components import features as gfeat
     from graft.components import model as gmodel
     from graft.components.model import BackbonePreprocess
+    from graft.components.report import paired_difference, wilson
     from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
 
     t0 = time.time()
@@ -465,6 +539,8 @@ def measure(
     for r in train_rows:
         per_class[r["label"]] = per_class.get(r["label"], 0) + 1
     side = int(median(max(r["height"], r["width"]) for r in rows))
+    # the probes' folds keep a group (data.group_by) together; ungrouped images are their own
+    group_by_sha = {r["sha256"]: r.get("group") or r["sha256"] for r in train_rows}
     sizes = [image_size]
     b = gmodel.backbone(base_cfg.name)
     small_side = max(b.min_size, 32 * math.ceil(side / 32))
@@ -510,25 +586,23 @@ def measure(
             t = sum(g.seconds for g in got.values())
             speed = n / t if n >= 64 and t > 0 else _speed(extractor, size)
         idx = _sample(feats.y, max_probe_images)
-        y = feats.y[idx]
+        y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
         for name, depth in tap_list:
             x = feats.x[name][idx]
-            hits = probe(x, y, folds)
-            lo, hi = _wilson(int(hits.sum()), len(hits))
+            hits = probe(x, y, folds, groups=groups)
+            lo, hi = wilson(int(hits.sum()), len(hits))
             p = Probe(name, depth, size, x.shape[1], float(hits.mean()), lo, hi, len(hits))
             p.correct = hits.tolist()
             probes.append(p)
             log(f"advise: probe {depth:>6} {name} at {size}px ({x.shape[1]}-d): {_fmt(p)}")
         if size == image_size:
-            from graft.components.report import paired_difference
-
             hidden = {}
             # on the layers the plan can choose: the last one, and the best probing (ties to
             # the earlier)
             at = [p for p in probes if p.size == image_size]
             best = max(reversed(at), key=lambda q: q.accuracy)
             for p in [at[0]] + ([best] if best is not at[0] else []):
-                mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256)
+                mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256, groups=groups)
                 g = hidden[p.layer] = paired_difference(mlp, np.array(p.correct))
                 log(
                     f"advise: probe {p.depth:>6} with a 256-unit hidden layer: {mlp.mean():.3f} "
@@ -552,12 +626,6 @@ def measure(
         hidden_head=hidden,
         seconds=round(time.time() - t0, 2),
     )
-
-
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    from graft.components.report import wilson
-
-    return wilson(k, n)
 
 
 def _speed(extractor, size: int, batch: int = 32, reps: int = 2) -> float:

@@ -56,13 +56,8 @@ def read_labels(folder: str) -> list[str] | None:
         return [line.strip() for line in f if line.strip()]
 
 
-def raw_dataset(
-    examples_dir: str,
-    split: str,
-    exclude_sha256: set[str] | None = None,
-    deterministic: bool = True,
-) -> tf.data.Dataset:
-    """(image_bytes, label) with parallel interleaved reads of the gzip shards."""
+def parsed_examples(examples_dir: str, split: str, deterministic: bool = True) -> tf.data.Dataset:
+    """Every tf.Example of a split as a dict of FEATURES, read in parallel from the shards."""
     files = tf.data.Dataset.from_tensor_slices(split_files(examples_dir, split))
     ds = files.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
@@ -70,11 +65,21 @@ def raw_dataset(
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )
-    ds = ds.map(
+    return ds.map(
         lambda r: tf.io.parse_single_example(r, FEATURES),
         num_parallel_calls=AUTOTUNE,
         deterministic=deterministic,
     )
+
+
+def raw_dataset(
+    examples_dir: str,
+    split: str,
+    exclude_sha256: set[str] | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
+    """(image_bytes, label) with parallel interleaved reads of the gzip shards."""
+    ds = parsed_examples(examples_dir, split, deterministic)
     if exclude_sha256:
         bad = tf.constant(sorted(exclude_sha256))
         ds = ds.filter(lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex["image/sha256"], bad))))

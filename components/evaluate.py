@@ -414,15 +414,19 @@ def evaluate(
     scored: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
     loaded: dict[str, keras.Model] = {}
+    cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
+    head_copied = file_sha256(os.path.join(head_dir, "model.keras")) == cand_sha
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
-        model = loaded[key] = load_model(os.path.join(d, "model.keras"))
-        if key == "candidate" and _same_weights(model, loaded["head_only"]):
+        if key == "candidate" and head_copied:  # fine_tune passed the head's file through
+            model = loaded[key] = loaded["head_only"]
+        else:
+            model = loaded[key] = load_model(os.path.join(d, "model.keras"))
+        if key == "candidate" and (head_copied or _same_weights(model, loaded["head_only"])):
             probs_of[key] = probs_of["head_only"]  # fine-tuning off or not kept: scored once
         else:
             probs_of[key] = predict_scores(model, pixels, flip_average)
         scored[key] = metrics_from_probs(probs_of[key], y, labels, cfg.top_k, cfg.ece_bins)
     baseline, note = None, None
-    cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     version = baseline_version(destination, model_name, cand_sha) if cfg.compare_baseline else None
     if version is not None:
         path = version_path(destination, model_name, version)

@@ -169,23 +169,22 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage)
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0
     )
-    files = tf.data.Dataset.from_tensor_slices(gdata.split_files(examples_dir, split))
-    ds = files.interleave(
-        lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
-    ds = ds.map(lambda r: tf.io.parse_single_example(r, gdata.FEATURES))
+    ds = gdata.parsed_examples(examples_dir, split, deterministic=False)  # order: by sha256
     ds = ds.filter(lambda ex: table.lookup(ex["image/sha256"]) > 0)
     ds = ds.map(
         lambda ex: (gdata.decode_and_resize(ex["image/encoded"], size), ex["image/sha256"]),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-    # one traced function for every batch shape (an eager call per batch runs op by op)
-    step = tf.function(
-        lambda x: extractor(x, training=False),
-        input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
-    )
+    # one traced function for every batch shape (an eager call per batch runs op by op), kept
+    # on the extractor so the next split reuses the trace (~3 s on 2 cores for MobileNetV2)
+    step = getattr(extractor, "_graft_step", None)
+    if step is None:
+        step = tf.function(
+            lambda x: extractor(x, training=False),
+            input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)],
+        )
+        extractor._graft_step = step
     out: dict[str, list] = {layer: [] for layer in layers}
     seen: list[str] = []
     t0 = time.time()

@@ -121,10 +121,12 @@ def cut_base(base: keras.Model, layer: str) -> keras.Model:
 
 
 def build_head(cfg: HeadConfig, num_classes: int) -> keras.Sequential:
-    layers = [
-        keras.layers.GlobalAveragePooling2D(name="pool"),
-        keras.layers.Dropout(cfg.dropout, name="dropout"),
-    ]
+    layers = [keras.layers.GlobalAveragePooling2D(name="pool")]
+    if cfg.normalize:  # an inner layer's channels differ in scale by orders of magnitude
+        # fitted once on the training features (train_head): no batch statistics, no
+        # training mode, the same on every replica and in fine-tuning
+        layers.append(keras.layers.Normalization(name="normalize"))
+    layers.append(keras.layers.Dropout(cfg.dropout, name="dropout"))
     if cfg.fc_size:
         layers.append(keras.layers.Dense(cfg.fc_size, activation="relu", name="fc"))
     layers.append(
@@ -155,6 +157,12 @@ def head_of(model: keras.Model) -> keras.Sequential:
     return model.get_layer("head")
 
 
+def feature_normalizer(model: keras.Model):
+    """The head's Normalization layer (head.normalize), or None."""
+    layers = [layer for layer in head_of(model).layers if layer.name == "normalize"]
+    return layers[0] if layers else None
+
+
 def pooled_head(head: keras.Sequential, feature_dim: int) -> keras.Model:
     """head without its pooling layer, sharing its layers: trained on cached features."""
     inputs = keras.Input((feature_dim,), name="features")
@@ -170,6 +178,31 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     feats = base_of(model)(x, training=False)
     pooled = head_of(model).layers[0](feats)
     return keras.Model(model.input, pooled, name="features")
+
+
+def feature_map_shapes(base: keras.Model) -> list[tuple | None]:
+    """Each layer's 4-d output shape (batch, h, w, c), or None where it has none."""
+    shapes = []
+    for layer in base.layers:
+        shp = layer.output.shape if hasattr(layer, "output") else None
+        shapes.append(tuple(shp) if shp is not None and len(shp) == 4 else None)
+    return shapes
+
+
+def stage_starts(base: keras.Model) -> list[int]:
+    """Index of each stage's first layer, a stage being a run of layers with one feature-map
+    size (a padding layer's larger output is a detour, not a new stage)."""
+    sizes: list[int] = []
+    starts: list[int] = []
+    for i, shp in enumerate(feature_map_shapes(base)):
+        if shp is None or shp[1] is None:
+            continue
+        if not sizes or shp[1] != sizes[-1]:
+            if sizes and shp[1] > sizes[-1]:
+                continue  # an upsampling detour: not a new stage
+            sizes.append(shp[1])
+            starts.append(i)
+    return starts
 
 
 def plan_unfreeze(layers: list, cfg: UnfreezeConfig, base_name: str = "the base") -> dict:

@@ -246,6 +246,17 @@ def _guard_html(guard: dict | None) -> str:
             f"{escape(str(unfreeze.get('from_layer')))}"
         )
         rows.append(f"<tr><td>unfrozen</td><td>{where} (BatchNormalization stays frozen)</td></tr>")
+    if isinstance(guard.get("learning_rate"), (int, float)):
+        found = guard.get("lr_find")
+        how = (
+            f" (LR range test: the loss rose from {found['diverged_rate']:.2g} over "
+            f"{len(found['losses'])} batches; a third of it, within 0.1x..10x the configured rate)"
+            if found
+            else ""
+        )
+        rows.append(f"<tr><td>learning rate</td><td>{guard['learning_rate']:.2g}{how}</td></tr>")
+    if guard.get("stage_rates"):
+        rows.append(f"<tr><td>per-stage rates</td><td>{escape(guard['stage_rates'])}</td></tr>")
     rows.append(f"<tr><td>kept</td><td>{escape(str(kept))}</td></tr>")
     return head + f"<table>{''.join(rows)}</table>"
 

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from graft.components import data as gdata
+from graft.components import layerwise as glayer
 from graft.components import model as gmodel
 from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
 from graft.core.config import (
@@ -38,6 +39,8 @@ from graft.core.config import (
     TrainHeadConfig,
 )
 from graft.core.log import Progress, log
+
+MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two decades
 
 RESULT = "result.json"
 MODEL = "model.keras"
@@ -361,6 +364,28 @@ def _stored_features(model, examples_dir, exclude, exclude_train, store_root, si
     return t.x[layer], t.y, v.x[layer], v.y, counts
 
 
+def _fit_normalizer(model: keras.Model, x: np.ndarray) -> None:
+    """head.normalize: the per-channel mean and variance of the training features, once."""
+    norm = gmodel.feature_normalizer(model)
+    if norm is not None:
+        norm.adapt(x)
+        log(f"train_head: features standardised per channel ({x.shape[1]}-d, {len(x)} images)")
+
+
+def _hits_and_losses(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: top class == label, and cross-entropy (probabilities clipped at 1e-7)."""
+    p = p.astype(np.float64)
+    return np.argmax(p, 1) == y, -np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))
+
+
+def _scores_of(head: keras.Model, x: np.ndarray, y: np.ndarray) -> dict | None:
+    """Val accuracy and loss of a head on pooled features, as the whole model would score."""
+    if not len(y):
+        return None
+    hits, losses = _hits_and_losses(keras.ops.convert_to_numpy(head(x, training=False)), y)
+    return {"accuracy": float(hits.mean()), "loss": float(losses.mean())}
+
+
 def train_head(
     examples_dir: str,
     out_dir: str,
@@ -433,19 +458,18 @@ def _train_head(
     cbs, elog = callbacks(wdir, "train_head", cfg.epochs, cfg.patience, out_dir)
     cbs += extra_callbacks or []
     t_fit, t_feat = time.time(), 0.0
-    store_counts = None
+    store_counts = saved_val = None
+    chief = gmodel.is_chief(strategy)
+
+    def stored():  # plain features: the same for every run, so the store keeps them
+        return _stored_features(
+            model, examples_dir, exclude, exclude_train, feature_store, image_size, chief
+        )
+
     if cached:
         t_feat = time.time()
-        if not cfg.augment:  # plain features: the same for every run, so the store keeps them
-            xt, yt, xv, yv, store_counts = _stored_features(
-                model,
-                examples_dir,
-                exclude,
-                exclude_train,
-                feature_store,
-                image_size,
-                gmodel.is_chief(strategy),
-            )
+        if not cfg.augment:
+            xt, yt, xv, yv, store_counts = stored()
         else:
             xt, yt, xv, yv = _cached_features(
                 model,
@@ -460,6 +484,7 @@ def _train_head(
                 train.deterministic,
             )
         t_feat = time.time() - t_feat
+        _fit_normalizer(model, xt)
         with strategy.scope():
             trainer = gmodel.multi_worker_keras(
                 gmodel.pooled_head(gmodel.head_of(model), xt.shape[1]), strategy
@@ -469,6 +494,13 @@ def _train_head(
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
                 jit_compile=_jit(train),
+                # a step on pooled features is ~1 ms: run many per call, not one per Python
+                # turn; one device only (Keras' multi-step loop fails under a strategy)
+                steps_per_execution=(
+                    max(1, min(64, math.ceil(len(yt) / cfg.batch_size)))
+                    if strategy.num_replicas_in_sync == 1 and workers == 1
+                    else 1
+                ),
             )
         trainer.fit(
             xt,
@@ -481,6 +513,7 @@ def _train_head(
             verbose=0,
             shuffle=True,
         )
+        saved_val = _scores_of(trainer, xv, yv)
     else:
         train_ds = gdata.image_dataset(
             examples_dir,
@@ -495,6 +528,8 @@ def _train_head(
             workers=workers,
         )
         policy = train_ds.options().experimental_distribute.auto_shard_policy
+        if gmodel.feature_normalizer(model) is not None:  # plain train features, via the store
+            _fit_normalizer(model, stored()[0])
         val_ds = gdata.image_dataset(
             examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude, workers=workers
         )
@@ -543,6 +578,7 @@ def _train_head(
             "train_seconds": round(t_fit, 2),
             "feature_seconds": round(t_feat, 2),
             "features": store_counts,
+            "saved_val": saved_val,  # of the weights saved: fine_tune reuses it
             "deterministic": train.deterministic,
             "distribution": distribution(strategy, policy),
         },
@@ -572,6 +608,58 @@ def _schedule(cfg: FineTuneConfig, steps_per_epoch: int):
     )
 
 
+def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit) -> dict | None:
+    """fine_tune.lr_find: the LR range test's rate, clipped to 0.1x..10x learning_rate; kept
+    in lr_find.json so a resumed stage uses the same test. None when off, not run, or when
+    the loss never diverged (then learning_rate as set)."""
+    if not cfg.lr_find:
+        return None
+    lo, hi = cfg.learning_rate / 10, cfg.learning_rate * 10
+    path = os.path.join(wdir, "lr_find.json")
+    n = min(cfg.lr_find_steps, steps)
+    if os.path.exists(path):
+        with open(path) as f:
+            found = json.load(f)
+    elif workers > 1 or n < MIN_LR_FIND_STEPS:
+        why = (
+            f"on {workers} workers (each would see its own batches and could pick another rate)"
+            if workers > 1
+            else f"with {n} batches an epoch (< {MIN_LR_FIND_STEPS}: too few for a baseline)"
+        )
+        log(f"fine_tune: lr_find skipped {why}; learning_rate {cfg.learning_rate:g}", level="warn")
+        return None
+    else:
+        t0 = time.time()
+        log(f"fine_tune: LR range test: {n} batches at a rate rising from 1e-07 to 0.1")
+        found = glayer.range_test(
+            model,
+            train_ds,
+            optimizer=cfg.optimizer,
+            momentum=cfg.momentum,
+            steps=n,
+            depth_by_path=depth,
+            decay=cfg.layer_lr_decay,
+            strategy=strategy,
+            jit=jit,
+        )
+        found["seconds"] = round(time.time() - t0, 1)
+        with open(path, "w") as f:
+            json.dump(found, f)
+    if found["chosen"] is None:
+        log(
+            f"fine_tune: LR range test: the loss did not diverge over {len(found['losses'])} "
+            f"batches up to lr {found['rates'][-1]:.2g}; learning_rate {cfg.learning_rate:g}",
+            level="warn",
+        )
+        return None
+    found["used"] = float(min(hi, max(lo, found["chosen"])))  # re-clipped on a resume too
+    log(
+        f"fine_tune: LR range test: loss diverges from lr {found['diverged_rate']:.2g}; a third "
+        f"of it, {found['chosen']:.2g}, within [{lo:g}, {hi:g}]: lr {found['used']:.2g}"
+    )
+    return found
+
+
 def load_model(path: str) -> keras.Model:
     return keras.models.load_model(path, compile=False)
 
@@ -596,18 +684,18 @@ class TimeBudget(keras.callbacks.Callback):
             )
 
 
-def correct_on(model: keras.Model, ds: tf.data.Dataset) -> np.ndarray:
-    """Per image of `ds` (in order), whether the model's top class is the label."""
+def scores_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float, np.ndarray]:
+    """Accuracy, mean cross-entropy and per-image hits (in order) of `ds`, in one pass."""
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    hits = [np.argmax(fn(x).numpy(), 1) == y.numpy() for x, y in ds]
-    return np.concatenate(hits) if hits else np.zeros(0, bool)
-
-
-def evaluate_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float]:
-    with model.distribute_strategy.scope():  # the strategy the model was made under
-        model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    loss, acc = model.evaluate(ds, verbose=0)
-    return float(acc), float(loss)
+    hits, losses = [], []
+    for x, y in ds:
+        h, loss = _hits_and_losses(fn(x).numpy(), y.numpy())
+        hits.append(h)
+        losses.append(loss)
+    if not hits:
+        return float("nan"), float("nan"), np.zeros(0, bool)
+    hit = np.concatenate(hits)
+    return float(hit.mean()), float(np.concatenate(losses).mean()), hit
 
 
 def fine_tune(
@@ -670,10 +758,14 @@ def _fine_tune(
         examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude, workers=workers
     )
     model_path = os.path.join(out_dir, MODEL)
-    if not cfg.enabled:
-        model = load_model(head_model_path)
-        model.save(os.path.join(wdir, MODEL))
-        acc, loss = evaluate_on(model, val_ds)
+    if not cfg.enabled:  # the head model passes through: copied, scored by the head stage
+        tf.io.gfile.copy(head_model_path, os.path.join(wdir, MODEL), overwrite=True)
+        head_res = finished(head_dir)
+        saved = head_res.extra.get("saved_val") if head_res else None
+        if saved:
+            acc, loss = saved["accuracy"], saved["loss"]
+        else:
+            acc, loss, _ = scores_on(load_model(head_model_path), val_ds)
         res = StageResult(
             stage="fine_tune",
             model_path=model_path,
@@ -686,9 +778,8 @@ def _fine_tune(
         return finish(wdir, res, "fine-tune (disabled)")
     with strategy.scope():
         model = gmodel.multi_worker_keras(load_model(head_model_path), strategy)
-    head_acc, head_loss = evaluate_on(model, val_ds)
+    head_acc, head_loss, head_hits = scores_on(model, val_ds)
     noise_rule = cfg.guard and cfg.guard_rule == "beyond_noise"
-    head_hits = correct_on(model, val_ds) if noise_rule else None
     train_ds = gdata.image_dataset(
         examples_dir,
         "train",
@@ -707,9 +798,18 @@ def _fine_tune(
     )
     with strategy.scope():
         info = gmodel.unfreeze(model, cfg.unfreeze)
-        steps = max(1, fit_steps or int(train_ds.cardinality()))
+    steps = max(1, fit_steps or int(train_ds.cardinality()))
+    staged = cfg.layer_lr_decay < 1 or cfg.unfreeze.gradual_epochs > 0
+    depth = glayer.depths(model) if staged else None
+    found = _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, _jit(train))
+    if found:
+        cfg = cfg.model_copy(update={"learning_rate": found["used"]})
+    with strategy.scope():
+        opt = (glayer.make if staged else make_optimizer)(
+            cfg.optimizer, _schedule(cfg, steps), cfg.momentum
+        )
         model.compile(
-            make_optimizer(cfg.optimizer, _schedule(cfg, steps), cfg.momentum),
+            opt,
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             jit_compile=_jit(train),
@@ -717,10 +817,18 @@ def _fine_tune(
     log(
         f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing "
         f"{gmodel.unfreeze_text(info)} (fine_tune.unfreeze.mode: {cfg.unfreeze.mode}); "
-        f"{cfg.optimizer} lr {cfg.learning_rate:g}"
+        f"{cfg.optimizer} lr {cfg.learning_rate:g}" + (" (LR range test)" if found else "")
     )
+    stages_text = None
+    if staged:
+        stages_text = glayer.schedule_text(
+            model, info, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs
+        )
+        log(f"fine_tune: per-stage rates: {stages_text}")
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
     cbs, elog = callbacks(wdir, "fine_tune", cfg.epochs, cfg.patience, out_dir)
+    if staged:
+        cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
     if cfg.max_minutes:
         cbs.append(TimeBudget(cfg.max_minutes, "fine_tune"))
     cbs += extra_callbacks or []
@@ -733,13 +841,13 @@ def _fine_tune(
         callbacks=cbs,
         verbose=0,
     )
-    ft_acc, ft_loss = evaluate_on(model, val_ds)
+    ft_acc, ft_loss, ft_hits = scores_on(model, val_ds)
     kept = "fine_tuned"
     gain = None
     if noise_rule:
         from graft.components.report import paired_difference
 
-        gain = paired_difference(correct_on(model, val_ds), head_hits)
+        gain = paired_difference(ft_hits, head_hits)
         if gain["low"] <= 0:
             kept = "head"
             log(
@@ -756,8 +864,16 @@ def _fine_tune(
             level="warn",
         )
     if kept == "head":
-        model = load_model(head_model_path)
-    model.save(os.path.join(wdir, MODEL))
+        tf.io.gfile.copy(head_model_path, os.path.join(wdir, MODEL), overwrite=True)
+    else:
+        if staged:  # saved with a stock optimizer: plain Keras loads the file without graft
+            with strategy.scope():
+                model.compile(
+                    make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"],
+                )
+        model.save(os.path.join(wdir, MODEL))
     hist = read_history(wdir)
     acc, loss = (head_acc, head_loss) if kept == "head" else (ft_acc, ft_loss)
     res = StageResult(
@@ -778,6 +894,9 @@ def _fine_tune(
             "fine_tuned_val_loss": ft_loss,
             "val_gain": gain,
             "unfreeze": info,
+            "learning_rate": cfg.learning_rate,
+            "lr_find": found,
+            "stage_rates": stages_text,
             "deterministic": train.deterministic,
             "distribution": distribution(
                 strategy, train_ds.options().experimental_distribute.auto_shard_policy

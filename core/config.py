@@ -197,6 +197,9 @@ class BaseConfig(Section):
 class HeadConfig(Section):
     dropout: float = Field(0.2, ge=0, lt=1)
     fc_size: int = Field(0, ge=0, le=16384, description="0: no hidden Dense layer")
+    normalize: bool = Field(
+        False, description="standardise pooled features per channel (fitted on the train split)"
+    )
 
 
 class AugmentConfig(Section):
@@ -258,6 +261,14 @@ class UnfreezeConfig(Section):
     mode: Literal["from_layer", "top_fraction", "all"] = "all"
     from_layer: str | None = None
     top_fraction: float = Field(0.3, gt=0, le=1)
+    gradual_epochs: int = Field(
+        0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="gradual unfreezing: each earlier stage of the unfrozen part joins this "
+        "many epochs after the stage above it (the top stage and the head start at once); "
+        "0: all at once",
+    )
 
     @model_validator(mode="after")
     def _needs_layer(self) -> UnfreezeConfig:
@@ -273,6 +284,22 @@ class FineTuneConfig(Section):
     batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
     learning_rate: float = Field(1e-4, gt=0, le=10)
+    lr_find: bool = Field(
+        False,
+        description="pick the rate by an LR range test on the unfrozen model (lr_find_steps "
+        "batches at a rate rising from 1e-7 to 0.1, weights put back after): a third of the "
+        "rate where the loss starts to rise, kept within 0.1x..10x learning_rate",
+    )
+    lr_find_steps: int = Field(
+        60, ge=20, le=1000, description="the range test's batches, at most an epoch's"
+    )
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="discriminative rates: each earlier stage (feature-map size) of the base "
+        "trains at this fraction of the next stage's rate; 1: one rate for all",
+    )
     momentum: float = Field(0.9, ge=0, lt=1)
     cosine_decay: bool = True
     warmup_epochs: float = Field(0.0, ge=0, le=MAX_EPOCHS)
@@ -287,6 +314,17 @@ class FineTuneConfig(Section):
         description="better: keep fine-tuning if val accuracy is higher; beyond_noise: only "
         "if the paired 95% interval of the val gain is above 0",
     )
+
+    @model_validator(mode="after")
+    def _stages_need_plain_decay(self) -> FineTuneConfig:
+        staged = self.layer_lr_decay < 1 or self.unfreeze.gradual_epochs > 0
+        if staged and self.optimizer == "adamw":
+            raise ValueError(
+                "fine_tune.optimizer 'adamw' cannot be combined with fine_tune.layer_lr_decay "
+                "< 1 or fine_tune.unfreeze.gradual_epochs > 0: its weight decay would ignore "
+                "the per-stage rates (a waiting stage would still shrink); use adam"
+            )
+        return self
 
 
 class AdviseConfig(Section):

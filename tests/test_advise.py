@@ -87,6 +87,9 @@ def test_large_and_similar_fine_tunes_the_top_stage():
     assert o["fine_tune.guard_rule"] == "beyond_noise"
     assert 2 <= o["fine_tune.epochs"] <= 8
     assert o["fine_tune.max_minutes"] <= 60
+    # the rate from a range test; one stage, so one rate and nothing to unfreeze gradually
+    assert o["fine_tune.lr_find"] is True
+    assert o["fine_tune.layer_lr_decay"] == 1.0 and o["fine_tune.unfreeze.gradual_epochs"] == 0
 
 
 def test_large_and_dissimilar_fine_tunes_more_of_the_base():
@@ -94,6 +97,10 @@ def test_large_and_dissimilar_fine_tunes_more_of_the_base():
     assert p.cell == {"size": "large", "similarity": "dissimilar"}
     assert p.overrides["fine_tune.unfreeze.from_layer"] == STARTS[-2]  # two stages
     assert p.overrides["base.cut_at"] is None
+    # the lower stage at a lower rate, joining after the first epoch
+    assert p.overrides["fine_tune.layer_lr_decay"] < 1
+    assert p.overrides["fine_tune.unfreeze.gradual_epochs"] == 1
+    assert "gradual unfreezing" in {d.what: d.reason for d in p.decisions}["fine-tune"]
 
 
 def test_small_and_dissimilar_reads_earlier_features_when_they_probe_better():
@@ -114,14 +121,39 @@ def test_small_and_dissimilar_inside_the_noise_keeps_the_last_layer_and_no_fine_
     assert "could not be told from noise" in _decisions(p)["fine-tune"].reason
 
 
-def test_an_earlier_block_that_probes_better_is_cut_and_its_stages_fine_tuned():
+def test_large_data_fine_tunes_the_whole_base_even_when_an_earlier_block_probes_better():
     # chest X-rays measured this way: 14x14 0.979 vs final 0.963 on 2000 images
     p = plan(_evidence(3570, final=0.963, mid=0.979), budget_minutes=60, small_data=1000)
     assert p.cell == {"size": "large", "similarity": "dissimilar"}
+    # the matrix: large and dissimilar fine-tunes most of the base; cutting is for small data
+    assert p.overrides["base.cut_at"] is None and p.overrides["head.normalize"] is False
+    assert "not cut" in _decisions(p)["features"].reason
+    assert p.overrides["fine_tune.unfreeze.from_layer"] == STARTS[-2]
+
+
+def test_an_earlier_block_that_probes_better_is_cut_when_no_fine_tuning_fits():
+    # the same evidence, but a forward pass too slow for 2 epochs in the budget
+    p = plan(_evidence(3570, 0.963, 0.979, speed=5.0), budget_minutes=15, small_data=1000)
     assert p.overrides["base.cut_at"] == "block_13_expand_relu"
-    # the two stages before the cut: block_13_depthwise lies past it
-    assert p.overrides["fine_tune.unfreeze.from_layer"] == "block_3_depthwise"
+    # the probes standardise an inner layer's features; the head does too
+    assert p.overrides["head.normalize"] is True
+    assert "standardised features" in _decisions(p)["head"].choice
     assert "probe better than the last layer" in _decisions(p)["features"].reason
+    assert p.overrides["fine_tune.enabled"] is False
+
+
+def test_the_whole_base_is_kept_when_fine_tuning_fits_at_the_smaller_input():
+    # 128 px photos; the whole base fits 2+ epochs at 128 px but not at 224: no cut, 128 px
+    small_px = [
+        _probe("out_relu", "final", 0.963, 2000, size=128, seed=1),
+        _probe("block_13_expand_relu", "14x14", 0.979, 2000, size=128, seed=2),
+    ]
+    ev = _evidence(3570, 0.963, 0.979, side=128, extra=small_px, speed=13.0)
+    p = plan(ev, budget_minutes=15, small_data=1000)
+    assert p.overrides["data.image_size"] == 128
+    assert p.overrides["base.cut_at"] is None and p.overrides["fine_tune.enabled"] is True
+    slow = plan(_evidence(3570, 0.963, 0.979, speed=13.0), budget_minutes=15, small_data=1000)
+    assert slow.overrides["base.cut_at"] and slow.overrides["fine_tune.enabled"] is False
 
 
 def test_the_budget_decides_the_epochs_and_can_rule_fine_tuning_out():
@@ -210,3 +242,21 @@ def test_taps_on_mobilenet_v2_are_the_classic_block_outputs():
     ]
     assert starts[-1] == "block_13_depthwise" and starts[-2] == "block_6_depthwise"
     assert frac[-1] < frac[-2] < 1
+
+
+def test_probe_folds_keep_a_patients_images_together():
+    """Labels set per patient, features that only identify the patient: an ungrouped k-fold
+    scores the patients it trained on (near perfect); grouped folds see the truth (chance)."""
+    from graft.components.advise import probe
+
+    rng = np.random.default_rng(0)
+    patients, per = 60, 8
+    signature = rng.normal(size=(patients, 64))
+    label = rng.permutation(np.arange(patients) % 2)
+    groups = np.repeat([f"p{i}" for i in range(patients)], per)
+    x = np.repeat(signature, per, axis=0) + 0.1 * rng.normal(size=(patients * per, 64))
+    y = np.repeat(label, per)
+    leaky = probe(x, y, 5).mean()
+    honest = probe(x, y, 5, groups=groups).mean()
+    assert leaky > 0.9
+    assert honest < 0.7

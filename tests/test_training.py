@@ -111,7 +111,7 @@ def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
 def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, tmp_path):
     """No dropout, one full batch per epoch: both paths take the same Adam steps from one init."""
     from graft.components import data as gdata
-    from graft.components.train import evaluate_on
+    from graft.components.train import scores_on
 
     base = BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35})
     runs = {}
@@ -131,7 +131,7 @@ def test_cached_and_uncached_reach_same_accuracy_and_cache_is_faster(examples, t
         )
         runs[cache] = (r, time.time() - t0)
     val = gdata.image_dataset(examples, "val", 64, 32)
-    acc = {c: evaluate_on(load_model(r.model_path), val)[0] for c, (r, _) in runs.items()}
+    acc = {c: scores_on(load_model(r.model_path), val)[0] for c, (r, _) in runs.items()}
     print(
         f"\nhead stage, 25 full-batch epochs: cached {runs['on'][1]:.1f}s val_acc {acc['on']:.3f}; "
         f"uncached {runs['off'][1]:.1f}s val_acc {acc['off']:.3f}"
@@ -315,3 +315,55 @@ def test_every_registered_backbone_builds_offline_at_its_minimum_size(name):
 
 def test_demo_base_weights_stay_small():
     assert Path(DEMO_BASE).stat().st_size < 3 * 1024 * 1024
+
+
+@pytest.mark.slow
+def test_a_normalized_head_on_a_cut_base_scores_the_same_on_features_and_pixels(examples, tmp_path):
+    """head.normalize (standardised pooled features) trains on the store's features; the whole
+    model, fed pixels, must score val as the head did, and a disabled fine-tune reuses that."""
+    from graft.components import data as gdata
+    from graft.components.train import scores_on
+
+    common = dict(
+        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}, cut_at="block_13_expand_relu"),
+        head=HeadConfig(normalize=True),
+        train=TrainConfig(),
+        augment=NO_AUG,
+        image_size=64,
+        feature_store=str(tmp_path / "store"),
+    )
+    head = train_head(
+        examples,
+        str(tmp_path / "head"),
+        cfg=TrainHeadConfig(epochs=6, patience=0, feature_cache="on"),
+        **common,
+    )
+    model = load_model(head.model_path)
+    norm = gmodel.feature_normalizer(model)
+    # fitted on the training features (a ReLU6 layer's channel means are > 0), saved, loaded
+    assert isinstance(norm, keras.layers.Normalization)
+    mean = np.array(norm.adapt_mean)
+    assert mean.min() >= 0 and mean.max() > 0
+    acc, loss, _ = scores_on(model, gdata.image_dataset(examples, "val", 64, 32))
+    saved = head.extra["saved_val"]
+    assert abs(acc - saved["accuracy"]) <= 0.02 and abs(loss - saved["loss"]) <= 0.02
+    ft = fine_tune(
+        examples,
+        str(tmp_path / "head"),
+        str(tmp_path / "ft"),
+        train=TrainConfig(),
+        cfg=FineTuneConfig(enabled=False),
+        augment=NO_AUG,
+        image_size=64,
+    )
+    assert (ft.best_val_accuracy, ft.best_val_loss) == (saved["accuracy"], saved["loss"])
+    assert (tmp_path / "ft" / "model.keras").read_bytes() == Path(head.model_path).read_bytes()
+    # the pixel path (no feature cache) fits the same statistics, from the store
+    uncached = train_head(
+        examples,
+        str(tmp_path / "head_pixels"),
+        cfg=TrainHeadConfig(epochs=1, patience=0, feature_cache="off"),
+        **common,
+    )
+    other = gmodel.feature_normalizer(load_model(uncached.model_path))
+    np.testing.assert_allclose(np.array(other.adapt_mean), np.array(norm.adapt_mean), rtol=1e-5)

@@ -1,0 +1,235 @@
+"""Per-stage learning rates in fine-tuning, and the LR range test that picks the rate.
+
+Why: an earlier stage of a pretrained base holds more general features, so it should move
+less than the top (discriminative rates, `fine_tune.layer_lr_decay`), and it should wait
+until the new head and the top stage have settled (gradual unfreezing,
+`fine_tune.unfreeze.gradual_epochs`). Both are one per-variable scale on the optimizer's
+rate, set each epoch by a callback: a stage that has not joined yet has scale 0, so the
+model is compiled once, and a resumed run gets the same scales from its epoch number.
+(A waiting stage still computes gradients: gradual unfreezing saves no time here.)
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+
+import keras
+import numpy as np
+
+from graft.components import model as gmodel
+
+
+class _Layerwise:
+    """Optimizer mixin: variable i is updated at learning_rate * lr_scales[i]."""
+
+    def build(self, variables):
+        if self.built:  # a LossScaleOptimizer builds its inner optimizer again
+            return
+        super().build(variables)
+        self.lr_scales = self.add_variable((len(variables),), initializer="ones", name="lr_scales")
+        self.scaled_paths = [v.path for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        i = self._get_variable_index(variable)
+        return super().update_step(gradient, variable, learning_rate * self.lr_scales[i])
+
+
+@keras.saving.register_keras_serializable(package="graft")
+class LayerwiseAdam(_Layerwise, keras.optimizers.Adam):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="graft")
+class LayerwiseAdamW(_Layerwise, keras.optimizers.AdamW):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="graft")
+class LayerwiseSGD(_Layerwise, keras.optimizers.SGD):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="graft")
+class LayerwiseRMSprop(_Layerwise, keras.optimizers.RMSprop):
+    pass
+
+
+OPTIMIZERS = {
+    "adam": LayerwiseAdam,
+    "adamw": LayerwiseAdamW,
+    "sgd": LayerwiseSGD,
+    "rmsprop": LayerwiseRMSprop,
+}
+
+
+def make(name: str, lr, momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    return OPTIMIZERS[name](lr, momentum=momentum) if name == "sgd" else OPTIMIZERS[name](lr)
+
+
+def stage_of_layers(base: keras.Model) -> list[int]:
+    """Stage number of each of the base's layers (0: the stem), a stage being a run of layers
+    with one feature-map size; layers without a 4-d output belong to the stage before."""
+    starts = set(gmodel.stage_starts(base))
+    out, stage = [], -1
+    for i in range(len(base.layers)):
+        if i in starts:
+            stage += 1
+        out.append(max(stage, 0))
+    return out
+
+
+def depths(model: keras.Model) -> dict[str, int]:
+    """Trainable base variable path -> stages below the base's last stage (0: the top stage;
+    the head, absent here, also trains at the full rate). Call after unfreezing."""
+    base = gmodel.base_of(model)
+    stage = stage_of_layers(base)
+    top = max(stage) if stage else 0
+    out = {}
+    for layer, s in zip(base.layers, stage, strict=True):
+        for v in layer.trainable_weights:
+            out[v.path] = top - s
+    return out
+
+
+def scales(depth: list[int], epoch: int, decay: float, gradual_epochs: int) -> np.ndarray:
+    """Each variable's rate scale at `epoch`: decay**depth once its stage has joined, else 0."""
+    d = np.asarray(depth, dtype=np.float32)
+    joined = epoch >= d * gradual_epochs
+    return np.where(joined, np.float32(decay) ** d, np.float32(0.0)).astype(np.float32)
+
+
+def schedule_text(model: keras.Model, info: dict, decay: float, gradual_epochs: int) -> str:
+    """The unfrozen stages and their rates, for the log: 'stage 28x28 x0.3 from epoch 2; ...'."""
+    base = gmodel.base_of(model)
+    stage = stage_of_layers(base)
+    top = max(stage) if stage else 0
+    first = stage[min(info["from_index"], len(stage) - 1)] if stage else 0
+    parts = []
+    for s in range(top, first - 1, -1):
+        layer = base.layers[max(stage.index(s), info["from_index"])]  # its first unfrozen layer
+        d = top - s
+        side = base.layers[stage.index(s)].output.shape[1]
+        parts.append(
+            f"{side}x{side} stage from '{layer.name}': lr x{decay**d:.3g}"
+            + (f" from epoch {d * gradual_epochs + 1}" if gradual_epochs and d else "")
+        )
+    return "; ".join(parts)
+
+
+class StageRates(keras.callbacks.Callback):
+    """Sets the optimizer's per-variable scales at each epoch's start (gradual unfreezing)."""
+
+    def __init__(self, depth_by_path: dict[str, int], decay: float, gradual_epochs: int):
+        super().__init__()
+        self.depth_by_path, self.decay, self.gradual = depth_by_path, decay, gradual_epochs
+
+    def on_epoch_begin(self, epoch, logs=None):
+        outer = self.model.optimizer
+        if not outer.built:  # one device: Keras builds it at the first step, after this
+            with self.model.distribute_strategy.scope():
+                outer.build(self.model.trainable_variables)
+        opt = getattr(outer, "inner_optimizer", outer)  # mixed precision wraps it
+        missing = set(self.depth_by_path) - set(opt.scaled_paths)
+        if missing:
+            raise RuntimeError(f"per-stage rates: {len(missing)} base variables not trained")
+        depth = [self.depth_by_path.get(p, 0) for p in opt.scaled_paths]
+        opt.lr_scales.assign(scales(depth, epoch, self.decay, self.gradual))
+
+
+class _BatchLosses(keras.callbacks.Callback):
+    """Each batch's rate and own loss (the running mean Keras logs, reset before every batch).
+    Stops once the loss has clearly diverged (DIVERGED past the baseline) or is not finite."""
+
+    def __init__(self, base_n: int, window: int = 5):
+        super().__init__()
+        self.rates: list[float] = []
+        self.losses: list[float] = []
+        self.base_n, self.window = base_n, window
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.model.reset_metrics()
+        # the rate this batch trains at (a skipped mixed-precision step does not advance it)
+        self.rates.append(float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.losses.append(float((logs or {})["loss"]))
+        k = len(self.losses)
+        if not math.isfinite(self.losses[-1]):
+            self.model.stop_training = True
+        elif k > self.base_n:
+            base = np.median(self.losses[: self.base_n])
+            if np.median(self.losses[-self.window :]) > STOP * base:
+                self.model.stop_training = True
+
+
+DIVERGED = 1.5  # a 5-batch median this many times the baseline: the loss diverges
+STOP = 4.0  # ...this many times: no need to go on
+
+
+def baseline_batches(rates: list[float], window: int = 5) -> int:
+    """Batches in the first two decades of rates (at least a window): the baseline's."""
+    return max(window, sum(r <= 100 * rates[0] for r in rates))
+
+
+def pick_rate(rates: list[float], losses: list[float], window: int = 5) -> dict:
+    """The LR range test's choice: a third of the rate where the loss diverges (Smith's rule:
+    divergence marks the largest usable rate). Divergence: the first window of `window`
+    batches whose median loss is 1.5x the baseline, the median over the first two decades
+    of rates, which barely move the weights; the rate is read at the window's middle. After
+    the head stage the curve is flat and noisy (per-batch losses +-30%) until it rises, so
+    its minimum (fastai's 'a tenth of the minimum') or a running minimum lands anywhere: on
+    flowers they picked 7e-7 and 9e-8. No divergence within the test: chosen is None."""
+    n = len(losses)
+    base_n = baseline_batches(rates[:n], window)
+    baseline = float(np.median(losses[:base_n]))
+    diverged = None
+    for k in range(base_n, n):
+        w = losses[max(0, k - window + 1) : k + 1]
+        if not all(math.isfinite(v) for v in w) or np.median(w) > DIVERGED * baseline:
+            diverged = max(0, k - window // 2)  # the window's middle
+            break
+    return {
+        "rates": [float(r) for r in rates[:n]],
+        "losses": [round(float(v), 5) for v in losses],
+        "baseline_loss": round(baseline, 5),
+        "diverged_rate": None if diverged is None else float(rates[diverged]),
+        "chosen": None if diverged is None else float(rates[diverged]) / 3,
+    }
+
+
+def range_test(
+    model: keras.Model,
+    train_ds,
+    *,
+    optimizer: str,
+    momentum: float,
+    steps: int,
+    low: float = 1e-7,
+    high: float = 1e-1,
+    depth_by_path: dict[str, int] | None = None,
+    decay: float = 1.0,
+    strategy=None,
+    jit: bool = False,
+) -> dict:
+    """Train `steps` batches at a rate rising exponentially from low to high, recording each
+    batch's loss, then put the weights back (and the dropout seeds: model.variables); the
+    caller compiles the model again for the real fit."""
+    weights = [v.numpy() for v in model.variables]
+    growth = (high / low) ** (1 / max(1, steps - 1))
+    rate = keras.optimizers.schedules.ExponentialDecay(low, decay_steps=1, decay_rate=growth)
+    with strategy.scope() if strategy is not None else nullcontext():
+        model.compile(
+            make(optimizer, rate, momentum),
+            loss="sparse_categorical_crossentropy",
+            jit_compile=jit,
+        )
+    planned = [low * growth**k for k in range(steps)]
+    seen = _BatchLosses(baseline_batches(planned))
+    cbs = [seen]
+    if depth_by_path is not None:
+        cbs.append(StageRates(depth_by_path, decay, 0))
+    model.fit(train_ds, epochs=1, steps_per_epoch=steps, callbacks=cbs, verbose=0)
+    for v, w in zip(model.variables, weights, strict=True):
+        v.assign(w)
+    return pick_rate(seen.rates, seen.losses)

@@ -1,0 +1,141 @@
+"""Per-stage rates in fine-tuning: lower rates for earlier stages, gradual unfreezing, and
+the LR range test, on real TFRecords and a real (tiny) MobileNetV2."""
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from conftest import REPO
+
+from graft.components import layerwise as glayer
+from graft.components import model as gmodel
+from graft.components.demo_data import generate
+from graft.components.ingest import ingest
+from graft.components.train import fine_tune, load_model, train_head
+from graft.core.config import (
+    AugmentConfig,
+    BaseConfig,
+    DataConfig,
+    FineTuneConfig,
+    HeadConfig,
+    TrainConfig,
+    TrainHeadConfig,
+)
+
+DEMO_BASE = str(REPO / "graft" / "assets" / "demo_base.weights.h5")  # trained: real gradients
+NO_AUG = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
+# at 64 px, block_13_expand is in the 4x4 stage, block_13_depthwise starts the 2x2 (the last)
+FROM = {"mode": "from_layer", "from_layer": "block_13_expand"}
+
+
+def test_scales_follow_depth_decay_and_joining_epoch():
+    depth = [0, 0, 1, 2]
+    assert glayer.scales(depth, 0, 0.5, 0).tolist() == [1, 1, 0.5, 0.25]
+    assert glayer.scales(depth, 0, 0.5, 2).tolist() == [1, 1, 0, 0]
+    assert glayer.scales(depth, 2, 0.5, 2).tolist() == [1, 1, 0.5, 0]
+    assert glayer.scales(depth, 4, 0.5, 2).tolist() == [1, 1, 0.5, 0.25]
+
+
+def test_range_test_picks_a_third_of_the_rate_where_the_loss_diverges():
+    # the shape measured on flowers: flat with per-batch noise of +-30% up to ~1e-4, then rising
+    rates = [10 ** (-7 + k / 8) for k in range(49)]  # 1e-7 .. 1e-1, 8 per decade
+    rng = np.random.default_rng(0)
+    flat = (0.7 * (1 + 0.3 * rng.uniform(-1, 1, 24))).tolist()
+    rising = [0.7 * 1.25**k for k in range(1, 25)]
+    got = glayer.pick_rate(rates, flat + rising)
+    assert 0.6 < got["baseline_loss"] < 0.8
+    assert 1e-4 < got["diverged_rate"] < 1e-3
+    assert got["chosen"] == pytest.approx(got["diverged_rate"] / 3)
+    # noise alone never counts as divergence: a flat curve gives no rate (the configured one)
+    assert glayer.pick_rate(rates[:24], flat)["chosen"] is None
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory) -> tuple[str, str]:
+    """3 demo classes x 40 at 64 px, ingested, and a head trained on the demo base."""
+    tmp = tmp_path_factory.mktemp("layerwise")
+    generate(tmp / "imgs", classes=3, per_class=40, size=64, seed=3)
+    ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
+    train_head(
+        str(tmp / "ex"),
+        str(tmp / "head"),
+        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}),
+        head=HeadConfig(),
+        train=TrainConfig(),
+        cfg=TrainHeadConfig(epochs=2, batch_size=16, patience=0),
+        augment=NO_AUG,
+        image_size=64,
+    )
+    return str(tmp / "ex"), str(tmp / "head")
+
+
+def _fine_tune(head_dir, out, **kw):
+    examples, head = head_dir
+    cfg = {"epochs": 1, "batch_size": 16, "guard": False, "learning_rate": 1e-3, **kw}
+    cfg.setdefault("unfreeze", FROM)
+    return fine_tune(
+        examples,
+        head,
+        str(out),
+        train=TrainConfig(),
+        cfg=FineTuneConfig(**cfg),
+        augment=NO_AUG,
+        image_size=64,
+    )
+
+
+def _moved(before: keras.Model, after: keras.Model, name: str) -> float:
+    """Mean absolute change of a base layer's kernel."""
+    a = gmodel.base_of(before).get_layer(name).weights[0]
+    b = gmodel.base_of(after).get_layer(name).weights[0]
+    return float(np.mean(np.abs(np.array(a) - np.array(b))))
+
+
+@pytest.mark.slow
+def test_an_earlier_stage_waits_its_epochs_then_moves_at_its_lower_rate(head_dir, tmp_path):
+    head = load_model(f"{head_dir[1]}/model.keras")
+    early, top = "block_13_expand", "block_15_expand"
+    # gradual: in the first epoch only the top stage (and the head) trains
+    waited = _fine_tune(head_dir, tmp_path / "gradual", unfreeze={**FROM, "gradual_epochs": 1})
+    m = load_model(waited.model_path)
+    with zipfile.ZipFile(waited.model_path) as z:  # a stock optimizer: plain Keras loads it
+        assert json.loads(z.read("config.json"))["compile_config"]["optimizer"]["class_name"] == (
+            "Adam"
+        )
+    assert _moved(head, m, early) == 0.0 and _moved(head, m, top) > 0
+    assert "from epoch 2" in waited.extra["stage_rates"]
+    # decay: the earlier stage moves, at about a hundredth of the top stage's step
+    slow = load_model(_fine_tune(head_dir, tmp_path / "decay", layer_lr_decay=0.01).model_path)
+    same = load_model(_fine_tune(head_dir, tmp_path / "one_rate").model_path)
+    slow_ratio = _moved(head, slow, early) / _moved(head, slow, top)
+    same_ratio = _moved(head, same, early) / _moved(head, same, top)
+    assert 0 < slow_ratio < 0.1 * same_ratio, (slow_ratio, same_ratio)
+
+
+@pytest.mark.slow
+def test_range_test_chooses_a_rate_and_puts_the_weights_back(head_dir, tmp_path):
+    examples, head = head_dir
+    model = load_model(f"{head}/model.keras")
+    gmodel.unfreeze(model, FineTuneConfig(unfreeze=FROM).unfreeze)
+    before = [np.array(v) for v in model.weights]
+    from graft.components import data as gdata
+
+    ds = gdata.image_dataset(examples, "train", 64, 16, shuffle=True, seed=0)
+    found = glayer.range_test(model, ds, optimizer="adam", momentum=0.9, steps=8)
+    assert 1 <= len(found["losses"]) <= 8 and found["rates"][0] == pytest.approx(1e-7)
+    assert found["rates"] == sorted(found["rates"])  # the rates each batch really trained at
+    for a, v in zip(before, model.weights, strict=True):
+        assert np.array_equal(a, np.array(v)), v.path
+
+    # 21 batches of 4: enough for a test, whose rate reaches 0.1 (Adam diverges well before)
+    ft = _fine_tune(head_dir, tmp_path / "ft", lr_find=True, lr_find_steps=20, batch_size=4)
+    got = ft.extra["lr_find"]
+    assert got["chosen"] == pytest.approx(got["diverged_rate"] / 3)
+    assert 1e-4 <= got["used"] <= 1e-2 and ft.extra["learning_rate"] == got["used"]
+    saved = json.loads((tmp_path / "ft" / "lr_find.json").read_text())  # a resume reuses it
+    assert saved["losses"] == got["losses"]
+    # 6 batches an epoch: too few for a baseline; the configured rate, with a warning
+    short = _fine_tune(head_dir, tmp_path / "short", lr_find=True, lr_find_steps=20)
+    assert short.extra["lr_find"] is None and short.extra["learning_rate"] == 1e-3
