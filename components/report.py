@@ -207,18 +207,19 @@ def _guard_html(guard: dict | None) -> str:
     decision = guard.get("guard")
     kept = guard.get("kept")
     gain = guard.get("val_gain")
+    on = escape(guard.get("gain_evidence") or f"n={gain['n']}") if gain else ""
     if decision == "kept_head" and gain:
         head = (
-            "<p class=bad>The guard kept the simpler head-only model: the fine-tuned model's val "
+            "<p class=bad>The guard kept the simpler head-only model: the fine-tuned model's "
             f"gain {gain['difference']:+.3f} (paired 95% interval [{gain['low']:+.3f}, "
-            f"{gain['high']:+.3f}], n={gain['n']}) is not beyond the noise.</p>"
+            f"{gain['high']:+.3f}], {on}) is not beyond the noise.</p>"
         )
     elif decision == "kept_head":
         head = "<p class=bad>The guard kept the head-only model: fine-tuning did worse on val.</p>"
     elif decision == "accepted" and gain:
         head = (
-            f"<p class=ok>Fine-tuning kept: val gain {gain['difference']:+.3f} (paired 95% "
-            f"interval [{gain['low']:+.3f}, {gain['high']:+.3f}], n={gain['n']}), beyond the "
+            f"<p class=ok>Fine-tuning kept: gain {gain['difference']:+.3f} (paired 95% "
+            f"interval [{gain['low']:+.3f}, {gain['high']:+.3f}], {on}), beyond the "
             "noise.</p>"
         )
     elif decision == "accepted":
@@ -257,6 +258,16 @@ def _guard_html(guard: dict | None) -> str:
         rows.append(f"<tr><td>learning rate</td><td>{guard['learning_rate']:.2g}{how}</td></tr>")
     if guard.get("stage_rates"):
         rows.append(f"<tr><td>per-stage rates</td><td>{escape(guard['stage_rates'])}</td></tr>")
+    cv = guard.get("cross_validation")
+    if cv:
+        folds = "; ".join(
+            f"{f['n']} images: {f['head_accuracy']:.3f} → {f['tuned_accuracy']:.3f}"
+            for f in cv["folds"]
+        )
+        rows.append(
+            f"<tr><td>held-out folds (head → fine-tuned)</td><td>{cv['k']} folds, "
+            f"{cv['seconds']:.0f}s: {folds}</td></tr>"
+        )
     rows.append(f"<tr><td>kept</td><td>{escape(str(kept))}</td></tr>")
     return head + f"<table>{''.join(rows)}</table>"
 

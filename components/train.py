@@ -19,7 +19,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 import keras
@@ -29,7 +28,15 @@ import tensorflow as tf
 from graft.components import data as gdata
 from graft.components import layerwise as glayer
 from graft.components import model as gmodel
-from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
+from graft.components.fitting import (
+    class_weights,
+    hits_and_losses,
+    load_model,
+    make_optimizer,
+    schedule,
+    scores_on,
+)
+from graft.components.validate import excluded_from_eval, excluded_from_train
 from graft.core.config import (
     AugmentConfig,
     BaseConfig,
@@ -61,27 +68,6 @@ class StageResult:
 
 
 # ------------------------------------------------------------------ shared pieces
-
-
-def make_optimizer(name: str, lr, momentum: float = 0.9) -> keras.optimizers.Optimizer:
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=momentum)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr)
-    if name == "adamw":
-        return keras.optimizers.AdamW(lr)
-    return keras.optimizers.Adam(lr)
-
-
-def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, float] | None:
-    """n / (C * n_c) per class, from the ingest manifest; None when off or balanced."""
-    if mode == "none":
-        return None
-    labels = gdata.read_labels(examples_dir)
-    counts = Counter(m["label"] for m in read_manifest(examples_dir) if m["split"] == "train")
-    n = sum(counts.values())
-    w = {i: n / (num_classes * max(1, counts[lab])) for i, lab in enumerate(labels)}
-    return None if max(w.values()) / min(w.values()) < 1.05 else w
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -372,17 +358,11 @@ def _fit_normalizer(model: keras.Model, x: np.ndarray) -> None:
         log(f"train_head: features standardised per channel ({x.shape[1]}-d, {len(x)} images)")
 
 
-def _hits_and_losses(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: top class == label, and cross-entropy (probabilities clipped at 1e-7)."""
-    p = p.astype(np.float64)
-    return np.argmax(p, 1) == y, -np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))
-
-
 def _scores_of(head: keras.Model, x: np.ndarray, y: np.ndarray) -> dict | None:
     """Val accuracy and loss of a head on pooled features, as the whole model would score."""
     if not len(y):
         return None
-    hits, losses = _hits_and_losses(keras.ops.convert_to_numpy(head(x, training=False)), y)
+    hits, losses = hits_and_losses(keras.ops.convert_to_numpy(head(x, training=False)), y)
     return {"accuracy": float(hits.mean()), "loss": float(losses.mean())}
 
 
@@ -595,19 +575,6 @@ def _train_head(
 # ------------------------------------------------------------------ stage 2: fine-tune
 
 
-def _schedule(cfg: FineTuneConfig, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warm = int(cfg.warmup_epochs * steps_per_epoch)
-    if not cfg.cosine_decay and not warm:
-        return cfg.learning_rate
-    return keras.optimizers.schedules.CosineDecay(
-        0.0 if warm else cfg.learning_rate,
-        decay_steps=max(1, total - warm) if cfg.cosine_decay else 10**9,
-        warmup_target=cfg.learning_rate if warm else None,
-        warmup_steps=warm,
-    )
-
-
 def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit) -> dict | None:
     """fine_tune.lr_find: the LR range test's rate, clipped to 0.1x..10x learning_rate; kept
     in lr_find.json so a resumed stage uses the same test. None when off, not run, or when
@@ -660,10 +627,6 @@ def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit)
     return found
 
 
-def load_model(path: str) -> keras.Model:
-    return keras.models.load_model(path, compile=False)
-
-
 class TimeBudget(keras.callbacks.Callback):
     """Stop after the epoch that would leave too little time for another one."""
 
@@ -684,18 +647,44 @@ class TimeBudget(keras.callbacks.Callback):
             )
 
 
-def scores_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float, np.ndarray]:
-    """Accuracy, mean cross-entropy and per-image hits (in order) of `ds`, in one pass."""
-    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    hits, losses = [], []
-    for x, y in ds:
-        h, loss = _hits_and_losses(fn(x).numpy(), y.numpy())
-        hits.append(h)
-        losses.append(loss)
-    if not hits:
-        return float("nan"), float("nan"), np.zeros(0, bool)
-    hit = np.concatenate(hits)
-    return float(hit.mean()), float(np.concatenate(losses).mean()), hit
+def _fold_evidence(
+    examples_dir,
+    head_dir,
+    wdir,
+    cfg,
+    head_cfg,
+    train,
+    augment,
+    image_size,
+    validation_dir,
+    strategy,
+    small,
+) -> dict | None:
+    """components.cv_guard's out-of-fold hits when the data is small and one process trains."""
+    if not small or not cfg.guard_folds:
+        return None
+    if strategy.num_replicas_in_sync > 1 or gmodel.worker_count(strategy) > 1:
+        log("fine_tune: guard: no cross-validation under a distribution strategy; val only")
+        return None
+    from graft.components import cv_guard
+
+    hist = read_history(wdir)
+    best = min(range(len(hist)), key=lambda i: hist[i].get("val_loss", math.inf)) if hist else 0
+    head = finished(head_dir)
+    return cv_guard.fold_evidence(
+        examples_dir,
+        os.path.join(head_dir, MODEL),
+        wdir,
+        cfg=cfg,
+        head_cfg=head_cfg,
+        head_epochs=max(1, head.epochs_run if head else head_cfg.epochs),
+        tune_epochs=max(1, best + 1 if cfg.patience else len(hist)),
+        augment=augment,
+        image_size=image_size,
+        exclude_train=excluded_from_train(validation_dir) or set(),
+        seed=train.seed,
+        jit=_jit(train),
+    )
 
 
 def fine_tune(
@@ -709,6 +698,7 @@ def fine_tune(
     image_size: int,
     validation_dir: str | None = None,
     extra_callbacks: list | None = None,
+    head_cfg: TrainHeadConfig | None = None,
 ) -> StageResult:
     """Unfreeze the base as cfg.unfreeze says (BN stays frozen), train at a low LR, keep the
     result only if better."""
@@ -730,6 +720,7 @@ def fine_tune(
             image_size=image_size,
             validation_dir=validation_dir,
             extra_callbacks=extra_callbacks,
+            head_cfg=head_cfg or TrainHeadConfig(),
         )
     finally:
         release(wdir, out_dir)
@@ -748,6 +739,7 @@ def _fine_tune(
     image_size,
     validation_dir,
     extra_callbacks,
+    head_cfg,
 ) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
@@ -806,7 +798,7 @@ def _fine_tune(
         cfg = cfg.model_copy(update={"learning_rate": found["used"]})
     with strategy.scope():
         opt = (glayer.make if staged else make_optimizer)(
-            cfg.optimizer, _schedule(cfg, steps), cfg.momentum
+            cfg.optimizer, schedule(cfg, steps), cfg.momentum
         )
         model.compile(
             opt,
@@ -843,19 +835,57 @@ def _fine_tune(
     )
     ft_acc, ft_loss, ft_hits = scores_on(model, val_ds)
     kept = "fine_tuned"
-    gain = None
+    gain = val_gain = folds = None
+    evidence = f"{len(ft_hits)} val images"
+    n_train = gdata.count_examples(examples_dir, "train", excluded_from_train(validation_dir))
+    small = n_train < cfg.guard_cv_below
     if noise_rule:
         from graft.components.report import paired_difference
 
-        gain = paired_difference(ft_hits, head_hits)
+        gain = val_gain = paired_difference(ft_hits, head_hits)
+        folds = _fold_evidence(
+            examples_dir,
+            head_dir,
+            wdir,
+            cfg,
+            head_cfg,
+            train,
+            augment,
+            image_size,
+            validation_dir,
+            strategy,
+            small,
+        )
+        if folds:
+            gain = paired_difference(
+                np.concatenate([folds["tuned"], ft_hits]),
+                np.concatenate([folds["head"], head_hits]),
+            )
+            evidence = (
+                f"{folds['k']}-fold cross-validation on {len(folds['head'])} training images "
+                f"+ {len(ft_hits)} val images"
+            )
         if gain["low"] <= 0:
             kept = "head"
             log(
-                f"fine_tune: GUARD: val gain {gain['difference']:+.3f} (95% paired interval "
-                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], n={gain['n']}) is inside the noise; "
+                f"fine_tune: GUARD: gain {gain['difference']:+.3f} (95% paired interval "
+                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is inside the noise; "
                 "keeping the simpler head-only model (fine_tune.guard_rule: beyond_noise)",
                 level="warn",
             )
+        else:
+            log(
+                f"fine_tune: guard: gain {gain['difference']:+.3f} (95% paired interval "
+                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is beyond the noise"
+            )
+    elif cfg.guard and small:
+        log(
+            f"fine_tune: the guard decides on one val split of {len(ft_hits)} images "
+            f"({n_train} training images; fine_tune.guard_rule: better); guard_rule "
+            "beyond_noise decides on k-fold cross-validated evidence and keeps the simpler "
+            "model inside the noise",
+            level="warn",
+        )
     elif cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
         kept = "head"
         log(
@@ -893,6 +923,9 @@ def _fine_tune(
             "head_val_loss": head_loss,
             "fine_tuned_val_loss": ft_loss,
             "val_gain": gain,
+            "val_only_gain": val_gain if folds else None,
+            "gain_evidence": evidence if noise_rule else None,
+            "cross_validation": folds and {k: folds[k] for k in ("k", "folds", "seconds")},
             "unfreeze": info,
             "learning_rate": cfg.learning_rate,
             "lr_find": found,

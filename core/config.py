@@ -314,6 +314,23 @@ class FineTuneConfig(Section):
         description="better: keep fine-tuning if val accuracy is higher; beyond_noise: only "
         "if the paired 95% interval of the val gain is above 0",
     )
+    guard_folds: int = Field(
+        5,
+        ge=0,
+        le=20,
+        description="beyond_noise below guard_cv_below training images: the head and the "
+        "fine-tuning are re-run on this many folds of the train split and the interval rests "
+        "on every training image scored out of fold plus val; 0: val only",
+    )
+    guard_cv_below: int = Field(
+        1000, ge=0, le=10**9, description="training images under which guard_folds applies"
+    )
+
+    @model_validator(mode="after")
+    def _folds_are_two_or_more(self) -> FineTuneConfig:
+        if self.guard_folds == 1:
+            raise ValueError("fine_tune.guard_folds must be 0 (val only) or at least 2")
+        return self
 
     @model_validator(mode="after")
     def _stages_need_plain_decay(self) -> FineTuneConfig:

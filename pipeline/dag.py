@@ -168,6 +168,7 @@ def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         augment=cfg.augment,
         image_size=cfg.data.image_size,
         validation_dir=inputs["validation"],
+        head_cfg=cfg.train_head,
     )
     return {
         "val_accuracy": r.best_val_accuracy,
@@ -308,7 +309,8 @@ STEPS: list[Step] = [
             "advice": "advise",
             "head_model": "train_head",
         },
-        ("data.image_size", "train", "fine_tune", "augment"),
+        # train_head: the cross-validated guard re-trains fold heads as that stage does
+        ("data.image_size", "train", "fine_tune", "augment", "train_head"),
         "Model",
         _fine_tune,
         "unfreeze the base as fine_tune.unfreeze says, at a low LR, guarded",

@@ -1,0 +1,71 @@
+"""What both training stages and the cross-validated guard compile, fit and score with."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from graft.components import data as gdata
+from graft.components.validate import read_manifest
+from graft.core.config import FineTuneConfig
+
+
+def make_optimizer(name: str, lr, momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    if name == "sgd":
+        return keras.optimizers.SGD(lr, momentum=momentum)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(lr)
+    if name == "adamw":
+        return keras.optimizers.AdamW(lr)
+    return keras.optimizers.Adam(lr)
+
+
+def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, float] | None:
+    """n / (C * n_c) per class, from the ingest manifest; None when off or balanced."""
+    if mode == "none":
+        return None
+    labels = gdata.read_labels(examples_dir)
+    counts = Counter(m["label"] for m in read_manifest(examples_dir) if m["split"] == "train")
+    n = sum(counts.values())
+    w = {i: n / (num_classes * max(1, counts[lab])) for i, lab in enumerate(labels)}
+    return None if max(w.values()) / min(w.values()) < 1.05 else w
+
+
+def hits_and_losses(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per image: top class == label, and cross-entropy (probabilities clipped at 1e-7)."""
+    p = p.astype(np.float64)
+    return np.argmax(p, 1) == y, -np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))
+
+
+def schedule(cfg: FineTuneConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if not cfg.cosine_decay and not warm:
+        return cfg.learning_rate
+    return keras.optimizers.schedules.CosineDecay(
+        0.0 if warm else cfg.learning_rate,
+        decay_steps=max(1, total - warm) if cfg.cosine_decay else 10**9,
+        warmup_target=cfg.learning_rate if warm else None,
+        warmup_steps=warm,
+    )
+
+
+def load_model(path: str) -> keras.Model:
+    return keras.models.load_model(path, compile=False)
+
+
+def scores_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float, np.ndarray]:
+    """Accuracy, mean cross-entropy and per-image hits (in order) of `ds`, in one pass."""
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    hits, losses = [], []
+    for x, y in ds:
+        h, loss = hits_and_losses(fn(x).numpy(), y.numpy())
+        hits.append(h)
+        losses.append(loss)
+    if not hits:
+        return float("nan"), float("nan"), np.zeros(0, bool)
+    hit = np.concatenate(hits)
+    return float(hit.mean()), float(np.concatenate(losses).mean()), hit

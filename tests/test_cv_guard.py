@@ -1,0 +1,120 @@
+"""The fine-tune guard on small data decides on k-fold cross-validated evidence, not val alone."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+from graft.components import cv_guard
+from graft.components import data as gdata
+from graft.components.demo_data import generate
+from graft.components.ingest import ingest
+from graft.components.train import fine_tune, train_head
+from graft.core.config import (
+    AugmentConfig,
+    BaseConfig,
+    DataConfig,
+    FineTuneConfig,
+    HeadConfig,
+    TrainConfig,
+    TrainHeadConfig,
+)
+
+DEMO_BASE = str(REPO / "graft" / "assets" / "demo_base.weights.h5")
+NO_AUG = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
+HEAD = TrainHeadConfig(epochs=10, batch_size=16, patience=0, learning_rate=0.01)
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory):
+    """3 demo classes x 40 at 48 px, ingested, and a head trained on the demo base."""
+    tmp = tmp_path_factory.mktemp("cv")
+    generate(tmp / "imgs", classes=3, per_class=40, size=48, seed=3)
+    ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
+    train_head(
+        str(tmp / "ex"),
+        str(tmp / "head"),
+        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}),
+        head=HeadConfig(),
+        train=TrainConfig(),
+        cfg=HEAD,
+        augment=NO_AUG,
+        image_size=48,
+    )
+    return str(tmp / "ex"), str(tmp / "head")
+
+
+def _split_count(examples: str, split: str) -> int:
+    return gdata.count_examples(examples, split)
+
+
+def test_fold_count_needs_two_images_of_every_class():
+    assert cv_guard.fold_count(np.array([0] * 10 + [1] * 10), 5) == 5
+    assert cv_guard.fold_count(np.array([0] * 10 + [1] * 3), 5) == 3
+    assert cv_guard.fold_count(np.array([0] * 10 + [1]), 5) == 0
+    with pytest.raises(ValueError, match="guard_folds"):
+        FineTuneConfig(guard_folds=1)
+
+
+@pytest.mark.slow
+def test_small_data_guard_scores_every_training_image_out_of_fold(head, tmp_path):
+    examples, head_dir = head
+    ft = fine_tune(
+        examples,
+        head_dir,
+        str(tmp_path / "ft"),
+        train=TrainConfig(),
+        cfg=FineTuneConfig(
+            epochs=1,
+            batch_size=16,
+            optimizer="sgd",
+            learning_rate=1.0,  # destructive: the folds must show it too
+            cosine_decay=False,
+            patience=0,
+            unfreeze={"mode": "all"},
+            guard_rule="beyond_noise",
+            guard_folds=3,
+        ),
+        augment=NO_AUG,
+        image_size=48,
+        head_cfg=HEAD,
+    )
+    n_train, n_val = _split_count(examples, "train"), _split_count(examples, "val")
+    cv = ft.extra["cross_validation"]
+    assert cv["k"] == 3 and sum(f["n"] for f in cv["folds"]) == n_train
+    assert ft.extra["val_gain"]["n"] == n_train + n_val
+    assert ft.extra["val_only_gain"]["n"] == n_val
+    assert ft.extra["gain_evidence"].startswith("3-fold cross-validation")
+    # fold heads are trained (not left re-initialised), and the destructive rate hurts each fold
+    assert np.mean([f["head_accuracy"] for f in cv["folds"]]) > 0.5  # chance: 0.33
+    assert np.mean([f["tuned_accuracy"] for f in cv["folds"]]) < np.mean(
+        [f["head_accuracy"] for f in cv["folds"]]
+    )
+    assert ft.extra["kept"] == "head"
+
+
+@pytest.mark.slow
+def test_a_killed_guard_reuses_its_finished_folds(head, tmp_path):
+    examples, head_dir = head
+    cfg = FineTuneConfig(epochs=1, batch_size=16, guard_rule="beyond_noise", guard_folds=2)
+    kw = dict(
+        cfg=cfg,
+        head_cfg=HEAD,
+        head_epochs=2,
+        tune_epochs=1,
+        augment=NO_AUG,
+        image_size=48,
+        exclude_train=set(),
+        seed=0,
+    )
+    first = cv_guard.fold_evidence(examples, f"{head_dir}/model.keras", str(tmp_path), **kw)
+    path = tmp_path / cv_guard.FOLDS_FILE
+    saved = json.loads(path.read_text())
+    marker = saved["folds"][0]
+    marker["head"] = [0] * marker["n"]  # a finished fold's record, marked
+    path.write_text(json.dumps({"k": 2, "folds": [marker]}))
+    again = cv_guard.fold_evidence(examples, f"{head_dir}/model.keras", str(tmp_path), **kw)
+    assert not again["head"][: marker["n"]].any()  # fold 1 was read back, not re-run
+    assert len(again["head"]) == len(first["head"]) == _split_count(examples, "train")
+    assert len(json.loads(path.read_text())["folds"]) == 2
