@@ -113,7 +113,7 @@ def run_one(dataset: str, work: Path, lock: str = "", rescore: bool = False) -> 
     test_says_tune = test["low"] > 0
     row = {
         "dataset": dataset,
-        "train_images": sum(f["n"] for f in (g.get("cross_validation") or {}).get("folds", [])),
+        "train_images": g["val_gain"]["n"] - val_only["n"],
         "val_only_gain": _interval(val_only),
         "val_n": val_only["n"],
         "cv_gain": _interval(g["val_gain"]),
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         rows.append(run_one(ds, work, args.lock, args.rescore))
     out = {"machine": machine(), "seconds": round(time.time() - t0, 1), "rows": rows}
+    out["rescored"] = args.rescore  # read back from runs made earlier: seconds is not theirs
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "guard_cv.json").write_text(json.dumps(out, indent=1) + "\n")
     return 0

@@ -166,7 +166,7 @@ def fold_evidence(
         done.append(
             {
                 "fold": i + 1,
-                "n": len(te),
+                "n": len(head_hits),  # a photo filed twice in train counts twice
                 "head_accuracy": float(head_hits.mean()),
                 "tuned_accuracy": float(tuned_hits.mean()),
                 "head": head_hits.astype(int).tolist(),

@@ -258,6 +258,12 @@ def _guard_html(guard: dict | None) -> str:
         rows.append(f"<tr><td>learning rate</td><td>{guard['learning_rate']:.2g}{how}</td></tr>")
     if guard.get("stage_rates"):
         rows.append(f"<tr><td>per-stage rates</td><td>{escape(guard['stage_rates'])}</td></tr>")
+    alone = guard.get("val_only_gain")
+    if alone:
+        rows.append(
+            f"<tr><td>gain on val alone</td><td>{alone['difference']:+.3f} [{alone['low']:+.3f}, "
+            f"{alone['high']:+.3f}], n={alone['n']}</td></tr>"
+        )
     cv = guard.get("cross_validation")
     if cv:
         folds = "; ".join(

@@ -118,3 +118,29 @@ def test_a_killed_guard_reuses_its_finished_folds(head, tmp_path):
     assert not again["head"][: marker["n"]].any()  # fold 1 was read back, not re-run
     assert len(again["head"]) == len(first["head"]) == _split_count(examples, "train")
     assert len(json.loads(path.read_text())["folds"]) == 2
+
+
+def test_report_shows_the_cross_validated_evidence():
+    from graft.components.report import _guard_html
+
+    gain = {"difference": 0.007, "low": -0.025, "high": 0.039, "n": 723}
+    html = _guard_html(
+        {
+            "guard": "kept_head",
+            "kept": "head",
+            "val_gain": gain,
+            "val_only_gain": {"difference": 0.0, "low": -0.081, "high": 0.074, "n": 148},
+            "gain_evidence": "5-fold cross-validation on 575 training images + 148 val images",
+            "cross_validation": {
+                "k": 2,
+                "seconds": 102.0,
+                "folds": [
+                    {"n": 288, "head_accuracy": 0.681, "tuned_accuracy": 0.664},
+                    {"n": 287, "head_accuracy": 0.583, "tuned_accuracy": 0.591},
+                ],
+            },
+        }
+    )
+    assert "5-fold cross-validation on 575 training images + 148 val images" in html
+    assert "gain on val alone</td><td>+0.000 [-0.081, +0.074], n=148" in html
+    assert "288 images: 0.681 → 0.664; 287 images: 0.583 → 0.591" in html
