@@ -839,6 +839,14 @@ def _fine_tune(
     evidence = f"{len(ft_hits)} val images"
     n_train = gdata.count_examples(examples_dir, "train", excluded_from_train(validation_dir))
     small = n_train < cfg.guard_cv_below
+    if cfg.guard and not noise_rule and small:
+        log(
+            f"fine_tune: the guard decides on one val split of {len(ft_hits)} images "
+            f"({n_train} training images; fine_tune.guard_rule: better); guard_rule "
+            "beyond_noise decides on k-fold cross-validated evidence and keeps the simpler "
+            "model inside the noise",
+            level="warn",
+        )
     if noise_rule:
         from graft.components.report import paired_difference
 
@@ -878,14 +886,6 @@ def _fine_tune(
                 f"fine_tune: guard: gain {gain['difference']:+.3f} (95% paired interval "
                 f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is beyond the noise"
             )
-    elif cfg.guard and small:
-        log(
-            f"fine_tune: the guard decides on one val split of {len(ft_hits)} images "
-            f"({n_train} training images; fine_tune.guard_rule: better); guard_rule "
-            "beyond_noise decides on k-fold cross-validated evidence and keeps the simpler "
-            "model inside the noise",
-            level="warn",
-        )
     elif cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
         kept = "head"
         log(
