@@ -15,6 +15,7 @@ benchmarks/results/recipes.json (one object per dataset x recipe) and one JSON l
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import shutil
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks.common import REPO, RESULTS, machine
 
@@ -58,6 +61,28 @@ def head_only_row(manual: dict, steps: dict, ev: dict) -> dict:
         "fine_tune_epochs": 0,
         "from_run": manual["run_id"],
     }
+
+
+def _kept_hits(evaluate_dir: Path) -> dict[str, bool]:
+    with open(evaluate_dir / "test_predictions.csv") as f:
+        return {r["sha256"]: r["candidate"] == r["label"] for r in csv.DictReader(f)}
+
+
+def paired_vs_manual(dataset: str, work: Path, evaluate_dir: Path) -> dict | None:
+    """This run's kept model minus the manual run's, on the same test images (the runs share
+    ingest), with a paired 95% bootstrap interval; None when no manual run is in `work`."""
+    from graft.components.report import paired_difference
+
+    manual = work / dataset / "runs" / f"{dataset}-manual" / "run.json"
+    if not manual.exists():
+        return None
+    other = Path(json.loads(manual.read_text())["steps"]["evaluate"]["output"])
+    if not (other / "test_predictions.csv").exists():
+        return None
+    a, b = _kept_hits(evaluate_dir), _kept_hits(other)
+    shared = sorted(set(a) & set(b))
+    d = paired_difference(np.array([a[s] for s in shared]), np.array([b[s] for s in shared]))
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
 def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]:
@@ -110,6 +135,8 @@ def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]
         if recipe != "auto"
         else advice["overrides"].get("data.image_size"),
     }
+    if recipe != "manual":
+        row["vs_manual"] = paired_vs_manual(dataset, work, Path(steps["evaluate"]["output"]))
     rows = [row]
     if recipe == "manual":
         rows.append(head_only_row(row, steps, ev))
@@ -146,8 +173,9 @@ def goals(rows: list[dict]) -> str:
     """Auto against the issue's goals, per dataset: accuracy gaps (with the head-only's and
     auto's intervals overlapping or not) and the time ratio to manual."""
     out = [
-        "| dataset | auto - head-only | auto - seed | auto - manual | auto / manual time |",
-        "|---|---|---|---|---|",
+        "| dataset | auto - head-only | auto - seed | auto - manual | same images, paired | "
+        "auto / manual time |",
+        "|---|---|---|---|---|---|",
     ]
     by = {(r["dataset"], r["recipe"]): r for r in rows}
     for d in DATASETS:
@@ -158,6 +186,10 @@ def goals(rows: list[dict]) -> str:
         for other in ("head-only", "seed", "manual"):
             o = by.get((d, other))
             cells.append(f"{auto['test_accuracy'] - o['test_accuracy']:+.3f}" if o else "not run")
+        vs = auto.get("vs_manual")
+        cells.append(
+            f"{vs['difference']:+.3f} [{vs['low']:+.3f}, {vs['high']:+.3f}]" if vs else "not run"
+        )
         m = by.get((d, "manual"))
         cells.append(f"{auto['seconds'] / m['seconds']:.2f}" if m else "not run")
         out.append(f"| {d} | " + " | ".join(cells) + " |")

@@ -6,6 +6,7 @@ Serving would serve and fed the same raw test bytes, so the comparison is like f
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -113,6 +114,24 @@ def _test_data(
     y = np.array([v for _, v, _ in raw])
     pixels = np.stack([gdata.decode_and_resize(tf.constant(b), size).numpy() for b in blobs])
     return blobs, y, pixels, [h for _, _, h in raw]
+
+
+PREDICTIONS = "test_predictions.csv"
+
+
+def _write_predictions(path, shas, y, labels, probs_of: dict[str, np.ndarray]) -> None:
+    """One row per test image: its sha256, label and each model's top class and score, so two
+    runs on the same data can be compared image by image (paired), and errors audited."""
+    models = list(probs_of)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sha256", "label", *(f"{m}{c}" for m in models for c in ("", "_score"))])
+        for i, sha in enumerate(shas):
+            row = [sha, labels[y[i]]]
+            for m in models:
+                k = int(np.argmax(probs_of[m][i]))
+                row += [labels[k], f"{float(probs_of[m][i][k]):.4f}"]
+            w.writerow(row)
 
 
 def _baseline_probs(
@@ -473,6 +492,7 @@ def evaluate(
     )
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
+    _write_predictions(os.path.join(out_dir, PREDICTIONS), shas, y, labels, probs_of)
 
     def acc(key: str) -> str:
         a, lo, hi = res.intervals[key]["accuracy"]

@@ -249,3 +249,17 @@ def test_warmup_records_are_answered(pipeline_run):
         assert out["scores"].shape[-1] == 3
         n += 1
     assert n == 2
+
+
+def test_test_predictions_csv_scores_as_evaluation_says(pipeline_run):
+    import csv
+
+    _, run, _ = pipeline_run
+    out = _out(run, "evaluate")
+    ev = json.load(open(os.path.join(out, "evaluation.json")))
+    rows = list(csv.DictReader(open(os.path.join(out, "test_predictions.csv"))))
+    assert len(rows) == ev["test_examples"] == len({r["sha256"] for r in rows})
+    for model in ("head_only", "candidate"):
+        acc = np.mean([r[model] == r["label"] for r in rows])
+        assert acc == pytest.approx(ev[model]["accuracy"])
+        assert all(0 < float(r[f"{model}_score"]) <= 1 for r in rows)
