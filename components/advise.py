@@ -244,6 +244,21 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                 f"photos are {ev.median_side} px (median side), not much below {size} px",
             )
         )
+    if size < ev.image_size and not small and o["base.cut_at"] is None:
+        native, native_s = _fine_tune_budget(ev, ev.image_size, similar, None, budget_minutes)[:2]
+        if native >= MAX_FINE_TUNE_EPOCHS:  # fine-tuning at the base's own size fits whole
+            probed = d.pop().reason
+            size, chosen = ev.image_size, final
+            d.append(
+                Decision(
+                    "input size",
+                    size,
+                    f"fine-tuning fits its full {MAX_FINE_TUNE_EPOCHS} epochs at the base's own "
+                    f"{size} px (~{native_s:.0f}s each): the fine-tuned base adapts to the "
+                    "upscaled photos, and a pretrained base fine-tunes best at the resolution it "
+                    f"was trained at, whatever the frozen probes say (they said: {probed})",
+                )
+            )
     o["data.image_size"] = size
     # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
     # standardise them, so the head does too (on the last layer the plain head matches them)

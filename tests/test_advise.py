@@ -166,10 +166,23 @@ def test_the_budget_decides_the_epochs_and_can_rule_fine_tuning_out():
 
 def test_small_photos_get_a_smaller_input_when_it_probes_as_well():
     small_px = _probe("out_relu", "final", 0.899, 2000, size=128, seed=1)
-    p = plan(
+    ev = _evidence(3000, 0.90, 0.8, side=128, extra=[small_px], speed=30.0)
+    p = plan(ev, budget_minutes=15, small_data=1000)
+    assert p.overrides["data.image_size"] == 128
+    assert p.overrides["fine_tune.enabled"] is True  # fine-tuning fits, but not whole at 224 px
+    # a budget that fits the whole fine-tuning schedule at the base's own size: that size
+    roomy = plan(
         _evidence(3000, 0.90, 0.8, side=128, extra=[small_px]), budget_minutes=60, small_data=1000
     )
-    assert p.overrides["data.image_size"] == 128
+    assert roomy.overrides["data.image_size"] == 224
+    assert roomy.overrides["fine_tune.epochs"] == 8
+    why = _decisions(roomy)["input size"].reason
+    assert "fits its full 8 epochs at the base's own 224 px" in why
+    # small data does not fine-tune: the probes decide alone
+    few = plan(
+        _evidence(600, 0.90, 0.8, side=128, extra=[small_px]), budget_minutes=60, small_data=1000
+    )
+    assert few.overrides["data.image_size"] == 128
     better = _probe("out_relu", "final", 0.80, 2000, size=128, seed=9)
     p = plan(
         _evidence(3000, 0.90, 0.8, side=128, extra=[better]), budget_minutes=60, small_data=1000
