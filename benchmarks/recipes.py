@@ -41,6 +41,8 @@ def recipe_overrides(recipe: str) -> list[str]:
     # seed's recipe is 224 px, and auto decides whether a smaller input pays
     if recipe in ("seed", "auto"):
         return [f"recipe={recipe}", "data.image_size=224"]
+    if recipe.startswith("manual@"):  # the manual config at another input size (an ablation)
+        return ["recipe=manual", f"data.image_size={int(recipe.split('@')[1])}"]
     return [f"recipe={recipe}"]
 
 
@@ -152,7 +154,11 @@ def table(rows: list[dict]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     order = {r: i for i, r in enumerate(("head-only", "seed", "manual", "auto"))}
-    for r in sorted(rows, key=lambda r: (DATASETS.index(r["dataset"]), order[r["recipe"]])):
+
+    def key(r):  # manual@SIZE after manual
+        return DATASETS.index(r["dataset"]), order[r["recipe"].split("@")[0]] + ("@" in r["recipe"])
+
+    for r in sorted(rows, key=key):
         chose = ""
         if r["recipe"] == "auto":
             c = r["chose"]
