@@ -34,7 +34,6 @@ from graft.components.fitting import (
     class_weights,
     load_model,
     make_optimizer,
-    schedule,
     scores_on,
 )
 from graft.core.config import AugmentConfig, FineTuneConfig, TrainHeadConfig
@@ -106,17 +105,22 @@ def fold_evidence(
     exclude_train: set[str],
     seed: int,
     jit: bool = False,
+    feature_store: dict | None = None,
 ) -> dict | None:
     """Out-of-fold per-image hits of the head-only and the fine-tuned recipe over the train
     split: {"head": [...], "tuned": [...], "folds": [...], "k": k}; None when a class has
-    fewer than 2 images. `cfg` carries the rate the real fine-tuning used."""
+    fewer than 2 images. `cfg` carries the rate the real fine-tuning used; `feature_store`
+    ({"root", "fingerprint"}, from the head stage) serves the features it already computed."""
     t0 = time.time()
     model = load_model(head_model_path)
     base = gmodel.base_of(model)
     layer = base.layers[-1].name
     extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
+    store = None
+    if feature_store:
+        store = gfeat.FeatureStore(feature_store["root"], feature_store["fingerprint"], image_size)
     feats = gfeat.split_features(
-        examples_dir, "train", [layer], extractor=extractor, store=None, exclude=exclude_train
+        examples_dir, "train", [layer], extractor=extractor, store=store, exclude=exclude_train
     )
     x, y, shas = feats.x[layer], feats.y, np.array(feats.sha256)
     k = fold_count(y, cfg.guard_folds)
@@ -130,7 +134,6 @@ def fold_evidence(
     splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)
     cw_head = class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight)
     cw_tune = class_weights(examples_dir, model.output_shape[-1], "auto")
-    staged = cfg.layer_lr_decay < 1 or cfg.unfreeze.gradual_epochs > 0
     log(
         f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "
         f"{cfg.guard_cv_below}): {k} more head + fine-tuning runs of {tune_epochs} epoch(s)"
@@ -148,17 +151,18 @@ def fold_evidence(
         _, _, head_hits = scores_on(model, held_ds)
         info = gmodel.unfreeze(model, cfg.unfreeze)
         steps = max(1, int(train_ds.cardinality()))
-        opt = (glayer.make if staged else make_optimizer)(
-            cfg.optimizer, schedule(cfg, steps), cfg.momentum
+        model.compile(
+            glayer.fine_tune_optimizer(cfg, steps),
+            loss="sparse_categorical_crossentropy",
+            jit_compile=jit,
         )
-        model.compile(opt, loss="sparse_categorical_crossentropy", jit_compile=jit)
         cbs = (
             [
                 glayer.StageRates(
                     glayer.depths(model), cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs
                 )
             ]
-            if staged
+            if cfg.staged
             else []
         )
         model.fit(train_ds, epochs=tune_epochs, class_weight=cw_tune, callbacks=cbs, verbose=0)
@@ -189,4 +193,5 @@ def fold_evidence(
         "tuned": np.concatenate([np.array(d["tuned"], bool) for d in done]),
         "folds": [{key: v for key, v in d.items() if key not in ("head", "tuned")} for d in done],
         "seconds": round(time.time() - t0, 1),
+        "features_computed": feats.computed,  # the rest came from the store
     }

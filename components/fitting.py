@@ -12,15 +12,20 @@ from graft.components import data as gdata
 from graft.components.validate import read_manifest
 from graft.core.config import FineTuneConfig
 
+STOCK_OPTIMIZERS = {
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "sgd": keras.optimizers.SGD,
+    "rmsprop": keras.optimizers.RMSprop,
+}
 
-def make_optimizer(name: str, lr, momentum: float = 0.9) -> keras.optimizers.Optimizer:
-    if name == "sgd":
-        return keras.optimizers.SGD(lr, momentum=momentum)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(lr)
-    if name == "adamw":
-        return keras.optimizers.AdamW(lr)
-    return keras.optimizers.Adam(lr)
+
+def make_optimizer(
+    name: str, lr, momentum: float = 0.9, classes: dict | None = None
+) -> keras.optimizers.Optimizer:
+    """`name` from `classes` (default: Keras' own); momentum applies to SGD only."""
+    cls = (classes or STOCK_OPTIMIZERS)[name]
+    return cls(lr, momentum=momentum) if name == "sgd" else cls(lr)
 
 
 def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, float] | None:

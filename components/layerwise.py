@@ -18,6 +18,8 @@ import keras
 import numpy as np
 
 from graft.components import model as gmodel
+from graft.components.fitting import make_optimizer, schedule
+from graft.core.config import FineTuneConfig
 
 
 class _Layerwise:
@@ -63,8 +65,14 @@ OPTIMIZERS = {
 }
 
 
-def make(name: str, lr, momentum: float = 0.9) -> keras.optimizers.Optimizer:
-    return OPTIMIZERS[name](lr, momentum=momentum) if name == "sgd" else OPTIMIZERS[name](lr)
+def fine_tune_optimizer(cfg: FineTuneConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """cfg's optimizer on its schedule; the layerwise class when cfg.staged."""
+    return make_optimizer(
+        cfg.optimizer,
+        schedule(cfg, steps_per_epoch),
+        cfg.momentum,
+        OPTIMIZERS if cfg.staged else None,
+    )
 
 
 def stage_of_layers(base: keras.Model) -> list[int]:
@@ -220,7 +228,7 @@ def range_test(
     rate = keras.optimizers.schedules.ExponentialDecay(low, decay_steps=1, decay_rate=growth)
     with strategy.scope() if strategy is not None else nullcontext():
         model.compile(
-            make(optimizer, rate, momentum),
+            make_optimizer(optimizer, rate, momentum, OPTIMIZERS),
             loss="sparse_categorical_crossentropy",
             jit_compile=jit,
         )

@@ -33,7 +33,6 @@ from graft.components.fitting import (
     hits_and_losses,
     load_model,
     make_optimizer,
-    schedule,
     scores_on,
 )
 from graft.components.validate import excluded_from_eval, excluded_from_train
@@ -558,6 +557,13 @@ def _train_head(
             "train_seconds": round(t_fit, 2),
             "feature_seconds": round(t_feat, 2),
             "features": store_counts,
+            # where this base's pooled features are stored: the fine-tune guard's folds read them
+            "feature_store": {
+                "root": feature_store,
+                "fingerprint": gmodel.base_of(model).graft_fingerprint,
+            }
+            if feature_store
+            else None,
             "saved_val": saved_val,  # of the weights saved: fine_tune reuses it
             "deterministic": train.deterministic,
             "distribution": distribution(strategy, policy),
@@ -678,6 +684,7 @@ def _fold_evidence(
         cfg=cfg,
         head_cfg=head_cfg,
         head_epochs=max(1, head.epochs_run if head else head_cfg.epochs),
+        feature_store=head.extra.get("feature_store") if head else None,
         tune_epochs=max(1, best + 1 if cfg.patience else len(hist)),
         augment=augment,
         image_size=image_size,
@@ -791,17 +798,13 @@ def _fine_tune(
     with strategy.scope():
         info = gmodel.unfreeze(model, cfg.unfreeze)
     steps = max(1, fit_steps or int(train_ds.cardinality()))
-    staged = cfg.layer_lr_decay < 1 or cfg.unfreeze.gradual_epochs > 0
-    depth = glayer.depths(model) if staged else None
+    depth = glayer.depths(model) if cfg.staged else None
     found = _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, _jit(train))
     if found:
         cfg = cfg.model_copy(update={"learning_rate": found["used"]})
     with strategy.scope():
-        opt = (glayer.make if staged else make_optimizer)(
-            cfg.optimizer, schedule(cfg, steps), cfg.momentum
-        )
         model.compile(
-            opt,
+            glayer.fine_tune_optimizer(cfg, steps),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
             jit_compile=_jit(train),
@@ -812,14 +815,14 @@ def _fine_tune(
         f"{cfg.optimizer} lr {cfg.learning_rate:g}" + (" (LR range test)" if found else "")
     )
     stages_text = None
-    if staged:
+    if cfg.staged:
         stages_text = glayer.schedule_text(
             model, info, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs
         )
         log(f"fine_tune: per-stage rates: {stages_text}")
     cw = class_weights(examples_dir, model.output_shape[-1], "auto")
     cbs, elog = callbacks(wdir, "fine_tune", cfg.epochs, cfg.patience, out_dir)
-    if staged:
+    if cfg.staged:
         cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
     if cfg.max_minutes:
         cbs.append(TimeBudget(cfg.max_minutes, "fine_tune"))
@@ -896,7 +899,7 @@ def _fine_tune(
     if kept == "head":
         tf.io.gfile.copy(head_model_path, os.path.join(wdir, MODEL), overwrite=True)
     else:
-        if staged:  # saved with a stock optimizer: plain Keras loads the file without graft
+        if cfg.staged:  # saved with a stock optimizer: plain Keras loads the file without graft
             with strategy.scope():
                 model.compile(
                     make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
@@ -925,7 +928,8 @@ def _fine_tune(
             "val_gain": gain,
             "val_only_gain": val_gain if folds else None,
             "gain_evidence": evidence if noise_rule else None,
-            "cross_validation": folds and {k: folds[k] for k in ("k", "folds", "seconds")},
+            "cross_validation": folds
+            and {k: folds[k] for k in ("k", "folds", "seconds", "features_computed")},
             "unfreeze": info,
             "learning_rate": cfg.learning_rate,
             "lr_find": found,

@@ -326,6 +326,11 @@ class FineTuneConfig(Section):
         1000, ge=0, le=10**9, description="training images under which guard_folds applies"
     )
 
+    @property
+    def staged(self) -> bool:
+        """Per-stage rates or gradual unfreezing: the layerwise optimizer and its callback."""
+        return self.layer_lr_decay < 1 or self.unfreeze.gradual_epochs > 0
+
     @model_validator(mode="after")
     def _folds_are_two_or_more(self) -> FineTuneConfig:
         if self.guard_folds == 1:
@@ -334,8 +339,7 @@ class FineTuneConfig(Section):
 
     @model_validator(mode="after")
     def _stages_need_plain_decay(self) -> FineTuneConfig:
-        staged = self.layer_lr_decay < 1 or self.unfreeze.gradual_epochs > 0
-        if staged and self.optimizer == "adamw":
+        if self.staged and self.optimizer == "adamw":
             raise ValueError(
                 "fine_tune.optimizer 'adamw' cannot be combined with fine_tune.layer_lr_decay "
                 "< 1 or fine_tune.unfreeze.gradual_epochs > 0: its weight decay would ignore "

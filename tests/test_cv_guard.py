@@ -1,6 +1,7 @@
 """The fine-tune guard on small data decides on k-fold cross-validated evidence, not val alone."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ def head(tmp_path_factory):
         cfg=HEAD,
         augment=NO_AUG,
         image_size=48,
+        feature_store=str(tmp / "store"),
     )
     return str(tmp / "ex"), str(tmp / "head")
 
@@ -107,8 +109,12 @@ def test_a_killed_guard_reuses_its_finished_folds(head, tmp_path):
         image_size=48,
         exclude_train=set(),
         seed=0,
+        feature_store=json.loads(Path(head_dir, "result.json").read_text())["extra"][
+            "feature_store"
+        ],
     )
     first = cv_guard.fold_evidence(examples, f"{head_dir}/model.keras", str(tmp_path), **kw)
+    assert first["features_computed"] == 0  # the head stage's stored features serve the folds
     path = tmp_path / cv_guard.FOLDS_FILE
     saved = json.loads(path.read_text())
     marker = saved["folds"][0]
