@@ -177,7 +177,13 @@ def test_small_photos_get_a_smaller_input_when_it_probes_as_well():
     assert roomy.overrides["data.image_size"] == 224
     assert roomy.overrides["fine_tune.epochs"] == 8
     why = _decisions(roomy)["input size"].reason
-    assert "fits its full 8 epochs at the base's own 224 px" in why
+    assert "fits 8 of its 8 epochs at the base's own 224 px" in why
+    # most of the schedule (6 of 8 epochs or more) at the base's own size is enough
+    ev = _evidence(3000, 0.90, 0.8, side=128, extra=[small_px], speed=50.0)
+    most = plan(ev, budget_minutes=15, small_data=1000)
+    epochs = most.overrides["fine_tune.epochs"]
+    assert most.overrides["data.image_size"] == 224 and 6 <= epochs < 8
+    assert f"fits {epochs} of its 8 epochs" in _decisions(most)["input size"].reason
     # small data does not fine-tune: the probes decide alone
     few = plan(
         _evidence(600, 0.90, 0.8, side=128, extra=[small_px]), budget_minutes=60, small_data=1000
