@@ -26,8 +26,6 @@ from graft.core.log import log
 SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
 MAX_FINE_TUNE_EPOCHS = 8
 LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
-# fine-tuning at the base's own input size wins when this many of the epochs fit the budget
-NATIVE_SIZE_EPOCHS = 6
 LAYER_LR_DECAY = 0.4  # an earlier stage's rate against the next's (ULMFiT: 1 / 2.6)
 
 
@@ -246,22 +244,6 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                 f"photos are {ev.median_side} px (median side), not much below {size} px",
             )
         )
-    if size < ev.image_size and not small and o["base.cut_at"] is None:
-        native, native_s = _fine_tune_budget(ev, ev.image_size, similar, None, budget_minutes)[:2]
-        if native >= NATIVE_SIZE_EPOCHS:  # most of the fine-tuning fits at the base's own size
-            probed = d.pop().reason
-            size, chosen = ev.image_size, final
-            d.append(
-                Decision(
-                    "input size",
-                    size,
-                    f"fine-tuning fits {min(native, MAX_FINE_TUNE_EPOCHS)} of its "
-                    f"{MAX_FINE_TUNE_EPOCHS} epochs at the base's own {size} px "
-                    f"(~{native_s:.0f}s each): the fine-tuned base adapts to the "
-                    "upscaled photos, and a pretrained base fine-tunes best at the resolution it "
-                    f"was trained at, whatever the frozen probes say (they said: {probed})",
-                )
-            )
     o["data.image_size"] = size
     # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
     # standardise them, so the head does too (on the last layer the plain head matches them)

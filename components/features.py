@@ -187,6 +187,7 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage)
         extractor._graft_step = step
     out: dict[str, list] = {layer: [] for layer in layers}
     seen: list[str] = []
+    unique: set[str] = set()
     t0 = time.time()
     with Progress(stage, len(wanted), "images") as bar:
         for x, sha in ds:
@@ -197,7 +198,8 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage)
                 out[layer].append(f.numpy())
             seen.extend(s.decode() for s in sha.numpy())
             FORWARD_IMAGES["count"] += len(x)
-            bar.update(len(seen))
+            unique.update(seen[-len(x) :])  # an image filed twice is decoded twice, counted once
+            bar.update(len(unique))
     # an image stored twice in one split (same bytes) is decoded twice; keep one row each
     first = {s: i for i, s in reversed(list(enumerate(seen)))}
     order = [first[s] for s in dict.fromkeys(seen)]

@@ -170,21 +170,14 @@ def test_small_photos_get_a_smaller_input_when_it_probes_as_well():
     p = plan(ev, budget_minutes=15, small_data=1000)
     assert p.overrides["data.image_size"] == 128
     assert p.overrides["fine_tune.enabled"] is True  # fine-tuning fits, but not whole at 224 px
-    # a budget that fits the whole fine-tuning schedule at the base's own size: that size
+    # even when the whole fine-tuning schedule fits at the base's own size, the probes decide:
+    # on flowers auto fine-tuned at 224 px matched 128 px (paired -0.001) at twice the time
     roomy = plan(
         _evidence(3000, 0.90, 0.8, side=128, extra=[small_px]), budget_minutes=60, small_data=1000
     )
-    assert roomy.overrides["data.image_size"] == 224
+    assert roomy.overrides["data.image_size"] == 128
     assert roomy.overrides["fine_tune.epochs"] == 8
-    why = _decisions(roomy)["input size"].reason
-    assert "fits 8 of its 8 epochs at the base's own 224 px" in why
-    # most of the schedule (6 of 8 epochs or more) at the base's own size is enough
-    ev = _evidence(3000, 0.90, 0.8, side=128, extra=[small_px], speed=50.0)
-    most = plan(ev, budget_minutes=15, small_data=1000)
-    epochs = most.overrides["fine_tune.epochs"]
-    assert most.overrides["data.image_size"] == 224 and 6 <= epochs < 8
-    assert f"fits {epochs} of its 8 epochs" in _decisions(most)["input size"].reason
-    # small data does not fine-tune: the probes decide alone
+    # small data does not fine-tune: the probes decide as well
     few = plan(
         _evidence(600, 0.90, 0.8, side=128, extra=[small_px]), budget_minutes=60, small_data=1000
     )
