@@ -163,7 +163,9 @@ def _plots(
 
     paths = {}
     cm = np.array(results["candidate"]["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * len(labels), 1 + 0.6 * len(labels)))
+    # at least the title's width: with 2 classes a cell-sized figure cut it off
+    side = 1 + 0.6 * len(labels)
+    fig, ax = plt.subplots(figsize=(max(3.4, side + 0.2), max(3.0, side)))
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
     ax.set_yticks(range(len(labels)), labels)
@@ -192,7 +194,7 @@ def _plots(
     ax.set_xticks(xs, labels, rotation=30, ha="right")
     ax.set_ylim(0, 1)
     ax.set_title("per-class F1 (test)")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # F1 near 1 hid under it
     fig.tight_layout()
     paths["per_class_f1"] = os.path.join(out_dir, "per_class_f1.png")
     fig.savefig(paths["per_class_f1"], dpi=90)
