@@ -511,6 +511,8 @@ class AdviceResult:
     decisions: list[dict]
     evidence: dict | None
     seconds: float
+    # your settings the plan would have changed: key -> {"yours": value, "advise": its choice}
+    kept: dict = field(default_factory=dict)
 
 
 def measure(
@@ -654,8 +656,13 @@ def advise(
     max_probe_images: int,
     small_data: int,
     budget_minutes: float,
+    keep: dict[str, Any] | None = None,
 ) -> AdviceResult:
-    """Measure (auto), plan, and write advice.json + advice.md; manual plans nothing."""
+    """Measure (auto), plan, and write advice.json + advice.md; manual plans nothing.
+
+    `keep`: the user's settings (dotted key -> value); the plan never changes them, and says
+    what it would have chosen instead.
+    """
     t0 = time.time()
     os.makedirs(out_dir, exist_ok=True)
     ev = None
@@ -677,6 +684,7 @@ def advise(
         p = seed_plan(base_cfg.name, [layer.name for layer in base.layers])
     else:
         p = Plan("manual", {}, {}, [Decision("recipe", "manual", "the config's sections as set")])
+    kept = _keep_settings(p, keep or {})
     evidence = None
     if ev is not None:
         evidence = asdict(ev)
@@ -689,6 +697,7 @@ def advise(
         [asdict(x) for x in p.decisions],
         evidence,
         round(time.time() - t0, 2),
+        kept,
     )
     with open(os.path.join(out_dir, "advice.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
@@ -697,6 +706,24 @@ def advise(
     for line in advice_table(res).splitlines():
         log(f"advise: {line}")
     return res
+
+
+def _keep_settings(p: Plan, keep: dict[str, Any]) -> dict:
+    """Drop the plan's changes to the user's settings; record each with a decision line."""
+    from graft.core.config import kept_by
+
+    kept = {}
+    for key in list(p.overrides):
+        if kept_by(key, list(keep)):
+            choice = p.overrides.pop(key)
+            yours = {k: v for k, v in keep.items() if kept_by(key, [k])}
+            shown = ", ".join(f"{k}={v}" for k, v in yours.items())
+            kept[key] = {"yours": yours, "advise": choice}
+            would = choice if list(yours) == [key] else f"{key}={choice}"
+            p.decisions.append(
+                Decision("kept", shown, f"kept your setting {shown} (advise would choose {would})")
+            )
+    return kept
 
 
 def read_advice(advice_dir: str) -> dict:

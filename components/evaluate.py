@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from graft.components import data as gdata
 from graft.components import report
-from graft.components.model import base_of, predict_scores
+from graft.components.model import base_of, label_order_scores, predict_scores
 from graft.components.push import baseline_version, file_sha256, version_path
 from graft.components.train import RESULT, load_model, read_history
 from graft.components.validate import excluded_from_eval, read_manifest
@@ -47,6 +47,8 @@ class EvaluationResult:
     intervals: dict = field(default_factory=dict)
     # "a - b": paired accuracy difference on the same test images, with a bootstrap interval
     comparisons: dict = field(default_factory=dict)
+    # False when fine-tuning did not run (off, or advise planned none): the head is the model
+    fine_tuned: bool = True
 
 
 def metrics_from_probs(
@@ -149,7 +151,7 @@ def _baseline_probs(
     fn = tf.saved_model.load(path).signatures["serving_default"]
     out = []
     for i in range(0, len(blobs), 64):
-        out.append(fn(image_bytes=tf.constant(blobs[i : i + 64]))["scores"].numpy())
+        out.append(label_order_scores(fn(image_bytes=tf.constant(blobs[i : i + 64]))).numpy())
     return np.concatenate(out), None
 
 
@@ -189,7 +191,10 @@ def _plots(
 
     fig, ax = plt.subplots(figsize=(6, 3))
     xs = np.arange(len(labels))
-    for off, key in ((-0.2, "head_only"), (0.2, "candidate")):
+    bars = ((-0.2, "head_only"), (0.2, "candidate"))
+    if not results["fine_tuned"]:  # the candidate is the head model: one set of bars
+        bars = ((0.0, "head_only"),)
+    for off, key in bars:
         ax.bar(xs + off, [results[key]["per_class"][lab]["f1"] for lab in labels], 0.4, label=key)
     ax.set_xticks(xs, labels, rotation=30, ha="right")
     ax.set_ylim(0, 1)
@@ -213,9 +218,10 @@ def _plots(
                 ep, [h.get(f"val_{key}", np.nan) for h in hist], ".--", label=f"{stage} val_{key}"
             )
         offset = ep[-1]
+    ran = " then ".join(stage for stage, hist in histories.items() if hist) or "no stage"
     for ax, key in zip(axes, ("loss", "accuracy"), strict=True):
         ax.set_title(key)
-        ax.set_xlabel("epoch (head, then fine-tune)")
+        ax.set_xlabel(f"epoch ({ran})")
         ax.legend(fontsize=7)
     fig.tight_layout()
     paths["training_curves"] = os.path.join(out_dir, "training_curves.png")
@@ -248,10 +254,11 @@ def _data_checks_html(validation_dir: str | None) -> str:
     return f"<h2>Data checks (validate)</h2><ul>{items}</ul>{table}"
 
 
-def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray) -> dict:
-    """Fine-tuned vs head-only, and the candidate vs the served baseline, paired per image."""
+def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: bool) -> dict:
+    """Fine-tuned vs head-only (when fine-tuning ran), and the candidate vs the served baseline,
+    paired per image."""
     hit = {k: (p.argmax(1) == y) for k, p in probs_of.items()}
-    pairs = [("candidate", "head_only", "fine-tuned - head only")]
+    pairs = [("candidate", "head_only", "fine-tuned - head only")] if fine_tuned else []
     pairs.append(("candidate", "baseline", "candidate - served baseline"))
     return {
         name: report.paired_difference(hit[a], hit[b])
@@ -457,6 +464,8 @@ def evaluate(
             baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
             baseline.update({"version": version, "path": path})
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
+    guard = _guard(model_dir)
+    fine_tuned = (guard or {}).get("guard") != "disabled"
     res = EvaluationResult(
         labels=labels,
         test_examples=len(y),
@@ -469,13 +478,14 @@ def evaluate(
         reasons=reasons,
         plots={},
         report="",
+        fine_tuned=fine_tuned,
     )
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)
     res.plots = {k: os.path.basename(v) for k, v in plots.items()}
     checks = _data_checks_html(validation_dir)
     res.intervals = {k: report.intervals(p, y, cfg.top_k) for k, p in probs_of.items()}
-    res.comparisons = _comparisons(probs_of, y)
+    res.comparisons = _comparisons(probs_of, y, fine_tuned)
     provenance = _provenance(examples_dir, head_dir, model_dir, out_dir, model, model_name, res)
     res.report = os.path.basename(
         report.write_report(
@@ -484,7 +494,7 @@ def evaluate(
             plots,
             intervals_by_model=res.intervals,
             comparisons=res.comparisons,
-            guard=_guard(model_dir),
+            guard=guard,
             gallery=_gallery(probs_of["candidate"], y, blobs, shas, labels, examples_dir),
             provenance=provenance,
             top_k=cfg.top_k,

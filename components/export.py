@@ -1,10 +1,12 @@
 """Export: a TF Serving SavedModel with decode -> resize -> preprocess in the graph.
 
 Signatures:
-  serving_default(image_bytes: string[None]) -> scores float32[None, C], classes string[None, C]
-  predict_pixels(pixels: float32[None, H, W, 3] in 0..255) -> scores, classes
-`classes` are the labels sorted by score, as TF Serving's classification outputs are.
-The export fails loudly unless the reloaded SavedModel matches the Keras model.
+  serving_default(image_bytes: string[None]) -> classes string[None, C], scores float32[None, C],
+      probabilities float32[None, C]
+  predict_pixels(pixels: float32[None, H, W, 3] in 0..255) -> the same outputs
+`classes` are the labels sorted by score and `scores[i]` is the score of `classes[i]` (what a
+client that zips the two expects); `probabilities` are the same scores in label order
+(assets/labels.txt). The export fails loudly unless the reloaded SavedModel matches Keras.
 """
 
 from __future__ import annotations
@@ -36,9 +38,13 @@ def _signatures(model: keras.Model, labels: list[str], size: int, flip_average: 
     label_t = tf.constant(labels)
 
     def outputs(pixels):
-        scores = gmodel.scores(model, pixels, flip_average)
-        order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
-        return {"scores": scores, "classes": tf.gather(label_t, order)}
+        probabilities = gmodel.scores(model, pixels, flip_average)
+        order = tf.argsort(probabilities, axis=-1, direction="DESCENDING", stable=True)
+        return {
+            "classes": tf.gather(label_t, order),
+            "scores": tf.gather(probabilities, order, batch_dims=1),
+            "probabilities": probabilities,
+        }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
@@ -173,7 +179,8 @@ served baseline: {beat_text}
 
 Signatures: `serving_default` (image_bytes: string[None]) and \
 `predict_pixels` (float32[None,H,W,3], 0..255);
-outputs `scores` float32[None,C] and `classes` string[None,C] (labels sorted by score).
+outputs `classes` string[None,C] (labels sorted by score, best first), `scores` float32[None,C]
+(`scores[i]` is the score of `classes[i]`) and `probabilities` float32[None,C] (label order).
 {flip_note}
 """
     with open(os.path.join(out, "model_card.md"), "w") as f:
@@ -232,7 +239,7 @@ def export(
     if not blobs:
         raise ParityError("no test images to check the export against")
     reloaded = tf.saved_model.load(final).signatures["serving_default"]
-    got = reloaded(image_bytes=tf.constant(blobs))["scores"].numpy()
+    got = reloaded(image_bytes=tf.constant(blobs))["probabilities"].numpy()
     pixels = np.stack([gdata.decode_and_resize(tf.constant(b), image_size).numpy() for b in blobs])
     want = gmodel.predict_scores(model, pixels, cfg.flip_average)
     parity = float(np.max(np.abs(got - want)))

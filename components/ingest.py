@@ -57,6 +57,7 @@ from graft.components.sources import (
 )
 from graft.core.config import DataConfig
 from graft.core.log import Progress, log
+from graft.core.paths import is_output_dir
 from graft.core.paths import is_remote as _is_remote
 from graft.core.paths import join as _join
 from graft.core.quiet import native_stderr_captured
@@ -93,7 +94,7 @@ def source_fingerprint(data: DataConfig) -> str:
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
         else:
             for root, dirs, files in os.walk(path):
-                dirs.sort()
+                dirs[:] = sorted(d for d in dirs if not is_output_dir(os.path.join(root, d)))
                 for f in sorted(files):
                     full = os.path.join(root, f)
                     st = os.lstat(full)
@@ -962,6 +963,9 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
     label_ids = {name: i for i, name in enumerate(labels)}
     n_input = len(items) + len(listing.rejected)
     log(f"ingest: {n_input} files, {len(labels)} classes from {source}")
+    for n in listing.notes:
+        if n["label"] is None:
+            log(f"ingest: skipped {n['path']}: {n['reason']}")
     fractions = _carve(listing, data.splits.model_dump(), source)
     if previous is None and data.incremental:
         previous = find_previous(data, out_dir)
@@ -1034,7 +1038,10 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
             }
             for lab in labels
         },
-        "empty_classes": sorted(n["label"] for n in listing.notes),
+        "empty_classes": sorted(
+            n["label"] for n in listing.notes if n["reason"] == "empty class folder"
+        ),
+        "not_data": [n["path"] for n in listing.notes if n["label"] is None],
         "found_splits": listing.found_splits,
         "carved": fractions,
         "group_by": data.group_by,

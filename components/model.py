@@ -36,6 +36,15 @@ def scores(model: keras.Model, pixels, flip_average: bool = False):
     return out
 
 
+def label_order_scores(outputs: dict):
+    """A serving signature's scores in label order, from either output layout.
+
+    Models exported since `probabilities` existed return it (label order) beside the sorted
+    `scores`; older ones returned `scores` in label order. Baselines pushed before stay readable.
+    """
+    return outputs["probabilities"] if "probabilities" in outputs else outputs["scores"]
+
+
 def predict_scores(model: keras.Model, pixels, flip_average: bool = False, batch_size: int = 64):
     """`scores` over a numpy array of 0..255 pixels, a batch at a time, via one traced function."""
     fn = tf.function(lambda x: scores(model, x, flip_average), reduce_retracing=True)

@@ -152,6 +152,11 @@ def _accuracy_table(res: dict, ivs: dict, k: int) -> str:
         m, iv = res.get(key), ivs.get(key)
         if not m or not iv:
             continue
+        if not res.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate
+            if key == "candidate":
+                continue
+            if key == "head_only":
+                name = "head only (frozen base): the candidate, no fine-tuning ran"
         topk = next((v for n, v in iv.items() if n.startswith("top_")), None)
         rows.append(
             f"<tr><td>{escape(name)}</td><td>{_ci(iv['accuracy'])}</td>"
@@ -225,7 +230,10 @@ def _guard_html(guard: dict | None) -> str:
     elif decision == "accepted":
         head = "<p class=ok>Fine-tuning kept: it did at least as well as the head on val.</p>"
     elif decision == "disabled":
-        head = "<p>Fine-tuning was disabled (fine_tune.enabled: false): the head-only model.</p>"
+        why = guard.get("skipped") or "fine_tune.enabled: false"
+        return (
+            f"<p>Fine-tuning did not run ({escape(why)}): the head-only model is the candidate.</p>"
+        )
     else:
         head = f"<p>Guard: {escape(str(decision))}</p>"
     rows = []
@@ -280,16 +288,22 @@ def _guard_html(guard: dict | None) -> str:
 
 def _per_class_table(res: dict, labels: list[str]) -> str:
     cand, head = res["candidate"]["per_class"], res["head_only"]["per_class"]
+    tuned = res.get("fine_tuned", True)
     rows = "".join(
         f"<tr><td>{escape(lab)}</td><td>{cand[lab]['precision']:.3f}</td>"
         f"<td>{cand[lab]['recall']:.3f}</td><td>{cand[lab]['f1']:.3f}</td>"
-        f"<td>{cand[lab]['support']}</td><td>{head[lab]['f1']:.3f}</td></tr>"
+        f"<td>{cand[lab]['support']}</td>"
+        + (f"<td>{head[lab]['f1']:.3f}</td>" if tuned else "")
+        + "</tr>"
         for lab in labels
     )
+    which = "Fine-tuned (candidate)" if tuned else "Head-only (candidate: no fine-tuning ran)"
     return (
-        "<p>Fine-tuned (candidate) model on the test split; support is the number of test "
+        f"<p>{which} model on the test split; support is the number of test "
         "images of the class.</p><table><tr><th>class</th><th>precision</th><th>recall</th>"
-        f"<th>F1</th><th>support</th><th>F1, head only</th></tr>{rows}</table>"
+        "<th>F1</th><th>support</th>"
+        + ("<th>F1, head only</th>" if tuned else "")
+        + f"</tr>{rows}</table>"
     )
 
 
@@ -389,11 +403,17 @@ def write_report(
         _section("accuracy", "Accuracy", _accuracy_table(res, intervals_by_model, top_k)),
         _section(
             "comparison",
-            "Head only vs fine-tuned vs served",
+            "Head only vs fine-tuned vs served"
+            if res.get("fine_tuned", True)
+            else "The candidate (head only) vs served",
             _comparison_table(comparisons, _baseline_note(res)),
         ),
         _section("recipe", "Recipe: what advise measured and chose", advice_html(advice)),
-        _section("guard", "Fine-tuning guard", _guard_html(guard)),
+        _section(
+            "guard",
+            "Fine-tuning guard" if res.get("fine_tuned", True) else "Fine-tuning",
+            _guard_html(guard),
+        ),
         _section("per-class", "Per-class metrics", _per_class_table(res, res["labels"])),
         _section("wrong", "Most confidently wrong test images", _gallery_html(gallery)),
         _section(

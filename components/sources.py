@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from graft.core.config import DataConfig
-from graft.core.paths import is_remote
+from graft.core.paths import is_output_dir, is_remote
 from graft.core.paths import join as _join
 
 SPLITS = ("train", "val", "test")
@@ -167,6 +167,8 @@ def list_folder(root: str) -> Listing:
     names = [n for n in _listdir(root) if not n.startswith(".")]
     dirs = [n for n in names if _isdir(_join(root, n))]
     files = [n for n in names if n not in dirs]
+    own = [d for d in dirs if is_output_dir(_join(root, d))]  # runs/, models/ beside the data
+    dirs = [d for d in dirs if d not in own]
     split_dirs = [d for d in dirs if d.lower() in SPLIT_ALIASES]
     if not dirs:
         what = f"{len(files)} file(s) and no class folders" if files else "nothing"
@@ -178,6 +180,10 @@ def list_folder(root: str) -> Listing:
             f"class folder inside a split folder, or drop the split folders.\n{LAYOUT_HELP}"
         )
     out = Listing()
+    for d in own:
+        out.notes.append(
+            {"path": _join(root, d), "label": None, "reason": "Graft's own output folder, not data"}
+        )
     for f in files:  # beside the class folders: reported, never read
         out.rejected.append(
             {
@@ -207,7 +213,7 @@ def list_folder(root: str) -> Listing:
     for split, base in layers:
         for cls in _listdir(base):
             cdir = _join(base, cls)
-            if cls.startswith("."):
+            if cls.startswith(".") or is_output_dir(cdir):
                 continue
             if not _isdir(cdir):
                 _reject(out, cdir, None, "file outside any class folder")

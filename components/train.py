@@ -706,9 +706,11 @@ def fine_tune(
     validation_dir: str | None = None,
     extra_callbacks: list | None = None,
     head_cfg: TrainHeadConfig | None = None,
+    skip_reason: str = "fine_tune.enabled: false",
 ) -> StageResult:
     """Unfreeze the base as cfg.unfreeze says (BN stays frozen), train at a low LR, keep the
-    result only if better."""
+    result only if better. With fine-tuning off the head passes through; `skip_reason` says
+    why (the user's setting, or advise's plan) in the log and the report."""
     strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
     done = start_stage(out_dir, "fine_tune", train, gmodel.is_chief(strategy))
     if done:
@@ -728,6 +730,7 @@ def fine_tune(
             validation_dir=validation_dir,
             extra_callbacks=extra_callbacks,
             head_cfg=head_cfg or TrainHeadConfig(),
+            skip_reason=skip_reason,
         )
     finally:
         release(wdir, out_dir)
@@ -747,6 +750,7 @@ def _fine_tune(
     validation_dir,
     extra_callbacks,
     head_cfg,
+    skip_reason,
 ) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
@@ -772,9 +776,10 @@ def _fine_tune(
             best_val_loss=loss,
             epochs_run=0,
             precision=precision,
-            extra={"guard": "disabled", "kept": "head"},
+            extra={"guard": "disabled", "kept": "head", "skipped": skip_reason},
         )
-        return finish(wdir, res, "fine-tune (disabled)")
+        log(f"fine_tune: skipped ({skip_reason}); the head-only model is kept")
+        return finish(wdir, res, "fine-tune (skipped)")
     with strategy.scope():
         model = gmodel.multi_worker_keras(load_model(head_model_path), strategy)
     head_acc, head_loss, head_hits = scores_on(model, val_ds)

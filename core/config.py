@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -361,6 +362,11 @@ class AdviseConfig(Section):
         le=10_000_000,
         description="below this many training images the data counts as small",
     )
+    keep: list[str] = Field(
+        default_factory=list,
+        description="dotted keys advise never changes: your settings. Filled with every key "
+        "your config file and --set give, unless the file lists them itself",
+    )
 
 
 class FeaturesConfig(Section):
@@ -558,6 +564,13 @@ class GraftConfig(Section):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     @model_validator(mode="after")
+    def _kept_keys_exist(self) -> GraftConfig:
+        for key in self.advise.keep:
+            if not has_key(key):
+                raise ValueError(f"advise.keep: '{key}' is not a config key")
+        return self
+
+    @model_validator(mode="after")
     def _store_beside_the_runs(self) -> GraftConfig:
         if self.features.store is None:
             root = self.runner.run_root
@@ -635,6 +648,35 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def has_key(dotted: str) -> bool:
+    """Whether a dotted key names a config field (or a key inside a dict-valued one)."""
+    model: Any = GraftConfig
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return model is not None  # inside a dict-valued field (base.kwargs.alpha)
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return False
+        ann = field.annotation
+        args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
+        model = ann if isinstance(ann, type) else (args[0] if len(args) == 1 else dict)
+    return True
+
+
+def kept_by(key: str, keep: list[str]) -> bool:
+    """Whether advise must leave `key` alone: the user set it, or a section around or in it."""
+    return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keep)
+
+
+def leaf_keys(raw: dict, prefix: str = "") -> list[str]:
+    """The dotted keys a YAML mapping sets, down to its scalars and lists."""
+    out = []
+    for k, v in raw.items():
+        dotted = f"{prefix}{k}"
+        out += leaf_keys(v, dotted + ".") if isinstance(v, dict) and v else [dotted]
+    return out
+
+
 def _model_at(loc: tuple) -> type[BaseModel] | None:
     model: Any = GraftConfig
     for part in loc:
@@ -685,9 +727,16 @@ def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
     defaults: dict[str, Any] | None = None,
+    template: bool = False,
 ) -> GraftConfig:
-    """YAML file (or none) + `--set` overrides -> a validated GraftConfig."""
+    """YAML file (or none) + `--set` overrides -> a validated GraftConfig.
+
+    The keys the user gave (the file's, unless it is Graft's own `template`, and every `--set`)
+    go to `advise.keep`, so that `recipe: auto` plans around them, unless the file or --set
+    lists `advise.keep` itself (a run's written config.yaml does).
+    """
     raw: dict[str, Any] = json.loads(json.dumps(defaults or {}))
+    given: list[str] = []
     if path:
         p = Path(path)
         if not p.exists():
@@ -700,7 +749,14 @@ def load_config(
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         _resolve_relative_paths(loaded, p.resolve().parent)
         _deep_merge(raw, loaded)
+        if not template:
+            given += leaf_keys(loaded)
     apply_overrides(raw, overrides or [])
+    given += [o.split("=", 1)[0].strip() for o in overrides or []]
+    advise = raw.setdefault("advise", {}) if isinstance(raw.get("advise", {}), dict) else {}
+    if "advise.keep" not in given and isinstance(advise, dict):
+        mine = {k for k in given if k.split(".")[0] not in ("advise", "recipe")}
+        advise["keep"] = sorted(mine)
     return parse_config(raw)
 
 
@@ -737,6 +793,29 @@ def _resolve_relative_paths(loaded: dict, base_dir: Path) -> None:
             continue
         path = Path(value).expanduser()
         node[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
+
+
+def local_path_values(cfg: GraftConfig) -> dict[str, str]:
+    """PATH_KEYS holding local paths, made absolute against the working directory.
+
+    The one normalisation of paths: a run fingerprints the config with these values and writes
+    them to its config.yaml, so re-running that file (from anywhere) keys every step the same.
+    """
+    raw = cfg.to_dict()
+    out = {}
+    for dotted in PATH_KEYS:
+        section, key = dotted.split(".")
+        value = raw.get(section, {}).get(key)
+        if not isinstance(value, str) or not value or "://" in value:
+            continue
+        if dotted == "base.weights" and value in NAMED_WEIGHTS:
+            continue
+        out[dotted] = os.path.abspath(os.path.expanduser(value))
+    return out
+
+
+def with_absolute_paths(cfg: GraftConfig) -> GraftConfig:
+    return with_values(cfg, local_path_values(cfg))
 
 
 def dump_yaml(cfg: GraftConfig) -> str:

@@ -21,6 +21,27 @@ def join(*parts: str) -> str:
     return "/".join(p.rstrip("/") for p in parts) if is_remote(parts[0]) else os.path.join(*parts)
 
 
+# Graft writes this file into every folder it owns (run root, feature store, push destination),
+# so that ingest never reads them as data wherever they sit: `cd ROOT && graft train .` puts
+# runs/ and models/ inside the image folder, beside the class folders.
+OUTPUT_MARKER = ".graft-output"
+
+
+def mark_output_dir(path: str) -> None:
+    """Create a local folder Graft writes to and mark it as Graft's own (never data)."""
+    if not path or is_remote(path):
+        return
+    os.makedirs(path, exist_ok=True)
+    marker = os.path.join(path, OUTPUT_MARKER)
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("Graft's own output (runs, feature store or models): never read as data.\n")
+
+
+def is_output_dir(path: str) -> bool:
+    return not is_remote(path) and os.path.isfile(os.path.join(path, OUTPUT_MARKER))
+
+
 # What `graft predict` picks up when it walks a folder (ingest itself reads any file and lets
 # the decoder decide; a prediction run over a folder should skip notes, CSVs and the like).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")

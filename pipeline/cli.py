@@ -450,7 +450,11 @@ def train_overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    cfg = load_config(args.config, [*train_overrides(args), *args.set])
+    cfg = load_config(
+        args.config,
+        [*train_overrides(args), *args.set],
+        template=args.config == photos_template(),  # the template's keys are not the user's
+    )
     import_tensorflow_quietly()
     log(
         f"train: {cfg.data.path} -> model '{cfg.export.model_name}' on {cfg.base.name} "

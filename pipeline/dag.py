@@ -50,6 +50,9 @@ class Step:
     when: When | None = None
     # What else the output depends on, outside the config and the inputs (e.g. the data on disk).
     external_key: KeyFn | None = field(default=None, compare=False)
+    # A config key that lists more dotted keys the step reads (advise reads the settings the
+    # user pinned, `advise.keep`, to plan around them and say so): they key its cache too.
+    reads_keys_listed_at: str | None = None
 
 
 # ----------------------------------------------------------------- step adapters
@@ -126,8 +129,15 @@ def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         max_probe_images=cfg.advise.max_probe_images,
         small_data=cfg.advise.small_data,
         budget_minutes=cfg.train.budget_minutes,
+        keep={k: read_key(cfg, k) for k in cfg.advise.keep},
     )
-    return {"recipe": r.recipe, "cell": r.cell, "planned": len(r.overrides), "seconds": r.seconds}
+    return {
+        "recipe": r.recipe,
+        "cell": r.cell,
+        "planned": len(r.overrides),
+        "kept": sorted(r.kept),
+        "seconds": r.seconds,
+    }
 
 
 def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
@@ -169,13 +179,26 @@ def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         image_size=cfg.data.image_size,
         validation_dir=inputs["validation"],
         head_cfg=cfg.train_head,
+        skip_reason=_fine_tune_skip_reason(inputs["advice"]),
     )
     return {
+        "ran": r.extra.get("guard") != "disabled",
         "val_accuracy": r.best_val_accuracy,
         "epochs": r.epochs_run,
         "guard": r.extra.get("guard"),
         "seconds": r.seconds,
     }
+
+
+def _fine_tune_skip_reason(advice_dir: str) -> str:
+    """Who turned fine-tuning off: advise's plan (and why) or the config as set."""
+    from graft.components.advise import read_advice
+
+    advice = read_advice(advice_dir)
+    if advice["overrides"].get("fine_tune.enabled") is False:
+        why = next((d["reason"] for d in advice["decisions"] if d["what"] == "fine-tune"), "")
+        return f"advise: {why.split(';')[0]}" if why else "advise planned no fine-tuning"
+    return "fine_tune.enabled: false in the config"
 
 
 def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
@@ -200,6 +223,7 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         "accuracy": r.candidate["accuracy"],
         "head_accuracy": r.head_only["accuracy"],
         "baseline_accuracy": r.baseline["accuracy"] if r.baseline else None,
+        "fine_tuned": r.fine_tuned,
     }
 
 
@@ -290,6 +314,7 @@ STEPS: list[Step] = [
         _advise,
         "measure data size and similarity to the base; plan the training (recipe)",
         gpu_capable=True,
+        reads_keys_listed_at="advise.keep",
     ),
     Step(
         "train_head",
@@ -369,13 +394,53 @@ def step(name: str) -> Step:
     raise KeyError(f"unknown step '{name}'; steps: {', '.join(STEP_NAMES)}")
 
 
+def declared(s: Step, cfg: GraftConfig) -> tuple[str, ...]:
+    """The step's sections, plus the keys listed at `reads_keys_listed_at`."""
+    if not s.reads_keys_listed_at:
+        return s.sections
+    extra = []
+    for key in read_key(cfg, s.reads_keys_listed_at):
+        key = _field_path(cfg, key)  # base.kwargs.alpha: the field is base.kwargs
+        if not any(key == x or key.startswith(x + ".") for x in (*s.sections, *extra)):
+            extra.append(key)
+    return s.sections + tuple(extra)
+
+
+def _field_path(cfg: Any, dotted: str) -> str:
+    """The longest prefix of a dotted key that names a config field (not a dict entry)."""
+    node, parts = cfg, []
+    for part in dotted.split("."):
+        fields = getattr(type(node), "model_fields", {})
+        name = next((n for n, f in fields.items() if part in (n, f.alias)), None)
+        if name is None:
+            break
+        node, parts = getattr(node, name), [*parts, part]
+    return ".".join(parts)
+
+
+def read_key(cfg: Any, dotted: str) -> Any:
+    """A dotted key's value from the config (or a scoped view), into dict-valued fields too."""
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            node = node.get(part)
+        else:
+            node = getattr(node, "validate_" if part == "validate" else part)
+    return node
+
+
 def scoped(s: Step, cfg: GraftConfig) -> ScopedConfig:
     """The config as step `s` may see it: its declared sections and nothing else."""
-    return ScopedConfig(cfg, s.sections, s.name)
+    return ScopedConfig(cfg, declared(s, cfg), s.name)
 
 
 def section_values(cfg: GraftConfig, sections: tuple[str, ...]) -> dict[str, Any]:
     return ScopedConfig(cfg, sections).values()
+
+
+def step_values(s: Step, cfg: GraftConfig) -> dict[str, Any]:
+    """What keys the step's cache: the values of everything it may read."""
+    return section_values(cfg, declared(s, cfg))
 
 
 def external_key(s: Step, cfg: GraftConfig, inputs: dict[str, str]) -> str | None:
@@ -398,6 +463,25 @@ def planned(cfg: GraftConfig, advice_dir: str) -> GraftConfig:
     from graft.core.config import with_values
 
     return with_values(cfg, read_advice(advice_dir)["overrides"])
+
+
+def plan_notes(outputs: dict[str, str]) -> list[str]:
+    """What the plan chose and which of the user's settings it kept, for the written config."""
+    from graft.components.advise import read_advice
+
+    sources = {src for s in STEPS for name, src in s.inputs.items() if name == "advice"}
+    for src in sources:
+        path = outputs.get(src)
+        if not path or not os.path.exists(os.path.join(path, "advice.json")):
+            continue
+        advice = read_advice(path)
+        chosen = ", ".join(f"{k}={v}" for k, v in sorted(advice["overrides"].items()))
+        notes = [f"recipe {advice['recipe']}: advise chose {chosen or 'nothing'}"]
+        for key, k in sorted(advice.get("kept", {}).items()):
+            yours = ", ".join(f"{n}={v}" for n, v in k["yours"].items())
+            notes.append(f"your setting {yours} kept (advise would choose {key}={k['advise']})")
+        return notes
+    return []
 
 
 RESULT_FILE = "_step_result.json"

@@ -20,8 +20,14 @@ from typing import Any
 import yaml
 
 from graft.components.registry import RUN_ID_ENV
-from graft.core.config import NAMED_WEIGHTS, PATH_KEYS, GraftConfig, apply_overrides, parse_config
+from graft.core.config import (
+    GraftConfig,
+    apply_overrides,
+    parse_config,
+    with_absolute_paths,
+)
 from graft.core.log import log
+from graft.core.paths import mark_output_dir
 from graft.pipeline import dag
 
 SUCCESS = "_SUCCESS"
@@ -44,7 +50,7 @@ def fingerprint(
 ) -> str:
     payload = {
         "step": s.name,
-        "config": dag.section_values(cfg, s.sections),
+        "config": dag.step_values(s, cfg),
         "inputs": input_fps,
         "external": dag.external_key(s, cfg, inputs),
     }
@@ -91,6 +97,9 @@ def run_pipeline(
     forced_from = dag.STEP_NAMES.index(from_step) if from_step else None
     if force_push:
         cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
+    cfg = with_absolute_paths(cfg)  # one path rule: fingerprints and config.yaml agree
+    for own in (root, cfg.features.store, cfg.push.destination):
+        mark_output_dir(own)  # never read as data, even inside data.path
     config_file = write_config_file(cfg, os.path.join(run_dir, CONFIG_FILE))
     run = {
         "run_id": run_id,
@@ -172,6 +181,9 @@ def run_pipeline(
             os.environ[RUN_ID_ENV] = outer_run_id
         run["seconds"] = round(time.time() - t_run, 2)
         run["steps"] = {k: vars(v) for k, v in records.items()}
+        notes = dag.plan_notes({k: v for k, v in outputs.items() if records[k].status != "skipped"})
+        if notes:
+            write_config_file(cfg, config_file, notes)
         with open(os.path.join(run_dir, "run.json"), "w") as f:
             json.dump(run, f, indent=2, default=str)
     return run
@@ -180,25 +192,23 @@ def run_pipeline(
 CONFIG_FILE = "config.yaml"
 
 
-def write_config_file(cfg: GraftConfig, path: str) -> str:
+def write_config_file(cfg: GraftConfig, path: str, notes: list[str] | None = None) -> str:
     """The run's resolved config as a file `graft run --config` reproduces the run from.
 
-    Relative local paths are made absolute: in a config file they would mean relative to the
-    file's folder (the run dir), not to where this run was started.
+    `cfg` comes with its local paths absolute (`with_absolute_paths`): the values the run was
+    fingerprinted with, so re-running the file re-runs nothing that is unchanged. `notes` say
+    what advise chose (not written below: re-running plans again) and what it kept.
     """
-    raw = cfg.to_dict()
-    for dotted in PATH_KEYS:
-        section, key = dotted.split(".")
-        value = raw.get(section, {}).get(key)
-        if isinstance(value, str) and value and "://" not in value:
-            if not (dotted == "base.weights" and value in NAMED_WEIGHTS):
-                raw[section][key] = os.path.abspath(os.path.expanduser(value))
     header = (
-        "# The resolved config of this run: every key, defaults included.\n"
-        "# Edit and re-run with: graft run --config " + path + "\n"
+        "# The resolved config of this run: every key, defaults included. The keys in\n"
+        "# advise.keep are your settings: recipe auto plans around them.\n"
+        + "".join(f"# {n}\n" for n in notes or [])
+        + "# Edit and re-run with: graft run --config "
+        + path
+        + "\n"
     )
     with open(path, "w") as f:
-        f.write(header + yaml.safe_dump(raw, sort_keys=False))
+        f.write(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return path
 
 

@@ -28,8 +28,11 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
     m = Table(title="model quality (test split)")
     m.add_column("model")
     m.add_column("accuracy")
-    m.add_row("head only (frozen base)", _fmt(ev.get("head_accuracy")))
-    m.add_row("fine-tuned (candidate)", _fmt(ev.get("accuracy")))
+    if ev.get("fine_tuned", True):
+        m.add_row("head only (frozen base)", _fmt(ev.get("head_accuracy")))
+        m.add_row("fine-tuned (candidate)", _fmt(ev.get("accuracy")))
+    else:  # no fine-tuning ran: the head is the candidate, one row
+        m.add_row("head only (candidate; no fine-tuning ran)", _fmt(ev.get("accuracy")))
     m.add_row("served baseline", _fmt(ev.get("baseline_accuracy")))
     console.print(m)
     if ev:

@@ -63,7 +63,8 @@ class LocalPredictor:
         scores, classes = out["scores"].numpy(), out["classes"].numpy()
         rows = []
         for row, labels in zip(scores, classes, strict=True):
-            ranked = sorted((float(s) for s in row), reverse=True)  # scores are in label order
+            # either layout: `scores` sorted (paired with `classes`) or, before, in label order
+            ranked = sorted((float(s) for s in row), reverse=True)
             rows.append(([b.decode() for b in labels[:top_k]], ranked[:top_k]))
         return rows
 

@@ -1,0 +1,111 @@
+"""What Graft says is what it did: kept settings, exact re-runs, its own folders never data,
+and a fine-tune that did not run never shown as one. Real runs on tiny generated data."""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from graft.core.config import ConfigError, load_config
+from graft.pipeline.runner import run_pipeline
+
+pytestmark = pytest.mark.slow  # trains
+
+
+def _write(path: Path, raw: dict) -> Path:
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_written_config_reruns_nothing_and_own_folders_are_not_data(
+    tmp_path, tiny_data, monkeypatch
+):
+    """`cd ROOT && graft run` with relative run root, store and destination inside ROOT (what
+    `graft train .` does); then the written config.yaml re-run from elsewhere re-runs nothing."""
+    root = tmp_path / "photos"
+    shutil.copytree(tiny_data, root)
+    raw = tiny_config(tmp_path, root, train_head__epochs=2)
+    raw["fine_tune"]["enabled"] = False
+    for section in ("runner", "push"):
+        raw.pop(section)  # the defaults: runs/ and models/ under the working directory
+    cfg_file = _write(tmp_path / "cfg.yaml", raw)
+    monkeypatch.chdir(root)
+    first = run_pipeline(load_config(cfg_file, ["data.path=."]))
+    assert first["status"] == "succeeded"
+    assert (root / "runs").is_dir() and (root / "models").is_dir()
+    ingest = first["steps"]["ingest"]["summary"]
+    assert sorted(ingest["labels"]) == sorted(p.name for p in tiny_data.iterdir() if p.is_dir())
+
+    monkeypatch.chdir(tmp_path)  # another working directory: the paths in the file are absolute
+    written = first["config_file"]
+    again = run_pipeline(load_config(written))
+    ran = {name for name, rec in again["steps"].items() if rec["status"] == "ran"}
+    assert ran <= {"drift", "push"}, again["steps"]
+    assert again["steps"]["train_head"]["status"] == "cached"
+    keyed = [n for n in first["steps"] if n not in ("drift", "push")]  # these key on what is served
+    assert [again["steps"][n]["fingerprint"] for n in keyed] == [
+        first["steps"][n]["fingerprint"] for n in keyed
+    ]
+
+
+def test_explicit_setting_wins_over_auto_and_no_fine_tune_is_shown_as_none(tmp_path, tiny_data):
+    template = _write(
+        tmp_path / "template.yaml",
+        tiny_config(tmp_path, tiny_data, recipe="auto", advise__folds=3),
+    )
+    # the template's keys are Graft's; --set is the user's
+    cfg = load_config(template, ["train_head.epochs=3", "train_head.patience=0"], template=True)
+    assert cfg.advise.keep == ["train_head.epochs", "train_head.patience"]
+    run = run_pipeline(cfg)
+    assert run["status"] == "succeeded"
+    advice = json.load(open(Path(run["steps"]["advise"]["output"]) / "advice.json"))
+    assert "train_head.epochs" not in advice["overrides"]
+    kept = advice["kept"]["train_head.epochs"]
+    assert kept["yours"] == {"train_head.epochs": 3} and kept["advise"] != 3
+    assert any(
+        d["what"] == "kept" and "kept your setting train_head.epochs=3" in d["reason"]
+        for d in advice["decisions"]
+    )
+    head = json.load(open(Path(run["steps"]["train_head"]["output"]) / "result.json"))
+    assert head["epochs_run"] == 3  # what the user set, not advise's choice
+    text = Path(run["config_file"]).read_text()
+    assert "your setting train_head.epochs=3 kept (advise would choose" in text
+    assert "advise chose" in text
+    written = yaml.safe_load(text)
+    assert written["train_head"]["epochs"] == 3
+    assert written["advise"]["keep"] == ["train_head.epochs", "train_head.patience"]
+
+    # small data: advise planned no fine-tuning; nothing shows a fine-tuned model
+    assert advice["overrides"]["fine_tune.enabled"] is False
+    ft = json.load(open(Path(run["steps"]["fine_tune"]["output"]) / "result.json"))
+    assert ft["extra"]["skipped"].startswith("advise: small")
+    assert run["steps"]["fine_tune"]["summary"]["ran"] is False
+    ev = run["steps"]["evaluate"]["summary"]
+    assert ev["fine_tuned"] is False
+    evaluation = json.load(open(Path(run["steps"]["evaluate"]["output"]) / "evaluation.json"))
+    assert "fine-tuned - head only" not in evaluation["comparisons"]
+    html = open(Path(run["steps"]["evaluate"]["output"]) / "report.html").read()
+    assert "fine-tuned (candidate)" not in html and "F1, head only" not in html
+    assert "Fine-tuning did not run (advise: small" in html
+    assert "fine_tune.enabled: false" not in html  # a setting the user never made
+
+
+def test_written_config_lists_what_the_user_set(tmp_path):
+    """A user's own file: every key in it is theirs (kept over advise); --set adds to it."""
+    f = _write(
+        tmp_path / "mine.yaml",
+        {"data": {"path": str(tmp_path)}, "recipe": "auto", "fine_tune": {"epochs": 4}},
+    )
+    cfg = load_config(f, ["head.dropout=0.3"])
+    assert cfg.advise.keep == ["data.path", "fine_tune.epochs", "head.dropout"]
+    listed = _write(tmp_path / "listed.yaml", {**yaml.safe_load(f.read_text()), "advise": {}})
+    assert load_config(listed).advise.keep == ["data.path", "fine_tune.epochs"]
+    explicit = {**yaml.safe_load(f.read_text()), "advise": {"keep": []}}
+    assert load_config(_write(tmp_path / "explicit.yaml", explicit)).advise.keep == []
+    with pytest.raises(ConfigError, match="advise.keep: 'train_head.epoch' is not a config key"):
+        load_config(f, ["advise.keep=[train_head.epoch]"])
+    assert os.path.exists(f)
