@@ -89,21 +89,31 @@ def test_grpc_and_rest_outputs_are_paired(truth):
     _assert_paired([r["classes"] for r in rows], [r["scores"] for r in rows], labels, probs)
 
 
-def test_models_pushed_with_label_order_scores_still_read_right(truth, tmp_path):
-    """An old-layout SavedModel (scores in label order): predict and evaluate read it right."""
-    blobs, labels, probs, version_dir = truth
-    new = tf.saved_model.load(version_dir)
-    sig = new.signatures["serving_default"]
+def test_models_pushed_with_label_order_scores_still_read_right(truth, pipeline_run, tmp_path):
+    """An old-layout SavedModel (scores in label order, no probabilities), exported as Graft
+    did before: predict and evaluate's baseline reader still pair classes and scores right."""
+    import keras
 
-    class Old(tf.Module):
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve(self, image_bytes):
-            out = sig(image_bytes=image_bytes)
-            return {"scores": out["probabilities"], "classes": out["classes"]}
+    blobs, labels, probs, _ = truth
+    cfg, run, _ = pipeline_run
+    model = load_model(os.path.join(run["steps"]["fine_tune"]["output"], "model.keras"))
+    size, label_t = cfg.data.image_size, tf.constant(labels)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        pixels = tf.map_fn(
+            lambda b: gdata.decode_and_resize(b, size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        scores = tf.cast(model(pixels, training=False), tf.float32)
+        order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
+        return {"scores": scores, "classes": tf.gather(label_t, order)}
 
     old_dir = tmp_path / "old" / "1"
-    old = Old()
-    tf.saved_model.save(old, str(old_dir), signatures={"serving_default": old.serve})
+    archive = keras.export.ExportArchive()
+    archive.add_endpoint("serving_default", serving_default)
+    archive.write_out(str(old_dir), verbose=False)
     out = tf.saved_model.load(str(old_dir)).signatures["serving_default"](
         image_bytes=tf.constant(blobs)
     )
