@@ -366,10 +366,12 @@ STEPS: list[Step] = [
     Step(
         "export",
         {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate", "advice": "advise"},
-        ("data.image_size", "export", "base", "head"),
+        ("data.image_size", "export", "base", "head", "push.force"),
         "Model",
         _export,
         "SavedModel for TF Serving with in-graph preprocessing, warmup, model card",
+        # a candidate evaluate did not bless is never pushed: exporting it is wasted time
+        when=When("evaluate", "blessed", forced_by="push.force"),
     ),
     Step(
         "push",

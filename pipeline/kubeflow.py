@@ -114,22 +114,38 @@ def build_pipeline(cfg: GraftConfig):
         resolved.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
         config_json = resolved.output
         tasks: dict = {}
-        for step in dag.STEPS:
-            kwargs = {
-                name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()
-            }
-            if launches_tfjob(step, cfg):
-                kwargs["tfjob_json"] = json.dumps(tfjob.manifest(cfg, step), sort_keys=True)
-            if step.when and not dag.forced(step, cfg):
-                # the upstream wrapper returns step.when.output as its kfp output
-                gate = tasks[step.when.step].outputs["Output"] == True  # noqa: E712
-                with dsl.If(gate, name=step.when.output):
-                    tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)
-            else:
-                tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)
-            _configure(tasks[step.name], step, cfg)
+        for when, steps in _gated_groups(cfg):
+            if when is None:
+                _add_tasks(steps, tasks, comps, cfg, config_json)
+                continue
+            # the upstream wrapper returns when.output as its kfp output; steps that share a
+            # gate share one dsl.If, so a gated step may read another's output
+            gate = tasks[when.step].outputs["Output"] == True  # noqa: E712
+            with dsl.If(gate, name=when.output):
+                _add_tasks(steps, tasks, comps, cfg, config_json)
 
     return graft_pipeline
+
+
+def _gated_groups(cfg: GraftConfig) -> list[tuple[dag.When | None, list[dag.Step]]]:
+    """Consecutive steps grouped by the gate they run under (None: no gate, or forced)."""
+    groups: list[tuple[dag.When | None, list[dag.Step]]] = []
+    for step in dag.STEPS:
+        when = step.when if step.when and not dag.forced(step, cfg) else None
+        if groups and groups[-1][0] == when and when is not None:
+            groups[-1][1].append(step)
+        else:
+            groups.append((when, [step]))
+    return groups
+
+
+def _add_tasks(steps: list[dag.Step], tasks: dict, comps: dict, cfg: GraftConfig, config_json):
+    for step in steps:
+        kwargs = {name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()}
+        if launches_tfjob(step, cfg):
+            kwargs["tfjob_json"] = json.dumps(tfjob.manifest(cfg, step), sort_keys=True)
+        tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)
+        _configure(tasks[step.name], step, cfg)
 
 
 def compile_pipeline(cfg: GraftConfig, output: str) -> str:
