@@ -1,0 +1,107 @@
+"""A small folder end to end: `graft train` against the compute it cannot avoid.
+
+The folder: 200 cats + 200 dogs from ../shared/datasets/cats_dogs/train, ImageNet MobileNetV2
+(alpha 1.0, ../shared/keras/models) at 224 px, `graft train` as shipped (configs/photos.yaml,
+recipe auto), in a subprocess as a user runs it. In the same run, the compute floor: a bare
+Keras `predict` over every image of the folder (decoded in memory, batch 32), plus the seconds
+the head stage spent training (from its result). overhead_ratio = total / compute.
+
+Goal: overhead_ratio <= 2.0, export <= 15% of the total.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import REPO, report
+
+SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
+CATS_DOGS = SHARED / "datasets" / "cats_dogs" / "train"
+WEIGHTS = SHARED / "keras" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+PER_CLASS = 200
+
+
+def _folder(dst: Path) -> list[Path]:
+    files = []
+    for cls in ("cats", "dogs"):
+        src = sorted((CATS_DOGS / cls).iterdir())[:PER_CLASS]
+        (dst / cls).mkdir(parents=True)
+        for f in src:
+            os.symlink(f, dst / cls / f.name)
+            files.append(f)
+    return files
+
+
+def _bare_predict_seconds(files: list[Path]) -> float:
+    """Decode in memory, then one Keras predict over all images: what any tool must pay."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.stack(
+        [np.asarray(Image.open(f).convert("RGB").resize((224, 224)), "float32") for f in files]
+    )
+    base = keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), alpha=1.0, include_top=False, weights=str(WEIGHTS), pooling="avg"
+    )
+    x = keras.applications.mobilenet_v2.preprocess_input(pixels)
+    base.predict(x[:32], batch_size=32, verbose=0)  # build and trace: not the floor
+    t0 = time.time()
+    base.predict(x, batch_size=32, verbose=0)
+    return time.time() - t0
+
+
+def main() -> None:
+    if not (CATS_DOGS.is_dir() and WEIGHTS.exists()):
+        print(f"e2e_small: skipped, needs {CATS_DOGS} and {WEIGHTS}", file=sys.stderr)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        files = _folder(tmp / "pets")
+        t0 = time.time()
+        proc = subprocess.run(
+            [sys.executable, "-m", "graft", "train", str(tmp / "pets"), "--weights", str(WEIGHTS)],
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+        )
+        total = time.time() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"graft train failed:\n{proc.stderr[-3000:]}")
+        run = json.loads(next((tmp / "runs").glob("*/run.json")).read_text())
+        steps = {n: r["seconds"] for n, r in run["steps"].items()}
+        head = json.loads(Path(run["steps"]["train_head"]["output"], "result.json").read_text())
+        head_train = float(head["extra"].get("train_seconds") or head["seconds"])
+        predict = _bare_predict_seconds(files)
+    compute = predict + head_train
+    ev = run["steps"]["evaluate"]["summary"]
+    report(
+        "e2e_small",
+        total,
+        compute,
+        "s",
+        "overhead_ratio <= 2.0 and export <= 15% of the total",
+        ratio=total / compute,
+        total_seconds=round(total, 1),
+        compute_seconds=round(compute, 1),
+        bare_predict_seconds=round(predict, 1),
+        head_training_seconds=round(head_train, 1),
+        overhead_ratio=round(total / compute, 2),
+        export_seconds=steps.get("export"),
+        export_share=round((steps.get("export") or 0) / total, 3),
+        step_seconds=steps,
+        runner_seconds=run["seconds"],
+        images=2 * PER_CLASS,
+        test_accuracy=ev.get("accuracy"),
+        blessed=ev.get("blessed"),
+    )
+
+
+if __name__ == "__main__":
+    main()
