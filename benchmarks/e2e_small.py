@@ -23,7 +23,12 @@ from benchmarks.common import REPO, report
 
 SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 CATS_DOGS = SHARED / "datasets" / "cats_dogs" / "train"
-WEIGHTS = SHARED / "keras" / "models" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS = (
+    SHARED
+    / "keras"
+    / "models"
+    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
 PER_CLASS = 200
 
 
