@@ -1,0 +1,67 @@
+"""The test suite as a developer waits for it: `make test` from a fresh clone, timed.
+
+Clones this repo's HEAD into a temporary folder, builds its .venv (not timed: `make test` on a
+clone whose .venv exists is what every later change waits for), then times `make test`. Each
+test's time (setup + call + teardown) comes from pytest's JUnit XML. Run it with nothing else
+on the machine: the figures are wall-clock seconds, not ratios.
+
+Goal: make_test_seconds <= 600 on a quiet 2-core machine, and no test over 90 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from benchmarks.common import REPO, RESULTS, machine
+
+
+def _run(cmd: list[str], cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        clone = Path(tmp) / "graft"
+        _run(["git", "clone", "-q", str(REPO), str(clone)], Path(tmp))
+        _run(["make", ".venv/.installed"], clone)
+        junit = Path(tmp) / "junit.xml"
+        env = {**os.environ, "PYTEST_ADDOPTS": f"--junitxml={junit}"}
+        t0 = time.time()
+        proc = _run(["make", "test"], clone, env)
+        seconds = time.time() - t0
+        cases = [
+            (f"{c.get('classname')}::{c.get('name')}", float(c.get("time", 0)))
+            for c in ET.parse(junit).iter("testcase")
+        ]
+    cases.sort(key=lambda c: -c[1])
+    row = {
+        "name": "suite",
+        "make_test_seconds": round(seconds, 1),
+        "tests": len(cases),
+        "slowest_test_seconds": round(cases[0][1], 1),
+        "slowest": [[n, round(s, 1)] for n, s in cases[:10]],
+        "over_90_s": [n for n, s in cases if s > 90],
+        "summary": proc.stdout.strip().splitlines()[-1],
+        "goal": "make_test_seconds <= 600, no test over 90 s (quiet 2-core machine)",
+        "how": "fresh git clone of HEAD, .venv built first (not timed), then `make test` "
+        "timed; per-test times from pytest's JUnit XML; nothing else running",
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "suite.json").write_text(json.dumps(row, indent=2) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
