@@ -262,9 +262,11 @@ def image_stats(encoded: bytes) -> dict[str, float]:
     downscaled decode (JPEG decodes at 1/8 scale directly); bytes as stored."""
     from PIL import Image
 
+    from graft.components.images import to_rgb
+
     img = Image.open(io.BytesIO(encoded))
     img.draft("RGB", (64, 64))
-    img = img.convert("RGB")
+    img = to_rgb(img)  # stored JPEG/PNG bytes may be gray, 16-bit or RGBA: as TF decodes them
     img.thumbnail((64, 64))
     a = np.asarray(img, np.float64)
     r, g, b = a[..., 0], a[..., 1], a[..., 2]

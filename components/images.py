@@ -61,7 +61,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """8-bit RGB as TensorFlow's decode_image(channels=3) gives it (serving's decoder)."""
     mode = img.mode
     if mode.startswith("I;16"):  # libpng's strip_16 in TF: the high byte
@@ -122,7 +122,7 @@ def normalise(data: bytes, max_side: int, max_pixels: int = 50_000_000) -> Norma
         raise BadImage(f"corrupt or truncated {fmt} data: {e}") from None
     source_mode = img.mode
     try:
-        rgb = _to_rgb(img)
+        rgb = to_rgb(img)
     except Exception as e:  # noqa: BLE001 - any conversion failure is a quarantine reason
         raise BadImage(f"cannot convert mode {source_mode} to RGB: {e}") from None
     resized = False

@@ -87,13 +87,14 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
     for label, row in stats["per_class"].items():
         assert row["written"] + row["quarantined"] == row["input"], label
     assert r.written + r.quarantined == r.input_files
-    # every stored image decodes as 8-bit RGB
+    # every stored image decodes to 8-bit RGB as training and serving decode it (JPEG and PNG
+    # are stored as given, so a gray or 16-bit one keeps its channels until decoded)
     import tensorflow as tf
 
     from graft.components.data import raw_dataset
 
     for blob, _ in raw_dataset(str(tmp_path / "out"), "train").as_numpy_iterator():
-        img = tf.io.decode_image(blob, expand_animations=False)
+        img = tf.io.decode_image(blob, channels=3, expand_animations=False)
         assert img.dtype == tf.uint8 and img.shape[-1] == 3
 
 
