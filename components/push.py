@@ -456,9 +456,12 @@ def push(
     cfg: PushConfig,
     model_name: str,
     force: bool | None = None,
+    recheck: bool = True,
 ) -> PushResult:
     """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed,
-    and record the version's lineage in the registry (components/registry.py)."""
+    and record the version's lineage in the registry (components/registry.py).
+
+    `recheck` (evaluate.compare_baseline): compare with what is served at push time too."""
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
     with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
@@ -521,8 +524,8 @@ def push(
                 same = same_model_version(cfg.destination, model_name, model_sha, weights)
                 go, info = (
                     recheck_served(cfg.destination, model_name, evaluation, force)
-                    if same is None
-                    else (False, None)
+                    if same is None and recheck
+                    else (same is None, None)
                 )
                 result.recheck = info
                 if same is not None:  # another push brought the same model meanwhile

@@ -463,6 +463,13 @@ class PushConfig(Section):
 class RunnerConfig(Section):
     run_root: str = "runs"
     cache: bool = True
+    lock_wait_seconds: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="a step output another live run is writing: wait this long for it (then "
+        "reuse or resume it), else stop naming that process; 0 stops at once",
+    )
 
 
 class GpuConfig(Section):
