@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -375,14 +376,18 @@ def test_a_corrupt_index_is_kept_aside_and_rebuilt_without_losing_an_entry(tmp_p
     index.write_text(torn)
 
     # readers: the whole entries, the dirs for the rest, and a warning; nothing fails
-    caplog.set_level("WARNING", logger="graft")
-    got = {e["version"]: e for e in registry.entries(str(dest), "tiny")}
-    assert sorted(got) == [50, 100, 200, 300] and got[50]["status"] == "removed"
-    assert "not valid JSON" in caplog.text and str(index) in caplog.text
+    graft_log = logging.getLogger("graft")  # it does not propagate: listen to it directly
+    graft_log.addHandler(caplog.handler)
+    try:
+        got = {e["version"]: e for e in registry.entries(str(dest), "tiny")}
+        assert sorted(got) == [50, 100, 200, 300] and got[50]["status"] == "removed"
+        assert "not valid JSON" in caplog.text and str(index) in caplog.text
 
-    # the next push: the torn file is kept aside byte for byte, the index rebuilt whole
-    _version_dirs(dest, [400])
-    registry.update_index(str(dest), "tiny", add={"version": 400, "run_id": "run-400"})
+        # the next push: the torn file is kept aside byte for byte, the index rebuilt whole
+        _version_dirs(dest, [400])
+        registry.update_index(str(dest), "tiny", add={"version": 400, "run_id": "run-400"})
+    finally:
+        graft_log.removeHandler(caplog.handler)
     aside = [p for p in (dest / "tiny").iterdir() if p.name.startswith("registry.json.corrupt-")]
     assert len(aside) == 1 and aside[0].read_text() == torn
     rebuilt = json.loads(index.read_text())["versions"]

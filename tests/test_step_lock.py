@@ -14,11 +14,11 @@ from conftest import tiny_config
 from graft.core.config import parse_config
 
 HOLD = """
-import sys, time
+import sys
 from graft.pipeline.runner import step_lock
 with step_lock(sys.argv[1], "ingest", "the-other-run", 0):
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    sys.stdin.readline()  # holds the step output until the test says so (or closes stdin)
 """
 
 
@@ -34,33 +34,37 @@ def _setup(tmp_path: Path, data: Path) -> tuple[Path, str]:
     return config, os.path.join(cfg.runner.run_root, "steps", "ingest", fp)
 
 
-def _holder(out: str, seconds: float) -> subprocess.Popen:
+def _holder(out: str) -> subprocess.Popen:
     p = subprocess.Popen(
-        [sys.executable, "-c", HOLD, out, str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", HOLD, out],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert p.stdout.readline().strip() == "locked"
     return p
 
 
-def _graft_run(config: Path, wait: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
+def _graft_run(config: Path, wait: float) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, "-m", "graft", "run", "--config", str(config), "--only", "ingest"]
         + ["--set", f"runner.lock_wait_seconds={wait}"],
-        capture_output=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
 
 def test_a_step_output_held_by_a_live_process_is_refused_naming_it(tmp_path, tiny_data):
     config, out = _setup(tmp_path, tiny_data)
-    holder = _holder(out, 300)
+    holder = _holder(out)
     try:
-        r = _graft_run(config, wait=0)
-        assert r.returncode == 1, r.stderr[-2000:]
-        assert f"ingest: its output {out} is being written by pid {holder.pid}" in r.stderr
-        assert "run the-other-run" in r.stderr and "runner.lock_wait_seconds" in r.stderr
+        run = _graft_run(config, wait=0)
+        err = run.communicate(timeout=300)[1]
+        assert run.returncode == 1, err[-2000:]
+        assert f"ingest: its output {out} is being written by pid {holder.pid}" in err
+        assert "run the-other-run" in err and "runner.lock_wait_seconds" in err
         assert not os.path.exists(out)  # neither read nor written
     finally:
         holder.kill()
@@ -69,11 +73,19 @@ def test_a_step_output_held_by_a_live_process_is_refused_naming_it(tmp_path, tin
 
 def test_a_second_run_waits_for_the_first_then_goes_on(tmp_path, tiny_data):
     config, out = _setup(tmp_path, tiny_data)
-    holder = _holder(out, 3)
+    holder = _holder(out)
     try:
-        r = _graft_run(config, wait=120)
-        assert r.returncode == 0, r.stderr[-2000:]
-        assert f"being written by pid {holder.pid}" in r.stderr and "waiting up to 120s" in r.stderr
+        run = _graft_run(config, wait=120)
+        seen = []
+        for line in run.stderr:  # the second run says whom it waits for, and waits
+            seen.append(line)
+            if "waiting up to 120s" in line:
+                break
+        assert f"being written by pid {holder.pid}" in seen[-1], "".join(seen)[-2000:]
+        assert run.poll() is None and not os.path.exists(out)
+        holder.communicate("done\n", timeout=30)  # the first run finishes: the lock is free
+        err = run.communicate(timeout=300)[1]
+        assert run.returncode == 0, err[-2000:]
         assert os.path.exists(os.path.join(out, "_SUCCESS"))
         assert not os.path.exists(out + ".owner.json")  # released with the run
     finally:
