@@ -62,6 +62,8 @@ class DriftResult:
     served_version: int | None = None
     served_examples: str | None = None
     compared: dict = field(default_factory=dict)  # images per side
+    # exact copies among the added images: they train as often as they are stored
+    duplicates: dict = field(default_factory=dict)
     kfp_metrics: dict = field(default_factory=dict)  # flat name -> number, for KFP Metrics
     seconds: float = 0.0
 
@@ -262,9 +264,11 @@ def image_stats(encoded: bytes) -> dict[str, float]:
     downscaled decode (JPEG decodes at 1/8 scale directly); bytes as stored."""
     from PIL import Image
 
+    from graft.components.images import to_rgb
+
     img = Image.open(io.BytesIO(encoded))
     img.draft("RGB", (64, 64))
-    img = img.convert("RGB")
+    img = to_rgb(img)  # stored JPEG/PNG bytes may be gray, 16-bit or RGBA: as TF decodes them
     img.thumbnail((64, 64))
     a = np.asarray(img, np.float64)
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
@@ -315,6 +319,26 @@ def _stat_columns(rows: list[dict], encoded: dict[str, bytes]) -> dict[str, np.n
         for s in STATS:
             cols[s].append(st[s])
     return {s: np.array(v) for s, v in cols.items()}
+
+
+def _duplicates(rows: list[dict]) -> dict:
+    """Exact copies (same sha256) among rows: counts and the largest group."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["sha256"], []).append(r)
+    multi = sorted(
+        (g for g in groups.values() if len(g) > 1), key=lambda g: (-len(g), g[0]["sha256"])
+    )
+    out = {
+        "images": len(rows),
+        "distinct": len(groups),
+        "copies": len(rows) - len(groups),
+        "groups": len(multi),
+    }
+    if multi:
+        g = multi[0]
+        out["largest"] = {"sha256": g[0]["sha256"], "count": len(g), "label": g[0]["label"]}
+    return out
 
 
 def _sample(rows: list[dict], n: int, rng: np.random.Generator) -> list[dict]:
@@ -472,7 +496,17 @@ def check_drift(
     added = [r for r in new_rows if r["sha256"] not in old_shas]
     res = DriftResult(checked=True, **kw)
     res.compared = {"served_snapshot": len(old_rows), "new_snapshot": len(new_rows)}
-    res.compared["added"] = len({r["sha256"] for r in added})
+    res.compared["added"] = len(added)  # images, as training counts them
+    res.compared["added_distinct"] = len({r["sha256"] for r in added})
+    res.duplicates = _duplicates(added)
+    if res.duplicates["copies"]:
+        d = res.duplicates
+        res.reasons.append(
+            f"duplicates: the {len(added)} added images are {d['distinct']} distinct ones; "
+            f"{d['copies']} are exact copies of another added image (largest group: "
+            f"{d['largest']['count']} x sha256 {d['largest']['sha256'][:12]} in class "
+            f"'{d['largest']['label']}')"
+        )
     metrics: dict = {}
 
     # labels: the whole snapshots, as the model is trained on the whole snapshot
@@ -488,10 +522,11 @@ def check_drift(
     )
 
     cache: dict = {}
-    if res.compared["added"] < MIN_NEW:
+    if res.compared["added_distinct"] < MIN_NEW:
         res.reasons.append(
-            f"{res.compared['added']} image(s) added since served version {version}: fewer "
-            f"than {MIN_NEW}, image statistics, embeddings and confidence not compared"
+            f"{res.compared['added_distinct']} distinct image(s) added since served version "
+            f"{version}: fewer than {MIN_NEW}, image statistics, embeddings and confidence not "
+            "compared"
         )
     else:
         old_s = _sample(old_rows, cfg.sample, rng)
@@ -571,7 +606,10 @@ def check_drift(
             res.kfp_metrics[f"drift_{name}_p"] = m["p_value"]
     res.seconds = round(time.time() - t0, 2)
     _write(out_dir, res)
-    where = f"{res.compared['added']} added image(s) vs served version {version}'s snapshot"
+    where = (
+        f"{res.compared['added']} added image(s) ({res.compared['added_distinct']} distinct) vs "
+        f"served version {version}'s snapshot"
+    )
     if res.flagged:
         log(f"drift: FLAGGED ({where}): " + "; ".join(res.reasons), level="warn")
     else:

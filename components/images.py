@@ -1,6 +1,18 @@
 """Decode any input image once, normalise it to 8-bit RGB, or say exactly why not.
 
-Used by ingest (Beam workers) so every file is judged by the same code.
+Used by ingest (Beam workers) so every file is judged by the same code. What ingest stores is
+what serving will see: training and the SavedModel both decode the stored bytes with
+`components/data.py:decode_and_resize` (TensorFlow's decode_image, channels=3), which is also
+what the served model runs on a client's original file. So ingest
+
+- passes a JPEG or PNG through byte for byte unless it must be downscaled: the trained pixels
+  are then the served ones by construction (grayscale, CMYK, progressive, 16-bit, alpha);
+- converts what it must re-encode (GIF's first frame, BMP, downscaled images) as TensorFlow's
+  decoder does: alpha dropped (not composited), 16-bit truncated to its high byte, EXIF
+  orientation not applied (as TF Serving's decoders do);
+- quarantines what TensorFlow decodes differently or not at all (1-bit and palette BMPs: TF
+  reads 1-bit ones as 0 channels and palette indices as gray levels), and images over
+  data.max_pixels, judged from the header before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -49,26 +61,45 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB as TensorFlow's decode_image(channels=3) gives it (serving's decoder)."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if mode.startswith("I;16"):  # libpng's strip_16 in TF: the high byte
+        arr = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode in ("I", "F"):
         arr = np.asarray(img).astype(np.float64)
-        peak = 65535.0 if arr.max() > 255 or mode.startswith("I;16") else 255.0
+        peak = 65535.0 if arr.max() > 255 else 255.0
         arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
-    if mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-        mode = "RGBA"
-    if mode in ("RGBA", "LA", "PA", "RGBa"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
     if mode == "RGB":
         return img
-    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
+    return img.convert("RGB")  # alpha dropped as TF does; L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def normalise(data: bytes, max_side: int) -> NormalisedImage:
+PASS_THROUGH = ("JPEG", "PNG")  # stored as given unless downscaled: TF decodes every mode
+
+
+def _refuse_before_decoding(img: Image.Image, fmt: str, max_pixels: int) -> None:
+    """Quarantine reasons that the header alone gives: no pixel decoded yet."""
+    if fmt not in SUPPORTED_FORMATS:
+        raise BadImage(f"unsupported image format {fmt} (supported: JPEG, PNG, GIF, BMP)")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise BadImage(
+            f"{width}x{height} = {width * height / 1e6:.1f} Mpx is over data.max_pixels "
+            f"({max_pixels / 1e6:.1f} Mpx); not decoded"
+        )
+    if fmt == "BMP" and img.mode in ("1", "P"):
+        what = "1-bit" if img.mode == "1" else "palette"
+        raise BadImage(
+            f"{what} BMP: TensorFlow's decoder, which the served model uses, cannot decode it "
+            "as Pillow does (it reads 1-bit BMPs as 0 channels and palette indices as gray "
+            "levels); convert it to PNG to use it"
+        )
+
+
+def normalise(data: bytes, max_side: int, max_pixels: int = 50_000_000) -> NormalisedImage:
     """Decode fully (catching truncation), convert to RGB, downscale past max_side."""
     if not data:
         raise BadImage("zero-byte file")
@@ -76,20 +107,22 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
     try:
         img = Image.open(io.BytesIO(data))
         fmt = img.format or "?"
-        if fmt not in SUPPORTED_FORMATS:
-            raise BadImage(f"unsupported image format {fmt} (supported: JPEG, PNG, GIF, BMP)")
+        _refuse_before_decoding(img, fmt, max_pixels)
         img.load()
     except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage("not an image (no known image header)") from None
-    except Image.DecompressionBombError as e:
-        raise BadImage(f"image too large to decode safely: {e}") from None
+    except Image.DecompressionBombError as e:  # Image.open's own check, past 2x its limit
+        raise BadImage(
+            f"over data.max_pixels ({max_pixels / 1e6:.1f} Mpx) and Pillow's decompression-bomb "
+            f"limit: {e}; not decoded"
+        ) from None
     except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(f"corrupt or truncated {fmt} data: {e}") from None
     source_mode = img.mode
     try:
-        rgb = _to_rgb(img)
+        rgb = to_rgb(img)
     except Exception as e:  # noqa: BLE001 - any conversion failure is a quarantine reason
         raise BadImage(f"cannot convert mode {source_mode} to RGB: {e}") from None
     resized = False
@@ -97,8 +130,8 @@ def normalise(data: bytes, max_side: int) -> NormalisedImage:
         # in place: the decoded image is ours alone (a defensive copy cost ingest CPU)
         rgb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
         resized = True
-    if fmt == "JPEG" and source_mode == "RGB" and not resized:
-        encoded, out_fmt = data, "jpeg"  # pass the original bytes through untouched
+    if fmt in PASS_THROUGH and not resized:
+        encoded, out_fmt = data, fmt.lower()  # the original bytes: decoded as serving will
     else:
         buf = io.BytesIO()
         if fmt == "JPEG":

@@ -68,7 +68,7 @@ SHARD_INDEX = "shards.json"  # shard file -> [source path, sha256, label id] of 
 STAGED_DIR = "_staged"  # shards written outside Beam wait here while Beam writes its own
 # What a record holds for given bytes and max_side; bump when decoding changes, so that an
 # incremental ingest never copies records made by other decoding code.
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: PNG and non-RGB JPEG passed through; alpha dropped as TF does
 FORMAT_HISTOGRAM_BINS = (64, 128, 256, 512, 1024, 2048)
 
 
@@ -160,7 +160,9 @@ class DecodeFn(beam.DoFn):
         progress_dir: str | None,
         progress_every: int,
         max_file_bytes: int,
+        max_pixels: int = 50_000_000,
     ):
+        self.max_pixels = max_pixels
         self.label_ids = label_ids
         self.fractions = fractions
         self.max_side = max_side
@@ -209,7 +211,7 @@ class DecodeFn(beam.DoFn):
             )
             return
         try:
-            img = normalise(data, self.max_side)
+            img = normalise(data, self.max_side, self.max_pixels)
         except BadImage as e:
             self._tick()
             yield beam.pvalue.TaggedOutput(
@@ -392,6 +394,7 @@ def run_beam(
                         progress_dir,
                         cfg.progress_every,
                         cfg.max_file_bytes,
+                        cfg.max_pixels,
                     )
                 ).with_outputs(DecodeFn.QUARANTINE, main="ok")
             )
@@ -461,7 +464,7 @@ def _list(data: DataConfig) -> tuple[Listing, list[str]]:
     if data.source == "folder":
         listing = list_folder(data.path)
     elif data.source == "csv":
-        listing = list_csv(data.path, data.group_by)
+        listing = list_csv(data.path, data.group_by, data.max_csv_bytes)
     else:
         listing, labels = list_tfds(data)
         return listing, labels
@@ -513,6 +516,7 @@ def reuse_key(data: DataConfig) -> dict:
         "path": path,
         "tfds": [data.tfds_name, data.tfds_data_dir],
         "max_side": data.max_side,
+        "max_pixels": data.max_pixels,
         # whole shards are reused as they are, and splits kept: other layouts start afresh
         "shards": data.shards,
         "splits": data.splits.model_dump(),
@@ -892,7 +896,15 @@ def decode_in_process(
     On the DirectRunner with one worker, Beam's fixed cost (building and running some twenty
     stages, ~3 s) would be most of a re-ingest of a few hundred new files.
     """
-    fn = DecodeFn(label_ids, fractions, cfg.max_side, None, cfg.progress_every, cfg.max_file_bytes)
+    fn = DecodeFn(
+        label_ids,
+        fractions,
+        cfg.max_side,
+        None,
+        cfg.progress_every,
+        cfg.max_file_bytes,
+        cfg.max_pixels,
+    )
     fn.setup()
     records: dict[str, list[tuple[tuple, bytes, Row]]] = defaultdict(list)
     metas, quarantine = [], []

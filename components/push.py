@@ -11,6 +11,11 @@ Two pushes may overlap (a manual run and a scheduled one), so every step is owne
   may be renamed; a partial tree is never renamed into place;
 - the version number is chosen, and the rename and pruning done, under a destination lock;
 - a model the destination already has (same weights checksum) is never pushed again;
+- under the destination lock push re-reads what is served now: when that is not the version
+  evaluate compared against (another run pushed meanwhile), the candidate goes in only if its
+  test accuracy is above the served version's recorded one (`--force` overrides), and
+  push.json and the log say which it was. The TFX Pusher trusts the blessing alone; a
+  blessing against a baseline that is no longer served is stale;
 - each version's lineage goes into its marker and, under the destination lock, into the
   registry index beside the versions (components/registry.py);
 - `rollback` serves an older version again by publishing a copy of it as the newest version,
@@ -331,6 +336,61 @@ class PushResult:
     already_at_destination: bool = False
     files: int = 0
     removed_versions: list[int] = field(default_factory=list)
+    # what was served when the version was renamed in, if not evaluate's baseline: served
+    # version, its recorded accuracy, the candidate's, and the outcome (pushed, refused, forced)
+    recheck: dict | None = None
+
+
+def _recorded_accuracy(destination: str, model_name: str, version: int) -> float | None:
+    """The test accuracy the registry recorded for a version (its lineage), if any."""
+    try:
+        e = registry.entry(destination, model_name, version)
+    except registry.UnknownVersion:
+        return None
+    acc = ((e.get("lineage") or {}).get("metrics") or {}).get("accuracy")
+    return float(acc[0]) if acc and isinstance(acc[0], int | float) else None
+
+
+def recheck_served(
+    destination: str, model_name: str, evaluation: dict, force: bool
+) -> tuple[bool, dict | None]:
+    """Under the destination lock: may the candidate go in over what is served now?
+
+    (True, None) when evaluate's comparison still holds: nothing is served, or the served
+    version is the one it compared against. Otherwise the candidate's test accuracy must beat
+    the served version's recorded one (each measured on its own run's test split; a tie is
+    refused, as evaluate refuses ties by default); `force` pushes anyway."""
+    served = registry.served_version(destination, model_name)
+    compared = evaluation.get("baseline_version")
+    if served is None or served == compared:
+        return True, None
+    cand = (evaluation.get("candidate") or {}).get("accuracy")
+    served_acc = _recorded_accuracy(destination, model_name, served)
+    info = {
+        "served_version": served,
+        "evaluated_against": compared,
+        "served_accuracy": served_acc,
+        "candidate_accuracy": cand,
+    }
+    better = cand is not None and served_acc is not None and cand > served_acc
+    if better:
+        info["outcome"] = "pushed: still better than the version served now"
+    elif force:
+        info["outcome"] = "forced: not better than the version served now, pushed anyway"
+    else:
+        info["outcome"] = "refused: not better than the version served now"
+    return better or force, info
+
+
+def _recheck_text(info: dict) -> str:
+    acc = info["served_accuracy"]
+    served = f"{acc:.4f}" if acc is not None else "no recorded accuracy"
+    evaluated = info["evaluated_against"]
+    return (
+        f"version {info['served_version']} was pushed since evaluate compared against "
+        + (f"version {evaluated}" if evaluated is not None else "no baseline")
+        + f"; candidate test accuracy {info['candidate_accuracy']} vs its {served}"
+    )
 
 
 def _already(result: PushResult, destination: str, model_name: str, version: int) -> None:
@@ -396,9 +456,12 @@ def push(
     cfg: PushConfig,
     model_name: str,
     force: bool | None = None,
+    recheck: bool = True,
 ) -> PushResult:
     """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed,
-    and record the version's lineage in the registry (components/registry.py)."""
+    and record the version's lineage in the registry (components/registry.py).
+
+    `recheck` (evaluate.compare_baseline): compare with what is served at push time too."""
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
     with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
@@ -441,29 +504,43 @@ def push(
         }
         with _owned_tmp(root) as tmp:
             files = _copy_tree(src, tmp)
-            _write_marker(
-                tmp,
-                {
-                    "model_sha256": model_sha,
-                    "weights_sha256": weights,
-                    "files": len(files),
-                    "bytes": sum(files.values()),
-                    "pushed": pushed_at,
-                    "blessed": evaluation["blessed"],
-                    "forced": not evaluation["blessed"],
-                    "host": socket.gethostname(),
-                    "pid": os.getpid(),
-                    "entry": entry,
-                },
-            )
+            marker = {
+                "model_sha256": model_sha,
+                "weights_sha256": weights,
+                "files": len(files),
+                "bytes": sum(files.values()),
+                "pushed": pushed_at,
+                "blessed": evaluation["blessed"],
+                "forced": not evaluation["blessed"],
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "entry": entry,
+            }
+            _write_marker(tmp, marker)
             _verify(tmp, files)
             if os.environ.get("GRAFT_TEST_CRASH_BEFORE_RENAME"):
                 os._exit(17)  # tests: simulate a kill between the copy and the rename
             with _destination_lock(root):
                 same = same_model_version(cfg.destination, model_name, model_sha, weights)
+                go, info = (
+                    recheck_served(cfg.destination, model_name, evaluation, force)
+                    if same is None and recheck
+                    else (same is None, None)
+                )
+                result.recheck = info
                 if same is not None:  # another push brought the same model meanwhile
                     _already(result, cfg.destination, model_name, same)
+                elif not go:
+                    result.reasons = [*result.reasons, f"{info['outcome']}: {_recheck_text(info)}"]
+                    log(
+                        f"push: not pushed: {_recheck_text(info)}; the version served now stays "
+                        "(--force to push anyway)",
+                        level="warn",
+                    )
                 else:
+                    if info is not None:  # the marker and the index say what it was pushed over
+                        entry["recheck"] = info
+                        _write_marker(tmp, marker)
                     existing = versions(cfg.destination, model_name)
                     if version in existing or (existing and version < existing[-1]):
                         version = max(existing[-1] + 1, int(time.time()))  # newest, never over
@@ -474,6 +551,8 @@ def push(
                     result.pushed, result.forced = True, not evaluation["blessed"]
                     result.destination, result.version = final, version
                     result.files, result.removed_versions = len(files), removed
+        if result.pushed and result.recheck:
+            log(f"push: {result.recheck['outcome']}: {_recheck_text(result.recheck)}")
         if result.pushed:
             log(
                 f"push: {'FORCED ' if result.forced else ''}pushed version {version} to "

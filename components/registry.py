@@ -37,6 +37,7 @@ import uuid
 from pathlib import Path
 
 from graft.core.config import ConfigError
+from graft.core.log import log
 from graft.core.paths import is_remote
 from graft.core.paths import join as _join
 
@@ -368,11 +369,122 @@ def index_path(destination: str, model_name: str) -> str:
     return _join(destination, model_name, INDEX)
 
 
+def _version_of(e) -> int | None:
+    """An entry's version number, None when it has none a reader can use ("abc", -1, 1.5)."""
+    v = e.get("version") if isinstance(e, dict) else None
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 0 else None
+    if isinstance(v, str) and v.isdigit() and v.isascii():
+        return int(v)
+    return None
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        if is_remote(path):
+            g = _gfile()
+            if not g.exists(path):
+                return None
+            with g.GFile(path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+
+
+def _salvage(text: str) -> list:
+    """The entries a torn index still holds whole: its `versions` list read element by
+    element up to the first that does not parse (a truncated write loses only its tail)."""
+    start = text.find('"versions"')
+    start = text.find("[", start) if start >= 0 else -1
+    if start < 0:
+        return []
+    decoder, out, i = json.JSONDecoder(), [], start + 1
+    while True:
+        while i < len(text) and text[i] in " \t\r\n,":
+            i += 1
+        if i >= len(text) or text[i] == "]":
+            return out
+        try:
+            item, i = decoder.raw_decode(text, i)
+        except ValueError:
+            return out
+        out.append(item)
+
+
+class _Index:
+    """What registry.json holds: usable entries, unusable ones (kept), and whether it parsed."""
+
+    def __init__(self, path: str):
+        self.path, self.corrupt, self.error = path, False, ""
+        self.unusable: list = []
+        text = _read_text(path)
+        raw: list = []
+        if text is not None:
+            try:
+                data = json.loads(text)
+                if not isinstance(data, dict) or not isinstance(data.get("versions"), list):
+                    raise ValueError("no 'versions' list")
+                raw = data["versions"]
+                self.unusable = list(data.get("unusable_entries") or [])  # kept by earlier pushes
+            except ValueError as e:
+                self.corrupt, self.error = True, str(e)
+                raw = _salvage(text)
+        self.entries: dict[int, dict] = {}
+        for e in raw:
+            v = _version_of(e)
+            if v is None:
+                self.unusable.append(e)
+            else:
+                self.entries[v] = {**e, "version": v}
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(path: str, what: str) -> None:
+    if (path, what) not in _warned:
+        _warned.add((path, what))
+        log(f"registry: {path}: {what}", level="warn")
+
+
+def _load_index(destination: str, model_name: str) -> _Index:
+    index = _Index(index_path(destination, model_name))
+    if index.corrupt:
+        _warn_once(
+            index.path,
+            f"not valid JSON ({index.error}); read the {len(index.entries)} whole entries it "
+            "still holds and each version dir's graft_push.json; the next push keeps the file "
+            "aside and rewrites the index",
+        )
+    if index.unusable:
+        _warn_once(
+            index.path,
+            f"{len(index.unusable)} entry(ies) without a usable version number skipped "
+            f"(e.g. {json.dumps(index.unusable[0], default=str)[:80]}); kept in the file",
+        )
+    return index
+
+
 def read_index(destination: str, model_name: str) -> list[dict]:
-    """The index's entries, oldest version first ([] when there is no index)."""
-    data = _read_json(index_path(destination, model_name)) or {}
-    entries = [e for e in data.get("versions") or [] if isinstance(e, dict) and "version" in e]
-    return sorted(entries, key=lambda e: int(e["version"]))
+    """The index's entries, oldest version first ([] when there is no index). A corrupt index
+    gives the entries it still holds whole, with a warning; entries without a usable version
+    number are skipped, with a warning."""
+    index = _load_index(destination, model_name)
+    return [index.entries[v] for v in sorted(index.entries)]
+
+
+def _keep_aside(path: str) -> str:
+    """Move a corrupt index out of the way, never over an earlier one; returns where."""
+    aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    if is_remote(path):
+        _gfile().rename(path, aside, overwrite=False)
+    else:
+        os.rename(path, aside)
+    return aside
 
 
 def update_index(
@@ -382,8 +494,23 @@ def update_index(
     add: dict | None = None,
     removed: list[int] | tuple[int, ...] = (),
 ) -> None:
-    """Add or replace one entry and mark pruned versions. Call under push's destination lock."""
-    entries = {int(e["version"]): e for e in read_index(destination, model_name)}
+    """Add or replace one entry and mark pruned versions. Call under push's destination lock.
+
+    Never loses an entry: a corrupt index is kept aside as `registry.json.corrupt-<time>` and
+    rebuilt from what it still holds whole plus each version dir's graft_push.json; entries
+    without a usable version number are carried over in `unusable_entries`."""
+    index = _load_index(destination, model_name)
+    entries = index.entries
+    if index.corrupt:
+        aside = _keep_aside(index.path)
+        log(
+            f"registry: kept the corrupt {index.path} aside as {aside}; rebuilt the index from "
+            f"its {len(entries)} whole entries and the version dirs",
+            level="warn",
+        )
+    for v in versions(destination, model_name):  # a version the index lacks: from its dir
+        if v not in entries:
+            entries[v] = _entry_from_dir(destination, model_name, v)
     if add is not None:
         entries[int(add["version"])] = add
     for v in removed:
@@ -395,15 +522,15 @@ def update_index(
             if name.startswith(f".{INDEX}.tmp-"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(root, name))
-    write_json_atomic(
-        index_path(destination, model_name),
-        {
-            "format": LINEAGE_FORMAT,
-            "model": model_name,
-            "updated": now_iso(),
-            "versions": [entries[v] for v in sorted(entries)],
-        },
-    )
+    data = {
+        "format": LINEAGE_FORMAT,
+        "model": model_name,
+        "updated": now_iso(),
+        "versions": [entries[v] for v in sorted(entries)],
+    }
+    if index.unusable:
+        data["unusable_entries"] = index.unusable
+    write_json_atomic(index_path(destination, model_name), data)
 
 
 def _entry_from_dir(destination: str, model_name: str, version: int) -> dict:

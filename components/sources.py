@@ -8,7 +8,6 @@ quarantine record here, with its reason, so that nothing is lost and nothing han
 from __future__ import annotations
 
 import csv
-import io
 import os
 import re
 import stat
@@ -56,6 +55,15 @@ class Listing:
 def printable(path: str) -> str:
     """A path that can be printed and JSON-encoded, whatever bytes its name holds."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def shown(path: str) -> str:
+    """A path or name for an error message: control characters (a newline in a folder name)
+    escaped, as repr does, so that one message stays one readable line."""
+    text = printable(path)
+    if any(unicodedata.category(ch).startswith("C") for ch in text):
+        return repr(text)[1:-1]
+    return text
 
 
 def _utf8(name: str) -> bool:
@@ -172,12 +180,12 @@ def list_folder(root: str) -> Listing:
     split_dirs = [d for d in dirs if d.lower() in SPLIT_ALIASES]
     if not dirs:
         what = f"{len(files)} file(s) and no class folders" if files else "nothing"
-        raise DataLayoutError(f"{root} holds {what}.\n{LAYOUT_HELP}")
+        raise DataLayoutError(f"{shown(root)} holds {what}.\n{LAYOUT_HELP}")
     if split_dirs and len(split_dirs) != len(dirs):
         others = sorted(set(dirs) - set(split_dirs))
         raise DataLayoutError(
-            f"{root} mixes split folders {split_dirs} with other folders {others}; put every "
-            f"class folder inside a split folder, or drop the split folders.\n{LAYOUT_HELP}"
+            f"{shown(root)} mixes split folders {split_dirs} with other folders {others}; put "
+            f"every class folder inside a split folder, or drop the split folders.\n{LAYOUT_HELP}"
         )
     out = Listing()
     for d in own:
@@ -198,12 +206,12 @@ def list_folder(root: str) -> Listing:
             split = SPLIT_ALIASES[d.lower()]
             if split in seen:
                 raise DataLayoutError(
-                    f"{root}: both '{seen[split]}' and '{d}' mean split '{split}'"
+                    f"{shown(root)}: both '{seen[split]}' and '{d}' mean split '{split}'"
                 )
             seen[split] = d
         if "train" not in seen:
             raise DataLayoutError(
-                f"{root} has split folders {sorted(seen.values())} but no train folder."
+                f"{shown(root)} has split folders {sorted(seen.values())} but no train folder."
                 f"\n{LAYOUT_HELP}"
             )
         out.found_splits = [s for s in SPLITS if s in seen]
@@ -229,8 +237,9 @@ def list_folder(root: str) -> Listing:
     if len(labels) == 1:
         (only,) = labels
         raise DataLayoutError(
-            f"{root}: one class folder ('{only}') holds images; a classifier needs at least two. "
-            f"If {_join(root, only)} holds the class folders, point data.path at it.\n{LAYOUT_HELP}"
+            f"{shown(root)}: one class folder ('{shown(only)}') holds images; a classifier needs "
+            f"at least two. If {shown(_join(root, only))} holds the class folders, point "
+            f"data.path at it.\n{LAYOUT_HELP}"
         )
     return out
 
@@ -238,14 +247,91 @@ def list_folder(root: str) -> Listing:
 # ------------------------------------------------------------------ CSV
 
 
-def list_csv(manifest: str, group_by: str | None = None) -> Listing:
-    """Rows `path,label[,split]`; with a header, columns by name (others serve group_by)."""
-    text = read_bounded(manifest, 1 << 30).decode("utf-8")
-    rows = list(csv.reader(io.StringIO(text)))
+CSV_COLUMNS = "path,label[,split][,other columns]"
+MAX_CSV_LINE = 64 * 1024  # a manifest line is a path and a label: 64 KiB is no real row
+
+
+def _csv_lines(manifest: str, max_bytes: int):
+    """(line number, text) of a CSV, read in 1 MiB chunks, never whole; each line ends with its
+    newline. Stops with DataLayoutError at a line over MAX_CSV_LINE, a line that is not UTF-8,
+    or past max_bytes (data.max_csv_bytes), naming the CSV and the line."""
+    if is_remote(manifest):
+        import tensorflow as tf
+
+        f = tf.io.gfile.GFile(manifest, "rb")
+    else:
+        f = open(manifest, "rb")  # noqa: SIM115 - closed below, also when the caller stops
+    total, n, pending = 0, 0, b""
+    try:
+        while True:
+            chunk = f.read(1 << 20)
+            total += len(chunk)
+            if total > max_bytes:
+                raise DataLayoutError(
+                    f"{printable(manifest)} is over data.max_csv_bytes ({max_bytes} bytes); "
+                    "not read further (raise data.max_csv_bytes for a larger manifest)"
+                )
+            pending += chunk
+            lines = pending.split(b"\n")
+            pending = lines.pop() if chunk else b""
+            for raw in lines:
+                if not raw and not chunk:
+                    continue
+                n += 1
+                if len(raw) > MAX_CSV_LINE:
+                    raise _bad_line(manifest, n, f"longer than {MAX_CSV_LINE} bytes")
+                try:
+                    yield n, raw.decode("utf-8") + "\n"
+                except UnicodeDecodeError as e:
+                    raise _bad_line(manifest, n, f"not UTF-8 text (byte {e.start + 1})") from None
+            if len(pending) > MAX_CSV_LINE:
+                raise _bad_line(manifest, n + 1, f"longer than {MAX_CSV_LINE} bytes")
+            if not chunk:
+                return
+    finally:
+        f.close()
+
+
+def _bad_line(manifest: str, n: int, what: str) -> DataLayoutError:
+    return DataLayoutError(
+        f"{printable(manifest)} line {n}: {what}; expected CSV columns {CSV_COLUMNS}"
+    )
+
+
+def _csv_rows(manifest: str, max_bytes: int):
+    """(line number, row) of the CSV, streamed; a malformed line stops it, named."""
+    lines = _csv_lines(manifest, max_bytes)
+    current = [0]
+
+    def texts():
+        for n, text in lines:
+            current[0] = n
+            if "\x00" in text:
+                raise _bad_line(manifest, n, "contains NUL bytes (not a text CSV)")
+            yield text
+
+    reader = csv.reader(texts())
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise _bad_line(manifest, current[0], str(e)) from None
+        yield current[0], row
+
+
+def list_csv(manifest: str, group_by: str | None = None, max_bytes: int = 256 * 2**20) -> Listing:
+    """Rows `path,label[,split]`; with a header, columns by name (others serve group_by).
+
+    Streamed: the first bad line stops it, named with its number and the expected columns,
+    before the rest of the file is read; a file over max_bytes is refused the same way."""
+    rows = _csv_rows(manifest, max_bytes)
+    first = next(rows, None)
     header = None
-    if rows and [c.strip().lower() for c in rows[0][:2]] == ["path", "label"]:
-        header = [c.strip() for c in rows[0]]
-        rows = rows[1:]
+    if first and [c.strip().lower() for c in first[1][:2]] == ["path", "label"]:
+        header = [c.strip() for c in first[1]]
+        first = None
     lower = [c.lower() for c in header] if header else ["path", "label", "split"]
     split_col = lower.index("split") if "split" in lower else None
     group_col = None
@@ -262,18 +348,18 @@ def list_csv(manifest: str, group_by: str | None = None) -> Listing:
         if hint:  # recorded for validate to check; the split stays per image
             group_col, out.group_hint = header.index(hint), hint
     base = os.path.dirname(manifest)
-    for n, row in enumerate(rows, start=2 if header else 1):
+    for n, row in _chain(first, rows):
         if not row or not "".join(row).strip():
             continue
-        if len(row) < 2:
-            raise DataLayoutError(f"{manifest} line {n}: expected path,label[,split], got {row}")
-        path, label = row[0].strip(), row[1].strip()
+        path, label = (row[0].strip(), row[1].strip()) if len(row) >= 2 else ("", "")
+        if not path or not label:
+            raise _bad_line(manifest, n, f"got {row!r}")
         split = None
         if split_col is not None and len(row) > split_col and row[split_col].strip():
             word = row[split_col].strip().lower()
             if word not in SPLIT_ALIASES:
                 raise DataLayoutError(
-                    f"{manifest} line {n}: split must be train/val/test, got '{word}'"
+                    f"{manifest} line {n}: split must be train/val/test, got {word!r}"
                 )
             split = SPLIT_ALIASES[word]
         if not is_remote(path) and not os.path.isabs(path):
@@ -284,6 +370,12 @@ def list_csv(manifest: str, group_by: str | None = None) -> Listing:
         out.items.append(item)
     out.found_splits = sorted({i["split"] for i in out.items if i["split"]}, key=SPLITS.index)
     return out
+
+
+def _chain(first, rest):
+    if first:
+        yield first
+    yield from rest
 
 
 # ------------------------------------------------------------------ TFDS
@@ -364,7 +456,7 @@ def check_labels(items: list[dict]) -> None:
             "bad class names: "
             + "; ".join(bad)
             + ". Rename these folders (or CSV labels): "
-            + ", ".join(printable(f) for f in sorted(folders)[:10])
+            + ", ".join(shown(f) for f in sorted(folders)[:10])
         )
 
 

@@ -32,6 +32,9 @@ class ValidationResult:
     exclude_from_all: list[str] = field(default_factory=list)
     near_duplicates: list[dict] = field(default_factory=list)  # train image ~ val/test image
     crossing_groups: dict[str, list[str]] = field(default_factory=dict)  # group -> its splits
+    # exact copies within one split: split -> groups, images in them, extra copies, and the
+    # largest groups (sha256, label, count, paths)
+    duplicates: dict[str, dict] = field(default_factory=dict)
 
 
 MAX_LISTED = 200  # pairs and groups listed in validation.json; the counts are always whole
@@ -153,6 +156,7 @@ def validate(
                 res.warnings.append(msg + " -> dropped from evaluation")
                 res.exclude_from_eval.append(digest)
 
+    _check_exact_duplicates(by_sha, res)
     _check_groups(cfg, stats, manifest, res)
     _check_near_duplicates(cfg, manifest, res)
     _check_small_splits(cfg, stats, labels, res)
@@ -180,6 +184,43 @@ def validate(
     if res.passed:
         log(f"validate: passed ({len(res.warnings)} warning(s))", level="ok")
     return res
+
+
+def _check_exact_duplicates(by_sha: dict[str, list[dict]], res) -> None:
+    """The same bytes stored more than once in one split: each copy trains (or is scored) as
+    one more image, so 40 copies of one black image weigh 40 times. Reported, not blocking."""
+    per_split: dict[str, list[list[dict]]] = defaultdict(list)
+    for group in by_sha.values():
+        by_split: dict[str, list[dict]] = defaultdict(list)
+        for m in group:
+            by_split[m["split"]].append(m)
+        for split, copies in by_split.items():
+            if len(copies) > 1:
+                per_split[split].append(copies)
+    for split in sorted(per_split):
+        groups = sorted(per_split[split], key=lambda g: (-len(g), g[0]["sha256"]))
+        images = sum(len(g) for g in groups)
+        res.duplicates[split] = {
+            "groups": len(groups),
+            "images": images,
+            "extra_copies": images - len(groups),
+            "largest": [
+                {
+                    "sha256": g[0]["sha256"],
+                    "label": g[0]["label"],
+                    "count": len(g),
+                    "paths": [m["path"] for m in g[:5]],
+                }
+                for g in groups[:MAX_LISTED]
+            ],
+        }
+        top = groups[0]
+        res.warnings.append(
+            f"exact duplicates in {split}: {len(groups)} image(s) stored more than once, "
+            f"{images} files in all ({images - len(groups)} extra copies); the largest: "
+            f"{len(top)} copies of sha256 {top[0]['sha256'][:12]} in class '{top[0]['label']}' "
+            f"(e.g. {top[0]['path']}); see validation.json duplicates"
+        )
 
 
 def _check_groups(cfg: ValidateConfig, stats: dict, manifest: list[dict], res) -> None:

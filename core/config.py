@@ -43,7 +43,9 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: `epochs: true` or `epochs: '5'` is refused, never coerced (an int field takes
+    # ints, a float field ints and floats, a bool field true/false)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class Splits(Section):
@@ -92,6 +94,20 @@ class DataConfig(Section):
         ge=1,
         le=2**32,
         description="larger files are quarantined without being read",
+    )
+    max_pixels: int = Field(
+        50_000_000,
+        ge=1,
+        le=2**32,
+        description="images with more pixels (width x height, read from the header) are "
+        "quarantined without being decoded",
+    )
+    max_csv_bytes: int = Field(
+        256 * 2**20,
+        ge=1,
+        le=2**40,
+        description="a larger CSV manifest (data.source: csv) is refused; it is streamed, "
+        "never read whole",
     )
     group_by: str | None = Field(
         None,
@@ -453,6 +469,13 @@ class PushConfig(Section):
 class RunnerConfig(Section):
     run_root: str = "runs"
     cache: bool = True
+    lock_wait_seconds: float = Field(
+        3600.0,
+        ge=0,
+        le=7 * 24 * 3600,
+        description="a step output another live run is writing: wait this long for it (then "
+        "reuse or resume it), else stop naming that process; 0 stops at once",
+    )
 
 
 class GpuConfig(Section):
@@ -561,7 +584,7 @@ class GraftConfig(Section):
     runner: RunnerConfig = Field(default_factory=RunnerConfig)
     kubeflow: KubeflowConfig = Field(default_factory=KubeflowConfig)
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     @model_validator(mode="after")
     def _kept_keys_exist(self) -> GraftConfig:
@@ -584,11 +607,18 @@ class GraftConfig(Section):
 # ---------------------------------------------------------------- loading
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """SafeLoader without aliases: `*ref` can expand a few lines into gigabytes (alias bomb).
+MAX_YAML_DEPTH = 64  # a config nests a few levels; 20,000 would exhaust Python's stack
 
-    Anchors alone are harmless; every alias, merge keys (`<<: *base`) included, is refused.
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """SafeLoader without aliases, duplicate keys or deep nesting.
+
+    An alias (`*ref`, merge keys `<<: *base` included) can expand a few lines into gigabytes;
+    a duplicate key silently replaces the first one's value; deep nesting ends in a bare
+    RecursionError. Each is refused with its line.
     """
+
+    _depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -598,7 +628,44 @@ class _NoAliasLoader(yaml.SafeLoader):
                 "merge keys are not allowed in Graft configs (an alias can expand into gigabytes); "
                 "write the values out"
             )
-        return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(
+                    f"line {mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels"
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.YAMLError(
+                    f"duplicate key '{key}' at line {key_node.start_mark.line + 1} (first at "
+                    f"line {seen[key]}): a second value would silently replace the first"
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-4` (no dot) as a string, which the strict
+# float fields would refuse
+_NoAliasLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def _safe_yaml(text: str) -> Any:
@@ -716,11 +783,32 @@ def _format_errors(err: ValidationError) -> str:
     return "invalid config:\n" + "\n".join(lines)
 
 
-def parse_config(raw: dict[str, Any]) -> GraftConfig:
+def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> GraftConfig:
+    """Validate; `source` (the config file) is named in the error."""
     try:
         return GraftConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        text = _format_errors(err)
+        if source:
+            text = text.replace("invalid config:", f"invalid config {source}:", 1)
+        raise ConfigError(text) from None
+
+
+def _read_yaml_file(p: Path) -> Any:
+    """The YAML document in p; ConfigError naming p for bytes, syntax, duplicates, depth."""
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+            "save the config as UTF-8"
+        ) from None
+    try:
+        return _safe_yaml(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except RecursionError:  # nesting that the depth check cannot see (e.g. [[[[ in one scalar)
+        raise ConfigError(f"{p}: not valid YAML: nested too deeply") from None
 
 
 def load_config(
@@ -741,10 +829,7 @@ def load_config(
         p = Path(path)
         if not p.exists():
             raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = _safe_yaml(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        loaded = _read_yaml_file(p) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         _resolve_relative_paths(loaded, p.resolve().parent)
@@ -757,7 +842,7 @@ def load_config(
     if "advise.keep" not in given and isinstance(advise, dict):
         mine = {k for k in given if k.split(".")[0] not in ("advise", "recipe")}
         advise["keep"] = sorted(mine)
-    return parse_config(raw)
+    return parse_config(raw, path)
 
 
 def _deep_merge(dst: dict, src: dict) -> None:

@@ -262,10 +262,12 @@ def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         out,
         cfg=cfg.push,
         model_name=cfg.export.model_name,
+        recheck=cfg.evaluate.compare_baseline,
     )
     return {
         "pushed": r.pushed,
         "forced": r.forced,
+        "recheck": r.recheck,
         "version": r.version,
         "destination": r.destination,
         "already_at_destination": r.already_at_destination,
@@ -376,7 +378,7 @@ STEPS: list[Step] = [
     Step(
         "push",
         {"exported": "export", "evaluation": "evaluate"},
-        ("push", "export.model_name"),
+        ("push", "export.model_name", "evaluate.compare_baseline"),
         "Artifact",
         _push,
         "atomic copy to the serving destination, only when blessed",

@@ -5,19 +5,27 @@ the fingerprint covers the step's config sections and its inputs' fingerprints. 
 whose inputs and config are unchanged reuses its output; a killed step re-run with the same
 fingerprint finds its own checkpoint and resumes. Each run gets `<run_root>/<run_id>/`
 with run.json and a link per step.
+
+Two runs of the same config share those dirs, so each step holds a lock on its output dir
+(`<dir>.lock`, with the holder's pid, host and run id in `<dir>.owner.json`) while it checks,
+reuses, resumes or writes it: an output a live process is writing is never read or resumed by
+another, which waits for it (runner.lock_wait_seconds) or stops naming that process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from filelock import FileLock, Timeout
 
 from graft.components.registry import RUN_ID_ENV
 from graft.core.config import (
@@ -65,6 +73,62 @@ def _when_unmet(s: dag.Step, cfg: GraftConfig, records: dict[str, StepRecord]) -
     if upstream.get(s.when.output):
         return None
     return f"{s.when.step}.{s.when.output} is false"
+
+
+class StepBusy(RuntimeError):
+    """Another live process holds a step output's lock past runner.lock_wait_seconds."""
+
+
+def _owner_text(out: str) -> str:
+    try:
+        with open(out + ".owner.json") as f:
+            o = json.load(f)
+        return f"pid {o['pid']} on {o['host']} (run {o['run_id']}, since {o['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process (it has not written its pid yet)"
+
+
+@contextlib.contextmanager
+def step_lock(out: str, step: str, run_id: str, wait_seconds: float):
+    """Hold the lock on a step output dir: wait up to wait_seconds, or raise StepBusy naming
+    the holder. The lock dies with its process, so a killed run's output is resumable."""
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    lock = FileLock(out + ".lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        who = _owner_text(out)
+        if wait_seconds <= 0:
+            raise StepBusy(
+                f"{step}: its output {out} is being written by {who}; not touched "
+                "(runner.lock_wait_seconds is 0: wait for that run, or set it to wait)"
+            ) from None
+        log(
+            f"{step}: its output {out} is being written by {who}; waiting up to "
+            f"{wait_seconds:g}s (runner.lock_wait_seconds)",
+            level="warn",
+        )
+        try:
+            lock.acquire(timeout=wait_seconds)
+        except Timeout:
+            raise StepBusy(
+                f"{step}: its output {out} is still being written by {_owner_text(out)} after "
+                f"{wait_seconds:g}s (runner.lock_wait_seconds); not touched"
+            ) from None
+    try:
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "run_id": run_id,
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        with open(out + ".owner.json", "w") as f:
+            json.dump(owner, f)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(out + ".owner.json")
+        lock.release()
 
 
 def _banner(i: int, n: int, s: dag.Step, status: str) -> None:
@@ -123,53 +187,54 @@ def run_pipeline(
             rec.fingerprint = fp
             out = outputs[s.name] = os.path.join(root, "steps", s.name, fp)
             rec.output = out
-            done = os.path.exists(os.path.join(out, SUCCESS))
-            forced = (forced_from is not None and i - 1 >= forced_from) or only == s.name
-            if only and s.name != only:
-                if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
-                    raise RuntimeError(
-                        f"--only {only}: upstream step '{s.name}' has no output for this "
-                        "config yet; run the pipeline (or --from) first"
-                    )
-                rec.status = "cached" if done else "skipped"
-                if done:
+            with step_lock(out, s.name, run_id, cfg.runner.lock_wait_seconds):
+                done = os.path.exists(os.path.join(out, SUCCESS))
+                forced = (forced_from is not None and i - 1 >= forced_from) or only == s.name
+                if only and s.name != only:
+                    if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
+                        raise RuntimeError(
+                            f"--only {only}: upstream step '{s.name}' has no output for this "
+                            "config yet; run the pipeline (or --from) first"
+                        )
+                    rec.status = "cached" if done else "skipped"
+                    if done:
+                        rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
+                    continue
+                unmet = _when_unmet(s, cfg, records)
+                if unmet:
+                    rec.status, rec.summary = "skipped", {"reason": unmet}
+                    _banner(i, n, s, f"skipped ({unmet})")
+                    continue
+                if done and use_cache and s.cacheable and not forced:
+                    rec.status = "cached"
                     rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
-                continue
-            unmet = _when_unmet(s, cfg, records)
-            if unmet:
-                rec.status, rec.summary = "skipped", {"reason": unmet}
-                _banner(i, n, s, f"skipped ({unmet})")
-                continue
-            if done and use_cache and s.cacheable and not forced:
-                rec.status = "cached"
-                rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
-                _banner(i, n, s, f"cached ({fp})")
-                _link(run_dir, s.name, out)
-                continue
-            if os.path.exists(out) and (done or not use_cache or forced or not s.cacheable):
-                # re-run from scratch; an unfinished dir is kept to resume. A step that is never
-                # cached (push) never writes _SUCCESS and has nothing to resume.
-                shutil.rmtree(out)
-            elif os.path.exists(out):
-                log(f"{s.name}: found an unfinished output in {out}; resuming")
-            _banner(i, n, s, "running")
-            t0 = time.time()
-            reads: set[str] = set()
-            try:
-                rec.summary = dag.run_step(s.name, cfg, inputs, out, reads)
-            except Exception as e:
-                rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
+                    _banner(i, n, s, f"cached ({fp})")
+                    _link(run_dir, s.name, out)
+                    continue
+                if os.path.exists(out) and (done or not use_cache or forced or not s.cacheable):
+                    # re-run from scratch; an unfinished dir is kept to resume. A step that is never
+                    # cached (push) never writes _SUCCESS and has nothing to resume.
+                    shutil.rmtree(out)
+                elif os.path.exists(out):
+                    log(f"{s.name}: found an unfinished output in {out}; resuming")
+                _banner(i, n, s, "running")
+                t0 = time.time()
+                reads: set[str] = set()
+                try:
+                    rec.summary = dag.run_step(s.name, cfg, inputs, out, reads)
+                except Exception as e:
+                    rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
+                    rec.seconds = round(time.time() - t0, 2)
+                    raise
+                finally:
+                    rec.config_read = sorted(reads)
                 rec.seconds = round(time.time() - t0, 2)
-                raise
-            finally:
-                rec.config_read = sorted(reads)
-            rec.seconds = round(time.time() - t0, 2)
-            rec.status = "ran"
-            if s.cacheable:
-                with open(os.path.join(out, SUCCESS), "w") as f:
-                    f.write(run_id)
-            _link(run_dir, s.name, out)
-            log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
+                rec.status = "ran"
+                if s.cacheable:
+                    with open(os.path.join(out, SUCCESS), "w") as f:
+                        f.write(run_id)
+                _link(run_dir, s.name, out)
+                log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
         run["status"] = "succeeded"
     except BaseException:
         run["status"] = "failed"

@@ -147,3 +147,68 @@ def test_yaml_merge_keys_are_refused_but_anchors_alone_load(tmp_path):
 def test_set_value_alias_is_refused():
     with pytest.raises(ConfigError, match=r"--set value .*alias"):
         load_config(None, ["base.kwargs=[&x 1, *x]"], {"data": {"path": "x"}})
+
+
+# ---------------------------------------------------------------- strictness (issue 29.12)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("train_head: {epochs: true}\n", r"train_head\.epochs: Input should be a valid integer"),
+        ("train_head: {epochs: '5'}\n", r"train_head\.epochs: Input should be a valid integer"),
+        ("fine_tune: {learning_rate: '1e-4'}\n", r"fine_tune\.learning_rate: .*valid number"),
+        ("fine_tune: {enabled: 'yes'}\n", r"fine_tune\.enabled: Input should be a valid boolean"),
+        ("data: {image_size: 64.0}\n", r"data\.image_size: Input should be a valid integer"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_naming_the_file(tmp_path, text, expected):
+    p = tmp_path / "c.yaml"
+    p.write_text(
+        "data: {path: imgs}\n" + text
+        if not text.startswith("data:")
+        else text.replace("data: {", "data: {path: imgs, ")
+    )
+    with pytest.raises(ConfigError, match=expected) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_an_int_is_still_a_float_and_set_values_stay_typed(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {path: imgs}\nfine_tune: {learning_rate: 1}\n")
+    cfg = load_config(p, ["train_head.epochs=7", "fine_tune.enabled=false"])
+    assert cfg.fine_tune.learning_rate == 1.0 and cfg.train_head.epochs == 7
+    assert cfg.fine_tune.enabled is False
+    with pytest.raises(ConfigError, match=r"train_head\.epochs: Input should be a valid integer"):
+        load_config(p, ["train_head.epochs='5'"])
+
+
+def test_duplicate_keys_are_refused_with_both_lines(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {path: imgs}\ntrain_head: {epochs: 3}\ndata: {path: other}\n")
+    with pytest.raises(
+        ConfigError, match=r"duplicate key 'data' at line 3 \(first at line 1\)"
+    ) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+    p.write_text("data:\n  path: imgs\n  path: other\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'path' at line 3"):
+        load_config(p)
+
+
+def test_deep_yaml_is_a_clear_error(tmp_path):
+    p = tmp_path / "deep.yaml"
+    p.write_text("data: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML: .*nested deeper than 64"):
+        load_config(p)
+    p.write_text("".join("  " * i + f"k{i}:\n" for i in range(200)))
+    with pytest.raises(ConfigError, match=r"deep\.yaml: not valid YAML: .*nested"):
+        load_config(p)
+
+
+def test_non_utf8_config_is_a_clear_error(tmp_path):
+    p = tmp_path / "latin1.yaml"
+    p.write_bytes("data: {path: caf\u00e9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1\.yaml: not UTF-8 text \(byte 0xe9 at offset"):
+        load_config(p)

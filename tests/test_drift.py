@@ -128,3 +128,29 @@ def test_blocked_raises_after_writing(tmp_path, monkeypatch):
     assert written["metrics"]["label_linf"]["value"] == pytest.approx(0.5)
     r = _check(tmp_path)  # warn
     assert r.flagged and not r.blocked and "fewer than 10" in r.reasons[0]
+
+
+def test_added_copies_are_counted_as_images_and_reported_as_duplicates(tmp_path, monkeypatch):
+    """40 identical images added to one class (issue 29.11): 40 added images, 1 distinct, a
+    duplicates finding, and the label share they move measured on all 40."""
+    old, new = tmp_path / "old", tmp_path / "examples"
+    rows = [("a", f"{i:064x}", f"a/{i}.png") for i in range(40)]
+    rows += [("b", f"{i:064x}", f"b/{i}.png") for i in range(40, 80)]
+    black = "f" * 64
+    added = [("a", black, f"a/black-{k}.png") for k in range(40)]
+    for d, rs in ((old, rows), (new, rows + added)):
+        d.mkdir()
+        with open(d / "manifest.jsonl", "w") as f:
+            for label, sha, path in rs:
+                row = {"sha256": sha, "label": label, "split": "train", "path": path}
+                f.write(json.dumps(row) + "\n")
+    monkeypatch.setattr(
+        "graft.components.drift.served_snapshot", lambda d, m: (3, str(tmp_path), str(old))
+    )
+    r = _check(tmp_path)
+    assert r.compared["added"] == 40 and r.compared["added_distinct"] == 1
+    assert r.duplicates["copies"] == 39 and r.duplicates["largest"]["count"] == 40
+    assert any(x.startswith("duplicates: the 40 added images are 1 distinct") for x in r.reasons)
+    assert r.metrics["label_linf"]["value"] == pytest.approx(80 / 120 - 0.5, abs=1e-5)
+    written = json.load(open(tmp_path / "drift" / "drift.json"))
+    assert written["duplicates"]["distinct"] == 1 and written["compared"]["added"] == 40

@@ -87,13 +87,14 @@ def test_bad_inputs_are_written_or_quarantined(tmp_path):
     for label, row in stats["per_class"].items():
         assert row["written"] + row["quarantined"] == row["input"], label
     assert r.written + r.quarantined == r.input_files
-    # every stored image decodes as 8-bit RGB
+    # every stored image decodes to 8-bit RGB as training and serving decode it (JPEG and PNG
+    # are stored as given, so a gray or 16-bit one keeps its channels until decoded)
     import tensorflow as tf
 
     from graft.components.data import raw_dataset
 
     for blob, _ in raw_dataset(str(tmp_path / "out"), "train").as_numpy_iterator():
-        img = tf.io.decode_image(blob, expand_animations=False)
+        img = tf.io.decode_image(blob, channels=3, expand_animations=False)
         assert img.dtype == tf.uint8 and img.shape[-1] == 3
 
 
@@ -332,3 +333,23 @@ def test_auto_workers_pick_one_in_memory_worker_for_small_inputs(tmp_path, monke
     assert (
         local_runner(PipelineOptions(["--runner=DataflowRunner"])) is None
     )  # other runners: Beam's choice
+
+
+def test_validate_reports_exact_duplicates_within_a_split(tmp_path):
+    """40 identical all-black images in one class (issue 29.11): one group of 40 in one split."""
+    generate(tmp_path / "in", classes=2, per_class=20, size=32, seed=5)
+    black = tmp_path / "in" / "circle"
+    for k in range(40):
+        Image.new("RGB", (32, 32)).save(black / f"black-{k}.png")
+    _ingest(tmp_path / "in", tmp_path / "out")
+    res = validate(
+        ValidateConfig(min_per_class={"train": 1, "val": 0, "test": 0}),
+        str(tmp_path / "out"),
+        str(tmp_path / "v"),
+    )
+    (split,) = [s for s, d in res.duplicates.items() if d["largest"][0]["count"] == 40]
+    dup = res.duplicates[split]
+    assert dup["largest"][0]["label"] == "circle" and dup["extra_copies"] >= 39
+    assert any(f"exact duplicates in {split}" in w and "40 copies" in w for w in res.warnings)
+    written = json.loads((tmp_path / "v" / "validation.json").read_text())
+    assert written["duplicates"][split]["largest"][0]["count"] == 40

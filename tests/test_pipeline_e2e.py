@@ -213,8 +213,8 @@ def test_interrupted_push_leaves_no_partial_version(pipeline_run, tmp_path):
 from graft.components.push import push
 from graft.core.config import PushConfig
 push({str(new_export)!r}, {_out(run, "evaluate")!r}, {str(tmp_path / "p")!r},
-     cfg=PushConfig(destination={str(dest)!r}), model_name="tiny")
-"""
+     cfg=PushConfig(destination={str(dest)!r}), model_name="tiny", force=True)
+"""  # force: the run's evaluation saw no baseline, so the push-time re-check would refuse it
     proc = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, "GRAFT_TEST_CRASH_BEFORE_RENAME": "1"}
     )

@@ -34,7 +34,9 @@ if mode == "mid-copy":  # start only once another push is copying into its temp 
         d for d in os.listdir(root) if d.startswith(".tmp-") and not d.endswith(".lock")
     ]:
         time.sleep(0.002)
-r = push(export, evaluation, out, cfg=PushConfig(destination=dest), model_name="tiny")
+# force: the copies share the first run's evaluation (no baseline then), and each would
+# otherwise be refused for not beating the model served now (the push-time re-check)
+r = push(export, evaluation, out, cfg=PushConfig(destination=dest), model_name="tiny", force=True)
 print(json.dumps({"pushed": r.pushed, "already": r.already_at_destination, "version": r.version}))
 """
 
@@ -220,6 +222,7 @@ def test_a_live_push_keeps_its_temp_dir_a_dead_one_loses_it(pipeline_run, tmp_pa
             str(tmp_path / "p"),
             cfg=PushConfig(destination=str(dest)),
             model_name="tiny",
+            force=True,  # a stale evaluation (no baseline then): past the push-time re-check
         )
         assert r.pushed
         assert live.exists() and (live / "partial").exists()  # its owner is still running
@@ -282,3 +285,58 @@ def test_an_unchanged_rerun_pushes_nothing(pipeline_run, tiny_data, tmp_path):
     push = again["steps"]["push"]
     assert push["status"] == "skipped" or not push["summary"]["pushed"], push
     assert versions(str(dest), "tiny") == pushed
+
+
+# ---------------------------------------------------------------- stale blessings (issue 29.4)
+
+
+def _candidate(run, tmp_path: Path, name: str, scale: float, accuracy: float, against):
+    """An export copy whose recorded test accuracy is `accuracy`, and an evaluation of it that
+    blessed it against version `against` (what was served when it was evaluated)."""
+    export = other_model_export(_out(run, "export"), tmp_path / f"export-{name}", scale=scale)
+    meta = json.loads((export / "export.json").read_text())
+    card_path = Path(meta["path"]) / "model_card.json"
+    card = json.loads(card_path.read_text())
+    card["lineage"]["metrics"]["accuracy"] = [accuracy, accuracy - 0.1, accuracy + 0.05]
+    card_path.write_text(json.dumps(card))
+    ev_dir = tmp_path / f"evaluate-{name}"
+    shutil.copytree(_out(run, "evaluate"), ev_dir)
+    ev = json.loads((ev_dir / "evaluation.json").read_text())
+    ev["candidate"]["accuracy"], ev["baseline_version"], ev["blessed"] = accuracy, against, True
+    (ev_dir / "evaluation.json").write_text(json.dumps(ev))
+    return export, ev_dir
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_blessing_against_a_baseline_no_longer_served_is_rechecked(pipeline_run, tmp_path):
+    """Two runs evaluated against the same served version: the better one pushes first; the
+    worse one, pushed after, is refused (what is served now beats it), unless forced."""
+    from graft.components.push import push
+
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    shutil.copytree(cfg.push.destination, dest)
+    (v0,) = versions(str(dest), "tiny")
+    better, ev_better = _candidate(run, tmp_path, "better", 1.01, 0.95, v0)
+    worse, ev_worse = _candidate(run, tmp_path, "worse", 1.02, 0.90, v0)
+    pcfg = PushConfig(destination=str(dest))
+
+    first = push(str(better), str(ev_better), str(tmp_path / "p1"), cfg=pcfg, model_name="tiny")
+    assert first.pushed and first.recheck is None  # v0 still served: the blessing stands
+
+    second = push(str(worse), str(ev_worse), str(tmp_path / "p2"), cfg=pcfg, model_name="tiny")
+    assert not second.pushed and versions(str(dest), "tiny") == [v0, first.version]
+    assert second.recheck["served_version"] == first.version
+    assert second.recheck["served_accuracy"] == 0.95 and second.recheck["candidate_accuracy"] == 0.9
+    assert second.recheck["outcome"].startswith("refused")
+    written = json.loads((tmp_path / "p2" / "push.json").read_text())
+    assert "refused: not better than the version served now" in written["reasons"][-1]
+    assert not [d for d in os.listdir(dest / "tiny") if d.startswith(".tmp-")]  # temp removed
+
+    forced = push(
+        str(worse), str(ev_worse), str(tmp_path / "p3"), cfg=pcfg, model_name="tiny", force=True
+    )
+    assert forced.pushed and forced.recheck["outcome"].startswith("forced")
+    entry = [e for e in read_index(str(dest), "tiny") if e["version"] == forced.version][0]
+    assert entry["recheck"]["served_version"] == first.version  # the index says what it beat

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -45,6 +46,7 @@ def _push_other(run, tmp_path: Path, dest: Path, scale: float, keep: int = 5):
         str(tmp_path / f"push-{scale}"),
         cfg=PushConfig(destination=str(dest), keep=keep),
         model_name="tiny",
+        force=True,  # the run's evaluation saw no baseline: past the push-time re-check
     )
     assert r.pushed, r
     return r.version
@@ -347,3 +349,70 @@ def test_rollback_under_a_running_server_fails_no_request(pipeline_run, tmp_path
     assert np.abs(seen[v3] - want_v1).max() <= 1e-5  # it answers as version v1 did
     assert np.abs(seen[v2] - want_v2).max() <= 1e-5
     assert states[v3] == "AVAILABLE" and states[v2] == "END"
+
+
+# ------------------------------------------------------------------ a damaged index (issue 29.8)
+
+
+def _version_dirs(dest: Path, numbers) -> None:
+    """Version dirs as push leaves them: a (stand-in) saved_model.pb and the marker entry."""
+    for v in numbers:
+        d = dest / "tiny" / str(v)
+        d.mkdir(parents=True)
+        (d / "saved_model.pb").write_bytes(b"stand-in")
+        entry = {"version": v, "kind": "push", "run_id": f"run-{v}", "lineage": {}}
+        (d / registry.MARKER).write_text(json.dumps({"entry": entry}))
+
+
+def test_a_corrupt_index_is_kept_aside_and_rebuilt_without_losing_an_entry(tmp_path, caplog):
+    dest = tmp_path / "models"
+    _version_dirs(dest, [100, 200, 300])
+    registry.update_index(str(dest), "tiny", add={"version": 50, "run_id": "run-50"})
+    registry.update_index(str(dest), "tiny", removed=[50])  # pruned: its history is the index
+    index = dest / "tiny" / registry.INDEX
+    text = index.read_text()
+    assert [e["version"] for e in json.loads(text)["versions"]] == [50, 100, 200, 300]
+    torn = text[: text.index('"run-300"')]  # a write cut off inside the last entry
+    index.write_text(torn)
+
+    # readers: the whole entries, the dirs for the rest, and a warning; nothing fails
+    graft_log = logging.getLogger("graft")  # it does not propagate: listen to it directly
+    graft_log.addHandler(caplog.handler)
+    try:
+        got = {e["version"]: e for e in registry.entries(str(dest), "tiny")}
+        assert sorted(got) == [50, 100, 200, 300] and got[50]["status"] == "removed"
+        assert "not valid JSON" in caplog.text and str(index) in caplog.text
+
+        # the next push: the torn file is kept aside byte for byte, the index rebuilt whole
+        _version_dirs(dest, [400])
+        registry.update_index(str(dest), "tiny", add={"version": 400, "run_id": "run-400"})
+    finally:
+        graft_log.removeHandler(caplog.handler)
+    aside = [p for p in (dest / "tiny").iterdir() if p.name.startswith("registry.json.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_text() == torn
+    rebuilt = json.loads(index.read_text())["versions"]
+    assert [e["version"] for e in rebuilt] == [50, 100, 200, 300, 400]
+    assert rebuilt[0]["removed"] and rebuilt[3]["run_id"] == "run-300"  # from its marker
+    assert "kept the corrupt" in caplog.text
+
+
+def test_an_entry_with_a_bad_version_does_not_break_models_list(tmp_path, capsys):
+    dest = tmp_path / "models"
+    _version_dirs(dest, [100, 200])
+    registry.update_index(str(dest), "tiny")
+    index = dest / "tiny" / registry.INDEX
+    data = json.loads(index.read_text())
+    data["versions"].append({"version": "abc", "run_id": "hand-edited"})
+    index.write_text(json.dumps(data))
+    code, out, _ = _cli(capsys, "models", "list", "--destination", str(dest), "--model", "tiny")
+    assert code == 0 and "100" in out and "200" in out
+    code, out, _ = _cli(
+        capsys, "models", "list", "--destination", str(dest), "--model", "tiny", "--json"
+    )
+    assert code == 0 and [json.loads(line)["version"] for line in out.splitlines()] == [100, 200]
+    # a later push keeps the unusable entry in the file: nothing is lost
+    _version_dirs(dest, [300])
+    registry.update_index(str(dest), "tiny", add={"version": 300, "run_id": "run-300"})
+    data = json.loads(index.read_text())
+    assert [e["version"] for e in data["versions"]] == [100, 200, 300]
+    assert data["unusable_entries"] == [{"version": "abc", "run_id": "hand-edited"}]

@@ -1,0 +1,93 @@
+"""Two runs of one config never share a step output that a live process is writing (issue 29.5):
+real processes, a real lock."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import tiny_config
+
+from graft.core.config import parse_config
+
+HOLD = """
+import sys
+from graft.pipeline.runner import step_lock
+with step_lock(sys.argv[1], "ingest", "the-other-run", 0):
+    print("locked", flush=True)
+    sys.stdin.readline()  # holds the step output until the test says so (or closes stdin)
+"""
+
+
+def _setup(tmp_path: Path, data: Path) -> tuple[Path, str]:
+    """A config file and the ingest output dir a run of it uses."""
+    from graft.pipeline import dag, runner
+
+    raw = tiny_config(tmp_path, data)
+    config = tmp_path / "graft.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cfg = parse_config(raw)
+    fp = runner.fingerprint(dag.step("ingest"), cfg, {}, {})
+    return config, os.path.join(cfg.runner.run_root, "steps", "ingest", fp)
+
+
+def _holder(out: str) -> subprocess.Popen:
+    p = subprocess.Popen(
+        [sys.executable, "-c", HOLD, out],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout.readline().strip() == "locked"
+    return p
+
+
+def _graft_run(config: Path, wait: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "graft", "run", "--config", str(config), "--only", "ingest"]
+        + ["--set", f"runner.lock_wait_seconds={wait}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+def test_a_step_output_held_by_a_live_process_is_refused_naming_it(tmp_path, tiny_data):
+    config, out = _setup(tmp_path, tiny_data)
+    holder = _holder(out)
+    try:
+        run = _graft_run(config, wait=0)
+        err = run.communicate(timeout=300)[1]
+        assert run.returncode == 1, err[-2000:]
+        assert f"ingest: its output {out} is being written by pid {holder.pid}" in err
+        assert "run the-other-run" in err and "runner.lock_wait_seconds" in err
+        assert not os.path.exists(out)  # neither read nor written
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_second_run_waits_for_the_first_then_goes_on(tmp_path, tiny_data):
+    config, out = _setup(tmp_path, tiny_data)
+    holder = _holder(out)
+    try:
+        run = _graft_run(config, wait=120)
+        seen = []
+        for line in run.stderr:  # the second run says whom it waits for, and waits
+            seen.append(line)
+            if "waiting up to 120s" in line:
+                break
+        assert f"being written by pid {holder.pid}" in seen[-1], "".join(seen)[-2000:]
+        assert run.poll() is None and not os.path.exists(out)
+        holder.communicate("done\n", timeout=30)  # the first run finishes: the lock is free
+        err = run.communicate(timeout=300)[1]
+        assert run.returncode == 0, err[-2000:]
+        assert os.path.exists(os.path.join(out, "_SUCCESS"))
+        assert not os.path.exists(out + ".owner.json")  # released with the run
+    finally:
+        holder.kill()
+        holder.wait()
