@@ -382,11 +382,17 @@ _HTTP = {
 }
 
 
-def _json_response(code: int, body: dict, close: bool = False):
+def _json_response(code: int, body: dict | bytes, close: bool = False):
     from starlette.responses import Response
 
     headers = {"Connection": "close"} if close else None
-    return Response(json.dumps(body), code, headers=headers, media_type="application/json")
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Response(data, code, headers=headers, media_type="application/json")
+
+
+def _encoded(fn, *args) -> bytes:
+    """fn's answer as JSON bytes: encoded on the worker thread, not on the event loop."""
+    return json.dumps(fn(*args)).encode()
 
 
 class _Refused(Exception):
@@ -501,10 +507,10 @@ def rest_app(m: ModelManager, options: ServeOptions):
     budget = BodyBudget(max(4 * max_body, 256 * 2**20))
     workers: list[anyio.CapacityLimiter] = []  # made on the event loop, at the first request
 
-    async def work(fn, *args):
+    async def work(fn, *args) -> bytes:
         if not workers:
             workers.append(anyio.CapacityLimiter(options.rest_workers))
-        return await anyio.to_thread.run_sync(fn, *args, limiter=workers[0])
+        return await anyio.to_thread.run_sync(_encoded, fn, *args, limiter=workers[0])
 
     async def endpoint(request):
         taken = 0
@@ -602,7 +608,7 @@ class RestServer:
             log_config=None,
             log_level="warning",
             access_log=False,
-            timeout_keep_alive=max(1, round(options.rest_idle_timeout)),
+            timeout_keep_alive=options.rest_idle_timeout,  # call_later takes a float
             limit_concurrency=options.rest_max_connections,
             timeout_graceful_shutdown=2,
             **tls,
