@@ -638,9 +638,14 @@ class RestServer:
 
 
 def _bind(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to host:port. Made with proto IPPROTO_TCP, as getaddrinfo gives it:
+    asyncio turns Nagle off (TCP_NODELAY) only on such sockets, and with Nagle on a keep-alive
+    client waits 40 ms for each answer (delayed ACK)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family, kind, proto, _, _ = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+        sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
     except OSError as e:
