@@ -284,6 +284,7 @@ class ModelManager:
             )
             n = self._warmup(lv)
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
+            why = load_error(path, e)  # may list the version's files: outside the lock
             with self._lock:
                 n = self._failures.get(version, (0, 0.0))[0] + 1
                 self._failures[version] = (n, time.monotonic())
@@ -294,8 +295,8 @@ class ModelManager:
                     else f"giving up after {n} attempts (--load-retries {self.load_retries})"
                 )
                 self._states[version] = State.END
-                self._errors[version] = f"{type(e).__name__}: {load_error(path, e)}; {then}"
-            log(f"serve: version {version} failed to load: {load_error(path, e)}; {then}", "error")
+                self._errors[version] = f"{type(e).__name__}: {why}; {then}"
+            log(f"serve: version {version} failed to load: {why}; {then}", level="error")
             return
         with self._lock:
             self._versions[version] = lv
