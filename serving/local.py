@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.core.quiet import import_tensorflow_quietly
-from graft.serving.versions import version_number
+from graft.core.versions import version_number
 
 
 @dataclass

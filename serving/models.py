@@ -23,8 +23,8 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
 from graft.core.log import log
+from graft.core.versions import version_number, why_not_a_version
 from graft.serving.options import PILLOW_BOMB_PIXELS, Limits, ServeOptions
-from graft.serving.versions import version_number, why_not_a_version
 
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 State = ModelVersionStatus.State  # TF Serving's own version states, as GetModelStatus sends them

@@ -43,10 +43,10 @@ from tensorflow_serving.apis import (
 )
 
 from graft.core.log import log
+from graft.core.versions import version_number
 from graft.serving.models import ModelManager, ServingError, State, over_limit
 from graft.serving.options import ServeOptions
 from graft.serving.tensors import tensor_proto
-from graft.serving.versions import version_number
 
 
 def _version_of(spec) -> int | None:

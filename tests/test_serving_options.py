@@ -3,8 +3,8 @@
 import pytest
 
 from graft.core.config import ConfigError
+from graft.core.versions import INT64_MAX, version_number, why_not_a_version
 from graft.serving.options import ServeOptions
-from graft.serving.versions import INT64_MAX, version_number, why_not_a_version
 
 
 @pytest.mark.parametrize(

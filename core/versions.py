@@ -1,4 +1,5 @@
-"""Which directory names under a model base path are versions.
+"""Which directory names under a model base path are versions (for serving, and for
+anything that lists or publishes versions: one rule).
 
 A version is a decimal number from 1 to 2**63 - 1 written without leading zeros: TF Serving's
 version numbers are int64, and gRPC's ModelSpec.version cannot carry more. TF Serving reads
