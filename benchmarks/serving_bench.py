@@ -1,5 +1,9 @@
-"""gRPC latency and throughput through `graft serve` vs calling the SavedModel in-process."""
+"""gRPC latency and throughput through `graft serve` vs calling the SavedModel in-process;
+REST's latency beside them (the same request as TF Serving's JSON, on one kept-alive connection)."""
 
+import base64
+import http.client
+import json
 import shutil
 import statistics
 import tempfile
@@ -43,17 +47,32 @@ def main(model_base: str | None = None, name: str = "demo") -> dict:
 
     tmp = Path(tempfile.mkdtemp())
     shutil.copytree(model_base, tmp / name)
-    with ServerProcess(str(tmp / name), name) as srv, GraftClient(srv.target, name) as c:
+    body = json.dumps(
+        {"instances": [{"image_bytes": {"b64": base64.b64encode(img).decode()}}]}
+    ).encode()
+    with (
+        ServerProcess(str(tmp / name), name, rest=True) as srv,
+        GraftClient(srv.target, name) as c,
+    ):
+        rest_conn = http.client.HTTPConnection("127.0.0.1", srv.rest_port, timeout=30)
+
+        def rest():  # kept alive, as a requests.Session or any HTTP/1.1 client does
+            rest_conn.request("POST", f"/v1/models/{name}:predict", body=body)
+            with rest_conn.getresponse() as r:
+                assert r.status == 200, r.read()
+                return r.read()
+
         calls = {
             "local": in_process,
             "traced": in_process_traced,
             "remote": lambda: c.predict_raw([img]),
+            "rest": rest,
         }
         for _ in range(10):
             for call in calls.values():
                 call()
         times = {k: [] for k in calls}
-        for _ in range(300):  # interleaved, so all three see the same machine load
+        for _ in range(300):  # interleaved, so all four see the same machine load
             for k, call in calls.items():
                 t0 = time.perf_counter()
                 call()
@@ -97,11 +116,14 @@ def main(model_base: str | None = None, name: str = "demo") -> dict:
         grpc_status_rpc_p50_ms=round(status_p50 * 1000, 3),
         in_process_traced_p50_ms=round(p50_t * 1000, 3),
         ratio_vs_traced=round(p50_r / p50_t, 3),
+        rest_p50_ms=round(statistics.median(times["rest"]) * 1000, 3),
+        rest_p99_ms=round(_pct(times["rest"], 99) * 1000, 3),
         note="in-process = tf.constant(bytes) + the loaded serving_default signature + both "
         "outputs to "
         "numpy; in_process_traced = the same through the server's re-traced function "
-        "(serving.models.fast_callable), so ratio_vs_traced is gRPC's own cost; all three "
-        "interleaved",
+        "(serving.models.fast_callable), so ratio_vs_traced is gRPC's own cost; rest = the same "
+        "image as TF Serving's REST JSON through graft serve's REST front end (uvicorn) on one "
+        "kept-alive connection; all four interleaved",
     )
 
 

@@ -20,6 +20,7 @@ from graft.core.log import setup as log_setup  # noqa: E402
 from graft.core.paths import demo_weights  # noqa: E402
 from graft.core.quiet import VERBOSE_ENV, import_tensorflow_quietly, verbose  # noqa: E402
 from graft.pipeline.dag import STEP_NAMES  # noqa: E402
+from graft.serving import options as serve_options  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -301,30 +302,10 @@ def cmd_submit(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from graft.serving.options import from_arguments
     from graft.serving.server import serve_forever
 
-    return serve_forever(
-        model_base_path=args.model_base_path,
-        model_name=args.model_name,
-        host=args.host,
-        port=args.port,
-        rest_port=args.rest_port,
-        version_policy=args.version_policy,
-        poll_seconds=args.poll_seconds,
-        max_message_mb=args.max_message_mb,
-        max_pixels=args.max_pixels,
-        max_images=args.max_images,
-        max_request_pixels=args.max_request_pixels,
-        decode_chunk_pixels=args.decode_chunk_pixels,
-        load_retries=args.load_retries,
-        load_retry_interval=args.load_retry_interval,
-        ssl_cert=args.ssl_cert,
-        ssl_key=args.ssl_key,
-        ssl_client_ca=args.ssl_client_ca,
-        reflection=args.reflection,
-        rest_workers=args.rest_workers,
-        rest_idle_timeout=args.rest_idle_timeout,
-    )
+    return serve_forever(from_arguments(args))
 
 
 def cmd_predict(args) -> int:
@@ -350,29 +331,12 @@ def cmd_predict(args) -> int:
 
     server = args.server or DEFAULT_SERVER
     with native_stderr_captured():  # its gRPC/TF imports' native start-up lines
-        from graft.serving.client import GraftClient, predict_main
-    if not args.csv:
-        return predict_main(
-            images=images,
-            server=server,
-            model=args.model,
-            version=args.version,
-            top_k=args.top_k,
-            as_json=args.json,
-            timeout=args.timeout,
-            batch_size=args.batch_size,
-        )
+        from graft.serving.client import GraftClient, predict_files
     import grpc
 
-    from graft.serving.local import Prediction
-
-    preds = []
     try:
         with GraftClient(server, args.model, args.version, timeout=args.timeout) as c:
-            for i in range(0, len(images), args.batch_size):
-                batch = images[i : i + args.batch_size]
-                for img, p in zip(batch, c.predict(batch, args.top_k), strict=True):
-                    preds.append(Prediction(img, p.labels, p.scores))
+            preds = predict_files(c, images, args.top_k, args.batch_size)
     except grpc.RpcError as e:
         print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
@@ -746,55 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_submit)
 
     p = sub.add_parser("serve", help="TF-Serving-compatible gRPC (+REST) server for local use")
-    p.add_argument(
-        "--model-base-path", required=True, help="folder of numbered SavedModel versions"
-    )
-    p.add_argument("--model-name", required=True, help="name clients ask for")
-    p.add_argument("--port", type=int, default=8500, help="gRPC port")
-    p.add_argument("--rest-port", type=int, default=0, help="0: no REST")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    p.add_argument("--version-policy", default="latest", help="latest | all | specific:N[,M]")
-    p.add_argument(
-        "--poll-seconds", type=float, default=2.0, help="how often to look for new versions"
-    )
-    p.add_argument(
-        "--max-message-mb", type=int, default=32, help="gRPC message and REST body limit"
-    )
-    p.add_argument(
-        "--max-pixels", type=int, default=40_000_000, help="larger images: RESOURCE_EXHAUSTED"
-    )
-    p.add_argument("--max-images", type=int, default=1000, help="images (rows) per request")
-    p.add_argument(
-        "--max-request-pixels", type=int, default=100_000_000, help="all images of one request"
-    )
-    p.add_argument(
-        "--decode-chunk-pixels",
-        type=int,
-        default=16_000_000,
-        help="bigger requests are decoded and run in chunks of about this many pixels",
-    )
-    p.add_argument(
-        "--load-retries", type=int, default=5, help="retries of a version that failed to load"
-    )
-    p.add_argument(
-        "--load-retry-interval",
-        type=float,
-        default=60.0,
-        metavar="SECONDS",
-        help="wait between load retries",
-    )
-    p.add_argument("--ssl-cert", help="PEM certificate: TLS for gRPC and REST")
-    p.add_argument("--ssl-key", help="PEM private key for --ssl-cert")
-    p.add_argument("--ssl-client-ca", help="PEM CA: require client certificates signed by it")
-    p.add_argument("--reflection", action="store_true", help="enable gRPC server reflection")
-    p.add_argument("--rest-workers", type=int, default=16, help="REST thread pool size")
-    p.add_argument(
-        "--rest-idle-timeout",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="close REST connections idle this long",
-    )
+    serve_options.add_arguments(p)
     p.set_defaults(fn=cmd_serve, tensorflow=True)
 
     p = sub.add_parser(

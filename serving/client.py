@@ -7,7 +7,6 @@ uses PredictionService.Predict / GetModelMetadata and ModelService.GetModelStatu
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,47 +169,48 @@ class GraftClient:
         ]
 
 
-def predict_main(
-    *,
-    images: list[str],
-    server: str,
-    model: str,
-    version: int | None = None,
-    top_k: int = 3,
-    as_json: bool = False,
-    timeout: float = 30.0,
-    batch_size: int = 32,
-) -> int:
-    """`graft predict`: keywords, so the client does not depend on the CLI's Namespace.
+PER_IMAGE_CODES = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
-    Images go in requests of batch_size, so a big folder stays under the server's limits.
+
+def predict_files(client: GraftClient, images: list[str], top_k: int = 3, batch_size: int = 32):
+    """One row per image file, in order (graft.serving.local.Prediction, as `--model-dir` gives).
+
+    Images go in requests of batch_size. A file that cannot be read, or that the server
+    refuses (not an image, too large), gets an error row naming it and the rest go on: a
+    refused request is re-sent one image at a time to find the bad ones. Errors of the server
+    itself (UNAVAILABLE, an unknown model) still raise grpc.RpcError.
     """
-    preds: list[Prediction] = []
-    try:
-        with GraftClient(server, model, version, timeout=timeout) as c:
-            for i in range(0, len(images), batch_size):
-                preds += c.predict(images[i : i + batch_size], top_k)
-    except grpc.RpcError as e:
-        print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
-    if as_json:
-        for img, p in zip(images, preds, strict=True):
-            print(
-                json.dumps(
-                    {"image": img, "labels": p.labels, "scores": [round(s, 6) for s in p.scores]}
-                )
-            )
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    from graft.serving.local import Prediction as Row
 
-    t = Table(title=Text(f"{model} @ {server}"))
-    t.add_column("image", overflow="fold")  # whole paths, never cut with an ellipsis
-    for k in range(top_k):
-        t.add_column(f"#{k + 1}", overflow="fold")
-    for img, p in zip(images, preds, strict=True):
-        cells = [Text(f"{lab} {s:.3f}") for lab, s in zip(p.labels, p.scores, strict=True)]
-        t.add_row(Text(str(img)), *cells)  # Text: a name with [brackets] is not markup
-    Console().print(t)
-    return 0
+    rows = []
+    for i in range(0, len(images), max(1, batch_size)):
+        batch = [Row(str(name)) for name in images[i : i + max(1, batch_size)]]
+        blobs: dict[int, bytes] = {}
+        for j, row in enumerate(batch):
+            try:
+                blobs[j] = Path(row.image).read_bytes()
+            except OSError as e:
+                row.error = f"{type(e).__name__}: {e.strerror or e}"
+        try:
+            answers = client.predict(list(blobs.values()), top_k) if blobs else []
+        except grpc.RpcError as e:
+            if e.code() not in PER_IMAGE_CODES:
+                raise
+            answers = [_predict_one(client, blob, top_k) for blob in blobs.values()]
+        for j, answer in zip(blobs, answers, strict=True):
+            if isinstance(answer, str):
+                batch[j].error = answer
+            else:
+                batch[j].labels, batch[j].scores = answer.labels, answer.scores
+        rows += batch
+    return rows
+
+
+def _predict_one(client: GraftClient, blob: bytes, top_k: int) -> Prediction | str:
+    """The image's prediction, or why the server refused it."""
+    try:
+        return client.predict([blob], top_k)[0]
+    except grpc.RpcError as e:
+        if e.code() not in PER_IMAGE_CODES:
+            raise
+        return f"{e.code().name}: {e.details()}"

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from graft.core.quiet import import_tensorflow_quietly
+from graft.core.versions import version_number
 
 
 @dataclass
@@ -37,9 +38,10 @@ def resolve_model_dir(path: str) -> tuple[str, int | None]:
     if not p.exists():
         raise FileNotFoundError(f"model folder not found: {p}")
     if _has_model(p):
-        return str(p), int(p.name) if p.name.isdigit() else None
+        return str(p), version_number(p.name)
     versions = sorted(
-        (int(d.name) for d in p.iterdir() if d.name.isdigit() and _has_model(d)), reverse=True
+        (v for d in p.iterdir() if (v := version_number(d.name)) is not None and _has_model(d)),
+        reverse=True,
     )
     if not versions:
         raise FileNotFoundError(

@@ -23,6 +23,8 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
 from graft.core.log import log
+from graft.core.versions import version_number, why_not_a_version
+from graft.serving.options import PILLOW_BOMB_PIXELS, Limits, ServeOptions
 
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 State = ModelVersionStatus.State  # TF Serving's own version states, as GetModelStatus sends them
@@ -37,16 +39,6 @@ class ServingError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
-class Limits:
-    """What one request may cost; each has a `graft serve` flag, named in the refusal."""
-
-    max_pixels: int = 40_000_000  # one image (--max-pixels)
-    max_images: int = 1000  # images, or rows, in one request (--max-images)
-    max_request_pixels: int = 100_000_000  # all images of one request (--max-request-pixels)
-    chunk_pixels: int = 16_000_000  # decoded at once; bigger requests run in chunks
-
-
 def over_limit(what: str, got: int, limit: int, flag: str) -> ServingError:
     """RESOURCE_EXHAUSTED (HTTP 413) that names the limit and the flag that sets it."""
     return ServingError(
@@ -57,7 +49,8 @@ def over_limit(what: str, got: int, limit: int, flag: str) -> ServingError:
 
 _NOISE = re.compile(
     r"^(Graph execution error:|Detected at node|Node:|\d+ root error|\d+ successful operations"
-    r"|\d+ derived errors|Additional GRPC error information|Function call stack:)"
+    r"|\d+ derived errors|Additional GRPC error information|Function call stack:"
+    r"|<stack traces unavailable>)"
 )
 
 
@@ -83,6 +76,18 @@ def root_cause(e: BaseException) -> str:
     return (text.strip().splitlines() or [repr(e)])[0][:1000]
 
 
+def load_error(path: str, e: BaseException) -> str:
+    """Why a version did not load, naming the version dir, and the file where TF does not."""
+    cause = root_cause(e)
+    if "Read less bytes than requested" in cause:  # TF reads only data shards by byte count
+        shards = sorted(tf.io.gfile.glob(os.path.join(path, "variables", "variables.data-*")))
+        sizes = ", ".join(
+            f"{os.path.relpath(f, path)} ({tf.io.gfile.stat(f).length:,} bytes)" for f in shards
+        )
+        cause = f"{sizes}: shorter than variables.index says (cut short, or still copying): {cause}"
+    return cause if path in cause else f"{path}: {cause}"
+
+
 def _add(cost: list[int] | None, more: list[int]) -> list[int] | None:
     """Per-row decode costs summed over inputs; None (do not chunk) when rows disagree."""
     if cost is None:
@@ -100,7 +105,7 @@ def nearest_model_dir(path: str, depth: int = 3, budget: int = 2000) -> str | No
     def holds_version(d: str) -> bool:
         try:
             return any(
-                c.rstrip("/").isdigit()
+                version_number(c) is not None
                 and tf.io.gfile.exists(os.path.join(d, c.rstrip("/"), "saved_model.pb"))
                 for c in tf.io.gfile.listdir(d)
             )
@@ -121,7 +126,7 @@ def nearest_model_dir(path: str, depth: int = 3, budget: int = 2000) -> str | No
                 seen += 1
                 if seen > budget:
                     return None
-                if not c.isdigit() and tf.io.gfile.isdir(child):
+                if version_number(c) is None and tf.io.gfile.isdir(child):
                     if holds_version(child):
                         return child
                     nxt.append(child)
@@ -196,37 +201,46 @@ class ModelManager:
         self,
         base_path: str,
         model_name: str,
-        policy: str = "latest",
-        max_pixels: int = 40_000_000,
+        policy: str = ServeOptions.version_policy,
         *,
-        limits: Limits | None = None,
-        load_retries: int = 5,
-        load_retry_interval: float = 60.0,
+        limits: Limits = Limits(),  # noqa: B008 - frozen
+        load_retries: int = ServeOptions.load_retries,
+        load_retry_interval: float = ServeOptions.load_retry_interval,
     ):
         self.base_path = base_path
         self.model_name = model_name
         self.policy, self.specific = parse_policy(policy)
-        self.limits = limits or Limits(max_pixels=max_pixels)
-        self.max_pixels = self.limits.max_pixels
+        self.limits = limits
         self.load_retries, self.load_retry_interval = load_retries, load_retry_interval
         self._versions: dict[int, LoadedVersion] = {}
         self._states: dict[int, int] = {}  # version -> State.LOADING | AVAILABLE | UNLOADING | END
         self._errors: dict[int, str] = {}
         self._failures: dict[int, tuple[int, float]] = {}  # version -> (failed loads, when)
+        self._not_versions: set[str] = set()  # all-digit names already warned about
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------ loading
     def on_disk(self) -> list[int]:
+        """Version dirs holding saved_model.pb; other all-digit names are warned about, once."""
         if not tf.io.gfile.isdir(self.base_path):
             return []
-        return sorted(
-            int(d.rstrip("/"))
-            for d in tf.io.gfile.listdir(self.base_path)
-            if d.rstrip("/").isdigit()
-            and tf.io.gfile.exists(os.path.join(self.base_path, d.rstrip("/"), "saved_model.pb"))
-        )
+        found = []
+        for name in (d.rstrip("/") for d in tf.io.gfile.listdir(self.base_path)):
+            v = version_number(name)
+            if v is None:
+                self._warn_not_a_version(name)
+            elif tf.io.gfile.exists(os.path.join(self.base_path, name, "saved_model.pb")):
+                found.append(v)
+        return sorted(found)
+
+    def _warn_not_a_version(self, name: str) -> None:
+        why = why_not_a_version(name)
+        if why and name not in self._not_versions:
+            self._not_versions.add(name)
+            path = os.path.join(self.base_path, name)
+            log(f"serve: ignoring {path}: not a version directory ({why})", level="warn")
 
     def wanted(self, disk: list[int]) -> set[int]:
         if self.policy == "all":
@@ -270,6 +284,7 @@ class ModelManager:
             )
             n = self._warmup(lv)
         except Exception as e:  # noqa: BLE001 - a bad version must not take the server down
+            why = load_error(path, e)  # may list the version's files: outside the lock
             with self._lock:
                 n = self._failures.get(version, (0, 0.0))[0] + 1
                 self._failures[version] = (n, time.monotonic())
@@ -280,8 +295,8 @@ class ModelManager:
                     else f"giving up after {n} attempts (--load-retries {self.load_retries})"
                 )
                 self._states[version] = State.END
-                self._errors[version] = f"{type(e).__name__}: {root_cause(e)}; {then}"
-            log(f"serve: version {version} failed to load: {root_cause(e)}; {then}", level="error")
+                self._errors[version] = f"{type(e).__name__}: {why}; {then}"
+            log(f"serve: version {version} failed to load: {why}; {then}", level="error")
             return
         with self._lock:
             self._versions[version] = lv
@@ -314,10 +329,15 @@ class ModelManager:
         with self._lock:
             for v in set(self._failures) - set(disk):
                 del self._failures[v]  # gone from disk: a new copy later starts afresh
+            for v in set(self._states) - set(disk) - set(self._versions):
+                self._states.pop(v)  # deleted: status forgets it and its error
+                self._errors.pop(v, None)
             have = set(self._versions)
             failed = self._waiting(time.monotonic())
         for v in sorted(want - have - failed):
             self.load(v)  # the old version keeps serving meanwhile
+        if self.policy == "latest":
+            want |= self._fallback(disk, want)
         with self._lock:
             available = set(self._versions)
         for v in sorted(available - want):
@@ -325,6 +345,27 @@ class ModelManager:
                 want & available or not want
             ):  # never drop the last version before its successor is up
                 self.unload(v)
+
+    def _fallback(self, disk: list[int], want: set[int]) -> set[int]:
+        """While the newest version does not load: the newest older one that does.
+
+        A restart with a broken newest version serves the previous one, not nothing; the
+        broken one stays in status with its error and is retried by the retry policy.
+        """
+        with self._lock:
+            if want & set(self._versions):
+                return set()
+            available = set(self._versions)
+            failed = self._waiting(time.monotonic())
+        for v in sorted(set(disk) - want, reverse=True):
+            if v in available:
+                return {v}
+            if v not in failed:
+                self.load(v)
+                with self._lock:
+                    if v in self._versions:
+                        return {v}
+        return set()
 
     def warn_if_empty(self) -> str | None:
         """A wrong --model-base-path should not look like a model still on its way."""
@@ -413,7 +454,13 @@ class ModelManager:
                 with Image.open(io.BytesIO(blob)) as im:
                     w, h = im.size
                     fmt = im.format
-            except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError) as e:
+            except Image.DecompressionBombError:  # over PILLOW_BOMB_PIXELS >= --max-pixels
+                raise ServingError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"input '{name}'[{i}] has more than {PILLOW_BOMB_PIXELS:,} pixels, over the "
+                    f"server's limit of {lim.max_pixels:,}: set by --max-pixels",
+                ) from None
+            except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise ServingError(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input '{name}'[{i}] is not a decodable JPEG/PNG/GIF/BMP image ({e})",

@@ -3,10 +3,12 @@
 gRPC: PredictionService.Predict / GetModelMetadata, ModelService.GetModelStatus, standard
 health checking and (behind --reflection) reflection, all from the servicers that
 tensorflow-serving-api and grpcio ship. REST (optional): TF Serving's
-/v1/models/NAME[/versions/N][:predict|/metadata], on a bounded thread pool whose connections
-time out when idle. Both take TLS (--ssl-cert/--ssl-key, optionally --ssl-client-ca).
-Every request is bounded (serving.models.Limits; the REST body by --max-message-mb, as gRPC
-messages are); a refusal names the limit and its flag.
+/v1/models/NAME[/versions/N][:predict|/metadata] on uvicorn (asyncio: idle and slow clients
+hold no thread; connections idle for --rest-idle-timeout are closed; model work on
+--rest-workers threads). Both take TLS (--ssl-cert/--ssl-key, optionally --ssl-client-ca).
+Every request is bounded (serving.options: Limits; the REST body by --max-message-mb, as gRPC
+messages are, refused by its Content-Length before it is read); a refusal names the limit
+and its flag.
 Clients written against this server work unchanged against `tensorflow/serving`.
 """
 
@@ -15,10 +17,12 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
 import ssl
+import sys
 import threading
+import time
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import grpc
 import numpy as np
@@ -39,7 +43,9 @@ from tensorflow_serving.apis import (
 )
 
 from graft.core.log import log
-from graft.serving.models import Limits, ModelManager, ServingError, State, over_limit
+from graft.core.versions import version_number
+from graft.serving.models import ModelManager, ServingError, State, over_limit
+from graft.serving.options import ServeOptions
 from graft.serving.tensors import tensor_proto
 
 
@@ -191,8 +197,13 @@ def _bad(msg: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, msg)
 
 
-def _rest_value(v):
+MAX_JSON_DEPTH = 64  # numpy's (and so a tensor's) most dimensions
+
+
+def _rest_value(v, depth: int = 0):
     """TF Serving's REST encoding: {"b64": ...} is bytes, anywhere in the body."""
+    if depth > MAX_JSON_DEPTH:
+        raise _bad(f"values nested deeper than {MAX_JSON_DEPTH} levels: no tensor has that shape")
     if isinstance(v, dict):
         if set(v) == {"b64"}:
             if not isinstance(v["b64"], str):
@@ -201,9 +212,9 @@ def _rest_value(v):
                 return base64.b64decode(v["b64"], validate=True)
             except ValueError as e:
                 raise _bad(f"bad base64: {e}") from None
-        return {k: _rest_value(x) for k, x in v.items()}
+        return {k: _rest_value(x, depth + 1) for k, x in v.items()}
     if isinstance(v, list):
-        return [_rest_value(x) for x in v]
+        return [_rest_value(x, depth + 1) for x in v]
     return v
 
 
@@ -253,250 +264,396 @@ def _jsonable(arr: np.ndarray):
     return arr.tolist()
 
 
-def make_rest_handler(m: ModelManager, max_body: int, idle_timeout: float = 30.0):
-    """max_body: the REST body limit in bytes (--max-message-mb, as for gRPC messages)."""
-    drain_cap = max(4 * max_body, 256 * 2**20)  # read and drop up to this much of a refused body
+def _route(path: str) -> tuple[str, int | None, str | None, list[str]]:
+    """/v1/models/NAME[/versions/N][:verb|/metadata] -> (name, version, verb, rest of path)."""
+    if not path.startswith("/v1/models/"):
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown path {path}")
+    rest = path[len("/v1/models/") :]
+    verb = None
+    if ":" in rest:
+        rest, verb = rest.rsplit(":", 1)
+    parts = rest.strip("/").split("/")
+    name, version, tail = parts[0], None, parts[1:]
+    if len(tail) >= 2 and tail[0] == "versions":
+        version = version_number(tail[1])
+        if version is None:
+            raise _bad(f"bad version '{tail[1]}': a version is a number from 1 to 2**63-1")
+        tail = tail[2:]
+    return name, version, verb, tail
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "graft-serving"
-        timeout = idle_timeout  # a connection that sends nothing for this long is closed
 
-        def log_message(self, *args):  # quiet
-            pass
+def _only_input(m: ModelManager, name, version, sig) -> str:
+    lv = m.resolve(name, version)
+    specs = lv.signatures[sig].structured_input_signature[1] if sig in lv.signatures else {}
+    return next(iter(sorted(specs)), "?")  # an unknown signature is reported by predict
 
-        def _send(self, code: int, body: dict):
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
-        def _body(self) -> bytes:
-            raw = self.headers.get("Content-Length")
-            if raw is None:
-                raise _bad("Content-Length header required (chunked bodies are not supported)")
-            try:
-                length = int(raw)
-            except ValueError:
-                raise _bad(f"Content-Length {raw!r} is not a number") from None
-            if length < 0:
-                raise _bad(f"Content-Length {length} is negative")
-            if length > max_body:
-                if length <= drain_cap:  # so the client, still sending, gets to read the 413
-                    left = length
-                    while left > 0:
-                        chunk = self.rfile.read(min(left, 1 << 20))
-                        if not chunk:
-                            break
-                        left -= len(chunk)
-                else:
-                    self.close_connection = True
+def _parse_json(data: bytes | bytearray) -> dict:
+    """The request body as a JSON object; every way it can fail is the client's 400."""
+    try:
+        body = json.loads(data or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise _bad(f"request body is not JSON: {e}") from None
+    except RecursionError:
+        raise _bad("request body is JSON nested too deeply to parse") from None
+    except ValueError as e:
+        if "integer string conversion" in str(e):  # Python's int_max_str_digits
+            raise _bad(
+                f"request body holds an integer literal over {sys.get_int_max_str_digits():,} "
+                "digits"
+            ) from None
+        raise _bad(f"request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise _bad(
+            "request body must be a JSON object with 'instances' or 'inputs', got a "
+            f"top-level {type(body).__name__}"
+        )
+    return body
+
+
+def _status_json(m: ModelManager, name: str, version: int | None) -> dict:
+    resp = status_response(m, name, version)
+    return {
+        "model_version_status": [
+            {
+                "version": str(s.version),
+                "state": State.Name(s.state),
+                "status": {
+                    "error_code": "OK" if not s.status.error_code else "UNKNOWN",
+                    "error_message": s.status.error_message,
+                },
+            }
+            for s in resp.model_version_status
+        ]
+    }
+
+
+def _metadata_json(m: ModelManager, name: str, version: int | None) -> dict:
+    from google.protobuf.json_format import MessageToDict
+
+    lv = m.resolve(name, version)
+    sigs = {k: MessageToDict(v) for k, v in lv.signature_defs.items()}
+    return {
+        "model_spec": {"name": name, "version": str(lv.version)},
+        "metadata": {"signature_def": {"signature_def": sigs}},
+    }
+
+
+def rest_predict(m: ModelManager, name: str, version: int | None, data) -> dict:
+    """TF Serving's :predict on a request body: the answer's JSON, or a ServingError."""
+    body = _parse_json(data)
+    sig = body.get("signature_name", "serving_default")
+    if not isinstance(sig, str):
+        raise _bad(f"'signature_name' must be a string, got {type(sig).__name__}")
+    if "instances" in body and "inputs" in body:
+        raise _bad("use either 'instances' (row format) or 'inputs' (columnar), not both")
+    if "instances" in body:
+        inst = _instances(body, m.limits.max_images)
+        if isinstance(inst[0], dict):
+            inputs = {k: _to_array([i[k] for i in inst], k) for k in inst[0]}
+        else:
+            only = _only_input(m, name, version, sig)
+            inputs = {only: _to_array(inst, only)}
+        _, out = m.predict(name, version, sig, inputs)
+        n = len(next(iter(out.values())))
+        return {"predictions": [{k: _jsonable(o[i]) for k, o in out.items()} for i in range(n)]}
+    if "inputs" in body:
+        raw = body["inputs"]
+        if not isinstance(raw, dict):  # the columnar form of a one-input signature
+            raw = {_only_input(m, name, version, sig): raw}
+        inputs = {}
+        for k, val in raw.items():
+            if isinstance(val, list) and len(val) > m.limits.max_images:
                 raise over_limit(
-                    "request body is too large, in bytes",
-                    length,
-                    max_body,
-                    f"--max-message-mb {max_body // 2**20}",
+                    f"input '{k}' has too many rows", len(val), m.limits.max_images, "--max-images"
                 )
-            data = self.rfile.read(length)
-            if len(data) != length:
-                raise _bad(f"body ended after {len(data)} of {length} bytes (Content-Length)")
-            return data
+            inputs[k] = _to_array(_rest_value(val), k)
+        _, out = m.predict(name, version, sig, inputs)
+        return {"outputs": {k: _jsonable(o) for k, o in out.items()}}
+    raise _bad("body needs 'instances' or 'inputs'")
 
-        def _error(self, e: ServingError):
-            http = {
-                grpc.StatusCode.NOT_FOUND: 404,
-                grpc.StatusCode.INVALID_ARGUMENT: 400,
-                grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-                grpc.StatusCode.UNAVAILABLE: 503,
-            }.get(e.code, 500)
-            self._send(http, {"error": e.message})
 
-        def _route(self):
-            path = self.path.split("?")[0]
-            if not path.startswith("/v1/models/"):
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown path {path}")
-            rest = path[len("/v1/models/") :]
-            verb = None
-            if ":" in rest:
-                rest, verb = rest.rsplit(":", 1)
-            parts = rest.strip("/").split("/")
-            name, version, tail = parts[0], None, parts[1:]
-            if len(tail) >= 2 and tail[0] == "versions":
-                try:
-                    version = int(tail[1])
-                except ValueError:
-                    raise ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"bad version '{tail[1]}'"
-                    ) from None
-                tail = tail[2:]
-            return name, version, verb, tail
+_HTTP = {
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 408,
+}
 
-        def _only_input(self, name, version, sig) -> str:
-            lv = m.resolve(name, version)
-            specs = lv.signatures[sig].structured_input_signature[1] if sig in lv.signatures else {}
-            return next(iter(sorted(specs)), "?")  # an unknown signature is reported by predict
 
-        def do_GET(self):
-            try:
-                name, version, verb, tail = self._route()
-                if tail == ["metadata"]:
-                    lv = m.resolve(name, version)
-                    from google.protobuf.json_format import MessageToDict
+def _json_response(code: int, body: dict | bytes, close: bool = False):
+    from starlette.responses import Response
 
-                    sigs = {k: MessageToDict(v) for k, v in lv.signature_defs.items()}
-                    return self._send(
-                        200,
-                        {
-                            "model_spec": {"name": name, "version": str(lv.version)},
-                            "metadata": {"signature_def": {"signature_def": sigs}},
-                        },
-                    )
-                resp = status_response(m, name, version)
-                return self._send(
-                    200,
-                    {
-                        "model_version_status": [
-                            {
-                                "version": str(s.version),
-                                "state": State.Name(s.state),
-                                "status": {
-                                    "error_code": "OK" if not s.status.error_code else "UNKNOWN",
-                                    "error_message": s.status.error_message,
-                                },
-                            }
-                            for s in resp.model_version_status
-                        ]
-                    },
+    headers = {"Connection": "close"} if close else None
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return Response(data, code, headers=headers, media_type="application/json")
+
+
+def _encoded(fn, *args) -> bytes:
+    """fn's answer as JSON bytes: encoded on the worker thread, not on the event loop."""
+    return json.dumps(fn(*args)).encode()
+
+
+class _Refused(Exception):
+    """A request answered before its body is read whole; `close`: drop the connection after."""
+
+    def __init__(self, error: ServingError, close: bool = False):
+        super().__init__(error.message)
+        self.error, self.close = error, close
+
+
+class BodyBudget:
+    """Bytes of REST request bodies held at once, across connections: memory stays bounded
+    however many clients send at the same time; past it a request is told to retry (503)."""
+
+    def __init__(self, limit: int):
+        self.limit, self.held = limit, 0
+
+    def take(self, n: int) -> bool:  # only called on the event loop: no lock needed
+        if self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+async def _next_chunk(request, idle_timeout: float) -> tuple[bytes, bool]:
+    """(body bytes, more to come); a client silent for idle_timeout is refused with 408."""
+    import asyncio
+
+    try:
+        msg = await asyncio.wait_for(request.receive(), idle_timeout)
+    except TimeoutError:
+        raise _Refused(
+            ServingError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"request body stalled: nothing received for {idle_timeout:g}s "
+                "(--rest-idle-timeout)",
+            ),
+            close=True,
+        ) from None
+    if msg["type"] == "http.disconnect":
+        raise _Refused(ServingError(grpc.StatusCode.CANCELLED, "client went away"), close=True)
+    return msg.get("body", b""), bool(msg.get("more_body"))
+
+
+async def _drain(request, idle_timeout: float, left: int) -> bool:
+    """Read and drop up to `left` more bytes, so a client still sending gets to read the
+    refusal; False when the body is longer (the connection is then closed)."""
+    more = True
+    try:
+        while more and left >= 0:
+            chunk, more = await _next_chunk(request, idle_timeout)
+            left -= len(chunk)
+    except _Refused:  # stalled or gone: the refusal stands, the connection is closed
+        return False
+    return not more
+
+
+def _body_too_big(got: str, max_body: int) -> ServingError:
+    return ServingError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body is too large, in bytes ({got}), over the server's limit of "
+        f"{max_body:,}: set by --max-message-mb {max_body // 2**20}",
+    )
+
+
+async def read_body(request, max_body: int, idle_timeout: float, budget: BodyBudget):
+    """The body, streamed under the limit and the budget: (bytes, budget taken).
+
+    A Content-Length over the limit is refused before a byte of the body is read; a chunked
+    body is refused as soon as it passes the limit. Refused bodies are drained, never kept.
+    """
+    drain_cap = max(4 * max_body, 256 * 2**20)
+    declared = request.headers.get("content-length")  # h11 has checked it is a number
+    if declared is not None and int(declared) > max_body:
+        drained = int(declared) <= drain_cap and await _drain(request, idle_timeout, drain_cap)
+        raise _Refused(_body_too_big(f"{int(declared):,}", max_body), close=not drained)
+    buf, more, taken = bytearray(), True, 0
+    try:
+        while more:
+            chunk, more = await _next_chunk(request, idle_timeout)
+            if len(buf) + len(chunk) > max_body:
+                drained = await _drain(request, idle_timeout, drain_cap)
+                raise _Refused(_body_too_big(f"over {max_body:,}", max_body), close=not drained)
+            if not budget.take(len(chunk)):
+                raise _Refused(
+                    ServingError(
+                        grpc.StatusCode.UNAVAILABLE,
+                        "server busy: other REST requests hold the memory for bodies "
+                        f"({budget.limit // 2**20} MB); try again",
+                    ),
+                    close=True,
                 )
-            except ServingError as e:
-                self._error(e)
+            taken += len(chunk)
+            buf += chunk
+    except BaseException:
+        budget.give(taken)
+        raise
+    return buf, taken
 
-        def do_POST(self):
-            try:
-                name, version, verb, _ = self._route()
-                if verb != "predict":
-                    raise ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT, f"unsupported verb ':{verb}'"
-                    )
-                data = self._body()
-                try:
-                    body = json.loads(data or b"{}")
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise _bad(f"request body is not JSON: {e}") from None
-                if not isinstance(body, dict):
-                    raise _bad(
-                        "request body must be a JSON object with 'instances' or 'inputs', got a "
-                        f"top-level {type(body).__name__}"
-                    )
-                sig = body.get("signature_name", "serving_default")
-                if not isinstance(sig, str):
-                    raise _bad(f"'signature_name' must be a string, got {type(sig).__name__}")
-                if "instances" in body and "inputs" in body:
-                    raise _bad(
-                        "use either 'instances' (row format) or 'inputs' (columnar), not both"
-                    )
-                if "instances" in body:
-                    inst = _instances(body, m.limits.max_images)
-                    if isinstance(inst[0], dict):
-                        inputs = {k: _to_array([i[k] for i in inst], k) for k in inst[0]}
-                    else:
-                        only = self._only_input(name, version, sig)
-                        inputs = {only: _to_array(inst, only)}
-                    v, out = m.predict(name, version, sig, inputs)
-                    n = len(next(iter(out.values())))
-                    preds = [{k: _jsonable(o[i]) for k, o in out.items()} for i in range(n)]
-                    return self._send(200, {"predictions": preds})
-                if "inputs" in body:
-                    raw = body["inputs"]
-                    if not isinstance(raw, dict):  # the columnar form of a one-input signature
-                        raw = {self._only_input(name, version, sig): raw}
-                    inputs = {}
-                    for k, val in raw.items():
-                        if isinstance(val, list) and len(val) > m.limits.max_images:
-                            raise over_limit(
-                                f"input '{k}' has too many rows",
-                                len(val),
-                                m.limits.max_images,
-                                "--max-images",
-                            )
-                        inputs[k] = _to_array(_rest_value(val), k)
-                    v, out = m.predict(name, version, sig, inputs)
-                    return self._send(200, {"outputs": {k: _jsonable(o) for k, o in out.items()}})
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, "body needs 'instances' or 'inputs'"
-                )
-            except ServingError as e:
-                self._error(e)
-            except Exception as e:  # noqa: BLE001
-                self._send(500, {"error": f"{type(e).__name__}: {e}"})
 
-    return Handler
+def rest_app(m: ModelManager, options: ServeOptions):
+    """TF Serving's REST API as an ASGI app: the socket work on the event loop, where an idle
+    or slow client costs no thread; the model work on `--rest-workers` threads."""
+    import anyio
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    max_body, idle = options.max_message_bytes, options.rest_idle_timeout
+    budget = BodyBudget(max(4 * max_body, 256 * 2**20))
+    workers: list[anyio.CapacityLimiter] = []  # made on the event loop, at the first request
+
+    async def work(fn, *args) -> bytes:
+        if not workers:
+            workers.append(anyio.CapacityLimiter(options.rest_workers))
+        return await anyio.to_thread.run_sync(_encoded, fn, *args, limiter=workers[0])
+
+    async def endpoint(request):
+        taken = 0
+        try:
+            name, version, verb, tail = _route(request.url.path)
+            if request.method == "GET":
+                if verb is not None:
+                    raise _bad(f"unsupported verb ':{verb}' for GET")
+                fn = _metadata_json if tail == ["metadata"] else _status_json
+                return _json_response(200, await work(fn, m, name, version))
+            if verb != "predict":
+                raise _bad(f"unsupported verb ':{verb}'")
+            data, taken = await read_body(request, max_body, idle, budget)
+            answer = await work(rest_predict, m, name, version, data)
+            del data
+            return _json_response(200, answer)
+        except _Refused as e:
+            return _json_response(_HTTP.get(e.error.code, 400), {"error": e.error.message}, e.close)
+        except ServingError as e:
+            return _json_response(_HTTP.get(e.code, 500), {"error": e.message})
+        except Exception as e:  # noqa: BLE001 - nothing brings the server down
+            log(f"serve: REST internal error: {type(e).__name__}: {e}", level="error")
+            return _json_response(500, {"error": f"{type(e).__name__}: {e}"})
+        finally:
+            budget.give(taken)
+
+    return Starlette(routes=[Route("/{path:path}", endpoint, methods=["GET", "POST"])])
+
+
+def _h11_with_head_timeout():
+    """uvicorn's h11 protocol, plus a deadline for each request head.
+
+    uvicorn closes a connection idle after a response, but not one that connects and sends
+    nothing, or sends its headers a byte at a time; here both are closed after the keep-alive
+    timeout (--rest-idle-timeout), as the thread-pool server's socket timeout did.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class H11WithHeadTimeout(H11Protocol):
+        _head_timer = None
+
+        def _busy(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _arm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            self._head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_late)
+
+        def _head_late(self) -> None:
+            self._head_timer = None
+            if not self._busy() and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._busy() and self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def on_response_complete(self) -> None:
+            self._arm()
+            super().on_response_complete()
+
+        def connection_lost(self, exc):
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+            super().connection_lost(exc)
+
+    return H11WithHeadTimeout
+
+
+class RestServer:
+    """uvicorn on its own thread and event loop, on a socket bound here (so a taken port fails
+    at start, naming it). TLS by uvicorn's ssl options, the same files as gRPC's."""
+
+    def __init__(self, m: ModelManager, options: ServeOptions):
+        import uvicorn
+
+        self.sock = _bind(options.host, options.rest_port, "REST")
+        self.port = self.sock.getsockname()[1]
+        tls = {}
+        if options.ssl_cert:
+            tls = {"ssl_certfile": options.ssl_cert, "ssl_keyfile": options.ssl_key}
+            if options.ssl_client_ca:
+                tls |= {"ssl_ca_certs": options.ssl_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        self.config = uvicorn.Config(
+            rest_app(m, options),
+            http=_h11_with_head_timeout(),
+            lifespan="off",
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            timeout_keep_alive=options.rest_idle_timeout,  # call_later takes a float
+            limit_concurrency=options.rest_max_connections,
+            timeout_graceful_shutdown=2,
+            **tls,
+        )
+        self.config.load()  # TLS files are read now: a bad one fails the start, naming it
+        self.server = uvicorn.Server(self.config)
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, name="rest", daemon=True
+        )
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and self.thread.is_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("REST server did not start within 30 s")
+            time.sleep(0.02)
+        if not self.server.started:
+            raise RuntimeError(f"REST server failed to start on port {self.port}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(10)
+        self.sock.close()
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to host:port. Made with proto IPPROTO_TCP, as getaddrinfo gives it:
+    asyncio turns Nagle off (TCP_NODELAY) only on such sockets, and with Nagle on a keep-alive
+    client waits 40 ms for each answer (delayed ACK)."""
+    try:
+        family, kind, proto, _, _ = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        raise OSError(f"cannot bind {what} on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 # ---------------------------------------------------------------- server
-
-
-class RestServer(HTTPServer):
-    """HTTP on a bounded pool: `workers` threads, `backlog` more connections queued, the rest
-    answered 503 at once. ThreadingHTTPServer's thread per connection let idle clients hold
-    threads (and memory) without bound. TLS handshakes happen in the worker, under its timeout.
-    """
-
-    def __init__(
-        self,
-        addr,
-        handler,
-        *,
-        workers: int = 16,
-        backlog: int = 64,
-        idle_timeout: float = 30.0,
-        ssl_context: ssl.SSLContext | None = None,
-    ):
-        super().__init__(addr, handler)
-        self.idle_timeout, self.ssl_context = idle_timeout, ssl_context
-        self.pool = futures.ThreadPoolExecutor(workers, thread_name_prefix="rest")
-        self.slots = threading.BoundedSemaphore(workers + backlog)
-
-    def process_request(self, request, client_address):
-        if not self.slots.acquire(blocking=False):
-            if self.ssl_context is None:
-                body = b'{"error": "server busy: every REST worker and queue slot is taken"}'
-                head = f"HTTP/1.0 503 Service Unavailable\r\nContent-Length: {len(body)}\r\n"
-                with _quiet():
-                    request.sendall(
-                        head.encode() + b"Content-Type: application/json\r\n\r\n" + body
-                    )
-            self.shutdown_request(request)
-            return
-        self.pool.submit(self._work, request, client_address)
-
-    def _work(self, request, client_address):
-        conn = request
-        try:
-            request.settimeout(self.idle_timeout)
-            if self.ssl_context is not None:
-                conn = self.ssl_context.wrap_socket(request, server_side=True)
-            self.finish_request(conn, client_address)
-        except (OSError, ssl.SSLError):
-            pass  # the client went away, timed out, or failed the handshake
-        except Exception as e:  # noqa: BLE001 - a worker never dies
-            log(f"serve: REST worker: {type(e).__name__}: {e}", level="error")
-        finally:
-            self.shutdown_request(conn)
-            self.slots.release()
-
-    def server_close(self):
-        super().server_close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-class _quiet:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def _read(path: str | None) -> bytes | None:
@@ -507,51 +664,21 @@ def _read(path: str | None) -> bytes | None:
 
 
 class GraftServer:
-    def __init__(
-        self,
-        base_path: str,
-        model_name: str,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 8500,
-        rest_port: int = 0,
-        policy: str = "latest",
-        poll_seconds: float = 2.0,
-        max_message_mb: int = 32,
-        max_pixels: int = 40_000_000,
-        max_images: int = 1000,
-        max_request_pixels: int = 100_000_000,
-        decode_chunk_pixels: int = 16_000_000,
-        load_retries: int = 5,
-        load_retry_interval: float = 60.0,
-        ssl_cert: str | None = None,
-        ssl_key: str | None = None,
-        ssl_client_ca: str | None = None,
-        reflection_on: bool = False,
-        workers: int = 16,
-        rest_workers: int = 16,
-        rest_idle_timeout: float = 30.0,
-    ):
-        limits = Limits(
-            max_pixels=max_pixels,
-            max_images=max_images,
-            max_request_pixels=max_request_pixels,
-            chunk_pixels=decode_chunk_pixels,
-        )
+    def __init__(self, options: ServeOptions):
+        self.options = o = options
         self.manager = ModelManager(
-            base_path,
-            model_name,
-            policy,
-            limits=limits,
-            load_retries=load_retries,
-            load_retry_interval=load_retry_interval,
+            o.model_base_path,
+            o.model_name,
+            o.version_policy,
+            limits=o.limits,
+            load_retries=o.load_retries,
+            load_retry_interval=o.load_retry_interval,
         )
-        limit = max_message_mb * 1024 * 1024
         self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=workers),
+            futures.ThreadPoolExecutor(max_workers=o.workers),
             options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", o.max_message_bytes),
+                ("grpc.max_send_message_length", o.max_message_bytes),
             ],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -562,7 +689,7 @@ class GraftServer:
         )
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
-        if reflection_on:  # off by default: it hands any client the full API description
+        if o.reflection:  # off by default: it hands any client the full API description
             reflection.enable_server_reflection(
                 [
                     prediction_service_pb2.DESCRIPTOR.services_by_name[
@@ -574,39 +701,20 @@ class GraftServer:
                 ],
                 self.grpc,
             )
-        if bool(ssl_cert) != bool(ssl_key):
-            raise ValueError("--ssl-cert and --ssl-key go together")
-        if ssl_client_ca and not ssl_cert:
-            raise ValueError("--ssl-client-ca needs --ssl-cert and --ssl-key")
-        self.tls = bool(ssl_cert)
-        ssl_context = None
+        self.tls = bool(o.ssl_cert)
+        address = f"{o.host}:{o.port}"
         if self.tls:
-            key, cert, ca = _read(ssl_key), _read(ssl_cert), _read(ssl_client_ca)
+            key, cert, ca = _read(o.ssl_key), _read(o.ssl_cert), _read(o.ssl_client_ca)
             creds = grpc.ssl_server_credentials(
                 [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
             )
-            self.port = self.grpc.add_secure_port(f"{host}:{port}", creds)
-            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ssl_context.load_cert_chain(ssl_cert, ssl_key)
-            if ssl_client_ca:
-                ssl_context.load_verify_locations(ssl_client_ca)
-                ssl_context.verify_mode = ssl.CERT_REQUIRED
+            self.port = self.grpc.add_secure_port(address, creds)
         else:
-            self.port = self.grpc.add_insecure_port(f"{host}:{port}")
+            self.port = self.grpc.add_insecure_port(address)
         if not self.port:
-            raise OSError(f"cannot bind gRPC on {host}:{port}")
-        self.host, self.poll_seconds = host, poll_seconds
-        self.rest = (
-            RestServer(
-                (host, rest_port),
-                make_rest_handler(self.manager, limit, rest_idle_timeout),
-                workers=rest_workers,
-                idle_timeout=rest_idle_timeout,
-                ssl_context=ssl_context,
-            )
-            if rest_port
-            else None
-        )
+            raise OSError(f"cannot bind gRPC on {address}")
+        self.host, self.poll_seconds = o.host, o.poll_seconds
+        self.rest = RestServer(self.manager, o) if o.rest_port else None
         self._health_thread = None
         self._stopped = threading.Event()
 
@@ -623,19 +731,15 @@ class GraftServer:
     def start(self) -> GraftServer:
         self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc.start()
+        if self.rest:
+            self.rest.start()
         self.manager.start(self.poll_seconds)
         self._health_thread = threading.Thread(target=self._update_health, daemon=True)
         self._health_thread.start()
-        if self.rest:
-            threading.Thread(target=self.rest.serve_forever, daemon=True).start()
         scheme = "https" if self.tls else "http"
         log(
             f"serve: gRPC{' (TLS)' if self.tls else ''} on {self.host}:{self.port}"
-            + (
-                f", REST ({scheme}) on {self.host}:{self.rest.server_address[1]}"
-                if self.rest
-                else ""
-            )
+            + (f", REST ({scheme}) on {self.host}:{self.rest.port}" if self.rest else "")
             + f"; model '{self.manager.model_name}' from {self.manager.base_path}"
         )
         return self
@@ -644,61 +748,14 @@ class GraftServer:
         self._stopped.set()
         self.manager.stop()
         if self.rest:
-            self.rest.shutdown()
-            self.rest.server_close()
+            self.rest.stop()
         self.grpc.stop(grace).wait()
         log("serve: stopped")
 
 
-def serve_forever(
-    *,
-    model_base_path: str,
-    model_name: str,
-    host: str = "127.0.0.1",
-    port: int = 8500,
-    rest_port: int = 0,
-    version_policy: str = "latest",
-    poll_seconds: float = 2.0,
-    max_message_mb: int = 32,
-    max_pixels: int = 40_000_000,
-    max_images: int = 1000,
-    max_request_pixels: int = 100_000_000,
-    decode_chunk_pixels: int = 16_000_000,
-    load_retries: int = 5,
-    load_retry_interval: float = 60.0,
-    ssl_cert: str | None = None,
-    ssl_key: str | None = None,
-    ssl_client_ca: str | None = None,
-    reflection: bool = False,
-    rest_workers: int = 16,
-    rest_idle_timeout: float = 30.0,
-) -> int:
-    """Serve until SIGTERM/SIGINT; keywords, so the server does not depend on the CLI's Namespace.
-
-    rest_port=0 means no REST front end.
-    """
-    srv = GraftServer(
-        model_base_path,
-        model_name,
-        host=host,
-        port=port,
-        rest_port=rest_port,
-        policy=version_policy,
-        poll_seconds=poll_seconds,
-        max_message_mb=max_message_mb,
-        max_pixels=max_pixels,
-        max_images=max_images,
-        max_request_pixels=max_request_pixels,
-        decode_chunk_pixels=decode_chunk_pixels,
-        load_retries=load_retries,
-        load_retry_interval=load_retry_interval,
-        ssl_cert=ssl_cert,
-        ssl_key=ssl_key,
-        ssl_client_ca=ssl_client_ca,
-        reflection_on=reflection,
-        rest_workers=rest_workers,
-        rest_idle_timeout=rest_idle_timeout,
-    ).start()
+def serve_forever(options: ServeOptions) -> int:
+    """Serve until SIGTERM/SIGINT; options, so the server does not depend on the CLI's Namespace."""
+    srv = GraftServer(options).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())

@@ -1,0 +1,36 @@
+"""Which directory names under a model base path are versions (for serving, and for
+anything that lists or publishes versions: one rule).
+
+A version is a decimal number from 1 to 2**63 - 1 written without leading zeros: TF Serving's
+version numbers are int64, and gRPC's ModelSpec.version cannot carry more. TF Serving reads
+`007` as version 7; Graft ignores such a name (with one warning) so that `7` and `007` can
+never both claim version 7, and a version's path is always its number.
+"""
+
+from __future__ import annotations
+
+import re
+
+INT64_MAX = 2**63 - 1
+_VERSION = re.compile(r"[1-9][0-9]{0,18}")
+
+
+def version_number(name: str) -> int | None:
+    """The version a directory name stands for, or None when it is not one."""
+    name = name.rstrip("/")
+    if not _VERSION.fullmatch(name):
+        return None
+    number = int(name)
+    return number if number <= INT64_MAX else None
+
+
+def why_not_a_version(name: str) -> str | None:
+    """For an all-digit name that is not a version: why (for the warning); else None."""
+    name = name.rstrip("/")
+    if not name.isascii() or not name.isdigit() or version_number(name) is not None:
+        return None
+    if int(name) == 0:
+        return "version numbers start at 1"
+    if name.startswith("0"):
+        return f"a version number has no leading zeros (rename it to {int(name)})"
+    return f"over the largest version number, {INT64_MAX:,} (int64)"
