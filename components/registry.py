@@ -38,6 +38,7 @@ from pathlib import Path
 
 from graft.core.config import ConfigError
 from graft.core.log import log
+from graft.core.versions import version_number
 from graft.core.paths import is_remote
 from graft.core.paths import join as _join
 
@@ -139,11 +140,12 @@ def version_path(destination: str, model_name: str, version: int) -> str:
 
 
 def versions(destination: str, model_name: str) -> list[int]:
-    """The integer-named version directories, oldest first."""
+    """The version directories (core.versions' rule, as the server reads them), oldest first."""
     root = _join(destination, model_name)
     if not _isdir(root):
         return []
-    return sorted(int(d) for d in _listdir(root) if d.isdigit())
+    found = (version_number(d) for d in _listdir(root))
+    return sorted(v for v in found if v is not None)
 
 
 def served_version(destination: str, model_name: str) -> int | None:
