@@ -38,9 +38,9 @@ from pathlib import Path
 
 from graft.core.config import ConfigError
 from graft.core.log import log
-from graft.core.versions import version_number
 from graft.core.paths import is_remote
 from graft.core.paths import join as _join
+from graft.core.versions import version_number
 
 MARKER = "graft_push.json"  # written last into a pushed version: it is complete; its entry
 INDEX = "registry.json"  # <destination>/<model>/registry.json: every version's entry
