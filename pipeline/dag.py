@@ -349,7 +349,8 @@ STEPS: list[Step] = [
         ("data.image_size", "export", "base", "head"),
         "Model",
         _export,
-        "SavedModel for TF Serving with in-graph preprocessing, warmup, model card",
+        "SavedModel for TF Serving with in-graph preprocessing, warmup, model card; "
+        "export.tflite: measured TFLite models",
     ),
     Step(
         "push",

@@ -95,6 +95,22 @@ def test_all_three_variants_are_converted_measured_and_described(edge):
 
 
 @slow
+def test_run_summary_shows_the_edge_table(edge, capsys):
+    from graft.pipeline.summary import print_summary
+
+    cfg, run, r, out = edge
+    rows = json.load(open(out / "tflite.json"))["variants"]
+    steps = {"export": {"status": "succeeded", "seconds": 1.0, "output": str(out)}}
+    steps["export"]["summary"] = {"version": r.version, "path": r.path, "tflite": rows}
+    summary = {"run_id": "x", "status": "succeeded", "seconds": 1.0, "steps": steps}
+    print_summary({**summary, "run_dir": str(out)}, cfg)
+    err = capsys.readouterr().err
+    assert "edge models (TFLite" in err
+    for row in rows:
+        assert f"{row['bytes'] / 1e6:.2f}" in err and row["variant"] in err
+
+
+@slow
 def test_interpreter_agrees_with_the_saved_model_on_holdout_images(edge, holdout):
     cfg, _, r, _ = edge
     fn = tf.saved_model.load(r.path).signatures["predict_pixels"]
