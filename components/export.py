@@ -265,6 +265,21 @@ def export(
         parity=parity,
         model_path=model_path,
     )
+    if cfg.tflite:  # edge models into assets.extra/, measured; tflite.json; model card table
+        from graft.components.tflite import export_variants
+
+        export_variants(
+            model,
+            final,
+            out_dir,
+            variants=cfg.tflite,
+            model_name=cfg.model_name,
+            image_size=image_size,
+            flip_average=cfg.flip_average,
+            examples_dir=examples_dir,
+            evaluation_dir=evaluation_dir,
+            labels=labels,
+        )
     from graft.components.push import file_sha256
 
     result = ExportResult(

@@ -160,6 +160,21 @@ def read_marker(version_dir: str) -> dict | None:
     return _read_json(_join(version_dir, MARKER))
 
 
+def edge_models(destination: str, model_name: str, version: int) -> list[dict]:
+    """The TFLite files a version ships in assets.extra/ (export.tflite), each with what its
+    tflite.json measured (bytes, test accuracy, agreement, ms/image); [] when none."""
+    folder = _join(version_path(destination, model_name, version), "assets.extra")
+    if not _isdir(folder):
+        return []
+    rows = (_read_json(_join(folder, "tflite.json")) or {}).get("variants", [])
+    measured = {r.get("file"): r for r in rows if isinstance(r, dict)}
+    return [
+        {"path": _join(folder, f), **measured.get(f, {})}
+        for f in sorted(_listdir(folder))
+        if f.endswith(".tflite")
+    ]
+
+
 def models_at(destination: str) -> list[str]:
     """Model names at a destination: folders holding a version or an index."""
     if not _isdir(destination):

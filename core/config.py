@@ -456,6 +456,24 @@ class ExportConfig(Section):
         description="serve (and evaluate) the mean of the scores for the image and its mirror "
         "image: 2x inference per request; for models trained with horizontal flips",
     )
+    tflite: list[Literal["float32", "float16", "int8"]] = Field(
+        default_factory=list,
+        description="TFLite edge models written beside the SavedModel (assets.extra/), each "
+        "measured on the test split; int8 is full-integer (docs/edge.md)",
+    )
+
+    @field_validator("tflite", mode="before")
+    @classmethod
+    def _one_variant_is_a_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("tflite")
+    @classmethod
+    def _no_repeats(cls, v: list[str]) -> list[str]:
+        repeated = sorted({x for x in v if v.count(x) > 1})
+        if repeated:
+            raise ValueError(f"each variant once; repeated: {', '.join(repeated)}")
+        return v
 
 
 class PushConfig(Section):

@@ -311,8 +311,13 @@ def cmd_serve(args) -> int:
 def cmd_predict(args) -> int:
     from graft.core.paths import image_files
 
-    if args.model_dir and (args.model or args.server):
-        raise ConfigError("graft predict: give --model-dir DIR (local) or --model NAME (server)")
+    if sum(map(bool, (args.model_dir, args.model or args.server, args.tflite))) > 1:
+        raise ConfigError(
+            "graft predict: give one of --model-dir DIR, --tflite FILE (local) or --model NAME "
+            "(server)"
+        )
+    if args.tflite:
+        return _predict_tflite(args)
     if not args.model_dir and not args.model:
         raise ConfigError(
             "graft predict: give --model-dir DIR (a SavedModel or models/NAME, no server) or "
@@ -341,6 +346,18 @@ def cmd_predict(args) -> int:
         print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
     return _report_predictions(preds, args, f"{args.model} @ {server}")
+
+
+def _predict_tflite(args) -> int:
+    """An edge model (export.tflite) in this process: the same rows as --model-dir."""
+    from graft.components.tflite import predict_files
+    from graft.core.paths import image_files
+    from graft.serving.local import Prediction
+
+    import_tensorflow_quietly()  # decode and resize as training did
+    rows = predict_files(args.tflite, image_files(args.images), args.top_k)
+    preds = [Prediction(img, labels, scores, error) for img, labels, scores, error in rows]
+    return _report_predictions(preds, args, args.tflite)
 
 
 def _report_predictions(preds, args, title: str) -> int:
@@ -500,7 +517,7 @@ def cmd_models_list(args) -> int:
 
 
 def cmd_models_show(args) -> int:
-    from graft.components.registry import entry, served_entry
+    from graft.components.registry import edge_models, entry, served_entry
 
     if args.version == "served":
         e = served_entry(args.destination, args.name)
@@ -510,6 +527,8 @@ def cmd_models_show(args) -> int:
         raise ConfigError(f"VERSION must be a version number or 'served', got '{args.version}'")
     else:
         e = entry(args.destination, args.name, int(args.version))
+    if e.get("status") in ("served", "available"):  # its folder is there: what it ships
+        e["tflite"] = edge_models(args.destination, args.name, int(e["version"]))
     print(json.dumps(e, indent=2, default=str))
     return 0
 
@@ -716,8 +735,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="classify images: locally from a SavedModel, or through a (TF) Serving endpoint",
-        description="Local: --model-dir models/NAME (newest version) or a version folder; no "
-        "server. Server: --model NAME [--server HOST:PORT]. Folders are walked for images.",
+        description="Local: --model-dir models/NAME (newest version) or a version folder, or "
+        "--tflite FILE; no server. Server: --model NAME [--server HOST:PORT]. Folders are "
+        "walked for images.",
     )
     p.add_argument(
         "images",
@@ -729,6 +749,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--model-dir",
         metavar="DIR",
         help="predict in this process from a SavedModel version folder or a model base path",
+    )
+    p.add_argument(
+        "--tflite",
+        metavar="FILE",
+        help="predict in this process with an edge model (export.tflite; labels.txt beside it)",
     )
     p.add_argument("--model", help="model name on the server")
     p.add_argument("--server", metavar="HOST:PORT", help="gRPC endpoint (default 127.0.0.1:8500)")

@@ -250,7 +250,12 @@ def _export(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         head=cfg.head,
         settings=cfg.values(),
     )
-    return {"version": r.version, "path": r.path, "parity_max_abs_diff": r.parity_max_abs_diff}
+    summary = {"version": r.version, "path": r.path, "parity_max_abs_diff": r.parity_max_abs_diff}
+    edge = os.path.join(out, "tflite.json")  # export.tflite: the variants, for the run summary
+    if os.path.exists(edge):
+        with open(edge) as f:
+            summary["tflite"] = json.load(f)["variants"]
+    return summary
 
 
 def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
@@ -371,7 +376,8 @@ STEPS: list[Step] = [
         ("data.image_size", "export", "base", "head", "push.force"),
         "Model",
         _export,
-        "SavedModel for TF Serving with in-graph preprocessing, warmup, model card",
+        "SavedModel for TF Serving with in-graph preprocessing, warmup, model card; "
+        "export.tflite: measured TFLite models",
         # a candidate evaluate did not bless is never pushed: exporting it is wasted time
         when=When("evaluate", "blessed", forced_by="push.force"),
     ),

@@ -150,8 +150,9 @@ def make_components(image: str) -> dict:
         evaluation: Input[Artifact],
         advice: Input[Artifact],
         exported: Output[Model],
+        edge_models: Output[Model],
     ):
-        from graft.pipeline.kfp_runtime import run
+        from graft.pipeline.kfp_runtime import log_edge_models, run
 
         run(
             "export",
@@ -159,6 +160,7 @@ def make_components(image: str) -> dict:
             {"model": model, "examples": examples, "evaluation": evaluation, "advice": advice},
             exported,
         )
+        log_edge_models(exported, edge_models)
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def push(

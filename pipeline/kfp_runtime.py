@@ -56,6 +56,28 @@ def log_evaluation(evaluation, metrics, confusion, report) -> bool:
     return bool(ev["blessed"])  # the output push's `when` reads
 
 
+def log_edge_models(exported, edge_models) -> int:
+    """export.tflite's files (.tflite, labels.txt, tflite.json) as their own Model artifact,
+    with each variant's size and test measurements as metadata; empty when none were asked."""
+    os.makedirs(edge_models.path, exist_ok=True)
+    path = os.path.join(exported.path, "tflite.json")
+    if not os.path.exists(path):
+        edge_models.metadata["variants"] = ""
+        return 0
+    with open(os.path.join(exported.path, "export.json")) as f:
+        source = os.path.join(json.load(f)["path"], "assets.extra")
+    with open(path) as f:
+        edge = json.load(f)
+    names = [r["file"] for r in edge["variants"]] + [edge["labels_file"], "tflite.json"]
+    for name in names:
+        shutil.copy(os.path.join(source, name), os.path.join(edge_models.path, name))
+    edge_models.metadata["variants"] = ",".join(r["variant"] for r in edge["variants"])
+    for r in edge["variants"]:
+        for key in ("bytes", "test_accuracy", "agreement", "ms_per_image"):
+            edge_models.metadata[f"{r['variant']}_{key}"] = r[key]
+    return len(edge["variants"])
+
+
 def _scalars(node, prefix: str = ""):
     if isinstance(node, bool):
         yield prefix, float(node)

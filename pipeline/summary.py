@@ -35,6 +35,20 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
         m.add_row("head only (candidate; no fine-tuning ran)", _fmt(ev.get("accuracy")))
     m.add_row("served baseline", _fmt(ev.get("baseline_accuracy")))
     console.print(m)
+    edge = steps.get("export", {}).get("summary", {}).get("tflite")
+    if edge:  # export.tflite: the evaluate report is written before export, so they show here
+        e = Table(title="edge models (TFLite, test split, 1 thread)")
+        for col in ("variant", "MB", "accuracy", "top-1 = SavedModel", "ms/image"):
+            e.add_column(col)
+        for r in edge:
+            e.add_row(
+                r["variant"],
+                f"{r['bytes'] / 1e6:.2f}",
+                _fmt(r["test_accuracy"]),
+                _fmt(r["agreement"]),
+                f"{r['ms_per_image']:.2f}",
+            )
+        console.print(e)
     if ev:
         console.print(
             ("[green]BLESSED[/green]" if ev.get("blessed") else "[yellow]NOT BLESSED[/yellow]")

@@ -146,6 +146,14 @@ def test_wrappers_match_the_dag():
         assert set(s.inputs) <= params and OUTPUT_NAMES[s.name] in params, s.name
 
 
+def test_export_task_outputs_the_edge_models(compiled):
+    """export.tflite's files are an output artifact of their own (filled under kfp.local below)."""
+    _, spec, _ = compiled
+    outs = spec["components"]["comp-export"]["outputDefinitions"]["artifacts"]
+    assert outs["edge_models"]["artifactType"]["schemaTitle"] == "system.Model"
+    assert outs["exported"]["artifactType"]["schemaTitle"] == "system.Model"
+
+
 def test_submit_dry_run_schedule(capsys):
     from graft.pipeline.cli import main
 
@@ -193,9 +201,16 @@ def _run_local(cfg, root, **parameters):
 
 @pytest.mark.slow
 def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
-    raw = tiny_config(tmp_path, tiny_data, fine_tune__epochs=1, train_head__epochs=3)
+    raw = tiny_config(
+        tmp_path, tiny_data, fine_tune__epochs=1, train_head__epochs=3, export__tflite=["float32"]
+    )
     cfg = parse_config(raw)
     run_dir = _run_local(cfg, tmp_path / "kfp-root")
+    edge = json.load(open(os.path.join(run_dir, "export", "executor_output.json")))
+    edge = edge["artifacts"]["edge_models"]["artifacts"][0]["metadata"]
+    assert edge["variants"] == "float32" and edge["float32_bytes"] > 0
+    shipped = sorted(os.listdir(os.path.join(run_dir, "export", "edge_models")))
+    assert shipped == ["labels.txt", "tflite.json", "tiny_float32.tflite"]
     out = json.load(open(os.path.join(run_dir, "evaluate", "executor_output.json")))
     metrics = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert {"accuracy", "macro_f1", "log_loss", "ece", "head_only_accuracy"} <= set(metrics)
