@@ -79,6 +79,50 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
+    """An old spelling that still works but is no longer shown: one spelling per idea."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
+def _add_model_name_arg(p: argparse.ArgumentParser, help: str, *old: str) -> None:
+    """--model-name NAME everywhere a command names a model (--model, --name: hidden)."""
+    p.add_argument("--model-name", metavar="NAME", help=help)
+    for spelling in old:
+        _hidden_alias(p, spelling, "model_name", metavar="NAME")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """What `graft train` and `graft advise DATA_DIR` both take: the same words, same keys."""
+    p.add_argument("--base", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="base weights: imagenet (Keras downloads them once), a local .h5 file (offline), "
+        "or demo (synthetic: tests only); default: the template's, imagenet",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        metavar="N",
+        help="recipe auto: wall time of both training stages (train.budget_minutes); the plan "
+        "fits the fine-tuning epochs into it",
+    )
+    _add_model_name_arg(p, "model name (default: DATA_DIR's folder name)", "--name")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="TEMPLATE",
+        help="template to start from (default: configs/photos.yaml, shipped in the package)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a config key, e.g. --set fine_tune.epochs=3 (repeatable)",
+    )
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -149,16 +193,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def advise_config(args) -> GraftConfig:
+    """The config `graft advise` advises on: for a folder, what `graft train` would run."""
+    target = args.data_or_config
+    if os.path.isdir(target) or "://" in target:
+        return load_config(
+            args.config or photos_template(), [*train_overrides(args, target), *args.set]
+        )
+    if os.path.isfile(target) and target.endswith((".yaml", ".yml", ".json")):
+        if args.config:
+            args._parser.error("give DATA_DIR with --config TEMPLATE, or a config alone")
+        name = [f"export.model_name={args.model_name}"] if args.model_name else []
+        return load_config(target, [*name, *flag_overrides(args), *args.set])
+    args._parser.error(f"DATA_DIR is neither a folder nor a YAML config: {target}")
+
+
 def cmd_advise(args) -> int:
     """Ingest, validate and advise (cached like a run), then print the evidence and the plan."""
     from graft.components.advise import advice_table, read_advice
     from graft.pipeline.runner import run_pipeline
 
-    target = args.data_or_config
-    if os.path.isdir(target):
-        cfg = load_config(None, [f"data.path={os.path.abspath(target)}", *args.set])
-    else:
-        cfg = load_config(target, args.set)
+    cfg = advise_config(args)
+    import_tensorflow_quietly()
     if cfg.recipe == "manual":
         log("advise: the config says recipe: manual; advising as recipe: auto would")
     cfg = cfg.model_copy(update={"recipe": "auto" if cfg.recipe == "manual" else cfg.recipe})
@@ -278,7 +334,7 @@ def cmd_compile(args) -> int:
     from graft.pipeline.kubeflow import compile_pipeline
 
     cfg = _config(args)
-    path = compile_pipeline(cfg, args.output)
+    path = compile_pipeline(cfg, args.out)
     log(f"compile: wrote {path}")
     return 0
 
@@ -330,12 +386,14 @@ def cmd_serve(args) -> int:
 def cmd_predict(args) -> int:
     from graft.core.paths import image_files
 
-    if args.model_dir and (args.model or args.server):
-        raise ConfigError("graft predict: give --model-dir DIR (local) or --model NAME (server)")
-    if not args.model_dir and not args.model:
+    if args.model_dir and (args.model_name or args.server):
+        raise ConfigError(
+            "graft predict: give --model-dir DIR (local) or --model-name NAME (server)"
+        )
+    if not args.model_dir and not args.model_name:
         raise ConfigError(
             "graft predict: give --model-dir DIR (a SavedModel or models/NAME, no server) or "
-            "--model NAME [--server HOST:PORT] (a running graft serve or TF Serving)"
+            "--model-name NAME [--server HOST:PORT] (a running graft serve or TF Serving)"
         )
     images = image_files(args.images)
     if args.model_dir:
@@ -355,7 +413,7 @@ def cmd_predict(args) -> int:
         return predict_main(
             images=images,
             server=server,
-            model=args.model,
+            model=args.model_name,
             version=args.version,
             top_k=args.top_k,
             as_json=args.json,
@@ -368,7 +426,7 @@ def cmd_predict(args) -> int:
 
     preds = []
     try:
-        with GraftClient(server, args.model, args.version, timeout=args.timeout) as c:
+        with GraftClient(server, args.model_name, args.version, timeout=args.timeout) as c:
             for i in range(0, len(images), args.batch_size):
                 batch = images[i : i + args.batch_size]
                 for img, p in zip(batch, c.predict(batch, args.top_k), strict=True):
@@ -376,7 +434,7 @@ def cmd_predict(args) -> int:
     except grpc.RpcError as e:
         print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    return _report_predictions(preds, args, f"{args.model} @ {server}")
+    return _report_predictions(preds, args, f"{args.model_name} @ {server}")
 
 
 def _report_predictions(preds, args, title: str) -> int:
@@ -427,16 +485,24 @@ def _model_name(data_dir: str) -> str:
     return name if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name or "") else "graft"
 
 
-def train_overrides(args) -> list[str]:
-    """The config keys `graft train`'s arguments set on the template."""
-    remote = "://" in args.data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
-    if not remote and not os.path.isdir(args.data_dir):
-        raise ConfigError(f"graft train: DATA_DIR is not a folder: {args.data_dir}")
+def train_overrides(args, data_dir: str | None = None) -> list[str]:
+    """The config keys `graft train`'s (and `graft advise DATA_DIR`'s) arguments set on the
+    template."""
+    data_dir = data_dir or args.data_dir
+    remote = "://" in data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
+    if not remote and not os.path.isdir(data_dir):
+        raise ConfigError(f"graft {args.command}: DATA_DIR is not a folder: {data_dir}")
     overrides = [
         "data.source=folder",
-        f"data.path={args.data_dir if remote else os.path.abspath(args.data_dir)}",
-        f"export.model_name={args.name or _model_name(args.data_dir)}",
+        f"data.path={data_dir if remote else os.path.abspath(data_dir)}",
+        f"export.model_name={args.model_name or _model_name(data_dir)}",
     ]
+    return overrides + flag_overrides(args)
+
+
+def flag_overrides(args) -> list[str]:
+    """The config keys --budget-minutes, --base and --weights set."""
+    overrides = []
     if args.budget_minutes is not None:
         overrides.append(f"train.budget_minutes={args.budget_minutes}")
     if args.base:
@@ -450,11 +516,12 @@ def train_overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
-    cfg = load_config(args.config, [*train_overrides(args), *args.set])
+    template = args.config or photos_template()
+    cfg = load_config(template, [*train_overrides(args), *args.set])
     import_tensorflow_quietly()
     log(
         f"train: {cfg.data.path} -> model '{cfg.export.model_name}' on {cfg.base.name} "
-        f"(weights: {cfg.base.weights}), template {args.config}"
+        f"(weights: {cfg.base.weights}), template {args.config or 'configs/photos.yaml'}"
     )
     run = _run_and_summarize(cfg, args)
     log(f"train: to change settings and re-run: graft run --config {run['config_file']}")
@@ -507,19 +574,34 @@ def cmd_runs_list(args) -> int:
     return 0
 
 
+def _one_model(destination: str, given: str | None) -> str:
+    """The model named, or the only model at the destination; else an error naming them."""
+    if given:
+        return given
+    from graft.components.registry import models_at
+
+    there = models_at(destination)
+    if len(there) == 1:
+        return there[0]
+    if not there:
+        raise ConfigError(f"no models at {os.path.abspath(destination)} (--destination)")
+    raise ConfigError(f"{len(there)} models at {destination}: {', '.join(there)}; --model-name")
+
+
 def cmd_models_list(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
     from graft.components.registry import COLUMNS, require_model, table_row
 
-    entries = require_model(args.destination, args.model)  # exit 2 naming the models there
+    name = _one_model(args.destination, args.model_name)
+    entries = require_model(args.destination, name)  # exit 2 naming the models there
     shown = [e for e in entries if args.all or e["status"] in ("served", "available")]
     if args.json:
         for e in shown:
             print(json.dumps(e, default=str))
         return 0
-    t = Table(title=f"{args.model} at {args.destination} (TF Serving serves the newest version)")
+    t = Table(title=f"{name} at {args.destination} (TF Serving serves the newest version)")
     for col in COLUMNS:
         t.add_column(col, overflow="fold", no_wrap=col in ("version", "run id"))
     for e in shown:
@@ -534,14 +616,18 @@ def cmd_models_list(args) -> int:
 def cmd_models_show(args) -> int:
     from graft.components.registry import entry, served_entry
 
-    if args.version == "served":
-        e = served_entry(args.destination, args.name)
+    name, version = args.model_name, args.version
+    if args.legacy_version is not None:  # graft models show NAME VERSION
+        name, version = name or args.version, args.legacy_version
+    name = _one_model(args.destination, name)
+    if version == "served":
+        e = served_entry(args.destination, name)
         if e is None:
-            raise ConfigError(f"nothing of '{args.name}' is served from {args.destination}")
-    elif not args.version.isdigit():
-        raise ConfigError(f"VERSION must be a version number or 'served', got '{args.version}'")
+            raise ConfigError(f"nothing of '{name}' is served from {args.destination}")
+    elif not version.isdigit():
+        raise ConfigError(f"VERSION must be a version number or 'served', got '{version}'")
     else:
-        e = entry(args.destination, args.name, int(args.version))
+        e = entry(args.destination, name, int(version))
     print(json.dumps(e, indent=2, default=str))
     return 0
 
@@ -551,7 +637,9 @@ def cmd_rollback(args) -> int:
 
     from graft.components.push import rollback
 
-    r = rollback(args.destination, args.model, args.to, reason=args.reason)
+    r = rollback(
+        args.destination, _one_model(args.destination, args.model_name), args.to, reason=args.reason
+    )
     print(json.dumps(asdict(r), indent=2))
     return 0
 
@@ -597,6 +685,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **kw):
         kw.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*a, **kw)
+        self.set_defaults(_parser=self)  # the deepest (sub)command's parser: its usage on errors
         self.add_argument(
             "-v",
             "--verbose",
@@ -659,34 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATA_DIR",
         help="ROOT/<class>/*.jpg, or pre-split ROOT/{train,val,test}/<class>/",
     )
-    p.add_argument("--base", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
-    p.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="base weights: imagenet (Keras downloads them once), a local .h5 file (offline), "
-        "or demo (synthetic: tests only); default: the template's, imagenet",
-    )
-    p.add_argument(
-        "--budget-minutes",
-        type=float,
-        metavar="N",
-        help="recipe auto: wall time of both training stages (train.budget_minutes); the plan "
-        "fits the fine-tuning epochs into it",
-    )
-    p.add_argument("--name", metavar="MODEL", help="model name (default: DATA_DIR's folder name)")
-    p.add_argument(
-        "--config",
-        "-c",
-        default=photos_template(),
-        help="template to start from (default: configs/photos.yaml)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="override a config key, e.g. --set fine_tune.epochs=3 (repeatable)",
-    )
+    _add_data_args(p)
     _add_run_args(p)
     p.set_defaults(fn=cmd_train)
 
@@ -698,12 +760,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "advise",
         help="where the data sits in the size x similarity matrix, and the plan (no training)",
+        description="Ingests, validates and advises as graft train would (same template, same "
+        "flags), then prints the evidence and the plan; nothing is trained.",
     )
-    p.add_argument("data_or_config", help="an image folder, or a YAML config")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", default=[], help="override a config key"
+        "data_or_config",
+        metavar="DATA_DIR",
+        help="the image folder graft train would take (or a YAML config to advise on)",
     )
-    p.set_defaults(fn=cmd_advise, tensorflow=True)
+    _add_data_args(p)
+    p.set_defaults(fn=cmd_advise)
 
     p = sub.add_parser("inspect-base", help="list a backbone's layers and blocks")
     p.add_argument("name", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
@@ -726,7 +792,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile the Kubeflow pipeline YAML")
     _add_config_args(p)
-    p.add_argument("--output", "-o", default="pipeline.yaml", help="pipeline YAML to write")
+    p.add_argument("--out", "-o", default="pipeline.yaml", help="pipeline YAML to write")
+    _hidden_alias(p, "--output", "out")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("submit", help="submit a run or a recurring run to Kubeflow Pipelines")
@@ -797,7 +864,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="classify images: locally from a SavedModel, or through a (TF) Serving endpoint",
         description="Local: --model-dir models/NAME (newest version) or a version folder; no "
-        "server. Server: --model NAME [--server HOST:PORT]. Folders are walked for images.",
+        "server. Server: --model-name NAME [--server HOST:PORT]. Folders are walked for images.",
     )
     p.add_argument(
         "images",
@@ -810,7 +877,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="predict in this process from a SavedModel version folder or a model base path",
     )
-    p.add_argument("--model", help="model name on the server")
+    _add_model_name_arg(p, "model name on the server", "--model")
     p.add_argument("--server", metavar="HOST:PORT", help="gRPC endpoint (default 127.0.0.1:8500)")
     p.add_argument("--version", type=int, help="model version on the server (default: newest)")
     p.add_argument("--top-k", type=int, default=3, help="labels per image")
@@ -830,14 +897,17 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="models_cmd", required=True, metavar="COMMAND")
     s = msub.add_parser("list", help="table of versions: data, base, accuracy, blessing, served")
     s.add_argument("--destination", default="models", help="push.destination")
-    s.add_argument("--model", required=True, help="model name (export.model_name)")
+    _add_model_name_arg(
+        s, "model name (export.model_name; default: the only model there)", "--model"
+    )
     s.add_argument("--all", action="store_true", help="also versions pruned or deleted since")
     s.add_argument("--json", action="store_true", help="one JSON entry per line")
     s.set_defaults(fn=cmd_models_list)
     s = msub.add_parser("show", help="one version's full lineage record, as JSON")
-    s.add_argument("name", metavar="NAME", help="model name")
     s.add_argument("version", metavar="VERSION", help="version number, or served")
+    s.add_argument("legacy_version", nargs="?", help=argparse.SUPPRESS)  # old form: NAME VERSION
     s.add_argument("--destination", default="models", help="push.destination")
+    _add_model_name_arg(s, "model name (default: the only model there)")
     s.set_defaults(fn=cmd_models_show)
 
     p = sub.add_parser(
@@ -848,7 +918,9 @@ def build_parser() -> argparse.ArgumentParser:
         "registry (graft models list).",
     )
     p.add_argument("--destination", default="models", help="push.destination")
-    p.add_argument("--model", required=True, help="model name (export.model_name)")
+    _add_model_name_arg(
+        p, "model name (export.model_name; default: the only model there)", "--model"
+    )
     p.add_argument("--to", type=int, required=True, metavar="VERSION", help="version to serve")
     p.add_argument("--reason", help="why, recorded in the registry")
     p.set_defaults(fn=cmd_rollback, tensorflow=True)
@@ -863,8 +935,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like parse_args, but an unknown option is reported with its subcommand's own usage."""
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        getattr(args, "_parser", ap).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"  # subprocesses (Beam workers, servers) inherit it
         if not _TF_LEVEL_GIVEN:

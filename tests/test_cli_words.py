@@ -1,0 +1,88 @@
+"""Issue 28, items 5, 8 and 10: one CLI vocabulary, listings a person can read, and the small
+honesty items (no browser, quiet libjpeg, package data). No training here: the listings read a
+registry written by push's own functions, or the session's `pipeline_run`."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from graft.pipeline.cli import advise_config, build_parser, main, parse_args
+
+
+def _all_parsers(parser, path=("graft",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _all_parsers(sub, (*path, name))
+
+
+def _visible_options(parser) -> set[str]:
+    return {o for a in parser._actions if a.help is not argparse.SUPPRESS for o in a.option_strings}
+
+
+# ------------------------------------------------------------------ item 5: one vocabulary
+
+
+def test_advise_takes_what_train_takes_and_names_the_model_after_the_folder(tmp_path):
+    data = tmp_path / "textures"
+    data.mkdir()
+    flags = ["--weights", "demo", "--base", "mobilenet_v2", "--budget-minutes", "3"]
+    train = parse_args(["train", str(data), *flags])
+    advise = parse_args(["advise", str(data), *flags])
+    cfg = advise_config(advise)
+    assert cfg.export.model_name == "textures"  # not the default config's "graft"
+    assert cfg.base.weights == "demo" and cfg.base.name == "mobilenet_v2"
+    assert cfg.train.budget_minutes == 3 and cfg.recipe == "auto"
+    assert cfg.data.image_size == 224  # the same template as train: configs/photos.yaml
+    from graft.core.config import load_config
+    from graft.pipeline.cli import photos_template, train_overrides
+
+    assert cfg == load_config(photos_template(), train_overrides(train))
+    named = advise_config(parse_args(["advise", str(data), "--model-name", "tex"]))
+    assert named.export.model_name == "tex"
+
+
+def test_argparse_errors_print_the_subcommands_own_usage(capsys, tmp_path):
+    for argv, usage in (
+        (["advise", str(tmp_path), "--bogus"], "usage: graft advise"),
+        (["advise", str(tmp_path / "missing")], "usage: graft advise"),
+        (["models", "list", "--bogus"], "usage: graft models list"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith(usage), (argv, err)
+
+
+def test_one_spelling_per_idea_old_ones_hidden_but_working(tmp_path):
+    for path, parser in _all_parsers(build_parser()):
+        shown = _visible_options(parser)
+        assert not shown & {"--model", "--name", "--output"}, (path, shown)
+        usage = parser.format_help()
+        assert "--output" not in usage and " --name " not in usage, path
+    old_and_new = [
+        (["train", str(tmp_path), "--name", "m"], ["train", str(tmp_path), "--model-name", "m"]),
+        (["predict", "--model", "m", "x.jpg"], ["predict", "--model-name", "m", "x.jpg"]),
+        (["models", "list", "--model", "m"], ["models", "list", "--model-name", "m"]),
+        (["rollback", "--model", "m", "--to", "3"], ["rollback", "--model-name", "m", "--to", "3"]),
+        (
+            ["compile", "-c", "c.yaml", "--output", "p.yaml"],
+            ["compile", "-c", "c.yaml", "--out", "p.yaml"],
+        ),
+    ]
+    for old, new in old_and_new:
+        a, b = vars(parse_args(old)), vars(parse_args(new))
+        a.pop("_parser"), b.pop("_parser")
+        assert a == b, (old, a, b)
+    legacy = parse_args(["models", "show", "flowers", "7"])
+    assert (legacy.version, legacy.legacy_version) == ("flowers", "7")
+
+
+def test_train_help_shows_the_config_default_once():
+    text = " ".join(dict(_all_parsers(build_parser()))[("graft", "train")].format_help().split())
+    config_help = text[text.index("--config TEMPLATE, -c") : text.index("--set KEY=VALUE override")]
+    assert config_help.count("default") == 1, config_help
+    assert "configs/photos.yaml" in config_help and "/assets/" not in config_help
