@@ -341,7 +341,7 @@ def _already(result: PushResult, destination: str, model_name: str, version: int
         log(
             f"push: this model is already at the destination as version {version}, which is not "
             f"the served one (version {served} is, e.g. after a rollback); not pushed again. To "
-            f"serve it: graft rollback --destination {destination} --model {model_name} "
+            f"serve it: graft rollback --destination {destination} --model-name {model_name} "
             f"--to {version}",
             level="warn",
         )
@@ -396,9 +396,11 @@ def push(
     cfg: PushConfig,
     model_name: str,
     force: bool | None = None,
+    drift_dir: str | None = None,
 ) -> PushResult:
     """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed,
-    and record the version's lineage in the registry (components/registry.py)."""
+    and record the version's lineage and the drift step's verdict on its data in the registry
+    (components/registry.py)."""
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
     with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
@@ -438,6 +440,7 @@ def push(
             "lineage": registry.lineage_for_push(
                 registry._read_json(_join(src, "model_card.json")), evaluation
             ),
+            "drift": registry.drift_verdict(drift_dir),
         }
         with _owned_tmp(root) as tmp:
             files = _copy_tree(src, tmp)

@@ -18,7 +18,12 @@ from graft.core.config import ConfigError, GraftConfig, dump_yaml, load_config  
 from graft.core.log import log  # noqa: E402
 from graft.core.log import setup as log_setup  # noqa: E402
 from graft.core.paths import demo_weights  # noqa: E402
-from graft.core.quiet import VERBOSE_ENV, import_tensorflow_quietly, verbose  # noqa: E402
+from graft.core.quiet import (  # noqa: E402
+    VERBOSE_ENV,
+    import_tensorflow_quietly,
+    native_stderr_filtered,
+    verbose,
+)
 from graft.pipeline.dag import STEP_NAMES  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -544,6 +549,7 @@ def _read_json(path: Path) -> dict:
 
 
 def cmd_runs_list(args) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -551,27 +557,53 @@ def cmd_runs_list(args) -> int:
     if not runs:
         log(f"runs: no runs under {os.path.abspath(args.run_root)}", level="warn")
         return 0
-    t = Table(title=f"runs in {os.path.abspath(args.run_root)}")
+    t = Table(
+        title=f"runs in {os.path.abspath(args.run_root)}",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+    )
     t.add_column("run id", no_wrap=True)  # whole, to copy into graft report RUN_ID
-    for col in ("status", "seconds", "test accuracy", "blessed", "pushed version"):
+    for col in RUN_COLUMNS:
         t.add_column(col, overflow="fold")
     for d in runs:
-        run = _read_json(d / "run.json")
-        steps = run.get("steps", {})
-        ev = steps.get("evaluate", {}).get("summary", {})
-        push = steps.get("push", {}).get("summary", {})
-        acc = ev.get("accuracy")
-        blessed = ev.get("blessed")
-        t.add_row(
-            d.name,
-            str(run.get("status", "?")),
-            f"{run.get('seconds', 0):.0f}",
-            "-" if acc is None else f"{acc:.3f}",
-            "-" if blessed is None else ("yes" if blessed else "no"),
-            str(push["version"]) if push.get("pushed") else "-",
-        )
+        t.add_row(d.name, *run_row(_read_json(d / "run.json")))
     Console().print(t)
     return 0
+
+
+RUN_COLUMNS = ("model", "data", "status", "seconds", "test acc", "blessed", "drift", "pushed")
+
+
+def drift_text(summary: dict | None) -> str:
+    """The drift step's verdict in one word: none, flagged, blocked; '-' when not checked."""
+    if not summary or not summary.get("checked"):
+        return "-"
+    return "blocked" if summary.get("blocked") else "flagged" if summary.get("flagged") else "none"
+
+
+def run_row(run: dict) -> list[str]:
+    """The cells of one run in `graft runs list`, after its id."""
+    cfg = run.get("config") or {}
+    steps = run.get("steps", {})
+    ev = steps.get("evaluate", {}).get("summary", {})
+    push = steps.get("push", {}).get("summary", {})
+    acc, blessed = ev.get("accuracy"), ev.get("blessed")
+    status = str(run.get("status", "?"))
+    if status == "succeeded" and "advise" in steps and "train_head" not in steps:
+        status = "advise only"  # graft advise: ingest, validate, drift and advise
+    data = str((cfg.get("data") or {}).get("path") or "?").rstrip("/").rsplit("/", 1)[-1]
+    return [
+        str((cfg.get("export") or {}).get("model_name") or "?"),
+        data,
+        status,
+        f"{run.get('seconds', 0):.0f}",
+        "-" if acc is None else f"{acc:.3f}",
+        "-" if blessed is None else ("yes" if blessed else "no"),
+        drift_text(steps.get("drift", {}).get("summary")),
+        str(push["version"]) if push.get("pushed") else "-",
+    ]
 
 
 def _one_model(destination: str, given: str | None) -> str:
@@ -589,6 +621,7 @@ def _one_model(destination: str, given: str | None) -> str:
 
 
 def cmd_models_list(args) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -596,32 +629,42 @@ def cmd_models_list(args) -> int:
 
     name = _one_model(args.destination, args.model_name)
     entries = require_model(args.destination, name)  # exit 2 naming the models there
-    shown = [e for e in entries if args.all or e["status"] in ("served", "available")]
+    shown = [e for e in entries if args.all or e["status"] not in ("removed", "deleted")]
     if args.json:
         for e in shown:
             print(json.dumps(e, default=str))
         return 0
-    t = Table(title=f"{name} at {args.destination} (TF Serving serves the newest version)")
+    t = Table(
+        title=f"{name} at {args.destination} (TF Serving serves the newest version that loads)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+    )
     for col in COLUMNS:
-        t.add_column(col, overflow="fold", no_wrap=col in ("version", "run id"))
+        t.add_column(col, no_wrap=col in ("version", "run id"))
     for e in shown:
         t.add_row(*table_row(e).values(), style="bold" if e["status"] == "served" else None)
     Console().print(t)
+    for e in shown:
+        if e.get("load_problem"):
+            log(f"models: version {e['version']} would not load: {e['load_problem']}", level="warn")
     hidden = len(entries) - len(shown)
     if hidden:
         log(f"models: {hidden} pruned or deleted versions not shown (--all shows them)")
+    log(f"models: everything about one version: graft models show VERSION --model-name {name}")
     return 0
 
 
 def cmd_models_show(args) -> int:
-    from graft.components.registry import entry, served_entry
+    from graft.components.registry import entries, entry
 
     name, version = args.model_name, args.version
     if args.legacy_version is not None:  # graft models show NAME VERSION
         name, version = name or args.version, args.legacy_version
     name = _one_model(args.destination, name)
-    if version == "served":
-        e = served_entry(args.destination, name)
+    if version == "served":  # what `graft models list` calls served: the newest that loads
+        e = next((x for x in entries(args.destination, name) if x["status"] == "served"), None)
         if e is None:
             raise ConfigError(f"nothing of '{name}' is served from {args.destination}")
     elif not version.isdigit():
@@ -661,11 +704,27 @@ def cmd_report(args) -> int:
             raise ConfigError(f"run {args.run_id} ({status}) has no evaluation report")
     path = (run_dir / "evaluate" / "report.html").absolute()
     print(path)
-    if args.open:
-        import webbrowser
-
-        webbrowser.open(path.as_uri())
+    if args.open and not _open_in_browser(path.as_uri()):
+        no_display = sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        log(
+            "report: no web browser available here"
+            + (" (no display: DISPLAY and WAYLAND_DISPLAY are unset)" if no_display else "")
+            + f"; open the file printed above elsewhere: {path}",
+            level="warn",
+        )
     return 0
+
+
+def _open_in_browser(url: str) -> bool:
+    """webbrowser.open, which returns False (or raises) when it finds no browser to start."""
+    import webbrowser
+
+    try:
+        return bool(webbrowser.open(url))
+    except webbrowser.Error:
+        return False
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -808,13 +867,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_submit)
 
-    p = sub.add_parser("serve", help="TF-Serving-compatible gRPC (+REST) server for local use")
+    p = sub.add_parser(
+        "serve",
+        help="TF-Serving-compatible gRPC server for local use (REST too with --rest-port)",
+    )
     p.add_argument(
         "--model-base-path", required=True, help="folder of numbered SavedModel versions"
     )
     p.add_argument("--model-name", required=True, help="name clients ask for")
     p.add_argument("--port", type=int, default=8500, help="gRPC port")
-    p.add_argument("--rest-port", type=int, default=0, help="0: no REST")
+    p.add_argument(
+        "--rest-port",
+        type=int,
+        default=0,
+        help="REST/JSON port (/v1/models/NAME:predict); REST is off unless --rest-port is given",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--version-policy", default="latest", help="latest | all | specific:N[,M]")
     p.add_argument(
@@ -953,9 +1020,10 @@ def main(argv: list[str] | None = None) -> int:
         log_setup(verbose=True)
     _quiet_libraries()
     try:
-        if getattr(args, "tensorflow", False):
-            import_tensorflow_quietly()  # before any step imports it: no C++ start-up noise
-        return args.fn(args)
+        with native_stderr_filtered():  # libjpeg's lines about a damaged JPEG: -v shows them
+            if getattr(args, "tensorflow", False):
+                import_tensorflow_quietly()  # before any step imports it: no C++ start-up noise
+            return args.fn(args)
     except ConfigError as e:
         print(f"graft: {e}", file=sys.stderr)
         return 2

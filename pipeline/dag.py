@@ -50,6 +50,9 @@ class Step:
     when: When | None = None
     # What else the output depends on, outside the config and the inputs (e.g. the data on disk).
     external_key: KeyFn | None = field(default=None, compare=False)
+    # Upstream outputs the step only shows (in its report), outside its cache key: a cached
+    # output shows them as they were when it ran. Passed with the inputs, by the same names.
+    shows: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------- step adapters
@@ -193,6 +196,7 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         validation_dir=inputs["validation"],
         flip_average=cfg.export.flip_average,
         advice_dir=inputs["advice"],
+        drift_dir=inputs.get("drift"),
     )
     return {
         "blessed": r.blessed,
@@ -238,6 +242,7 @@ def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         out,
         cfg=cfg.push,
         model_name=cfg.export.model_name,
+        drift_dir=inputs.get("drift"),
     )
     return {
         "pushed": r.pushed,
@@ -337,6 +342,9 @@ STEPS: list[Step] = [
         _evaluate,
         "test metrics, plots, report, blessing vs the served baseline",
         external_key=_baseline_key,
+        # the report's drift section; drift re-runs whenever the served version changes, and
+        # that alone must not re-run evaluation
+        shows={"drift": "drift"},
     ),
     Step(
         "export",
@@ -348,7 +356,7 @@ STEPS: list[Step] = [
     ),
     Step(
         "push",
-        {"exported": "export", "evaluation": "evaluate"},
+        {"exported": "export", "evaluation": "evaluate", "drift": "drift"},
         ("push", "export.model_name"),
         "Artifact",
         _push,

@@ -116,7 +116,8 @@ def build_pipeline(cfg: GraftConfig):
         tasks: dict = {}
         for step in dag.STEPS:
             kwargs = {
-                name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()
+                name: tasks[src].outputs[OUTPUT_NAMES[src]]
+                for name, src in {**step.shows, **step.inputs}.items()
             }
             if launches_tfjob(step, cfg):
                 kwargs["tfjob_json"] = json.dumps(tfjob.manifest(cfg, step), sort_keys=True)

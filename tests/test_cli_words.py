@@ -5,6 +5,7 @@ registry written by push's own functions, or the session's `pipeline_run`."""
 from __future__ import annotations
 
 import argparse
+import os
 
 import pytest
 
@@ -86,3 +87,71 @@ def test_train_help_shows_the_config_default_once():
     config_help = text[text.index("--config TEMPLATE, -c") : text.index("--set KEY=VALUE override")]
     assert config_help.count("default") == 1, config_help
     assert "configs/photos.yaml" in config_help and "/assets/" not in config_help
+
+
+# ------------------------------------------------------------------ item 10: small honesty items
+
+
+def test_libjpeg_noise_is_filtered_and_verbose_brings_it_back():
+    """What native code writes to fd 2 passes through, except libjpeg's damaged-JPEG lines and
+    TF's NodeDef version-skew line; Python's own stderr is untouched. -v: all of it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys\n"
+        "from graft.core.quiet import native_stderr_filtered\n"
+        "with native_stderr_filtered():\n"
+        "    os.write(2, b'E0000 00:00:1796544182.389456    1572 jpeg_mem.cc:331] Premature end"
+        " of JPEG data. Stopped at line 30/40\\n')\n"
+        "    os.write(2, b'Corrupt JPEG data: 3 extraneous bytes before marker 0xd9\\n')\n"
+        "    os.write(2, b'E0000 00:00:1.0    2361 node_def_util.cc:682] NodeDef mentions "
+        "attribute use_unbounded_threadpool which is not in the op definition: Op<x>\\n')\n"
+        "    os.write(2, b'a real native error\\n')\n"
+        "    print('python line', file=sys.stderr)\n"
+        "os.write(2, b'after\\n')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAFT_")}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "JPEG" not in quiet.stderr and "NodeDef" not in quiet.stderr, quiet.stderr
+    for line in ("a real native error", "python line", "after"):
+        assert line in quiet.stderr
+    env["GRAFT_VERBOSE"] = "1"
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "Premature end of JPEG data" in loud.stderr and "Corrupt JPEG" in loud.stderr
+
+
+def test_report_open_without_a_browser_says_so_and_prints_the_path(tmp_path, capsys, monkeypatch):
+    import json
+    import webbrowser
+
+    run = tmp_path / "runs" / "20260101-000000-0001"
+    (run / "evaluate").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"status": "succeeded", "steps": {}}))
+    (run / "evaluate" / "report.html").write_text("<html></html>")
+    for var in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(webbrowser, "_tryorder", [])  # this machine: no browser registered
+    assert main(["report", "--open", "--run-root", str(tmp_path / "runs")]) == 0
+    out, err = capsys.readouterr()
+    path = str((run / "evaluate" / "report.html").absolute())
+    assert out.strip() == path
+    assert "no web browser available" in err and path in " ".join(err.split())
+
+
+def test_every_folder_of_the_package_is_declared():
+    """setuptools warns once per file ('Package graft.assets is absent from the packages
+    configuration') for a folder inside a package that `packages` does not list."""
+    import tomllib
+
+    from conftest import REPO
+
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(tool["packages"])
+    dirs = {"graft": REPO / "graft", **{k: REPO / v for k, v in tool["package-dir"].items()}}
+    for package, folder in dirs.items():
+        for sub in folder.iterdir():
+            if sub.is_dir() and not sub.name.startswith((".", "__")) and any(sub.iterdir()):
+                assert f"{package}.{sub.name}" in declared, f"{package}.{sub.name}"
+    assert tool["package-data"].get("graft.assets") == ["*"]
