@@ -11,8 +11,10 @@ Two records, written by push (components/push.py) and kept in step:
   is ignored by both.
 
 An entry: `version`, `kind` (`push` or `rollback`), `created`, `run_id` (the run that pushed),
-`pushed_by`, `forced`, `model_sha256`, `weights_sha256`, `lineage` and, for a rollback,
-`rollback` (`to`, `from`, `by`, `at`, `reason`). The lineage (written by export into the model
+`pushed_by`, `forced`, `model_sha256`, `weights_sha256`, `lineage`, `drift` (the drift step's
+verdict on the data: `verdict` none / flagged / blocked / not checked, `against_version`,
+`reasons`, `flagged_measures`) and, for a rollback, `rollback` (`to`, `from`, `by`, `at`,
+`reason`). The lineage (written by export into the model
 card, see `build_lineage`): the run id, config hash and code version that exported the model,
 the data snapshot (ingest output dir, its fingerprints and counts), the base and its weights
 checksum, the test metrics with their 95% intervals, the blessing and the baseline it beat. A

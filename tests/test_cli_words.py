@@ -155,3 +155,14 @@ def test_every_folder_of_the_package_is_declared():
             if sub.is_dir() and not sub.name.startswith((".", "__")) and any(sub.iterdir()):
                 assert f"{package}.{sub.name}" in declared, f"{package}.{sub.name}"
     assert tool["package-data"].get("graft.assets") == ["*"]
+
+
+def test_the_demo_is_deterministic_by_config():
+    """make demo gives the same numbers on every fresh run: op determinism and fixed seeds
+    (train.deterministic; tests/test_determinism.py shows it gives bit-identical models)."""
+    from conftest import REPO
+
+    from graft.core.config import load_config
+
+    cfg = load_config(str(REPO / "configs" / "demo.yaml"), [])
+    assert cfg.train.deterministic and cfg.recipe == "manual"

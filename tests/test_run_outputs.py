@@ -209,3 +209,32 @@ def test_a_version_that_does_not_load_is_not_called_served(pipeline_run, tmp_pat
     assert f"version {v1 + 1} would not load" in err
     assert main(["models", "show", "served", "--destination", str(dest)]) == 0
     assert json.loads(capsys.readouterr().out)["version"] == v1
+
+
+# ------------------------------------------------------------------ item 10: libjpeg's lines
+
+
+def test_predict_on_a_truncated_jpeg_reports_it_without_libjpeg_noise(pipeline_run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    cfg, _, _ = pipeline_run
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / "whole.jpg", quality=90)
+    data = (folder / "whole.jpg").read_bytes()
+    (folder / "torn.jpg").write_bytes(data[: len(data) * 2 // 3])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GRAFT_"))}
+    model = os.path.join(cfg.push.destination, "tiny")
+    r = subprocess.run(
+        [sys.executable, "-m", "graft.pipeline.cli", "predict", "--model-dir", model, str(folder)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    assert r.returncode == 1, r.stderr  # one image could not be classified
+    assert "torn.jpg: not a decodable image" in r.stderr and "whole.jpg" in r.stdout
+    assert "JPEG data" not in r.stderr and "jpeg_mem" not in r.stderr, r.stderr
