@@ -166,3 +166,22 @@ def test_the_demo_is_deterministic_by_config():
 
     cfg = load_config(str(REPO / "configs" / "demo.yaml"), [])
     assert cfg.train.deterministic and cfg.recipe == "manual"
+
+
+def test_the_report_shows_drift_without_keying_on_it(tmp_path):
+    """Drift re-runs whenever the served version changes (after every push); evaluate only
+    shows its verdict, so its fingerprint does not depend on drift's, while push (never cached)
+    records it in the registry."""
+    from graft.core.config import parse_config
+    from graft.pipeline import dag
+    from graft.pipeline.runner import fingerprint
+
+    evaluate = dag.step("evaluate")
+    assert evaluate.shows == {"drift": "drift"} and "drift" not in evaluate.inputs
+    assert dag.step("push").inputs["drift"] == "drift" and not dag.step("push").cacheable
+    cfg = parse_config({"data": {"path": str(tmp_path)}, "push": {"destination": str(tmp_path)}})
+    fps = {k: "0" * 16 for k in evaluate.inputs}
+    dirs = {k: str(tmp_path / k) for k in evaluate.inputs}
+    before = fingerprint(evaluate, cfg, fps, {**dirs, "drift": str(tmp_path / "drift-a")})
+    after = fingerprint(evaluate, cfg, fps, {**dirs, "drift": str(tmp_path / "drift-b")})
+    assert before == after
