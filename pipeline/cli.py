@@ -557,23 +557,24 @@ def cmd_runs_list(args) -> int:
     if not runs:
         log(f"runs: no runs under {os.path.abspath(args.run_root)}", level="warn")
         return 0
-    t = Table(
+    t = Table(  # one space between columns: a run fits 80 columns
         title=f"runs in {os.path.abspath(args.run_root)}",
         box=box.SIMPLE_HEAD,
-        padding=(0, 1, 0, 0),
+        padding=0,
         pad_edge=False,
         show_edge=False,
     )
-    t.add_column("run id", no_wrap=True)  # whole, to copy into graft report RUN_ID
+    # the run id whole, to copy into graft report RUN_ID
+    t.add_column("run id", no_wrap=True, min_width=max(len(d.name) for d in runs))
     for col in RUN_COLUMNS:
-        t.add_column(col, overflow="fold")
+        t.add_column(col, overflow="fold", no_wrap=col in ("status", "pushed"))
     for d in runs:
         t.add_row(d.name, *run_row(_read_json(d / "run.json")))
     Console().print(t)
     return 0
 
 
-RUN_COLUMNS = ("model", "data", "status", "seconds", "test acc", "blessed", "drift", "pushed")
+RUN_COLUMNS = ("model", "data", "status", "min", "acc", "drift", "pushed")
 
 
 def drift_text(summary: dict | None) -> str:
@@ -589,20 +590,25 @@ def run_row(run: dict) -> list[str]:
     steps = run.get("steps", {})
     ev = steps.get("evaluate", {}).get("summary", {})
     push = steps.get("push", {}).get("summary", {})
-    acc, blessed = ev.get("accuracy"), ev.get("blessed")
+    acc = ev.get("accuracy")
     status = str(run.get("status", "?"))
     if status == "succeeded" and "advise" in steps and "train_head" not in steps:
         status = "advise only"  # graft advise: ingest, validate, drift and advise
     data = str((cfg.get("data") or {}).get("path") or "?").rstrip("/").rsplit("/", 1)[-1]
+    if push.get("pushed"):
+        pushed = str(push["version"])
+    elif push.get("already_at_destination"):
+        pushed = "already"  # the same model, pushed by an earlier run
+    else:
+        pushed = "not blessed" if ev.get("blessed") is False else "-"
     return [
         str((cfg.get("export") or {}).get("model_name") or "?"),
         data,
         status,
-        f"{run.get('seconds', 0):.0f}",
+        f"{run.get('seconds', 0) / 60:.1f}",
         "-" if acc is None else f"{acc:.3f}",
-        "-" if blessed is None else ("yes" if blessed else "no"),
         drift_text(steps.get("drift", {}).get("summary")),
-        str(push["version"]) if push.get("pushed") else "-",
+        pushed,
     ]
 
 

@@ -152,7 +152,7 @@ def test_second_run_drift_section_runs_list_and_already_pushed(
     line = next(x for x in out.splitlines() if x.startswith(again["run_id"]))
     cells = line.split()
     assert cells[1:4] == ["tiny", Path(cfg.data.path).name, "succeeded"], line
-    assert cells[-2:] == ["none", "-"], line  # drift verdict, nothing pushed by this run
+    assert cells[-2:] == ["none", "already"], line  # drift verdict; pushed by the first run
 
 
 def test_small_split_warning_lists_every_class_or_how_many_more(tmp_path):
