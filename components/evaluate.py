@@ -12,7 +12,6 @@ import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from html import escape
 
 import keras
 import numpy as np
@@ -230,28 +229,45 @@ def _plots(
     return paths
 
 
-def _data_checks_html(validation_dir: str | None) -> str:
+NEAR_DUPLICATES_SHOWN = 50
+
+
+def _thumb_of_file(path: str) -> str | None:
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            return report.thumbnail(f.read(), side=64)
+    except Exception:  # noqa: BLE001 - a thumbnail is decoration: the row shows the path
+        return None
+
+
+def _data_checks_html(validation_dir: str | None, root: str = "") -> str:
     """Validate's warnings and the near-duplicate pairs it found, so the report shows them."""
     path = os.path.join(validation_dir or "", "validation.json")
     if not validation_dir or not os.path.exists(path):
         return ""
     with open(path) as f:
         checks = json.load(f)
-    items = "".join(f"<li>{escape(w)}</li>" for w in checks.get("warnings", [])) or "<li>none</li>"
-    pairs = checks.get("near_duplicates", [])
+    warnings = [w.replace(root.rstrip("/") + "/", "") if root else w for w in checks["warnings"]]
+    items = "".join(f"<li>{report.path_html(w)}</li>" for w in warnings)
+    pairs = checks.get("near_duplicates", [])[:NEAR_DUPLICATES_SHOWN]
     table = ""
     if pairs:
-        table = (
-            "<h3>Near-duplicate pairs (train ~ val/test)</h3><table><tr><th>val/test image</th>"
-            "<th>train image</th><th>hash bits</th><th>colour diff</th></tr>"
-            + "".join(
-                f"<tr><td>{escape(p['eval_path'])} ({escape(p['eval_split'])})</td>"
-                f"<td>{escape(p['train_path'])}</td><td>{p['bits']}</td><td>{p['colour']}</td></tr>"
-                for p in pairs[:50]
-            )
-            + "</table>"
-        )
-    return f"<h2>Data checks (validate)</h2><ul>{items}</ul>{table}"
+        files = {p[k] for p in pairs for k in ("eval_path", "train_path")}
+        thumbs = {f: _thumb_of_file(f) for f in files}
+        short = {f: os.path.relpath(f, root) if root and f.startswith(root) else f for f in files}
+        pairs = [{**p, **{k: short[p[k]] for k in ("eval_path", "train_path")}} for p in pairs]
+        thumbs = {short[f]: t for f, t in thumbs.items()}
+        table = report.near_duplicates_html(pairs, thumbs)
+    return f"<h2>Data checks (validate)</h2><ul>{items or '<li>none</li>'}</ul>{table}"
+
+
+def _drift(drift_dir: str | None) -> dict | None:
+    """drift.json of the run's drift step; None when there is none (the step did not run)."""
+    path = os.path.join(drift_dir, "drift.json") if drift_dir else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: bool) -> dict:
@@ -276,6 +292,16 @@ def _guard(model_dir: str) -> dict | None:
         return json.load(f).get("extra") or None
 
 
+def _data_root(examples_dir: str) -> str:
+    """The local data folder ingest read ('' if remote or unknown): paths are shown under it."""
+    try:
+        with open(os.path.join(examples_dir, "stats.json")) as f:
+            root = json.load(f).get("source") or ""
+    except (OSError, ValueError):
+        return ""
+    return root if root and os.path.isdir(root) else ""
+
+
 def _gallery(
     probs: np.ndarray,
     y: np.ndarray,
@@ -289,12 +315,8 @@ def _gallery(
         paths = {m["sha256"]: m["path"] for m in read_manifest(examples_dir)}
     except OSError:
         paths = {}
-    try:
-        with open(os.path.join(examples_dir, "stats.json")) as f:
-            root = json.load(f).get("source") or ""
-    except (OSError, ValueError):
-        root = ""
-    if root and os.path.isdir(root):  # paths relative to the data folder: shorter, and enough
+    root = _data_root(examples_dir)
+    if root:  # paths relative to the data folder: shorter, and enough
         paths = {k: os.path.relpath(v, root) if v.startswith(root) else v for k, v in paths.items()}
     return [
         {
@@ -430,6 +452,7 @@ def evaluate(
     validation_dir: str | None = None,
     flip_average: bool = False,
     advice_dir: str | None = None,
+    drift_dir: str | None = None,
 ) -> EvaluationResult:
     """Test metrics of the head-only and fine-tuned models, scored as the export will serve them.
 
@@ -483,7 +506,7 @@ def evaluate(
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)
     res.plots = {k: os.path.basename(v) for k, v in plots.items()}
-    checks = _data_checks_html(validation_dir)
+    checks = _data_checks_html(validation_dir, _data_root(examples_dir))
     res.intervals = {k: report.intervals(p, y, cfg.top_k) for k, p in probs_of.items()}
     res.comparisons = _comparisons(probs_of, y, fine_tuned)
     provenance = _provenance(examples_dir, head_dir, model_dir, out_dir, model, model_name, res)
@@ -500,6 +523,7 @@ def evaluate(
             top_k=cfg.top_k,
             checks_html=checks,
             advice=_advice(advice_dir),
+            drift=_drift(drift_dir),
         )
     )
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:

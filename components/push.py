@@ -401,7 +401,7 @@ def _already(result: PushResult, destination: str, model_name: str, version: int
         log(
             f"push: this model is already at the destination as version {version}, which is not "
             f"the served one (version {served} is, e.g. after a rollback); not pushed again. To "
-            f"serve it: graft rollback --destination {destination} --model {model_name} "
+            f"serve it: graft rollback --destination {destination} --model-name {model_name} "
             f"--to {version}",
             level="warn",
         )
@@ -457,9 +457,11 @@ def push(
     model_name: str,
     force: bool | None = None,
     recheck: bool = True,
+    drift_dir: str | None = None,
 ) -> PushResult:
     """Copy <export_dir>/<model>/<version> to <destination>/<model>/<version> if blessed,
-    and record the version's lineage in the registry (components/registry.py).
+    and record the version's lineage and the drift step's verdict on its data in the registry
+    (components/registry.py).
 
     `recheck` (evaluate.compare_baseline): compare with what is served at push time too."""
     os.makedirs(out_dir, exist_ok=True)
@@ -501,6 +503,7 @@ def push(
             "lineage": registry.lineage_for_push(
                 registry._read_json(_join(src, "model_card.json")), evaluation
             ),
+            "drift": registry.drift_verdict(drift_dir),
         }
         with _owned_tmp(root) as tmp:
             files = _copy_tree(src, tmp)

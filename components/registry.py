@@ -11,8 +11,10 @@ Two records, written by push (components/push.py) and kept in step:
   is ignored by both.
 
 An entry: `version`, `kind` (`push` or `rollback`), `created`, `run_id` (the run that pushed),
-`pushed_by`, `forced`, `model_sha256`, `weights_sha256`, `lineage` and, for a rollback,
-`rollback` (`to`, `from`, `by`, `at`, `reason`). The lineage (written by export into the model
+`pushed_by`, `forced`, `model_sha256`, `weights_sha256`, `lineage`, `drift` (the drift step's
+verdict on the data: `verdict` none / flagged / blocked / not checked, `against_version`,
+`reasons`, `flagged_measures`) and, for a rollback, `rollback` (`to`, `from`, `by`, `at`,
+`reason`). The lineage (written by export into the model
 card, see `build_lineage`): the run id, config hash and code version that exported the model,
 the data snapshot (ingest output dir, its fingerprints and counts), the base and its weights
 checksum, the test metrics with their 95% intervals, the blessing and the baseline it beat. A
@@ -156,6 +158,66 @@ def served_version(destination: str, model_name: str) -> int | None:
     return None
 
 
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return value, i
+        shift += 7
+
+
+def _top_level_fields(buf: bytes) -> list[int]:
+    """The field numbers of a serialized protobuf message; ValueError if it does not parse."""
+    i, fields = 0, []
+    while i < len(buf):
+        key, i = _varint(buf, i)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            _, i = _varint(buf, i)
+        elif wire == 2:
+            size, i = _varint(buf, i)
+            i += size
+        elif wire in (1, 5):
+            i += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if field == 0 or i > len(buf):
+            raise ValueError("truncated or not a protobuf message")
+        fields.append(field)
+    return fields
+
+
+def load_problem(version_dir: str) -> str | None:
+    """Why TF Serving could not load this version dir, from a cheap look without TensorFlow:
+    saved_model.pb must parse as a SavedModel holding a MetaGraphDef (field 2), and a
+    variables/ folder needs its variables.index. None when it looks loadable."""
+    pb = _join(version_dir, "saved_model.pb")
+    try:
+        if is_remote(pb):
+            with _gfile().GFile(pb, "rb") as f:
+                data = f.read()
+        else:
+            with open(pb, "rb") as f:
+                data = f.read()
+    except Exception as e:  # noqa: BLE001 - OSError or tf.errors.OpError alike
+        return f"saved_model.pb unreadable ({type(e).__name__})"
+    try:
+        fields = _top_level_fields(data)
+    except ValueError as e:
+        return f"saved_model.pb does not parse ({e})"
+    if 2 not in fields:
+        return "saved_model.pb holds no MetaGraphDef"
+    variables = _join(version_dir, "variables")
+    if _isdir(variables) and not _exists(_join(variables, "variables.index")):
+        return "variables/variables.index is missing"
+    return None
+
+
 def read_marker(version_dir: str) -> dict | None:
     return _read_json(_join(version_dir, MARKER))
 
@@ -264,6 +326,25 @@ def _config_hash(step_dir: str | None, settings: dict) -> tuple[str, str]:
         return name, "export step fingerprint: every config section and input upstream"
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16], "sha256 of the config the export step read"
+
+
+def drift_verdict(drift_dir: str | None) -> dict | None:
+    """The drift step's verdict (drift.json), short: what the registry entry records.
+
+    `verdict` is none, flagged or blocked, or not checked (then `reasons` says why)."""
+    d = _read_json(_join(drift_dir, "drift.json")) if drift_dir else None
+    if d is None:
+        return None
+    if not d.get("checked"):
+        verdict = "not checked"
+    else:
+        verdict = "blocked" if d.get("blocked") else "flagged" if d.get("flagged") else "none"
+    return {
+        "verdict": verdict,
+        "against_version": d.get("served_version"),
+        "reasons": list(d.get("reasons") or []),
+        "flagged_measures": [k for k, m in (d.get("metrics") or {}).items() if m.get("flagged")],
+    }
 
 
 def base_weights_sha256(weights: str | None) -> str | None:
@@ -573,11 +654,19 @@ def _entry_from_dir(destination: str, model_name: str, version: int) -> dict:
 
 
 def entries(destination: str, model_name: str, *, include_removed: bool = True) -> list[dict]:
-    """Every version's entry, oldest first, with `status`: served, available, removed (pruned)
-    or deleted (its dir gone without push pruning it); versions the index lacks are read from
-    their dirs."""
+    """Every version's entry, oldest first, with `status`: served, available, broken (on disk
+    but would not load: `load_problem` says why), removed (pruned) or deleted (its dir gone
+    without push pruning it); versions the index lacks are read from their dirs.
+
+    `served` is the newest version that loads: what TF Serving keeps serving when a newer one
+    fails to load."""
     on_disk = versions(destination, model_name)
-    served = served_version(destination, model_name)
+    problems = {}
+    for v in on_disk:
+        problem = load_problem(version_path(destination, model_name, v))
+        if problem:
+            problems[v] = problem
+    served = next((v for v in reversed(on_disk) if v not in problems), None)
     by_version = {int(e["version"]): dict(e) for e in read_index(destination, model_name)}
     for v in on_disk:
         if v not in by_version:
@@ -587,6 +676,8 @@ def entries(destination: str, model_name: str, *, include_removed: bool = True) 
         e = by_version[v]
         if v == served:
             e["status"] = "served"
+        elif v in problems:
+            e["status"], e["load_problem"] = "broken", problems[v]
         elif v in on_disk:
             e["status"] = "available"
         elif e.get("removed"):
@@ -646,71 +737,60 @@ def require_model(destination: str, model_name: str) -> list[dict]:
 
 # ---------------------------------------------------------------- for `graft models list`
 
-COLUMNS = (
-    "version",
-    "status",
-    "created",
-    "run id",
-    "data snapshot",
-    "base",
-    "test accuracy [95% CI]",
-    "blessed",
-    "baseline beaten",
-)
+COLUMNS = ("version", "status", "run id", "data", "base", "accuracy [95%]", "blessed")
+# the rest (data fingerprint, weights file and checksums, the baseline beaten, who pushed, the
+# blessing's reasons) is in `graft models show VERSION`
 
 
-def _accuracy_text(acc: list | None) -> str:
+def _accuracy_text(acc: list | None, digits: int = 3) -> str:
     if not acc:
         return "-"
     if len(acc) == 3:
-        return f"{acc[0]:.3f} [{acc[1]:.3f}, {acc[2]:.3f}]"
+        return f"{acc[0]:.3f} [{acc[1]:.{digits}f}, {acc[2]:.{digits}f}]"
     return f"{acc[0]:.3f}"
 
 
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def data_text(data: dict) -> str:
+    """The data a version was trained on, short: its folder's name and image count (the
+    fingerprint and split sizes are in `graft models show`)."""
+    source = str(data.get("source") or data.get("examples_dir") or "").rstrip("/")
+    name = _short(source.rsplit("/", 1)[-1], 10) if source else "?"
+    images = data.get("images")
+    return "-" if not data else f"{name} {images}" if images is not None else name
+
+
+def base_text(base: dict) -> str:
+    """The base's short name; its weights (file and checksum) are in `graft models show`."""
+    return str(base.get("name") or "-")
+
+
 def table_row(e: dict) -> dict[str, str]:
-    """One entry as the cells of `graft models list`."""
+    """One entry as the cells of `graft models list`: short enough for 100 columns."""
     lin = e.get("lineage") or {}
-    status = e.get("status", "")
     rb = e.get("rollback")
-    if rb:
-        status += f"; rollback to {rb.get('to')} (from {rb.get('from')}, by {rb.get('by')})"
-    data = lin.get("data") or {}
-    fp = data.get("fingerprint")
-    snapshot = "-" if not fp else f"{fp[:10]}, {data.get('images')} images"
-    base = lin.get("base") or {}
-    weights = base.get("weights")
-    if isinstance(weights, str) and ("/" in weights or weights.endswith(".h5")):
-        weights = weights.rstrip("/").rsplit("/", 1)[-1]
-    base_text = f"{base.get('name')} ({weights})" if base.get("name") else "-"
-    reasons = lin.get("blessing_reasons") or []
     if e.get("kind") == "rollback":
-        blessed = f"rollback: {rb.get('reason')}" if rb and rb.get("reason") else "rollback"
+        blessed = f"rollback of {rb.get('to')}" if rb else "rollback"
     elif e.get("forced"):
-        blessed = "forced" + (f": {reasons[-1]}" if reasons else "")
+        blessed = "forced"
     elif lin.get("blessed") is None:
         blessed = "-"
     else:
-        blessed = ("yes" if lin.get("blessed") else "no") + (f": {reasons[-1]}" if reasons else "")
-    beat = lin.get("baseline")
-    if not lin or e.get("kind") == "rollback":  # a copy beat nothing; its original's row says
-        beaten = "-"
-    elif beat is None:
-        beaten = "none (first model)"
-    else:
-        beaten = f"{beat.get('version')} ({_accuracy_text(beat.get('accuracy'))})"
+        blessed = "yes" if lin.get("blessed") else "no"
     return dict(
         zip(
             COLUMNS,
             (
                 str(e.get("version")),
-                status,
-                (e.get("created") or "-").replace("T", " ").rstrip("Z"),
+                e.get("status", ""),
                 str(e.get("run_id") or ("-" if e.get("kind") == "rollback" else "unknown")),
-                snapshot,
-                base_text,
-                _accuracy_text((lin.get("metrics") or {}).get("accuracy")),
+                data_text(lin.get("data") or {}),
+                base_text(lin.get("base") or {}),
+                _accuracy_text((lin.get("metrics") or {}).get("accuracy"), digits=2),
                 blessed,
-                beaten,
             ),
             strict=True,
         )

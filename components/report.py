@@ -11,6 +11,7 @@ import base64
 import io
 import math
 import os
+import re
 from html import escape
 
 import numpy as np
@@ -116,6 +117,8 @@ def thumbnail(blob: bytes, side: int = THUMB) -> str | None:
 
 # ------------------------------------------------------------------ the page
 
+# Paths wrap after a separator (path_html's <wbr>), not inside a word; overflow-wrap:anywhere
+# is the last resort for one name longer than its column.
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.5em 2em;color:#222;
 max-width:1100px}
@@ -128,10 +131,28 @@ td:first-child,th:first-child,td.txt,th.txt{text-align:left}
 .gallery{display:flex;flex-wrap:wrap;gap:10px}
 .card{width:150px;border:1px solid #ddd;border-radius:6px;padding:6px;font-size:.85em}
 .card img{display:block;margin:0 auto 4px;max-width:138px;max-height:138px}
-.card .path{color:#666;word-break:break-all;font-size:.8em}
-dl.prov{display:grid;grid-template-columns:max-content auto;gap:2px 14px}
-dl.prov dt{font-weight:bold} dl.prov dd{margin:0;word-break:break-all}
+.card .path{color:#666;overflow-wrap:anywhere;font-size:.8em}
+dl.prov{display:grid;grid-template-columns:max-content minmax(0,1fr);gap:2px 14px}
+dl.prov dt{font-weight:bold} dl.prov dd{margin:0;overflow-wrap:anywhere}
+td.path{text-align:left;overflow-wrap:anywhere;font-size:.85em;max-width:22em}
+td.thumb{padding:2px;text-align:center} td.thumb img{display:block;width:64px;height:64px;
+object-fit:contain}
 """
+
+
+def path_html(text: str) -> str:
+    """Text, escaped, whose paths (and other long names) may wrap after a separator (/ _ - .)
+    rather than mid-word; words of prose are left alone."""
+    words = re.split(r"(\s+)", text)
+    out = []
+    for w in words:
+        if "/" in w or len(w) > 30:
+            w = re.sub(r"(?<=[^/])([/_.-])(?=.)", lambda m: m.group(1) + "\0", w)
+        out.append(escape(w).replace("\x00", "<wbr>"))
+    return "".join(out)
+
+
+HEX = re.compile(r"[0-9a-f]{16,}")
 
 
 def _pct(v: float) -> str:
@@ -147,6 +168,7 @@ def _section(sid: str, title: str, body: str) -> str:
 
 
 def _accuracy_table(res: dict, ivs: dict, k: int) -> str:
+    show_topk = len(res.get("labels") or []) > k  # top-k of k or fewer classes is always 100%
     rows = []
     for key, name in MODEL_NAMES.items():
         m, iv = res.get(key), ivs.get(key)
@@ -158,16 +180,18 @@ def _accuracy_table(res: dict, ivs: dict, k: int) -> str:
             if key == "head_only":
                 name = "head only (frozen base): the candidate, no fine-tuning ran"
         topk = next((v for n, v in iv.items() if n.startswith("top_")), None)
+        topk_cell = f"<td>{_ci(topk) if topk else '-'}</td>" if show_topk else ""
         rows.append(
             f"<tr><td>{escape(name)}</td><td>{_ci(iv['accuracy'])}</td>"
-            f"<td>{_ci(topk) if topk else '-'}</td><td>{m['macro_f1']:.3f}</td>"
+            f"{topk_cell}<td>{m['macro_f1']:.3f}</td>"
             f"<td>{m['log_loss']:.3f}</td><td>{m['ece']:.3f}</td></tr>"
         )
     n = ivs.get("candidate", {}).get("n", 0)
+    topk_head = f"<th>top-{k}</th>" if show_topk else ""
     return (
         f"<p>On <b>{n}</b> test images. In brackets: the 95% interval (Wilson); with n={n} an "
         f"accuracy near 80% is known to about ±{_pct(Z95 * math.sqrt(0.16 / max(1, n)))}.</p>"
-        f"<table><tr><th>model</th><th>accuracy</th><th>top-{k}</th><th>macro-F1</th>"
+        f"<table><tr><th>model</th><th>accuracy</th>{topk_head}<th>macro-F1</th>"
         f"<th>log loss</th><th>ECE</th></tr>{''.join(rows)}</table>"
     )
 
@@ -286,22 +310,35 @@ def _guard_html(guard: dict | None) -> str:
     return head + f"<table>{''.join(rows)}</table>"
 
 
+def recall_interval(per_class: dict) -> tuple[float, float, float]:
+    """A class's recall with its Wilson 95% interval: hits out of its support."""
+    n = int(per_class["support"])
+    hits = round(per_class["recall"] * n)
+    return (hits / n if n else 0.0, *wilson(hits, n))
+
+
+def _decimal_ci(v: tuple[float, float, float]) -> str:
+    return f"{v[0]:.3f} <span class=muted>[{v[1]:.2f}, {v[2]:.2f}]</span>"
+
+
 def _per_class_table(res: dict, labels: list[str]) -> str:
     cand, head = res["candidate"]["per_class"], res["head_only"]["per_class"]
     tuned = res.get("fine_tuned", True)
     rows = "".join(
         f"<tr><td>{escape(lab)}</td><td>{cand[lab]['precision']:.3f}</td>"
-        f"<td>{cand[lab]['recall']:.3f}</td><td>{cand[lab]['f1']:.3f}</td>"
+        f"<td>{_decimal_ci(recall_interval(cand[lab]))}</td><td>{cand[lab]['f1']:.3f}</td>"
         f"<td>{cand[lab]['support']}</td>"
         + (f"<td>{head[lab]['f1']:.3f}</td>" if tuned else "")
         + "</tr>"
         for lab in labels
     )
+    smallest = min((cand[lab]["support"] for lab in labels), default=0)
     which = "Fine-tuned (candidate)" if tuned else "Head-only (candidate: no fine-tuning ran)"
     return (
         f"<p>{which} model on the test split; support is the number of test "
-        "images of the class.</p><table><tr><th>class</th><th>precision</th><th>recall</th>"
-        "<th>F1</th><th>support</th>"
+        "images of the class. Recall is a share of the support, so its 95% interval (Wilson) "
+        f"is wide at small support (the smallest here: {smallest}).</p><table><tr><th>class</th>"
+        "<th>precision</th><th>recall [95%]</th><th>F1</th><th>support</th>"
         + ("<th>F1, head only</th>" if tuned else "")
         + f"</tr>{rows}</table>"
     )
@@ -317,7 +354,7 @@ def _gallery_html(items: list[dict]) -> str:
             f'<div class="card">{img}<div>true: <b>{escape(it["true"])}</b></div>'
             f'<div>predicted: <b class="bad">{escape(it["predicted"])}</b> '
             f"{it['score']:.3f}</div>"
-            f'<div class="path">{escape(it.get("path") or "")}</div></div>'
+            f'<div class="path">{path_html(it.get("path") or "")}</div></div>'
         )
     return (
         "<p>The test images the candidate got wrong with the highest confidence: often a "
@@ -326,9 +363,16 @@ def _gallery_html(items: list[dict]) -> str:
     )
 
 
+def _value_html(v: str) -> str:
+    """Checksums in a small monospace (a sha256 fits a 1024 px page whole); the rest as text."""
+    return f"<code>{v}</code>" if HEX.fullmatch(v) else path_html(v)
+
+
 def _provenance_html(prov: dict) -> str:
     rows = "".join(
-        f"<dt>{escape(k)}</dt><dd>{escape(str(v))}</dd>" for k, v in prov.items() if v is not None
+        f"<dt>{escape(k)}</dt><dd>{_value_html(str(v))}</dd>"
+        for k, v in prov.items()
+        if v is not None
     )
     return f'<dl class="prov">{rows}</dl>'
 
@@ -371,6 +415,79 @@ def advice_html(advice: dict | None) -> str:
     return html
 
 
+DRIFT_MEASURES = {
+    "label_linf": "class shares (largest change, L-inf)",
+    "embedding_mmd2": "base embeddings (MMD², permutation test)",
+    "confidence_js": "served model's top score (JS divergence)",
+}
+
+
+def drift_html(drift: dict) -> str:
+    """The drift step's verdict and each measure with its threshold, p-value and flag."""
+    if not drift.get("checked"):
+        why = "; ".join(drift.get("reasons") or []) or "no reason recorded"
+        return f"<p>Not checked: {path_html(why)}.</p>"
+    verdict = (
+        '<span class="bad">blocked</span>'
+        if drift.get("blocked")
+        else '<span class="bad">flagged</span>'
+        if drift.get("flagged")
+        else '<span class="ok">no drift beyond the thresholds</span>'
+    )
+    compared = drift.get("compared") or {}
+    head = (
+        f"<p>Drift: {verdict}, compared with the data that served version "
+        f"{escape(str(drift.get('served_version')))} was trained on: "
+        f"{compared.get('added', '?')} image(s) added since; {compared.get('new_snapshot', '?')} "
+        f"images now, {compared.get('served_snapshot', '?')} then. A measure flags when it is "
+        "over its threshold and its permutation p-value is under drift.significance (the "
+        "embedding test: on its p-value alone).</p>"
+    )
+    rows = []
+    for name, m in (drift.get("metrics") or {}).items():
+        label = DRIFT_MEASURES.get(name) or (
+            f"image {name.removeprefix('js_')} (JS divergence)" if name.startswith("js_") else name
+        )
+        p = "-" if m.get("p_value") is None else f"{m['p_value']:.4f}"
+        threshold = m.get("threshold")
+        on = " (on p)" if m.get("threshold_is") == "p_value" else ""
+        flag = '<span class="bad">flagged</span>' if m.get("flagged") else "no"
+        rows.append(
+            f"<tr><td>{escape(label)}</td><td>{m.get('value', float('nan')):.4f}</td>"
+            f"<td>{escape(str(threshold))}{on}</td><td>{p}</td><td>{flag}</td></tr>"
+        )
+    notes = "".join(f"<li>{path_html(r)}</li>" for r in drift.get("reasons") or [])
+    table = (
+        "<table><tr><th>measure</th><th>value</th><th>threshold</th><th>p</th><th>flagged</th>"
+        f"</tr>{''.join(rows)}</table>"
+        if rows
+        else ""
+    )
+    return head + table + (f"<ul>{notes}</ul>" if notes else "")
+
+
+def near_duplicates_html(pairs: list[dict], thumbs: dict[str, str | None]) -> str:
+    """Train ~ val/test pairs validate found, each side with a thumbnail (thumbs by path)."""
+
+    def side(path: str, extra: str) -> str:
+        src = thumbs.get(path)
+        img = f'<img src="{src}" alt="">' if src else ""
+        return f'<td class="thumb">{img}</td><td class="path">{path_html(path)}{extra}</td>'
+
+    rows = "".join(
+        "<tr>"
+        + side(p["eval_path"], f" ({escape(p['eval_split'])})")
+        + side(p["train_path"], "")
+        + f"<td>{p['bits']}</td><td>{p['colour']}</td></tr>"
+        for p in pairs
+    )
+    return (
+        "<h3>Near-duplicate pairs (train ~ val/test)</h3><table><tr>"
+        '<th colspan="2" class="txt">val/test image</th><th colspan="2" class="txt">train image'
+        f"</th><th>hash bits</th><th>colour diff</th></tr>{rows}</table>"
+    )
+
+
 def _img(path: str, alt: str) -> str:
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode()
@@ -390,6 +507,7 @@ def write_report(
     top_k: int,
     checks_html: str = "",
     advice: dict | None = None,
+    drift: dict | None = None,
 ) -> str:
     """Write report.html into out_dir; returns its path."""
     verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
@@ -424,6 +542,8 @@ def write_report(
     ]
     if checks_html:
         parts.append(f'<section id="data-checks">{checks_html}</section>\n')
+    if drift is not None:  # the drift step ran
+        parts.append(_section("drift", "Drift: this data vs the served model's", drift_html(drift)))
     parts.append(_section("provenance", "Provenance", _provenance_html(provenance)))
     html = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'

@@ -286,6 +286,8 @@ def _check_small_splits(cfg: ValidateConfig, stats: dict, labels: list[str], res
         ]
         if small:
             shown = ", ".join(f"'{lab}' {n} (±{interval_halfwidth(n):.0%})" for lab, n in small[:8])
+            if len(small) > 8:
+                shown += f" and {len(small) - 8} more"
             total = sum(counts.values())
             res.warnings.append(
                 f"small {split} split: {len(small)} class(es) under {cfg.small_split_warn} images "

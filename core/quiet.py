@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 
 VERBOSE_ENV = "GRAFT_VERBOSE"
@@ -80,3 +82,67 @@ def import_tensorflow_quietly():
 
         tf.config.list_physical_devices()
     return tf
+
+
+# libjpeg's complaints about a damaged JPEG, as TensorFlow logs them at ERROR level
+# ("E0000 00:00:17... jpeg_mem.cc:331] Premature end of JPEG data. Stopped at line 30/40") or
+# as libjpeg prints them itself. The image's failure reaches the user as Graft's own message
+# (quarantine, a prediction error, an INVALID_ARGUMENT status); these lines only repeat it.
+# Also TensorFlow's "NodeDef mentions attribute use_unbounded_threadpool which is not in the op
+# definition" (tf.data graphs from a newer Keras; ignored by TF, as the line itself says).
+NATIVE_NOISE = re.compile(
+    rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ (?:jpeg_mem\.cc:\d+\] .*"
+    rb"|node_def_util\.cc:\d+\] NodeDef mentions attribute .* not in the op definition.*)"
+    rb"|Premature end of JPEG data.*|Corrupt JPEG data: .*)$"
+)
+
+
+@contextlib.contextmanager
+def native_stderr_filtered(noise: re.Pattern = NATIVE_NOISE) -> Iterator[None]:
+    """Pass what native code writes to fd 2 on, line by line, except the lines `noise` matches.
+
+    Unlike native_stderr_captured this is for long stretches (a whole command, a server): a
+    thread forwards each line as it comes, so real errors are seen at once. Processes started
+    meanwhile (Beam workers) inherit the filter. A no-op in verbose mode or without an fd 2.
+    """
+    if verbose():
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    read_end, write_end = os.pipe()
+    py_stderr = sys.stderr
+    try:
+        py_stderr.flush()
+    except (OSError, ValueError):
+        pass
+    real = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    if py_stderr is sys.__stderr__:
+        sys.stderr = real  # Python's own writes skip the pipe: no delay, no reordering
+
+    def forward() -> None:
+        with os.fdopen(read_end, "rb", buffering=0) as pipe:
+            for line in iter(pipe.readline, b""):
+                if not noise.match(line.rstrip(b"\r\n")):
+                    try:
+                        os.write(saved, line)
+                    except OSError:
+                        return
+
+    thread = threading.Thread(target=forward, name="graft-stderr-filter", daemon=True)
+    thread.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)  # the pipe's last write end here: the thread sees EOF and ends
+        thread.join(timeout=2.0)  # longer only if a child still holds the pipe
+        if sys.stderr is real:
+            sys.stderr = py_stderr
+        real.close()
+        if not thread.is_alive():  # else it may still forward a straggler's lines
+            os.close(saved)

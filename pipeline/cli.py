@@ -18,7 +18,12 @@ from graft.core.config import ConfigError, GraftConfig, dump_yaml, load_config  
 from graft.core.log import log  # noqa: E402
 from graft.core.log import setup as log_setup  # noqa: E402
 from graft.core.paths import demo_weights  # noqa: E402
-from graft.core.quiet import VERBOSE_ENV, import_tensorflow_quietly, verbose  # noqa: E402
+from graft.core.quiet import (  # noqa: E402
+    VERBOSE_ENV,
+    import_tensorflow_quietly,
+    native_stderr_filtered,
+    verbose,
+)
 from graft.pipeline.dag import STEP_NAMES  # noqa: E402
 from graft.serving import options as serve_options  # noqa: E402
 
@@ -77,6 +82,50 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="push even if not blessed")
     p.add_argument(
         "--run-id", help="name of the run's folder under runner.run_root (default: a timestamp)"
+    )
+
+
+def _hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
+    """An old spelling that still works but is no longer shown: one spelling per idea."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
+def _add_model_name_arg(p: argparse.ArgumentParser, help: str, *old: str) -> None:
+    """--model-name NAME everywhere a command names a model (--model, --name: hidden)."""
+    p.add_argument("--model-name", metavar="NAME", help=help)
+    for spelling in old:
+        _hidden_alias(p, spelling, "model_name", metavar="NAME")
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """What `graft train` and `graft advise DATA_DIR` both take: the same words, same keys."""
+    p.add_argument("--base", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
+    p.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="base weights: imagenet (Keras downloads them once), a local .h5 file (offline), "
+        "or demo (synthetic: tests only); default: the template's, imagenet",
+    )
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        metavar="N",
+        help="recipe auto: wall time of both training stages (train.budget_minutes); the plan "
+        "fits the fine-tuning epochs into it",
+    )
+    _add_model_name_arg(p, "model name (default: DATA_DIR's folder name)", "--name")
+    p.add_argument(
+        "--config",
+        "-c",
+        metavar="TEMPLATE",
+        help="template to start from (default: configs/photos.yaml, shipped in the package)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        default=[],
+        help="override a config key, e.g. --set fine_tune.epochs=3 (repeatable)",
     )
 
 
@@ -150,16 +199,28 @@ def cmd_run(args) -> int:
     return 0
 
 
+def advise_config(args) -> GraftConfig:
+    """The config `graft advise` advises on: for a folder, what `graft train` would run."""
+    target = args.data_or_config
+    if os.path.isdir(target) or "://" in target:
+        return load_config(
+            args.config or photos_template(), [*train_overrides(args, target), *args.set]
+        )
+    if os.path.isfile(target) and target.endswith((".yaml", ".yml", ".json")):
+        if args.config:
+            args._parser.error("give DATA_DIR with --config TEMPLATE, or a config alone")
+        name = [f"export.model_name={args.model_name}"] if args.model_name else []
+        return load_config(target, [*name, *flag_overrides(args), *args.set])
+    args._parser.error(f"DATA_DIR is neither a folder nor a YAML config: {target}")
+
+
 def cmd_advise(args) -> int:
     """Ingest, validate and advise (cached like a run), then print the evidence and the plan."""
     from graft.components.advise import advice_table, read_advice
     from graft.pipeline.runner import run_pipeline
 
-    target = args.data_or_config
-    if os.path.isdir(target):
-        cfg = load_config(None, [f"data.path={os.path.abspath(target)}", *args.set])
-    else:
-        cfg = load_config(target, args.set)
+    cfg = advise_config(args)
+    import_tensorflow_quietly()
     if cfg.recipe == "manual":
         log("advise: the config says recipe: manual; advising as recipe: auto would")
     cfg = cfg.model_copy(update={"recipe": "auto" if cfg.recipe == "manual" else cfg.recipe})
@@ -279,7 +340,7 @@ def cmd_compile(args) -> int:
     from graft.pipeline.kubeflow import compile_pipeline
 
     cfg = _config(args)
-    path = compile_pipeline(cfg, args.output)
+    path = compile_pipeline(cfg, args.out)
     log(f"compile: wrote {path}")
     return 0
 
@@ -311,17 +372,17 @@ def cmd_serve(args) -> int:
 def cmd_predict(args) -> int:
     from graft.core.paths import image_files
 
-    if sum(map(bool, (args.model_dir, args.model or args.server, args.tflite))) > 1:
+    if sum(map(bool, (args.model_dir, args.model_name or args.server, args.tflite))) > 1:
         raise ConfigError(
-            "graft predict: give one of --model-dir DIR, --tflite FILE (local) or --model NAME "
-            "(server)"
+            "graft predict: give one of --model-dir DIR, --tflite FILE (local) or --model-name "
+            "NAME (server)"
         )
     if args.tflite:
         return _predict_tflite(args)
-    if not args.model_dir and not args.model:
+    if not args.model_dir and not args.model_name:
         raise ConfigError(
             "graft predict: give --model-dir DIR (a SavedModel or models/NAME, no server) or "
-            "--model NAME [--server HOST:PORT] (a running graft serve or TF Serving)"
+            "--model-name NAME [--server HOST:PORT] (a running graft serve or TF Serving)"
         )
     images = image_files(args.images)
     if args.model_dir:
@@ -340,12 +401,12 @@ def cmd_predict(args) -> int:
     import grpc
 
     try:
-        with GraftClient(server, args.model, args.version, timeout=args.timeout) as c:
+        with GraftClient(server, args.model_name, args.version, timeout=args.timeout) as c:
             preds = predict_files(c, images, args.top_k, args.batch_size)
     except grpc.RpcError as e:
         print(f"graft predict: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    return _report_predictions(preds, args, f"{args.model} @ {server}")
+    return _report_predictions(preds, args, f"{args.model_name} @ {server}")
 
 
 def _predict_tflite(args) -> int:
@@ -408,16 +469,24 @@ def _model_name(data_dir: str) -> str:
     return name if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name or "") else "graft"
 
 
-def train_overrides(args) -> list[str]:
-    """The config keys `graft train`'s arguments set on the template."""
-    remote = "://" in args.data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
-    if not remote and not os.path.isdir(args.data_dir):
-        raise ConfigError(f"graft train: DATA_DIR is not a folder: {args.data_dir}")
+def train_overrides(args, data_dir: str | None = None) -> list[str]:
+    """The config keys `graft train`'s (and `graft advise DATA_DIR`'s) arguments set on the
+    template."""
+    data_dir = data_dir or args.data_dir
+    remote = "://" in data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
+    if not remote and not os.path.isdir(data_dir):
+        raise ConfigError(f"graft {args.command}: DATA_DIR is not a folder: {data_dir}")
     overrides = [
         "data.source=folder",
-        f"data.path={args.data_dir if remote else os.path.abspath(args.data_dir)}",
-        f"export.model_name={args.name or _model_name(args.data_dir)}",
+        f"data.path={data_dir if remote else os.path.abspath(data_dir)}",
+        f"export.model_name={args.model_name or _model_name(data_dir)}",
     ]
+    return overrides + flag_overrides(args)
+
+
+def flag_overrides(args) -> list[str]:
+    """The config keys --budget-minutes, --base and --weights set."""
+    overrides = []
     if args.budget_minutes is not None:
         overrides.append(f"train.budget_minutes={args.budget_minutes}")
     if args.base:
@@ -431,15 +500,16 @@ def train_overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    template = args.config or photos_template()
     cfg = load_config(
-        args.config,
+        template,
         [*train_overrides(args), *args.set],
-        template=args.config == photos_template(),  # the template's keys are not the user's
+        template=template == photos_template(),  # the template's keys are not the user's
     )
     import_tensorflow_quietly()
     log(
         f"train: {cfg.data.path} -> model '{cfg.export.model_name}' on {cfg.base.name} "
-        f"(weights: {cfg.base.weights}), template {args.config}"
+        f"(weights: {cfg.base.weights}), template {args.config or 'configs/photos.yaml'}"
     )
     run = _run_and_summarize(cfg, args)
     log(f"train: to change settings and re-run: graft run --config {run['config_file']}")
@@ -462,6 +532,7 @@ def _read_json(path: Path) -> dict:
 
 
 def cmd_runs_list(args) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -469,66 +540,128 @@ def cmd_runs_list(args) -> int:
     if not runs:
         log(f"runs: no runs under {os.path.abspath(args.run_root)}", level="warn")
         return 0
-    t = Table(title=f"runs in {os.path.abspath(args.run_root)}")
-    t.add_column("run id", no_wrap=True)  # whole, to copy into graft report RUN_ID
-    for col in ("status", "seconds", "test accuracy", "blessed", "pushed version"):
-        t.add_column(col, overflow="fold")
+    t = Table(  # one space between columns: a run fits 80 columns
+        title=f"runs in {os.path.abspath(args.run_root)}",
+        box=box.SIMPLE_HEAD,
+        padding=0,
+        pad_edge=False,
+        show_edge=False,
+    )
+    # the run id whole, to copy into graft report RUN_ID
+    t.add_column("run id", no_wrap=True, min_width=max(len(d.name) for d in runs))
+    for col in RUN_COLUMNS:
+        t.add_column(col, overflow="fold", no_wrap=col in ("status", "pushed"))
     for d in runs:
-        run = _read_json(d / "run.json")
-        steps = run.get("steps", {})
-        ev = steps.get("evaluate", {}).get("summary", {})
-        push = steps.get("push", {}).get("summary", {})
-        acc = ev.get("accuracy")
-        blessed = ev.get("blessed")
-        t.add_row(
-            d.name,
-            str(run.get("status", "?")),
-            f"{run.get('seconds', 0):.0f}",
-            "-" if acc is None else f"{acc:.3f}",
-            "-" if blessed is None else ("yes" if blessed else "no"),
-            str(push["version"]) if push.get("pushed") else "-",
-        )
+        t.add_row(d.name, *run_row(_read_json(d / "run.json")))
     Console().print(t)
     return 0
 
 
+RUN_COLUMNS = ("model", "data", "status", "min", "acc", "drift", "pushed")
+
+
+def drift_text(summary: dict | None) -> str:
+    """The drift step's verdict in one word: none, flagged, blocked; '-' when not checked."""
+    if not summary or not summary.get("checked"):
+        return "-"
+    return "blocked" if summary.get("blocked") else "flagged" if summary.get("flagged") else "none"
+
+
+def run_row(run: dict) -> list[str]:
+    """The cells of one run in `graft runs list`, after its id."""
+    cfg = run.get("config") or {}
+    steps = run.get("steps", {})
+    ev = steps.get("evaluate", {}).get("summary", {})
+    push = steps.get("push", {}).get("summary", {})
+    acc = ev.get("accuracy")
+    status = str(run.get("status", "?"))
+    if status == "succeeded" and "advise" in steps and "train_head" not in steps:
+        status = "advise only"  # graft advise: ingest, validate, drift and advise
+    data = str((cfg.get("data") or {}).get("path") or "?").rstrip("/").rsplit("/", 1)[-1]
+    if push.get("pushed"):
+        pushed = str(push["version"])
+    elif push.get("already_at_destination"):
+        pushed = "already"  # the same model, pushed by an earlier run
+    else:
+        pushed = "not blessed" if ev.get("blessed") is False else "-"
+    return [
+        str((cfg.get("export") or {}).get("model_name") or "?"),
+        data,
+        status,
+        f"{run.get('seconds', 0) / 60:.1f}",
+        "-" if acc is None else f"{acc:.3f}",
+        drift_text(steps.get("drift", {}).get("summary")),
+        pushed,
+    ]
+
+
+def _one_model(destination: str, given: str | None) -> str:
+    """The model named, or the only model at the destination; else an error naming them."""
+    if given:
+        return given
+    from graft.components.registry import models_at
+
+    there = models_at(destination)
+    if len(there) == 1:
+        return there[0]
+    if not there:
+        raise ConfigError(f"no models at {os.path.abspath(destination)} (--destination)")
+    raise ConfigError(f"{len(there)} models at {destination}: {', '.join(there)}; --model-name")
+
+
 def cmd_models_list(args) -> int:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     from graft.components.registry import COLUMNS, require_model, table_row
 
-    entries = require_model(args.destination, args.model)  # exit 2 naming the models there
-    shown = [e for e in entries if args.all or e["status"] in ("served", "available")]
+    name = _one_model(args.destination, args.model_name)
+    entries = require_model(args.destination, name)  # exit 2 naming the models there
+    shown = [e for e in entries if args.all or e["status"] not in ("removed", "deleted")]
     if args.json:
         for e in shown:
             print(json.dumps(e, default=str))
         return 0
-    t = Table(title=f"{args.model} at {args.destination} (TF Serving serves the newest version)")
+    t = Table(
+        title=f"{name} at {args.destination} (TF Serving serves the newest version that loads)",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        show_edge=False,
+    )
     for col in COLUMNS:
-        t.add_column(col, overflow="fold", no_wrap=col in ("version", "run id"))
+        t.add_column(col, no_wrap=col in ("version", "run id"))
     for e in shown:
         t.add_row(*table_row(e).values(), style="bold" if e["status"] == "served" else None)
     Console().print(t)
+    for e in shown:
+        if e.get("load_problem"):
+            log(f"models: version {e['version']} would not load: {e['load_problem']}", level="warn")
     hidden = len(entries) - len(shown)
     if hidden:
         log(f"models: {hidden} pruned or deleted versions not shown (--all shows them)")
+    log(f"models: everything about one version: graft models show VERSION --model-name {name}")
     return 0
 
 
 def cmd_models_show(args) -> int:
-    from graft.components.registry import edge_models, entry, served_entry
+    from graft.components.registry import edge_models, entries, entry
 
-    if args.version == "served":
-        e = served_entry(args.destination, args.name)
+    name, version = args.model_name, args.version
+    if args.legacy_version is not None:  # graft models show NAME VERSION
+        name, version = name or args.version, args.legacy_version
+    name = _one_model(args.destination, name)
+    if version == "served":  # what `graft models list` calls served: the newest that loads
+        e = next((x for x in entries(args.destination, name) if x["status"] == "served"), None)
         if e is None:
-            raise ConfigError(f"nothing of '{args.name}' is served from {args.destination}")
-    elif not args.version.isdigit():
-        raise ConfigError(f"VERSION must be a version number or 'served', got '{args.version}'")
+            raise ConfigError(f"nothing of '{name}' is served from {args.destination}")
+    elif not version.isdigit():
+        raise ConfigError(f"VERSION must be a version number or 'served', got '{version}'")
     else:
-        e = entry(args.destination, args.name, int(args.version))
+        e = entry(args.destination, name, int(version))
     if e.get("status") in ("served", "available"):  # its folder is there: what it ships
-        e["tflite"] = edge_models(args.destination, args.name, int(e["version"]))
+        e["tflite"] = edge_models(args.destination, name, int(e["version"]))
     print(json.dumps(e, indent=2, default=str))
     return 0
 
@@ -538,7 +671,9 @@ def cmd_rollback(args) -> int:
 
     from graft.components.push import rollback
 
-    r = rollback(args.destination, args.model, args.to, reason=args.reason)
+    r = rollback(
+        args.destination, _one_model(args.destination, args.model_name), args.to, reason=args.reason
+    )
     print(json.dumps(asdict(r), indent=2))
     return 0
 
@@ -560,11 +695,27 @@ def cmd_report(args) -> int:
             raise ConfigError(f"run {args.run_id} ({status}) has no evaluation report")
     path = (run_dir / "evaluate" / "report.html").absolute()
     print(path)
-    if args.open:
-        import webbrowser
-
-        webbrowser.open(path.as_uri())
+    if args.open and not _open_in_browser(path.as_uri()):
+        no_display = sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+        )
+        log(
+            "report: no web browser available here"
+            + (" (no display: DISPLAY and WAYLAND_DISPLAY are unset)" if no_display else "")
+            + f"; open the file printed above elsewhere: {path}",
+            level="warn",
+        )
     return 0
+
+
+def _open_in_browser(url: str) -> bool:
+    """webbrowser.open, which returns False (or raises) when it finds no browser to start."""
+    import webbrowser
+
+    try:
+        return bool(webbrowser.open(url))
+    except webbrowser.Error:
+        return False
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -584,6 +735,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *a, **kw):
         kw.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*a, **kw)
+        self.set_defaults(_parser=self)  # the deepest (sub)command's parser: its usage on errors
         self.add_argument(
             "-v",
             "--verbose",
@@ -646,34 +798,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DATA_DIR",
         help="ROOT/<class>/*.jpg, or pre-split ROOT/{train,val,test}/<class>/",
     )
-    p.add_argument("--base", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
-    p.add_argument(
-        "--weights",
-        metavar="FILE",
-        help="base weights: imagenet (Keras downloads them once), a local .h5 file (offline), "
-        "or demo (synthetic: tests only); default: the template's, imagenet",
-    )
-    p.add_argument(
-        "--budget-minutes",
-        type=float,
-        metavar="N",
-        help="recipe auto: wall time of both training stages (train.budget_minutes); the plan "
-        "fits the fine-tuning epochs into it",
-    )
-    p.add_argument("--name", metavar="MODEL", help="model name (default: DATA_DIR's folder name)")
-    p.add_argument(
-        "--config",
-        "-c",
-        default=photos_template(),
-        help="template to start from (default: configs/photos.yaml)",
-    )
-    p.add_argument(
-        "--set",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="override a config key, e.g. --set fine_tune.epochs=3 (repeatable)",
-    )
+    _add_data_args(p)
     _add_run_args(p)
     p.set_defaults(fn=cmd_train)
 
@@ -685,12 +810,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "advise",
         help="where the data sits in the size x similarity matrix, and the plan (no training)",
+        description="Ingests, validates and advises as graft train would (same template, same "
+        "flags), then prints the evidence and the plan; nothing is trained.",
     )
-    p.add_argument("data_or_config", help="an image folder, or a YAML config")
     p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", default=[], help="override a config key"
+        "data_or_config",
+        metavar="DATA_DIR",
+        help="the image folder graft train would take (or a YAML config to advise on)",
     )
-    p.set_defaults(fn=cmd_advise, tensorflow=True)
+    _add_data_args(p)
+    p.set_defaults(fn=cmd_advise)
 
     p = sub.add_parser("inspect-base", help="list a backbone's layers and blocks")
     p.add_argument("name", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
@@ -713,7 +842,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compile", help="compile the Kubeflow pipeline YAML")
     _add_config_args(p)
-    p.add_argument("--output", "-o", default="pipeline.yaml", help="pipeline YAML to write")
+    p.add_argument("--out", "-o", default="pipeline.yaml", help="pipeline YAML to write")
+    _hidden_alias(p, "--output", "out")
     p.set_defaults(fn=cmd_compile)
 
     p = sub.add_parser("submit", help="submit a run or a recurring run to Kubeflow Pipelines")
@@ -728,7 +858,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_submit)
 
-    p = sub.add_parser("serve", help="TF-Serving-compatible gRPC (+REST) server for local use")
+    p = sub.add_parser(
+        "serve",
+        help="TF-Serving-compatible gRPC server for local use (REST too with --rest-port)",
+    )
     serve_options.add_arguments(p)
     p.set_defaults(fn=cmd_serve, tensorflow=True)
 
@@ -736,7 +869,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="classify images: locally from a SavedModel, or through a (TF) Serving endpoint",
         description="Local: --model-dir models/NAME (newest version) or a version folder, or "
-        "--tflite FILE; no server. Server: --model NAME [--server HOST:PORT]. Folders are "
+        "--tflite FILE; no server. Server: --model-name NAME [--server HOST:PORT]. Folders are "
         "walked for images.",
     )
     p.add_argument(
@@ -755,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="predict in this process with an edge model (export.tflite; labels.txt beside it)",
     )
-    p.add_argument("--model", help="model name on the server")
+    _add_model_name_arg(p, "model name on the server", "--model")
     p.add_argument("--server", metavar="HOST:PORT", help="gRPC endpoint (default 127.0.0.1:8500)")
     p.add_argument("--version", type=int, help="model version on the server (default: newest)")
     p.add_argument("--top-k", type=int, default=3, help="labels per image")
@@ -775,14 +908,17 @@ def build_parser() -> argparse.ArgumentParser:
     msub = p.add_subparsers(dest="models_cmd", required=True, metavar="COMMAND")
     s = msub.add_parser("list", help="table of versions: data, base, accuracy, blessing, served")
     s.add_argument("--destination", default="models", help="push.destination")
-    s.add_argument("--model", required=True, help="model name (export.model_name)")
+    _add_model_name_arg(
+        s, "model name (export.model_name; default: the only model there)", "--model"
+    )
     s.add_argument("--all", action="store_true", help="also versions pruned or deleted since")
     s.add_argument("--json", action="store_true", help="one JSON entry per line")
     s.set_defaults(fn=cmd_models_list)
     s = msub.add_parser("show", help="one version's full lineage record, as JSON")
-    s.add_argument("name", metavar="NAME", help="model name")
     s.add_argument("version", metavar="VERSION", help="version number, or served")
+    s.add_argument("legacy_version", nargs="?", help=argparse.SUPPRESS)  # old form: NAME VERSION
     s.add_argument("--destination", default="models", help="push.destination")
+    _add_model_name_arg(s, "model name (default: the only model there)")
     s.set_defaults(fn=cmd_models_show)
 
     p = sub.add_parser(
@@ -793,7 +929,9 @@ def build_parser() -> argparse.ArgumentParser:
         "registry (graft models list).",
     )
     p.add_argument("--destination", default="models", help="push.destination")
-    p.add_argument("--model", required=True, help="model name (export.model_name)")
+    _add_model_name_arg(
+        p, "model name (export.model_name; default: the only model there)", "--model"
+    )
     p.add_argument("--to", type=int, required=True, metavar="VERSION", help="version to serve")
     p.add_argument("--reason", help="why, recorded in the registry")
     p.set_defaults(fn=cmd_rollback, tensorflow=True)
@@ -808,8 +946,17 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Like parse_args, but an unknown option is reported with its subcommand's own usage."""
+    ap = build_parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:
+        getattr(args, "_parser", ap).error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"  # subprocesses (Beam workers, servers) inherit it
         if not _TF_LEVEL_GIVEN:
@@ -817,9 +964,10 @@ def main(argv: list[str] | None = None) -> int:
         log_setup(verbose=True)
     _quiet_libraries()
     try:
-        if getattr(args, "tensorflow", False):
-            import_tensorflow_quietly()  # before any step imports it: no C++ start-up noise
-        return args.fn(args)
+        with native_stderr_filtered():  # libjpeg's lines about a damaged JPEG: -v shows them
+            if getattr(args, "tensorflow", False):
+                import_tensorflow_quietly()  # before any step imports it: no C++ start-up noise
+            return args.fn(args)
     except ConfigError as e:
         print(f"graft: {e}", file=sys.stderr)
         return 2

@@ -53,6 +53,9 @@ class Step:
     # A config key that lists more dotted keys the step reads (advise reads the settings the
     # user pinned, `advise.keep`, to plan around them and say so): they key its cache too.
     reads_keys_listed_at: str | None = None
+    # Upstream outputs the step only shows (in its report), outside its cache key: a cached
+    # output shows them as they were when it ran. Passed with the inputs, by the same names.
+    shows: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------- step adapters
@@ -216,6 +219,7 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         validation_dir=inputs["validation"],
         flip_average=cfg.export.flip_average,
         advice_dir=inputs["advice"],
+        drift_dir=inputs.get("drift"),
     )
     return {
         "blessed": r.blessed,
@@ -268,6 +272,7 @@ def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         cfg=cfg.push,
         model_name=cfg.export.model_name,
         recheck=cfg.evaluate.compare_baseline,
+        drift_dir=inputs.get("drift"),
     )
     return {
         "pushed": r.pushed,
@@ -369,6 +374,9 @@ STEPS: list[Step] = [
         _evaluate,
         "test metrics, plots, report, blessing vs the served baseline",
         external_key=_baseline_key,
+        # the report's drift section; drift re-runs whenever the served version changes, and
+        # that alone must not re-run evaluation
+        shows={"drift": "drift"},
     ),
     Step(
         "export",
@@ -383,7 +391,7 @@ STEPS: list[Step] = [
     ),
     Step(
         "push",
-        {"exported": "export", "evaluation": "evaluate"},
+        {"exported": "export", "evaluation": "evaluate", "drift": "drift"},
         ("push", "export.model_name", "evaluate.compare_baseline"),
         "Artifact",
         _push,

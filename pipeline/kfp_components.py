@@ -121,6 +121,7 @@ def make_components(image: str) -> dict:
         advice: Input[Artifact],
         head_model: Input[Model],
         model: Input[Model],
+        drift: Input[Artifact],
         evaluation: Output[Artifact],
         metrics: Output[Metrics],
         confusion: Output[ClassificationMetrics],
@@ -137,6 +138,7 @@ def make_components(image: str) -> dict:
                 "advice": advice,
                 "head_model": head_model,
                 "model": model,
+                "drift": drift,
             },
             evaluation,
         )
@@ -167,11 +169,13 @@ def make_components(image: str) -> dict:
         config_json: str,
         exported: Input[Model],
         evaluation: Input[Artifact],
+        drift: Input[Artifact],
         pushed: Output[Artifact],
     ):
         from graft.pipeline.kfp_runtime import run
 
-        run("push", config_json, {"exported": exported, "evaluation": evaluation}, pushed)
+        inputs = {"exported": exported, "evaluation": evaluation, "drift": drift}
+        run("push", config_json, inputs, pushed)
 
     return {
         "resolve_config": resolve_config,

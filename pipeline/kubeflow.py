@@ -141,7 +141,10 @@ def _gated_groups(cfg: GraftConfig) -> list[tuple[dag.When | None, list[dag.Step
 
 def _add_tasks(steps: list[dag.Step], tasks: dict, comps: dict, cfg: GraftConfig, config_json):
     for step in steps:
-        kwargs = {name: tasks[src].outputs[OUTPUT_NAMES[src]] for name, src in step.inputs.items()}
+        kwargs = {
+            name: tasks[src].outputs[OUTPUT_NAMES[src]]
+            for name, src in {**step.shows, **step.inputs}.items()
+        }
         if launches_tfjob(step, cfg):
             kwargs["tfjob_json"] = json.dumps(tfjob.manifest(cfg, step), sort_keys=True)
         tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)

@@ -182,7 +182,7 @@ def run_pipeline(
             if until and dag.STEP_NAMES.index(s.name) > dag.STEP_NAMES.index(until):
                 break  # the steps after `until` are not part of this run
             rec = records[s.name] = StepRecord(s.name)
-            inputs = {k: outputs[v] for k, v in s.inputs.items()}
+            inputs = {k: outputs[v] for k, v in {**s.shows, **s.inputs}.items()}
             fp = fps[s.name] = fingerprint(s, cfg, {k: fps[v] for k, v in s.inputs.items()}, inputs)
             rec.fingerprint = fp
             out = outputs[s.name] = os.path.join(root, "steps", s.name, fp)

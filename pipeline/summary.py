@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 from rich.console import Console
@@ -14,6 +15,74 @@ def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
+def _plain(console: Console, text: str) -> None:
+    console.print(text, soft_wrap=True, highlight=False, markup=False)
+
+
+def _evaluation(record: dict | None) -> dict:
+    """evaluation.json of the run's evaluate step ({} when it did not run)."""
+    path = os.path.join((record or {}).get("output") or "", "evaluation.json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def quality_table(record: dict | None) -> Table:
+    """Each model's test accuracy with its 95% interval (Wilson) and the number of test images."""
+    ev = (record or {}).get("summary") or {}
+    intervals = _evaluation(record).get("intervals") or {}
+    t = Table(title="model quality (test split)")
+    for col in ("model", "accuracy", "95% interval", "n"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    rows = (
+        ("head only (frozen base)", "head_only", "head_accuracy"),
+        ("fine-tuned (candidate)", "candidate", "accuracy"),
+        ("served baseline", "baseline", "baseline_accuracy"),
+    )
+    if not ev.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate, one row
+        rows = (
+            ("head only (candidate; no fine-tuning ran)", "head_only", "head_accuracy"),
+            rows[2],
+        )
+    for label, key, summary_key in rows:
+        iv = intervals.get(key) or {}
+        acc = iv.get("accuracy") or [ev.get(summary_key)]
+        ci = f"[{acc[1]:.3f}, {acc[2]:.3f}]" if len(acc) == 3 else "-"
+        t.add_row(label, _fmt(acc[0]), ci, str(iv["n"]) if "n" in iv else "-")
+    return t
+
+
+def push_outcome(run: dict) -> tuple[str | None, bool]:
+    """The push line of the summary, and whether the model is now at the destination.
+
+    "pushed:" only when this run copied a version there; otherwise "not pushed:" and why.
+    """
+    rec = run["steps"].get("push")
+    if rec is None:
+        failed = [n for n, r in run["steps"].items() if r.get("status") == "failed"]
+        return (f"not pushed: the run failed at {failed[0]}", False) if failed else (None, False)
+    push = rec.get("summary") or {}
+    if push.get("pushed"):
+        return f"pushed: {push['destination']} (version {push['version']})", True
+    if push.get("already_at_destination"):
+        return (
+            f"not pushed: the same model is already at {push['destination']} "
+            f"(version {push['version']}); nothing copied",
+            True,
+        )
+    if rec.get("status") == "skipped" and push.get("reason"):  # its `when`: evaluate.blessed
+        ev = run["steps"].get("evaluate", {}).get("summary") or {}
+        reasons = "; ".join(ev.get("reasons") or []) or push["reason"]
+        return f"not pushed: not blessed ({reasons}); --force pushes anyway", False
+    if rec.get("status") == "failed":
+        return f"not pushed: the push step failed ({rec.get('error') or 'see the log'})", False
+    if rec.get("status") in ("skipped", "cached", "pending"):
+        return "not pushed: push was not part of this run (--only)", False
+    return "not pushed: " + ("; ".join(push.get("reasons") or []) or "push declined"), False
+
+
 def print_summary(run: dict, cfg: GraftConfig) -> None:
     console = Console(stderr=True)
     steps = run["steps"]
@@ -24,17 +93,7 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
         t.add_row(name, rec["status"], f"{rec['seconds']:.1f}", rec["output"] or "")
     console.print(t)
     ev = steps.get("evaluate", {}).get("summary", {})
-    push = steps.get("push", {}).get("summary", {})
-    m = Table(title="model quality (test split)")
-    m.add_column("model")
-    m.add_column("accuracy")
-    if ev.get("fine_tuned", True):
-        m.add_row("head only (frozen base)", _fmt(ev.get("head_accuracy")))
-        m.add_row("fine-tuned (candidate)", _fmt(ev.get("accuracy")))
-    else:  # no fine-tuning ran: the head is the candidate, one row
-        m.add_row("head only (candidate; no fine-tuning ran)", _fmt(ev.get("accuracy")))
-    m.add_row("served baseline", _fmt(ev.get("baseline_accuracy")))
-    console.print(m)
+    console.print(quality_table(steps.get("evaluate")))
     edge = steps.get("export", {}).get("summary", {}).get("tflite")
     if edge:  # export.tflite: the evaluate report is written before export, so they show here
         e = Table(title="edge models (TFLite, test split, 1 thread)")
@@ -58,26 +117,18 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
     # soft_wrap: long paths and commands stay whole (the terminal wraps them; copy-paste works)
     report = os.path.join(run["run_dir"], "evaluate", "report.html")
     if os.path.exists(report):
-        console.print(f"report: {report}", soft_wrap=True, highlight=False, markup=False)
-    if push.get("pushed") or push.get("already_at_destination"):
+        _plain(console, f"report: {report}")
+    push_line, at_destination = push_outcome(run)
+    if push_line:
+        _plain(console, push_line)
+    if at_destination:
         base = f"{cfg.push.destination}/{cfg.export.model_name}"
-        console.print(
-            f"pushed: {push['destination']}", soft_wrap=True, highlight=False, markup=False
+        _plain(console, f"predict:   graft predict --model-dir {base} IMAGES_OR_FOLDER")
+        _plain(
+            console,
+            f"serve it:  graft serve --model-base-path {base} --model-name "
+            f"{cfg.export.model_name} --port 8500 --rest-port 8501",
         )
-        console.print(
-            f"predict:   graft predict --model-dir {base} IMAGES_OR_FOLDER",
-            soft_wrap=True,
-            highlight=False,
-            markup=False,
-        )
-        console.print(
-            f"serve it:  graft serve --model-base-path {base} --model-name {cfg.export.model_name}",
-            soft_wrap=True,
-            highlight=False,
-            markup=False,
-        )
-    elif push:
-        console.print("not pushed (use --force to push anyway)")
     console.print(
         f"run record: {run['run_dir']}/run.json", soft_wrap=True, highlight=False, markup=False
     )

@@ -55,7 +55,8 @@ def test_step_list_equals_local_runner(compiled):
     }
     for s in dag.STEPS:
         if s.when is None:  # a gated step reads its inputs through its condition's inputs
-            assert deps[s.name] == set(s.inputs.values()) | {"resolve_config"}, s.name
+            want = set(s.inputs.values()) | set(s.shows.values()) | {"resolve_config"}
+            assert deps[s.name] == want, s.name
 
 
 def test_run_parameters_are_typed_and_default_to_the_config(compiled):
@@ -143,7 +144,8 @@ def test_wrappers_match_the_dag():
         params = set(inspect.signature(comps[s.name].python_func).parameters) - {"config_json"}
         from graft.pipeline.kfp_components import OUTPUT_NAMES
 
-        assert set(s.inputs) <= params and OUTPUT_NAMES[s.name] in params, s.name
+        assert set(s.inputs) | set(s.shows) <= params, s.name
+        assert OUTPUT_NAMES[s.name] in params, s.name
 
 
 def test_export_task_outputs_the_edge_models(compiled):
