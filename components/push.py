@@ -47,7 +47,7 @@ from graft.components import registry
 from graft.components.registry import MARKER, version_path, versions  # noqa: F401 - API
 from graft.core.config import PushConfig
 from graft.core.log import log
-from graft.core.paths import is_remote
+from graft.core.paths import is_remote, mark_output_dir
 from graft.core.paths import join as _join
 
 gfile = tf.io.gfile
@@ -490,6 +490,7 @@ def push(
     else:
         root = _join(cfg.destination, model_name)
         gfile.makedirs(root)
+        mark_output_dir(cfg.destination)  # never read as data, wherever it sits
         _remove_stale_tmp(root)
         pushed_at = time.time()
         entry = {  # the version number is set under the lock

@@ -162,8 +162,10 @@ def run_pipeline(
     if force_push:
         cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
     cfg = with_absolute_paths(cfg)  # one path rule: fingerprints and config.yaml agree
-    for own in (root, cfg.features.store, cfg.push.destination):
-        mark_output_dir(own)  # never read as data, even inside data.path
+    for own in (root, cfg.features.store):
+        mark_output_dir(own)  # never read as data, even inside data.path (push marks its own)
+    if os.path.isdir(cfg.push.destination):
+        mark_output_dir(cfg.push.destination)
     config_file = write_config_file(cfg, os.path.join(run_dir, CONFIG_FILE))
     run = {
         "run_id": run_id,

@@ -25,7 +25,7 @@ import pytest
 
 HERE = Path(__file__).resolve()
 SIZE = 48  # data.image_size of the training runs (the demo base learns nothing at 32 px)
-HEAD_EPOCHS = 2  # 2: enough for a kill after epoch 1 and its resume
+HEAD_EPOCHS = 4  # a head good enough that a destructive fine-tune does worse (the guard)
 # max |w_distributed - w_one_device| over every weight, measured on 2 cores (TF 2.21, CPU):
 # mirrored 2 replicas <= 1.2e-6, multi-worker DATA <= 3.9e-6 (FILE: 1.1e-2, other batches);
 # 5e-5 leaves >10x for other CPUs' float summation order, and is far below what training moves

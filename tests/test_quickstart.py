@@ -31,7 +31,7 @@ def test_quickstart_trains_and_its_config_reproduces_the_run(
     sets = [a for s in small for a in ("--set", s)]
     assert main(["train", str(tiny_data), "--weights", "demo", "--name", "quick", *sets]) == 0
     err = capsys.readouterr().err
-    (run_id,) = [d for d in os.listdir(runs) if d not in ("steps", "features")]
+    (run_id,) = [d for d in os.listdir(runs) if (runs / d / "run.json").exists()]
     config_file = runs / run_id / "config.yaml"
     assert f"graft run --config {config_file}" in err
     assert str(runs / run_id / "evaluate" / "report.html") in err
