@@ -219,10 +219,12 @@ def _saved_model_top1(saved_model_dir: str, blobs: list[bytes], batch: int = 64)
     """The SavedModel's serving_default answer (top class index) for each encoded image."""
     import tensorflow as tf
 
+    from graft.components.model import label_order_scores
+
     fn = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
     return np.concatenate(
         [
-            fn(image_bytes=tf.constant(blobs[i : i + batch]))["scores"].numpy().argmax(1)
+            label_order_scores(fn(image_bytes=tf.constant(blobs[i : i + batch]))).numpy().argmax(1)
             for i in range(0, len(blobs), batch)
         ]
     )

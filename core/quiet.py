@@ -93,7 +93,7 @@ def import_tensorflow_quietly():
 NATIVE_NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ (?:jpeg_mem\.cc:\d+\] .*"
     rb"|node_def_util\.cc:\d+\] NodeDef mentions attribute .* not in the op definition.*)"
-    rb"|Premature end of JPEG data.*|Corrupt JPEG data: .*)$"
+    rb"|Premature end of JPEG data.*|Corrupt JPEG data: .*|Improper call to JPEG library.*)$"
 )
 
 

@@ -38,7 +38,9 @@ class ServeOptions:
     model_name: str = field(metadata={"help": "name clients ask for"})
     host: str = _opt("127.0.0.1", "address to listen on")
     port: int = _opt(8500, "gRPC port (0: any free port)")
-    rest_port: int = _opt(0, "REST port (0: no REST)")
+    rest_port: int = _opt(
+        0, "REST/JSON port (/v1/models/NAME:predict); REST is off unless --rest-port is given"
+    )
     version_policy: str = _opt("latest", "latest | all | specific:N[,M]")
     poll_seconds: float = _opt(2.0, "how often to look for new versions", metavar="SECONDS")
     max_message_mb: int = _opt(32, "gRPC message and REST body limit, in MB")

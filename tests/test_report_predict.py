@@ -170,10 +170,17 @@ def test_runs_list_report_and_summary_find_it(pipeline_run, capsys):
     assert run["run_id"] in out and "succeeded" in out
     acc = run["steps"]["evaluate"]["summary"]["accuracy"]
     assert f"{acc:.3f}" in out
-    assert main(["report", "latest", "--run-root", root]) == 0
+    assert main(["report", run["run_id"], "--run-root", root]) == 0
     path = capsys.readouterr().out.strip()
     assert path == os.path.join(run["run_dir"], "evaluate", "report.html")
     assert os.path.isfile(path)
+    # latest: the newest run with a report (other tests may have run this config again since)
+    assert main(["report", "latest", "--run-root", root]) == 0
+    latest = capsys.readouterr().out.strip()
+    assert (
+        os.path.isfile(latest)
+        and os.path.basename(os.path.dirname(os.path.dirname(latest))) >= (run["run_id"])
+    )
     assert main(["report", "no-such-run", "--run-root", root]) == 2
     print_summary(run, cfg)
     err = capsys.readouterr().err

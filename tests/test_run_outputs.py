@@ -233,7 +233,9 @@ def test_predict_on_a_truncated_jpeg_reports_it_without_libjpeg_noise(pipeline_r
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_CPP", "GRAFT_"))}
     model = os.path.join(cfg.push.destination, "tiny")
     r = subprocess.run(
-        [sys.executable, "-m", "graft.pipeline.cli", "predict", "--model-dir", model, str(folder)],
+        # --json: a table at a pipe's 80 columns folds long paths, names cut across lines
+        [sys.executable, "-m", "graft.pipeline.cli", "predict", "--json", "--model-dir", model]
+        + [str(folder)],
         capture_output=True,
         text=True,
         env=env,

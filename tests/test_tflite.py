@@ -120,7 +120,7 @@ def test_interpreter_agrees_with_the_saved_model_on_holdout_images(edge, holdout
             for p in holdout
         ]
     )
-    want = fn(pixels=tf.constant(pixels.astype(np.float32)))["scores"].numpy()
+    want = fn(pixels=tf.constant(pixels.astype(np.float32)))["probabilities"].numpy()
     extra = os.path.join(r.path, "assets.extra")
     top2 = np.sort(want, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]  # how far the SavedModel's top-1 is from a tie
