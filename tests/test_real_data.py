@@ -26,8 +26,10 @@ pytestmark = [
 ]
 
 # Floors a little under what the pipeline achieves here (see README), so a regression fails.
-FLOOR_FINE_TUNED = 0.72  # achieved 0.742-0.766 with the fc head here (SE ~0.017 on 685 test photos)
-FLOOR_MARGIN_OVER_SCRATCH = 0.30
+FLOOR_FINE_TUNED = 0.72  # achieved 0.740-0.766 with the fc head here (SE ~0.017 on 685 test photos)
+# transfer over the same architecture from scratch in the fine-tuning budget: measured 0.407
+# (scratch 0.359) and 0.263 (scratch 0.477, 2026-12-06): the scratch run alone varies by 0.12
+FLOOR_MARGIN_OVER_SCRATCH = 0.20
 
 
 def _test_accuracy(model, examples: str, validation: str, flip_average: bool) -> float:
