@@ -28,47 +28,61 @@ def verbose() -> bool:
 
 
 @contextlib.contextmanager
+def _python_stderr_kept() -> Iterator[tuple[int, object] | None]:
+    """Duplicate fd 2 and keep Python's own writes going to it while the caller points fd 2
+    elsewhere; yields (the saved fd, that stream), or None in verbose mode or without an fd 2.
+    The caller restores and closes the saved fd; Python's stderr is restored here."""
+    if verbose():
+        yield None
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield None
+        return
+    py_stderr = sys.stderr
+    try:
+        py_stderr.flush()
+    except (OSError, ValueError):
+        pass
+    real = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    if py_stderr is sys.__stderr__:
+        sys.stderr = real  # Python's own writes skip the redirect: no delay, no reordering
+    try:
+        yield saved, real
+    finally:
+        if sys.stderr is real:
+            sys.stderr = py_stderr
+        real.close()
+
+
+@contextlib.contextmanager
 def native_stderr_captured() -> Iterator[None]:
     """Send fd 2 (what C/C++ code writes) to a temp file; Python's sys.stderr is unaffected.
 
     The capture is dropped on success and written to stderr if the block raises. A no-op in
     verbose mode, or when fd 2 cannot be duplicated (e.g. no stderr at all).
     """
-    if verbose():
-        yield
-        return
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    capture = tempfile.TemporaryFile()
-    py_stderr = sys.stderr
-    try:
-        py_stderr.flush()
-    except (OSError, ValueError):
-        pass
-    # Python-level writes go on to the real stderr through a duplicate of the saved fd
-    real = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
-    if py_stderr is sys.__stderr__:
-        sys.stderr = real
-    os.dup2(capture.fileno(), 2)
-    try:
-        yield
-    except BaseException:
-        os.dup2(saved, 2)
-        capture.seek(0)
-        text = capture.read().decode("utf-8", "replace")
-        if text:
-            real.write(text)
-        raise
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        if sys.stderr is real:
-            sys.stderr = py_stderr
-        real.close()
-        capture.close()
+    with _python_stderr_kept() as kept:
+        if kept is None:
+            yield
+            return
+        saved, real = kept
+        capture = tempfile.TemporaryFile()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", "replace")
+            if text:
+                real.write(text)
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.close()
 
 
 def import_tensorflow_quietly():
@@ -105,44 +119,30 @@ def native_stderr_filtered(noise: re.Pattern = NATIVE_NOISE) -> Iterator[None]:
     thread forwards each line as it comes, so real errors are seen at once. Processes started
     meanwhile (Beam workers) inherit the filter. A no-op in verbose mode or without an fd 2.
     """
-    if verbose():
-        yield
-        return
-    try:
-        saved = os.dup(2)
-    except OSError:
-        yield
-        return
-    read_end, write_end = os.pipe()
-    py_stderr = sys.stderr
-    try:
-        py_stderr.flush()
-    except (OSError, ValueError):
-        pass
-    real = os.fdopen(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
-    if py_stderr is sys.__stderr__:
-        sys.stderr = real  # Python's own writes skip the pipe: no delay, no reordering
+    with _python_stderr_kept() as kept:
+        if kept is None:
+            yield
+            return
+        saved, _ = kept
+        read_end, write_end = os.pipe()
 
-    def forward() -> None:
-        with os.fdopen(read_end, "rb", buffering=0) as pipe:
-            for line in iter(pipe.readline, b""):
-                if not noise.match(line.rstrip(b"\r\n")):
-                    try:
-                        os.write(saved, line)
-                    except OSError:
-                        return
+        def forward() -> None:
+            with os.fdopen(read_end, "rb", buffering=0) as pipe:
+                for line in iter(pipe.readline, b""):
+                    if not noise.match(line.rstrip(b"\r\n")):
+                        try:
+                            os.write(saved, line)
+                        except OSError:
+                            return
 
-    thread = threading.Thread(target=forward, name="graft-stderr-filter", daemon=True)
-    thread.start()
-    os.dup2(write_end, 2)
-    os.close(write_end)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)  # the pipe's last write end here: the thread sees EOF and ends
-        thread.join(timeout=2.0)  # longer only if a child still holds the pipe
-        if sys.stderr is real:
-            sys.stderr = py_stderr
-        real.close()
-        if not thread.is_alive():  # else it may still forward a straggler's lines
-            os.close(saved)
+        thread = threading.Thread(target=forward, name="graft-stderr-filter", daemon=True)
+        thread.start()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)  # the pipe's last write end here: the thread sees EOF and ends
+            thread.join(timeout=2.0)  # longer only if a child still holds the pipe
+            if not thread.is_alive():  # else it may still forward a straggler's lines
+                os.close(saved)
