@@ -8,6 +8,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", str(Path(__file__).parent / ".keras-empty"))  # never download
 
+import argparse  # noqa: E402
+
 import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,3 +61,12 @@ def pipeline_run(tmp_path_factory, tiny_data):
     cfg = parse_config(tiny_config(tmp, tiny_data))
     run = run_pipeline(cfg)
     return cfg, run, tmp
+
+
+def all_parsers(parser, path=("graft",)):
+    """Every (command path, argparse parser) of the CLI, subcommands included."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from all_parsers(sub, (*path, name))

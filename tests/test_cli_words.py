@@ -8,16 +8,9 @@ import argparse
 import os
 
 import pytest
+from conftest import all_parsers as _all_parsers
 
 from graft.pipeline.cli import advise_config, build_parser, main, parse_args
-
-
-def _all_parsers(parser, path=("graft",)):
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _all_parsers(sub, (*path, name))
 
 
 def _visible_options(parser) -> set[str]:

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import REPO
+from conftest import all_parsers as _all_parsers
 
 from graft.components.report import confidently_wrong, intervals, paired_difference, wilson
 from graft.core.paths import image_files
@@ -100,14 +101,6 @@ def test_native_capture_keeps_python_errors_and_replays_on_failure():
 
 
 # ------------------------------------------------------------------ the CLI explains itself
-
-
-def _all_parsers(parser, path=("graft",)):
-    yield path, parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from _all_parsers(sub, (*path, name))
 
 
 def test_every_option_has_help_and_shows_its_default():
