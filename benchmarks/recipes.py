@@ -38,9 +38,10 @@ def recipe_overrides(recipe: str) -> list[str]:
     if recipe == "head-only":  # its own run (--recipes head-only); by default read off manual's
         return ["recipe=manual", "fine_tune.enabled=false"]
     # seed and auto start from the base's own input size, not the manual config's choice: the
-    # seed's recipe is 224 px, and auto decides whether a smaller input pays
+    # seed's recipe is 224 px, and auto decides whether a smaller input pays. advise.keep=[]:
+    # the file's hand-set sections are the manual arm's, not settings the plan must keep
     if recipe in ("seed", "auto"):
-        return [f"recipe={recipe}", "data.image_size=224"]
+        return [f"recipe={recipe}", "data.image_size=224", "advise.keep=[]"]
     if recipe.startswith("manual@"):  # the manual config at another input size (an ablation)
         return ["recipe=manual", f"data.image_size={int(recipe.split('@')[1])}"]
     return [f"recipe={recipe}"]

@@ -47,6 +47,7 @@ def test_auto_recipe_reaches_its_floor_and_never_ships_worse_than_head_only(name
         REPO / "configs" / "recipes" / f"{name}.yaml",
         [
             "recipe=auto",
+            "advise.keep=[]",  # the file's hand-set sections are the manual recipe's: auto plans all
             f"data.path={SHARED / 'datasets' / name}",
             f"base.weights={WEIGHTS}",
             f"runner.run_root={tmp_path / 'runs'}",
