@@ -78,9 +78,7 @@ def _fine_tune_model(policy: str, jit: bool, s: Settings, strategy=None):
         )
         gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
         # under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer, as in fine_tune
-        model.compile(
-            keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", jit_compile=jit
-        )
+        gmodel.compile_for_fit(model, keras.optimizers.Adam(1e-4), metrics=False, jit=jit)
     return model
 
 

@@ -34,7 +34,7 @@ def main() -> dict:
         size,
     )
     gmodel.unfreeze(model, UnfreezeConfig(mode="all"))
-    model.compile(keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
+    gmodel.compile_for_fit(model, keras.optimizers.Adam(1e-4), metrics=False)
     pipe = gdata.image_dataset(ex, "train", size, batch, shuffle=True, repeat=True)
     mem = in_memory_batches(ex, size, batch)
     naive = gdata.naive_image_dataset(ex, "train", size, batch).repeat()

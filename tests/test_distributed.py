@@ -31,7 +31,6 @@ HEAD_EPOCHS = 4  # a head good enough that a destructive fine-tune does worse (t
 # 5e-5 leaves >10x for other CPUs' float summation order, and is far below what training moves
 WEIGHT_TOL = 5e-5
 ACC_TOL = 1e-6  # val accuracy: identical predictions, so equal up to float printing
-FILE_ACC_TOL = 0.25  # FILE: other batches; measured |val acc diff| 0.048-0.095 (1-2 of 21 images)
 
 
 # ---------------------------------------------------------------------------- the runs
@@ -261,7 +260,7 @@ def main_worker(examples: str, out: str, probe: str, stages: str) -> None:
         "result": res,
         "chief": gmodel.is_chief(strategy),
     }
-    if workers > 1:  # one CPU device per process: XLA's compiled step works here
+    if workers > 1 and "mixed" in stages:  # one CPU device per process: XLA compiles here
         record["mixed_xla"] = _mixed_fit(strategy, examples, jit=True)
     Path(probe).mkdir(parents=True, exist_ok=True)
     Path(probe, f"{task}.json").write_text(json.dumps(record, default=str))
@@ -398,14 +397,18 @@ def test_chief_is_worker_zero_without_a_chief_task():
 @pytest.mark.parametrize("shards", [2, 4])
 def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
     """2 files per split: 1 per worker -> DATA: the same global batches as one worker, so the
-    model matches to float noise. 4 files: 2 per worker -> FILE, each worker reads its own
-    files: other batches, so only the cached head (arrays, DATA) matches exactly."""
+    model matches to float noise (both stages, and mixed precision + XLA). 4 files: 2 per
+    worker -> FILE, each worker reads its own files; the cached head (arrays, DATA) still
+    matches exactly. The FILE run stops there: its image stages see other batches than one
+    worker (measured |val acc diff| 0.048-0.095), which the sharding probe below shows."""
     examples = data[shards]
+    stages = ("head", "fine", "mixed") if shards == 2 else ("head",)
     t0 = time.time()
-    _script("worker", examples, str(tmp_path / "single"), str(tmp_path / "probe1"), "head,fine")
+    single = [examples, str(tmp_path / "single"), str(tmp_path / "probe1"), ",".join(stages)]
+    _script("worker", *single)
     t1 = time.time()
     cmd = [sys.executable, str(HERE), "worker", examples, str(tmp_path / "multi")]
-    runs = _cluster([*cmd, str(tmp_path / "probe2"), "head,fine"], tmp_path)
+    runs = _cluster([*cmd, str(tmp_path / "probe2"), ",".join(stages)], tmp_path)
     t2 = time.time()
     print(f"\nshards={shards}: 1 worker {t1 - t0:.0f}s, 2 workers {t2 - t1:.0f}s")
     ref = json.loads((tmp_path / "probe1" / "single.json").read_text())
@@ -413,7 +416,7 @@ def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
     assert set(probes) == {"worker:0", "worker:1"}
     assert probes["worker:0"]["chief"] and not probes["worker:1"]["chief"]
     policy = "DATA" if shards == 2 else "FILE"
-    for stage in ("head", "fine"):
+    for stage in stages[:2]:
         one, two = ref["result"][stage], probes["worker:0"]["result"][stage]
         dist = two["extra"]["distribution"]
         assert (dist["strategy"], dist["replicas"], dist["workers"], dist["task"]) == (
@@ -426,10 +429,7 @@ def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
         diff = _max_diff(one["model_path"], two["model_path"])
         acc = abs(one["best_val_accuracy"] - two["best_val_accuracy"])
         print(f"  {stage}: max |weight diff| {diff:.1e}, |val acc diff| {acc:.3f}")
-        if stage == "head" or policy == "DATA":
-            assert diff <= WEIGHT_TOL and acc <= ACC_TOL, stage
-        else:
-            assert acc <= FILE_ACC_TOL and diff > WEIGHT_TOL, stage  # other batches
+        assert diff <= WEIGHT_TOL and acc <= ACC_TOL, stage
     # sharding: each worker got images of its own, and together every image
     everything = {f for step in ref["batches"] for rep in step for f in rep}
     mine = [{f for step in p["batches"] for rep in step for f in rep} for p in probes.values()]
@@ -441,12 +441,16 @@ def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
     # the chief's own result, and the non-chief's temp dir made and gone
     multi = tmp_path / "multi"
     assert _history_lines(multi / "head") == list(range(1, HEAD_EPOCHS + 1))
-    assert _history_lines(multi / "fine") == [1, 2]
-    result = json.loads((multi / "fine" / "result.json").read_text())
+    if "fine" in stages:
+        assert _history_lines(multi / "fine") == [1, 2]
+    last = "fine" if "fine" in stages else "head"
+    result = json.loads((multi / last / "result.json").read_text())
     assert result["extra"]["distribution"]["task"] == "worker:0"
     assert "not the chief: writing to" in runs[1]["stderr"]
     assert "not the chief" not in runs[0]["stderr"]
     assert not list(runs[1]["tmp"].iterdir()), "the worker left its temp files"
+    if "mixed" not in stages:
+        return
     # mixed precision + XLA under the multi-worker strategy: one synchronised loss
     mx = [p["mixed_xla"] for p in probes.values()]
     assert mx[0] == mx[1] and mx[0]["optimizer"] == "LossScaleOptimizer" and mx[0]["jit"]
