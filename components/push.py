@@ -522,8 +522,6 @@ def push(
             }
             _write_marker(tmp, marker)
             _verify(tmp, files)
-            if os.environ.get("GRAFT_TEST_CRASH_BEFORE_RENAME"):
-                os._exit(17)  # tests: simulate a kill between the copy and the rename
             with _destination_lock(root):
                 same = same_model_version(cfg.destination, model_name, model_sha, weights)
                 go, info = (

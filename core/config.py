@@ -18,21 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft.core.backbones import BACKBONES
 
-# The pipeline's steps in order. graft.pipeline.dag defines them and checks that it matches
-# this list, which the config needs (kubeflow.resources keys) without importing the pipeline.
-STEP_NAMES: tuple[str, ...] = (
-    "ingest",
-    "validate",
-    "drift",
-    "advise",
-    "train_head",
-    "fine_tune",
-    "evaluate",
-    "export",
-    "push",
-)
-
-
 # Upper bounds for counts: a typo (epochs: 10000000) fails in validation, not after a day.
 MAX_EPOCHS = 1000
 MAX_BATCH = 65_536
@@ -515,31 +500,6 @@ class StepResources(Section):
     caching: bool = True
 
 
-def _default_resources() -> dict[str, StepResources]:
-    small = dict(
-        cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi", retries=2
-    )
-    train = dict(
-        cpu_request="4",
-        cpu_limit="8",
-        memory_request="8Gi",
-        memory_limit="16Gi",
-        gpu=True,
-        retries=1,
-    )
-    return {
-        "ingest": StepResources(**{**small, "cpu_request": "2", "cpu_limit": "4"}),
-        "validate": StepResources(**small),
-        "drift": StepResources(**small),
-        "advise": StepResources(**train),
-        "train_head": StepResources(**train),
-        "fine_tune": StepResources(**train),
-        "evaluate": StepResources(**small),
-        "export": StepResources(**small),
-        "push": StepResources(**{**small, "caching": False}),
-    }
-
-
 class KubeflowConfig(Section):
     image: str = "ghcr.io/graft-ml/graft:0.1.0"
     pipeline_root: str | None = None
@@ -550,7 +510,11 @@ class KubeflowConfig(Section):
         None, max_length=200, description="KFP run name; null: <pipeline_name>-<timestamp>"
     )
     gpu: GpuConfig = Field(default_factory=GpuConfig)
-    resources: dict[str, StepResources] = Field(default_factory=_default_resources)
+    resources: dict[str, StepResources] = Field(
+        default_factory=dict,
+        description="per step: its requests and limits, in place of the step's own (the "
+        "pipeline checks the step names)",
+    )
     workers: int = Field(
         1,
         ge=1,
@@ -567,14 +531,6 @@ class KubeflowConfig(Section):
         le=30 * 24 * 3600,
         description="a TFJob still unfinished after this long fails the step",
     )
-
-    @field_validator("resources")
-    @classmethod
-    def _known_steps(cls, v: dict[str, StepResources]) -> dict[str, StepResources]:
-        bad = set(v) - set(STEP_NAMES)
-        if bad:
-            raise ValueError(f"unknown step(s) {sorted(bad)}; valid: {', '.join(STEP_NAMES)}")
-        return {**_default_resources(), **v}
 
 
 class GraftConfig(Section):

@@ -345,6 +345,19 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def cmd_step(args) -> int:
+    """One step of the compiled Kubeflow pipeline, in its container: kfp's executor protocol
+    over the step's generated signature (pipeline/kfp_components.py)."""
+    os.environ.setdefault("_KFP_RUNTIME", "true")  # as kfp's own components: no client, 1.3 s
+    from kfp.dsl.executor import Executor
+
+    from graft.pipeline import dag
+    from graft.pipeline.kfp_components import step_function
+
+    Executor(json.loads(args.executor_input), step_function(dag.step(args.name))).execute()
+    return 0
+
+
 def cmd_submit(args) -> int:
     from graft.pipeline.kubeflow import submit
 
@@ -575,8 +588,9 @@ def run_row(run: dict) -> list[str]:
     push = steps.get("push", {}).get("summary", {})
     acc = ev.get("accuracy")
     status = str(run.get("status", "?"))
-    if status == "succeeded" and "advise" in steps and "train_head" not in steps:
-        status = "advise only"  # graft advise: ingest, validate, drift and advise
+    last = next(reversed(steps), None)
+    if status == "succeeded" and last and last != STEP_NAMES[-1]:
+        status = f"{last} only"  # graft advise: ingest, validate, drift and advise
     data = str((cfg.get("data") or {}).get("path") or "?").rstrip("/").rsplit("/", 1)[-1]
     if push.get("pushed"):
         pushed = str(push["version"])
@@ -845,6 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", default="pipeline.yaml", help="pipeline YAML to write")
     _hidden_alias(p, "--output", "out")
     p.set_defaults(fn=cmd_compile)
+
+    p = sub.add_parser("step", help="run one step in a Kubeflow container (its entrypoint)")
+    p.add_argument("name", choices=STEP_NAMES, help="the step")
+    p.add_argument("--executor-input", required=True, help="kfp's executor input, as JSON")
+    p.set_defaults(fn=cmd_step)
 
     p = sub.add_parser("submit", help="submit a run or a recurring run to Kubeflow Pipelines")
     _add_config_args(p)

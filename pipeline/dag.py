@@ -8,14 +8,14 @@ component function and returns a small JSON-able summary.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from graft.core.config import STEP_NAMES as CONFIG_STEP_NAMES
-from graft.core.config import GraftConfig
+from graft.core.config import ConfigError, GraftConfig, StepResources
 from graft.core.scope import ScopedConfig
 
 # The adapters receive a ScopedConfig that reads like GraftConfig.
@@ -37,13 +37,37 @@ class When:
 
 
 @dataclass(frozen=True)
+class Out:
+    """One Kubeflow output of a step: its kfp artifact type and, for an output that is a
+    dashboard view of the step's output directory (`view` set), the kfp_runtime.VIEWS entry
+    that fills it from there and the file in that directory it reads."""
+
+    type: str  # kfp artifact class: Dataset, Artifact, Model, Metrics, ClassificationMetrics, HTML
+    view: str | None = None  # None: the step's output directory itself (one per step, first)
+    file: str | None = None
+
+
+# Kubernetes requests and limits per step (kubeflow.resources.<step> replaces them)
+SMALL = StepResources(
+    cpu_request="1", cpu_limit="2", memory_request="2Gi", memory_limit="4Gi", retries=2
+)
+TRAINING = StepResources(
+    cpu_request="4", cpu_limit="8", memory_request="8Gi", memory_limit="16Gi", gpu=True, retries=1
+)
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     inputs: dict[str, str]  # input name -> the step whose output it is
     sections: tuple[str, ...]  # config sections (dotted paths): all a step may read; its cache key
-    artifact: str  # kfp artifact type of the output: Dataset, Artifact, Model, Metrics
+    artifact: dict[str, Out]  # Kubeflow outputs by name: the output directory first, then views
     run: StepFn
     doc: str = ""
+    # on Kubeflow, unless kubeflow.resources names the step
+    resources: StepResources = field(default_factory=lambda: SMALL)
+    # The input holding advise's plan: the step sees the config with that plan applied.
+    plan_from: str | None = None
     cacheable: bool = True
     gpu_capable: bool = False
     distributed: bool = False  # kubeflow.workers > 1: runs as a TFJob of that many workers
@@ -289,16 +313,17 @@ STEPS: list[Step] = [
         "ingest",
         {},
         ("data",),
-        "Dataset",
+        {"examples": Out("Dataset")},
         _ingest,
         "Beam: images -> TFRecords, labels, stats, quarantine",
+        resources=SMALL.model_copy(update={"cpu_request": "2", "cpu_limit": "4"}),
         external_key=_source_key,
     ),
     Step(
         "validate",
         {"examples": "ingest"},
         ("validate",),
-        "Artifact",
+        {"validation": Out("Artifact")},
         _validate,
         "blocking data checks: classes, counts, corrupt rate, leakage",
     ),
@@ -313,7 +338,10 @@ STEPS: list[Step] = [
             "data.image_size",
             "features",
         ),
-        "Artifact",
+        {
+            "drift_report": Out("Artifact"),
+            "metrics": Out("Metrics", view="json_metrics", file="drift.json"),
+        },
         _drift,
         "new data vs the served model's: labels, image stats, embeddings, confidence",
         external_key=_served_key,
@@ -322,9 +350,13 @@ STEPS: list[Step] = [
         "advise",
         {"examples": "ingest", "validation": "validate"},
         ("recipe", "data.image_size", "base", "train.budget_minutes", "advise", "features"),
-        "Artifact",
+        {
+            "advice": Out("Artifact"),
+            "metrics": Out("Metrics", view="json_metrics", file="advice.json"),
+        },
         _advise,
         "measure data size and similarity to the base; plan the training (recipe)",
+        resources=TRAINING,
         gpu_capable=True,
         reads_keys_listed_at="advise.keep",
     ),
@@ -332,9 +364,11 @@ STEPS: list[Step] = [
         "train_head",
         {"examples": "ingest", "validation": "validate", "advice": "advise"},
         ("data.image_size", "base", "head", "train", "train_head", "augment", "features"),
-        "Model",
+        {"model": Out("Model")},
         _train_head,
         "new head on the frozen base (feature store)",
+        resources=TRAINING,
+        plan_from="advice",
         gpu_capable=True,
         distributed=True,
     ),
@@ -348,9 +382,11 @@ STEPS: list[Step] = [
         },
         # train_head: the cross-validated guard re-trains fold heads as that stage does
         ("data.image_size", "train", "fine_tune", "augment", "train_head"),
-        "Model",
+        {"model": Out("Model")},
         _fine_tune,
         "unfreeze the base as fine_tune.unfreeze says, at a low LR, guarded",
+        resources=TRAINING,
+        plan_from="advice",
         gpu_capable=True,
         distributed=True,
     ),
@@ -370,9 +406,15 @@ STEPS: list[Step] = [
             "export.model_name",
             "export.flip_average",
         ),
-        "Metrics",
+        {
+            "evaluation": Out("Artifact"),
+            "metrics": Out("Metrics", view="evaluation_metrics", file="evaluation.json"),
+            "confusion": Out("ClassificationMetrics", view="confusion", file="evaluation.json"),
+            "report": Out("HTML", view="report", file="evaluation.json"),
+        },
         _evaluate,
         "test metrics, plots, report, blessing vs the served baseline",
+        plan_from="advice",
         external_key=_baseline_key,
         # the report's drift section; drift re-runs whenever the served version changes, and
         # that alone must not re-run evaluation
@@ -382,10 +424,14 @@ STEPS: list[Step] = [
         "export",
         {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate", "advice": "advise"},
         ("data.image_size", "export", "base", "head", "push.force"),
-        "Model",
+        {
+            "exported": Out("Model"),
+            "edge_models": Out("Model", view="edge_models", file="tflite.json"),
+        },
         _export,
         "SavedModel for TF Serving with in-graph preprocessing, warmup, model card; "
         "export.tflite: measured TFLite models",
+        plan_from="advice",
         # a candidate evaluate did not bless is never pushed: exporting it is wasted time
         when=When("evaluate", "blessed", forced_by="push.force"),
     ),
@@ -393,16 +439,15 @@ STEPS: list[Step] = [
         "push",
         {"exported": "export", "evaluation": "evaluate", "drift": "drift"},
         ("push", "export.model_name", "evaluate.compare_baseline"),
-        "Artifact",
+        {"pushed": Out("Artifact")},
         _push,
         "atomic copy to the serving destination, only when blessed",
+        resources=SMALL.model_copy(update={"caching": False}),
         cacheable=False,
         when=When("evaluate", "blessed", forced_by="push.force"),
     ),
 ]
 STEP_NAMES: list[str] = [s.name for s in STEPS]
-if tuple(STEP_NAMES) != tuple(CONFIG_STEP_NAMES):  # the config validates kubeflow.resources keys
-    raise AssertionError(f"graft.core.config.STEP_NAMES {CONFIG_STEP_NAMES} != dag {STEP_NAMES}")
 
 
 def step(name: str) -> Step:
@@ -410,6 +455,33 @@ def step(name: str) -> Step:
         if s.name == name:
             return s
     raise KeyError(f"unknown step '{name}'; steps: {', '.join(STEP_NAMES)}")
+
+
+def output_name(s: Step) -> str:
+    """The name of the step's output directory among its Kubeflow outputs."""
+    return next(name for name, out in s.artifact.items() if out.view is None)
+
+
+def gate_outputs(s: Step) -> list[str]:
+    """The bools of the step's summary that other steps' `when` reads (Kubeflow outputs too)."""
+    return sorted({t.when.output for t in STEPS if t.when and t.when.step == s.name})
+
+
+def resources(cfg: GraftConfig, s: Step) -> StepResources:
+    """The step's Kubernetes resources: kubeflow.resources.<step> if set, else the step's own."""
+    check_resources(cfg)
+    return cfg.kubeflow.resources.get(s.name, s.resources)
+
+
+def check_resources(cfg: GraftConfig) -> None:
+    """kubeflow.resources names only steps of this pipeline (a typo would be ignored)."""
+    for key in cfg.kubeflow.resources:
+        if key not in STEP_NAMES:
+            guess = difflib.get_close_matches(key, STEP_NAMES, n=1)
+            hint = f" (did you mean '{guess[0]}'?)" if guess else ""
+            raise ConfigError(
+                f"kubeflow.resources.{key}: unknown step{hint}; steps: {', '.join(STEP_NAMES)}"
+            )
 
 
 def declared(s: Step, cfg: GraftConfig) -> tuple[str, ...]:
@@ -436,6 +508,10 @@ def _field_path(cfg: Any, dotted: str) -> str:
     return ".".join(parts)
 
 
+# YAML spellings that are not the field's Python name (validate: validate_)
+_FIELD_OF_ALIAS = {f.alias: n for n, f in GraftConfig.model_fields.items() if f.alias}
+
+
 def read_key(cfg: Any, dotted: str) -> Any:
     """A dotted key's value from the config (or a scoped view), into dict-valued fields too."""
     node = cfg
@@ -443,7 +519,7 @@ def read_key(cfg: Any, dotted: str) -> Any:
         if isinstance(node, dict):
             node = node.get(part)
         else:
-            node = getattr(node, "validate_" if part == "validate" else part)
+            node = getattr(node, _FIELD_OF_ALIAS.get(part, part))
     return node
 
 
@@ -487,7 +563,7 @@ def plan_notes(outputs: dict[str, str]) -> list[str]:
     """What the plan chose and which of the user's settings it kept, for the written config."""
     from graft.components.advise import read_advice
 
-    sources = {src for s in STEPS for name, src in s.inputs.items() if name == "advice"}
+    sources = {s.inputs[s.plan_from] for s in STEPS if s.plan_from}
     for src in sources:
         path = outputs.get(src)
         if not path or not os.path.exists(os.path.join(path, "advice.json")):
@@ -514,8 +590,8 @@ def run_step(
     """
     s = step(name)
     os.makedirs(out_dir, exist_ok=True)
-    if "advice" in s.inputs:
-        cfg = planned(cfg, inputs["advice"])
+    if s.plan_from:
+        cfg = planned(cfg, inputs[s.plan_from])
     view = scoped(s, cfg)
     try:
         summary = s.run(view, inputs, out_dir)

@@ -1,17 +1,87 @@
-"""Thin kfp wrappers: one per step of pipeline.dag, each calling the same component code.
+"""kfp components generated from pipeline.dag.STEPS: one container entrypoint for every step.
 
-kfp embeds each function's source in the compiled YAML and runs it in the component image,
-so the bodies only import Graft and hand over. Input names match dag.STEPS' inputs (a test
-checks it); the wiring and order come from dag.STEPS, not from here. Every distributed step's
-wrapper takes `tfjob_json`: set (kubeflow.workers > 1), the step runs as that TFJob.
+Each step's component runs `graft step NAME --executor-input {{$}}` in the project image. Its
+interface comes from the Step: a `config_json` parameter, one input artifact per input and
+shown output (typed as its source step's output directory), the outputs of `Step.artifact`,
+`tfjob_json` for a distributed step, and as its one output parameter (`Output`) the bool that
+other steps' `when` reads. The same
+signature, as a Python function, is what `graft step` hands to kfp's own executor, so the
+component and the entrypoint cannot disagree. Only `resolve_config`, the run parameters' task
+before the steps, is a plain kfp Python component.
 """
 
+import inspect
+from collections.abc import Callable
+
 from kfp import dsl
-from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from graft.pipeline import dag
+
+ENTRYPOINT = ["graft", "step"]  # + the step's name: pipeline/cli.py's `graft step`
+EXECUTOR_INPUT = "{{$}}"  # kfp's placeholder for the whole executor input (JSON)
+# kfp's name for a component's return value: the bool a `when` reads (kfp.local's dsl.If
+# resolves a task's output by no other name)
+GATE_OUTPUT = "Output"
+
+
+def step_function(step: dag.Step) -> Callable:
+    """The step as a Python function with the kfp-typed signature of its component."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("config_json", kw, annotation=str)]
+    for name, src in {**step.shows, **step.inputs}.items():
+        upstream = dag.step(src)
+        kind = _artifact_class(upstream.artifact[dag.output_name(upstream)].type)
+        params.append(inspect.Parameter(name, kw, annotation=dsl.Input[kind]))
+    for name, out in step.artifact.items():
+        params.append(inspect.Parameter(name, kw, annotation=dsl.Output[_artifact_class(out.type)]))
+    if step.distributed:
+        params.append(inspect.Parameter("tfjob_json", kw, annotation=str, default=""))
+    gates = dag.gate_outputs(step)
+    if len(gates) > 1:  # kfp.local resolves a dsl.If only on a task's one output, `Output`
+        raise ValueError(f"step {step.name}: `when` reads {gates}; a step can gate on one bool")
+    returns = bool if gates else None
+
+    def run(**kwargs):
+        from graft.pipeline.kfp_runtime import run_component
+
+        return run_component(step, kwargs)
+
+    run.__name__ = run.__qualname__ = step.name
+    run.__doc__ = step.doc
+    run.__signature__ = inspect.Signature(
+        params, return_annotation=returns or inspect.Signature.empty
+    )
+    run.__annotations__ = {p.name: p.annotation for p in params}
+    if returns:
+        run.__annotations__["return"] = returns
+    return run
+
+
+def _artifact_class(name: str) -> type:
+    return getattr(dsl, name)  # Dataset, Artifact, Model, Metrics, ClassificationMetrics, HTML
+
+
+def step_component(step: dag.Step, image: str):
+    """The step's kfp component: its interface from the DAG, `graft step NAME` as its command.
+
+    (kfp's compile-time modules are imported here: `graft step` runs with kfp's runtime-only
+    imports, see cli.cmd_step.)"""
+    from kfp.dsl import component_factory, python_component, structures
+
+    func = step_function(step)
+    spec = component_factory.extract_component_interface(func)
+    spec.implementation = structures.Implementation(
+        container=structures.ContainerSpecImplementation(
+            image=image,
+            command=[*ENTRYPOINT, step.name],
+            args=["--executor-input", EXECUTOR_INPUT],
+        )
+    )
+    return python_component.PythonComponent(component_spec=spec, python_func=func)
 
 
 def make_components(image: str) -> dict:
-    """The wrappers built for one container image (kubeflow.image)."""
+    """resolve_config and every step's component, for one container image (kubeflow.image)."""
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def resolve_config(
@@ -31,174 +101,6 @@ def make_components(image: str) -> dict:
 
         return resolve(params.pop("config_json"), params)
 
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def ingest(config_json: str, examples: Output[Dataset]):
-        from graft.pipeline.kfp_runtime import run
-
-        run("ingest", config_json, {}, examples)
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def validate(config_json: str, examples: Input[Dataset], validation: Output[Artifact]):
-        from graft.pipeline.kfp_runtime import run
-
-        run("validate", config_json, {"examples": examples}, validation)
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def drift(
-        config_json: str,
-        examples: Input[Dataset],
-        validation: Input[Artifact],
-        drift_report: Output[Artifact],
-        metrics: Output[Metrics],
-    ):
-        from graft.pipeline.kfp_runtime import log_json_metrics, run
-
-        run("drift", config_json, {"examples": examples, "validation": validation}, drift_report)
-        log_json_metrics(drift_report, "drift.json", metrics)
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def advise(
-        config_json: str,
-        examples: Input[Dataset],
-        validation: Input[Artifact],
-        advice: Output[Artifact],
-        metrics: Output[Metrics],
-    ):
-        from graft.pipeline.kfp_runtime import log_json_metrics, run
-
-        run("advise", config_json, {"examples": examples, "validation": validation}, advice)
-        log_json_metrics(advice, "advice.json", metrics)
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def train_head(
-        config_json: str,
-        examples: Input[Dataset],
-        validation: Input[Artifact],
-        advice: Input[Artifact],
-        model: Output[Model],
-        tfjob_json: str = "",
-    ):
-        from graft.pipeline.kfp_runtime import run
-
-        run(
-            "train_head",
-            config_json,
-            {"examples": examples, "validation": validation, "advice": advice},
-            model,
-            tfjob_json,
-        )
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def fine_tune(
-        config_json: str,
-        examples: Input[Dataset],
-        validation: Input[Artifact],
-        advice: Input[Artifact],
-        head_model: Input[Model],
-        model: Output[Model],
-        tfjob_json: str = "",
-    ):
-        from graft.pipeline.kfp_runtime import run
-
-        run(
-            "fine_tune",
-            config_json,
-            {
-                "examples": examples,
-                "validation": validation,
-                "advice": advice,
-                "head_model": head_model,
-            },
-            model,
-            tfjob_json,
-        )
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def evaluate(
-        config_json: str,
-        examples: Input[Dataset],
-        validation: Input[Artifact],
-        advice: Input[Artifact],
-        head_model: Input[Model],
-        model: Input[Model],
-        drift: Input[Artifact],
-        evaluation: Output[Artifact],
-        metrics: Output[Metrics],
-        confusion: Output[ClassificationMetrics],
-        report: Output[HTML],
-    ) -> bool:
-        from graft.pipeline.kfp_runtime import log_evaluation, run
-
-        run(
-            "evaluate",
-            config_json,
-            {
-                "examples": examples,
-                "validation": validation,
-                "advice": advice,
-                "head_model": head_model,
-                "model": model,
-                "drift": drift,
-            },
-            evaluation,
-        )
-        return log_evaluation(evaluation, metrics, confusion, report)
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def export(
-        config_json: str,
-        model: Input[Model],
-        examples: Input[Dataset],
-        evaluation: Input[Artifact],
-        advice: Input[Artifact],
-        exported: Output[Model],
-        edge_models: Output[Model],
-    ):
-        from graft.pipeline.kfp_runtime import log_edge_models, run
-
-        run(
-            "export",
-            config_json,
-            {"model": model, "examples": examples, "evaluation": evaluation, "advice": advice},
-            exported,
-        )
-        log_edge_models(exported, edge_models)
-
-    @dsl.component(base_image=image, install_kfp_package=False)
-    def push(
-        config_json: str,
-        exported: Input[Model],
-        evaluation: Input[Artifact],
-        drift: Input[Artifact],
-        pushed: Output[Artifact],
-    ):
-        from graft.pipeline.kfp_runtime import run
-
-        inputs = {"exported": exported, "evaluation": evaluation, "drift": drift}
-        run("push", config_json, inputs, pushed)
-
-    return {
-        "resolve_config": resolve_config,
-        "ingest": ingest,
-        "validate": validate,
-        "drift": drift,
-        "advise": advise,
-        "train_head": train_head,
-        "fine_tune": fine_tune,
-        "evaluate": evaluate,
-        "export": export,
-        "push": push,
+    return {"resolve_config": resolve_config} | {
+        s.name: step_component(s, image) for s in dag.STEPS
     }
-
-
-OUTPUT_NAMES = {
-    "ingest": "examples",
-    "validate": "validation",
-    "drift": "drift_report",
-    "advise": "advice",
-    "train_head": "model",
-    "fine_tune": "model",
-    "evaluate": "evaluation",
-    "export": "exported",
-    "push": "pushed",
-}

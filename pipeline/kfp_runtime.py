@@ -1,4 +1,5 @@
-"""What runs inside a kfp component: config from JSON, artifact paths as step dirs."""
+"""What runs inside a kfp component (`graft step NAME`): config from JSON, artifact paths as
+step dirs, and the dashboard views that Step.artifact declares beside a step's output."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ PARAMETERS = {
 }
 
 
+def run_component(step: dag.Step, args: dict) -> bool | None:
+    """One step's component: run it into its output directory, fill the views declared beside
+    that, and return the bool of its summary that other steps' `when` reads."""
+    output = args[dag.output_name(step)]
+    inputs = {name: args[name] for name in {**step.shows, **step.inputs}}
+    summary = run(step.name, args["config_json"], inputs, output, args.get("tfjob_json", ""))
+    for name, out in step.artifact.items():
+        if out.view:
+            VIEWS[out.view](output, out.file, args[name])
+    gates = dag.gate_outputs(step)
+    return bool(summary[gates[0]]) if gates else None
+
+
 def run(step: str, config_json: str, inputs: dict, output, tfjob_json: str = "") -> dict:
     """Run one step in this pod, or, given a compiled TFJob, on the TFJob's workers."""
     os.makedirs(output.path, exist_ok=True)
@@ -41,28 +55,41 @@ def run(step: str, config_json: str, inputs: dict, output, tfjob_json: str = "")
     return summary
 
 
-def log_evaluation(evaluation, metrics, confusion, report) -> bool:
-    """Dashboard artifacts: scalar Metrics, the confusion matrix, the HTML report."""
-    with open(os.path.join(evaluation.path, "evaluation.json")) as f:
-        ev = json.load(f)
+def _read_json(artifact, filename: str) -> dict:
+    with open(os.path.join(artifact.path, filename)) as f:
+        return json.load(f)
+
+
+def evaluation_metrics(evaluation, filename: str, metrics) -> None:
+    """Scalar Metrics of the candidate, the head-only model and the served baseline."""
+    ev = _read_json(evaluation, filename)
     for prefix, key in (("", "candidate"), ("head_only_", "head_only"), ("baseline_", "baseline")):
         m = ev.get(key)
         if m:
             for name in ("accuracy", "macro_f1", "log_loss", "ece"):
                 metrics.log_metric(prefix + name, float(m[name]))
     metrics.log_metric("blessed", 1.0 if ev["blessed"] else 0.0)
-    confusion.log_confusion_matrix(ev["labels"], ev["candidate"]["confusion_matrix"])
-    shutil.copy(os.path.join(evaluation.path, ev["report"]), report.path)
-    return bool(ev["blessed"])  # the output push's `when` reads
 
 
-def log_edge_models(exported, edge_models) -> int:
+def confusion(evaluation, filename: str, matrix) -> None:
+    """The candidate's confusion matrix, as the dashboard draws it."""
+    ev = _read_json(evaluation, filename)
+    matrix.log_confusion_matrix(ev["labels"], ev["candidate"]["confusion_matrix"])
+
+
+def report(evaluation, filename: str, html) -> None:
+    """The HTML report, as the dashboard shows it."""
+    ev = _read_json(evaluation, filename)
+    shutil.copy(os.path.join(evaluation.path, ev["report"]), html.path)
+
+
+def edge_models(exported, filename: str, models) -> int:
     """export.tflite's files (.tflite, labels.txt, tflite.json) as their own Model artifact,
     with each variant's size and test measurements as metadata; empty when none were asked."""
-    os.makedirs(edge_models.path, exist_ok=True)
-    path = os.path.join(exported.path, "tflite.json")
+    os.makedirs(models.path, exist_ok=True)
+    path = os.path.join(exported.path, filename)
     if not os.path.exists(path):
-        edge_models.metadata["variants"] = ""
+        models.metadata["variants"] = ""
         return 0
     with open(os.path.join(exported.path, "export.json")) as f:
         source = os.path.join(json.load(f)["path"], "assets.extra")
@@ -70,11 +97,11 @@ def log_edge_models(exported, edge_models) -> int:
         edge = json.load(f)
     names = [r["file"] for r in edge["variants"]] + [edge["labels_file"], "tflite.json"]
     for name in names:
-        shutil.copy(os.path.join(source, name), os.path.join(edge_models.path, name))
-    edge_models.metadata["variants"] = ",".join(r["variant"] for r in edge["variants"])
+        shutil.copy(os.path.join(source, name), os.path.join(models.path, name))
+    models.metadata["variants"] = ",".join(r["variant"] for r in edge["variants"])
     for r in edge["variants"]:
         for key in ("bytes", "test_accuracy", "agreement", "ms_per_image"):
-            edge_models.metadata[f"{r['variant']}_{key}"] = r[key]
+            models.metadata[f"{r['variant']}_{key}"] = r[key]
     return len(edge["variants"])
 
 
@@ -92,12 +119,20 @@ def _scalars(node, prefix: str = ""):
             yield from _scalars(v, f"{prefix}_{name}".replace(" ", "_"))
 
 
-def log_json_metrics(artifact, filename: str, metrics, limit: int = 60) -> None:
+def json_metrics(artifact, filename: str, metrics, limit: int = 60) -> None:
     """A step's JSON result as dashboard Metrics: every number in it, named by its path."""
-    with open(os.path.join(artifact.path, filename)) as f:
-        data = json.load(f)
-    for name, value in list(_scalars(data))[:limit]:
+    for name, value in list(_scalars(_read_json(artifact, filename)))[:limit]:
         metrics.log_metric(name, value)
+
+
+# Step.artifact's views: name -> fill(the step's output directory, its file, the view artifact)
+VIEWS = {
+    "json_metrics": json_metrics,
+    "evaluation_metrics": evaluation_metrics,
+    "confusion": confusion,
+    "report": report,
+    "edge_models": edge_models,
+}
 
 
 def resolve_config(config_json: str, parameters: dict) -> str:

@@ -1,7 +1,7 @@
 """Kubeflow Pipelines builder: pipeline.dag.STEPS -> a kfp v2 pipeline, compile, submit.
 
 The step order and wiring come from dag.STEPS (the same object the local runner walks);
-pipeline.kfp_components holds only the thin per-step wrappers. Training steps get GPUs,
+pipeline.kfp_components generates each step's component from its Step. Training steps get GPUs,
 node selector and toleration from `kubeflow:`; a step with `when` runs under dsl.If on its
 upstream's output. With kubeflow.workers > 1 each distributed step's task gets its TFJob
 (pipeline.tfjob) compiled in, and is itself a small pod that launches it and waits.
@@ -15,7 +15,7 @@ from kfp import compiler, dsl, kubernetes
 from graft.core.config import GraftConfig
 from graft.core.log import log
 from graft.pipeline import dag, tfjob
-from graft.pipeline.kfp_components import OUTPUT_NAMES, make_components
+from graft.pipeline.kfp_components import GATE_OUTPUT, make_components
 from graft.pipeline.kfp_runtime import PARAMETERS
 
 # the task that creates a TFJob and waits for it: no GPU, little CPU
@@ -33,7 +33,7 @@ def launches_tfjob(step: dag.Step, cfg: GraftConfig) -> bool:
 
 def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
     kf = cfg.kubeflow
-    res = kf.resources[step.name]
+    res = dag.resources(cfg, step)
     task.set_display_name(step.name)
     launcher = launches_tfjob(step, cfg)  # the step's resources go to the TFJob's workers
     pod = res.model_copy(update=LAUNCHER) if launcher else res
@@ -74,14 +74,14 @@ def build_pipeline(cfg: GraftConfig):
             f"(got {root or 'none: the cluster default, MinIO'}): the TFJob's pods share no "
             "disk and read their inputs and write their output by URI with tf.io.gfile"
         )
+    dag.check_resources(cfg)
     comps = make_components(cfg.kubeflow.image)
     default_json = json.dumps(cfg.to_dict(), sort_keys=True)
     defaults = parameter_defaults(cfg)
 
     @dsl.pipeline(
         name=cfg.kubeflow.pipeline_name,
-        description="Graft: ingest -> validate -> train_head -> fine_tune -> evaluate -> "
-        "export -> push",
+        description="Graft: " + " -> ".join(dag.STEP_NAMES),
         pipeline_root=cfg.kubeflow.pipeline_root,
     )
     def graft_pipeline(
@@ -118,9 +118,9 @@ def build_pipeline(cfg: GraftConfig):
             if when is None:
                 _add_tasks(steps, tasks, comps, cfg, config_json)
                 continue
-            # the upstream wrapper returns when.output as its kfp output; steps that share a
-            # gate share one dsl.If, so a gated step may read another's output
-            gate = tasks[when.step].outputs["Output"] == True  # noqa: E712
+            # the upstream component returns when.output as its one output parameter; steps
+            # that share a gate share one dsl.If, so a gated step may read another's output
+            gate = tasks[when.step].outputs[GATE_OUTPUT] == True  # noqa: E712
             with dsl.If(gate, name=when.output):
                 _add_tasks(steps, tasks, comps, cfg, config_json)
 
@@ -142,7 +142,7 @@ def _gated_groups(cfg: GraftConfig) -> list[tuple[dag.When | None, list[dag.Step
 def _add_tasks(steps: list[dag.Step], tasks: dict, comps: dict, cfg: GraftConfig, config_json):
     for step in steps:
         kwargs = {
-            name: tasks[src].outputs[OUTPUT_NAMES[src]]
+            name: tasks[src].outputs[dag.output_name(dag.step(src))]
             for name, src in {**step.shows, **step.inputs}.items()
         }
         if launches_tfjob(step, cfg):

@@ -150,6 +150,7 @@ def run_pipeline(
     for name in (only, from_step, until):
         if name:
             dag.step(name)  # raises with the valid names
+    dag.check_resources(cfg)  # a misspelt step under kubeflow.resources fails here too
     root = os.path.abspath(cfg.runner.run_root)
     run_id = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid() % 10000:04d}"
     run_dir = os.path.join(root, run_id)

@@ -34,8 +34,9 @@ def quality_table(record: dict | None) -> Table:
     ev = (record or {}).get("summary") or {}
     intervals = _evaluation(record).get("intervals") or {}
     t = Table(title="model quality (test split)")
-    for col in ("model", "accuracy", "95% interval", "n"):
-        t.add_column(col, justify="left" if col == "model" else "right")
+    t.add_column("model", justify="left")
+    for col in ("accuracy", "95% interval", "n"):
+        t.add_column(col, justify="right")
     rows = (
         ("head only (frozen base)", "head_only", "head_accuracy"),
         ("fine-tuned (candidate)", "candidate", "accuracy"),

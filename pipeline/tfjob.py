@@ -42,7 +42,7 @@ TERMINAL = ("Succeeded", "Failed")
 def gpus_per_worker(cfg: GraftConfig, step: dag.Step) -> int:
     """GPUs in each worker pod: only for a step that asks for them, as for a single pod."""
     kf = cfg.kubeflow
-    if not (step.gpu_capable and kf.resources[step.name].gpu):
+    if not (step.gpu_capable and dag.resources(cfg, step).gpu):
         return 0
     return kf.gpu.count if kf.gpus_per_worker is None else kf.gpus_per_worker
 
@@ -50,7 +50,7 @@ def gpus_per_worker(cfg: GraftConfig, step: dag.Step) -> int:
 def manifest(cfg: GraftConfig, step: dag.Step) -> dict[str, Any]:
     """The TFJob for one step, everything but this run's URIs, name and namespace."""
     kf = cfg.kubeflow
-    res = kf.resources[step.name]
+    res = dag.resources(cfg, step)
     gpus = gpus_per_worker(cfg, step)
     requests = {k: v for k, v in (("cpu", res.cpu_request), ("memory", res.memory_request)) if v}
     limits: dict[str, Any] = {

@@ -9,6 +9,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", str(Path(__file__).parent / ".keras-empty"))  # never download
 
 import argparse  # noqa: E402
+import json  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -61,6 +62,35 @@ def pipeline_run(tmp_path_factory, tiny_data):
     cfg = parse_config(tiny_config(tmp, tiny_data))
     run = run_pipeline(cfg)
     return cfg, run, tmp
+
+
+def step_output(run: dict, step: str) -> str:
+    """A step's output directory in a run record (run_pipeline's result)."""
+    return run["steps"][step]["output"]
+
+
+def step_summary(run: dict, step: str) -> dict:
+    """A step's summary in a run record."""
+    return run["steps"][step]["summary"]
+
+
+def read_manifest(out) -> list[dict]:
+    """An ingest output's manifest.jsonl, one dict per image."""
+    return [json.loads(line) for line in Path(out, "manifest.jsonl").read_text().splitlines()]
+
+
+def ingest_at(path, out, **kw):
+    """Ingest a folder as most tests do: 32 px, one worker; kw: more DataConfig keys."""
+    from graft.components.ingest import ingest
+    from graft.core.config import DataConfig
+
+    data = DataConfig(path=str(path), **{"image_size": 32, "num_workers": 1, **kw})
+    return ingest(data, str(out))
+
+
+def table_rows(section: dict) -> dict[str, list[str]]:
+    """A report table section's rows by their first cell."""
+    return {r[0]: r[1:] for r in section["rows"]}
 
 
 def all_parsers(parser, path=("graft",)):

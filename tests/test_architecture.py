@@ -109,10 +109,84 @@ def test_a_read_outside_the_declared_sections_fails(tmp_path):
 
 
 def test_runner_and_kubeflow_have_no_step_name_branches():
-    for name in ("runner.py", "kubeflow.py", "kfp_runtime.py"):
+    for name in ("runner.py", "kubeflow.py", "kfp_runtime.py", "kfp_components.py"):
         src = (REPO / "pipeline" / name).read_text()
         for step in dag.STEP_NAMES:
             assert f'"{step}"' not in src and f"'{step}'" not in src, f"{name} names step {step}"
+
+
+def _step_words() -> set[str]:
+    """Step names and the names steps give their inputs (and the outputs they only show)."""
+    return set(dag.STEP_NAMES) | {name for s in dag.STEPS for name in {**s.inputs, **s.shows}}
+
+
+def _compares_with_step_words(tree: ast.AST) -> list[str]:
+    words, bad = _step_words(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+        elif isinstance(node, ast.MatchValue):
+            sides = [node.value]
+        else:
+            continue
+        hits = {c.value for c in sides if isinstance(c, ast.Constant)} & words
+        if hits:
+            bad.append(f"{node.lineno} compares with {sorted(hits)}")
+    return bad
+
+
+def _lists_of_steps(tree: ast.AST) -> list[str]:
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set, ast.Dict)):
+            elts = node.keys if isinstance(node, ast.Dict) else node.elts
+            names = {e.value for e in elts if isinstance(e, ast.Constant)} & set(dag.STEP_NAMES)
+            if len(names) >= 2:
+                bad.append(f"{node.lineno} lists {sorted(names)}")
+    return bad
+
+
+def test_no_module_branches_on_a_step_or_input_name():
+    """What a step does differently is declared on its Step (plan_from, when, shows...): no
+    comparison anywhere, dag.py included, asks which step or which input it is."""
+    bad = [
+        f"{module}:{hit}"
+        for module, path in _modules().items()
+        for hit in _compares_with_step_words(ast.parse(path.read_text()))
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_only_the_dag_lists_the_steps():
+    """A second list of the steps (a tuple in the config, a dict of wrappers) drifts from the
+    DAG: outside dag.py no literal holds two step names."""
+    bad = [
+        f"{module}:{hit}"
+        for module, path in _modules().items()
+        if module != "graft.pipeline.dag"
+        for hit in _lists_of_steps(ast.parse(path.read_text()))
+    ]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_step_name_checks_find_the_old_shapes():
+    """The checks above are only as good as their walk: fed what they forbid, they find it."""
+    old = ast.parse(
+        'if "advice" in s.inputs: pass\n'
+        "match name:\n    case 'push': pass\n"
+        'RESOURCES = {"ingest": 1, "train_head": 2}\n'
+        'STEP_NAMES = ("ingest", "validate")\n'
+    )
+    assert len(_compares_with_step_words(old)) == 2
+    assert len(_lists_of_steps(old)) == 2
+    assert {"graft.core.config", "graft.pipeline.kfp_components"} <= set(_modules())
+
+
+def test_plan_from_names_an_input_from_the_step_that_plans():
+    planners = {s.inputs[s.plan_from] for s in dag.STEPS if s.plan_from}
+    assert len(planners) == 1, planners  # one step plans; the others apply its plan
+    for s in dag.STEPS:
+        assert s.plan_from is None or s.plan_from in s.inputs, s.name
 
 
 @pytest.mark.slow

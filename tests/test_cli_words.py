@@ -178,3 +178,15 @@ def test_the_report_shows_drift_without_keying_on_it(tmp_path):
     before = fingerprint(evaluate, cfg, fps, {**dirs, "drift": str(tmp_path / "drift-a")})
     after = fingerprint(evaluate, cfg, fps, {**dirs, "drift": str(tmp_path / "drift-b")})
     assert before == after
+
+
+def test_runs_list_names_the_step_a_short_run_stopped_after():
+    """`graft advise` runs the steps up to advise: runs list says so, without naming steps."""
+    from graft.pipeline import dag
+    from graft.pipeline.cli import run_row
+
+    steps = dag.STEP_NAMES[: dag.STEP_NAMES.index("advise") + 1]
+    run = {"status": "succeeded", "steps": {s: {"summary": {}} for s in steps}}
+    assert run_row(run)[2] == "advise only"
+    run["steps"] = {s: {"summary": {}} for s in dag.STEP_NAMES}
+    assert run_row(run)[2] == "succeeded"

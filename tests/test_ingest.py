@@ -9,23 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import ingest_at as _ingest
+from conftest import read_manifest as _manifest
 from PIL import Image
 
 from graft.components.demo_data import generate
 from graft.components.ingest import ingest
 from graft.components.validate import ValidationFailed, validate
 from graft.core.config import DataConfig, ValidateConfig
-
-
-def _ingest(path, out, **kw):
-    return ingest(
-        DataConfig(path=str(path), image_size=32, num_workers=kw.pop("num_workers", 1), **kw),
-        str(out),
-    )
-
-
-def _manifest(out):
-    return [json.loads(line) for line in Path(out, "manifest.jsonl").read_text().splitlines()]
 
 
 def _split_sets(out):

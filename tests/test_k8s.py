@@ -50,12 +50,17 @@ def test_every_rendered_manifest_validates(overlay):
 
 
 def test_base_files_validate_without_kustomize():
-    files = [*(K8S / "base").glob("*.yaml"), *(K8S / "retraining").glob("*.yaml")]
-    files += [f for f in (K8S / "training").glob("*.yaml") if f.name != "tfjob.yaml"]
+    files, checked = [], []
+    for folder in ("base", "retraining", "training"):
+        found = [f for f in (K8S / folder).glob("*.yaml") if f.name != "tfjob.yaml"]
+        assert found, f"k8s/{folder}/*.yaml matched nothing: the check would pass vacuously"
+        files += found
     for f in sorted(files):
         for d in yaml.safe_load_all(f.read_text()):
             if d and d.get("kind") != "Kustomization":
                 kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+                checked.append(d["kind"])
+    assert {"Deployment", "Service", "CronJob", "Role"} <= set(checked), checked
 
 
 # ---------------------------------------------------------------- the TFJob (kubeflow.workers > 1)
@@ -95,22 +100,37 @@ def test_tfjob_manifest_validates_against_the_crd_schema():
 
 
 @pytest.mark.parametrize(
-    "break_it",
+    ("break_it", "error"),
     [
         # the operator sets TF_CONFIG only in the container named "tensorflow"
-        lambda d: _container(d).update(name="main"),
-        lambda d: d["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="2"),
-        lambda d: d["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"),
-        lambda d: d["spec"]["tfReplicaSpecs"].update(Boss=d["spec"]["tfReplicaSpecs"]["Worker"]),
-        lambda d: d["spec"].update(tfReplicaSpec={}),  # a typo the API server would prune
-        lambda d: d["metadata"].update(name="Graft_Train"),
-        lambda d: _container(d).update(resources={"limits": {"cpu": ["8"]}}),  # PodTemplate
+        (lambda d: _container(d).update(name="main"), "does not contain items matching"),
+        (
+            lambda d: d["spec"]["tfReplicaSpecs"]["Worker"].update(replicas="2"),
+            "'2' is not of type 'integer'",
+        ),
+        (
+            lambda d: d["spec"]["runPolicy"].update(cleanPodPolicy="Sometimes"),
+            "'Sometimes' is not one of",
+        ),
+        (
+            lambda d: (specs := d["spec"]["tfReplicaSpecs"]).update(Boss=specs["Worker"]),
+            "'Boss' is not one of",
+        ),
+        # a typo the API server would prune
+        (lambda d: d["spec"].update(tfReplicaSpec={}), "'tfReplicaSpec' was unexpected"),
+        (lambda d: d["metadata"].update(name="Graft_Train"), "'Graft_Train' does not match"),
+        (  # caught by the Kubernetes PodTemplate schema, not the CRD's
+            lambda d: _container(d).update(resources={"limits": {"cpu": ["8"]}}),
+            r"\['8'\] is not valid under any of the given schemas",
+        ),
     ],
 )
-def test_the_tfjob_schemas_catch_mistakes(break_it):
+def test_the_tfjob_schemas_catch_mistakes(break_it, error):
+    import jsonschema  # kubernetes-validate's ValidationError is a subclass
+
     doc = _tfjob_doc()
     break_it(doc)
-    with pytest.raises(Exception):  # noqa: B017 - jsonschema's or kubernetes-validate's error
+    with pytest.raises(jsonschema.ValidationError, match=error):
         validate_tfjob(doc)
 
 
@@ -184,5 +204,7 @@ def test_batching_parameters_parse_as_tf_serving_proto():
 
     m = parse_batching_parameters((K8S / "base" / "batching_parameters.txt").read_text())
     assert m.max_batch_size.value == 32 and m.num_batch_threads.value >= 1
-    with pytest.raises(Exception, match="no field named"):
+    from google.protobuf.text_format import ParseError
+
+    with pytest.raises(ParseError, match='no field named "max_batch_sz"'):
         parse_batching_parameters("max_batch_sz { value: 3 }")

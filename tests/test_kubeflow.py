@@ -4,9 +4,10 @@ import glob
 import inspect
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
-import tensorflow as tf
 import yaml
 from conftest import REPO, tiny_config
 
@@ -59,6 +60,11 @@ def test_step_list_equals_local_runner(compiled):
             assert deps[s.name] == want, s.name
 
 
+def test_pipeline_description_is_the_dag_order(compiled):
+    _, spec, _ = compiled
+    assert spec["pipelineInfo"]["description"] == "Graft: " + " -> ".join(dag.STEP_NAMES)
+
+
 def test_run_parameters_are_typed_and_default_to_the_config(compiled):
     from graft.pipeline.kubeflow import PARAMETERS
 
@@ -88,7 +94,7 @@ def test_resources_accelerators_on_training_steps_only(compiled):
         if name == "resolve_config":  # the run-parameter step, not a pipeline step
             continue
         res = c.get("resources", {})
-        want = cfg.kubeflow.resources[name]
+        want = dag.resources(cfg, dag.step(name))
         assert res.get("cpuRequest") == float(want.cpu_request) and res.get("cpuLimit") == float(
             want.cpu_limit
         ), name
@@ -99,6 +105,35 @@ def test_resources_accelerators_on_training_steps_only(compiled):
         else:
             assert not acc, name
         assert c["image"] == cfg.kubeflow.image
+
+
+def test_kubeflow_resources_replace_a_steps_own(compiled):
+    """configs/kubeflow-gpu.yaml sets ingest's and the training steps' resources; the other
+    steps keep the ones their Step declares."""
+    cfg, spec, _ = compiled
+    containers = _containers(spec)
+    assert set(cfg.kubeflow.resources) == {"ingest", "train_head", "fine_tune"}
+    assert containers["ingest"]["resources"]["resourceCpuRequest"] == "8"  # the config's
+    assert containers["train_head"]["resources"]["resourceMemoryLimit"] == "24Gi"
+    for s in dag.STEPS:
+        if s.name not in cfg.kubeflow.resources:
+            res = containers[s.name]["resources"]
+            assert res["resourceCpuRequest"] == s.resources.cpu_request, s.name
+            assert res["resourceMemoryLimit"] == s.resources.memory_limit, s.name
+
+
+def test_a_misspelt_step_under_kubeflow_resources_is_named():
+    from graft.core.config import ConfigError
+    from graft.pipeline.runner import run_pipeline
+
+    cfg = load_config(
+        REPO / "configs" / "kubeflow-gpu.yaml", ["kubeflow.resources.trian_head.gpu=true"]
+    )
+    want = r"kubeflow.resources.trian_head: unknown step \(did you mean 'train_head'\?\)"
+    with pytest.raises(ConfigError, match=want):
+        compile_pipeline(cfg, "/dev/null")
+    with pytest.raises(ConfigError, match=want):  # a local run refuses it too, before any step
+        run_pipeline(cfg)
 
 
 def test_node_selector_and_toleration_on_gpu_steps(compiled):
@@ -128,24 +163,46 @@ def test_caching_retries_and_if_gate(compiled):
         assert t["cachingOptions"].get("enableCache", False) == (step != "push"), name
         assert t["retryPolicy"]["maxRetryCount"] >= 1, name
     cond = next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("condition"))
-    assert (
-        "evaluate-Output" in cond["triggerPolicy"]["condition"]
-        and "== true" in cond["triggerPolicy"]["condition"]
+    (when,) = {s.when for s in dag.STEPS if s.when}  # one gate: evaluate's blessing
+    assert cond["triggerPolicy"]["condition"] == (
+        f"inputs.parameter_values['pipelinechannel--{when.step}-Output'] == true"
     )
     gated = spec["components"][cond["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(gated) == {"export", "push"}  # one gate: only a blessed candidate is exported
+    assert set(gated) == {"export", "push"}  # only a blessed candidate is exported and pushed
 
 
-def test_wrappers_match_the_dag():
-    from graft.pipeline.kfp_components import make_components
-
-    comps = make_components("img")
+def test_components_are_generated_from_the_dag(compiled):
+    """Each step's component: `graft step NAME`, exactly its Step's inputs and outputs, typed
+    as the Step declares, and the bools other steps' `when` reads as its output parameters."""
+    _, spec, _ = compiled
+    execs = spec["deploymentSpec"]["executors"]
     for s in dag.STEPS:
-        params = set(inspect.signature(comps[s.name].python_func).parameters) - {"config_json"}
-        from graft.pipeline.kfp_components import OUTPUT_NAMES
+        comp = spec["components"][f"comp-{s.name.replace('_', '-')}"]
+        inputs, outputs = comp["inputDefinitions"], comp.get("outputDefinitions", {})
+        assert set(inputs.get("artifacts", {})) == set(s.inputs) | set(s.shows), s.name
+        for name, src in {**s.inputs, **s.shows}.items():
+            want = dag.step(src).artifact[dag.output_name(dag.step(src))].type
+            assert inputs["artifacts"][name]["artifactType"]["schemaTitle"] == f"system.{want}"
+        params = {"config_json"} | ({"tfjob_json"} if s.distributed else set())
+        assert set(inputs["parameters"]) == params, s.name
+        assert {n: a["artifactType"]["schemaTitle"] for n, a in outputs["artifacts"].items()} == {
+            n: f"system.{o.type}" for n, o in s.artifact.items()
+        }, s.name
+        gated = any(t.when and t.when.step == s.name for t in dag.STEPS)
+        assert set(outputs.get("parameters", {})) == ({"Output"} if gated else set()), s.name
+        container = execs[comp["executorLabel"]]["container"]
+        assert container["command"] == ["graft", "step", s.name]
+        assert container["args"] == ["--executor-input", "{{$}}"]
+    assert dag.gate_outputs(dag.step("evaluate")) == ["blessed"]
 
-        assert set(s.inputs) | set(s.shows) <= params, s.name
-        assert OUTPUT_NAMES[s.name] in params, s.name
+
+def test_every_declared_view_has_a_filler():
+    from graft.pipeline.kfp_runtime import VIEWS
+
+    for s in dag.STEPS:
+        views = [o.view for o in s.artifact.values()]
+        assert views.count(None) == 1, s.name  # one output directory, the others its views
+        assert all(v in VIEWS for v in views if v), s.name
 
 
 def test_export_task_outputs_the_edge_models(compiled):
@@ -188,11 +245,25 @@ def test_submit_unreachable_host_is_clear():
         submit(cfg, host="http://127.0.0.1:9", experiment=None, run_name=None, schedule=None)
 
 
-def _run_local(cfg, root, **parameters):
-    from kfp import local
+def _run_local(cfg, root, monkeypatch, **parameters):
+    """The compiled pipeline under kfp.local's SubprocessRunner, with this venv's `graft`.
 
+    That runner refuses a command that is not kfp's own executor (it assumes such code is in
+    the image only); `graft step` runs kfp's executor over Graft, which this venv has, so the
+    refusal is lifted for the `graft step` entrypoint alone."""
+    from kfp import local
+    from kfp.local.subprocess_task_handler import SubprocessTaskHandler
+
+    from graft.pipeline.kfp_components import ENTRYPOINT
     from graft.pipeline.kubeflow import build_pipeline
 
+    refuse = SubprocessTaskHandler.validate_not_container_component
+    monkeypatch.setattr(
+        SubprocessTaskHandler,
+        "validate_not_container_component",
+        lambda self, cmd: None if cmd[: len(ENTRYPOINT)] == ENTRYPOINT else refuse(self, cmd),
+    )
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     local.init(
         runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True
     )
@@ -202,12 +273,21 @@ def _run_local(cfg, root, **parameters):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
+def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path, monkeypatch):
+    """Every task of the compiled pipeline, through `graft step`, with real artifacts: the
+    smallest run (32 px, one head epoch) that still exports an edge model (the kfp-only view
+    that ships it) and pushes. Fine-tuning is off: its task still runs and hands the model on,
+    and its training is the local runner's, which tests/test_pipeline_e2e.py covers."""
     raw = tiny_config(
-        tmp_path, tiny_data, fine_tune__epochs=1, train_head__epochs=3, export__tflite=["float32"]
+        tmp_path,
+        tiny_data,
+        data__image_size=32,
+        train_head__epochs=1,
+        fine_tune__enabled=False,
+        export__tflite=["float32"],
     )
     cfg = parse_config(raw)
-    run_dir = _run_local(cfg, tmp_path / "kfp-root")
+    run_dir = _run_local(cfg, tmp_path / "kfp-root", monkeypatch)
     edge = json.load(open(os.path.join(run_dir, "export", "executor_output.json")))
     edge = edge["artifacts"]["edge_models"]["artifacts"][0]["metadata"]
     assert edge["variants"] == "float32" and edge["float32_bytes"] > 0
@@ -216,6 +296,8 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     out = json.load(open(os.path.join(run_dir, "evaluate", "executor_output.json")))
     metrics = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert {"accuracy", "macro_f1", "log_loss", "ece", "head_only_accuracy"} <= set(metrics)
+    tuned = json.load(open(os.path.join(run_dir, "fine-tune", "executor_output.json")))
+    assert tuned["artifacts"]["model"]["artifacts"][0]["metadata"]["guard"] == "disabled"
     cm = out["artifacts"]["confusion"]["artifacts"][0]["metadata"]["confusionMatrix"]
     assert len(cm["rows"]) == 3 and [a["displayName"] for a in cm["annotationSpecs"]] == [
         "circle",
@@ -226,19 +308,29 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path):
     assert out["parameterValues"]["Output"] is True
     pushed = json.load(open(glob.glob(os.path.join(run_dir, "push", "pushed", "push.json"))[0]))
     assert pushed["pushed"] and os.path.isdir(pushed["destination"])
-    exported = glob.glob(os.path.join(run_dir, "export", "exported", "tiny", "*"))[0]
-    fn = tf.saved_model.load(exported).signatures["serving_default"]
-    blob = open(sorted(glob.glob(str(tiny_data / "circle" / "*.jpg")))[0], "rb").read()
-    assert fn(image_bytes=tf.constant([blob]))["scores"].shape == (1, 3)
+    # the exported artifact is the SavedModel export reloaded in its pod and served test images'
+    # bytes with (parity with Keras), and the one push copied
+    exported = json.load(open(os.path.join(run_dir, "export", "executor_output.json")))
+    exported = exported["artifacts"]["exported"]["artifacts"][0]["metadata"]
+    assert 0 <= exported["parity_max_abs_diff"] <= cfg.export.parity_tolerance
+    (version,) = glob.glob(os.path.join(run_dir, "export", "exported", "tiny", "*"))
+    assert os.path.isfile(os.path.join(version, "saved_model.pb"))
+    assert os.path.basename(pushed["destination"]) == os.path.basename(version)
 
 
 @pytest.mark.slow
-def test_run_parameters_override_the_compiled_config_under_kfp_local(tiny_data, tmp_path):
+def test_run_parameters_override_the_compiled_config_under_kfp_local(
+    tiny_data, tmp_path, monkeypatch
+):
     """The compiled settings, with two run parameters overridden as a dashboard user would;
     min_accuracy 1.0 is more than this model reaches: not blessed, nothing exported or pushed."""
     raw2 = tiny_config(tmp_path, tiny_data, train_head__epochs=3, evaluate__min_accuracy=1.0)
     run_dir2 = _run_local(
-        parse_config(raw2), tmp_path / "kfp-root2", train_head_epochs=1, fine_tune_enabled=False
+        parse_config(raw2),
+        tmp_path / "kfp-root2",
+        monkeypatch,
+        train_head_epochs=1,
+        fine_tune_enabled=False,
     )
     head = json.load(open(os.path.join(run_dir2, "train-head", "executor_output.json")))
     assert head["artifacts"]["model"]["artifacts"][0]["metadata"]["epochs"] == 1
@@ -305,7 +397,7 @@ def test_workers_2_compiles_a_tfjob_into_each_training_step(compiled_workers):
         assert c["name"] == "tensorflow" and c["image"] == cfg.kubeflow.image
         assert c["command"] == ["python3", "-m", "graft.pipeline.tfjob"]
         assert c["args"] == ["--step", step]
-        res = cfg.kubeflow.resources[step]
+        res = dag.resources(cfg, dag.step(step))
         assert c["resources"]["limits"] == {
             "cpu": res.cpu_limit,
             "memory": res.memory_limit,

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import ingest_at as _ingest
+from conftest import read_manifest as _manifest
 from conftest import tiny_config
 from PIL import Image
 
@@ -21,7 +23,7 @@ from graft.components.demo_data import generate
 from graft.components.ingest import ingest
 from graft.components.sources import DataLayoutError
 from graft.components.validate import ValidationFailed, validate
-from graft.core.config import DataConfig, ValidateConfig, load_config
+from graft.core.config import ValidateConfig, load_config
 
 LAYOUTS = {
     "classes": (None,),
@@ -42,15 +44,6 @@ def make_layout(
         target = root if folder is None else root / folder
         generate(target, classes=3, per_class=per_class, size=size, seed=seed + n)
     return root
-
-
-def _ingest(path, out, **kw):
-    data = DataConfig(path=str(path), image_size=32, num_workers=1, **kw)
-    return ingest(data, str(out))
-
-
-def _manifest(out) -> list[dict]:
-    return [json.loads(line) for line in Path(out, "manifest.jsonl").read_text().splitlines()]
 
 
 def _folder_split(path: str, root: Path) -> str | None:

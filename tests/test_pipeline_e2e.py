@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import step_output as _out
 from conftest import tiny_config
 from model_copies import other_model_export
 
@@ -20,10 +21,6 @@ from graft.core.config import parse_config
 from graft.pipeline.runner import run_pipeline
 
 pytestmark = pytest.mark.slow  # trains a model
-
-
-def _out(run, step):
-    return run["steps"][step]["output"]
 
 
 def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
@@ -215,9 +212,12 @@ from graft.core.config import PushConfig
 push({str(new_export)!r}, {_out(run, "evaluate")!r}, {str(tmp_path / "p")!r},
      cfg=PushConfig(destination={str(dest)!r}), model_name="tiny", force=True)
 """  # force: the run's evaluation saw no baseline, so the push-time re-check would refuse it
-    proc = subprocess.run(
-        [sys.executable, "-c", code], env={**os.environ, "GRAFT_TEST_CRASH_BEFORE_RENAME": "1"}
-    )
+    # killed between the verified copy and the rename: the process dies as it takes the lock
+    kill = """
+import os, pytest, graft.components.push
+pytest.MonkeyPatch().setattr(graft.components.push, "_destination_lock", lambda r: os._exit(17))
+"""
+    proc = subprocess.run([sys.executable, "-c", kill + code])
     assert proc.returncode == 17
     assert versions(str(dest), "tiny") == before
     # registry.json (the lineage index) is expected beside the versions; TF Serving ignores it

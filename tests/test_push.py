@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from conftest import step_output as _out
 from conftest import tiny_config
 from model_copies import other_model_export
 
@@ -39,10 +40,6 @@ if mode == "mid-copy":  # start only once another push is copying into its temp 
 r = push(export, evaluation, out, cfg=PushConfig(destination=dest), model_name="tiny", force=True)
 print(json.dumps({"pushed": r.pushed, "already": r.already_at_destination, "version": r.version}))
 """
-
-
-def _out(run, step):
-    return run["steps"][step]["output"]
 
 
 def _pushes_at_once(jobs: list[tuple[Path, Path, str]], evaluation: str, dest: Path, go: Path):

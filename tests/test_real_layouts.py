@@ -10,6 +10,7 @@ import time
 
 import pytest
 from conftest import REPO, SHARED
+from conftest import read_manifest as _manifest
 
 from graft.components.ingest import ingest
 from graft.components.validate import validate
@@ -33,10 +34,6 @@ def _record(key: str, value: dict) -> None:
     rows = json.loads(path.read_text()) if path.exists() else {}
     rows[key] = {**value, "date": time.strftime("%Y-%m-%d")}
     path.write_text(json.dumps(rows, indent=2) + "\n")
-
-
-def _manifest(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
 
 
 def test_chest_xray_group_by_patient_keeps_patients_in_one_split(tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+from conftest import step_summary as _summary
 from conftest import tiny_config
 
 from graft.components import features as gfeat
@@ -14,10 +15,6 @@ from graft.core.config import parse_config
 from graft.pipeline.runner import run_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-def _summary(run, step):
-    return run["steps"][step]["summary"]
 
 
 def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from conftest import step_output as _out
 from model_copies import other_model_export
 
 from graft.components import registry
 
 DOC = REPO / "docs" / "retraining.md"
-
-
-def _out(run, step):
-    return run["steps"][step]["output"]
 
 
 def _cli(capsys, *argv: str) -> tuple[int, str, str]:

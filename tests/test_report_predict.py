@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
+from conftest import table_rows as _rows
 
 pytestmark = pytest.mark.slow  # trains a model (the shared pipeline_run)
 
@@ -89,10 +90,6 @@ def report(pipeline_run):
     p.feed(Path(_eval_dir(run), "report.html").read_text(encoding="utf-8"))
     ev = json.loads(Path(_eval_dir(run), "evaluation.json").read_text())
     return p, ev
-
-
-def _rows(sec: dict) -> dict[str, list[str]]:
-    return {r[0]: r[1:] for r in sec["rows"]}
 
 
 def test_report_has_every_section(report):

@@ -11,6 +11,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import ingest_at as _ingest
+from conftest import step_summary as _summary
 from conftest import tiny_config
 from PIL import Image, ImageFilter
 
@@ -37,15 +39,7 @@ def _add(src: Path, dst: Path, prefix: str, drift: bool = False) -> int:
     return n
 
 
-def _summary(run, step):
-    return run["steps"][step]["summary"]
-
-
 # ---------------------------------------------------------------- incremental ingest
-
-
-def _ingest(root: Path, out: Path, **kw):
-    return ingest(DataConfig(path=str(root), image_size=32, num_workers=1, **kw), str(out))
 
 
 def _rows(out: Path) -> list[tuple]:

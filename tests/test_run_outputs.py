@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import table_rows as _rows
 from test_report_predict import ReportParser
 
 from graft.components import registry
@@ -23,10 +24,6 @@ def _report(run) -> ReportParser:
     p = ReportParser()
     p.feed(Path(run["steps"]["evaluate"]["output"], "report.html").read_text(encoding="utf-8"))
     return p
-
-
-def _rows(sec: dict) -> dict[str, list[str]]:
-    return {r[0]: r[1:] for r in sec["rows"]}
 
 
 # ------------------------------------------------------------------ item 7: the summary
