@@ -572,6 +572,7 @@ def measure(
 ) -> Evidence:
     import keras
 
+    from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
     from graft.components.model import BackbonePreprocess
@@ -608,7 +609,11 @@ def measure(
             stage_starts, stage_frac = starts, frac
             base_layers = [layer.name for layer in base.layers]
         layers = [name for name, _ in tap_list]
-        store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size) if store_root else None
+        # the probes that place the data in the matrix see squashed images, Graft's default;
+        # measure_geometry compares the other geometries with these, on the same sample
+        squash = gdata.SQUASH
+        fp = base.graft_fingerprint
+        store = gfeat.FeatureStore(store_root, fp, size, squash) if store_root else None
         extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), layers)
         # val too: the head stage reads it from the store next
         excl = {
@@ -624,6 +629,7 @@ def measure(
                 store=store,
                 exclude=excl[split],
                 stage="advise",
+                geometry=squash,
             )
             for split in ("train", "val")
         }

@@ -163,7 +163,7 @@ def test_pad_keeps_all_of_a_10_to_1_image_and_crop_keeps_its_centre():
 
 
 def test_crop_takes_the_centre_square_of_the_shorter_side_over_crop_fraction():
-    # a 64 x 96 landscape with a 2 px frame: 64 -> round(32 / 0.875) = 37 rows, 56 columns, then
+    # a 64 x 96 landscape with a 2 px frame: 64 -> round(32 / 0.875) = 37 rows, 55 columns, then
     # the centre 32 x 32: the frame and the outer 12 columns each side are cut away
     img = np.full((64, 96, 3), 128, np.uint8)
     img[:2], img[-2:], img[:, :2], img[:, -2:] = RED, RED, RED, RED
