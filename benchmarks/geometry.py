@@ -52,7 +52,8 @@ def images_of(name: str) -> tuple[list[Path], list[str], list[str]]:
     return files, labels, groups
 
 
-def features(extractor, files: list[Path], size: int, geometry, batch: int = 32) -> np.ndarray:
+def features(step, files: list[Path], size: int, geometry, batch: int = 32) -> np.ndarray:
+    """Pooled features of `files` shaped by `geometry`, through the traced `step`."""
     import tensorflow as tf
 
     from graft.components import data as gdata
@@ -62,7 +63,6 @@ def features(extractor, files: list[Path], size: int, geometry, batch: int = 32)
         lambda path: gdata.decode_and_resize(tf.io.read_file(path), size, geometry),
         num_parallel_calls=2,
     ).batch(batch)
-    step = tf.function(lambda x: extractor(x, training=False))
     out = []
     for x in ds:
         f = step(x)
@@ -70,7 +70,7 @@ def features(extractor, files: list[Path], size: int, geometry, batch: int = 32)
     return np.concatenate(out)
 
 
-def run_dataset(name: str, extractor, *, cap: int, size: int, seeds: int) -> dict:
+def run_dataset(name: str, step, *, cap: int, size: int, seeds: int) -> dict:
     from graft.components import data as gdata
     from graft.components.advise import Plan, _sample, plan_geometry, probe
     from graft.components.report import paired_difference, wilson
@@ -87,7 +87,7 @@ def run_dataset(name: str, extractor, *, cap: int, size: int, seeds: int) -> dic
     seconds: dict[str, float] = {}
     for mode in gdata.RESIZE_MODES:
         t = time.time()
-        x = features(extractor, files, size, gdata.Geometry(mode))
+        x = features(step, files, size, gdata.Geometry(mode))
         seconds[mode] = round(time.time() - t, 1)
         hits[mode] = np.stack(
             [probe(x, y, 5, seed=s, groups=g if grouped else None) for s in range(seeds)]
@@ -136,6 +136,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
 
+    import tensorflow as tf
+
     from graft.components import features as gfeat
     from graft.components import model as gmodel
     from graft.core.config import BaseConfig
@@ -144,13 +146,17 @@ def main() -> None:
     extractor = gfeat.pooled_extractor(
         base, gmodel.BackbonePreprocess("mobilenet_v2"), [base.layers[-1].name]
     )
+    step = tf.function(  # traced once for every batch shape
+        lambda x: extractor(x, training=False),
+        input_signature=[tf.TensorSpec([None, args.size, args.size, 3], tf.float32)],
+    )
     t0 = time.time()
     rows = {}
     for name in args.datasets.split(","):
         if not (SHARED / "datasets" / name).is_dir():
             print(f"# {name}: not in {SHARED / 'datasets'}, skipped", flush=True)
             continue
-        rows[name] = run_dataset(name, extractor, cap=args.cap, size=args.size, seeds=args.seeds)
+        rows[name] = run_dataset(name, step, cap=args.cap, size=args.size, seeds=args.seeds)
     squash = float(np.mean([r["modes"]["squash"]["accuracy"] for r in rows.values()]))
     chosen = float(np.mean([r["modes"][r["advise"]]["accuracy"] for r in rows.values()]))
     losses = [
