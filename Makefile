@@ -33,6 +33,7 @@ test-fast: $(STAMP)
 
 test-real: $(STAMP)
 	GRAFT_SHARED=$(SHARED) $(BIN)/pytest -q -m real -p no:randomly
+	$(BIN)/python -m benchmarks.table
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,6 +44,7 @@ bench: $(STAMP)
 # head-only, seed, manual and auto on every real dataset in ../shared (about 2 hours on 2 cores)
 bench-recipes: $(STAMP)
 	GRAFT_SHARED=$(SHARED) $(BIN)/python -m benchmarks.recipes
+	$(BIN)/python -m benchmarks.table
 
 pretrain-demo-base: $(STAMP)
 	$(BIN)/graft pretrain-demo-base --out graft/assets/demo_base.weights.h5

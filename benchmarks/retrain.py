@@ -21,6 +21,7 @@ Wilson intervals and test sizes.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from benchmarks.common import REPO, report
 
-SHARED = REPO.parent / "shared"
+SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 FLOWERS = SHARED / "datasets" / "flowers"
 XRAY = SHARED / "datasets" / "chest_xray"
 WEIGHTS = SHARED / "keras" / "models" / "mobilenet_2_5_224_tf_no_top.h5"

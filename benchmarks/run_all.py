@@ -1,4 +1,5 @@
-"""`make bench`: every benchmark, one JSON line each (results in benchmarks/results/)."""
+"""`make bench`: every benchmark, one JSON line each (results in benchmarks/results/), then the
+README's table of current figures regenerated from them."""
 
 from benchmarks import (
     demo_e2e,
@@ -7,6 +8,7 @@ from benchmarks import (
     input_pipeline,
     serving_bench,
     serving_load,
+    table,
 )
 
 if __name__ == "__main__":
@@ -16,3 +18,4 @@ if __name__ == "__main__":
     ingest_bench.main()
     serving_bench.main()
     serving_load.main()  # uses models/demo too
+    table.main([])  # benchmarks/README.md's table from the results just written

@@ -66,9 +66,8 @@ def _train_fold_head(model, x, y, head_cfg: TrainHeadConfig, epochs: int, cw, se
     head = gmodel.head_of(model)
     _reinitialise(head, seed)
     trainer = gmodel.pooled_head(head, x.shape[1])
-    trainer.compile(
-        make_optimizer(head_cfg.optimizer, head_cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
+    gmodel.compile_for_fit(
+        trainer, make_optimizer(head_cfg.optimizer, head_cfg.learning_rate), metrics=False
     )
     trainer.fit(x, y, batch_size=head_cfg.batch_size, epochs=epochs, class_weight=cw, verbose=0)
 
@@ -165,10 +164,8 @@ def fold_evidence(
         _, _, head_hits = scores_on(model, held_ds)
         info = gmodel.unfreeze(model, cfg.unfreeze)
         steps = max(1, int(train_ds.cardinality()))
-        model.compile(
-            glayer.fine_tune_optimizer(cfg, steps),
-            loss="sparse_categorical_crossentropy",
-            jit_compile=jit,
+        gmodel.compile_for_fit(
+            model, glayer.fine_tune_optimizer(cfg, steps), metrics=False, jit=jit
         )
         cbs = (
             [

@@ -227,10 +227,8 @@ def range_test(
     growth = (high / low) ** (1 / max(1, steps - 1))
     rate = keras.optimizers.schedules.ExponentialDecay(low, decay_steps=1, decay_rate=growth)
     with strategy.scope() if strategy is not None else nullcontext():
-        model.compile(
-            make_optimizer(optimizer, rate, momentum, OPTIMIZERS),
-            loss="sparse_categorical_crossentropy",
-            jit_compile=jit,
+        gmodel.compile_for_fit(
+            model, make_optimizer(optimizer, rate, momentum, OPTIMIZERS), metrics=False, jit=jit
         )
     planned = [low * growth**k for k in range(steps)]
     seen = _BatchLosses(baseline_batches(planned))

@@ -489,11 +489,10 @@ def _train_head(
             trainer = gmodel.multi_worker_keras(
                 gmodel.pooled_head(gmodel.head_of(model), xt.shape[1]), strategy
             )
-            trainer.compile(
+            gmodel.compile_for_fit(
+                trainer,
                 make_optimizer(cfg.optimizer, cfg.learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-                jit_compile=_jit(train),
+                jit=_jit(train),
                 # a step on pooled features is ~1 ms: run many per call, not one per Python
                 # turn; one device only (Keras' multi-step loop fails under a strategy)
                 steps_per_execution=(
@@ -541,11 +540,8 @@ def _train_head(
             geometry=geometry,
         )
         with strategy.scope():
-            model.compile(
-                make_optimizer(cfg.optimizer, cfg.learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-                jit_compile=_jit(train),
+            gmodel.compile_for_fit(
+                model, make_optimizer(cfg.optimizer, cfg.learning_rate), jit=_jit(train)
             )
         model.fit(
             train_ds,
@@ -849,12 +845,7 @@ def _fine_tune(
     if found:
         cfg = cfg.model_copy(update={"learning_rate": found["used"]})
     with strategy.scope():
-        model.compile(
-            glayer.fine_tune_optimizer(cfg, steps),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile=_jit(train),
-        )
+        gmodel.compile_for_fit(model, glayer.fine_tune_optimizer(cfg, steps), jit=_jit(train))
     log(
         f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing "
         f"{gmodel.unfreeze_text(info)} (fine_tune.unfreeze.mode: {cfg.unfreeze.mode}); "
