@@ -6,7 +6,10 @@ from several depths of the base separate the classes (k-fold cross-validated lin
 on the training split, each with its 95% interval). If an earlier block probes about as well
 as the last one, the data is far from the base's domain. `plan` (pure, unit-tested) turns
 the evidence into config overrides, each with its reason; the steps after advise run with
-them. All features go through the feature store, so the head stage reuses them.
+them. Then, at the plan's input size and layer, the probe sample is probed in each input
+geometry (data.resize: squash, crop, pad) on the same folds, and `plan_geometry` keeps crop or
+pad only when its paired gain over squash is beyond the noise. All features go through the
+feature store, so the head stage reuses them.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ class Evidence:
     # per layer: k-fold paired gain of a 256-unit hidden layer over linear, at the chosen size
     hidden_head: dict[str, dict] | None = None
     seconds: float = 0.0
+    # the geometry probes (measure_geometry): per data.resize mode, accuracy and paired gain
+    geometry: dict | None = None
 
     @property
     def imbalance(self) -> float:
@@ -425,6 +430,46 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
     return Plan("seed", {}, o, notes)
 
 
+GEOMETRY_RULE = (
+    "squash (the whole image, Graft's default) unless crop or pad probes better with a paired "
+    "95% interval of the gain above 0; if both do, the larger gain"
+)
+
+
+def plan_geometry(p: Plan, geo: dict) -> None:
+    """data.resize from the geometry probes: another mode than squash only beyond the noise.
+    Pure; adds the override and a decision line that carries the evidence."""
+    squash = geo["modes"]["squash"]
+    wins = {
+        m: r["gain"]
+        for m, r in geo["modes"].items()
+        if m != "squash" and r.get("gain") and r["gain"]["low"] > 0
+    }
+    choice = max(wins, key=lambda m: wins[m]["difference"]) if wins else "squash"
+    parts = [f"squash {squash['accuracy']:.3f}"]
+    for m, r in geo["modes"].items():
+        if m != "squash":
+            g = r["gain"]
+            parts.append(
+                f"{m} {r['accuracy']:.3f} (paired {g['difference']:+.3f} "
+                f"[{g['low']:+.3f}, {g['high']:+.3f}])"
+            )
+    verdict = (
+        f"{choice} wins beyond the noise"
+        if wins
+        else "no mode beats squash beyond the noise, so the default"
+    )
+    p.overrides["data.resize"] = choice
+    p.decisions.append(
+        Decision(
+            "geometry",
+            choice,
+            f"{geo['folds']}-fold probes of {geo['layer']} at {geo['size']} px on the same "
+            f"{geo['n']} training images: " + ", ".join(parts) + f": {verdict}",
+        )
+    )
+
+
 # ------------------------------------------------------------------------- measure
 
 
@@ -527,6 +572,7 @@ def measure(
 ) -> Evidence:
     import keras
 
+    from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
     from graft.components.model import BackbonePreprocess
@@ -563,7 +609,11 @@ def measure(
             stage_starts, stage_frac = starts, frac
             base_layers = [layer.name for layer in base.layers]
         layers = [name for name, _ in tap_list]
-        store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size) if store_root else None
+        # the probes that place the data in the matrix see squashed images, Graft's default;
+        # measure_geometry compares the other geometries with these, on the same sample
+        squash = gdata.SQUASH
+        fp = base.graft_fingerprint
+        store = gfeat.FeatureStore(store_root, fp, size, squash) if store_root else None
         extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), layers)
         # val too: the head stage reads it from the store next
         excl = {
@@ -579,6 +629,7 @@ def measure(
                 store=store,
                 exclude=excl[split],
                 stage="advise",
+                geometry=squash,
             )
             for split in ("train", "val")
         }
@@ -643,6 +694,120 @@ def _speed(extractor, size: int, batch: int = 32, reps: int = 2) -> float:
     return batch * reps / max(time.time() - t0, 1e-6)
 
 
+def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
+    """The training images measure's probes use (sha256s, labels, fold groups), in the order
+    of its features: the same images and folds for every geometry."""
+    from graft.components import data as gdata
+    from graft.components import features as gfeat
+    from graft.components.validate import excluded_from_train
+
+    rows = gfeat.split_rows(examples_dir, "train", excluded_from_train(validation_dir))
+    index = {lab: i for i, lab in enumerate(gdata.read_labels(examples_dir) or [])}
+    y = np.array([index[r["label"]] for r in rows], dtype=np.int64)
+    idx = _sample(y, cap)
+    shas = [rows[i]["sha256"] for i in idx]
+    groups = np.array([rows[i].get("group") or rows[i]["sha256"] for i in idx])
+    return shas, y[idx], groups
+
+
+def measure_geometry(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    ev: Evidence,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+    crop_fraction: float,
+) -> dict:
+    """Linear probes of one layer at one size on the probe sample, per data.resize mode, on
+    the same folds; each other mode's paired gain over squash. One base forward pass per
+    mode over the sample only (the store keeps them; squash is measure's, reused)."""
+    import keras
+
+    from graft.components import data as gdata
+    from graft.components import features as gfeat
+    from graft.components import model as gmodel
+    from graft.components.model import BackbonePreprocess
+    from graft.components.report import paired_difference, wilson
+    from graft.components.validate import excluded_from_train
+
+    t0 = time.time()
+    shas, y, groups = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    keras.backend.clear_session()
+    base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
+    layer = cut_at or base.layers[-1].name
+    extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
+    known = next(
+        (p for p in ev.probes if p.size == size and p.layer == layer and len(p.correct) == len(y)),
+        None,
+    )
+    modes: dict[str, dict] = {}
+    hits_of: dict[str, np.ndarray] = {}
+    for mode in gdata.RESIZE_MODES:
+        if mode == "squash" and known is not None:
+            hits_of[mode] = np.array(known.correct)
+        else:
+            geo = gdata.Geometry(mode, crop_fraction)
+            store = (
+                gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geo)
+                if store_root
+                else None
+            )
+            feats = gfeat.split_features(
+                examples_dir,
+                "train",
+                [layer],
+                extractor=extractor,
+                store=store,
+                exclude=excluded_from_train(validation_dir),
+                stage=f"advise: geometry {mode}",
+                geometry=geo,
+                only=set(shas),
+            )
+            if feats.sha256 != shas:
+                raise RuntimeError("advise: geometry probe sample out of order")  # a bug
+            hits_of[mode] = probe(feats.x[layer], y, folds, groups=groups)
+        hits = hits_of[mode]
+        lo, hi = wilson(int(hits.sum()), len(hits))
+        modes[mode] = {"accuracy": float(hits.mean()), "low": lo, "high": hi}
+        if mode != "squash":
+            modes[mode]["gain"] = paired_difference(hits, hits_of["squash"])
+        gain = modes[mode].get("gain")
+        log(
+            f"advise: geometry {mode:>6} at {size}px ({layer}): {hits.mean():.3f} "
+            f"[{lo:.3f}, {hi:.3f}]"
+            + (
+                f", paired gain over squash {gain['difference']:+.3f} "
+                f"[{gain['low']:+.3f}, {gain['high']:+.3f}]"
+                if gain
+                else ""
+            )
+        )
+    return {
+        "size": size,
+        "layer": layer,
+        "n": len(y),
+        "folds": folds,
+        "crop_fraction": crop_fraction,
+        "rule": GEOMETRY_RULE,
+        "modes": modes,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _probe_point(p: Plan, keep: dict[str, Any], image_size: int, cut_at: str | None):
+    """The input size and cut the run will train at: the plan's, or the user's kept ones."""
+    from graft.core.config import kept_by
+
+    size = image_size if kept_by("data.image_size", list(keep)) else None
+    cut = cut_at if kept_by("base.cut_at", list(keep)) else p.overrides.get("base.cut_at")
+    return size or p.overrides.get("data.image_size", image_size), cut
+
+
 def advise(
     examples_dir: str,
     validation_dir: str | None,
@@ -657,13 +822,16 @@ def advise(
     small_data: int,
     budget_minutes: float,
     keep: dict[str, Any] | None = None,
+    geometry=None,
 ) -> AdviceResult:
     """Measure (auto), plan, and write advice.json + advice.md; manual plans nothing.
 
     `keep`: the user's settings (dotted key -> value); the plan never changes them, and says
-    what it would have chosen instead.
+    what it would have chosen instead. `geometry`: the config's data.resize (its crop_fraction
+    is the one crop is probed with).
     """
     t0 = time.time()
+    crop_fraction = geometry.crop_fraction if geometry is not None else 0.875
     os.makedirs(out_dir, exist_ok=True)
     ev = None
     if recipe == "auto":
@@ -677,6 +845,20 @@ def advise(
             max_probe_images=max_probe_images,
         )
         p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
+        size, cut = _probe_point(p, keep or {}, image_size, base_cfg.cut_at)
+        ev.geometry = measure_geometry(
+            examples_dir,
+            validation_dir,
+            ev=ev,
+            base_cfg=base_cfg,
+            size=size,
+            cut_at=cut,
+            store_root=store_root,
+            folds=folds,
+            max_probe_images=max_probe_images,
+            crop_fraction=crop_fraction,
+        )
+        plan_geometry(p, ev.geometry)
     elif recipe == "seed":
         from graft.components import model as gmodel
 
@@ -765,4 +947,18 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] | {p['n']} |"
             for p in ev["probes"]
         ]
+    geo = (ev or {}).get("geometry")
+    if geo:
+        out += [
+            "",
+            f"Input geometry (data.resize), {geo['folds']}-fold probes of {geo['layer']} at "
+            f"{geo['size']} px on the same {geo['n']} images; rule: {geo['rule']}",
+            "",
+            "| resize | k-fold accuracy [95%] | paired gain over squash [95%] |",
+            "|---|---|---|",
+        ]
+        for m, r in geo["modes"].items():
+            g = r.get("gain")
+            gain = f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else ""
+            out.append(f"| {m} | {r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {gain} |")
     return "\n".join(out) + "\n"

@@ -72,7 +72,7 @@ def _train_fold_head(model, x, y, head_cfg: TrainHeadConfig, epochs: int, cw, se
     trainer.fit(x, y, batch_size=head_cfg.batch_size, epochs=epochs, class_weight=cw, verbose=0)
 
 
-def _fold_datasets(examples_dir, size, cfg, augment, seed, exclude_train, others, held):
+def _fold_datasets(examples_dir, size, cfg, augment, seed, exclude_train, others, held, geometry):
     """The fold's training images (shuffled, augmented) and its held-out images (in order)."""
     train_ds = gdata.image_dataset(
         examples_dir,
@@ -83,9 +83,15 @@ def _fold_datasets(examples_dir, size, cfg, augment, seed, exclude_train, others
         augment=augment if cfg.augment else None,
         seed=seed,
         exclude_sha256=exclude_train | held,
+        geometry=geometry,
     )
     held_ds = gdata.image_dataset(
-        examples_dir, "train", size, cfg.batch_size, exclude_sha256=exclude_train | others
+        examples_dir,
+        "train",
+        size,
+        cfg.batch_size,
+        exclude_sha256=exclude_train | others,
+        geometry=geometry,
     )
     return train_ds, held_ds
 
@@ -105,6 +111,7 @@ def fold_evidence(
     seed: int,
     jit: bool = False,
     feature_store: dict | None = None,
+    geometry: gdata.Geometry = gdata.SQUASH,
 ) -> dict | None:
     """Out-of-fold per-image hits of the head-only and the fine-tuned recipe over the train
     split: {"head": [...], "tuned": [...], "folds": [...], "k": k}; None when a class has
@@ -117,9 +124,16 @@ def fold_evidence(
     extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
     store = None
     if feature_store:
-        store = gfeat.FeatureStore(feature_store["root"], feature_store["fingerprint"], image_size)
+        root, fingerprint = feature_store["root"], feature_store["fingerprint"]
+        store = gfeat.FeatureStore(root, fingerprint, image_size, geometry)
     feats = gfeat.split_features(
-        examples_dir, "train", [layer], extractor=extractor, store=store, exclude=exclude_train
+        examples_dir,
+        "train",
+        [layer],
+        extractor=extractor,
+        store=store,
+        exclude=exclude_train,
+        geometry=geometry,
     )
     x, y, shas = feats.x[layer], feats.y, np.array(feats.sha256)
     k = fold_count(y, cfg.guard_folds)
@@ -145,7 +159,7 @@ def fold_evidence(
         _train_fold_head(model, x[tr], y[tr], head_cfg, head_epochs, cw_head, seed + i)
         held, others = set(shas[te].tolist()), set(shas[tr].tolist())
         train_ds, held_ds = _fold_datasets(
-            examples_dir, image_size, cfg, augment, seed + i, exclude_train, others, held
+            examples_dir, image_size, cfg, augment, seed + i, exclude_train, others, held, geometry
         )
         _, _, head_hits = scores_on(model, held_ds)
         info = gmodel.unfreeze(model, cfg.unfreeze)

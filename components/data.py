@@ -3,13 +3,16 @@
 `decode_and_resize` is the single definition of how bytes become model input: training
 uses it here, and export puts the very same function in the serving graph. The backbone's
 preprocess_input lives inside the Keras model (components.model.BackbonePreprocess), so
-the model always takes raw 0-255 pixels, in training and in serving alike.
+the model always takes raw 0-255 pixels, in training and in serving alike. Its `Geometry`
+(data.resize, data.crop_fraction) says how an image of any shape becomes the square input:
+every caller passes the run's geometry, and the feature store keys features by it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import tensorflow as tf
 
@@ -23,13 +26,113 @@ FEATURES = {
 }
 
 
-def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
-    """JPEG/PNG/GIF/BMP bytes -> float32 [size, size, 3] in 0..255 (first GIF frame)."""
+RESIZE_MODES = ("squash", "crop", "pad")
+# resize: pad fills the letterbox with the ImageNet mean colour (RGB): what the mean-subtracting
+# bases' preprocessing (ResNet, DenseNet, EfficientNet, ConvNeXt) maps to 0, and MobileNet's
+# x / 127.5 - 1 to within 0.2 of 0. So the bars read as the zero padding the base's own
+# convolutions see at every border, not as a black (-1) frame with edges of its own.
+PAD_RGB = (123.68, 116.78, 103.94)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an image of any shape becomes the square model input (data.resize, crop_fraction).
+
+    squash: the whole image resized to size x size, aspect ratio lost (Graft's first way).
+    crop: the shorter side resized to size / crop_fraction, then the centre size x size: the
+    transform behind ImageNet's evaluation numbers (256 -> 224). pad: the whole image, the
+    longer side resized to size, centred on a PAD_RGB square (letterbox).
+    """
+
+    resize: str = "squash"
+    crop_fraction: float = 0.875
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"data.resize '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
+        if not 0 < self.crop_fraction <= 1:
+            raise ValueError(f"data.crop_fraction {self.crop_fraction} is not in (0, 1]")
+
+    @classmethod
+    def of(cls, data) -> Geometry:
+        """The geometry a config's data section sets."""
+        return cls(data.resize, data.crop_fraction)
+
+    @property
+    def key(self) -> str:
+        """The geometry in a path or a cache key: the fraction matters only to crop."""
+        return f"crop{self.crop_fraction:g}" if self.resize == "crop" else self.resize
+
+    def describe(self, size: int) -> str:
+        if self.resize == "crop":
+            return (
+                f"crop: shorter side to {round(size / self.crop_fraction)} px, the centre "
+                f"{size}x{size} (crop_fraction {self.crop_fraction:g})"
+            )
+        if self.resize == "pad":
+            return (
+                f"pad: the whole image, longer side to {size} px, centred on a {size}x{size} "
+                "square of the ImageNet mean colour"
+            )
+        return f"squash: the whole image resized to {size}x{size}, aspect ratio not kept"
+
+    def as_dict(self, size: int) -> dict:
+        """What an exported model records about its input, for readers outside TensorFlow."""
+        out = {"image_size": size, "resize": self.resize, "describe": self.describe(size)}
+        if self.resize == "crop":
+            out["crop_fraction"] = self.crop_fraction
+        if self.resize == "pad":
+            out["pad_rgb"] = list(PAD_RGB)
+        return out
+
+
+SQUASH = Geometry()
+
+
+def decode_and_resize(image_bytes: tf.Tensor, size: int, geometry: Geometry = SQUASH) -> tf.Tensor:
+    """JPEG/PNG/GIF/BMP bytes -> float32 [size, size, 3] in 0..255 (first GIF frame), shaped
+    as `geometry` says. Gray and RGBA images become RGB (decode_image's channels=3)."""
     img = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    img = tf.image.resize(tf.cast(img, tf.float32), [size, size], method="bilinear", antialias=True)
+    img = tf.cast(img, tf.float32)
+    if geometry.resize == "crop":
+        img = _centre_crop(img, size, geometry.crop_fraction)
+    elif geometry.resize == "pad":
+        img = _letterbox(img, size)
+    else:
+        img = _resize(img, tf.constant([size, size]))
     img = tf.clip_by_value(img, 0.0, 255.0)
     img.set_shape([size, size, 3])
     return img
+
+
+def _resize(img: tf.Tensor, height_width: tf.Tensor) -> tf.Tensor:
+    return tf.image.resize(img, height_width, method="bilinear", antialias=True)
+
+
+def _scaled(img: tf.Tensor, scale: tf.Tensor) -> tf.Tensor:
+    """The image's (height, width) times `scale`, rounded, at least 1."""
+    sides = tf.cast(tf.shape(img)[:2], tf.float32) * scale
+    return tf.maximum(1, tf.cast(tf.round(sides), tf.int32))
+
+
+def _centre_crop(img: tf.Tensor, size: int, fraction: float) -> tf.Tensor:
+    """Shorter side to size / fraction (as torchvision's Resize(256)), then the centre square."""
+    shorter = tf.cast(tf.reduce_min(tf.shape(img)[:2]), tf.float32)
+    hw = tf.maximum(size, _scaled(img, (size / fraction) / shorter))
+    img = _resize(img, hw)
+    return tf.image.crop_to_bounding_box(img, (hw[0] - size) // 2, (hw[1] - size) // 2, size, size)
+
+
+def _letterbox(img: tf.Tensor, size: int) -> tf.Tensor:
+    """Longer side to size, centred on a PAD_RGB square: every pixel of the image kept."""
+    longer = tf.cast(tf.reduce_max(tf.shape(img)[:2]), tf.float32)
+    hw = tf.minimum(size, _scaled(img, size / longer))
+    img = _resize(img, hw)
+    top, left = (size - hw[0]) // 2, (size - hw[1]) // 2
+    pads = [[top, size - hw[0] - top], [left, size - hw[1] - left]]
+    return tf.stack(
+        [tf.pad(img[..., c], pads, constant_values=PAD_RGB[c]) for c in range(3)], axis=-1
+    )
 
 
 def split_files(examples_dir: str, split: str) -> list[str]:
@@ -129,8 +232,13 @@ def image_dataset(
     cache: bool = False,
     deterministic: bool = False,
     workers: int = 1,
+    geometry: Geometry = SQUASH,
 ) -> tf.data.Dataset:
     """Batched (pixels 0..255, label) for training or evaluation, with a known length.
+
+    Each image is shaped by `geometry` first; the augmentation (zoom, translation, ...) then
+    moves within that square, so its random crops follow the mode: a crop model trains on
+    shifted centre crops, a pad model on its letterboxed whole images.
 
     The length comes from the ingest manifest. Keras needs it: on a dataset of unknown
     cardinality it probes one step past the end of every epoch, and that probe still
@@ -158,7 +266,7 @@ def image_dataset(
         # (every image in it decoded) before an epoch's first step, and holds size^2*12 bytes each
         ds = ds.shuffle(SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=True)
     ds = ds.map(
-        lambda b, y: (decode_and_resize(b, size), y),
+        lambda b, y: (decode_and_resize(b, size, geometry), y),
         num_parallel_calls=AUTOTUNE,
         deterministic=ordered,
     )
@@ -221,12 +329,12 @@ def steps_per_epoch(
 
 
 def naive_image_dataset(
-    examples_dir: str, split: str, size: int, batch_size: int
+    examples_dir: str, split: str, size: int, batch_size: int, geometry: Geometry = SQUASH
 ) -> tf.data.Dataset:
     """Sequential reads and maps, no prefetch: the baseline the input benchmark beats."""
     ds = tf.data.TFRecordDataset(split_files(examples_dir, split), compression_type="GZIP")
     ds = ds.map(lambda r: tf.io.parse_single_example(r, FEATURES))
-    ds = ds.map(lambda ex: (decode_and_resize(ex["image/encoded"], size), ex["label"]))
+    ds = ds.map(lambda ex: (decode_and_resize(ex["image/encoded"], size, geometry), ex["label"]))
     return ds.batch(batch_size)
 
 

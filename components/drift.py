@@ -363,9 +363,13 @@ def embeddings(
     image_size: int,
     feature_store: str,
     cache: dict,
+    geometry=None,
 ) -> np.ndarray:
     """Pooled base features of `rows` (one ingest output), through the feature store."""
+    from graft.components import data as gdata
     from graft.components import features as gfeat
+
+    geometry = geometry or gdata.SQUASH
 
     if "extractor" not in cache:
         from graft.components.model import BackbonePreprocess, build_base
@@ -376,7 +380,7 @@ def embeddings(
             b, BackbonePreprocess(base.name), [b.layers[-1].name]
         )
         cache["store"] = (
-            gfeat.FeatureStore(feature_store, b.graft_fingerprint, image_size)
+            gfeat.FeatureStore(feature_store, b.graft_fingerprint, image_size, geometry)
             if feature_store
             else None
         )
@@ -394,6 +398,7 @@ def embeddings(
             store=cache["store"],
             exclude=everything - want,
             stage="drift",
+            geometry=geometry,
         )
         cache["computed"] += got.computed
         cache["reused"] += got.reused
@@ -460,6 +465,7 @@ def check_drift(
     image_size: int,
     feature_store: str,
     seed: int = SEED,
+    geometry=None,
 ) -> DriftResult:
     """Compare the new snapshot with the served model's; write drift.json; raise DriftBlocked
     when drift.action is block and a measure flagged. `seed` draws the samples and
@@ -553,6 +559,7 @@ def check_drift(
             image_size=image_size,
             feature_store=feature_store,
             cache=cache,
+            geometry=geometry,
         )
         x_new = embeddings(
             examples_dir,
@@ -561,6 +568,7 @@ def check_drift(
             image_size=image_size,
             feature_store=feature_store,
             cache=cache,
+            geometry=geometry,
         )
         mmd2, p, bandwidth = mmd_test(x_old, x_new, P, rng)
         metrics["embedding_mmd2"] = _measure(

@@ -98,7 +98,7 @@ def metrics_from_probs(
 
 
 def _test_data(
-    examples_dir: str, size: int, exclude: set[str]
+    examples_dir: str, size: int, exclude: set[str], geometry: gdata.Geometry
 ) -> tuple[list[bytes], np.ndarray, np.ndarray, list[str]]:
     """The test split in file order: encoded bytes, labels, pixels, and each image's sha256."""
     records = tf.data.TFRecordDataset(
@@ -113,7 +113,9 @@ def _test_data(
         raise ValueError(f"the test split in {examples_dir} is empty")
     blobs = [b for b, _, _ in raw]
     y = np.array([v for _, v, _ in raw])
-    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), size).numpy() for b in blobs])
+    pixels = np.stack(
+        [gdata.decode_and_resize(tf.constant(b), size, geometry).numpy() for b in blobs]
+    )
     return blobs, y, pixels, [h for _, _, h in raw]
 
 
@@ -453,6 +455,7 @@ def evaluate(
     flip_average: bool = False,
     advice_dir: str | None = None,
     drift_dir: str | None = None,
+    geometry: gdata.Geometry = gdata.SQUASH,
 ) -> EvaluationResult:
     """Test metrics of the head-only and fine-tuned models, scored as the export will serve them.
 
@@ -461,7 +464,7 @@ def evaluate(
     os.makedirs(out_dir, exist_ok=True)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
-    blobs, y, pixels, shas = _test_data(examples_dir, image_size, exclude)
+    blobs, y, pixels, shas = _test_data(examples_dir, image_size, exclude, geometry)
     scored: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
     loaded: dict[str, keras.Model] = {}

@@ -4,6 +4,10 @@ Signatures:
   serving_default(image_bytes: string[None]) -> classes string[None, C], scores float32[None, C],
       probabilities float32[None, C]
   predict_pixels(pixels: float32[None, H, W, 3] in 0..255) -> the same outputs
+  preprocess(image_bytes: string[None]) -> pixels float32[None, H, W, 3]: the input
+      serving_default builds, shaped by the trained data.resize (squash, crop or pad), so
+      no client needs to know the geometry; assets/preprocessing.json and the model card
+      say which one it is
 `classes` are the labels sorted by score and `scores[i]` is the score of `classes[i]` (what a
 client that zips the two expects); `probabilities` are the same scores in label order
 (assets/labels.txt). The export fails loudly unless the reloaded SavedModel matches Keras.
@@ -28,14 +32,22 @@ from graft.core.config import BaseConfig, ExportConfig, HeadConfig
 from graft.core.log import log
 
 WARMUP_FILE = "tf_serving_warmup_requests"
+PREPROCESSING_FILE = "preprocessing.json"  # in assets/: the input geometry, for humans and tools
 
 
 class ParityError(RuntimeError):
     """The exported graph does not compute what the trained model computes."""
 
 
-def _signatures(model: keras.Model, labels: list[str], size: int, flip_average: bool = False):
-    """Both endpoints; the model is traced once (predict_pixels), serving_default calls it."""
+def _signatures(
+    model: keras.Model,
+    labels: list[str],
+    size: int,
+    flip_average: bool = False,
+    geometry: gdata.Geometry = gdata.SQUASH,
+):
+    """The endpoints; the model is traced once (predict_pixels), serving_default calls it on
+    what preprocess builds (decode_and_resize with the trained geometry)."""
     label_t = tf.constant(labels)
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32, name="pixels")])
@@ -49,15 +61,37 @@ def _signatures(model: keras.Model, labels: list[str], size: int, flip_average: 
         }
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serving_default(image_bytes):
+    def preprocess(image_bytes):
         pixels = tf.map_fn(
-            lambda b: gdata.decode_and_resize(b, size),
+            lambda b: gdata.decode_and_resize(b, size, geometry),
             image_bytes,
             fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
         )
-        return predict_pixels(pixels)
+        return {"pixels": pixels}
 
-    return serving_default, predict_pixels
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serving_default(image_bytes):
+        return predict_pixels(preprocess(image_bytes)["pixels"])
+
+    return serving_default, predict_pixels, preprocess
+
+
+def write_saved_model(
+    model: keras.Model,
+    labels: list[str],
+    path: str,
+    *,
+    size: int,
+    flip_average: bool = False,
+    geometry: gdata.Geometry = gdata.SQUASH,
+) -> None:
+    """The SavedModel's graph and endpoints at `path` (the export adds assets and checks)."""
+    endpoints = _signatures(model, labels, size, flip_average, geometry)
+    archive = keras.export.ExportArchive()  # the endpoints track the variables they read
+    names = ("serving_default", "predict_pixels", "preprocess")
+    for name, fn in zip(names, endpoints, strict=True):
+        archive.add_endpoint(name, fn)
+    archive.write_out(path, verbose=False)
 
 
 def write_warmup(path: str, blobs: list[bytes], model_name: str) -> int:
@@ -85,6 +119,7 @@ def _model_card(
     base: BaseConfig,
     head: HeadConfig,
     image_size: int,
+    geometry: gdata.Geometry,
     settings: dict,
     examples_dir: str,
     evaluation: dict,
@@ -113,6 +148,7 @@ def _model_card(
         "base": base.model_dump(mode="json"),
         "head": head.model_dump(mode="json"),
         "image_size": image_size,
+        "input": geometry.as_dict(image_size),  # data.resize: how serving_default shapes images
         "labels": evaluation["labels"],
         "data": {
             "source": stats["source"],
@@ -153,6 +189,7 @@ def _model_card(
 
 Image classifier grafted onto **{base.name}** ({base.kwargs or "default kwargs"}),
 input {image_size}x{image_size}, {len(card["labels"])} classes.
+Input geometry (data.resize, inside the serving graph): {geometry.describe(image_size)}.
 
 - Data: `{stats["source"]}`; train/val/test = {split_sizes}; quarantined {stats["quarantined"]}
 - Test accuracy {cand["accuracy"]:.4f} (head-only {card["head_only_accuracy"]:.4f}), \
@@ -209,6 +246,7 @@ def export(
     head: HeadConfig,
     settings: dict | None = None,
     version: int | None = None,
+    geometry: gdata.Geometry = gdata.SQUASH,
 ) -> ExportResult:
     """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model.
 
@@ -223,14 +261,14 @@ def export(
     final = os.path.join(out_dir, cfg.model_name, str(version))
     if os.path.exists(final):
         shutil.rmtree(final)
-    serving_default, predict_pixels = _signatures(model, labels, image_size, cfg.flip_average)
-    archive = keras.export.ExportArchive()  # the endpoints track the variables they read
-    archive.add_endpoint("serving_default", serving_default)
-    archive.add_endpoint("predict_pixels", predict_pixels)
-    archive.write_out(final, verbose=False)
+    write_saved_model(
+        model, labels, final, size=image_size, flip_average=cfg.flip_average, geometry=geometry
+    )
     os.makedirs(os.path.join(final, "assets"), exist_ok=True)
     for name in ("labels.json", "labels.txt"):
         shutil.copy(os.path.join(examples_dir, name), os.path.join(final, "assets", name))
+    with open(os.path.join(final, "assets", PREPROCESSING_FILE), "w") as f:
+        json.dump(geometry.as_dict(image_size), f, indent=2)
 
     # a handful of test images: parity is about the graph (decode, resize, scores), not the data
     blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "test").take(16).as_numpy_iterator()]
@@ -238,7 +276,9 @@ def export(
         raise ParityError("no test images to check the export against")
     reloaded = tf.saved_model.load(final).signatures["serving_default"]
     got = reloaded(image_bytes=tf.constant(blobs))["probabilities"].numpy()
-    pixels = np.stack([gdata.decode_and_resize(tf.constant(b), image_size).numpy() for b in blobs])
+    pixels = np.stack(
+        [gdata.decode_and_resize(tf.constant(b), image_size, geometry).numpy() for b in blobs]
+    )
     want = gmodel.scores(model, tf.constant(pixels), cfg.flip_average).numpy()  # eager: no trace
     parity = float(np.max(np.abs(got - want)))
     if not parity <= cfg.parity_tolerance:
@@ -258,6 +298,7 @@ def export(
         base=base,
         head=head,
         image_size=image_size,
+        geometry=geometry,
         settings=settings or {},
         examples_dir=examples_dir,
         evaluation=evaluation,
@@ -275,6 +316,7 @@ def export(
             variants=cfg.tflite,
             model_name=cfg.model_name,
             image_size=image_size,
+            geometry=geometry,
             flip_average=cfg.flip_average,
             examples_dir=examples_dir,
             evaluation_dir=evaluation_dir,

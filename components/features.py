@@ -2,12 +2,15 @@
 
 The forward pass over the frozen base is the costly part of the head stage, the advise
 probes and the drift check. The store keys each image's pooled (global-average) features by
-(image sha256, base fingerprint, input size, layer), so a re-run with another head or
-learning rate, or a scheduled run over a few new images, runs the base over unseen images only.
+(image sha256, base fingerprint, input size and geometry, layer), so a re-run with another head
+or learning rate, or a scheduled run over a few new images, runs the base over unseen images
+only, and features of one geometry (data.resize) are never read for another.
 
-Layout: <store>/<base fingerprint>/<size>/<layer>/part-<uuid>.npz, each part holding `sha256`
-and `x` rows. A part is written whole under a temporary name and renamed, so a killed run
-leaves no partial part and parallel writers never collide. The base fingerprint hashes the
+Layout: <store>/<base fingerprint>/<size>[-<geometry>]/<layer>/part-<uuid>.npz, each part
+holding `sha256` and `x` rows; squash (the only geometry before data.resize) keeps the bare
+<size> folder, so a store written before stays valid. A part is written whole under a
+temporary name and renamed, so a killed run leaves no partial part and parallel writers never
+collide. The base fingerprint hashes the
 name, kwargs and every weight of the full (uncut) base, so other weights compute anew.
 """
 
@@ -45,15 +48,18 @@ def base_fingerprint(base: keras.Model, name: str, kwargs: dict | None = None) -
 
 @dataclass
 class FeatureStore:
-    """One base at one input size: get/put pooled features per (layer, image sha256)."""
+    """One base at one input size and geometry: get/put pooled features per (layer, sha256)."""
 
     root: str
     fingerprint: str
     size: int
+    geometry: gdata.Geometry = gdata.SQUASH
     _cache: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def folder(self, layer: str) -> str:
-        return os.path.join(self.root, self.fingerprint, str(self.size), layer)
+        geo = self.geometry.key
+        shape = str(self.size) if geo == "squash" else f"{self.size}-{geo}"
+        return os.path.join(self.root, self.fingerprint, shape, layer)
 
     def load(self, layer: str) -> dict[str, np.ndarray]:
         """Every stored row of `layer`, sha256 -> vector (read once per process and store)."""
@@ -131,9 +137,19 @@ def split_features(
     exclude: set[str] | None = None,
     batch_size: int = 32,
     stage: str = "features",
+    geometry: gdata.Geometry = gdata.SQUASH,
+    only: set[str] | None = None,
 ) -> SplitFeatures:
-    """Pooled features of every image of a split; only images missing from the store are run."""
+    """Pooled features of every image of a split (or of those in `only`), each shaped by
+    `geometry`; only images missing from the store are run."""
+    if store is not None and store.geometry.key != geometry.key:
+        raise ValueError(
+            f"feature store for {store.geometry.key} read for {geometry.key} images: the "
+            "features of one geometry are never another's"
+        )
     rows = split_rows(examples_dir, split, exclude)
+    if only is not None:
+        rows = [r for r in rows if r["sha256"] in only]
     labels = gdata.read_labels(examples_dir) or []
     index = {lab: i for i, lab in enumerate(labels)}
     shas = [r["sha256"] for r in rows]
@@ -142,7 +158,9 @@ def split_features(
     missing = sorted({s for s in shas if any(s not in have[layer] for layer in layers)})
     t0 = time.time()
     if missing:
-        got = _run_base(examples_dir, split, missing, layers, extractor, batch_size, stage)
+        got = _run_base(
+            examples_dir, split, missing, layers, extractor, batch_size, stage, geometry
+        )
         for layer in layers:
             if store:
                 store.put(layer, got["sha256"], got[layer])
@@ -162,7 +180,7 @@ def split_features(
     )
 
 
-def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage) -> dict:
+def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage, geometry):
     """Decode and run the base over the images of `split` whose sha256 is in `wanted`."""
     size = int(extractor.input_shape[1])
     keys = tf.constant(wanted)
@@ -172,7 +190,10 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage)
     ds = gdata.parsed_examples(examples_dir, split, deterministic=False)  # order: by sha256
     ds = ds.filter(lambda ex: table.lookup(ex["image/sha256"]) > 0)
     ds = ds.map(
-        lambda ex: (gdata.decode_and_resize(ex["image/encoded"], size), ex["image/sha256"]),
+        lambda ex: (
+            gdata.decode_and_resize(ex["image/encoded"], size, geometry),
+            ex["image/sha256"],
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
@@ -208,6 +229,6 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage)
     secs = time.time() - t0
     log(
         f"{stage}: base forward pass over {len(order)} {split} image(s) at {size} px "
-        f"({len(order) / max(secs, 1e-9):.0f}/s, {secs:.1f}s)"
+        f"({geometry.resize}; {len(order) / max(secs, 1e-9):.0f}/s, {secs:.1f}s)"
     )
     return res

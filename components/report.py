@@ -412,6 +412,22 @@ def advice_html(advice: dict | None) -> str:
             + probes
             + "</table>"
         )
+    geo = (ev or {}).get("geometry")
+    if geo:
+        rows = ""
+        for mode, r in geo["modes"].items():
+            g = r.get("gain")
+            gain = _ci([g["difference"], g["low"], g["high"]]) if g else ""
+            rows += (
+                f"<tr><td class=txt>{escape(mode)}</td>"
+                f"<td>{_ci([r['accuracy'], r['low'], r['high']])}</td><td>{gain}</td></tr>"
+            )
+        html += (
+            f"<p>Input geometry (data.resize): the same probe of {escape(geo['layer'])} at "
+            f"{geo['size']} px on the same {geo['n']} images and folds; {escape(geo['rule'])}.</p>"
+            "<table><tr><th class=txt>resize</th><th>accuracy [95%]</th>"
+            "<th>paired gain over squash [95%]</th></tr>" + rows + "</table>"
+        )
     return html
 
 

@@ -2,8 +2,9 @@
 
 Every variant takes what a phone or board has after it decodes a photo: uint8 pixels
 [1, H, W, 3] at the model's input size (TFLite has no JPEG decoder op). The caller resizes
-as training did: `components/data.py:decode_and_resize` squashes the whole image to H x W
-(bilinear, antialiased, aspect ratio not kept), then rounds to uint8. Everything after that,
+as training did: `components/data.py:decode_and_resize` with the trained geometry
+(data.resize: squash, crop or pad; tflite.json beside the files says which, and how), then
+rounds to uint8. Everything after that,
 the backbone's preprocess_input and `export.flip_average`, is inside the model, as in the
 SavedModel. float32/float16 return float32 `scores` in label order. int8 is full-integer
 (every op int8, calibrated on REPRESENTATIVE_IMAGES training images): its input is uint8 raw
@@ -36,10 +37,7 @@ VARIANTS = ("float32", "float16", "int8")
 REPRESENTATIVE_IMAGES = 200  # int8 calibration: the first N training images, in file order
 LABELS_FILE = "labels.txt"
 RESULTS_FILE = "tflite.json"
-INPUT_NOTE = (
-    "uint8 [1, H, W, 3] RGB pixels: the decoded image squashed to H x W (bilinear, "
-    "antialiased, aspect ratio not kept), as training resized it"
-)
+INPUT_NOTE = "uint8 [1, H, W, 3] RGB pixels, the decoded image shaped as training shaped it: "
 
 
 class RepresentativeDataError(ValueError):
@@ -182,17 +180,21 @@ class Runner:
         return ((out - zero) * scale if scale else out), ms
 
 
-def representative_images(examples_dir: str, size: int, n: int = REPRESENTATIVE_IMAGES):
+def representative_images(
+    examples_dir: str, size: int, n: int = REPRESENTATIVE_IMAGES, geometry=None
+):
     """The first `n` training images in file order (the shards are hash-ordered), as uint8."""
     import tensorflow as tf
 
     from graft.components import data as gdata
 
+    geometry = geometry or gdata.SQUASH
+
     blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "train").take(n).as_numpy_iterator()]
     if not blobs:
         return np.zeros((0, size, size, 3), np.uint8)
     return np.stack(
-        [to_uint8(gdata.decode_and_resize(tf.constant(b), size).numpy()) for b in blobs]
+        [to_uint8(gdata.decode_and_resize(tf.constant(b), size, geometry).numpy()) for b in blobs]
     )
 
 
@@ -264,6 +266,7 @@ def export_variants(
     examples_dir: str,
     evaluation_dir: str,
     labels: list[str],
+    geometry=None,
 ) -> dict:
     """Convert, measure and write each variant into <version_dir>/assets.extra/ (TF Serving
     ignores it; push copies it with the version) with labels.txt and tflite.json; tflite.json
@@ -272,16 +275,24 @@ def export_variants(
 
     from graft.components import data as gdata
 
+    geometry = geometry or gdata.SQUASH
     edge_dir = os.path.join(version_dir, "assets.extra")
     os.makedirs(edge_dir, exist_ok=True)
     blobs, y = _scored_test_images(examples_dir, evaluation_dir)
     if not blobs:
         raise ValueError(f"export.tflite: no test images in {examples_dir} to measure them on")
     pixels = np.stack(
-        [to_uint8(gdata.decode_and_resize(tf.constant(b), image_size).numpy()) for b in blobs]
+        [
+            to_uint8(gdata.decode_and_resize(tf.constant(b), image_size, geometry).numpy())
+            for b in blobs
+        ]
     )
     saved_top1 = _saved_model_top1(version_dir, blobs)
-    representative = representative_images(examples_dir, image_size) if "int8" in variants else None
+    representative = (
+        representative_images(examples_dir, image_size, geometry=geometry)
+        if "int8" in variants
+        else None
+    )
     rows = []
     for variant in variants:
         content = convert(
@@ -295,8 +306,10 @@ def export_variants(
         )
     Path(edge_dir, LABELS_FILE).write_text("".join(f"{lab}\n" for lab in labels), "utf-8")
     result = {
-        "input": INPUT_NOTE,
+        "input": INPUT_NOTE + geometry.describe(image_size),
         "input_size": image_size,
+        # data.resize: what predict_files (and an edge app) must do before the model
+        **{k: v for k, v in geometry.as_dict(image_size).items() if k != "image_size"},
         "flip_average": flip_average,
         "labels_file": LABELS_FILE,
         "int8_io": "uint8 input (scale 1, zero point 0) and uint8 output (dequantize with the "
@@ -370,6 +383,26 @@ def read_labels_beside(tflite_path: str) -> list[str]:
     return [line.rstrip("\n") for line in path.read_text("utf-8").splitlines() if line.strip()]
 
 
+def geometry_beside(tflite_path: str):
+    """The input geometry the model was trained with, from tflite.json beside it. A tflite.json
+    without `resize` is from before data.resize: squash, the only geometry then. Without the
+    file: squash, the default, said in a warning (the .tflite itself cannot carry it)."""
+    from graft.components import data as gdata
+    from graft.core.log import log
+
+    path = Path(tflite_path).with_name(RESULTS_FILE)
+    if not path.is_file():
+        log(
+            f"predict: no {RESULTS_FILE} beside {tflite_path}, which says how the model's input "
+            "was shaped (data.resize); resizing as squash, the default. Copy it along with the "
+            "model if it was trained with crop or pad",
+            level="warn",
+        )
+        return gdata.SQUASH
+    info = json.loads(path.read_text("utf-8"))
+    return gdata.Geometry(info.get("resize", "squash"), info.get("crop_fraction", 0.875))
+
+
 def predict_files(
     tflite_path: str, images: list[str], top_k: int = 3
 ) -> list[tuple[str, list[str], list[float], str | None]]:
@@ -382,12 +415,15 @@ def predict_files(
     if not Path(tflite_path).is_file():
         raise FileNotFoundError(f"TFLite model not found: {tflite_path}")
     labels = read_labels_beside(tflite_path)
+    geometry = geometry_beside(tflite_path)
     runner = Runner(path=tflite_path, threads=os.cpu_count() or 1)
     out = []
     for name in images:
         try:
             blob = Path(name).read_bytes()
-            pixels = to_uint8(gdata.decode_and_resize(tf.constant(blob), runner.size).numpy())
+            pixels = to_uint8(
+                gdata.decode_and_resize(tf.constant(blob), runner.size, geometry).numpy()
+            )
         except OSError as e:
             out.append((name, [], [], f"{type(e).__name__}: {e.strerror or e}"))
             continue

@@ -274,7 +274,17 @@ def _features(step, ds: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _cached_features(
-    model, cfg, augment, size, examples_dir, exclude, exclude_train, out_dir, seed, deterministic
+    model,
+    cfg,
+    augment,
+    size,
+    examples_dir,
+    exclude,
+    exclude_train,
+    out_dir,
+    seed,
+    deterministic,
+    geometry,
 ):
     """Run the frozen base once per pass; saved in the step dir so a resume reuses them."""
     path = os.path.join(out_dir, "features.npz")
@@ -302,12 +312,16 @@ def _cached_features(
             seed=seed + p,
             exclude_sha256=exclude_train,
             deterministic=deterministic,
+            geometry=geometry,
         )
         parts.append(_features(step, ds))
     xt = np.concatenate([a for a, _ in parts])
     yt = np.concatenate([b for _, b in parts])
     xv, yv = _features(
-        step, gdata.image_dataset(examples_dir, "val", size, batch, exclude_sha256=exclude)
+        step,
+        gdata.image_dataset(
+            examples_dir, "val", size, batch, exclude_sha256=exclude, geometry=geometry
+        ),
     )
     np.savez(path + ".tmp.npz", xt=xt, yt=yt, xv=xv, yv=yv)
     os.replace(path + ".tmp.npz", path)
@@ -318,7 +332,9 @@ def _cached_features(
     return xt, yt, xv, yv
 
 
-def _stored_features(model, examples_dir, exclude, exclude_train, store_root, size, chief):
+def _stored_features(
+    model, examples_dir, exclude, exclude_train, store_root, size, chief, geometry
+):
     """Train and val features through the feature store: the base runs on unseen images only."""
     from graft.components import features as gfeat
 
@@ -326,7 +342,7 @@ def _stored_features(model, examples_dir, exclude, exclude_train, store_root, si
     layer = base.layers[-1].name
     store = None
     if store_root and chief:  # one writer: the chief
-        store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size)
+        store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry)
     extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
     got = {}
     for split, excl in (("train", exclude_train), ("val", exclude)):
@@ -339,6 +355,7 @@ def _stored_features(model, examples_dir, exclude, exclude_train, store_root, si
             exclude=excl,
             batch_size=feature_batch(),
             stage="train_head",
+            geometry=geometry,
         )
     t, v = got["train"], got["val"]
     counts = {"computed": t.computed + v.computed, "reused": t.reused + v.reused}
@@ -378,6 +395,7 @@ def train_head(
     validation_dir: str | None = None,
     extra_callbacks: list | None = None,
     feature_store: str = "",
+    geometry: gdata.Geometry = gdata.SQUASH,
 ) -> StageResult:
     """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
     strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
@@ -400,6 +418,7 @@ def train_head(
             validation_dir=validation_dir,
             extra_callbacks=extra_callbacks,
             feature_store=feature_store,
+            geometry=geometry,
         )
     finally:
         release(wdir, out_dir)
@@ -420,6 +439,7 @@ def _train_head(
     validation_dir,
     extra_callbacks,
     feature_store,
+    geometry,
 ) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
@@ -442,7 +462,7 @@ def _train_head(
 
     def stored():  # plain features: the same for every run, so the store keeps them
         return _stored_features(
-            model, examples_dir, exclude, exclude_train, feature_store, image_size, chief
+            model, examples_dir, exclude, exclude_train, feature_store, image_size, chief, geometry
         )
 
     if cached:
@@ -461,6 +481,7 @@ def _train_head(
                 wdir,
                 train.seed,
                 train.deterministic,
+                geometry,
             )
         t_feat = time.time() - t_feat
         _fit_normalizer(model, xt)
@@ -504,12 +525,19 @@ def _train_head(
             exclude_sha256=exclude_train,
             deterministic=train.deterministic,
             workers=workers,
+            geometry=geometry,
         )
         policy = train_ds.options().experimental_distribute.auto_shard_policy
         if gmodel.feature_normalizer(model) is not None:  # plain train features, via the store
             _fit_normalizer(model, stored()[0])
         val_ds = gdata.image_dataset(
-            examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude, workers=workers
+            examples_dir,
+            "val",
+            image_size,
+            cfg.batch_size,
+            exclude_sha256=exclude,
+            workers=workers,
+            geometry=geometry,
         )
         with strategy.scope():
             gmodel.compile_for_fit(
@@ -557,6 +585,7 @@ def _train_head(
             "feature_store": {
                 "root": feature_store,
                 "fingerprint": gmodel.base_of(model).graft_fingerprint,
+                "geometry": geometry.key,
             }
             if feature_store
             else None,
@@ -661,6 +690,7 @@ def _fold_evidence(
     validation_dir,
     strategy,
     small,
+    geometry,
 ) -> dict | None:
     """components.cv_guard's out-of-fold hits when the data is small and one process trains."""
     if not small or not cfg.guard_folds:
@@ -684,6 +714,7 @@ def _fold_evidence(
         tune_epochs=max(1, best + 1 if cfg.patience else len(hist)),
         augment=augment,
         image_size=image_size,
+        geometry=geometry,
         exclude_train=excluded_from_train(validation_dir) or set(),
         seed=train.seed,
         jit=_jit(train),
@@ -703,6 +734,7 @@ def fine_tune(
     extra_callbacks: list | None = None,
     head_cfg: TrainHeadConfig | None = None,
     skip_reason: str = "fine_tune.enabled: false",
+    geometry: gdata.Geometry = gdata.SQUASH,
 ) -> StageResult:
     """Unfreeze the base as cfg.unfreeze says (BN stays frozen), train at a low LR, keep the
     result only if better. With fine-tuning off the head passes through; `skip_reason` says
@@ -727,6 +759,7 @@ def fine_tune(
             extra_callbacks=extra_callbacks,
             head_cfg=head_cfg or TrainHeadConfig(),
             skip_reason=skip_reason,
+            geometry=geometry,
         )
     finally:
         release(wdir, out_dir)
@@ -747,6 +780,7 @@ def _fine_tune(
     extra_callbacks,
     head_cfg,
     skip_reason,
+    geometry,
 ) -> StageResult:
     t0 = time.time()
     precision = gmodel.set_precision(train)
@@ -754,7 +788,13 @@ def _fine_tune(
     head_model_path = os.path.join(head_dir, MODEL)
     workers = gmodel.worker_count(strategy)
     val_ds = gdata.image_dataset(
-        examples_dir, "val", image_size, cfg.batch_size, exclude_sha256=exclude, workers=workers
+        examples_dir,
+        "val",
+        image_size,
+        cfg.batch_size,
+        exclude_sha256=exclude,
+        workers=workers,
+        geometry=geometry,
     )
     model_path = os.path.join(out_dir, MODEL)
     if not cfg.enabled:  # the head model passes through: copied, scored by the head stage
@@ -791,6 +831,7 @@ def _fine_tune(
         exclude_sha256=excluded_from_train(validation_dir),
         deterministic=train.deterministic,
         workers=workers,
+        geometry=geometry,
     )
     # image_dataset carries its length, except a FILE-sharded one, which repeats
     fit_steps = gdata.steps_per_epoch(
@@ -862,6 +903,7 @@ def _fine_tune(
             validation_dir,
             strategy,
             small,
+            geometry,
         )
         if folds:
             gain = paired_difference(

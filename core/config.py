@@ -63,6 +63,20 @@ class DataConfig(Section):
     )
     splits: Splits = Field(default_factory=Splits)
     image_size: int = Field(224, ge=32, le=1024, description="square training/serving input side")
+    resize: Literal["squash", "crop", "pad"] = Field(
+        "squash",
+        description="how an image becomes the image_size square, in training, evaluation, the "
+        "feature store and the exported model alike: squash (the whole image, aspect ratio not "
+        "kept), crop (shorter side to image_size / crop_fraction, then the centre square: "
+        "ImageNet's evaluation transform), pad (the whole image, aspect kept, letterboxed with "
+        "the ImageNet mean colour); recipe auto probes the three",
+    )
+    crop_fraction: float = Field(
+        0.875,
+        ge=0.5,
+        le=1,
+        description="resize: crop keeps this fraction of the shorter side (0.875: 224 of 256)",
+    )
     max_side: int = Field(1024, ge=32, le=16384, description="larger stored images are downscaled")
     shards: int = Field(2, ge=1, le=1024, description="TFRecord shards per split")
     beam_args: list[str] = Field(default_factory=list)

@@ -85,6 +85,13 @@ class Step:
 # ----------------------------------------------------------------- step adapters
 
 
+def _geometry(cfg: GraftConfig):
+    """data.resize and data.crop_fraction: how every step shapes an image into the input."""
+    from graft.components.data import Geometry
+
+    return Geometry.of(cfg.data)
+
+
 def _ingest(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     from graft.components.ingest import ingest
 
@@ -130,6 +137,7 @@ def _drift(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         base=cfg.base,
         image_size=cfg.data.image_size,
         feature_store=cfg.features.store,
+        geometry=_geometry(cfg),
     )
     return {"checked": r.checked, "flagged": r.flagged, "blocked": r.blocked, "reasons": r.reasons}
 
@@ -157,6 +165,7 @@ def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         small_data=cfg.advise.small_data,
         budget_minutes=cfg.train.budget_minutes,
         keep={k: read_key(cfg, k) for k in cfg.advise.keep},
+        geometry=_geometry(cfg),
     )
     return {
         "recipe": r.recipe,
@@ -181,6 +190,7 @@ def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         image_size=cfg.data.image_size,
         validation_dir=inputs["validation"],
         feature_store=cfg.features.store,
+        geometry=_geometry(cfg),
     )
     feats = r.extra.get("features") or {}
     return {
@@ -207,6 +217,7 @@ def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         validation_dir=inputs["validation"],
         head_cfg=cfg.train_head,
         skip_reason=_fine_tune_skip_reason(inputs["advice"]),
+        geometry=_geometry(cfg),
     )
     return {
         "ran": r.extra.get("guard") != "disabled",
@@ -244,6 +255,7 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         flip_average=cfg.export.flip_average,
         advice_dir=inputs["advice"],
         drift_dir=inputs.get("drift"),
+        geometry=_geometry(cfg),
     )
     return {
         "blessed": r.blessed,
@@ -277,6 +289,7 @@ def _export(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         base=cfg.base,
         head=cfg.head,
         settings=cfg.values(),
+        geometry=_geometry(cfg),
     )
     summary = {"version": r.version, "path": r.path, "parity_max_abs_diff": r.parity_max_abs_diff}
     edge = os.path.join(out, "tflite.json")  # export.tflite: the variants, for the run summary
@@ -308,6 +321,8 @@ def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
     }
 
 
+GEOMETRY = ("data.resize", "data.crop_fraction")  # every step that turns images into pixels
+
 STEPS: list[Step] = [
     Step(
         "ingest",
@@ -336,6 +351,7 @@ STEPS: list[Step] = [
             "export.model_name",
             "base",
             "data.image_size",
+            *GEOMETRY,
             "features",
         ),
         {
@@ -349,7 +365,15 @@ STEPS: list[Step] = [
     Step(
         "advise",
         {"examples": "ingest", "validation": "validate"},
-        ("recipe", "data.image_size", "base", "train.budget_minutes", "advise", "features"),
+        (
+            "recipe",
+            "data.image_size",
+            *GEOMETRY,
+            "base",
+            "train.budget_minutes",
+            "advise",
+            "features",
+        ),
         {
             "advice": Out("Artifact"),
             "metrics": Out("Metrics", view="json_metrics", file="advice.json"),
@@ -363,7 +387,16 @@ STEPS: list[Step] = [
     Step(
         "train_head",
         {"examples": "ingest", "validation": "validate", "advice": "advise"},
-        ("data.image_size", "base", "head", "train", "train_head", "augment", "features"),
+        (
+            "data.image_size",
+            *GEOMETRY,
+            "base",
+            "head",
+            "train",
+            "train_head",
+            "augment",
+            "features",
+        ),
         {"model": Out("Model")},
         _train_head,
         "new head on the frozen base (feature store)",
@@ -381,7 +414,7 @@ STEPS: list[Step] = [
             "head_model": "train_head",
         },
         # train_head: the cross-validated guard re-trains fold heads as that stage does
-        ("data.image_size", "train", "fine_tune", "augment", "train_head"),
+        ("data.image_size", *GEOMETRY, "train", "fine_tune", "augment", "train_head"),
         {"model": Out("Model")},
         _fine_tune,
         "unfreeze the base as fine_tune.unfreeze says, at a low LR, guarded",
@@ -401,6 +434,7 @@ STEPS: list[Step] = [
         },
         (
             "data.image_size",
+            *GEOMETRY,
             "evaluate",
             "push.destination",
             "export.model_name",
@@ -423,7 +457,7 @@ STEPS: list[Step] = [
     Step(
         "export",
         {"model": "fine_tune", "examples": "ingest", "evaluation": "evaluate", "advice": "advise"},
-        ("data.image_size", "export", "base", "head", "push.force"),
+        ("data.image_size", *GEOMETRY, "export", "base", "head", "push.force"),
         {
             "exported": Out("Model"),
             "edge_models": Out("Model", view="edge_models", file="tflite.json"),

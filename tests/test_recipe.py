@@ -38,10 +38,15 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     assert all(0 <= p["low"] <= p["accuracy"] <= p["high"] <= 1 for p in ev["probes"])
     decided = {d["what"] for d in advice["decisions"]}
     assert decided >= {"similarity", "features", "head", "fine-tune"}
-    # the head stage ran on the plan, with the features advise put in the store
+    # the head stage ran on the plan, with the features advise put in the store: advise ran
+    # the base once over train + val, and once per other geometry (crop, pad) over its sample
     head = _summary(run, "train_head")
-    assert head["features_computed"] == 0 and head["features_reused"] > 0
-    assert gfeat.FORWARD_IMAGES["count"] - before == ev["n_train"] + ev["n_val"]
+    sample = ev["geometry"]["n"]
+    rest = 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_train"] - sample
+    rest += 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_val"]
+    assert head["features_computed"] == rest and head["features_reused"] > 0
+    forward = gfeat.FORWARD_IMAGES["count"] - before
+    assert forward == ev["n_train"] + ev["n_val"] + 2 * sample + rest
     ft = json.load(open(os.path.join(run["steps"]["fine_tune"]["output"], "result.json")))
     planned = advice["overrides"]["fine_tune.enabled"]
     assert (ft["epochs_run"] > 0) == planned
