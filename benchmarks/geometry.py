@@ -10,7 +10,8 @@ px, pooled features of the last layer for each geometry through Graft's own
 the same folds for every geometry; chest_xray's folds keep a patient's X-rays together) for
 --seeds fold seeds. Each image's hits are averaged over the seeds; crop and pad are paired
 with squash per image (95% bootstrap interval, n images). `advise` is the mode advise's rule
-(`plan_geometry`: another mode only when its paired gain over squash is above 0) picks from
+(`plan_geometry`: another mode than the base's own, crop for these ImageNet weights, only when
+its paired gain over crop is above 0) picks from
 the seed-0 probes, as the advise step would at this size and layer. One JSON line;
 benchmarks/results/geometry.json.
 """
@@ -107,12 +108,15 @@ def run_dataset(name: str, step, *, cap: int, size: int, seeds: int) -> dict:
             modes[mode]["vs_squash"] = {
                 k: round(d[k], 4) for k in ("difference", "low", "high")
             } | {"n": d["n"]}
-    # advise's rule on one seed's 5-fold probes (what the advise step measures)
+    # advise's rule on one seed's 5-fold probes (what the advise step measures), from the
+    # ImageNet base's own transform, crop (advise.base_geometry)
+    default = "crop"
     geo = {"size": size, "layer": "out_relu", "n": len(y), "folds": 5, "modes": {}}
+    geo["default"] = default
     for mode, h in hits.items():
         geo["modes"][mode] = {"accuracy": float(h[0].mean()), "low": 0.0, "high": 1.0}
-        if mode != "squash":
-            geo["modes"][mode]["gain"] = paired_difference(h[0], hits["squash"][0])
+        if mode != default:
+            geo["modes"][mode]["gain"] = paired_difference(h[0], hits[default][0])
     p = Plan("auto", {}, {}, [])
     plan_geometry(p, geo)
     return {

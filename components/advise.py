@@ -431,24 +431,41 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
 
 
 GEOMETRY_RULE = (
-    "squash (the whole image, Graft's default) unless crop or pad probes better with a paired "
-    "95% interval of the gain above 0; if both do, the larger gain"
+    "the base's own input transform (ImageNet weights: crop, the shorter side to size / "
+    "crop_fraction and the centre square, as the base was trained and evaluated; the demo base "
+    "or random init: squash) unless another mode probes better with a paired 95% interval of "
+    "the gain above 0; if several do, the larger gain"
 )
 
 
+def base_geometry(base_cfg) -> str:
+    """The data.resize the base's weights were made with: crop for ImageNet weights (every
+    keras.applications file, 'imagenet' or a file of them), squash for the demo base (pretrained
+    on squashed images) and for random init (no transform to match)."""
+    from graft.core.paths import demo_weights
+
+    w = base_cfg.weights
+    if w in (None, "demo") or (
+        isinstance(w, str) and os.path.basename(w) == os.path.basename(demo_weights())
+    ):
+        return "squash"
+    return "crop"
+
+
 def plan_geometry(p: Plan, geo: dict) -> None:
-    """data.resize from the geometry probes: another mode than squash only beyond the noise.
-    Pure; adds the override and a decision line that carries the evidence."""
-    squash = geo["modes"]["squash"]
+    """data.resize from the geometry probes: the base's own mode (`geo["default"]`) unless
+    another wins beyond the noise. Pure; adds the override and a decision line with the
+    evidence."""
+    default = geo.get("default", "squash")
     wins = {
         m: r["gain"]
         for m, r in geo["modes"].items()
-        if m != "squash" and r.get("gain") and r["gain"]["low"] > 0
+        if m != default and r.get("gain") and r["gain"]["low"] > 0
     }
-    choice = max(wins, key=lambda m: wins[m]["difference"]) if wins else "squash"
-    parts = [f"squash {squash['accuracy']:.3f}"]
+    choice = max(wins, key=lambda m: wins[m]["difference"]) if wins else default
+    parts = [f"{default} {geo['modes'][default]['accuracy']:.3f}"]
     for m, r in geo["modes"].items():
-        if m != "squash":
+        if m != default:
             g = r["gain"]
             parts.append(
                 f"{m} {r['accuracy']:.3f} (paired {g['difference']:+.3f} "
@@ -457,7 +474,7 @@ def plan_geometry(p: Plan, geo: dict) -> None:
     verdict = (
         f"{choice} wins beyond the noise"
         if wins
-        else "no mode beats squash beyond the noise, so the default"
+        else f"no mode beats {default} beyond the noise, so the base's own ({default})"
     )
     p.overrides["data.resize"] = choice
     p.decisions.append(
@@ -722,10 +739,11 @@ def measure_geometry(
     folds: int,
     max_probe_images: int,
     crop_fraction: float,
+    default: str = "squash",
 ) -> dict:
     """Linear probes of one layer at one size on the probe sample, per data.resize mode, on
-    the same folds; each other mode's paired gain over squash. One base forward pass per
-    mode over the sample only (the store keeps them; squash is measure's, reused)."""
+    the same folds; each other mode's paired gain over `default` (the base's own). One base
+    forward pass per mode over the sample only (the store keeps them; squash is measure's)."""
     import keras
 
     from graft.components import data as gdata
@@ -771,20 +789,21 @@ def measure_geometry(
             if feats.sha256 != shas:
                 raise RuntimeError("advise: geometry probe sample out of order")  # a bug
             hits_of[mode] = probe(feats.x[layer], y, folds, groups=groups)
+    for mode in gdata.RESIZE_MODES:
         hits = hits_of[mode]
         lo, hi = wilson(int(hits.sum()), len(hits))
         modes[mode] = {"accuracy": float(hits.mean()), "low": lo, "high": hi}
-        if mode != "squash":
-            modes[mode]["gain"] = paired_difference(hits, hits_of["squash"])
+        if mode != default:
+            modes[mode]["gain"] = paired_difference(hits, hits_of[default])
         gain = modes[mode].get("gain")
         log(
             f"advise: geometry {mode:>6} at {size}px ({layer}): {hits.mean():.3f} "
             f"[{lo:.3f}, {hi:.3f}]"
             + (
-                f", paired gain over squash {gain['difference']:+.3f} "
+                f", paired gain over {default} {gain['difference']:+.3f} "
                 f"[{gain['low']:+.3f}, {gain['high']:+.3f}]"
                 if gain
-                else ""
+                else " (the base's own)"
             )
         )
     return {
@@ -793,6 +812,7 @@ def measure_geometry(
         "n": len(y),
         "folds": folds,
         "crop_fraction": crop_fraction,
+        "default": default,
         "rule": GEOMETRY_RULE,
         "modes": modes,
         "seconds": round(time.time() - t0, 2),
@@ -857,6 +877,7 @@ def advise(
             folds=folds,
             max_probe_images=max_probe_images,
             crop_fraction=crop_fraction,
+            default=base_geometry(base_cfg),
         )
         plan_geometry(p, ev.geometry)
     elif recipe == "seed":
@@ -954,7 +975,8 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"Input geometry (data.resize), {geo['folds']}-fold probes of {geo['layer']} at "
             f"{geo['size']} px on the same {geo['n']} images; rule: {geo['rule']}",
             "",
-            "| resize | k-fold accuracy [95%] | paired gain over squash [95%] |",
+            f"| resize | k-fold accuracy [95%] | paired gain over {geo.get('default', 'squash')} "
+            "[95%] |",
             "|---|---|---|",
         ]
         for m, r in geo["modes"].items():

@@ -426,7 +426,9 @@ def advice_html(advice: dict | None) -> str:
             f"<p>Input geometry (data.resize): the same probe of {escape(geo['layer'])} at "
             f"{geo['size']} px on the same {geo['n']} images and folds; {escape(geo['rule'])}.</p>"
             "<table><tr><th class=txt>resize</th><th>accuracy [95%]</th>"
-            "<th>paired gain over squash [95%]</th></tr>" + rows + "</table>"
+            f"<th>paired gain over {escape(geo.get('default', 'squash'))} [95%]</th></tr>"
+            + rows
+            + "</table>"
         )
     return html
 

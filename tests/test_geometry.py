@@ -295,6 +295,26 @@ def test_plan_geometry_keeps_another_mode_only_beyond_the_noise():
     assert chosen(geo((0.05, 0.01, 0.09), (-0.02, -0.05, 0.01))).choice == "crop"
     assert chosen(geo((0.03, 0.01, 0.05), (0.06, 0.02, 0.10))).choice == "pad"  # larger gain
     assert chosen(geo((-0.05, -0.09, -0.01), (0.0, -0.01, 0.01))).choice == "squash"
+    # an ImageNet base's own transform is crop: it stays unless another mode wins beyond the noise
+    g = geo((0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+    g["default"] = "crop"
+    g["modes"]["squash"]["gain"] = {"difference": 0.02, "low": -0.01, "high": 0.05, "n": 200}
+    d = chosen(g)
+    assert d.choice == "crop" and "so the base's own (crop)" in d.reason
+    g["modes"]["squash"]["gain"] = {"difference": 0.03, "low": 0.01, "high": 0.05, "n": 200}
+    assert chosen(g).choice == "squash"  # textures-like: cropping cuts texture away
+
+
+def test_the_bases_own_geometry_is_crop_for_imagenet_weights_only():
+    from graft.components.advise import base_geometry
+    from graft.core.config import BaseConfig
+    from graft.core.paths import demo_weights
+
+    assert base_geometry(BaseConfig()) == "crop"  # weights: imagenet
+    assert base_geometry(BaseConfig(weights="/w/mobilenet_v2_no_top.h5")) == "crop"
+    assert base_geometry(BaseConfig(weights="demo")) == "squash"
+    assert base_geometry(BaseConfig(weights=demo_weights())) == "squash"
+    assert base_geometry(BaseConfig(weights=None)) == "squash"
 
 
 def _advice(run) -> tuple[dict, str]:

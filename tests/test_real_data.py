@@ -34,9 +34,7 @@ FLOOR_FINE_TUNED = 0.72  # achieved 0.740-0.766 with the fc head here (SE ~0.017
 FLOOR_MARGIN_OVER_SCRATCH = 0.20
 
 
-def _test_accuracy(
-    model, examples: str, validation: str, flip_average: bool, size: int
-) -> float:
+def _test_accuracy(model, examples: str, validation: str, flip_average: bool, size: int) -> float:
     """Test accuracy scored the way the export serves (components.model.scores)."""
     from graft.components import data as gdata
     from graft.components import model as gmodel
