@@ -417,7 +417,12 @@ def advice_html(advice: dict | None) -> str:
         rows = ""
         for mode, r in geo["modes"].items():
             g = r.get("gain")
-            gain = _ci([g["difference"], g["low"], g["high"]]) if g else ""
+            gain = (
+                f"{100 * g['difference']:+.1f} pts <span class=muted>[{100 * g['low']:+.1f}, "
+                f"{100 * g['high']:+.1f}]</span>"
+                if g
+                else "the base's own"
+            )
             rows += (
                 f"<tr><td class=txt>{escape(mode)}</td>"
                 f"<td>{_ci([r['accuracy'], r['low'], r['high']])}</td><td>{gain}</td></tr>"

@@ -330,6 +330,7 @@ def test_advise_records_the_geometry_decision_with_its_evidence(tmp_path, tiny_d
     advice, out = _advice(run_pipeline(parse_config(raw), until="advise"))
     geo = advice["evidence"]["geometry"]
     assert set(geo["modes"]) == {"squash", "crop", "pad"} and geo["size"] == 48
+    assert geo["default"] == "squash"  # the demo base was pretrained on squashed images
     assert geo["n"] == advice["evidence"]["n_train"] and geo["folds"] == 3
     for mode, r in geo["modes"].items():
         assert 0 <= r["low"] <= r["accuracy"] <= r["high"] <= 1, mode
