@@ -67,6 +67,8 @@ class Evidence:
     seconds: float = 0.0
     # the geometry probes (measure_geometry): per data.resize mode, accuracy and paired gain
     geometry: dict | None = None
+    # label_issues.check's document (label_issues.json, not advice.json)
+    label_check: dict | None = field(default=None, repr=False)
 
     @property
     def imbalance(self) -> float:
@@ -618,6 +620,7 @@ def measure(
     stage_frac: list[float] = []
     base_layers: list[str] = []
     hidden = None
+    label_check = None
     for size in sizes:
         keras.backend.clear_session()
         base = gmodel.build_base(cfg_full, size)
@@ -655,6 +658,19 @@ def measure(
             n = sum(g.computed for g in got.values())
             t = sum(g.seconds for g in got.values())
             speed = n / t if n >= 64 and t > 0 else _speed(extractor, size)
+            # the label check scores every labelled image: test joins train and val
+            excl["test"] = excl["val"]
+            got["test"] = gfeat.split_features(
+                examples_dir,
+                "test",
+                layers,
+                extractor=extractor,
+                store=store,
+                exclude=excl["test"],
+                stage="advise: label check",
+                geometry=squash,
+            )
+            label_check = _label_check(examples_dir, got, excl, layers[0], size, folds)
         idx = _sample(feats.y, max_probe_images)
         y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
         for name, depth in tap_list:
@@ -695,6 +711,25 @@ def measure(
         images_per_s=speed,
         hidden_head=hidden,
         seconds=round(time.time() - t0, 2),
+        label_check=label_check,
+    )
+
+
+def _label_check(examples_dir: str, got: dict, exclude: dict, layer: str, size: int, folds: int):
+    """label_issues.check on `layer`'s features of every split in `got`, pooled (an image in
+    two splits once)."""
+    from graft.components import data as gdata
+    from graft.components import features as gfeat
+    from graft.components import label_issues
+
+    rows = [r for split in got for r in gfeat.split_rows(examples_dir, split, exclude[split])]
+    x = np.concatenate([f.x[layer] for f in got.values() if len(f.sha256)])
+    y = np.concatenate([f.y for f in got.values()])
+    first = {r["sha256"]: i for i, r in reversed(list(enumerate(rows)))}
+    keep = sorted(first.values())
+    labels = gdata.read_labels(examples_dir) or []
+    return label_issues.check(
+        x[keep], y[keep], [rows[i] for i in keep], labels, folds=folds, layer=layer, size=size
     )
 
 
@@ -893,6 +928,7 @@ def advise(
         evidence = asdict(ev)
         for pr in evidence["probes"]:
             pr.pop("correct")
+        _write_label_issues(examples_dir, validation_dir, out_dir, evidence.pop("label_check"))
     res = AdviceResult(
         p.recipe,
         p.cell,
@@ -909,6 +945,25 @@ def advise(
     for line in advice_table(res).splitlines():
         log(f"advise: {line}")
     return res
+
+
+def _write_label_issues(examples_dir, validation_dir, out_dir, doc: dict | None) -> None:
+    """label_issues.json: the probe's likely mislabelled images merged with validate's exact
+    copies under two classes; the summary and the first few in the log."""
+    from graft.components import label_issues
+
+    if doc is None:
+        return
+    try:
+        with open(os.path.join(examples_dir, "stats.json")) as f:
+            root = json.load(f).get("source") or ""
+    except (OSError, ValueError):
+        root = ""
+    dups = label_issues.duplicates_across_classes(examples_dir, validation_dir)
+    doc = label_issues.write(out_dir, doc, dups, root)
+    log(f"advise: {label_issues.summary(doc)}; {label_issues.FILE}")
+    for line in label_issues.table(doc, 3).splitlines():
+        log(f"advise: {line}")
 
 
 def _keep_settings(p: Plan, keep: dict[str, Any]) -> dict:

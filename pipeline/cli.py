@@ -216,6 +216,7 @@ def advise_config(args) -> GraftConfig:
 
 def cmd_advise(args) -> int:
     """Ingest, validate and advise (cached like a run), then print the evidence and the plan."""
+    from graft.components import label_issues
     from graft.components.advise import advice_table, read_advice
     from graft.pipeline.runner import run_pipeline
 
@@ -239,6 +240,11 @@ def cmd_advise(args) -> int:
                 f"  probe {p['depth']:>6} {p['layer']:<24} {p['size']:>4}px {p['dim']:>5}-d  "
                 f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}]  n={p['n']}"
             )
+    issues = label_issues.read(run["steps"]["advise"]["output"])
+    if issues:
+        print(f"\n{label_issues.summary(issues)}" + (", the first 10:" if issues["issues"] else ""))
+        if issues["issues"]:
+            print(label_issues.table(issues, 10))
     print(f"\nadvice.json: {os.path.join(run['steps']['advise']['output'], 'advice.json')}")
     return 0
 

@@ -1,0 +1,232 @@
+"""Label issues: images whose given label the data itself disputes.
+
+Confident learning (Northcutt, Jiang & Chuang, "Confident Learning: Estimating Uncertainty in
+Dataset Labels", JAIR 2021) on out-of-fold class probabilities: each image is scored by a
+k-fold linear probe on frozen pooled features that never saw it, so a mislabelled image is
+judged by what the other images say its class looks like. A class's threshold is the mean
+probability the probe gives that class over the images filed under it. An image is an issue
+when the probability of its given label is below that label's threshold and another class
+reaches its own threshold; the suggested label is the most probable such class. Issues are
+ranked by the probability of the given label, lowest first (cleanlab's self-confidence order).
+
+Exact copies of one image filed under two classes (validate's label conflicts) are certain
+issues: they are merged into the same list, first. The advise step writes the list to
+`label_issues.json`; `graft advise` prints the top ten and the report shows them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+FILE = "label_issues.json"
+MAX_CHECKED = 20_000  # images the probe scores at most (a stratified sample above it)
+METHOD = (
+    "confident learning (Northcutt et al. 2021) on out-of-fold probabilities of a k-fold "
+    "logistic-regression probe on standardised pooled features: an image is listed when the "
+    "probability of its given label is below that class's threshold (the mean probability of "
+    "the class over the images filed under it) and another class reaches its own threshold; "
+    "ranked by the probability of the given label, lowest first. Exact copies of one image "
+    "under two classes (validate's label conflicts) are listed first"
+)
+MISLABELLED = "likely_mislabelled"
+DUPLICATE = "duplicate_across_classes"
+
+
+def out_of_fold_probabilities(
+    x: np.ndarray, y: np.ndarray, folds: int, groups: np.ndarray | None = None, seed: int = 0
+) -> tuple[np.ndarray, int]:
+    """Class probabilities of each image from a probe trained on the other folds, and k.
+
+    The probe is advise's linear probe (standardised features, logistic regression); a group
+    (data.group_by) stays in one fold, so a patient's other images cannot vouch for a label.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    grouped = 2 <= n_groups < len(y)
+    if grouped:
+        k = min(k, n_groups)
+        cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    else:
+        cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=500, tol=1e-3))
+    probs = cross_val_predict(
+        pipe, x, y, cv=cv, groups=groups if grouped else None, method="predict_proba"
+    )
+    return probs, k
+
+
+def find_label_issues(probs: np.ndarray, y: np.ndarray) -> tuple[list[tuple[int, int]], list]:
+    """Confident learning: ([(image index, suggested class)] ranked, per-class thresholds).
+
+    Pure numpy. `probs`: out-of-fold probabilities [n, C]; `y`: given labels [n].
+    """
+    n, c = probs.shape
+    thresholds = np.array([probs[y == j, j].mean() if np.any(y == j) else 1.0 for j in range(c)])
+    given = probs[np.arange(n), y]
+    confident = probs >= thresholds  # [n, C]: the classes that claim each image
+    confident[np.arange(n), y] = False
+    claimed = np.where(confident, probs, -1.0)
+    suggested = claimed.argmax(1)
+    issue = (given < thresholds[y]) & confident.any(1)
+    order = np.flatnonzero(issue)
+    order = order[np.argsort(given[order], kind="stable")]
+    return [(int(i), int(suggested[i])) for i in order], thresholds.tolist()
+
+
+def stratified_sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
+    """Up to `cap` indices in order, each class in proportion, fixed by the seed."""
+    if len(y) <= cap:
+        return np.arange(len(y))
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        keep.extend(rng.choice(idx, max(2, round(cap * len(idx) / len(y))), replace=False))
+    return np.sort(np.array(keep))
+
+
+def check(
+    x: np.ndarray,
+    y: np.ndarray,
+    rows: list[dict],
+    labels: list[str],
+    *,
+    folds: int,
+    layer: str,
+    size: int,
+) -> dict:
+    """Score the images (features `x`, given labels `y`, manifest `rows` alike ordered) and
+    list the likely mislabelled ones; the document label_issues.json holds, less duplicates."""
+    idx = stratified_sample(y, MAX_CHECKED)
+    groups = np.array([r.get("group") or r["sha256"] for r in rows])[idx]
+    probs, k = out_of_fold_probabilities(x[idx], y[idx], folds, groups=groups)
+    found, thresholds = find_label_issues(probs, y[idx])
+    checked: dict[str, int] = {}
+    for i in idx:
+        checked[rows[i]["split"]] = checked.get(rows[i]["split"], 0) + 1
+    issues = []
+    for i, s in found:
+        r = rows[idx[i]]
+        g = int(y[idx[i]])
+        issues.append(
+            {
+                "kind": MISLABELLED,
+                "path": r["path"],
+                "split": r["split"],
+                "sha256": r["sha256"],
+                "given": labels[g],
+                "suggested": labels[s],
+                "confidence": round(float(probs[i, s]), 4),
+                "given_probability": round(float(probs[i, g]), 4),
+            }
+        )
+    return {
+        "method": METHOD,
+        "layer": layer,
+        "size": size,
+        "folds": k,
+        "checked": checked,
+        "images": len(y),
+        "sampled": len(idx) < len(y),
+        "thresholds": {lab: round(t, 4) for lab, t in zip(labels, thresholds, strict=True)},
+        "issues": issues,
+    }
+
+
+def duplicates_across_classes(examples_dir: str, validation_dir: str | None) -> list[dict]:
+    """validate's label conflicts (one image's bytes under two classes, dropped everywhere),
+    one entry per image: its first copy's path and label, the other label suggested."""
+    from graft.components.validate import excluded_from_train, read_manifest
+
+    conflicts = excluded_from_train(validation_dir)  # exclude_from_all: the label conflicts
+    if not conflicts:
+        return []
+    copies: dict[str, list[dict]] = {}
+    for m in read_manifest(examples_dir):
+        if m["sha256"] in conflicts:
+            copies.setdefault(m["sha256"], []).append(m)
+    out = []
+    for sha, ms in sorted(copies.items()):
+        first = ms[0]
+        others = sorted({m["label"] for m in ms} - {first["label"]})
+        out.append(
+            {
+                "kind": DUPLICATE,
+                "path": first["path"],
+                "split": first["split"],
+                "sha256": sha,
+                "given": first["label"],
+                "suggested": others[0] if others else None,
+                "confidence": None,
+                "given_probability": None,
+                "copies": [
+                    {"path": m["path"], "label": m["label"], "split": m["split"]} for m in ms
+                ],
+            }
+        )
+    return out
+
+
+def write(out_dir: str, doc: dict, duplicates: list[dict], data_root: str = "") -> dict:
+    """Merge, rank (duplicates first) and write label_issues.json; returns the document."""
+    issues = duplicates + doc.get("issues", [])
+    for rank, it in enumerate(issues, 1):
+        it["rank"] = rank
+    doc = {
+        **doc,
+        "data_root": data_root,
+        "counts": {
+            MISLABELLED: sum(it["kind"] == MISLABELLED for it in issues),
+            DUPLICATE: len(duplicates),
+        },
+        "issues": issues,
+    }
+    with open(os.path.join(out_dir, FILE), "w") as f:
+        json.dump(doc, f, indent=2)
+    return doc
+
+
+def read(advice_dir: str | None) -> dict | None:
+    """label_issues.json of an advise output; None when advise wrote none (recipe manual)."""
+    path = os.path.join(advice_dir, FILE) if advice_dir else None
+    if not path or not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def short_path(path: str, root: str) -> str:
+    """`path` under the data folder it came from, else as it is."""
+    return os.path.relpath(path, root) if root and path.startswith(root.rstrip("/") + "/") else path
+
+
+def summary(doc: dict) -> str:
+    """One line: how many issues, of how many images, checked how."""
+    c = doc["counts"]
+    checked = ", ".join(f"{n} {s}" for s, n in doc["checked"].items())
+    of = f" (a sample of {doc['images']})" if doc.get("sampled") else ""
+    return (
+        f"label issues: {c[MISLABELLED]} likely mislabelled, {c[DUPLICATE]} duplicate(s) across "
+        f"classes; checked {checked} images{of} with a {doc['folds']}-fold probe of "
+        f"{doc['layer']} at {doc['size']} px"
+    )
+
+
+def table(doc: dict, limit: int = 10) -> str:
+    """The first `limit` issues as aligned text lines: rank, kind, given -> suggested, path."""
+    lines = []
+    for it in doc["issues"][:limit]:
+        conf = f"{it['confidence']:.2f}" if it["confidence"] is not None else "  - "
+        lines.append(
+            f"  {it['rank']:>3} {it['kind']:<24} {it['given']} -> {it['suggested']} "
+            f"{conf}  {short_path(it['path'], doc.get('data_root', ''))}"
+        )
+    return "\n".join(lines)

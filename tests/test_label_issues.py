@@ -1,0 +1,130 @@
+"""Label issues (confident learning on out-of-fold probe probabilities), advise's label_issues.json.
+
+The ranking tests are pure (synthetic features, no TensorFlow); the end-to-end test plants
+mislabelled images in demo data and runs `graft advise` on the demo base.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from graft.components import label_issues as li
+
+FIELDS = {"rank", "kind", "path", "split", "sha256", "given", "suggested", "confidence"}
+
+
+def _blobs(n_per_class: int, classes: int, dim: int = 32, seed: int = 0):
+    """Gaussian clusters, one per class, a little overlap."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 2.5, (classes, dim))
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = centres[y] + rng.normal(0, 1.0, (len(y), dim))
+    return x.astype(np.float32), y
+
+
+def _rows(n: int) -> list[dict]:
+    return [
+        {"path": f"/data/img{i}.jpg", "split": "train", "sha256": f"{i:064x}"} for i in range(n)
+    ]
+
+
+def test_planted_label_flips_are_ranked_first_with_their_true_class_suggested():
+    x, truth = _blobs(60, 3)
+    given = truth.copy()
+    rng = np.random.default_rng(1)
+    flipped = rng.choice(len(given), 8, replace=False)
+    given[flipped] = (truth[flipped] + 1) % 3
+    doc = li.check(x, given, _rows(len(given)), ["a", "b", "c"], folds=5, layer="l", size=32)
+    top = doc["issues"][: len(flipped)]
+    assert {int(it["path"][len("/data/img") : -4]) for it in top} == set(flipped.tolist())
+    labels = ["a", "b", "c"]
+    for it in top:
+        i = int(it["path"][len("/data/img") : -4])
+        assert it["given"] == labels[given[i]] and it["suggested"] == labels[truth[i]]
+        assert it["kind"] == li.MISLABELLED and it["confidence"] > it["given_probability"]
+    assert doc["checked"] == {"train": 180} and doc["sampled"] is False and doc["folds"] == 5
+    # ranked by the probability of the given label, lowest first
+    p = [it["given_probability"] for it in doc["issues"]]
+    assert p == sorted(p)
+
+
+def test_confident_learning_needs_another_class_to_claim_the_image():
+    probs = np.array(
+        [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]]
+    )
+    y = np.array([0, 0, 0, 1, 1, 1, 1])
+    found, thresholds = li.find_label_issues(probs, y)
+    assert np.allclose(thresholds, [0.8, 0.675])
+    # images 2 (a at 0.6) and 6 (b at 0.4) are unsure, but the other class is below its own
+    # threshold on each: nobody claims them
+    assert found == []
+    probs[6] = [0.9, 0.1]  # now a claims image 6 (0.9 >= a's 0.8; b's threshold 0.6)
+    found, thresholds = li.find_label_issues(probs, y)
+    assert found == [(6, 0)] and np.allclose(thresholds, [0.8, 0.6])
+
+
+def test_duplicates_across_classes_come_first_and_every_entry_has_the_fields(tmp_path):
+    x, y = _blobs(30, 2, seed=3)
+    y[[0, 1]] = 1
+    doc = li.check(x, y, _rows(len(y)), ["cat", "dog"], folds=3, layer="l", size=32)
+    dup = {
+        "kind": li.DUPLICATE,
+        "path": "/data/twice.jpg",
+        "split": "train",
+        "sha256": "f" * 64,
+        "given": "cat",
+        "suggested": "dog",
+        "confidence": None,
+        "given_probability": None,
+        "copies": [],
+    }
+    written = li.write(str(tmp_path), doc, [dup], "/data")
+    on_disk = json.loads((tmp_path / li.FILE).read_text())
+    assert on_disk == written
+    assert [it["rank"] for it in on_disk["issues"]] == list(range(1, len(on_disk["issues"]) + 1))
+    assert on_disk["issues"][0]["kind"] == li.DUPLICATE
+    assert on_disk["counts"] == {li.MISLABELLED: len(on_disk["issues"]) - 1, li.DUPLICATE: 1}
+    assert all(FIELDS <= set(it) for it in on_disk["issues"])
+    assert {"img0.jpg", "img1.jpg"} <= {Path(it["path"]).name for it in on_disk["issues"][1:3]}
+    text = li.table(on_disk, 3)
+    assert "twice.jpg" in text and "/data/" not in text  # paths under the data folder
+
+
+@pytest.mark.slow
+def test_graft_advise_writes_and_prints_the_planted_mislabels(tmp_path, tiny_data, capsys):
+    from graft.pipeline.cli import main
+
+    data = tmp_path / "images"
+    shutil.copytree(tiny_data, data)
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    planted = sorted((data / classes[0]).iterdir())[:3]
+    for p in planted:  # three images of the first class filed under the second
+        p.rename(data / classes[1] / f"planted-{p.name}")
+    sets = [
+        "base.weights=demo",
+        "base.kwargs={alpha: 0.35}",
+        "data.image_size=48",
+        "data.num_workers=1",
+        "validate.min_per_class={train: 2, val: 1, test: 1}",
+        "advise.folds=3",
+        f"runner.run_root={tmp_path / 'runs'}",
+        f"push.destination={tmp_path / 'models'}",
+    ]
+    assert main(["advise", str(data), *[a for s in sets for a in ("--set", s)]]) == 0
+    out = capsys.readouterr().out
+    found = list((tmp_path / "runs" / "steps" / "advise").glob(f"*/{li.FILE}"))
+    assert len(found) == 1
+    doc = json.loads(found[0].read_text())
+    total = sum(doc["checked"].values())
+    assert set(doc["checked"]) == {"train", "val", "test"} and total == doc["images"] == 120
+    assert doc["folds"] == 3 and doc["layer"] and doc["method"].startswith("confident learning")
+    assert all(FIELDS <= set(it) for it in doc["issues"])
+    hits = [it for it in doc["issues"] if Path(it["path"]).name.startswith("planted-")]
+    assert hits, doc["issues"][:5]
+    assert all(it["given"] == classes[1] for it in hits)
+    assert "label issues:" in out and f"checked {doc['checked']['train']} train" in out
+    first = doc["issues"][0]
+    assert f"{first['given']} -> {first['suggested']}" in out
