@@ -263,6 +263,23 @@ def _data_checks_html(validation_dir: str | None, root: str = "") -> str:
     return f"<h2>Data checks (validate)</h2><ul>{items or '<li>none</li>'}</ul>{table}"
 
 
+LABEL_ISSUES_SHOWN = 20
+
+
+def _label_issues_html(advice_dir: str | None, root: str) -> str:
+    """advise's label issues with thumbnails of the source files (the first few)."""
+    from graft.components import label_issues
+
+    doc = label_issues.read(advice_dir)
+    if doc is None:
+        return report.label_issues_html(None, {}, LABEL_ISSUES_SHOWN)
+    first = doc["issues"][:LABEL_ISSUES_SHOWN]
+    thumbs = {it["path"]: _thumb_of_file(it["path"]) for it in first}
+    for it in first:
+        it["shown_path"] = label_issues.short_path(it["path"], root or doc.get("data_root", ""))
+    return report.label_issues_html(doc, thumbs, LABEL_ISSUES_SHOWN)
+
+
 def _drift(drift_dir: str | None) -> dict | None:
     """drift.json of the run's drift step; None when there is none (the step did not run)."""
     path = os.path.join(drift_dir, "drift.json") if drift_dir else None
@@ -527,6 +544,7 @@ def evaluate(
             checks_html=checks,
             advice=_advice(advice_dir),
             drift=_drift(drift_dir),
+            label_issues=_label_issues_html(advice_dir, _data_root(examples_dir)),
         )
     )
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:

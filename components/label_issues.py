@@ -133,6 +133,8 @@ def check(
         "layer": layer,
         "size": size,
         "folds": k,
+        # the probe's own out-of-fold accuracy: a weak probe lists many of its own errors
+        "probe_accuracy": round(float((probs.argmax(1) == y[idx]).mean()), 4),
         "checked": checked,
         "images": len(y),
         "sampled": len(idx) < len(y),
@@ -216,7 +218,7 @@ def summary(doc: dict) -> str:
     return (
         f"label issues: {c[MISLABELLED]} likely mislabelled, {c[DUPLICATE]} duplicate(s) across "
         f"classes; checked {checked} images{of} with a {doc['folds']}-fold probe of "
-        f"{doc['layer']} at {doc['size']} px"
+        f"{doc['layer']} at {doc['size']} px (its accuracy {doc['probe_accuracy']:.3f})"
     )
 
 

@@ -511,6 +511,48 @@ def near_duplicates_html(pairs: list[dict], thumbs: dict[str, str | None]) -> st
     )
 
 
+def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: int) -> str:
+    """advise's label_issues.json: the first `shown` entries, each with its thumbnail (thumbs
+    by path), and how the images were checked."""
+    if doc is None:
+        return "<p>Not checked: advise measured nothing (recipe manual or seed).</p>"
+    c = doc["counts"]
+    checked = ", ".join(f"{n} {escape(s)}" for s, n in doc["checked"].items())
+    head = (
+        f"<p>{c['likely_mislabelled']} likely mislabelled image(s) and "
+        f"{c['duplicate_across_classes']} exact duplicate(s) under two classes; checked "
+        f"{checked} images{' (a sample)' if doc.get('sampled') else ''} with a "
+        f"{doc['folds']}-fold probe of {escape(doc['layer'])} at {doc['size']} px (its accuracy "
+        f"{doc['probe_accuracy']:.3f}). Confident learning: an image is listed when the probe, "
+        "trained without it, gives its label less than that class's typical confidence and "
+        "another class at least its own; lowest confidence in the given label first. "
+        f"{'The first ' + str(shown) + ' of all in' if len(doc['issues']) > shown else 'All in'} "
+        "<code>label_issues.json</code> beside advice.json.</p>"
+    )
+    if not doc["issues"]:
+        return head
+    rows = []
+    for it in doc["issues"][:shown]:
+        src = thumbs.get(it["path"])
+        img = f'<img src="{src}" alt="">' if src else ""
+        conf = f"{it['confidence']:.3f}" if it["confidence"] is not None else "-"
+        p = it.get("given_probability")
+        given_p = f"{p:.3f}" if p is not None else ""
+        kind = "duplicate across classes" if it["kind"] == "duplicate_across_classes" else ""
+        rows.append(
+            f'<tr><td>{it["rank"]}</td><td class="thumb">{img}</td>'
+            f'<td class="txt">{escape(it["given"])} <span class="muted">{given_p}</span></td>'
+            f'<td class="txt"><b>{escape(str(it["suggested"]))}</b> {escape(kind)}</td>'
+            f'<td>{conf}</td><td class="txt">{escape(it["split"])}</td>'
+            f'<td class="path">{path_html(it["shown_path"])}</td></tr>'
+        )
+    return (
+        head + '<table><tr><th>rank</th><th class="txt">image</th><th class="txt">given (p)</th>'
+        '<th class="txt">suggested</th><th>confidence</th><th class="txt">split</th>'
+        f'<th class="txt">path</th></tr>{"".join(rows)}</table>'
+    )
+
+
 def _img(path: str, alt: str) -> str:
     with open(path, "rb") as f:
         data = base64.b64encode(f.read()).decode()
@@ -531,6 +573,7 @@ def write_report(
     checks_html: str = "",
     advice: dict | None = None,
     drift: dict | None = None,
+    label_issues: str = "",
 ) -> str:
     """Write report.html into out_dir; returns its path."""
     verdict = "BLESSED" if res["blessed"] else "NOT BLESSED"
@@ -557,6 +600,7 @@ def write_report(
         ),
         _section("per-class", "Per-class metrics", _per_class_table(res, res["labels"])),
         _section("wrong", "Most confidently wrong test images", _gallery_html(gallery)),
+        _section("label-issues", "Label issues (advise)", label_issues) if label_issues else "",
         _section(
             "confusion", "Confusion matrix", _img(plots["confusion_matrix"], "confusion matrix")
         ),

@@ -39,14 +39,17 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     decided = {d["what"] for d in advice["decisions"]}
     assert decided >= {"similarity", "features", "head", "fine-tune"}
     # the head stage ran on the plan, with the features advise put in the store: advise ran
-    # the base once over train + val, and once per other geometry (crop, pad) over its sample
+    # the base once over train + val (+ test, for the label check), and once per other
+    # geometry (crop, pad) over its sample
     head = _summary(run, "train_head")
     sample = ev["geometry"]["n"]
     rest = 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_train"] - sample
     rest += 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_val"]
     assert head["features_computed"] == rest and head["features_reused"] > 0
     forward = gfeat.FORWARD_IMAGES["count"] - before
-    assert forward == ev["n_train"] + ev["n_val"] + 2 * sample + rest
+    issues = json.load(open(os.path.join(advice_dir, "label_issues.json")))
+    n_test = issues["checked"]["test"]
+    assert forward == ev["n_train"] + ev["n_val"] + n_test + 2 * sample + rest
     ft = json.load(open(os.path.join(run["steps"]["fine_tune"]["output"], "result.json")))
     planned = advice["overrides"]["fine_tune.enabled"]
     assert (ft["epochs_run"] > 0) == planned
@@ -54,6 +57,7 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     ev_dir = run["steps"]["evaluate"]["output"]
     html = open(os.path.join(ev_dir, "report.html")).read()
     assert 'id="recipe"' in html and advice["cell"]["similarity"] in html
+    assert 'id="label-issues"' in html and "label_issues.json" in html
     assert _summary(run, "push")["pushed"] is True
     assert os.path.exists(os.path.join(advice_dir, "advice.md"))
 
