@@ -525,7 +525,8 @@ def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: in
         f"{doc['folds']}-fold probe of {escape(doc['layer'])} at {doc['size']} px (its accuracy "
         f"{doc['probe_accuracy']:.3f}). Confident learning: an image is listed when the probe, "
         "trained without it, gives its label less than that class's typical confidence and "
-        "another class at least its own; lowest confidence in the given label first. "
+        "another class at least its own (or, less sure, simply more); lowest probability of "
+        "the given label first. "
         f"{'The first ' + str(shown) + ' of all in' if len(doc['issues']) > shown else 'All in'} "
         "<code>label_issues.json</code> beside advice.json.</p>"
     )
@@ -538,11 +539,16 @@ def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: in
         conf = f"{it['confidence']:.3f}" if it["confidence"] is not None else "-"
         p = it.get("given_probability")
         given_p = f"{p:.3f}" if p is not None else ""
-        kind = "duplicate across classes" if it["kind"] == "duplicate_across_classes" else ""
+        kind = (
+            "duplicate across classes"
+            if it["kind"] == "duplicate_across_classes"
+            else ("" if it.get("confident", True) else "less sure")
+        )
         rows.append(
             f'<tr><td>{it["rank"]}</td><td class="thumb">{img}</td>'
             f'<td class="txt">{escape(it["given"])} <span class="muted">{given_p}</span></td>'
-            f'<td class="txt"><b>{escape(str(it["suggested"]))}</b> {escape(kind)}</td>'
+            f'<td class="txt"><b>{escape(str(it["suggested"]))}</b> '
+            f'<span class="muted">{escape(kind)}</span></td>'
             f'<td>{conf}</td><td class="txt">{escape(it["split"])}</td>'
             f'<td class="path">{path_html(it["shown_path"])}</td></tr>'
         )

@@ -13,7 +13,17 @@ import pytest
 
 from graft.components import label_issues as li
 
-FIELDS = {"rank", "kind", "path", "split", "sha256", "given", "suggested", "confidence"}
+FIELDS = {
+    "rank",
+    "kind",
+    "path",
+    "split",
+    "sha256",
+    "given",
+    "suggested",
+    "confidence",
+    "confident",
+}
 
 
 def _blobs(n_per_class: int, classes: int, dim: int = 32, seed: int = 0):
@@ -51,19 +61,22 @@ def test_planted_label_flips_are_ranked_first_with_their_true_class_suggested():
     assert p == sorted(p)
 
 
-def test_confident_learning_needs_another_class_to_claim_the_image():
+def test_an_image_is_listed_when_its_label_is_unsure_and_another_class_is_preferred():
     probs = np.array(
-        [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4]]
+        [[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.3, 0.7], [0.2, 0.8], [0.4, 0.6]]
     )
     y = np.array([0, 0, 0, 1, 1, 1, 1])
     found, thresholds = li.find_label_issues(probs, y)
-    assert np.allclose(thresholds, [0.8, 0.675])
-    # images 2 (a at 0.6) and 6 (b at 0.4) are unsure, but the other class is below its own
-    # threshold on each: nobody claims them
+    assert np.allclose(thresholds, [0.8, 0.725])
+    # images 2 (a at 0.6) and 6 (b at 0.6) are below their class's threshold, but the probe
+    # still prefers their given label: not listed
     assert found == []
-    probs[6] = [0.9, 0.1]  # now a claims image 6 (0.9 >= a's 0.8; b's threshold 0.6)
+    probs[6] = [0.7, 0.3]  # a is preferred, below its own 0.8 threshold: listed, not confident
     found, thresholds = li.find_label_issues(probs, y)
-    assert found == [(6, 0)] and np.allclose(thresholds, [0.8, 0.6])
+    assert found == [(6, 0, False)] and np.allclose(thresholds, [0.8, 0.65])
+    probs[6] = [0.9, 0.1]  # a claims it at its threshold: confident learning's off-diagonal
+    found, _ = li.find_label_issues(probs, y)
+    assert found == [(6, 0, True)]
 
 
 def test_duplicates_across_classes_come_first_and_every_entry_has_the_fields(tmp_path):
@@ -79,6 +92,7 @@ def test_duplicates_across_classes_come_first_and_every_entry_has_the_fields(tmp
         "suggested": "dog",
         "confidence": None,
         "given_probability": None,
+        "confident": True,
         "copies": [],
     }
     written = li.write(str(tmp_path), doc, [dup], "/data")
