@@ -961,7 +961,7 @@ def _write_label_issues(examples_dir, validation_dir, out_dir, doc: dict | None)
         root = ""
     dups = label_issues.duplicates_across_classes(examples_dir, validation_dir)
     doc = label_issues.write(out_dir, doc, dups, root)
-    log(f"advise: {label_issues.summary(doc)}; {label_issues.FILE}")
+    log(f"advise: {label_issues.summary(doc)}, {doc['seconds']:.1f}s; {label_issues.FILE}")
     for line in label_issues.table(doc, 3).splitlines():
         log(f"advise: {line}")
 

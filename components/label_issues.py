@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 
@@ -115,6 +116,7 @@ def check(
 ) -> dict:
     """Score the images (features `x`, given labels `y`, manifest `rows` alike ordered) and
     list the likely mislabelled ones; the document label_issues.json holds, less duplicates."""
+    t0 = time.time()
     idx = stratified_sample(y, MAX_CHECKED)
     groups = np.array([r.get("group") or r["sha256"] for r in rows])[idx]
     probs, k = out_of_fold_probabilities(x[idx], y[idx], folds, groups=groups)
@@ -151,6 +153,7 @@ def check(
         "sampled": len(idx) < len(y),
         "thresholds": {lab: round(t, 4) for lab, t in zip(labels, thresholds, strict=True)},
         "issues": issues,
+        "seconds": round(time.time() - t0, 2),  # the probes' fits (the features were there)
     }
 
 

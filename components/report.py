@@ -515,7 +515,10 @@ def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: in
     """advise's label_issues.json: the first `shown` entries, each with its thumbnail (thumbs
     by path), and how the images were checked."""
     if doc is None:
-        return "<p>Not checked: advise measured nothing (recipe manual or seed).</p>"
+        return (
+            "<p>Not checked: advise wrote no <code>label_issues.json</code> (recipe manual or "
+            "seed measure nothing; recipe auto checks the labels).</p>"
+        )
     c = doc["counts"]
     checked = ", ".join(f"{n} {escape(s)}" for s, n in doc["checked"].items())
     head = (

@@ -129,7 +129,6 @@ def test_graft_advise_writes_and_prints_the_planted_mislabels(tmp_path, tiny_dat
     ]
     assert main(["advise", str(data), *[a for s in sets for a in ("--set", s)]]) == 0
     out = capsys.readouterr().out
-    print(out)
     found = list((tmp_path / "runs" / "steps" / "advise").glob(f"*/{li.FILE}"))
     assert len(found) == 1
     doc = json.loads(found[0].read_text())

@@ -101,6 +101,7 @@ def test_report_has_every_section(report):
         "guard": "Fine-tuning guard",
         "per-class": "Per-class metrics",
         "wrong": "Most confidently wrong test images",
+        "label-issues": "Label issues (advise)",  # recipe manual: "Not checked"
         "confusion": "Confusion matrix",
         "per-class-f1": "Per-class F1",
         "curves": "Training curves",
