@@ -1,7 +1,7 @@
 """Label issues (confident learning on out-of-fold probe probabilities), advise's label_issues.json.
 
 The ranking tests are pure (synthetic features, no TensorFlow); the end-to-end test plants
-mislabelled images in demo data and runs `graft advise` on the demo base.
+mislabelled images and an image under two classes in demo data and runs `graft advise`.
 """
 
 import json
@@ -117,7 +117,10 @@ def test_graft_advise_writes_and_prints_the_planted_mislabels(tmp_path, tiny_dat
     planted = sorted((data / classes[0]).iterdir())[:3]
     for p in planted:  # three images of the first class filed under the second
         p.rename(data / classes[1] / f"planted-{p.name}")
+    twice = sorted((data / classes[2]).iterdir())[0]  # the same bytes under two classes
+    shutil.copy(twice, data / classes[0] / f"twice-{twice.name}")
     sets = [
+        "validate.label_conflicts=drop",
         "base.weights=demo",
         "base.kwargs={alpha: 0.35}",
         "data.image_size=48",
@@ -133,12 +136,18 @@ def test_graft_advise_writes_and_prints_the_planted_mislabels(tmp_path, tiny_dat
     assert len(found) == 1
     doc = json.loads(found[0].read_text())
     total = sum(doc["checked"].values())
-    assert set(doc["checked"]) == {"train", "val", "test"} and total == doc["images"] == 120
+    # 121 files; the duplicate's two copies are dropped everywhere by validate
+    assert set(doc["checked"]) == {"train", "val", "test"} and total == doc["images"] == 119
+    dup = doc["issues"][0]
+    assert dup["kind"] == li.DUPLICATE and dup["rank"] == 1 and doc["counts"][li.DUPLICATE] == 1
+    assert {c["label"] for c in dup["copies"]} == {classes[0], classes[2]}
+    assert {dup["given"], dup["suggested"]} == {classes[0], classes[2]}
     assert doc["folds"] == 3 and doc["layer"] and doc["method"].startswith("confident learning")
     assert all(FIELDS <= set(it) for it in doc["issues"])
+    assert doc["issues"][1]["kind"] == li.MISLABELLED
     hits = [it for it in doc["issues"] if Path(it["path"]).name.startswith("planted-")]
     assert hits, doc["issues"][:5]
     assert all(it["given"] == classes[1] for it in hits)
     assert "label issues:" in out and f"checked {doc['checked']['train']} train" in out
-    first = doc["issues"][0]
-    assert f"{first['given']} -> {first['suggested']}" in out
+    for it in doc["issues"][:10]:
+        assert f"{it['rank']:>3} {it['kind']:<24} {it['given']} -> {it['suggested']}" in out
