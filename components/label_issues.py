@@ -41,13 +41,20 @@ DUPLICATE = "duplicate_across_classes"
 
 
 def out_of_fold_probabilities(
-    x: np.ndarray, y: np.ndarray, folds: int, groups: np.ndarray | None = None, seed: int = 0
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int,
+    groups: np.ndarray | None = None,
+    seed: int = 0,
+    n_classes: int = 0,
 ) -> tuple[np.ndarray, int]:
-    """Class probabilities of each image from a probe trained on the other folds, and k.
+    """Class probabilities [n, max(n_classes, classes in y)] of each image from a probe
+    trained on the other folds, and k; a class without images gets probability 0.
 
     The probe is advise's linear probe (standardised features, logistic regression); a group
     (data.group_by) stays in one fold, so a patient's other images cannot vouch for a label.
     """
+    present, y = np.unique(y, return_inverse=True)
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
@@ -65,7 +72,9 @@ def out_of_fold_probabilities(
     probs = cross_val_predict(
         pipe, x, y, cv=cv, groups=groups if grouped else None, method="predict_proba"
     )
-    return probs, k
+    full = np.zeros((len(y), max(n_classes, int(present[-1]) + 1)))
+    full[:, present] = probs
+    return full, k
 
 
 def find_label_issues(
@@ -119,7 +128,9 @@ def check(
     t0 = time.time()
     idx = stratified_sample(y, MAX_CHECKED)
     groups = np.array([r.get("group") or r["sha256"] for r in rows])[idx]
-    probs, k = out_of_fold_probabilities(x[idx], y[idx], folds, groups=groups)
+    probs, k = out_of_fold_probabilities(
+        x[idx], y[idx], folds, groups=groups, n_classes=len(labels)
+    )
     found, thresholds = find_label_issues(probs, y[idx])
     checked: dict[str, int] = {}
     for i in idx:

@@ -79,6 +79,16 @@ def test_an_image_is_listed_when_its_label_is_unsure_and_another_class_is_prefer
     assert found == [(6, 0, True)]
 
 
+def test_a_class_without_images_gets_no_probability_and_claims_nothing():
+    x, y = _blobs(20, 2, seed=4)
+    y = np.where(y == 1, 2, 0)  # labels a, b, c; b has no images left (all dropped)
+    probs, k = li.out_of_fold_probabilities(x, y, 5, n_classes=3)
+    assert probs.shape == (40, 3) and k == 5 and not probs[:, 1].any()
+    assert np.allclose(probs.sum(1), 1)
+    doc = li.check(x, y, _rows(40), ["a", "b", "c"], folds=5, layer="l", size=32)
+    assert all(it["suggested"] != "b" for it in doc["issues"]) and doc["thresholds"]["b"] == 1
+
+
 def test_duplicates_across_classes_come_first_and_every_entry_has_the_fields(tmp_path):
     x, y = _blobs(30, 2, seed=3)
     y[[0, 1]] = 1
