@@ -18,7 +18,7 @@ SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 
 
 def tiny_config(tmp: Path, data: Path, **over) -> dict:
-    """A 48 px, alpha 0.35, few-step config; every e2e test starts from this."""
+    """A 48 px, alpha 0.35, few-step config, fine-tuning off; every e2e test starts from this."""
     cfg = {
         "data": {"path": str(data), "image_size": 48, "num_workers": 1},
         "recipe": "manual",  # the sections below as written; tests of recipe auto set it
@@ -29,7 +29,9 @@ def tiny_config(tmp: Path, data: Path, **over) -> dict:
             "kwargs": {"alpha": 0.35},
         },
         "train_head": {"epochs": 12, "batch_size": 16, "learning_rate": 0.01},
-        "fine_tune": {"epochs": 1, "batch_size": 16},
+        # off unless a test is about fine-tuning (it is 40% of a tiny run: a second trace of the
+        # whole base); pipeline_run and the tests of the fine-tune stage turn it on
+        "fine_tune": {"enabled": False, "epochs": 1, "batch_size": 16},
         "export": {"model_name": "tiny", "warmup_requests": 2},
         "push": {"destination": str(tmp / "models")},
         "runner": {"run_root": str(tmp / "runs")},
@@ -59,7 +61,7 @@ def pipeline_run(tmp_path_factory, tiny_data):
     from graft.pipeline.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = parse_config(tiny_config(tmp, tiny_data))
+    cfg = parse_config(tiny_config(tmp, tiny_data, fine_tune__enabled=True))  # every step runs
     run = run_pipeline(cfg)
     return cfg, run, tmp
 

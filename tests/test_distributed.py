@@ -405,13 +405,25 @@ def test_multi_worker_two_processes_matches_one_worker(data, tmp_path, shards):
     # DATA run's two image stages are the longer run
     stages = ("head", "fine") if shards == 2 else ("head", "mixed")
     t0 = time.time()
+    # the 1-worker reference runs beside the 2-worker cluster: separate processes, outputs
+    # and ports, so neither waits for the other (most of each is single-threaded tracing)
     single = [examples, str(tmp_path / "single"), str(tmp_path / "probe1"), ",".join(stages)]
-    _script("worker", *single)
-    t1 = time.time()
+    reference = subprocess.Popen(
+        [sys.executable, str(HERE), "worker", *single],
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cmd = [sys.executable, str(HERE), "worker", examples, str(tmp_path / "multi")]
-    runs = _cluster([*cmd, str(tmp_path / "probe2"), ",".join(stages)], tmp_path)
-    t2 = time.time()
-    print(f"\nshards={shards}: 1 worker {t1 - t0:.0f}s, 2 workers {t2 - t1:.0f}s")
+    try:
+        runs = _cluster([*cmd, str(tmp_path / "probe2"), ",".join(stages)], tmp_path)
+        _, err = reference.communicate(timeout=600)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+    assert reference.returncode == 0, err[-4000:]
+    print(f"\nshards={shards}: 1 worker beside 2 workers, {time.time() - t0:.0f}s")
     ref = json.loads((tmp_path / "probe1" / "single.json").read_text())
     probes = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "probe2").glob("*.json")}
     assert set(probes) == {"worker:0", "worker:1"}
