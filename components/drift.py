@@ -406,18 +406,20 @@ def embeddings(
     return np.stack([by_sha[r["sha256"]] for r in rows if r["sha256"] in by_sha])
 
 
-def confidences(version_dir: str, blobs: list[bytes], cache: dict) -> np.ndarray:
-    """The served SavedModel's top score per image, through its serving signature."""
-    import tensorflow as tf
+def confidences(served, rows: list[tuple[str, bytes]]) -> np.ndarray:
+    """The served model's top score per (sha256, encoded image): from its stored scores where
+    it has them (components/served_scores.py), else through its serving signature."""
+    if not rows:
+        return np.zeros(0)
+    return served.scores([s for s, _ in rows], [b for _, b in rows]).max(1)
 
-    if "served" not in cache:
-        cache["served"] = tf.saved_model.load(version_dir).signatures["serving_default"]
-    fn = cache["served"]
-    out = []
-    for i in range(0, len(blobs), 64):
-        scores = fn(image_bytes=tf.constant(blobs[i : i + 64]))["scores"].numpy()
-        out.append(scores.max(1))
-    return np.concatenate(out) if out else np.zeros(0)
+
+def _served_scores(destination: str, model_name: str, version: int, feature_store: str):
+    from graft.components import data as gdata
+    from graft.components.served_scores import ServedScores
+
+    labels = gdata.read_labels(_join(destination, model_name, str(version), "assets"))
+    return ServedScores.of(destination, model_name, version, labels or [], feature_store)
 
 
 # ---------------------------------------------------------------- the check
@@ -581,11 +583,12 @@ def check_drift(
             features_computed=cache["computed"],
             features_reused=cache["reused"],
         )
+        served = _served_scores(destination, model_name, version, feature_store)
         c_old = confidences(
-            vdir, [enc_old[r["sha256"]] for r in held if r["sha256"] in enc_old], cache
+            served, [(r["sha256"], enc_old[r["sha256"]]) for r in held if r["sha256"] in enc_old]
         )
         c_new = confidences(
-            vdir, [enc_new[r["sha256"]] for r in new_s if r["sha256"] in enc_new], cache
+            served, [(r["sha256"], enc_new[r["sha256"]]) for r in new_s if r["sha256"] in enc_new]
         )
         if len(c_old) and len(c_new):
             value, p = bucket_js(c_old, c_new, P, rng)
@@ -596,6 +599,7 @@ def check_drift(
                 value > cfg.max_confidence_js and p < cfg.significance,
                 old_mean=round(float(c_old.mean()), 4),
                 new_mean=round(float(c_new.mean()), 4),
+                scores=served.counts(),  # seeded / stored / computed through the served model
             )
     res.metrics = metrics
     for name, m in metrics.items():
