@@ -374,7 +374,7 @@ def embeddings(
     if "extractor" not in cache:
         from graft.components.model import BackbonePreprocess, build_base
 
-        b = build_base(base, image_size)
+        b = cache["base"] = build_base(base, image_size)
         cache["layer"] = b.layers[-1].name
         cache["extractor"] = gfeat.pooled_extractor(
             b, BackbonePreprocess(base.name), [b.layers[-1].name]
@@ -414,12 +414,20 @@ def confidences(served, rows: list[tuple[str, bytes]]) -> np.ndarray:
     return served.scores([s for s, _ in rows], [b for _, b in rows]).max(1)
 
 
-def _served_scores(destination: str, model_name: str, version: int, feature_store: str):
+def _served_scores(
+    destination: str, model_name: str, version: int, feature_store: str, cache: dict, image_size
+):
+    """The served version's scores: stored, by its head on the features `embeddings` read
+    (when it is a head on this base), else through its serving signature."""
     from graft.components import data as gdata
-    from graft.components.served_scores import ServedScores
+    from graft.components.served_scores import FeatureSource, ServedScores
 
     labels = gdata.read_labels(_join(destination, model_name, str(version), "assets"))
-    return ServedScores.of(destination, model_name, version, labels or [], feature_store)
+    source = None
+    if cache.get("store") is not None:
+        store = cache["store"]
+        source = FeatureSource(cache["base"], store, image_size, store.geometry)
+    return ServedScores.of(destination, model_name, version, labels or [], feature_store, source)
 
 
 # ---------------------------------------------------------------- the check
@@ -583,7 +591,7 @@ def check_drift(
             features_computed=cache["computed"],
             features_reused=cache["reused"],
         )
-        served = _served_scores(destination, model_name, version, feature_store)
+        served = _served_scores(destination, model_name, version, feature_store, cache, image_size)
         c_old = confidences(
             served, [(r["sha256"], enc_old[r["sha256"]]) for r in held if r["sha256"] in enc_old]
         )

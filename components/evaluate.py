@@ -194,6 +194,19 @@ def _write_predictions(path, shas, y, labels, probs_of: dict[str, np.ndarray]) -
             w.writerow(row)
 
 
+def _feature_source(model: keras.Model, feature_store: dict | None, image_size, geometry):
+    """The head stage's base and feature store, where a served head can read features."""
+    from graft.components import features as gfeat
+    from graft.components.served_scores import FeatureSource
+
+    if not (feature_store and feature_store.get("root") and feature_store.get("fingerprint")):
+        return None
+    store = gfeat.FeatureStore(
+        feature_store["root"], feature_store["fingerprint"], image_size, geometry
+    )
+    return FeatureSource(base_of(model), store, image_size, geometry)
+
+
 def _baseline_probs(
     destination: str,
     model_name: str,
@@ -202,6 +215,7 @@ def _baseline_probs(
     shas: list[str],
     labels: list[str],
     store_root: str | None,
+    source=None,
 ) -> tuple[np.ndarray | None, str | None, dict]:
     """Scores of the served model in our label order (through ServedScores: only images it
     has no stored scores for go through its serving signature); None + reason if not
@@ -219,7 +233,7 @@ def _baseline_probs(
             "no automatic blessing",
             {},
         )
-    served = ServedScores.of(destination, model_name, version, labels, store_root)
+    served = ServedScores.of(destination, model_name, version, labels, store_root, source)
     probs = served.scores(shas, blobs)
     return probs, None, {"from": "served model", **served.counts()}
 
@@ -401,6 +415,15 @@ def _gallery(
     ]
 
 
+def _served_text(how: dict) -> str:
+    """How many of the served model's scores were stored, scored on features, run now."""
+    return (
+        f"{how['seeded'] + how['stored']} image(s) from the served version's stored scores, "
+        f"{how['on_features']} by its head on stored base features, {how['computed']} through "
+        "its serving signature"
+    )
+
+
 def _scoring_text(how: dict) -> str:
     """How a model's test scores were computed, for the report."""
     if how.get("from") == "stored features":
@@ -409,11 +432,7 @@ def _scoring_text(how: dict) -> str:
             f"stored, {how['computed']} computed now)"
         )
     if how.get("from") == "served model":
-        kept = how["seeded"] + how["stored"]
-        return (
-            f"{kept} image(s) from the served version's stored scores, {how['computed']} "
-            "through its serving signature now"
-        )
+        return _served_text(how)
     if how.get("from") == "the whole model":
         return f"the whole model on {how['computed']} test image(s)"
     return str(how.get("from"))
@@ -599,7 +618,14 @@ def evaluate(
     if version is not None:
         store_root = (head_store or {}).get("root")
         probs, note, how = _baseline_probs(
-            destination, model_name, version, blobs, shas, labels, store_root
+            destination,
+            model_name,
+            version,
+            blobs,
+            shas,
+            labels,
+            store_root,
+            _feature_source(loaded["head_only"], head_store, image_size, geometry),
         )
         if probs is not None:
             probs_of["baseline"] = probs
@@ -665,11 +691,7 @@ def evaluate(
 
     b = f"baseline v{version} {acc('baseline')}" if baseline else "no baseline"
     if baseline:
-        how = scoring["baseline"]
-        b += (
-            f" ({how['seeded'] + how['stored']} image(s) from its stored scores, "
-            f"{how['computed']} scored now)"
-        )
+        b += f" ({_served_text(scoring['baseline'])})"
     head_how = scoring["head_only"]
     if head_how["from"] == "stored features":
         b += (

@@ -13,13 +13,18 @@ keyed by image sha256, from two sources tied to that one version:
   another model pushed under the same number (other weights), has another folder: nothing is
   read across versions.
 
-Rows in neither are scored through `serving_default` on their encoded bytes (as TF Serving
-would), in batches of 64, and added to the store.
+Rows in neither are scored, and added to the store: where the served version is a head on
+the very base the caller runs (its trained model.keras still there, with the checksum the
+version's marker records; the same base weights, input size, geometry and float32; no flip
+averaging), by that head on the pooled features the feature store holds for the image (what
+its SavedModel computes, to export's parity); else through `serving_default` on the encoded
+bytes (as TF Serving would), in batches of 64.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
 from dataclasses import dataclass, field
 
@@ -54,6 +59,63 @@ def read_seed(path: str, labels: list[str]) -> dict[str, np.ndarray]:
 
 
 @dataclass
+class FeatureSource:
+    """The caller's base and its feature store: where a served head can read pooled features."""
+
+    base: object  # keras.Model: the base (cut as configured) whose features the store holds
+    store: object  # features.FeatureStore of that base, size and geometry
+    image_size: int
+    geometry: object  # data.Geometry
+
+
+def served_head(destination: str, model_name: str, version: int, source: FeatureSource):
+    """The served version's head on pooled features (a keras.Model), or None where its
+    output would not be the served model's: see the module docstring."""
+    import keras
+
+    from graft.components.model import base_of, head_of, pooled_head
+    from graft.components.push import file_sha256, pushed_model_sha
+    from graft.components.train import load_model
+
+    vdir = version_path(destination, model_name, version)
+    try:
+        with tf.io.gfile.GFile(os.path.join(vdir, "model_card.json")) as f:
+            card = json.load(f)
+    except (OSError, ValueError, tf.errors.OpError):
+        return None
+    path = (card.get("lineage") or {}).get("trained_model")
+    flip = ((card.get("config") or {}).get("export") or {}).get("flip_average")
+    if (
+        flip
+        or card.get("image_size") != source.image_size
+        or card.get("input") != source.geometry.as_dict(source.image_size)
+        or not path
+        or not os.path.exists(path)
+        or file_sha256(path) != pushed_model_sha(destination, model_name, version)
+    ):
+        return None
+    model = load_model(path)
+    base = base_of(model)
+    if (
+        base.dtype_policy.name != "float32"
+        or head_of(model).layers[0].name != "pool"
+        or base.layers[-1].name != source.base.layers[-1].name
+        or not _same_weights(base, source.base)
+    ):
+        return None
+    dim = int(base.output.shape[-1])
+    head = pooled_head(head_of(model), dim)
+    return lambda x: keras.ops.convert_to_numpy(head(x, training=False))
+
+
+def _same_weights(a, b) -> bool:
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb, strict=True)
+    )
+
+
+@dataclass
 class ServedScores:
     """One served version's scores: its seed, the store's rows, then its serving signature."""
 
@@ -63,8 +125,12 @@ class ServedScores:
     seeded: int = 0  # rows answered from the version's test_scores.npz
     stored: int = 0  # rows answered from the store
     computed: int = 0  # rows scored through serving_default by this process
+    on_features: int = 0  # rows scored by the served head on stored features
+    source: FeatureSource | None = None
+    _where: tuple = ()  # destination, model name, version
     _seed: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     _fn: object = field(default=None, repr=False)
+    _head: object = field(default=None, repr=False)  # False: tried, not usable
 
     @classmethod
     def of(
@@ -74,6 +140,7 @@ class ServedScores:
         version: int,
         labels: list[str],
         store_root: str | None,
+        source: FeatureSource | None = None,
     ) -> ServedScores:
         vdir = version_path(destination, model_name, version)
         weights = pushed_weights_sha(destination, model_name, version)
@@ -82,7 +149,14 @@ class ServedScores:
             key = f"v{version}-{weights[:16]}"
             store = RowStore(os.path.join(store_root, "served", model_name, key))
         seed = read_seed(os.path.join(vdir, SEED_FILE), labels)
-        return cls(vdir, labels, store, _seed=seed)
+        return cls(
+            vdir,
+            labels,
+            store,
+            source=source,
+            _where=(destination, model_name, version),
+            _seed=seed,
+        )
 
     def _serving(self):
         if self._fn is None:
@@ -103,6 +177,10 @@ class ServedScores:
                 rows[s] = stored[s]
                 self.stored += 1
         todo = list({s: b for s, b in zip(shas, blobs, strict=True) if s not in rows}.items())
+        if todo and self.source is not None:
+            got = self._on_features([s for s, _ in todo])
+            rows.update(got)
+            todo = [(s, b) for s, b in todo if s not in got]
         if todo:
             fn = self._serving()
             new = np.concatenate(
@@ -121,5 +199,27 @@ class ServedScores:
             return np.zeros((0, len(self.labels)), np.float32)
         return np.stack([rows[s] for s in shas]).astype(np.float32)
 
+    def _on_features(self, shas: list[str]) -> dict[str, np.ndarray]:
+        """Rows the served head scores on stored features (stored too); {} where it cannot."""
+        if self._head is None:
+            self._head = served_head(*self._where, self.source) or False
+        if self._head is False:
+            return {}
+        layer = self.source.base.layers[-1].name
+        feats = self.source.store.load(layer)
+        have = [s for s in shas if s in feats]
+        if not have:
+            return {}
+        probs = self._head(np.stack([feats[s] for s in have])).astype(np.float32)
+        self.on_features += len(have)
+        if self.store:
+            self.store.put(have, probs)
+        return dict(zip(have, probs, strict=True))
+
     def counts(self) -> dict[str, int]:
-        return {"seeded": self.seeded, "stored": self.stored, "computed": self.computed}
+        return {
+            "seeded": self.seeded,
+            "stored": self.stored,
+            "on_features": self.on_features,
+            "computed": self.computed,
+        }

@@ -16,7 +16,13 @@ from graft.components import data as gdata
 from graft.components import features as gfeat
 from graft.components.evaluate import _pixels, _test_data, head_scores_from_features
 from graft.components.model import predict_scores
-from graft.components.served_scores import SEED_FILE, ServedScores, read_seed
+from graft.components.served_scores import (
+    SEED_FILE,
+    FeatureSource,
+    ServedScores,
+    read_seed,
+    served_head,
+)
 from graft.components.train import RESULT, load_model
 from graft.core.config import parse_config
 from graft.pipeline.runner import run_pipeline
@@ -95,20 +101,49 @@ def test_rerun_runs_the_base_and_the_served_model_on_new_images_only(
     emb = drift["metrics"]["embedding_mmd2"]
     # the base ran over the added images only: the served snapshot's came from the store
     assert emb["features_computed"] == drift["compared"]["added_distinct"] == 15
+    v1 = drift["served_version"]
+    model = load_model(os.path.join(step_output(r2, "train_head"), "model.keras"))
+    source = _source(model, store, _head_store(r2)["fingerprint"])
+    # v1 is a head on this very base unless its fine-tuning was kept: then only the served
+    # SavedModel itself computes its scores
+    head_served = served_head(str(dest), "tiny", v1, source) is not None
     conf = drift["metrics"]["confidence_js"]["scores"]
-    assert conf["seeded"] > 0 and conf["computed"] <= drift["compared"]["old_held_out"] + 15
+    asked = drift["compared"]["old_held_out"] + drift["compared"]["new_sample"]
+    assert conf["seeded"] > 0 and conf["stored"] == 0
+    assert conf["seeded"] + conf["on_features"] + conf["computed"] == asked
+    assert (conf["computed"] == 0) == head_served
     ev = json.load(open(os.path.join(step_output(r2, "evaluate"), "evaluation.json")))
     head, base = ev["scoring"]["head_only"], ev["scoring"]["baseline"]
+    assert ev["baseline_version"] == v1
     assert head == {"from": "stored features", "computed": 0, "reused": len(new_test)}
     # the served model: its own scores on the old test images, drift's on the added ones
-    assert base["seeded"] == len(old_test) and base["computed"] == 0
-    assert base["stored"] == len(added_test)
+    assert base["seeded"] == len(old_test) and base["stored"] == len(added_test)
+    assert base["on_features"] == base["computed"] == 0
     # and those scores are the served SavedModel's own
     blobs, y, shas = _test_data(step_output(r2, "ingest"), set())
-    version_dir = os.path.join(dest, "tiny", str(ev["baseline_version"]))
-    fn = tf.saved_model.load(version_dir).signatures["serving_default"]
-    fresh = fn(image_bytes=tf.constant(blobs))["probabilities"].numpy()
-    kept = ServedScores.of(str(dest), "tiny", ev["baseline_version"], ev["labels"], str(store))
+    fresh = _serving(dest, v1, blobs)
+    kept = ServedScores.of(str(dest), "tiny", v1, ev["labels"], str(store))
     assert np.max(np.abs(kept.scores(shas, blobs) - fresh)) < 1e-4
     assert kept.counts()["computed"] == 0
     assert ev["baseline"]["accuracy"] == pytest.approx(float((fresh.argmax(1) == y).mean()))
+    # run 2 pushed a head-only model: its head on the stored features is its SavedModel
+    v2 = step_summary(r2, "push")["version"]
+    head_fn = served_head(str(dest), "tiny", v2, source)
+    assert head_fn is not None
+    feats = source.store.load(source.base.layers[-1].name)
+    on_features = head_fn(np.stack([feats[s] for s in shas]))
+    diff = float(np.max(np.abs(on_features - _serving(dest, v2, blobs))))
+    print(f"served head on stored features vs its SavedModel: max abs diff {diff:.2e}")
+    assert diff < 1e-4
+
+
+def _source(model, store, fingerprint) -> FeatureSource:
+    from graft.components.model import base_of
+
+    feature_store = gfeat.FeatureStore(str(store), fingerprint, 48)
+    return FeatureSource(base_of(model), feature_store, 48, gdata.SQUASH)
+
+
+def _serving(dest, version, blobs) -> np.ndarray:
+    fn = tf.saved_model.load(os.path.join(dest, "tiny", str(version))).signatures["serving_default"]
+    return fn(image_bytes=tf.constant(blobs))["probabilities"].numpy()
