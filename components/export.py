@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from graft.components import data as gdata
 from graft.components import model as gmodel
-from graft.components.served_scores import SEED_FILE, read_seed
+from graft.components.served_scores import SEED_FILE, read_seed, write_seed
 from graft.components.train import load_model
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
 from graft.core.log import log
@@ -224,16 +224,21 @@ outputs `classes` string[None,C] (labels sorted by score, best first), `scores` 
 
 
 def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | None:
-    """Evaluate's scores of this model on its test split, beside the SavedModel, when they
-    match what the SavedModel returned for the parity images: the next run's evaluation and
-    drift read them instead of scoring those images again. Their max abs diff, or None."""
+    """Evaluate's scores of this model on its test split, beside the SavedModel (with its
+    weights_sha256), when they match what the SavedModel returned for the parity images: the
+    next run's evaluation and drift read them instead of scoring those images again. Their max
+    abs diff on the parity images, or None."""
+    from graft.components.push import weights_sha256
+
     seed = read_seed(os.path.join(evaluation_dir, SEED_FILE), labels)
     rows = [(seed[s], g) for s, g in zip(shas, got, strict=True) if s in seed]
     if not rows:
         return None
     diff = float(max(np.max(np.abs(a - b)) for a, b in rows))
     if diff <= tolerance:
-        shutil.copy(os.path.join(evaluation_dir, SEED_FILE), os.path.join(final, SEED_FILE))
+        probs = np.stack(list(seed.values()))
+        weights = weights_sha256(final) or ""
+        write_seed(os.path.join(final, SEED_FILE), list(seed), probs, labels, weights)
     else:
         log(
             f"export: evaluate's test scores differ from the SavedModel's by {diff:.1e} > "
@@ -312,7 +317,6 @@ def export(
             f"export parity check failed: SavedModel vs Keras max abs diff {parity:.3e} > "
             f"{cfg.parity_tolerance:.1e}; nothing exported"
         )
-    seed_diff = _copy_seed(evaluation_dir, final, labels, shas, got, cfg.parity_tolerance)
     n_warm = write_warmup(
         os.path.join(final, "assets.extra", WARMUP_FILE),
         blobs[: cfg.warmup_requests],
@@ -332,6 +336,8 @@ def export(
         parity=parity,
         model_path=model_path,
     )
+    # after the model card: the weights checksum covers its serving settings
+    seed_diff = _copy_seed(evaluation_dir, final, labels, shas, got, cfg.parity_tolerance)
     if cfg.tflite:  # edge models into assets.extra/, measured; tflite.json; model card table
         from graft.components.tflite import export_variants
 

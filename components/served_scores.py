@@ -5,9 +5,9 @@ the served version's confidence on old and added images. Both ask `ServedScores.
 keyed by image sha256, from two sources tied to that one version:
 
 - `test_scores.npz` in the version's own folder: export copies evaluate's scores of the
-  candidate on its test split there (label order), the scores export's parity check compared
-  the SavedModel with (`parity_max_abs_diff` in the model card). Pushed with the version, gone
-  with it;
+  candidate on its test split there (label order) when they match the SavedModel's own on
+  export's parity images, with the SavedModel's weights_sha256: read only while the version's
+  weights are those. Pushed with the version, gone with it;
 - `<feature store>/served/<model>/v<version>-<weights sha256[:16]>/`: rows scored through the
   version's `serving_default` by an earlier evaluate or drift check. Another version, or
   another model pushed under the same number (other weights), has another folder: nothing is
@@ -39,21 +39,33 @@ SEED_FILE = "test_scores.npz"
 BATCH = 64
 
 
-def write_seed(path: str, shas: list[str], probs: np.ndarray, labels: list[str]) -> None:
-    """A model's scores (label order) per image sha256, as export copies them beside it."""
+def write_seed(
+    path: str, shas: list[str], probs: np.ndarray, labels: list[str], weights: str = ""
+) -> None:
+    """A model's scores (label order) per image sha256; `weights`: the weights_sha256 of the
+    SavedModel they are the scores of (export writes it; evaluate, before export, cannot)."""
     buf = io.BytesIO()
-    np.savez(buf, sha256=np.array(shas), x=probs.astype(np.float32), labels=np.array(labels))
+    np.savez(
+        buf,
+        sha256=np.array(shas),
+        x=probs.astype(np.float32),
+        labels=np.array(labels),
+        weights_sha256=np.array(weights),
+    )
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(buf.getvalue())
 
 
-def read_seed(path: str, labels: list[str]) -> dict[str, np.ndarray]:
-    """The rows of a seed file whose label order is `labels`; {} if absent or other labels."""
+def read_seed(path: str, labels: list[str], weights: str | None = None) -> dict[str, np.ndarray]:
+    """The rows of a seed file in label order `labels` and, if `weights` is given, written for
+    that weights_sha256; {} if absent or written for other labels or weights."""
     if not tf.io.gfile.exists(path):
         return {}
     with tf.io.gfile.GFile(path, "rb") as f:
         z = np.load(io.BytesIO(f.read()))
         if z["labels"].tolist() != list(labels):
+            return {}
+        if weights is not None and str(z["weights_sha256"]) != weights:
             return {}
         return dict(zip(z["sha256"].tolist(), z["x"], strict=True))
 
@@ -148,7 +160,8 @@ class ServedScores:
         if store_root and weights:  # no checkpoint to identify the version: nothing stored
             key = f"v{version}-{weights[:16]}"
             store = RowStore(os.path.join(store_root, "served", model_name, key))
-        seed = read_seed(os.path.join(vdir, SEED_FILE), labels)
+        # the version's own scores, if its weights are still those they were written for
+        seed = read_seed(os.path.join(vdir, SEED_FILE), labels, weights) if weights else {}
         return cls(
             vdir,
             labels,
