@@ -8,8 +8,8 @@ keyed by image sha256, from two sources tied to that one version:
   candidate on its test split there (label order) when they match the SavedModel's own on
   export's parity images, with the SavedModel's weights_sha256: read only while the version's
   weights are those. Pushed with the version, gone with it;
-- `<feature store>/served/<model>/v<version>-<weights sha256[:16]>/`: rows scored through the
-  version's `serving_default` by an earlier evaluate or drift check. Another version, or
+- `<feature store>/served/<model>/v<version>-<weights sha256[:16]>/`: rows an earlier
+  evaluate or drift check scored for the version (as below). Another version, or
   another model pushed under the same number (other weights), has another folder: nothing is
   read across versions.
 
