@@ -374,7 +374,7 @@ def embeddings(
     if "extractor" not in cache:
         from graft.components.model import BackbonePreprocess, build_base
 
-        b = build_base(base, image_size)
+        b = cache["base"] = build_base(base, image_size)
         cache["layer"] = b.layers[-1].name
         cache["extractor"] = gfeat.pooled_extractor(
             b, BackbonePreprocess(base.name), [b.layers[-1].name]
@@ -406,18 +406,28 @@ def embeddings(
     return np.stack([by_sha[r["sha256"]] for r in rows if r["sha256"] in by_sha])
 
 
-def confidences(version_dir: str, blobs: list[bytes], cache: dict) -> np.ndarray:
-    """The served SavedModel's top score per image, through its serving signature."""
-    import tensorflow as tf
+def confidences(served, rows: list[tuple[str, bytes]]) -> np.ndarray:
+    """The served model's top score per (sha256, encoded image): from its stored scores where
+    it has them (components/served_scores.py), else through its serving signature."""
+    if not rows:
+        return np.zeros(0)
+    return served.scores([s for s, _ in rows], [b for _, b in rows]).max(1)
 
-    if "served" not in cache:
-        cache["served"] = tf.saved_model.load(version_dir).signatures["serving_default"]
-    fn = cache["served"]
-    out = []
-    for i in range(0, len(blobs), 64):
-        scores = fn(image_bytes=tf.constant(blobs[i : i + 64]))["scores"].numpy()
-        out.append(scores.max(1))
-    return np.concatenate(out) if out else np.zeros(0)
+
+def _served_scores(
+    destination: str, model_name: str, version: int, feature_store: str, cache: dict, image_size
+):
+    """The served version's scores: stored, by its head on the features `embeddings` read
+    (when it is a head on this base), else through its serving signature."""
+    from graft.components import data as gdata
+    from graft.components.served_scores import FeatureSource, ServedScores
+
+    labels = gdata.read_labels(_join(destination, model_name, str(version), "assets"))
+    source = None
+    if cache.get("store") is not None:
+        store = cache["store"]
+        source = FeatureSource(cache["base"], store, image_size, store.geometry)
+    return ServedScores.of(destination, model_name, version, labels or [], feature_store, source)
 
 
 # ---------------------------------------------------------------- the check
@@ -581,11 +591,12 @@ def check_drift(
             features_computed=cache["computed"],
             features_reused=cache["reused"],
         )
+        served = _served_scores(destination, model_name, version, feature_store, cache, image_size)
         c_old = confidences(
-            vdir, [enc_old[r["sha256"]] for r in held if r["sha256"] in enc_old], cache
+            served, [(r["sha256"], enc_old[r["sha256"]]) for r in held if r["sha256"] in enc_old]
         )
         c_new = confidences(
-            vdir, [enc_new[r["sha256"]] for r in new_s if r["sha256"] in enc_new], cache
+            served, [(r["sha256"], enc_new[r["sha256"]]) for r in new_s if r["sha256"] in enc_new]
         )
         if len(c_old) and len(c_new):
             value, p = bucket_js(c_old, c_new, P, rng)
@@ -596,6 +607,7 @@ def check_drift(
                 value > cfg.max_confidence_js and p < cfg.significance,
                 old_mean=round(float(c_old.mean()), 4),
                 new_mean=round(float(c_new.mean()), 4),
+                scores=served.counts(),  # seeded / stored / computed through the served model
             )
     res.metrics = metrics
     for name, m in metrics.items():

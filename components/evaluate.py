@@ -1,7 +1,9 @@
 """Evaluate head-only, fine-tuned and the served baseline on the same test split; bless or not.
 
 The baseline is the newest version at the push destination, loaded as the SavedModel TF
-Serving would serve and fed the same raw test bytes, so the comparison is like for like.
+Serving would serve and fed the same raw test bytes, so the comparison is like for like; its
+scores on images it has scored before are read back (served_scores.py), so a re-run runs it
+over new test images only. The head-only model is scored on the base's stored features.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import tensorflow as tf
 
 from graft.components import data as gdata
 from graft.components import report
-from graft.components.model import base_of, label_order_scores, predict_scores
+from graft.components.model import base_of, predict_scores
 from graft.components.push import baseline_version, file_sha256, version_path
+from graft.components.served_scores import SEED_FILE, write_seed
 from graft.components.train import RESULT, load_model, read_history
 from graft.components.validate import excluded_from_eval, read_manifest
 from graft.core.config import EvaluateConfig
@@ -48,6 +51,9 @@ class EvaluationResult:
     comparisons: dict = field(default_factory=dict)
     # False when fine-tuning did not run (off, or advise planned none): the head is the model
     fine_tuned: bool = True
+    # per model, how its test scores were computed: the whole model, the head on stored
+    # features, or the served model's stored scores (seeded, stored, computed)
+    scoring: dict = field(default_factory=dict)
 
 
 def metrics_from_probs(
@@ -97,10 +103,8 @@ def metrics_from_probs(
     }
 
 
-def _test_data(
-    examples_dir: str, size: int, exclude: set[str], geometry: gdata.Geometry
-) -> tuple[list[bytes], np.ndarray, np.ndarray, list[str]]:
-    """The test split in file order: encoded bytes, labels, pixels, and each image's sha256."""
+def _test_data(examples_dir: str, exclude: set[str]) -> tuple[list[bytes], np.ndarray, list[str]]:
+    """The test split in file order: encoded bytes, labels, and each image's sha256."""
     records = tf.data.TFRecordDataset(
         gdata.split_files(examples_dir, "test"), compression_type="GZIP"
     ).map(lambda r: tf.io.parse_single_example(r, gdata.FEATURES))
@@ -111,12 +115,65 @@ def _test_data(
     raw = [r for r in raw if r[2] not in exclude]
     if not raw:
         raise ValueError(f"the test split in {examples_dir} is empty")
-    blobs = [b for b, _, _ in raw]
-    y = np.array([v for _, v, _ in raw])
-    pixels = np.stack(
+    return [b for b, _, _ in raw], np.array([v for _, v, _ in raw]), [h for _, _, h in raw]
+
+
+def _pixels(blobs: list[bytes], size: int, geometry: gdata.Geometry) -> np.ndarray:
+    """0..255 pixels of encoded images, shaped as the exported model shapes them."""
+    return np.stack(
         [gdata.decode_and_resize(tf.constant(b), size, geometry).numpy() for b in blobs]
     )
-    return blobs, y, pixels, [h for _, _, h in raw]
+
+
+def head_scores_from_features(
+    model: keras.Model,
+    examples_dir: str,
+    shas: list[str],
+    *,
+    exclude: set[str],
+    feature_store: dict | None,
+    image_size: int,
+    geometry: gdata.Geometry,
+) -> tuple[np.ndarray, dict] | None:
+    """The head-only model's test scores from the base's stored pooled features (the base runs
+    on images missing from the store only, and stores them): what the whole model computes,
+    without a second pass over the base. None where that would not be the whole model's
+    output: no store recorded by the head stage, or a base not computing in float32."""
+    from graft.components import features as gfeat
+    from graft.components.model import base_of, head_of, pooled_head
+
+    if not (feature_store and feature_store.get("root") and feature_store.get("fingerprint")):
+        return None
+    base = base_of(model)
+    if base.dtype_policy.name != "float32" or head_of(model).layers[0].name != "pool":
+        return None
+    layer = base.layers[-1].name
+    store = gfeat.FeatureStore(
+        feature_store["root"], feature_store["fingerprint"], image_size, geometry
+    )
+    got = gfeat.split_features(
+        examples_dir,
+        "test",
+        [layer],
+        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer]),
+        store=store,
+        exclude=exclude,
+        stage="evaluate",
+        geometry=geometry,
+    )
+    by_sha = dict(zip(got.sha256, got.x[layer], strict=True))
+    if any(s not in by_sha for s in shas):  # the manifest and the records disagree: not ours
+        return None
+    x = np.stack([by_sha[s] for s in shas])
+    head = pooled_head(head_of(model), x.shape[1])
+    probs = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(head(x[i : i + 1024], training=False))
+            for i in range(0, len(x), 1024)
+        ]
+    ).astype(np.float32)
+    how = {"from": "stored features", "computed": got.computed, "reused": got.reused}
+    return probs, how
 
 
 PREDICTIONS = "test_predictions.csv"
@@ -137,23 +194,48 @@ def _write_predictions(path, shas, y, labels, probs_of: dict[str, np.ndarray]) -
             w.writerow(row)
 
 
+def _feature_source(model: keras.Model, feature_store: dict | None, image_size, geometry):
+    """The head stage's base and feature store, where a served head can read features."""
+    from graft.components import features as gfeat
+    from graft.components.served_scores import FeatureSource
+
+    if not (feature_store and feature_store.get("root") and feature_store.get("fingerprint")):
+        return None
+    store = gfeat.FeatureStore(
+        feature_store["root"], feature_store["fingerprint"], image_size, geometry
+    )
+    return FeatureSource(base_of(model), store, image_size, geometry)
+
+
 def _baseline_probs(
-    path: str, blobs: list[bytes], labels: list[str]
-) -> tuple[np.ndarray | None, str | None]:
-    """Scores of the served model, reordered to our label order; None + reason if not comparable."""
+    destination: str,
+    model_name: str,
+    version: int,
+    blobs: list[bytes],
+    shas: list[str],
+    labels: list[str],
+    store_root: str | None,
+    source=None,
+) -> tuple[np.ndarray | None, str | None, dict]:
+    """Scores of the served model in our label order (through ServedScores: only images it
+    has no stored scores for go through its serving signature); None + reason if not
+    comparable."""
+    from graft.components.served_scores import ServedScores
+
+    path = version_path(destination, model_name, version)
     base_labels = gdata.read_labels(os.path.join(path, "assets"))
     if base_labels is None:
-        return None, f"baseline {path} has no assets/labels.json or labels.txt"
+        return None, f"baseline {path} has no assets/labels.json or labels.txt", {}
     if base_labels != labels:
-        return None, (
+        return (
+            None,
             f"label sets differ (baseline {base_labels} vs candidate {labels}): "
-            "no automatic blessing"
+            "no automatic blessing",
+            {},
         )
-    fn = tf.saved_model.load(path).signatures["serving_default"]
-    out = []
-    for i in range(0, len(blobs), 64):
-        out.append(label_order_scores(fn(image_bytes=tf.constant(blobs[i : i + 64]))).numpy())
-    return np.concatenate(out), None
+    served = ServedScores.of(destination, model_name, version, labels, store_root, source)
+    probs = served.scores(shas, blobs)
+    return probs, None, {"from": "served model", **served.counts()}
 
 
 def _plots(
@@ -302,8 +384,9 @@ def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: boo
     }
 
 
-def _guard(model_dir: str) -> dict | None:
-    """The fine_tune step's guard decision: StageResult.extra in its result.json."""
+def _stage_extra(model_dir: str) -> dict | None:
+    """A training stage's StageResult.extra (result.json): the fine_tune step's guard decision,
+    the head stage's feature store."""
     path = os.path.join(model_dir, RESULT)
     if not os.path.exists(path):
         return None
@@ -347,6 +430,29 @@ def _gallery(
         }
         for i, pred, score in report.confidently_wrong(probs, y)
     ]
+
+
+def _served_text(how: dict) -> str:
+    """How many of the served model's scores were stored, scored on features, run now."""
+    return (
+        f"{how['seeded'] + how['stored']} image(s) from the served version's stored scores, "
+        f"{how['on_features']} by its head on stored base features, {how['computed']} through "
+        "its serving signature"
+    )
+
+
+def _scoring_text(how: dict) -> str:
+    """How a model's test scores were computed, for the report."""
+    if how.get("from") == "stored features":
+        return (
+            f"the head on the base's pooled features from the feature store ({how['reused']} "
+            f"stored, {how['computed']} computed now)"
+        )
+    if how.get("from") == "served model":
+        return _served_text(how)
+    if how.get("from") == "the whole model":
+        return f"the whole model on {how['computed']} test image(s)"
+    return str(how.get("from"))
 
 
 def _provenance(
@@ -395,6 +501,7 @@ def _provenance(
         "test images": res.test_examples,
         "excluded from evaluation (validate)": res.excluded_from_eval,
         "served baseline": f"version {res.baseline_version}" if res.baseline_version else "none",
+        **{f"{k} scores": _scoring_text(v) for k, v in res.scoring.items()},
         "written": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -481,12 +588,21 @@ def evaluate(
     os.makedirs(out_dir, exist_ok=True)
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
-    blobs, y, pixels, shas = _test_data(examples_dir, image_size, exclude, geometry)
+    blobs, y, shas = _test_data(examples_dir, exclude)
+    decoded: list[np.ndarray] = []  # the test pixels, decoded once if a whole model needs them
+
+    def pixels() -> np.ndarray:
+        if not decoded:
+            decoded.append(_pixels(blobs, image_size, geometry))
+        return decoded[0]
+
     scored: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
+    scoring: dict[str, dict] = {}  # per model, how its scores were computed
     loaded: dict[str, keras.Model] = {}
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     head_copied = file_sha256(os.path.join(head_dir, "model.keras")) == cand_sha
+    head_store = (_stage_extra(head_dir) or {}).get("feature_store")
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
         if key == "candidate" and head_copied:  # fine_tune passed the head's file through
             model = loaded[key] = loaded["head_only"]
@@ -494,20 +610,49 @@ def evaluate(
             model = loaded[key] = load_model(os.path.join(d, "model.keras"))
         if key == "candidate" and (head_copied or _same_weights(model, loaded["head_only"])):
             probs_of[key] = probs_of["head_only"]  # fine-tuning off or not kept: scored once
+            scoring[key] = {"from": "the head-only model's scores (the same weights)"}
+            scored[key] = scored["head_only"]
+            continue
+        got = None
+        if key == "head_only" and not flip_average:  # the mirror images' features: not stored
+            got = head_scores_from_features(
+                model,
+                examples_dir,
+                shas,
+                exclude=exclude,
+                feature_store=head_store,
+                image_size=image_size,
+                geometry=geometry,
+            )
+        if got is not None:
+            probs_of[key], scoring[key] = got
         else:
-            probs_of[key] = predict_scores(model, pixels, flip_average)
+            probs_of[key] = predict_scores(model, pixels(), flip_average)
+            scoring[key] = {"from": "the whole model", "computed": len(y)}
         scored[key] = metrics_from_probs(probs_of[key], y, labels, cfg.top_k, cfg.ece_bins)
     baseline, note = None, None
     version = baseline_version(destination, model_name, cand_sha) if cfg.compare_baseline else None
     if version is not None:
-        path = version_path(destination, model_name, version)
-        probs, note = _baseline_probs(path, blobs, labels)
+        store_root = (head_store or {}).get("root")
+        probs, note, how = _baseline_probs(
+            destination,
+            model_name,
+            version,
+            blobs,
+            shas,
+            labels,
+            store_root,
+            _feature_source(loaded["head_only"], head_store, image_size, geometry),
+        )
         if probs is not None:
             probs_of["baseline"] = probs
+            scoring["baseline"] = how
             baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
-            baseline.update({"version": version, "path": path})
+            baseline.update(
+                {"version": version, "path": version_path(destination, model_name, version)}
+            )
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
-    guard = _guard(model_dir)
+    guard = _stage_extra(model_dir)
     fine_tuned = (guard or {}).get("guard") != "disabled"
     res = EvaluationResult(
         labels=labels,
@@ -522,6 +667,7 @@ def evaluate(
         plots={},
         report="",
         fine_tuned=fine_tuned,
+        scoring=scoring,
     )
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)
@@ -550,12 +696,26 @@ def evaluate(
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
     _write_predictions(os.path.join(out_dir, PREDICTIONS), shas, y, labels, probs_of)
+    # the candidate's scores by image: export copies them beside the SavedModel, so the next
+    # run compares with it without running it over the images scored here
+    unique = dict(zip(shas, probs_of["candidate"], strict=True))
+    write_seed(
+        os.path.join(out_dir, SEED_FILE), list(unique), np.stack(list(unique.values())), labels
+    )
 
     def acc(key: str) -> str:
         a, lo, hi = res.intervals[key]["accuracy"]
         return f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
 
     b = f"baseline v{version} {acc('baseline')}" if baseline else "no baseline"
+    if baseline:
+        b += f" ({_served_text(scoring['baseline'])})"
+    head_how = scoring["head_only"]
+    if head_how["from"] == "stored features":
+        b += (
+            f"; head-only scored on stored base features ({head_how['reused']} reused, "
+            f"{head_how['computed']} computed)"
+        )
     log(
         f"evaluate: test accuracy (95% Wilson interval, n={len(y)}) head-only {acc('head_only')}"
         f", kept model {acc('candidate')}, {b} -> "

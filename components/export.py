@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from graft.components import data as gdata
 from graft.components import model as gmodel
+from graft.components.served_scores import SEED_FILE, read_seed, write_seed
 from graft.components.train import load_model
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
 from graft.core.log import log
@@ -222,6 +223,31 @@ outputs `classes` string[None,C] (labels sorted by score, best first), `scores` 
         f.write(md)
 
 
+def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | None:
+    """Evaluate's scores of this model on its test split, beside the SavedModel (with its
+    weights_sha256), when they match what the SavedModel returned for the parity images: the
+    next run's evaluation and drift read them instead of scoring those images again. Their max
+    abs diff on the parity images, or None."""
+    from graft.components.push import weights_sha256
+
+    seed = read_seed(os.path.join(evaluation_dir, SEED_FILE), labels)
+    rows = [(seed[s], g) for s, g in zip(shas, got, strict=True) if s in seed]
+    if not rows:
+        return None
+    diff = float(max(np.max(np.abs(a - b)) for a, b in rows))
+    if diff <= tolerance:
+        probs = np.stack(list(seed.values()))
+        weights = weights_sha256(final) or ""
+        write_seed(os.path.join(final, SEED_FILE), list(seed), probs, labels, weights)
+    else:
+        log(
+            f"export: evaluate's test scores differ from the SavedModel's by {diff:.1e} > "
+            f"{tolerance:.1e}: not kept beside it (the next evaluation scores it anew)",
+            level="warn",
+        )
+    return diff
+
+
 @dataclass
 class ExportResult:
     path: str
@@ -232,6 +258,8 @@ class ExportResult:
     parity_max_abs_diff: float
     warmup_requests: int
     blessed: bool
+    # evaluate's stored test scores vs the SavedModel on the parity images; None: none stored
+    test_scores_max_abs_diff: float | None = None
 
 
 def export(
@@ -271,7 +299,9 @@ def export(
         json.dump(geometry.as_dict(image_size), f, indent=2)
 
     # a handful of test images: parity is about the graph (decode, resize, scores), not the data
-    blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "test").take(16).as_numpy_iterator()]
+    test = list(gdata.parsed_examples(examples_dir, "test").take(16).as_numpy_iterator())
+    blobs = [e["image/encoded"] for e in test]
+    shas = [e["image/sha256"].decode() for e in test]
     if not blobs:
         raise ParityError("no test images to check the export against")
     reloaded = tf.saved_model.load(final).signatures["serving_default"]
@@ -306,6 +336,8 @@ def export(
         parity=parity,
         model_path=model_path,
     )
+    # after the model card: the weights checksum covers its serving settings
+    seed_diff = _copy_seed(evaluation_dir, final, labels, shas, got, cfg.parity_tolerance)
     if cfg.tflite:  # edge models into assets.extra/, measured; tflite.json; model card table
         from graft.components.tflite import export_variants
 
@@ -333,6 +365,7 @@ def export(
         parity_max_abs_diff=parity,
         warmup_requests=n_warm,
         blessed=evaluation["blessed"],
+        test_scores_max_abs_diff=seed_diff,
     )
     with open(os.path.join(out_dir, "export.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)

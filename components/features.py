@@ -12,6 +12,8 @@ holding `sha256` and `x` rows; squash (the only geometry before data.resize) kee
 temporary name and renamed, so a killed run leaves no partial part and parallel writers never
 collide. The base fingerprint hashes the
 name, kwargs and every weight of the full (uncut) base, so other weights compute anew.
+`RowStore` is that folder of parts; served_scores.py keeps the served model's scores in one
+too, under <store>/served/.
 """
 
 from __future__ import annotations
@@ -47,6 +49,46 @@ def base_fingerprint(base: keras.Model, name: str, kwargs: dict | None = None) -
 
 
 @dataclass
+class RowStore:
+    """One float vector per image sha256, in one folder of write-once parts.
+
+    A part is written whole under a temporary name and renamed: a killed writer leaves no
+    partial part, and parallel writers never collide. Read once per process and store.
+    """
+
+    folder: str
+    _rows: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    def load(self) -> dict[str, np.ndarray]:
+        """Every stored row, sha256 -> vector."""
+        if self._rows is not None:
+            return self._rows
+        rows: dict[str, np.ndarray] = {}
+        if gfile.isdir(self.folder):
+            for name in sorted(gfile.listdir(self.folder)):
+                if not (name.startswith("part-") and name.endswith(".npz")):
+                    continue
+                with gfile.GFile(os.path.join(self.folder, name), "rb") as f:
+                    z = np.load(io.BytesIO(f.read()))
+                    rows.update(zip(z["sha256"].tolist(), z["x"], strict=True))
+        self._rows = rows
+        return rows
+
+    def put(self, shas: list[str], x: np.ndarray) -> None:
+        if not len(shas):
+            return
+        gfile.makedirs(self.folder)
+        buf = io.BytesIO()
+        np.savez(buf, sha256=np.array(shas), x=x.astype(np.float32))
+        name = f"part-{uuid.uuid4().hex}.npz"
+        tmp = os.path.join(self.folder, f".tmp-{name}")
+        with gfile.GFile(tmp, "wb") as f:
+            f.write(buf.getvalue())
+        gfile.rename(tmp, os.path.join(self.folder, name), overwrite=True)
+        self.load().update(zip(shas, x.astype(np.float32), strict=True))
+
+
+@dataclass
 class FeatureStore:
     """One base at one input size and geometry: get/put pooled features per (layer, sha256)."""
 
@@ -54,42 +96,24 @@ class FeatureStore:
     fingerprint: str
     size: int
     geometry: gdata.Geometry = gdata.SQUASH
-    _cache: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    _layers: dict[str, RowStore] = field(default_factory=dict, repr=False)
 
     def folder(self, layer: str) -> str:
         geo = self.geometry.key
         shape = str(self.size) if geo == "squash" else f"{self.size}-{geo}"
         return os.path.join(self.root, self.fingerprint, shape, layer)
 
+    def _rows(self, layer: str) -> RowStore:
+        if layer not in self._layers:
+            self._layers[layer] = RowStore(self.folder(layer))
+        return self._layers[layer]
+
     def load(self, layer: str) -> dict[str, np.ndarray]:
         """Every stored row of `layer`, sha256 -> vector (read once per process and store)."""
-        if layer in self._cache:
-            return self._cache[layer]
-        rows: dict[str, np.ndarray] = {}
-        folder = self.folder(layer)
-        if gfile.isdir(folder):
-            for name in sorted(gfile.listdir(folder)):
-                if not (name.startswith("part-") and name.endswith(".npz")):
-                    continue
-                with gfile.GFile(os.path.join(folder, name), "rb") as f:
-                    z = np.load(io.BytesIO(f.read()))
-                    rows.update(zip(z["sha256"].tolist(), z["x"], strict=True))
-        self._cache[layer] = rows
-        return rows
+        return self._rows(layer).load()
 
     def put(self, layer: str, shas: list[str], x: np.ndarray) -> None:
-        if not len(shas):
-            return
-        folder = self.folder(layer)
-        gfile.makedirs(folder)
-        buf = io.BytesIO()
-        np.savez(buf, sha256=np.array(shas), x=x.astype(np.float32))
-        name = f"part-{uuid.uuid4().hex}.npz"
-        tmp = os.path.join(folder, f".tmp-{name}")
-        with gfile.GFile(tmp, "wb") as f:
-            f.write(buf.getvalue())
-        gfile.rename(tmp, os.path.join(folder, name), overwrite=True)
-        self.load(layer).update(zip(shas, x.astype(np.float32), strict=True))
+        self._rows(layer).put(shas, x)
 
 
 def pooled_extractor(base: keras.Model, preprocess: keras.layers.Layer, layers: list[str]):

@@ -84,6 +84,23 @@ def push_outcome(run: dict) -> tuple[str | None, bool]:
     return "not pushed: " + ("; ".join(push.get("reasons") or []) or "push declined"), False
 
 
+def _output_text(rec: dict) -> str:
+    """A step's output directory; for a step that did not run, why (it wrote nothing)."""
+    if rec["status"] != "skipped":
+        return rec["output"] or ""
+    why = (rec.get("summary") or {}).get("reason")
+    return f"not run: {why}" if why else "not run"
+
+
+def export_outcome(run: dict) -> str | None:
+    """The export line of the summary when its `when` (evaluate.blessed) held it back."""
+    rec = run["steps"].get("export") or {}
+    why = (rec.get("summary") or {}).get("reason")
+    if rec.get("status") != "skipped" or not why:
+        return None
+    return f"not exported: {why} (only a blessed candidate is exported; --force exports it)"
+
+
 def print_summary(run: dict, cfg: GraftConfig) -> None:
     console = Console(stderr=True)
     steps = run["steps"]
@@ -91,7 +108,7 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
     for col in ("step", "status", "seconds", "output"):
         t.add_column(col, overflow="fold")  # whole paths, wrapped, never cut with an ellipsis
     for name, rec in steps.items():
-        t.add_row(name, rec["status"], f"{rec['seconds']:.1f}", rec["output"] or "")
+        t.add_row(name, rec["status"], f"{rec['seconds']:.1f}", _output_text(rec))
     console.print(t)
     ev = steps.get("evaluate", {}).get("summary", {})
     console.print(quality_table(steps.get("evaluate")))
@@ -119,6 +136,9 @@ def print_summary(run: dict, cfg: GraftConfig) -> None:
     report = os.path.join(run["run_dir"], "evaluate", "report.html")
     if os.path.exists(report):
         _plain(console, f"report: {report}")
+    export_line = export_outcome(run)
+    if export_line:
+        _plain(console, export_line)
     push_line, at_destination = push_outcome(run)
     if push_line:
         _plain(console, push_line)

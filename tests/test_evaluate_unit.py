@@ -35,9 +35,11 @@ def test_blessing_rules():
 
 
 def test_different_label_sets_are_never_blessed(tmp_path):
-    (tmp_path / "assets").mkdir()
-    (tmp_path / "assets" / "labels.txt").write_text("cat\ndog\n")
-    probs, note = _baseline_probs(str(tmp_path), [b"x"], ["cat", "dog", "fox"])
+    (tmp_path / "m" / "1" / "assets").mkdir(parents=True)
+    (tmp_path / "m" / "1" / "assets" / "labels.txt").write_text("cat\ndog\n")
+    probs, note, _ = _baseline_probs(
+        str(tmp_path), "m", 1, [b"x"], ["s"], ["cat", "dog", "fox"], None
+    )
     assert probs is None and "label sets differ" in note
     ok, why = bless(EvaluateConfig(), {"accuracy": 0.99}, None, note)
     assert not ok and "no automatic blessing" in why[-1]

@@ -92,13 +92,14 @@ def _tiny_model():
 
 @pytest.mark.parametrize("geometry", MODES, ids=lambda g: g.resize)
 def test_saved_model_pixels_equal_what_evaluation_and_training_used(geometry, tmp_path):
-    from graft.components.evaluate import _test_data
+    from graft.components.evaluate import _pixels, _test_data
     from graft.components.export import write_saved_model
 
     images = _images()
     blobs = list(images.values())
     examples = _examples_dir(tmp_path / "examples", blobs)
-    _, _, evaluated, _ = _test_data(str(examples), SIZE, set(), geometry)  # evaluation's pixels
+    stored, _, _ = _test_data(str(examples), set())
+    evaluated = _pixels(stored, SIZE, geometry)  # evaluation's pixels
     trained = np.concatenate(
         [
             x.numpy()

@@ -188,8 +188,12 @@ def test_worse_model_is_not_pushed_unless_forced(pipeline_run, tiny_data, tmp_pa
     ev = r["steps"]["evaluate"]["summary"]
     assert ev["baseline_accuracy"] is not None and ev["accuracy"] < ev["baseline_accuracy"], ev
     assert not ev["blessed"] and any("regression" in x for x in ev["reasons"])
-    push = r["steps"]["push"]
-    assert push["status"] == "skipped" and "evaluate.blessed" in push["summary"]["reason"]
+    for step in ("export", "push"):  # not blessed: neither runs, neither writes an output
+        rec = r["steps"][step]
+        assert (
+            rec["status"] == "skipped" and rec["summary"]["reason"] == "evaluate.blessed is false"
+        )
+        assert not os.path.exists(rec["output"]) and rec["seconds"] == 0.0
     assert versions(str(dest), "tiny") == before
     forced = run_pipeline(bad, force_push=True)
     p = forced["steps"]["push"]["summary"]

@@ -48,27 +48,30 @@ def test_summary_says_pushed_with_intervals_n_and_rest_port(pipeline_run, capsys
     assert "--rest-port 8501" in hint and f"--model-name {cfg.export.model_name}" in hint
 
 
-def test_summary_says_not_pushed_and_why(pipeline_run, capsys):
-    """Not blessed: the push step is skipped by its `when`, as the runner records it."""
+def test_summary_says_not_pushed_and_why(pipeline_run, capsys, monkeypatch):
+    """Not blessed: export and push are skipped by their `when`, as the runner records it."""
     from graft.pipeline.summary import print_summary, push_outcome
 
     cfg, run, _ = pipeline_run
+    monkeypatch.setenv("COLUMNS", "200")
     declined = copy.deepcopy(run)
     declined["steps"]["evaluate"]["summary"].update(
         blessed=False, reasons=["accuracy 0.6 < min_accuracy 0.9"]
     )
-    declined["steps"]["push"] = {
-        "status": "skipped",
-        "summary": {"reason": "evaluate.blessed is false"},
-        "seconds": 0.0,
-        "output": None,
-    }
+    for step in ("export", "push"):  # the runner skips both by their `when`: no output
+        declined["steps"][step].update(
+            status="skipped", summary={"reason": "evaluate.blessed is false"}, seconds=0.0
+        )
     line, at_destination = push_outcome(declined)
     assert line.startswith("not pushed: not blessed (accuracy 0.6 < min_accuracy 0.9)")
     assert not at_destination
     print_summary(declined, cfg)
     err = capsys.readouterr().err
     assert "not pushed: not blessed" in err and "pushed: " not in err.replace("not pushed", "")
+    assert "not exported: evaluate.blessed is false" in err
+    # the skipped steps' rows say why, never an output directory they did not write
+    assert run["steps"]["export"]["output"] not in err
+    assert err.count("not run: evaluate.blessed is false") == 2
     assert "graft serve" not in err
 
 
