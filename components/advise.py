@@ -30,6 +30,7 @@ SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2'
 MAX_FINE_TUNE_EPOCHS = 8
 LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
 LAYER_LR_DECAY = 0.4  # an earlier stage's rate against the next's (ULMFiT: 1 / 2.6)
+FINE_TUNE_LR = 1e-4  # the LR range test searches 10x either side of it
 
 
 @dataclass
@@ -144,24 +145,19 @@ def _smaller_size(ev: Evidence, at: Probe) -> int | None:
     return smaller[0].size if smaller and _gap(at, smaller[0])["low"] <= 0 else None
 
 
-def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
-    """The seed's matrix, applied to measured evidence. Pure: no TensorFlow, no files."""
-    d: list[Decision] = []
-    o: dict[str, Any] = {}
-    at_size = [p for p in ev.probes if p.size == ev.image_size]
-    final = at_size[0]
-    earlier = at_size[1:]
+def _decide_data_size(ev: Evidence, small_data: int) -> tuple[bool, Decision]:
+    """Small or large: below advise.small_data, fine-tuning gains cannot be told from noise."""
     small = ev.n_train < small_data
-    size_word = "small" if small else "large"
-    d.append(
-        Decision(
-            "data size",
-            size_word,
-            f"{ev.n_train} training images ({ev.n_train // max(1, ev.n_classes)} per class on "
-            f"average, fewest {ev.per_class_min}); small below advise.small_data={small_data}",
-        )
+    return small, Decision(
+        "data size",
+        "small" if small else "large",
+        f"{ev.n_train} training images ({ev.n_train // max(1, ev.n_classes)} per class on "
+        f"average, fewest {ev.per_class_min}); small below advise.small_data={small_data}",
     )
-    best_early = max(earlier, key=lambda p: p.accuracy) if earlier else None
+
+
+def _decide_similarity(final: Probe, best_early: Probe | None) -> tuple[bool, Decision]:
+    """Similar when the last layer probes better than any earlier block beyond the noise."""
     if best_early is None:
         similar, why = True, "no earlier tap to compare (base too shallow); assumed similar"
     else:
@@ -177,16 +173,17 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                 else "an earlier block probes as well or better: far from the base's data"
             )
         )
-    d.append(Decision("similarity", "similar" if similar else "dissimilar", why))
-    cell = {"size": size_word, "similarity": "similar" if similar else "dissimilar"}
+    return similar, Decision("similarity", "similar" if similar else "dissimilar", why)
 
-    # features: an earlier block where it probes better beyond the noise, or, small and
-    # dissimilar (the matrix: "classifier on earlier layers' features"), at least as well
+
+def _decide_features(
+    final: Probe, best_early: Probe | None, similar: bool, fits: bool
+) -> tuple[Probe, Decision]:
+    """An earlier block where it probes better beyond the noise, unless fine-tuning the whole
+    base fits; small and dissimilar data (the matrix: "classifier on earlier layers'
+    features") keeps the last layer only when the earlier one is inside the noise."""
     chosen = final
     why = "the base's last layer"
-    # fine-tuning the whole base, at the input size its last layer would get
-    whole_size = _smaller_size(ev, final) or ev.image_size
-    fits = not small and _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[0] >= 2
     if best_early is not None:
         g = _gap(best_early, final)
         if g["low"] > 0 and fits:
@@ -210,190 +207,239 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
                 f"{_fmt(best_early)} vs {_fmt(final)}, a difference inside the noise, so the "
                 "simpler choice (no cut)"
             )
-    o["base.cut_at"] = None if chosen is final else chosen.layer
-    d.append(Decision("features", chosen.layer, why))
+    return chosen, Decision("features", chosen.layer, why)
 
-    # input size: a smaller one when the photos are small and it probes as well
+
+def _decide_input_size(ev: Evidence, chosen: Probe) -> tuple[Probe, Decision]:
+    """A smaller input when the photos are small and it probes as well: the chosen layer's
+    probe at the size picked, and the decision."""
     smaller = [p for p in ev.probes if p.size < ev.image_size and p.layer == chosen.layer]
-    size = ev.image_size
-    if smaller:
-        s = smaller[0]
-        g = _gap(chosen, s)
-        if g["low"] <= 0:
-            size = s.size
-            chosen = s
-            d.append(
-                Decision(
-                    "input size",
-                    size,
-                    f"photos are {ev.median_side} px (median side); {s.size} px probes "
-                    f"{_fmt(s)} vs {_fmt(_at(ev, s.layer))} at "
-                    f"{ev.image_size} px (gain of the larger {g['difference']:+.3f} "
-                    f"[{g['low']:+.3f}, {g['high']:+.3f}]): "
-                    + ("the smaller probes better" if g["high"] < 0 else "not beyond the noise")
-                    + f", so the {(ev.image_size / s.size) ** 2:.1f}x cheaper input",
-                )
-            )
-        else:
-            d.append(
-                Decision(
-                    "input size",
-                    size,
-                    f"{ev.image_size} px probes better than {s.size} px by "
-                    f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]: it pays",
-                )
-            )
-    else:
-        d.append(
-            Decision(
-                "input size",
-                size,
-                f"photos are {ev.median_side} px (median side), not much below {size} px",
-            )
+    if not smaller:
+        return chosen, Decision(
+            "input size",
+            ev.image_size,
+            f"photos are {ev.median_side} px (median side), not much below {ev.image_size} px",
         )
-    o["data.image_size"] = size
-    # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
-    # standardise them, so the head does too (on the last layer the plain head matches them)
-    o["head.normalize"] = o["base.cut_at"] is not None
-    norm = " + standardised features" if o["head.normalize"] else ""
-
-    # head shape: a hidden layer only when it beats linear beyond the noise
-    hh = (ev.hidden_head or {}).get(chosen.layer)
-    if hh and hh["low"] > 0:
-        o["head.fc_size"], o["head.dropout"] = 256, 0.2
-        d.append(
-            Decision(
-                "head",
-                f"Dense(256, relu) + dropout 0.2{norm}",
-                f"k-fold: a hidden layer gains {hh['difference']:+.3f} "
-                f"[{hh['low']:+.3f}, {hh['high']:+.3f}] over linear",
-            )
+    s = smaller[0]
+    g = _gap(chosen, s)
+    if g["low"] > 0:
+        return chosen, Decision(
+            "input size",
+            ev.image_size,
+            f"{ev.image_size} px probes better than {s.size} px by "
+            f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]: it pays",
         )
-    else:
-        o["head.fc_size"], o["head.dropout"] = 0, 0.2
-        why = (
-            f"k-fold: a 256-unit hidden layer gains {hh['difference']:+.3f} "
-            f"[{hh['low']:+.3f}, {hh['high']:+.3f}], not beyond the noise: the simpler head"
-            if hh
-            else "linear (no hidden-layer probe)"
-        )
-        d.append(Decision("head", f"linear + dropout 0.2{norm}", why))
-    o.update(
-        {
-            "train_head.epochs": 40,
-            "train_head.patience": 5,
-            "train_head.optimizer": "adam",
-            "train_head.learning_rate": 1e-3,
-            "train_head.augment": False,
-            "train_head.feature_cache": "on",
-        }
+    return s, Decision(
+        "input size",
+        s.size,
+        f"photos are {ev.median_side} px (median side); {s.size} px probes "
+        f"{_fmt(s)} vs {_fmt(_at(ev, s.layer))} at "
+        f"{ev.image_size} px (gain of the larger {g['difference']:+.3f} "
+        f"[{g['low']:+.3f}, {g['high']:+.3f}]): "
+        + ("the smaller probes better" if g["high"] < 0 else "not beyond the noise")
+        + f", so the {(ev.image_size / s.size) ** 2:.1f}x cheaper input",
     )
 
-    # fine-tuning: how much of the base, from the cell and the time budget
-    if small:
-        o["fine_tune.enabled"] = False
-        why = (
-            "small and similar: the classifier only (the seed's matrix)"
-            if similar
-            else "small and dissimilar: the classifier "
-            + ("on earlier features (the seed's matrix)" if o["base.cut_at"] else "only")
+
+def _decide_head(ev: Evidence, layer: str, normalize: bool) -> tuple[dict, Decision]:
+    """A hidden layer only when it beats linear beyond the noise (the k-fold probe says)."""
+    norm = " + standardised features" if normalize else ""
+    hh = (ev.hidden_head or {}).get(layer)
+    if hh and hh["low"] > 0:
+        return {"head.fc_size": 256, "head.dropout": 0.2}, Decision(
+            "head",
+            f"Dense(256, relu) + dropout 0.2{norm}",
+            f"k-fold: a hidden layer gains {hh['difference']:+.3f} "
+            f"[{hh['low']:+.3f}, {hh['high']:+.3f}] over linear",
         )
-        d.append(
+    why = (
+        f"k-fold: a 256-unit hidden layer gains {hh['difference']:+.3f} "
+        f"[{hh['low']:+.3f}, {hh['high']:+.3f}], not beyond the noise: the simpler head"
+        if hh
+        else "linear (no hidden-layer probe)"
+    )
+    return {"head.fc_size": 0, "head.dropout": 0.2}, Decision(
+        "head", f"linear + dropout 0.2{norm}", why
+    )
+
+
+def _no_fine_tune_for_small_data(ev: Evidence, similar: bool, cut: bool) -> Decision:
+    """Small data: the classifier only (on earlier features where the base was cut)."""
+    why = (
+        "small and similar: the classifier only (the seed's matrix)"
+        if similar
+        else "small and dissimilar: the classifier "
+        + ("on earlier features (the seed's matrix)" if cut else "only")
+    )
+    return Decision(
+        "fine-tune",
+        "no",
+        f"{why}; with {ev.n_train} training and {ev.n_val} val images a fine-tuning "
+        "gain could not be told from noise (the guard needs its paired interval above "
+        "0), and fine-tuning this little data mostly fits noise",
+    )
+
+
+def _fine_tune_settings(
+    epochs: int, left: float, find_s: float, epoch_s: float, stages: int, start: str | None
+) -> dict[str, Any]:
+    """fine_tune.* for the stages chosen: the lower stage joins after an epoch, at a lower
+    rate, once the top has adapted."""
+    gradual = 1 if stages > 1 and epochs >= 4 else 0
+    return {
+        "fine_tune.enabled": True,
+        "fine_tune.unfreeze.mode": "from_layer" if start else "all",
+        "fine_tune.unfreeze.from_layer": start,
+        "fine_tune.optimizer": "adam",
+        "fine_tune.learning_rate": FINE_TUNE_LR,
+        "fine_tune.lr_find": True,
+        "fine_tune.lr_find_steps": LR_FIND_STEPS,
+        "fine_tune.layer_lr_decay": LAYER_LR_DECAY if stages > 1 else 1.0,
+        "fine_tune.unfreeze.gradual_epochs": gradual,
+        "fine_tune.cosine_decay": True,
+        "fine_tune.warmup_epochs": 0.0,
+        "fine_tune.epochs": epochs,
+        "fine_tune.patience": 2,
+        "fine_tune.augment": True,
+        "fine_tune.guard": True,
+        "fine_tune.guard_rule": "beyond_noise",
+        "fine_tune.max_minutes": round(max(left - find_s, epoch_s * 2) / 60, 2),
+    }
+
+
+def _fine_tune_reason(
+    cell: dict[str, str], stages: int, gradual: int, epochs: int, epoch_s: float, minutes: float
+) -> str:
+    """Why these stages, rates and epochs, in the seed matrix's words."""
+    what = "the top stage" if stages == 1 else f"the top {stages} stages"
+    lr = FINE_TUNE_LR
+    return (
+        f"{cell['size']} and {cell['similarity']}: {what} (the seed's matrix: "
+        + (
+            "fine-tune the top blocks"
+            if cell["similarity"] == "similar"
+            else "retrain more of the base"
+        )
+        + "), Adam with cosine decay at the rate an LR range test picks "
+        f"({LR_FIND_STEPS} batches; {lr / 10:g}..{lr * 10:g}, else {lr:g})"
+        + (
+            f"; the lower stage at {LAYER_LR_DECAY:g}x the top's rate (earlier "
+            "features are more general: discriminative rates, as in ULMFiT)"
+            if stages > 1
+            else ""
+        )
+        + (
+            f", joining after {gradual} epoch (gradual unfreezing: the top "
+            "stage adapts to the head first)"
+            if gradual
+            else ""
+        )
+        + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the "
+        f"{minutes:g}-minute budget; kept only if it beats the head-only "
+        "model on val beyond the noise"
+    )
+
+
+def _decide_augmentation(ev: Evidence, small_data: int) -> tuple[dict, Decision]:
+    """Stronger augmentation below 3x advise.small_data: more variety per image."""
+    strong = ev.n_train < 3 * small_data
+    aug = (
+        {"augment.rotation": 0.1, "augment.zoom": 0.2, "augment.contrast": 0.2}
+        if strong
+        else {"augment.rotation": 0.05, "augment.zoom": 0.1, "augment.contrast": 0.1}
+    )
+    return {**aug, "augment.translation": 0.1}, Decision(
+        "augmentation",
+        "stronger" if strong else "default",
+        f"{ev.n_train} training images: "
+        + ("more variety per image" if strong else "enough data for the defaults"),
+    )
+
+
+def _decide_fine_tune(
+    ev: Evidence,
+    cell: dict[str, str],
+    size: int,
+    whole_size: int,
+    cut_at: str | None,
+    budget_minutes: float,
+    small_data: int,
+) -> tuple[dict[str, Any], list[Decision]]:
+    """Large data: how much of the base to fine-tune, from the cell and the time budget (and
+    its augmentation); none when fewer than 2 epochs fit."""
+    similar = cell["similarity"] == "similar"
+    epochs, epoch_s, left, find_s, stages, start, frac = _fine_tune_budget(
+        ev, size, similar, cut_at, budget_minutes
+    )
+    if cut_at:  # cut because the whole base's fine-tuning did not fit
+        epochs, epoch_s = _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[:2]
+    if epochs < 2:
+        return {"fine_tune.enabled": False}, [
             Decision(
                 "fine-tune",
                 "no",
-                f"{why}; with {ev.n_train} training and {ev.n_val} val images a fine-tuning "
-                "gain could not be told from noise (the guard needs its paired interval above "
-                "0), and fine-tuning this little data mostly fits noise",
+                f"the budget (train.budget_minutes={budget_minutes:g}) fits {epochs} "
+                f"epoch(s) of ~{epoch_s:.0f}s of the whole base: too few to pay"
+                + ("; the classifier reads the earlier features instead" if cut_at else ""),
             )
-        )
+        ]
+    settings = _fine_tune_settings(epochs, left, find_s, epoch_s, stages, start)
+    gradual = settings["fine_tune.unfreeze.gradual_epochs"]
+    decision = Decision(
+        "fine-tune",
+        f"from {start} ({frac:.0%} of the base's layers)",
+        _fine_tune_reason(cell, stages, gradual, epochs, epoch_s, budget_minutes),
+    )
+    aug, aug_decision = _decide_augmentation(ev, small_data)
+    return {**settings, **aug}, [decision, aug_decision]
+
+
+# the head's training, the same in every plan
+_TRAIN_HEAD = {
+    "train_head.epochs": 40,
+    "train_head.patience": 5,
+    "train_head.optimizer": "adam",
+    "train_head.learning_rate": 1e-3,
+    "train_head.augment": False,
+    "train_head.feature_cache": "on",
+}
+
+
+def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
+    """The seed's matrix, applied to measured evidence: one function per decision, each given
+    what the earlier ones chose. Pure: no TensorFlow, no files."""
+    at_size = [p for p in ev.probes if p.size == ev.image_size]
+    final, earlier = at_size[0], at_size[1:]
+    best_early = max(earlier, key=lambda p: p.accuracy) if earlier else None
+    small, size_decision = _decide_data_size(ev, small_data)
+    similar, similarity_decision = _decide_similarity(final, best_early)
+    cell = {"size": size_decision.choice, "similarity": similarity_decision.choice}
+    d = [size_decision, similarity_decision]
+    # fine-tuning the whole base, at the input size its last layer would get
+    whole_size = _smaller_size(ev, final) or ev.image_size
+    fits = not small and _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[0] >= 2
+    chosen, features_decision = _decide_features(final, best_early, similar, fits)
+    cut_at = None if chosen is final else chosen.layer
+    chosen, input_decision = _decide_input_size(ev, chosen)
+    # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
+    # standardise them, so the head does too (on the last layer the plain head matches them)
+    o: dict[str, Any] = {
+        "base.cut_at": cut_at,
+        "data.image_size": input_decision.choice,
+        "head.normalize": cut_at is not None,
+    }
+    head, head_decision = _decide_head(ev, chosen.layer, o["head.normalize"])
+    o.update({**head, **_TRAIN_HEAD})
+    d += [features_decision, input_decision, head_decision]
+    if small:
+        o["fine_tune.enabled"] = False
+        d.append(_no_fine_tune_for_small_data(ev, similar, cut_at is not None))
     else:
-        epochs, epoch_s, left, find_s, stages, start, frac = _fine_tune_budget(
-            ev, size, similar, o["base.cut_at"], budget_minutes
+        tuning, decisions = _decide_fine_tune(
+            ev, cell, input_decision.choice, whole_size, cut_at, budget_minutes, small_data
         )
-        lr = 1e-4
-        if o["base.cut_at"]:  # cut because the whole base's fine-tuning did not fit
-            epochs, epoch_s = _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[:2]
-        if epochs < 2:
-            o["fine_tune.enabled"] = False
-            d.append(
-                Decision(
-                    "fine-tune",
-                    "no",
-                    f"the budget (train.budget_minutes={budget_minutes:g}) fits {epochs} "
-                    f"epoch(s) of ~{epoch_s:.0f}s of the whole base: too few to pay"
-                    + (
-                        "; the classifier reads the earlier features instead"
-                        if o["base.cut_at"]
-                        else ""
-                    ),
-                )
-            )
-        else:
-            # two stages: the lower one joins after an epoch, when the top has adapted
-            gradual = 1 if stages > 1 and epochs >= 4 else 0
-            o.update(
-                {
-                    "fine_tune.enabled": True,
-                    "fine_tune.unfreeze.mode": "from_layer" if start else "all",
-                    "fine_tune.unfreeze.from_layer": start,
-                    "fine_tune.optimizer": "adam",
-                    "fine_tune.learning_rate": lr,
-                    "fine_tune.lr_find": True,
-                    "fine_tune.lr_find_steps": LR_FIND_STEPS,
-                    "fine_tune.layer_lr_decay": LAYER_LR_DECAY if stages > 1 else 1.0,
-                    "fine_tune.unfreeze.gradual_epochs": gradual,
-                    "fine_tune.cosine_decay": True,
-                    "fine_tune.warmup_epochs": 0.0,
-                    "fine_tune.epochs": epochs,
-                    "fine_tune.patience": 2,
-                    "fine_tune.augment": True,
-                    "fine_tune.guard": True,
-                    "fine_tune.guard_rule": "beyond_noise",
-                    "fine_tune.max_minutes": round(max(left - find_s, epoch_s * 2) / 60, 2),
-                }
-            )
-            what = "the top stage" if stages == 1 else f"the top {stages} stages"
-            d.append(
-                Decision(
-                    "fine-tune",
-                    f"from {start} ({frac:.0%} of the base's layers)",
-                    f"{size_word} and {cell['similarity']}: {what} (the seed's matrix: "
-                    + ("fine-tune the top blocks" if similar else "retrain more of the base")
-                    + "), Adam with cosine decay at the rate an LR range test picks "
-                    f"({LR_FIND_STEPS} batches; {lr / 10:g}..{lr * 10:g}, else {lr:g})"
-                    + (
-                        f"; the lower stage at {LAYER_LR_DECAY:g}x the top's rate (earlier "
-                        "features are more general: discriminative rates, as in ULMFiT)"
-                        if stages > 1
-                        else ""
-                    )
-                    + (
-                        f", joining after {gradual} epoch (gradual unfreezing: the top "
-                        "stage adapts to the head first)"
-                        if gradual
-                        else ""
-                    )
-                    + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the "
-                    f"{budget_minutes:g}-minute budget; kept only if it beats the head-only "
-                    "model on val beyond the noise",
-                )
-            )
-            strong = ev.n_train < 3 * small_data
-            aug = (
-                {"augment.rotation": 0.1, "augment.zoom": 0.2, "augment.contrast": 0.2}
-                if strong
-                else {"augment.rotation": 0.05, "augment.zoom": 0.1, "augment.contrast": 0.1}
-            )
-            o.update({**aug, "augment.translation": 0.1})
-            d.append(
-                Decision(
-                    "augmentation",
-                    "stronger" if strong else "default",
-                    f"{ev.n_train} training images: "
-                    + ("more variety per image" if strong else "enough data for the defaults"),
-                )
-            )
+        o.update(tuning)
+        d += decisions
     return Plan("auto", cell, o, d)
 
 

@@ -765,14 +765,10 @@ class _Parser(argparse.ArgumentParser):
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Parser(
-        prog="graft",
-        description="Transfer-learning image classifiers, folder to TF Serving. "
-        "Start with: graft train DATA_DIR",
-    )
-    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+# One register function per command: it adds the command's parser, flags and cmd_* function.
 
+
+def _register_demo_data(sub) -> None:
     p = sub.add_parser("demo-data", help="generate a procedural image-folder dataset")
     p.add_argument("out", help="folder to write ROOT/<class>/*.png into")
     p.add_argument("--classes", type=int, default=5, help="number of classes")
@@ -787,6 +783,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_demo_data)
 
+
+def _register_config(sub) -> None:
     p = sub.add_parser("config", help="config tools")
     csub = p.add_subparsers(dest="config_cmd", required=True)
     s = csub.add_parser("show", help="print the resolved config")
@@ -794,18 +792,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     s.set_defaults(fn=cmd_config_show)
 
+
+def _register_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="images -> TFRecords (Beam); works without a config")
     p.add_argument("source", nargs="?", help="image folder or CSV manifest (overrides data.path)")
     p.add_argument("--out", "-o", required=True, help="output folder for the TFRecords and stats")
     _add_config_args(p, required=False)
     p.set_defaults(fn=cmd_ingest, tensorflow=True)
 
+
+def _register_validate(sub) -> None:
     p = sub.add_parser("validate", help="check an ingest output")
     p.add_argument("examples", help="ingest output dir")
     p.add_argument("--out", "-o", required=True, help="output folder for validation.json")
     _add_config_args(p, required=False)
     p.set_defaults(fn=cmd_validate, tensorflow=True)
 
+
+def _register_train(sub) -> None:
     p = sub.add_parser(
         "train",
         help="one command: a folder of labelled photos -> evaluated, exported, pushed model",
@@ -822,11 +826,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.set_defaults(fn=cmd_train)
 
+
+def _register_run(sub) -> None:
     p = sub.add_parser("run", help="run the whole pipeline locally")
     _add_config_args(p)
     _add_run_args(p)
     p.set_defaults(fn=cmd_run, tensorflow=True)
 
+
+def _register_advise(sub) -> None:
     p = sub.add_parser(
         "advise",
         help="where the data sits in the size x similarity matrix, and the plan (no training)",
@@ -841,6 +849,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.set_defaults(fn=cmd_advise)
 
+
+def _register_inspect_base(sub) -> None:
     p = sub.add_parser("inspect-base", help="list a backbone's layers and blocks")
     p.add_argument("name", choices=sorted(BACKBONES), metavar="NAME", help=_BACKBONE_HELP)
     p.add_argument("--alpha", type=float, help="width multiplier (MobileNets), e.g. 0.35")
@@ -853,6 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_inspect_base, tensorflow=True)
 
+
+def _register_pretrain_demo_base(sub) -> None:
     p = sub.add_parser("pretrain-demo-base", help="train the demo base on the source task")
     p.add_argument(
         "--out",
@@ -860,17 +872,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_pretrain, tensorflow=True)
 
+
+def _register_compile(sub) -> None:
     p = sub.add_parser("compile", help="compile the Kubeflow pipeline YAML")
     _add_config_args(p)
     p.add_argument("--out", "-o", default="pipeline.yaml", help="pipeline YAML to write")
     _hidden_alias(p, "--output", "out")
     p.set_defaults(fn=cmd_compile)
 
+
+def _register_step(sub) -> None:
     p = sub.add_parser("step", help="run one step in a Kubeflow container (its entrypoint)")
     p.add_argument("name", choices=STEP_NAMES, help="the step")
     p.add_argument("--executor-input", required=True, help="kfp's executor input, as JSON")
     p.set_defaults(fn=cmd_step)
 
+
+def _register_submit(sub) -> None:
     p = sub.add_parser("submit", help="submit a run or a recurring run to Kubeflow Pipelines")
     _add_config_args(p)
     p.add_argument("--host", help="KFP API URL (default kubeflow.host)")
@@ -883,6 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=cmd_submit)
 
+
+def _register_serve(sub) -> None:
     p = sub.add_parser(
         "serve",
         help="TF-Serving-compatible gRPC server for local use (REST too with --rest-port)",
@@ -890,6 +910,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve_options.add_arguments(p)
     p.set_defaults(fn=cmd_serve, tensorflow=True)
 
+
+def _register_predict(sub) -> None:
     p = sub.add_parser(
         "predict",
         help="classify images: locally from a SavedModel, or through a (TF) Serving endpoint",
@@ -923,12 +945,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30.0, help="server request timeout, seconds")
     p.set_defaults(fn=cmd_predict)
 
+
+def _register_runs(sub) -> None:
     p = sub.add_parser("runs", help="past runs")
     rsub = p.add_subparsers(dest="runs_cmd", required=True, metavar="COMMAND")
     s = rsub.add_parser("list", help="table of runs: status, time, test accuracy, push")
     s.add_argument("--run-root", default="runs", help="runner.run_root of the runs")
     s.set_defaults(fn=cmd_runs_list)
 
+
+def _register_models(sub) -> None:
     p = sub.add_parser("models", help="pushed versions and their lineage (the registry)")
     msub = p.add_subparsers(dest="models_cmd", required=True, metavar="COMMAND")
     s = msub.add_parser("list", help="table of versions: data, base, accuracy, blessing, served")
@@ -946,6 +972,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_name_arg(s, "model name (default: the only model there)")
     s.set_defaults(fn=cmd_models_show)
 
+
+def _register_rollback(sub) -> None:
     p = sub.add_parser(
         "rollback",
         help="serve an older version again: publish a copy of it as the newest version",
@@ -961,6 +989,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why, recorded in the registry")
     p.set_defaults(fn=cmd_rollback, tensorflow=True)
 
+
+def _register_report(sub) -> None:
     p = sub.add_parser("report", help="print the path of a run's evaluation report")
     p.add_argument(
         "run_id", nargs="?", default="latest", help="a run id (graft runs list) or latest"
@@ -968,6 +998,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-root", default="runs", help="runner.run_root of the runs")
     p.add_argument("--open", action="store_true", help="open it in the web browser")
     p.set_defaults(fn=cmd_report)
+
+
+# `graft --help` lists the commands in this order.
+_COMMANDS = (
+    _register_demo_data,
+    _register_config,
+    _register_ingest,
+    _register_validate,
+    _register_train,
+    _register_run,
+    _register_advise,
+    _register_inspect_base,
+    _register_pretrain_demo_base,
+    _register_compile,
+    _register_step,
+    _register_submit,
+    _register_serve,
+    _register_predict,
+    _register_runs,
+    _register_models,
+    _register_rollback,
+    _register_report,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """graft's parser: the top level, then each command from its own register function."""
+    ap = _Parser(
+        prog="graft",
+        description="Transfer-learning image classifiers, folder to TF Serving. "
+        "Start with: graft train DATA_DIR",
+    )
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+    for register in _COMMANDS:
+        register(sub)
     return ap
 
 
