@@ -565,6 +565,70 @@ def _advice(advice_dir: str | None) -> dict | None:
         return json.load(f)
 
 
+def _score_models(
+    head_dir, model_dir, examples_dir, shas, y, labels, exclude, pixels, *, cfg, head_store,
+    image_size, geometry, flip_average,
+):  # fmt: skip
+    """Scores of the head-only model and the candidate: from stored features where the head's
+    are stored, once where the candidate is the head's weights, else by the whole model."""
+    scored: dict[str, dict] = {}
+    probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
+    scoring: dict[str, dict] = {}  # per model, how its scores were computed
+    loaded: dict[str, keras.Model] = {}
+    cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
+    head_copied = file_sha256(os.path.join(head_dir, "model.keras")) == cand_sha
+    for key, d in (("head_only", head_dir), ("candidate", model_dir)):
+        if key == "candidate" and head_copied:  # fine_tune passed the head's file through
+            model = loaded[key] = loaded["head_only"]
+        else:
+            model = loaded[key] = load_model(os.path.join(d, "model.keras"))
+        if key == "candidate" and (head_copied or _same_weights(model, loaded["head_only"])):
+            probs_of[key] = probs_of["head_only"]  # fine-tuning off or not kept: scored once
+            scoring[key] = {"from": "the head-only model's scores (the same weights)"}
+            scored[key] = scored["head_only"]
+            continue
+        got = None
+        if key == "head_only" and not flip_average:  # the mirror images' features: not stored
+            got = head_scores_from_features(
+                model,
+                examples_dir,
+                shas,
+                exclude=exclude,
+                feature_store=head_store,
+                image_size=image_size,
+                geometry=geometry,
+            )
+        if got is not None:
+            probs_of[key], scoring[key] = got
+        else:
+            probs_of[key] = predict_scores(model, pixels(), flip_average)
+            scoring[key] = {"from": "the whole model", "computed": len(y)}
+        scored[key] = metrics_from_probs(probs_of[key], y, labels, cfg.top_k, cfg.ece_bins)
+    return scored, probs_of, scoring, loaded
+
+
+def _score_baseline(
+    destination, model_name, cand_sha, blobs, shas, y, labels, probs_of, scoring, *, cfg,
+    head_store, source,
+):  # fmt: skip
+    """The served version's metrics on the same test images (None without one), its note, and
+    its version; its scores go into probs_of and how they were made into scoring."""
+    version = baseline_version(destination, model_name, cand_sha) if cfg.compare_baseline else None
+    if version is None:
+        return None, None, None
+    store_root = (head_store or {}).get("root")
+    probs, note, how = _baseline_probs(
+        destination, model_name, version, blobs, shas, labels, store_root, source
+    )
+    if probs is None:
+        return None, note, version
+    probs_of["baseline"] = probs
+    scoring["baseline"] = how
+    baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
+    baseline.update({"version": version, "path": version_path(destination, model_name, version)})
+    return baseline, note, version
+
+
 def evaluate(
     examples_dir: str,
     head_dir: str,
@@ -596,61 +660,19 @@ def evaluate(
             decoded.append(_pixels(blobs, image_size, geometry))
         return decoded[0]
 
-    scored: dict[str, dict] = {}
-    probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
-    scoring: dict[str, dict] = {}  # per model, how its scores were computed
-    loaded: dict[str, keras.Model] = {}
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
-    head_copied = file_sha256(os.path.join(head_dir, "model.keras")) == cand_sha
     head_store = (_stage_extra(head_dir) or {}).get("feature_store")
-    for key, d in (("head_only", head_dir), ("candidate", model_dir)):
-        if key == "candidate" and head_copied:  # fine_tune passed the head's file through
-            model = loaded[key] = loaded["head_only"]
-        else:
-            model = loaded[key] = load_model(os.path.join(d, "model.keras"))
-        if key == "candidate" and (head_copied or _same_weights(model, loaded["head_only"])):
-            probs_of[key] = probs_of["head_only"]  # fine-tuning off or not kept: scored once
-            scoring[key] = {"from": "the head-only model's scores (the same weights)"}
-            scored[key] = scored["head_only"]
-            continue
-        got = None
-        if key == "head_only" and not flip_average:  # the mirror images' features: not stored
-            got = head_scores_from_features(
-                model,
-                examples_dir,
-                shas,
-                exclude=exclude,
-                feature_store=head_store,
-                image_size=image_size,
-                geometry=geometry,
-            )
-        if got is not None:
-            probs_of[key], scoring[key] = got
-        else:
-            probs_of[key] = predict_scores(model, pixels(), flip_average)
-            scoring[key] = {"from": "the whole model", "computed": len(y)}
-        scored[key] = metrics_from_probs(probs_of[key], y, labels, cfg.top_k, cfg.ece_bins)
-    baseline, note = None, None
-    version = baseline_version(destination, model_name, cand_sha) if cfg.compare_baseline else None
-    if version is not None:
-        store_root = (head_store or {}).get("root")
-        probs, note, how = _baseline_probs(
-            destination,
-            model_name,
-            version,
-            blobs,
-            shas,
-            labels,
-            store_root,
-            _feature_source(loaded["head_only"], head_store, image_size, geometry),
-        )
-        if probs is not None:
-            probs_of["baseline"] = probs
-            scoring["baseline"] = how
-            baseline = metrics_from_probs(probs, y, labels, cfg.top_k, cfg.ece_bins)
-            baseline.update(
-                {"version": version, "path": version_path(destination, model_name, version)}
-            )
+    scored, probs_of, scoring, loaded = _score_models(
+        head_dir, model_dir, examples_dir, shas, y, labels, exclude, pixels,
+        cfg=cfg, head_store=head_store, image_size=image_size, geometry=geometry,
+        flip_average=flip_average,
+    )  # fmt: skip
+    model = loaded["candidate"]
+    baseline, note, version = _score_baseline(
+        destination, model_name, cand_sha, blobs, shas, y, labels, probs_of, scoring,
+        cfg=cfg, head_store=head_store,
+        source=_feature_source(loaded["head_only"], head_store, image_size, geometry),
+    )  # fmt: skip
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
     guard = _stage_extra(model_dir)
     fine_tuned = (guard or {}).get("guard") != "disabled"
