@@ -514,6 +514,8 @@ def near_duplicates_html(pairs: list[dict], thumbs: dict[str, str | None]) -> st
 def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: int) -> str:
     """advise's label_issues.json: the first `shown` entries, each with its thumbnail (thumbs
     by path), and how the images were checked."""
+    from graft.components.label_issues import weak_probe_note
+
     if doc is None:
         return (
             "<p>Not checked: advise wrote no <code>label_issues.json</code> (recipe manual or "
@@ -522,11 +524,13 @@ def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: in
     c = doc["counts"]
     checked = ", ".join(f"{n} {escape(s)}" for s, n in doc["checked"].items())
     head = (
-        f"<p>{c['likely_mislabelled']} likely mislabelled image(s) and "
+        f"<p>{c['likely_mislabelled']} likely mislabelled image(s) "
+        f"({c.get('less_sure', 0)} of them less sure) and "
         f"{c['duplicate_across_classes']} exact duplicate(s) under two classes; checked "
         f"{checked} images{' (a sample)' if doc.get('sampled') else ''} with a "
         f"{doc['folds']}-fold probe of {escape(doc['layer'])} at {doc['size']} px (its accuracy "
-        f"{doc['probe_accuracy']:.3f}). Confident learning: an image is listed when the probe, "
+        f"{doc['probe_accuracy']:.3f}{escape(weak_probe_note(doc))}). "
+        "Confident learning: an image is listed when the probe, "
         "trained without it, gives its label less than that class's typical confidence and "
         "another class at least its own (or, less sure, simply more); lowest probability of "
         "the given label first. "

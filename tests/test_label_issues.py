@@ -110,7 +110,18 @@ def test_duplicates_across_classes_come_first_and_every_entry_has_the_fields(tmp
     assert on_disk == written
     assert [it["rank"] for it in on_disk["issues"]] == list(range(1, len(on_disk["issues"]) + 1))
     assert on_disk["issues"][0]["kind"] == li.DUPLICATE
-    assert on_disk["counts"] == {li.MISLABELLED: len(on_disk["issues"]) - 1, li.DUPLICATE: 1}
+    unsure = sum(not it["confident"] for it in on_disk["issues"])
+    assert on_disk["counts"] == {
+        li.MISLABELLED: len(on_disk["issues"]) - 1,
+        li.DUPLICATE: 1,
+        li.LESS_SURE: unsure,
+    }
+    # the one line says how many are less sure, and warns when the probe is weak
+    line = li.summary(on_disk)
+    assert f"({unsure} of them less sure)" in line
+    assert ("the probe's own errors" in line) == (on_disk["probe_accuracy"] < li.WEAK_PROBE)
+    weak = li.summary({**on_disk, "probe_accuracy": 0.65})
+    assert "most listed images are likely the probe's own errors" in weak
     assert all(FIELDS <= set(it) for it in on_disk["issues"])
     assert {"img0.jpg", "img1.jpg"} <= {Path(it["path"]).name for it in on_disk["issues"][1:3]}
     text = li.table(on_disk, 3)
