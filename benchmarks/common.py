@@ -11,6 +11,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 REPO = Path(__file__).resolve().parent.parent
+# the real datasets and ImageNet weights beside the clone (read in place, never copied)
+SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
+MOBILENET_V2 = (
+    SHARED / "keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
+
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

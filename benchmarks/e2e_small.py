@@ -19,16 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, report
+from benchmarks.common import MOBILENET_V2, SHARED, report
 
-SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 CATS_DOGS = SHARED / "datasets" / "cats_dogs" / "train"
-WEIGHTS = (
-    SHARED
-    / "keras"
-    / "models"
-    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-)
+WEIGHTS = MOBILENET_V2
 PER_CLASS = 200
 
 

@@ -20,21 +20,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, report
+from benchmarks.common import MOBILENET_V2, SHARED, report
 
-SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
-WEIGHTS = (
-    SHARED
-    / "keras"
-    / "models"
-    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-)
+WEIGHTS = MOBILENET_V2
 DATASETS = ("flowers", "cats_dogs", "textures", "chest_xray")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif"}
 

@@ -6,15 +6,13 @@ and does no forward pass. Goal: the second is >= 20x faster. Real photos and the
 (flowers, ImageNet MobileNetV2 alpha 1.0 at 224 px) when ../shared has them, else demo data.
 """
 
-import os
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, demo_examples, report
+from benchmarks.common import MOBILENET_V2, REPO, SHARED, demo_examples, report
 
-SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
-WEIGHTS = SHARED / "keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS = MOBILENET_V2
 
 
 def _examples(tmp: Path) -> tuple[str, dict, int, str]:

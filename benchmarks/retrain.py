@@ -24,24 +24,17 @@ result under `small_scale`.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, RESULTS, report
+from benchmarks.common import MOBILENET_V2, RESULTS, SHARED, report
 
-SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
 FLOWERS = SHARED / "datasets" / "flowers"
 XRAY = SHARED / "datasets" / "chest_xray"
-WEIGHTS = (
-    SHARED
-    / "keras"
-    / "models"
-    / ("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5")
-)
+WEIGHTS = MOBILENET_V2
 SIZE = 224
 RESAMPLES = 20
 

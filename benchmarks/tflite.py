@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, report
+from benchmarks.common import MOBILENET_V2, SHARED, report
 
-SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
-WEIGHTS = SHARED / "keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+WEIGHTS = MOBILENET_V2
 SIZE = 224  # configs/photos.yaml's input size
 DATASETS = ("flowers", "cats_dogs")
 TIMED_IMAGES = 200  # the interleaved timing pass: the first N test images

@@ -15,6 +15,9 @@ import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("GRAFT_SHARED", REPO.parent / "shared"))
+MOBILENET_V2 = (
+    SHARED / "keras/models/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+)
 
 
 def tiny_config(tmp: Path, data: Path, **over) -> dict:
@@ -43,6 +46,22 @@ def tiny_config(tmp: Path, data: Path, **over) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = value
     return cfg
+
+
+def tiny_advise_sets(tmp: Path, *extra: str) -> list[str]:
+    """`graft advise` --set arguments for tiny_config's base and data, plus `extra` settings."""
+    sets = [
+        *extra,
+        "base.weights=demo",
+        "base.kwargs={alpha: 0.35}",
+        "data.image_size=48",
+        "data.num_workers=1",
+        "validate.min_per_class={train: 2, val: 1, test: 1}",
+        "advise.folds=3",
+        f"runner.run_root={tmp / 'runs'}",
+        f"push.destination={tmp / 'models'}",
+    ]
+    return [a for s in sets for a in ("--set", s)]
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tiny_advise_sets
 
 from graft.components import label_issues as li
 
@@ -140,18 +141,8 @@ def test_graft_advise_writes_and_prints_the_planted_mislabels(tmp_path, tiny_dat
         p.rename(data / classes[1] / f"planted-{p.name}")
     twice = sorted((data / classes[2]).iterdir())[0]  # the same bytes under two classes
     shutil.copy(twice, data / classes[0] / f"twice-{twice.name}")
-    sets = [
-        "validate.label_conflicts=drop",
-        "base.weights=demo",
-        "base.kwargs={alpha: 0.35}",
-        "data.image_size=48",
-        "data.num_workers=1",
-        "validate.min_per_class={train: 2, val: 1, test: 1}",
-        "advise.folds=3",
-        f"runner.run_root={tmp_path / 'runs'}",
-        f"push.destination={tmp_path / 'models'}",
-    ]
-    assert main(["advise", str(data), *[a for s in sets for a in ("--set", s)]]) == 0
+    sets = tiny_advise_sets(tmp_path, "validate.label_conflicts=drop")
+    assert main(["advise", str(data), *sets]) == 0
     out = capsys.readouterr().out
     found = list((tmp_path / "runs" / "steps" / "advise").glob(f"*/{li.FILE}"))
     assert len(found) == 1

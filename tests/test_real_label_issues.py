@@ -10,15 +10,10 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import MOBILENET_V2, SHARED
 
 CATS_DOGS = SHARED / "datasets" / "cats_dogs" / "train"
-WEIGHTS = (
-    SHARED
-    / "keras"
-    / "models"
-    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-)
+WEIGHTS = MOBILENET_V2
 PLANTED = 10
 
 pytestmark = [

@@ -9,14 +9,9 @@ import json
 import os
 
 import pytest
-from conftest import REPO, SHARED
+from conftest import MOBILENET_V2, REPO, SHARED
 
-WEIGHTS = (
-    SHARED
-    / "keras"
-    / "models"
-    / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
-)
+WEIGHTS = MOBILENET_V2
 
 # floors at the low end of the measured auto test accuracy's 95% interval (an earlier
 # benchmarks/recipes.py run): flowers 0.753 [0.720, 0.784] (n=685), cats_dogs 1.000 [0.977, 1.000].

@@ -8,7 +8,7 @@ import os
 
 import pytest
 from conftest import step_summary as _summary
-from conftest import tiny_config
+from conftest import tiny_advise_sets, tiny_config
 
 from graft.components import features as gfeat
 from graft.core.config import parse_config
@@ -88,17 +88,7 @@ def test_graft_advise_prints_the_cell_evidence_and_plan_without_training(
 ):
     from graft.pipeline.cli import main
 
-    sets = [
-        "base.weights=demo",
-        "base.kwargs={alpha: 0.35}",
-        "data.image_size=48",
-        "data.num_workers=1",
-        "validate.min_per_class={train: 2, val: 1, test: 1}",
-        "advise.folds=3",
-        f"runner.run_root={tmp_path / 'runs'}",
-        f"push.destination={tmp_path / 'models'}",
-    ]
-    assert main(["advise", str(tiny_data), *[a for s in sets for a in ("--set", s)]]) == 0
+    assert main(["advise", str(tiny_data), *tiny_advise_sets(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "recipe auto: small and" in out and "(the seed's matrix)" in out
     for word in ("similarity", "features", "input size", "head", "fine-tune", "probe"):
