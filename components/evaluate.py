@@ -567,15 +567,15 @@ def _advice(advice_dir: str | None) -> dict | None:
 
 def _score_models(
     head_dir, model_dir, examples_dir, shas, y, labels, exclude, pixels, *, cfg, head_store,
-    image_size, geometry, flip_average,
+    image_size, geometry, flip_average, cand_sha,
 ):  # fmt: skip
-    """Scores of the head-only model and the candidate: from stored features where the head's
-    are stored, once where the candidate is the head's weights, else by the whole model."""
+    """Scores of the head-only model and the candidate (its model.keras hashes to cand_sha):
+    from stored features where the head's are stored, once where the candidate is the head's
+    weights, else by the whole model."""
     scored: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
     scoring: dict[str, dict] = {}  # per model, how its scores were computed
     loaded: dict[str, keras.Model] = {}
-    cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     head_copied = file_sha256(os.path.join(head_dir, "model.keras")) == cand_sha
     for key, d in (("head_only", head_dir), ("candidate", model_dir)):
         if key == "candidate" and head_copied:  # fine_tune passed the head's file through
@@ -665,7 +665,7 @@ def evaluate(
     scored, probs_of, scoring, loaded = _score_models(
         head_dir, model_dir, examples_dir, shas, y, labels, exclude, pixels,
         cfg=cfg, head_store=head_store, image_size=image_size, geometry=geometry,
-        flip_average=flip_average,
+        flip_average=flip_average, cand_sha=cand_sha,
     )  # fmt: skip
     model = loaded["candidate"]
     baseline, note, version = _score_baseline(
