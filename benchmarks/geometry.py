@@ -109,7 +109,9 @@ def run_dataset(name: str, step, *, cap: int, size: int, seeds: int) -> dict:
     for mode, h in hits.items():
         geo["modes"][mode] = {"accuracy": float(h[0].mean()), "low": 0.0, "high": 1.0}
         if mode != default:
-            geo["modes"][mode]["gain"] = paired_difference(h[0], hits[default][0])
+            gain = paired_difference(h[0], hits[default][0])
+            gain["low90"] = paired_difference(h[0], hits[default][0], level=0.80)["low"]
+            geo["modes"][mode]["gain"] = gain
     p = Plan("auto", {}, {}, [])
     plan_geometry(p, geo)
     return {

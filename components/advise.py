@@ -7,9 +7,9 @@ on the training split, each with its 95% interval). If an earlier block probes a
 as the last one, the data is far from the base's domain. `plan` (pure, unit-tested) turns
 the evidence into config overrides, each with its reason; the steps after advise run with
 them. Then, at the plan's input size and layer, the probe sample is probed in each input
-geometry (data.resize: squash, crop, pad) on the same folds, and `plan_geometry` keeps crop or
-pad only when its paired gain over squash is beyond the noise. All features go through the
-feature store, so the head stage reuses them.
+geometry (data.resize: squash, crop, pad) on the same folds, and `plan_geometry` leaves the
+base's own mode only for one whose paired gain over it is beyond the noise. All features go
+through the feature store, so the head stage reuses them.
 """
 
 from __future__ import annotations
@@ -481,8 +481,9 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
 GEOMETRY_RULE = (
     "the base's own input transform (ImageNet weights: crop, the shorter side to size / "
     "crop_fraction and the centre square, as the base was trained and evaluated; the demo base "
-    "or random init: squash) unless another mode probes better with a paired 95% interval of "
-    "the gain above 0; if several do, the larger gain"
+    "or random init: squash) unless another mode probes better with 90% confidence (the "
+    "one-sided 90% lower bound of its paired gain, `low90`, above 0); if several do, the larger "
+    "gain"
 )
 
 
@@ -508,7 +509,7 @@ def plan_geometry(p: Plan, geo: dict) -> None:
     wins = {
         m: r["gain"]
         for m, r in geo["modes"].items()
-        if m != default and r.get("gain") and r["gain"]["low"] > 0
+        if m != default and r.get("gain") and _low90(r["gain"]) > 0
     }
     choice = max(wins, key=lambda m: wins[m]["difference"]) if wins else default
     parts = [f"{default} {geo['modes'][default]['accuracy']:.3f}"]
@@ -517,10 +518,11 @@ def plan_geometry(p: Plan, geo: dict) -> None:
             g = r["gain"]
             parts.append(
                 f"{m} {r['accuracy']:.3f} (paired {g['difference']:+.3f} "
-                f"[{g['low']:+.3f}, {g['high']:+.3f}])"
+                f"[{g['low']:+.3f}, {g['high']:+.3f}]"
+                + (f", 90% bound {g['low90']:+.3f})" if "low90" in g else ")")
             )
     verdict = (
-        f"{choice} wins beyond the noise"
+        f"{choice} wins beyond the noise (its 90% bound above 0)"
         if wins
         else f"no mode beats {default} beyond the noise, so the base's own ({default})"
     )
@@ -533,6 +535,11 @@ def plan_geometry(p: Plan, geo: dict) -> None:
             f"{geo['n']} training images: " + ", ".join(parts) + f": {verdict}",
         )
     )
+
+
+def _low90(gain: dict) -> float:
+    """The one-sided 90% lower bound of a paired gain (advice written before it: the 95% low)."""
+    return gain.get("low90", gain["low"])
 
 
 # ------------------------------------------------------------------------- measure
@@ -794,7 +801,8 @@ def _speed(extractor, size: int, batch: int = 32, reps: int = 2) -> float:
 
 def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
     """The training images measure's probes use (sha256s, labels, fold groups), in the order
-    of its features: the same images and folds for every geometry."""
+    of its features: the same images and folds for every geometry; and whether every one is
+    square (ingest's width and height), where pad's letterbox has no bars and is squash."""
     from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components.validate import excluded_from_train
@@ -805,7 +813,8 @@ def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
     idx = _sample(y, cap)
     shas = [rows[i]["sha256"] for i in idx]
     groups = np.array([rows[i].get("group") or rows[i]["sha256"] for i in idx])
-    return shas, y[idx], groups
+    square = all(rows[i].get("width") and rows[i]["width"] == rows[i].get("height") for i in idx)
+    return shas, y[idx], groups, square
 
 
 def measure_geometry(
@@ -835,7 +844,7 @@ def measure_geometry(
     from graft.components.validate import excluded_from_train
 
     t0 = time.time()
-    shas, y, groups = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    shas, y, groups, square = _probe_sample(examples_dir, validation_dir, max_probe_images)
     keras.backend.clear_session()
     base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
     layer = cut_at or base.layers[-1].name
@@ -849,6 +858,10 @@ def measure_geometry(
     for mode in gdata.RESIZE_MODES:
         if mode == "squash" and known is not None:
             hits_of[mode] = np.array(known.correct)
+        elif mode == "pad" and square and "squash" in hits_of:
+            # a square image's letterbox is the image at size x size: pad's pixels are squash's
+            log("advise: geometry pad: every probed image is square, so pad is squash (no pass)")
+            hits_of[mode] = hits_of["squash"]
         else:
             geo = gdata.Geometry(mode, crop_fraction)
             store = (
@@ -875,14 +888,16 @@ def measure_geometry(
         lo, hi = wilson(int(hits.sum()), len(hits))
         modes[mode] = {"accuracy": float(hits.mean()), "low": lo, "high": hi}
         if mode != default:
-            modes[mode]["gain"] = paired_difference(hits, hits_of[default])
+            gain = paired_difference(hits, hits_of[default])
+            gain["low90"] = paired_difference(hits, hits_of[default], level=0.80)["low"]
+            modes[mode]["gain"] = gain
         gain = modes[mode].get("gain")
         log(
             f"advise: geometry {mode:>6} at {size}px ({layer}): {hits.mean():.3f} "
             f"[{lo:.3f}, {hi:.3f}]"
             + (
                 f", paired gain over {default} {gain['difference']:+.3f} "
-                f"[{gain['low']:+.3f}, {gain['high']:+.3f}]"
+                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], 90% bound {gain['low90']:+.3f}"
                 if gain
                 else " (the base's own)"
             )
@@ -893,6 +908,7 @@ def measure_geometry(
         "n": len(y),
         "folds": folds,
         "crop_fraction": crop_fraction,
+        "square": square,
         "default": default,
         "rule": GEOMETRY_RULE,
         "modes": modes,
@@ -1077,11 +1093,16 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"{geo['size']} px on the same {geo['n']} images; rule: {geo['rule']}",
             "",
             f"| resize | k-fold accuracy [95%] | paired gain over {geo.get('default', 'squash')} "
-            "[95%] |",
-            "|---|---|---|",
+            "[95%] | one-sided 90% bound |",
+            "|---|---|---|---|",
         ]
         for m, r in geo["modes"].items():
             g = r.get("gain")
-            gain = f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else ""
+            gain = (
+                f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] | "
+                + (f"{g['low90']:+.3f}" if "low90" in g else "")
+                if g
+                else "the base's own | "
+            )
             out.append(f"| {m} | {r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {gain} |")
     return "\n".join(out) + "\n"

@@ -40,9 +40,13 @@ def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def paired_difference(
-    a_correct: np.ndarray, b_correct: np.ndarray, reps: int = BOOTSTRAP_REPS, seed: int = 0
+    a_correct: np.ndarray,
+    b_correct: np.ndarray,
+    reps: int = BOOTSTRAP_REPS,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict:
-    """Accuracy of a minus b on the same images, with a 95 % paired bootstrap interval.
+    """Accuracy of a minus b on the same images, with a paired bootstrap interval (`level`).
 
     Paired: each resample draws test images, and both models are scored on those same
     images, so the interval reflects how often they disagree, not two independent noises.
@@ -56,7 +60,7 @@ def paired_difference(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, n, size=(reps, n))
     diffs = d[idx].mean(axis=1)
-    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return {
         "difference": float(d.mean()),
         "low": float(lo),

@@ -304,6 +304,46 @@ def test_plan_geometry_keeps_another_mode_only_beyond_the_noise():
     assert d.choice == "crop" and "so the base's own (crop)" in d.reason
     g["modes"]["squash"]["gain"] = {"difference": 0.03, "low": 0.01, "high": 0.05, "n": 200}
     assert chosen(g).choice == "squash"  # textures-like: cropping cuts texture away
+    # the bar is the one-sided 90% bound (low90) where the probes give it: chest_xray-like, the
+    # 95% interval touches 0 but the gain is more likely real than not at 9 to 1
+    g["modes"]["squash"]["gain"] = {
+        "difference": 0.0095,
+        "low": -0.001,
+        "high": 0.0195,
+        "low90": 0.003,
+        "n": 2000,
+    }
+    d = chosen(g)
+    assert d.choice == "squash" and "90% bound +0.003" in d.reason
+    g["modes"]["squash"]["gain"] = {
+        "difference": 0.009,
+        "low": -0.0105,
+        "high": 0.0295,
+        "low90": -0.004,
+        "n": 2000,
+    }
+    assert chosen(g).choice == "crop"  # flowers-like: inside the noise
+
+
+def test_pad_is_squash_on_square_images():
+    """advise skips pad's probe pass when every probed image is square: the pixels must agree."""
+    import numpy as np
+    import tensorflow as tf
+
+    from graft.components import data as gdata
+
+    for side in (37, 64, 300):
+        img = tf.cast(
+            tf.random.uniform([side, side, 3], 0, 256, seed=side, dtype=tf.int32), tf.uint8
+        )
+        png = tf.io.encode_png(img)
+        squash = gdata.decode_and_resize(png, 48, gdata.Geometry("squash"))
+        pad = gdata.decode_and_resize(png, 48, gdata.Geometry("pad"))
+        assert np.array_equal(squash.numpy(), pad.numpy()), side
+    wide = tf.io.encode_png(tf.zeros([30, 60, 3], tf.uint8))  # and not on a wide one
+    a = gdata.decode_and_resize(wide, 48, gdata.Geometry("squash")).numpy()
+    b = gdata.decode_and_resize(wide, 48, gdata.Geometry("pad")).numpy()
+    assert not np.array_equal(a, b)
 
 
 def test_the_bases_own_geometry_is_crop_for_imagenet_weights_only():
