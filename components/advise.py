@@ -68,6 +68,8 @@ class Evidence:
     seconds: float = 0.0
     # the geometry probes (measure_geometry): per data.resize mode, accuracy and paired gain
     geometry: dict | None = None
+    # the test-time flip probe (measure_flip): plain vs flip-averaged k-fold hits
+    flip: dict | None = None
     # label_issues.check's document (label_issues.json, not advice.json)
     label_check: dict | None = field(default=None, repr=False)
 
@@ -916,6 +918,137 @@ def measure_geometry(
     }
 
 
+FLIP_RULE = (
+    "serve the mean of the scores for the image and its mirror image (export.flip_average: "
+    "twice the inference per request) only when the same k-fold probe scores better that way "
+    "with a paired 95% interval of the gain above 0"
+)
+
+
+def flip_hits(x, x_mirror, y, folds: int, groups=None, seed: int = 0):
+    """Out-of-fold hits of advise's linear probe, plain and averaged over the image and its
+    mirror image: the same folds as `probe`, each fold's classifier trained on plain images
+    (as the cached head is) and scored both ways."""
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    grouped = 2 <= n_groups < len(groups)
+    cv = (
+        StratifiedGroupKFold(min(k, n_groups), shuffle=True, random_state=seed)
+        if grouped
+        else StratifiedKFold(k, shuffle=True, random_state=seed)
+    )
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=500, tol=1e-3))
+    plain = np.zeros(len(y), bool)
+    both = np.zeros(len(y), bool)
+    for fit, held in cv.split(x, y, groups if grouped else None):
+        clf = clone(pipe).fit(x[fit], y[fit])
+        p = clf.predict_proba(x[held])
+        pm = clf.predict_proba(x_mirror[held])
+        plain[held] = clf.classes_[p.argmax(1)] == y[held]
+        both[held] = clf.classes_[(p + pm).argmax(1)] == y[held]
+    return plain, both
+
+
+def measure_flip(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    geometry,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+) -> dict:
+    """Test-time flips on the probe sample, at the run's size, layer and geometry: one base
+    pass over the mirror images (the store keeps them; the plain ones are the geometry
+    probe's)."""
+    import keras
+
+    from graft.components import features as gfeat
+    from graft.components import model as gmodel
+    from graft.components.model import BackbonePreprocess
+    from graft.components.report import paired_difference
+    from graft.components.validate import excluded_from_train
+
+    t0 = time.time()
+    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    keras.backend.clear_session()
+    base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
+    layer = cut_at or base.layers[-1].name
+    extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
+    x = {}
+    for mirror in (False, True):
+        store = (
+            gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry, mirror)
+            if store_root
+            else None
+        )
+        feats = gfeat.split_features(
+            examples_dir,
+            "train",
+            [layer],
+            extractor=extractor,
+            store=store,
+            exclude=excluded_from_train(validation_dir),
+            stage="advise: test-time flips" + " (mirror images)" * mirror,
+            geometry=geometry,
+            only=set(shas),
+            mirror=mirror,
+        )
+        if feats.sha256 != shas:
+            raise RuntimeError("advise: flip probe sample out of order")  # a bug
+        x[mirror] = feats.x[layer]
+    plain, both = flip_hits(x[False], x[True], y, folds, groups)
+    gain = paired_difference(both, plain)
+    log(
+        f"advise: test-time flips at {size}px ({layer}, {geometry.resize}): plain "
+        f"{plain.mean():.3f}, flip-averaged {both.mean():.3f}, paired gain "
+        f"{gain['difference']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    )
+    return {
+        "size": size,
+        "layer": layer,
+        "resize": geometry.resize,
+        "n": len(y),
+        "folds": folds,
+        "plain": float(plain.mean()),
+        "flip_average": float(both.mean()),
+        "gain": gain,
+        "rule": FLIP_RULE,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def plan_flip(p: Plan, flip: dict) -> None:
+    """export.flip_average from the flip probe: on only when it wins beyond the noise. Pure."""
+    g = flip["gain"]
+    on = g["low"] > 0
+    p.overrides["export.flip_average"] = on
+    p.decisions.append(
+        Decision(
+            "test-time flips",
+            "on" if on else "off",
+            f"{flip['folds']}-fold probes of {flip['layer']} at {flip['size']} px on the same "
+            f"{flip['n']} training images: plain {flip['plain']:.3f}, averaged with the mirror "
+            f"image {flip['flip_average']:.3f} (paired {g['difference']:+.3f} "
+            f"[{g['low']:+.3f}, {g['high']:+.3f}]): "
+            + (
+                "beyond the noise, worth twice the inference per request"
+                if on
+                else "not beyond the noise, so one pass per request"
+            ),
+        )
+    )
+
+
 def _probe_point(p: Plan, keep: dict[str, Any], image_size: int, cut_at: str | None):
     """The input size and cut the run will train at: the plan's, or the user's kept ones."""
     from graft.core.config import kept_by
@@ -977,6 +1110,18 @@ def advise(
             default=base_geometry(base_cfg),
         )
         plan_geometry(p, ev.geometry)
+        ev.flip = measure_flip(
+            examples_dir,
+            validation_dir,
+            base_cfg=base_cfg,
+            size=size,
+            cut_at=cut,
+            geometry=_run_geometry(p, keep or {}, geometry),
+            store_root=store_root,
+            folds=folds,
+            max_probe_images=max_probe_images,
+        )
+        plan_flip(p, ev.flip)
     elif recipe == "seed":
         from graft.components import model as gmodel
 
@@ -1007,6 +1152,17 @@ def advise(
     for line in advice_table(res).splitlines():
         log(f"advise: {line}")
     return res
+
+
+def _run_geometry(p: Plan, keep: dict[str, Any], geometry):
+    """The geometry the run will use: the user's kept data.resize, else the plan's."""
+    from graft.components import data as gdata
+    from graft.core.config import kept_by
+
+    crop_fraction = geometry.crop_fraction if geometry is not None else 0.875
+    if geometry is not None and kept_by("data.resize", list(keep)):
+        return geometry
+    return gdata.Geometry(p.overrides.get("data.resize", "squash"), crop_fraction)
 
 
 def _write_label_issues(examples_dir, validation_dir, out_dir, doc: dict | None) -> None:
@@ -1105,4 +1261,14 @@ def advice_markdown(res: AdviceResult | dict) -> str:
                 else "the base's own | "
             )
             out.append(f"| {m} | {r['accuracy']:.3f} [{r['low']:.3f}, {r['high']:.3f}] | {gain} |")
+    flip = (ev or {}).get("flip")
+    if flip:
+        g = flip["gain"]
+        out += [
+            "",
+            f"Test-time flips, {flip['folds']}-fold probes of {flip['layer']} at {flip['size']} "
+            f"px ({flip['resize']}) on the same {flip['n']} images: plain {flip['plain']:.3f}, "
+            f"flip-averaged {flip['flip_average']:.3f}, paired gain {g['difference']:+.3f} "
+            f"[{g['low']:+.3f}, {g['high']:+.3f}]; rule: {flip['rule']}",
+        ]
     return "\n".join(out) + "\n"

@@ -6,7 +6,7 @@ probes and the drift check. The store keys each image's pooled (global-average) 
 or learning rate, or a scheduled run over a few new images, runs the base over unseen images
 only, and features of one geometry (data.resize) are never read for another.
 
-Layout: <store>/<base fingerprint>/<size>[-<geometry>]/<layer>/part-<uuid>.npz, each part
+Layout: <store>/<base fingerprint>/<size>[-<geometry>][-mirror]/<layer>/part-<uuid>.npz, each part
 holding `sha256` and `x` rows; squash (the only geometry before data.resize) keeps the bare
 <size> folder, so a store written before stays valid. A part is written whole under a
 temporary name and renamed, so a killed run leaves no partial part and parallel writers never
@@ -96,11 +96,14 @@ class FeatureStore:
     fingerprint: str
     size: int
     geometry: gdata.Geometry = gdata.SQUASH
+    # the mirror images' features (test-time flips): a folder of their own, "-mirror"
+    mirror: bool = False
     _layers: dict[str, RowStore] = field(default_factory=dict, repr=False)
 
     def folder(self, layer: str) -> str:
         geo = self.geometry.key
         shape = str(self.size) if geo == "squash" else f"{self.size}-{geo}"
+        shape += "-mirror" if self.mirror else ""
         return os.path.join(self.root, self.fingerprint, shape, layer)
 
     def _rows(self, layer: str) -> RowStore:
@@ -163,13 +166,15 @@ def split_features(
     stage: str = "features",
     geometry: gdata.Geometry = gdata.SQUASH,
     only: set[str] | None = None,
+    mirror: bool = False,
 ) -> SplitFeatures:
     """Pooled features of every image of a split (or of those in `only`), each shaped by
-    `geometry`; only images missing from the store are run."""
-    if store is not None and store.geometry.key != geometry.key:
+    `geometry` (and mirrored left-right with `mirror`); only images missing from the store
+    are run."""
+    if store is not None and (store.geometry.key, store.mirror) != (geometry.key, mirror):
         raise ValueError(
-            f"feature store for {store.geometry.key} read for {geometry.key} images: the "
-            "features of one geometry are never another's"
+            f"feature store for {store.geometry.key}{' mirrored' * store.mirror} read for "
+            f"{geometry.key}{' mirrored' * mirror} images: one's features are never another's"
         )
     rows = split_rows(examples_dir, split, exclude)
     if only is not None:
@@ -183,7 +188,7 @@ def split_features(
     t0 = time.time()
     if missing:
         got = _run_base(
-            examples_dir, split, missing, layers, extractor, batch_size, stage, geometry
+            examples_dir, split, missing, layers, extractor, batch_size, stage, geometry, mirror
         )
         for layer in layers:
             if store:
@@ -204,8 +209,11 @@ def split_features(
     )
 
 
-def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage, geometry):
-    """Decode and run the base over the images of `split` whose sha256 is in `wanted`."""
+def _run_base(
+    examples_dir, split, wanted, layers, extractor, batch_size, stage, geometry, mirror=False
+):
+    """Decode and run the base over the images of `split` whose sha256 is in `wanted`
+    (mirrored left-right with `mirror`: model.scores' flip on one image)."""
     size = int(extractor.input_shape[1])
     keys = tf.constant(wanted)
     table = tf.lookup.StaticHashTable(
@@ -213,13 +221,12 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage,
     )
     ds = gdata.parsed_examples(examples_dir, split, deterministic=False)  # order: by sha256
     ds = ds.filter(lambda ex: table.lookup(ex["image/sha256"]) > 0)
-    ds = ds.map(
-        lambda ex: (
-            gdata.decode_and_resize(ex["image/encoded"], size, geometry),
-            ex["image/sha256"],
-        ),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    )
+
+    def pixels(ex):
+        img = gdata.decode_and_resize(ex["image/encoded"], size, geometry)
+        return (tf.reverse(img, axis=[1]) if mirror else img), ex["image/sha256"]
+
+    ds = ds.map(pixels, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
     # one traced function for every batch shape (an eager call per batch runs op by op), kept
     # on the extractor so the next split reuses the trace (~3 s on 2 cores for MobileNetV2)
@@ -253,6 +260,7 @@ def _run_base(examples_dir, split, wanted, layers, extractor, batch_size, stage,
     secs = time.time() - t0
     log(
         f"{stage}: base forward pass over {len(order)} {split} image(s) at {size} px "
-        f"({geometry.resize}; {len(order) / max(secs, 1e-9):.0f}/s, {secs:.1f}s)"
+        f"({geometry.resize}{', mirrored' * mirror}; {len(order) / max(secs, 1e-9):.0f}/s, "
+        f"{secs:.1f}s)"
     )
     return res

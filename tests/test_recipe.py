@@ -36,11 +36,15 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     assert advice["recipe"] == "auto" and advice["cell"]["size"] == "small"
     assert [p["depth"] for p in ev["probes"]][0] == "final" and len(ev["probes"]) >= 2
     assert all(0 <= p["low"] <= p["accuracy"] <= p["high"] <= 1 for p in ev["probes"])
-    decided = {d["what"] for d in advice["decisions"]}
-    assert decided >= {"similarity", "features", "head", "fine-tune"}
+    decided = {d["what"]: d["choice"] for d in advice["decisions"]}
+    assert set(decided) >= {"similarity", "features", "head", "fine-tune", "test-time flips"}
+    flips = advice["overrides"]["export.flip_average"]
+    assert decided["test-time flips"] == ("on" if flips else "off")
+    assert ev["flip"]["n"] == ev["geometry"]["n"] and "gain" in ev["flip"]
     # the head stage ran on the plan, with the features advise put in the store: advise ran
-    # the base once over train + val (+ test, for the label check), and once per other
-    # geometry (crop, pad) over its sample
+    # the base once over train + val (+ test, for the label check), once per other geometry
+    # (crop, and pad unless every image is square) and once over the mirror images of its
+    # sample
     head = _summary(run, "train_head")
     sample = ev["geometry"]["n"]
     rest = 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_train"] - sample
@@ -49,7 +53,8 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     forward = gfeat.FORWARD_IMAGES["count"] - before
     issues = json.load(open(os.path.join(advice_dir, "label_issues.json")))
     n_test = issues["checked"]["test"]
-    assert forward == ev["n_train"] + ev["n_val"] + n_test + 2 * sample + rest
+    geometry_passes = (1 if ev["geometry"]["square"] else 2) * sample
+    assert forward == ev["n_train"] + ev["n_val"] + n_test + geometry_passes + sample + rest
     ft = json.load(open(os.path.join(run["steps"]["fine_tune"]["output"], "result.json")))
     planned = advice["overrides"]["fine_tune.enabled"]
     assert (ft["epochs_run"] > 0) == planned
