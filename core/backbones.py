@@ -9,6 +9,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["BACKBONES", "Backbone", "block_of"]
+
 
 @dataclass(frozen=True)
 class Backbone:

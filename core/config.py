@@ -18,6 +18,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft.core.backbones import BACKBONES
 
+__all__ = [
+    "AdviseConfig",
+    "AugmentConfig",
+    "BaseConfig",
+    "ConfigError",
+    "DataConfig",
+    "DriftConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "FeaturesConfig",
+    "FineTuneConfig",
+    "GpuConfig",
+    "GraftConfig",
+    "HeadConfig",
+    "KubeflowConfig",
+    "PushConfig",
+    "RunnerConfig",
+    "Section",
+    "Splits",
+    "StepResources",
+    "TrainConfig",
+    "TrainHeadConfig",
+    "UnfreezeConfig",
+    "ValidateConfig",
+    "apply_overrides",
+    "dump_yaml",
+    "kept_by",
+    "load_config",
+    "parse_config",
+    "with_absolute_paths",
+    "with_values",
+]
+
+
 # Upper bounds for counts: a typo (epochs: 10000000) fails in validation, not after a day.
 MAX_EPOCHS = 1000
 MAX_BATCH = 65_536

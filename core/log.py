@@ -11,6 +11,9 @@ import logging
 import sys
 import time
 
+__all__ = ["Progress", "log", "setup"]
+
+
 LOGGER = logging.getLogger("graft")
 # "ok" marks a finished piece of work; it logs at INFO with a marker rich shows in green.
 _LEVELS = {

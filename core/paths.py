@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["demo_weights", "image_files", "is_output_dir", "is_remote", "join", "mark_output_dir"]
+
 
 def demo_weights() -> str:
     """The synthetic demo base shipped inside the package (base.weights: demo)."""

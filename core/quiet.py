@@ -19,6 +19,15 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
+__all__ = [
+    "VERBOSE_ENV",
+    "import_tensorflow_quietly",
+    "native_stderr_captured",
+    "native_stderr_filtered",
+    "verbose",
+]
+
+
 VERBOSE_ENV = "GRAFT_VERBOSE"
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["INT64_MAX", "version_number", "why_not_a_version"]
+
+
 INT64_MAX = 2**63 - 1
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
 

@@ -10,6 +10,17 @@ import re
 import sys
 from pathlib import Path
 
+__all__ = [
+    "advise_config",
+    "build_parser",
+    "main",
+    "parse_args",
+    "photos_template",
+    "run_row",
+    "train_overrides",
+]
+
+
 _TF_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Beam workers and servers inherit it
 

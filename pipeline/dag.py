@@ -18,6 +18,26 @@ from typing import Any
 from graft.core.config import ConfigError, GraftConfig, StepResources
 from graft.core.scope import ScopedConfig
 
+__all__ = [
+    "RESULT_FILE",
+    "STEPS",
+    "STEP_NAMES",
+    "Step",
+    "When",
+    "check_resources",
+    "external_key",
+    "forced",
+    "gate_outputs",
+    "output_name",
+    "plan_notes",
+    "resources",
+    "run_step",
+    "section_values",
+    "step",
+    "step_values",
+]
+
+
 # The adapters receive a ScopedConfig that reads like GraftConfig.
 StepFn = Callable[[GraftConfig, dict[str, str], str], dict[str, Any]]
 KeyFn = Callable[[GraftConfig, dict[str, str]], str]

@@ -17,6 +17,9 @@ from kfp import dsl
 
 from graft.pipeline import dag
 
+__all__ = ["ENTRYPOINT", "GATE_OUTPUT", "make_components", "step_function"]
+
+
 ENTRYPOINT = ["graft", "step"]  # + the step's name: pipeline/cli.py's `graft step`
 EXECUTOR_INPUT = "{{$}}"  # kfp's placeholder for the whole executor input (JSON)
 # kfp's name for a component's return value: the bool a `when` reads (kfp.local's dsl.If

@@ -10,6 +10,9 @@ import shutil
 from graft.core.config import GraftConfig
 from graft.pipeline import dag
 
+__all__ = ["PARAMETERS", "VIEWS", "resolve_config", "run_component"]
+
+
 # The knobs a dashboard user changes per run: typed pipeline parameters -> config keys. The
 # first task (resolve_config) applies them to the compiled config; every step reads its output.
 PARAMETERS = {

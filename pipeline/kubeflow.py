@@ -18,6 +18,9 @@ from graft.pipeline import dag, tfjob
 from graft.pipeline.kfp_components import GATE_OUTPUT, make_components
 from graft.pipeline.kfp_runtime import PARAMETERS
 
+__all__ = ["PARAMETERS", "build_pipeline", "compile_pipeline", "submit"]
+
+
 # the task that creates a TFJob and waits for it: no GPU, little CPU
 LAUNCHER = {
     "cpu_request": "250m",

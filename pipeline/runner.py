@@ -38,6 +38,9 @@ from graft.core.log import log
 from graft.core.paths import mark_output_dir
 from graft.pipeline import dag
 
+__all__ = ["fingerprint", "run_pipeline"]
+
+
 SUCCESS = "_SUCCESS"
 
 

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from graft.core.config import GraftConfig
 
+__all__ = ["print_summary", "push_outcome"]
+
 
 def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))

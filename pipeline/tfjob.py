@@ -30,6 +30,9 @@ from graft.core.config import GraftConfig, load_config
 from graft.core.log import log
 from graft.pipeline import dag
 
+__all__ = ["job_name", "launch", "manifest", "render", "run_tfjob", "state"]
+
+
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
 CONTAINER = "tensorflow"  # the operator sets TF_CONFIG in the container of this name only
 PORT_NAME, PORT = "tfjob-port", 2222  # the operator's defaults, stated so they are visible

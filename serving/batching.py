@@ -16,6 +16,9 @@ from google.protobuf import (
     wrappers_pb2,  # noqa: F401 - registers google/protobuf/wrappers.proto
 )
 
+__all__ = ["parse_batching_parameters"]
+
+
 _F = descriptor_pb2.FieldDescriptorProto
 _FIELDS = [
     ("max_batch_size", 1, ".google.protobuf.Int64Value", _F.LABEL_OPTIONAL),

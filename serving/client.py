@@ -17,6 +17,9 @@ from google.protobuf.json_format import MessageToDict
 from graft.serving import protos
 from graft.serving.tensors import tensor_proto, to_numpy
 
+__all__ = ["DEFAULT_SERVER", "GraftClient", "Prediction", "predict_files"]
+
+
 _pb = protos.load()  # TF Serving's protos without importing TensorFlow (start-up < 1 s)
 get_model_metadata_pb2, get_model_status_pb2 = _pb.get_model_metadata_pb2, _pb.get_model_status_pb2
 model_service_pb2_grpc, predict_pb2 = _pb.model_service_pb2_grpc, _pb.predict_pb2

@@ -10,6 +10,8 @@ from graft.core.log import log
 from graft.serving.client import GraftClient
 from graft.serving.launch import ServerProcess
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()

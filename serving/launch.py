@@ -16,6 +16,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+__all__ = ["ServerProcess"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -14,6 +14,8 @@ from pathlib import Path
 from graft.core.quiet import import_tensorflow_quietly
 from graft.core.versions import version_number
 
+__all__ = ["LocalPredictor", "Prediction", "print_table", "write_csv"]
+
 
 @dataclass
 class Prediction:

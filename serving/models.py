@@ -26,6 +26,9 @@ from graft.core.log import log
 from graft.core.versions import version_number, why_not_a_version
 from graft.serving.options import PILLOW_BOMB_PIXELS, Limits, ServeOptions
 
+__all__ = ["ModelManager", "ServingError", "State", "fast_callable", "over_limit"]
+
+
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 State = ModelVersionStatus.State  # TF Serving's own version states, as GetModelStatus sends them
 

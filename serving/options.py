@@ -12,6 +12,9 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from graft.core.config import ConfigError
 
+__all__ = ["Limits", "PILLOW_BOMB_PIXELS", "ServeOptions", "add_arguments", "from_arguments"]
+
+
 GRPC_MAX_MESSAGE_MB = (2**31 - 1) // 2**20  # gRPC's message limits are C ints: 2047 MB
 PILLOW_BOMB_PIXELS = 2 * 89_478_485  # Pillow refuses images over this (DecompressionBombError)
 

@@ -17,6 +17,9 @@ import os
 import sys
 import types
 
+__all__ = ["load"]
+
+
 _PACKAGES = ("", "core", "core/framework", "core/protobuf", "core/example")
 _MODULES = (
     "tensorflow_serving.apis.get_model_metadata_pb2",

@@ -48,6 +48,8 @@ from graft.serving.models import ModelManager, ServingError, State, over_limit
 from graft.serving.options import ServeOptions
 from graft.serving.tensors import tensor_proto
 
+__all__ = ["serve_forever"]
+
 
 def _version_of(spec) -> int | None:
     if spec.HasField("version"):

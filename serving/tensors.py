@@ -10,6 +10,9 @@ import numpy as np
 
 from graft.serving import protos
 
+__all__ = ["tensor_proto", "to_numpy"]
+
+
 _pb = protos.load()  # no TensorFlow import: the client uses this module too
 tensor_pb2, tensor_shape_pb2, types_pb2 = _pb.tensor_pb2, _pb.tensor_shape_pb2, _pb.types_pb2
 
