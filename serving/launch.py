@@ -26,6 +26,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
+    """`graft serve` in a child process on free loopback ports; as a context manager it
+    waits until the health check answers SERVING and stops the server on exit.
+    """
+
     def __init__(
         self,
         base_path: str,
