@@ -332,17 +332,15 @@ def _data_checks_html(validation_dir: str | None, root: str = "") -> str:
     with open(path) as f:
         checks = json.load(f)
     warnings = [w.replace(root.rstrip("/") + "/", "") if root else w for w in checks["warnings"]]
-    items = "".join(f"<li>{report.path_html(w)}</li>" for w in warnings)
     pairs = checks.get("near_duplicates", [])[:NEAR_DUPLICATES_SHOWN]
-    table = ""
+    thumbs = {}
     if pairs:
         files = {p[k] for p in pairs for k in ("eval_path", "train_path")}
         thumbs = {f: _thumb_of_file(f) for f in files}
         short = {f: os.path.relpath(f, root) if root and f.startswith(root) else f for f in files}
         pairs = [{**p, **{k: short[p[k]] for k in ("eval_path", "train_path")}} for p in pairs]
         thumbs = {short[f]: t for f, t in thumbs.items()}
-        table = report.near_duplicates_html(pairs, thumbs)
-    return f"<h2>Data checks (validate)</h2><ul>{items or '<li>none</li>'}</ul>{table}"
+    return report.data_checks_html(warnings, pairs, thumbs)
 
 
 LABEL_ISSUES_SHOWN = 20

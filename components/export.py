@@ -28,6 +28,7 @@ import tensorflow as tf
 from graft.components import data as gdata
 from graft.components import model as gmodel
 from graft.components.served_scores import SEED_FILE, read_seed, write_seed
+from graft.components.templates import markdown_template
 from graft.components.train import load_model
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
 from graft.core.log import log
@@ -166,61 +167,40 @@ def _model_card(
     }
     with open(os.path.join(out, "model_card.json"), "w") as f:
         json.dump(card, f, indent=2)
-    per_class = "\n".join(
-        f"| {lab} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-        for lab, m in cand["per_class"].items()
+    md = markdown_template("model_card.md.j2").render(
+        card=card,
+        version=version,
+        base=base,
+        image_size=image_size,
+        geometry=geometry.describe(image_size),
+        stats=stats,
+        split_sizes="/".join(
+            str(sum(stats["counts"][s].values())) for s in ("train", "val", "test")
+        ),
+        cand=cand,
+        parity=parity,
+        lineage=lineage,
+        code_version=registry.code_version_text(lineage["code_version"]),
+        base_sha=lineage["base"]["weights_sha256"],
+        accuracy=_accuracy_text(lineage["metrics"]["accuracy"]),
+        baseline=_baseline_text(lineage["baseline"]),
+        flip_average=cfg.flip_average,
     )
-    split_sizes = "/".join(str(sum(stats["counts"][s].values())) for s in ("train", "val", "test"))
-    data_lineage, acc = lineage["data"], lineage["metrics"]["accuracy"]
-    acc_text = f"{acc[0]:.4f}" + (f" (95% CI {acc[1]:.4f}-{acc[2]:.4f})" if len(acc) == 3 else "")
-    beat = lineage["baseline"]
-    beat_text = (
-        "none (first model at the destination)"
-        if beat is None
-        else f"version {beat['version']}"
-        + (f", accuracy {beat['accuracy'][0]:.4f}" if beat.get("accuracy") else "")
-    )
-    base_sha = lineage["base"]["weights_sha256"]
-    flip_note = (
-        "Scores are the mean over the image and its mirror image (export.flip_average)."
-        if cfg.flip_average
-        else ""
-    )
-    md = f"""# Model card: {card["model_name"]} v{version}
-
-Image classifier grafted onto **{base.name}** ({base.kwargs or "default kwargs"}),
-input {image_size}x{image_size}, {len(card["labels"])} classes.
-Input geometry (data.resize, inside the serving graph): {geometry.describe(image_size)}.
-
-- Data: `{stats["source"]}`; train/val/test = {split_sizes}; quarantined {stats["quarantined"]}
-- Test accuracy {cand["accuracy"]:.4f} (head-only {card["head_only_accuracy"]:.4f}), \
-macro-F1 {cand["macro_f1"]:.4f}, log loss {cand["log_loss"]:.4f}, ECE {cand["ece"]:.4f}
-- Blessed: {card["blessed"]} ({"; ".join(card["blessing_reasons"])})
-- Serving parity (SavedModel vs Keras, max abs diff): {parity:.2e}
-
-| class | precision | recall | F1 | support |
-|---|---|---|---|---|
-{per_class}
-
-## Lineage
-
-- Run `{lineage["run_id"]}`, config hash `{lineage["config_hash"]}`, \
-{registry.code_version_text(lineage["code_version"])}
-- Data snapshot `{data_lineage["fingerprint"]}` ({data_lineage["images"]} images) from \
-`{data_lineage["examples_dir"]}`
-- Base {base.name}, weights `{base.weights}`\
-{f" (sha256 {base_sha[:16]})" if base_sha else ""}
-- Test accuracy {acc_text} on {lineage["metrics"]["test_images"]} images; \
-served baseline: {beat_text}
-
-Signatures: `serving_default` (image_bytes: string[None]) and \
-`predict_pixels` (float32[None,H,W,3], 0..255);
-outputs `classes` string[None,C] (labels sorted by score, best first), `scores` float32[None,C]
-(`scores[i]` is the score of `classes[i]`) and `probabilities` float32[None,C] (label order).
-{flip_note}
-"""
     with open(os.path.join(out, "model_card.md"), "w") as f:
         f.write(md)
+
+
+def _accuracy_text(acc: list[float]) -> str:
+    """Test accuracy, with its 95% interval when the lineage has one."""
+    return f"{acc[0]:.4f}" + (f" (95% CI {acc[1]:.4f}-{acc[2]:.4f})" if len(acc) == 3 else "")
+
+
+def _baseline_text(baseline: dict | None) -> str:
+    """The served version this model was compared with, for the card."""
+    if baseline is None:
+        return "none (first model at the destination)"
+    accuracy = baseline.get("accuracy")
+    return f"version {baseline['version']}" + (f", accuracy {accuracy[0]:.4f}" if accuracy else "")
 
 
 def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | None:

@@ -2,3 +2,5 @@
 
 Imported by every other layer; imports none of them.
 """
+
+__all__: list[str] = []  # the modules are the API: import them by name

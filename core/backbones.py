@@ -9,9 +9,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+__all__ = ["BACKBONES", "Backbone", "block_of"]
+
 
 @dataclass(frozen=True)
 class Backbone:
+    """A keras.applications backbone Graft can graft onto: its constructor, its
+    preprocess_input's module, and the input sizes it takes.
+    """
+
     name: str
     constructor: str  # attribute of keras.applications
     preprocess_module: str  # submodule of keras.applications holding preprocess_input
@@ -44,6 +50,16 @@ _BLOCK_PATTERNS = [
 
 
 def block_of(layer_name: str) -> str | None:
+    """The block a layer belongs to, from Keras' layer naming (block_13_expand -> block_13).
+
+    Used to unfreeze and report whole blocks rather than single layers.
+
+    Args:
+        layer_name: a layer's name in a keras.applications model.
+
+    Returns:
+        The block's name, or None for a layer outside the blocks (stem, top).
+    """
     for pattern, fmt in _BLOCK_PATTERNS:
         m = pattern.match(layer_name)
         if m:

@@ -18,6 +18,40 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from graft.core.backbones import BACKBONES
 
+__all__ = [
+    "AdviseConfig",
+    "AugmentConfig",
+    "BaseConfig",
+    "ConfigError",
+    "DataConfig",
+    "DriftConfig",
+    "EvaluateConfig",
+    "ExportConfig",
+    "FeaturesConfig",
+    "FineTuneConfig",
+    "GpuConfig",
+    "GraftConfig",
+    "HeadConfig",
+    "KubeflowConfig",
+    "PushConfig",
+    "RunnerConfig",
+    "Section",
+    "Splits",
+    "StepResources",
+    "TrainConfig",
+    "TrainHeadConfig",
+    "UnfreezeConfig",
+    "ValidateConfig",
+    "apply_overrides",
+    "dump_yaml",
+    "kept_by",
+    "load_config",
+    "parse_config",
+    "with_absolute_paths",
+    "with_values",
+]
+
+
 # Upper bounds for counts: a typo (epochs: 10000000) fails in validation, not after a day.
 MAX_EPOCHS = 1000
 MAX_BATCH = 65_536
@@ -28,6 +62,8 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
+    """A config section: strict (no coercion), unknown keys refused, did-you-mean errors."""
+
     # strict: `epochs: true` or `epochs: '5'` is refused, never coerced (an int field takes
     # ints, a float field ints and floats, a bool field true/false)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
@@ -211,6 +247,8 @@ class BaseConfig(Section):
 
 
 class HeadConfig(Section):
+    """head: the classifier grafted onto the base (dropout, an optional hidden layer)."""
+
     dropout: float = Field(0.2, ge=0, lt=1)
     fc_size: int = Field(0, ge=0, le=16384, description="0: no hidden Dense layer")
     normalize: bool = Field(
@@ -255,6 +293,8 @@ class TrainConfig(Section):
 
 
 class TrainHeadConfig(Section):
+    """train_head: training the new head with the base frozen."""
+
     epochs: int = Field(10, ge=1, le=MAX_EPOCHS)
     batch_size: int = Field(32, ge=1, le=MAX_BATCH)
     optimizer: Literal["adam", "sgd", "rmsprop", "adamw"] = "adam"
@@ -274,6 +314,8 @@ class TrainHeadConfig(Section):
 
 
 class UnfreezeConfig(Section):
+    """fine_tune.unfreeze: how much of the base fine-tuning trains."""
+
     mode: Literal["from_layer", "top_fraction", "all"] = "all"
     from_layer: str | None = None
     top_fraction: float = Field(0.3, gt=0, le=1)
@@ -294,6 +336,8 @@ class UnfreezeConfig(Section):
 
 
 class FineTuneConfig(Section):
+    """fine_tune: training the unfrozen base gently, kept only if it beats the head."""
+
     enabled: bool = True
     unfreeze: UnfreezeConfig = Field(default_factory=UnfreezeConfig)
     epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
@@ -433,6 +477,8 @@ class DriftConfig(Section):
 
 
 class EvaluateConfig(Section):
+    """evaluate: the test metrics and what it takes to bless a candidate."""
+
     top_k: int = Field(3, ge=1, le=1000)
     ece_bins: int = Field(10, ge=2, le=1000)
     min_accuracy: float = Field(0.0, ge=0, le=1)
@@ -447,6 +493,8 @@ class EvaluateConfig(Section):
 
 
 class ExportConfig(Section):
+    """export: the SavedModel's name, parity check, warmup and TFLite copies."""
+
     model_name: str = Field("graft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     parity_tolerance: float = Field(1e-4, gt=0, le=1)
     warmup_requests: int = Field(3, ge=0, le=100)
@@ -476,6 +524,8 @@ class ExportConfig(Section):
 
 
 class PushConfig(Section):
+    """push: where blessed models go and how many versions stay."""
+
     destination: str = Field(
         "models", description="local path or tf.io.gfile URL; <dest>/<model_name>/<version>"
     )
@@ -484,6 +534,8 @@ class PushConfig(Section):
 
 
 class RunnerConfig(Section):
+    """runner: where runs are written, the step cache and the step lock's wait."""
+
     run_root: str = "runs"
     cache: bool = True
     lock_wait_seconds: float = Field(
@@ -496,6 +548,8 @@ class RunnerConfig(Section):
 
 
 class GpuConfig(Section):
+    """kubeflow.gpu: the GPU type, count and node placement of GPU steps."""
+
     type: str = "nvidia-tesla-t4"
     count: int = Field(1, ge=0, le=64)
     node_selector: dict[str, str] = Field(
@@ -505,6 +559,8 @@ class GpuConfig(Section):
 
 
 class StepResources(Section):
+    """One step's Kubernetes resources on Kubeflow (requests, limits, GPU, retries)."""
+
     cpu_request: str | None = None
     cpu_limit: str | None = None
     memory_request: str | None = None
@@ -515,6 +571,8 @@ class StepResources(Section):
 
 
 class KubeflowConfig(Section):
+    """kubeflow: the image, pipeline root, host and per-step resources of a KFP run."""
+
     image: str = "ghcr.io/graft-ml/graft:0.1.0"
     pipeline_root: str | None = None
     host: str | None = None
@@ -671,7 +729,15 @@ def _parse_scalar(text: str) -> Any:
 
 
 def with_values(cfg: GraftConfig, values: dict[str, Any]) -> GraftConfig:
-    """A copy of a validated config with typed values set by dotted key (the advise plan)."""
+    """A copy of a validated config with typed values set by dotted key (the advise plan).
+
+    Args:
+        cfg: a validated config.
+        values: dotted key (e.g. "train_head.epochs") -> value.
+
+    Returns:
+        The new config, validated again; `cfg` itself when `values` is empty.
+    """
     if not values:
         return cfg
     raw = cfg.to_dict()
@@ -687,6 +753,18 @@ def with_values(cfg: GraftConfig, values: dict[str, Any]) -> GraftConfig:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `--set key=value` overrides to a raw config dict, creating sections.
+
+    Args:
+        raw: the config as loaded from YAML (changed in place).
+        overrides: "dotted.key=value" strings; values are parsed as YAML scalars.
+
+    Returns:
+        `raw`, with the overrides set.
+
+    Raises:
+        ConfigError: an item without "=", or a key whose parent is not a section.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got '{item}'")
@@ -719,7 +797,15 @@ def has_key(dotted: str) -> bool:
 
 
 def kept_by(key: str, keep: list[str]) -> bool:
-    """Whether advise must leave `key` alone: the user set it, or a section around or in it."""
+    """Whether advise must leave `key` alone: the user set it, or a section around or in it.
+
+    Args:
+        key: a dotted config key advise would set.
+        keep: the dotted keys the user set (advise.keep).
+
+    Returns:
+        True when `key`, a section holding it, or a key inside it is in `keep`.
+    """
     return any(key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in keep)
 
 
@@ -772,7 +858,18 @@ def _format_errors(err: ValidationError) -> str:
 
 
 def parse_config(raw: dict[str, Any], source: str | Path | None = None) -> GraftConfig:
-    """Validate; `source` (the config file) is named in the error."""
+    """Validate a raw config dict; every error names its key.
+
+    Args:
+        raw: the config as loaded from YAML.
+        source: the config file, named in the error.
+
+    Returns:
+        The validated GraftConfig.
+
+    Raises:
+        ConfigError: an unknown key or a bad value, with the key path and the allowed values.
+    """
     try:
         return GraftConfig.model_validate(raw)
     except ValidationError as err:
@@ -810,6 +907,15 @@ def load_config(
     The keys the user gave (the file's, unless it is Graft's own `template`, and every `--set`)
     go to `advise.keep`, so that `recipe: auto` plans around them, unless the file or --set
     lists `advise.keep` itself (a run's written config.yaml does).
+
+    Args:
+        path: the YAML file; None for the defaults alone.
+        overrides: `--set` "dotted.key=value" strings.
+        defaults: a raw config under the file (e.g. `graft train`'s template values).
+        template: the file is Graft's own template, not the user's: its keys are not kept.
+
+    Returns:
+        The validated GraftConfig, relative paths resolved against the file.
     """
     raw: dict[str, Any] = json.loads(json.dumps(defaults or {}))
     given: list[str] = []
@@ -888,8 +994,25 @@ def local_path_values(cfg: GraftConfig) -> dict[str, str]:
 
 
 def with_absolute_paths(cfg: GraftConfig) -> GraftConfig:
+    """The config with its local paths made absolute, so a run fingerprints and
+    writes the same values from any working directory.
+
+    Args:
+        cfg: a validated config.
+
+    Returns:
+        A copy whose PATH_KEYS hold absolute local paths (URLs and named weights left alone).
+    """
     return with_values(cfg, local_path_values(cfg))
 
 
 def dump_yaml(cfg: GraftConfig) -> str:
+    """The config as YAML, in its fields' order, for a run's config.yaml.
+
+    Args:
+        cfg: a validated config.
+
+    Returns:
+        The YAML text.
+    """
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -11,6 +11,9 @@ import logging
 import sys
 import time
 
+__all__ = ["Progress", "log", "setup"]
+
+
 LOGGER = logging.getLogger("graft")
 # "ok" marks a finished piece of work; it logs at INFO with a marker rich shows in green.
 _LEVELS = {
@@ -60,7 +63,14 @@ def _handler() -> logging.Handler:
 
 
 def setup(verbose: bool = False) -> logging.Logger:
-    """Attach the handler once (idempotent); DEBUG with verbose."""
+    """Attach Graft's log handler once (idempotent); DEBUG with verbose.
+
+    Args:
+        verbose: log debug lines too.
+
+    Returns:
+        The `graft` logger.
+    """
     if not any(getattr(h, "_graft", False) for h in LOGGER.handlers):
         h = _handler()
         h._graft = True  # type: ignore[attr-defined]
@@ -71,7 +81,12 @@ def setup(verbose: bool = False) -> logging.Logger:
 
 
 def log(msg: str, level: str = "info") -> None:
-    """Log one progress line on the `graft` logger; level is info, ok, warn or error."""
+    """Log one progress line on the `graft` logger; level is info, ok, warn or error.
+
+    Args:
+        msg: the line.
+        level: "info", "ok" (a step done), "warn" or "error".
+    """
     if not LOGGER.handlers:
         setup()
     LOGGER.log(_LEVELS.get(level, logging.INFO), ("✓ " if level == "ok" else "") + msg)

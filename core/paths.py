@@ -4,20 +4,41 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["demo_weights", "image_files", "is_output_dir", "is_remote", "join", "mark_output_dir"]
+
 
 def demo_weights() -> str:
-    """The synthetic demo base shipped inside the package (base.weights: demo)."""
+    """The synthetic demo base shipped inside the package (base.weights: demo).
+
+    Returns:
+        The path of graft/assets/demo_base.weights.h5 where Graft is installed.
+    """
     from importlib.resources import files
 
     return str(files("graft") / "assets" / "demo_base.weights.h5")
 
 
 def is_remote(path: str) -> bool:
-    """gs://, s3://, hdfs:// ... (anything tf.io.gfile handles that os does not)."""
+    """gs://, s3://, hdfs:// ... (anything tf.io.gfile handles that os does not).
+
+    Args:
+        path: a path or URL.
+
+    Returns:
+        True for a URL with a scheme.
+    """
     return "://" in path
 
 
 def join(*parts: str) -> str:
+    """Join path parts with "/" for a URL, with os.path.join for a local path.
+
+    Args:
+        *parts: the parts; the first decides whether the path is remote.
+
+    Returns:
+        The joined path.
+    """
     return "/".join(p.rstrip("/") for p in parts) if is_remote(parts[0]) else os.path.join(*parts)
 
 
@@ -28,7 +49,11 @@ OUTPUT_MARKER = ".graft-output"
 
 
 def mark_output_dir(path: str) -> None:
-    """Create a local folder Graft writes to and mark it as Graft's own (never data)."""
+    """Create a local folder Graft writes to and mark it as Graft's own (never data).
+
+    Args:
+        path: the folder; a URL is left alone.
+    """
     if not path or is_remote(path):
         return
     os.makedirs(path, exist_ok=True)
@@ -39,6 +64,15 @@ def mark_output_dir(path: str) -> None:
 
 
 def is_output_dir(path: str) -> bool:
+    """Whether a folder is one Graft wrote (runs, models, the feature store), so
+    ingest never reads it as data.
+
+    Args:
+        path: a folder.
+
+    Returns:
+        True when it is local and holds the OUTPUT_MARKER file.
+    """
     return not is_remote(path) and os.path.isfile(os.path.join(path, OUTPUT_MARKER))
 
 
@@ -51,7 +85,16 @@ def image_files(paths: list[str]) -> list[str]:
     """Files as given, folders walked recursively for image files, in a stable order.
 
     A named file is kept whatever its extension (the user asked for it); hidden files and
-    folders inside a walked folder are skipped. A missing path raises FileNotFoundError.
+    folders inside a walked folder are skipped.
+
+    Args:
+        paths: files and folders.
+
+    Returns:
+        The image files.
+
+    Raises:
+        FileNotFoundError: a path that does not exist.
     """
     out: list[str] = []
     for p in paths:

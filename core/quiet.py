@@ -19,11 +19,24 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
+__all__ = [
+    "VERBOSE_ENV",
+    "import_tensorflow_quietly",
+    "native_stderr_captured",
+    "native_stderr_filtered",
+    "verbose",
+]
+
+
 VERBOSE_ENV = "GRAFT_VERBOSE"
 
 
 def verbose() -> bool:
-    """`graft -v` (or GRAFT_VERBOSE=1 / GRAFT_DEBUG=1): show library output as it comes."""
+    """`graft -v` (or GRAFT_VERBOSE=1 / GRAFT_DEBUG=1): show library output as it comes.
+
+    Returns:
+        True in verbose mode.
+    """
     return bool(os.environ.get(VERBOSE_ENV) or os.environ.get("GRAFT_DEBUG"))
 
 
@@ -62,6 +75,9 @@ def native_stderr_captured() -> Iterator[None]:
 
     The capture is dropped on success and written to stderr if the block raises. A no-op in
     verbose mode, or when fd 2 cannot be duplicated (e.g. no stderr at all).
+
+    Yields:
+        None, with fd 2 captured for the block.
     """
     with _python_stderr_kept() as kept:
         if kept is None:
@@ -86,10 +102,13 @@ def native_stderr_captured() -> Iterator[None]:
 
 
 def import_tensorflow_quietly():
-    """Import TensorFlow and query its devices with native stderr captured; returns the module.
+    """Import TensorFlow and query its devices with native stderr captured.
 
     The device query is included because CUDA's "failed call to cuInit" on a machine without
     a GPU is printed then, not at import time. Later calls are cheap: TF is imported once.
+
+    Returns:
+        The tensorflow module.
     """
     with native_stderr_captured():
         import tensorflow as tf
@@ -118,6 +137,12 @@ def native_stderr_filtered(noise: re.Pattern = NATIVE_NOISE) -> Iterator[None]:
     Unlike native_stderr_captured this is for long stretches (a whole command, a server): a
     thread forwards each line as it comes, so real errors are seen at once. Processes started
     meanwhile (Beam workers) inherit the filter. A no-op in verbose mode or without an fd 2.
+
+    Args:
+        noise: the lines to drop (TensorFlow's and CUDA's start-up notes by default).
+
+    Yields:
+        None, with fd 2 filtered for the block.
     """
     with _python_stderr_kept() as kept:
         if kept is None:

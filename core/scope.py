@@ -11,6 +11,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+__all__ = ["ScopedConfig", "UndeclaredConfigRead"]
+
 
 class UndeclaredConfigRead(AttributeError):
     """A step read a config key that is not among its declared sections."""

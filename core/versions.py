@@ -11,12 +11,22 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["INT64_MAX", "version_number", "why_not_a_version"]
+
+
 INT64_MAX = 2**63 - 1
 _VERSION = re.compile(r"[1-9][0-9]{0,18}")
 
 
 def version_number(name: str) -> int | None:
-    """The version a directory name stands for, or None when it is not one."""
+    """The version a directory name stands for, as TF Serving reads it.
+
+    Args:
+        name: a directory name under a model's base path.
+
+    Returns:
+        The version (1 to INT64_MAX), or None when the name is not one.
+    """
     name = name.rstrip("/")
     if not _VERSION.fullmatch(name):
         return None
@@ -25,7 +35,14 @@ def version_number(name: str) -> int | None:
 
 
 def why_not_a_version(name: str) -> str | None:
-    """For an all-digit name that is not a version: why (for the warning); else None."""
+    """Why an all-digit directory name is not a version, for the warning.
+
+    Args:
+        name: a directory name under a model's base path.
+
+    Returns:
+        The reason, or None when the name is a version or not all digits.
+    """
     name = name.rstrip("/")
     if not name.isascii() or not name.isdigit() or version_number(name) is not None:
         return None

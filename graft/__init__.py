@@ -4,4 +4,7 @@ The layers are mapped in from the repository's top-level folders (see pyproject.
 graft.core (ground), graft.components and graft.serving (the work), graft.pipeline (the top).
 """
 
+__all__ = ["__version__"]
+
+
 __version__ = "0.1.0"

@@ -1,0 +1,1 @@
+__all__: list[str] = []  # the modules are the API: import them by name

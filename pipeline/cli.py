@@ -10,6 +10,17 @@ import re
 import sys
 from pathlib import Path
 
+__all__ = [
+    "advise_config",
+    "build_parser",
+    "main",
+    "parse_args",
+    "photos_template",
+    "run_row",
+    "train_overrides",
+]
+
+
 _TF_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Beam workers and servers inherit it
 
@@ -200,7 +211,14 @@ def cmd_run(args) -> int:
 
 
 def advise_config(args) -> GraftConfig:
-    """The config `graft advise` advises on: for a folder, what `graft train` would run."""
+    """The config `graft advise` advises on: for a folder, what `graft train` would run.
+
+    Args:
+        args: `graft advise`'s parsed command line (DATA_DIR or a config, --config, --set, ...).
+
+    Returns:
+        The validated config.
+    """
     target = args.data_or_config
     if os.path.isdir(target) or "://" in target:
         return load_config(
@@ -476,7 +494,11 @@ def _run_and_summarize(cfg: GraftConfig, args) -> dict:
 
 
 def photos_template() -> str:
-    """configs/photos.yaml, shipped inside the package too (graft/assets links to it)."""
+    """configs/photos.yaml, shipped inside the package too (graft/assets links to it).
+
+    Returns:
+        Its path where Graft is installed: `graft train`'s template.
+    """
     from importlib.resources import files
 
     return str(files("graft") / "assets" / "photos.yaml")
@@ -489,8 +511,16 @@ def _model_name(data_dir: str) -> str:
 
 
 def train_overrides(args, data_dir: str | None = None) -> list[str]:
-    """The config keys `graft train`'s (and `graft advise DATA_DIR`'s) arguments set on the
-    template."""
+    """The config keys `graft train`'s (and `graft advise DATA_DIR`'s) arguments set
+    on the template.
+
+    Args:
+        args: the parsed command line.
+        data_dir: the image folder (args.data_dir when None).
+
+    Returns:
+        "dotted.key=value" overrides, for load_config.
+    """
     data_dir = data_dir or args.data_dir
     remote = "://" in data_dir  # gs://, s3://...: ingest reads it through tf.io.gfile
     if not remote and not os.path.isdir(data_dir):
@@ -587,7 +617,14 @@ def drift_text(summary: dict | None) -> str:
 
 
 def run_row(run: dict) -> list[str]:
-    """The cells of one run in `graft runs list`, after its id."""
+    """The cells of one run in `graft runs list`, after its id.
+
+    Args:
+        run: a run record (run.json).
+
+    Returns:
+        Model, data folder, status, minutes, test accuracy, drift and push, as text.
+    """
     cfg = run.get("config") or {}
     steps = run.get("steps", {})
     ev = steps.get("evaluate", {}).get("summary", {})
@@ -1024,7 +1061,11 @@ _COMMANDS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """graft's parser: the top level, then each command from its own register function."""
+    """graft's parser: the top level, then each command from its own register function.
+
+    Returns:
+        The parser of the `graft` command and its subcommands.
+    """
     ap = _Parser(
         prog="graft",
         description="Transfer-learning image classifiers, folder to TF Serving. "
@@ -1037,7 +1078,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Like parse_args, but an unknown option is reported with its subcommand's own usage."""
+    """Like parse_args, but an unknown option is reported with its subcommand's own usage.
+
+    Args:
+        argv: the command line (sys.argv[1:] when None).
+
+    Returns:
+        The parsed namespace; `fn` is the command to run.
+    """
     ap = build_parser()
     args, extra = ap.parse_known_args(argv)
     if extra:
@@ -1046,6 +1094,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `graft` command: parse, run the subcommand with native noise filtered, and turn
+    errors into one clear line (GRAFT_DEBUG=1 for the traceback).
+
+    Args:
+        argv: the command line (sys.argv[1:] when None).
+
+    Returns:
+        The exit status: the command's, 2 for a config error, 130 when interrupted, 1 for
+        another error.
+    """
     args = parse_args(argv)
     if getattr(args, "verbose", False):
         os.environ[VERBOSE_ENV] = "1"  # subprocesses (Beam workers, servers) inherit it

@@ -18,6 +18,26 @@ from typing import Any
 from graft.core.config import ConfigError, GraftConfig, StepResources
 from graft.core.scope import ScopedConfig
 
+__all__ = [
+    "RESULT_FILE",
+    "STEPS",
+    "STEP_NAMES",
+    "Step",
+    "When",
+    "check_resources",
+    "external_key",
+    "forced",
+    "gate_outputs",
+    "output_name",
+    "plan_notes",
+    "resources",
+    "run_step",
+    "section_values",
+    "step",
+    "step_values",
+]
+
+
 # The adapters receive a ScopedConfig that reads like GraftConfig.
 StepFn = Callable[[GraftConfig, dict[str, str], str], dict[str, Any]]
 KeyFn = Callable[[GraftConfig, dict[str, str]], str]
@@ -58,6 +78,11 @@ TRAINING = StepResources(
 
 @dataclass(frozen=True)
 class Step:
+    """One pipeline step, declared once: its inputs, the config sections it may read (its
+    cache key), its Kubeflow outputs, when it runs and what else its output depends on.
+    The local runner and the Kubeflow builder both walk STEPS and never branch on a name.
+    """
+
     name: str
     inputs: dict[str, str]  # input name -> the step whose output it is
     sections: tuple[str, ...]  # config sections (dotted paths): all a step may read; its cache key
@@ -485,6 +510,17 @@ STEP_NAMES: list[str] = [s.name for s in STEPS]
 
 
 def step(name: str) -> Step:
+    """The step of this name, for code that holds a name (the CLI, a kfp task).
+
+    Args:
+        name: a step name, one of STEP_NAMES.
+
+    Returns:
+        The Step.
+
+    Raises:
+        KeyError: an unknown name, listing the steps.
+    """
     for s in STEPS:
         if s.name == name:
             return s
@@ -492,23 +528,52 @@ def step(name: str) -> Step:
 
 
 def output_name(s: Step) -> str:
-    """The name of the step's output directory among its Kubeflow outputs."""
+    """The name of the step's output directory among its Kubeflow outputs.
+
+    Args:
+        s: a step.
+
+    Returns:
+        The first artifact name that is not a view.
+    """
     return next(name for name, out in s.artifact.items() if out.view is None)
 
 
 def gate_outputs(s: Step) -> list[str]:
-    """The bools of the step's summary that other steps' `when` reads (Kubeflow outputs too)."""
+    """The bools of the step's summary that other steps' `when` reads (Kubeflow outputs too).
+
+    Args:
+        s: a step.
+
+    Returns:
+        Their names, sorted; empty when no step is gated on this one.
+    """
     return sorted({t.when.output for t in STEPS if t.when and t.when.step == s.name})
 
 
 def resources(cfg: GraftConfig, s: Step) -> StepResources:
-    """The step's Kubernetes resources: kubeflow.resources.<step> if set, else the step's own."""
+    """The step's Kubernetes resources: kubeflow.resources.<step> if set, else the step's own.
+
+    Args:
+        cfg: the config.
+        s: a step.
+
+    Returns:
+        Its StepResources.
+    """
     check_resources(cfg)
     return cfg.kubeflow.resources.get(s.name, s.resources)
 
 
 def check_resources(cfg: GraftConfig) -> None:
-    """kubeflow.resources names only steps of this pipeline (a typo would be ignored)."""
+    """kubeflow.resources names only steps of this pipeline (a typo would be ignored).
+
+    Args:
+        cfg: the config.
+
+    Raises:
+        ConfigError: a step name that is not in STEPS, with the valid names.
+    """
     for key in cfg.kubeflow.resources:
         if key not in STEP_NAMES:
             guess = difflib.get_close_matches(key, STEP_NAMES, n=1)
@@ -563,20 +628,56 @@ def scoped(s: Step, cfg: GraftConfig) -> ScopedConfig:
 
 
 def section_values(cfg: GraftConfig, sections: tuple[str, ...]) -> dict[str, Any]:
+    """The values of config sections, as a step scoped to them would see them.
+
+    Args:
+        cfg: the config.
+        sections: dotted section paths.
+
+    Returns:
+        Dotted path -> value.
+    """
     return ScopedConfig(cfg, sections).values()
 
 
 def step_values(s: Step, cfg: GraftConfig) -> dict[str, Any]:
-    """What keys the step's cache: the values of everything it may read."""
+    """What keys the step's cache: the values of everything it may read.
+
+    Args:
+        s: a step.
+        cfg: the config.
+
+    Returns:
+        Dotted path -> value, for the step's declared sections (and advise's plan, if it has one).
+    """
     return section_values(cfg, declared(s, cfg))
 
 
 def external_key(s: Step, cfg: GraftConfig, inputs: dict[str, str]) -> str | None:
+    """What else the step's output depends on besides config and inputs (ingest: the
+    data on disk; evaluate: the version served), part of its cache key.
+
+    Args:
+        s: a step.
+        cfg: the config.
+        inputs: input name -> upstream output directory.
+
+    Returns:
+        The key, or None for a step without one.
+    """
     return s.external_key(scoped(s, cfg), inputs) if s.external_key else None
 
 
 def forced(s: Step, cfg: GraftConfig) -> bool:
-    """Whether the step's `when` is overridden by its config flag."""
+    """Whether the step's `when` is overridden by its config flag.
+
+    Args:
+        s: a step.
+        cfg: the config.
+
+    Returns:
+        True when the step has a `when` with forced_by and that config key is true.
+    """
     if not (s.when and s.when.forced_by):
         return False
     node: Any = scoped(s, cfg)
@@ -594,7 +695,14 @@ def planned(cfg: GraftConfig, advice_dir: str) -> GraftConfig:
 
 
 def plan_notes(outputs: dict[str, str]) -> list[str]:
-    """What the plan chose and which of the user's settings it kept, for the written config."""
+    """What the plan chose and which of the user's settings it kept, for the written config.
+
+    Args:
+        outputs: step name -> output directory of the steps run so far.
+
+    Returns:
+        Comment lines; empty when advise did not run.
+    """
     from graft.components.advise import read_advice
 
     sources = {s.inputs[s.plan_from] for s in STEPS if s.plan_from}
@@ -620,7 +728,15 @@ def run_step(
 ) -> dict[str, Any]:
     """Run one step into out_dir, seeing only its declared config, and record its summary.
 
-    `reads`, when given, receives the dotted config keys the step read.
+    Args:
+        name: the step's name.
+        cfg: the config (the step sees its sections only, with advise's plan when it has one).
+        inputs: input name -> upstream output directory.
+        out_dir: the step's output directory.
+        reads: when given, receives the dotted config keys the step read.
+
+    Returns:
+        The step's summary (also written to RESULT_FILE in out_dir).
     """
     s = step(name)
     os.makedirs(out_dir, exist_ok=True)

@@ -17,6 +17,9 @@ from kfp import dsl
 
 from graft.pipeline import dag
 
+__all__ = ["ENTRYPOINT", "GATE_OUTPUT", "make_components", "step_function"]
+
+
 ENTRYPOINT = ["graft", "step"]  # + the step's name: pipeline/cli.py's `graft step`
 EXECUTOR_INPUT = "{{$}}"  # kfp's placeholder for the whole executor input (JSON)
 # kfp's name for a component's return value: the bool a `when` reads (kfp.local's dsl.If
@@ -25,7 +28,14 @@ GATE_OUTPUT = "Output"
 
 
 def step_function(step: dag.Step) -> Callable:
-    """The step as a Python function with the kfp-typed signature of its component."""
+    """The step as a Python function with the kfp-typed signature of its component.
+
+    Args:
+        step: a step of dag.STEPS.
+
+    Returns:
+        A function kfp can make a container component of.
+    """
     kw = inspect.Parameter.KEYWORD_ONLY
     params = [inspect.Parameter("config_json", kw, annotation=str)]
     for name, src in {**step.shows, **step.inputs}.items():
@@ -81,7 +91,15 @@ def step_component(step: dag.Step, image: str):
 
 
 def make_components(image: str) -> dict:
-    """resolve_config and every step's component, for one container image (kubeflow.image)."""
+    """resolve_config and every step's component, for one container image
+    (kubeflow.image).
+
+    Args:
+        image: the container image the components run in.
+
+    Returns:
+        Component name -> kfp component.
+    """
 
     @dsl.component(base_image=image, install_kfp_package=False)
     def resolve_config(

@@ -10,6 +10,9 @@ import shutil
 from graft.core.config import GraftConfig
 from graft.pipeline import dag
 
+__all__ = ["PARAMETERS", "VIEWS", "resolve_config", "run_component"]
+
+
 # The knobs a dashboard user changes per run: typed pipeline parameters -> config keys. The
 # first task (resolve_config) applies them to the compiled config; every step reads its output.
 PARAMETERS = {
@@ -26,8 +29,16 @@ PARAMETERS = {
 
 
 def run_component(step: dag.Step, args: dict) -> bool | None:
-    """One step's component: run it into its output directory, fill the views declared beside
-    that, and return the bool of its summary that other steps' `when` reads."""
+    """One step's component: run it into its output directory, fill the views declared
+    beside that, and hand back the bool other steps' `when` reads.
+
+    Args:
+        step: the step.
+        args: the component's arguments: the config, input artifacts, output artifacts.
+
+    Returns:
+        The summary's gate bool, or None for a step nothing is gated on.
+    """
     output = args[dag.output_name(step)]
     inputs = {name: args[name] for name in {**step.shows, **step.inputs}}
     summary = run(step.name, args["config_json"], inputs, output, args.get("tfjob_json", ""))
@@ -136,8 +147,17 @@ VIEWS = {
 
 
 def resolve_config(config_json: str, parameters: dict) -> str:
-    """The config a run's steps see: the compiled config with the dashboard's parameters applied
-    (validated here, so a bad value fails this first, cheap step with the key named)."""
+    """The config a run's steps see: the compiled config with the dashboard's
+    parameters applied (validated here, so a bad value fails this first, cheap step with the
+    key named).
+
+    Args:
+        config_json: the config compiled into the pipeline, as JSON.
+        parameters: the run's parameters (PARAMETERS), None where not given.
+
+    Returns:
+        The resolved config, as JSON.
+    """
     from graft.core.config import apply_overrides, parse_config
 
     raw = json.loads(config_json)

@@ -18,6 +18,9 @@ from graft.pipeline import dag, tfjob
 from graft.pipeline.kfp_components import GATE_OUTPUT, make_components
 from graft.pipeline.kfp_runtime import PARAMETERS
 
+__all__ = ["PARAMETERS", "build_pipeline", "compile_pipeline", "submit"]
+
+
 # the task that creates a TFJob and waits for it: no GPU, little CPU
 LAUNCHER = {
     "cpu_request": "250m",
@@ -66,7 +69,14 @@ def parameter_defaults(cfg: GraftConfig) -> dict:
 
 
 def build_pipeline(cfg: GraftConfig):
-    """A @dsl.pipeline: the compiled config plus typed parameters that override it per run."""
+    """A @dsl.pipeline: the compiled config plus typed parameters that override it per run.
+
+    Args:
+        cfg: the config compiled in.
+
+    Returns:
+        The pipeline function.
+    """
     root = cfg.kubeflow.pipeline_root or ""
     if cfg.kubeflow.workers > 1 and not root.startswith("gs://"):
         raise ValueError(
@@ -152,6 +162,15 @@ def _add_tasks(steps: list[dag.Step], tasks: dict, comps: dict, cfg: GraftConfig
 
 
 def compile_pipeline(cfg: GraftConfig, output: str) -> str:
+    """Compile the pipeline to a KFP package (pipeline.yaml) for upload.
+
+    Args:
+        cfg: the config compiled in.
+        output: the package path; its folder is created.
+
+    Returns:
+        `output`.
+    """
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     compiler.Compiler().compile(build_pipeline(cfg), package_path=output)
     return output
@@ -170,6 +189,18 @@ def submit(
     """Create a run, or a recurring run when `schedule` (5-field cron) is given.
 
     The pipeline is compiled into a temporary folder that is removed again, dry run or not.
+
+    Args:
+        cfg: the config compiled in.
+        host: the KFP API URL (kubeflow.host when None).
+        experiment: the experiment (kubeflow.experiment when None).
+        run_name: the run's name (kubeflow.run_name, else pipeline name and time).
+        schedule: a cron expression for a recurring run; None for one run.
+        max_concurrency: runs of a recurring run at once.
+        dry_run: say what would be created, create nothing.
+
+    Returns:
+        What was (or would be) created: host, experiment, run name, kind, and its id.
     """
     import tempfile
 

@@ -38,6 +38,9 @@ from graft.core.log import log
 from graft.core.paths import mark_output_dir
 from graft.pipeline import dag
 
+__all__ = ["fingerprint", "run_pipeline"]
+
+
 SUCCESS = "_SUCCESS"
 
 
@@ -56,6 +59,18 @@ class StepRecord:
 def fingerprint(
     s: dag.Step, cfg: GraftConfig, input_fps: dict[str, str], inputs: dict[str, str]
 ) -> str:
+    """A step's cache key: its config values, its inputs' fingerprints and its
+    external key, hashed; the same key means the same output.
+
+    Args:
+        s: the step.
+        cfg: the config.
+        input_fps: input name -> that input's fingerprint.
+        inputs: input name -> upstream output directory.
+
+    Returns:
+        16 hex digits.
+    """
     payload = {
         "step": s.name,
         "config": dag.step_values(s, cfg),
@@ -145,7 +160,20 @@ def run_pipeline(
     run_id: str | None = None,
     until: str | None = None,
 ) -> dict:
-    """Run the pipeline; returns the run record (also written to run.json)."""
+    """Run the pipeline locally, re-running only the steps whose key changed.
+
+    Args:
+        cfg: the config.
+        use_cache: reuse unchanged steps' outputs (runner.cache when None).
+        only: run this step alone, from cached inputs.
+        from_step: re-run this step and what follows it.
+        force_push: export and push even if evaluate did not bless (push.force).
+        run_id: the run's id (a timestamp when None).
+        until: stop after this step (graft advise runs up to advise).
+
+    Returns:
+        The run record (also written to run.json): config, per-step status, seconds, outputs.
+    """
     use_cache = cfg.runner.cache if use_cache is None else use_cache
     for name in (only, from_step, until):
         if name:

@@ -10,6 +10,8 @@ from rich.table import Table
 
 from graft.core.config import GraftConfig
 
+__all__ = ["print_summary", "push_outcome"]
+
 
 def _fmt(v) -> str:
     return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
@@ -59,6 +61,12 @@ def push_outcome(run: dict) -> tuple[str | None, bool]:
     """The push line of the summary, and whether the model is now at the destination.
 
     "pushed:" only when this run copied a version there; otherwise "not pushed:" and why.
+
+    Args:
+        run: the run record.
+
+    Returns:
+        (the line, or None when push was not reached; whether the model is there).
     """
     rec = run["steps"].get("push")
     if rec is None:
@@ -102,6 +110,13 @@ def export_outcome(run: dict) -> str | None:
 
 
 def print_summary(run: dict, cfg: GraftConfig) -> None:
+    """The end-of-run summary on stderr: each step's status, time and output, what
+    was pushed or why not, and where the report is.
+
+    Args:
+        run: the run record.
+        cfg: the config the run used.
+    """
     console = Console(stderr=True)
     steps = run["steps"]
     t = Table(title=f"graft run {run['run_id']} ({run['status']}, {run['seconds']:.0f}s)")

@@ -30,6 +30,9 @@ from graft.core.config import GraftConfig, load_config
 from graft.core.log import log
 from graft.pipeline import dag
 
+__all__ = ["job_name", "launch", "manifest", "render", "run_tfjob", "state"]
+
+
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
 CONTAINER = "tensorflow"  # the operator sets TF_CONFIG in the container of this name only
 PORT_NAME, PORT = "tfjob-port", 2222  # the operator's defaults, stated so they are visible
@@ -48,7 +51,15 @@ def gpus_per_worker(cfg: GraftConfig, step: dag.Step) -> int:
 
 
 def manifest(cfg: GraftConfig, step: dag.Step) -> dict[str, Any]:
-    """The TFJob for one step, everything but this run's URIs, name and namespace."""
+    """The TFJob for one step, everything but this run's URIs, name and namespace.
+
+    Args:
+        cfg: the config (kubeflow.image, the step's resources, the workers).
+        step: the step to run as a TFJob.
+
+    Returns:
+        The TFJob manifest, as a dict.
+    """
     kf = cfg.kubeflow
     res = dag.resources(cfg, step)
     gpus = gpus_per_worker(cfg, step)
@@ -98,7 +109,16 @@ def manifest(cfg: GraftConfig, step: dag.Step) -> dict[str, Any]:
 
 
 def render(config_path: str, step_name: str, workers: int = 2) -> str:
-    """The manifest as YAML, for k8s/training/tfjob.yaml."""
+    """The manifest as YAML, for k8s/training/tfjob.yaml.
+
+    Args:
+        config_path: the config file.
+        step_name: the step to run as a TFJob.
+        workers: the number of workers.
+
+    Returns:
+        The YAML text, with a header saying how it was made.
+    """
     cfg = load_config(config_path, [f"kubeflow.workers={workers}"])
     head = (
         f"# The TFJob that `graft compile` puts into the {step_name} task for {config_path}\n"
@@ -111,7 +131,15 @@ def render(config_path: str, step_name: str, workers: int = 2) -> str:
 
 
 def job_name(step_name: str, key: str) -> str:
-    """A DNS-1035 name, the same for the same output (a relaunched task finds its TFJob)."""
+    """A DNS-1035 name, the same for the same output (a relaunched task finds its TFJob).
+
+    Args:
+        step_name: the step.
+        key: what names the output (its URI); empty for a name without a hash.
+
+    Returns:
+        The TFJob's name.
+    """
     base = "graft-" + step_name.replace("_", "-").lower()
     return f"{base}-{hashlib.sha256(key.encode()).hexdigest()[:10]}" if key else base
 
@@ -131,7 +159,14 @@ def bind(
 
 
 def state(obj: dict) -> str | None:
-    """Succeeded or Failed once the operator says so (its latest true condition), else None."""
+    """Succeeded or Failed once the operator says so (its latest true condition), else None.
+
+    Args:
+        obj: a TFJob object as the Kubernetes API returns it.
+
+    Returns:
+        "Succeeded", "Failed", or None while it runs.
+    """
     true = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["status"] == "True"]
     last = true[-1]["type"] if true else None
     return last if last in TERMINAL else None
@@ -146,7 +181,19 @@ def run_tfjob(body: dict, timeout_s: float, poll_s: float = 15.0, api=None) -> d
     """Create the TFJob (or find this task's from an earlier try) and wait until it ends.
 
     A finished failed one of the same name is an earlier try: it is deleted and made again.
-    Raises when it fails or outlives timeout_s (the TFJob is then deleted).
+
+    Args:
+        body: the TFJob manifest.
+        timeout_s: how long to wait.
+        poll_s: seconds between polls.
+        api: the Kubernetes CustomObjectsApi (default: this pod's service account).
+
+    Returns:
+        The finished TFJob object.
+
+    Raises:
+        RuntimeError: it failed.
+        TimeoutError: it outlived timeout_s (the TFJob is then deleted).
     """
     from kubernetes.client.exceptions import ApiException
 
@@ -233,9 +280,20 @@ def launch(
 ) -> dict:
     """In the kfp task: run the step as the TFJob `spec` and fill `output` with its result.
 
-    inputs: input name -> artifact URI. The chief uploads to a staging URI beside the output
-    artifact; the task copies it into output.path, which kfp then uploads as for any step.
-    api: the Kubernetes CustomObjectsApi (default: this pod's service account).
+    The chief uploads to a staging URI beside the output artifact; the task copies it into
+    output.path, which kfp then uploads as for any step.
+
+    Args:
+        step: the step's name.
+        config_json: the resolved config, as JSON.
+        spec: the TFJob manifest (manifest()'s).
+        inputs: input name -> artifact URI.
+        output: the kfp output artifact.
+        api: the Kubernetes CustomObjectsApi (default: this pod's service account).
+        poll_s: seconds between polls.
+
+    Returns:
+        The step's summary.
     """
     import tensorflow as tf
 

@@ -16,6 +16,9 @@ from google.protobuf import (
     wrappers_pb2,  # noqa: F401 - registers google/protobuf/wrappers.proto
 )
 
+__all__ = ["parse_batching_parameters"]
+
+
 _F = descriptor_pb2.FieldDescriptorProto
 _FIELDS = [
     ("max_batch_size", 1, ".google.protobuf.Int64Value", _F.LABEL_OPTIONAL),
@@ -54,5 +57,15 @@ BatchingParameters = _build()
 
 
 def parse_batching_parameters(text: str):
-    """Parse like tensorflow_model_server --batching_parameters_file; raises on any error."""
+    """Parse a batching config as tensorflow_model_server's --batching_parameters_file does.
+
+    Args:
+        text: the file's text, in protobuf text format.
+
+    Returns:
+        The BatchingParameters message.
+
+    Raises:
+        google.protobuf.text_format.ParseError: any error in the text.
+    """
     return text_format.Parse(text, BatchingParameters())

@@ -17,6 +17,9 @@ from google.protobuf.json_format import MessageToDict
 from graft.serving import protos
 from graft.serving.tensors import tensor_proto, to_numpy
 
+__all__ = ["DEFAULT_SERVER", "GraftClient", "Prediction", "predict_files"]
+
+
 _pb = protos.load()  # TF Serving's protos without importing TensorFlow (start-up < 1 s)
 get_model_metadata_pb2, get_model_status_pb2 = _pb.get_model_metadata_pb2, _pb.get_model_status_pb2
 model_service_pb2_grpc, predict_pb2 = _pb.model_service_pb2_grpc, _pb.predict_pb2
@@ -67,6 +70,8 @@ def _state_name(value: int) -> str:
 
 @dataclass
 class Prediction:
+    """One image's answer: the labels, best first, and the score of each."""
+
     labels: list[str]
     scores: list[float]
 
@@ -80,6 +85,10 @@ def _string_tensor(values: list[bytes]):
 
 
 class GraftClient:
+    """A TF Serving gRPC client (for `graft serve` and TF Serving alike): predict
+    encoded images, read the model's status and metadata; retries through a service config.
+    """
+
     def __init__(
         self,
         target: str,
@@ -177,8 +186,19 @@ def predict_files(client: GraftClient, images: list[str], top_k: int = 3, batch_
 
     Images go in requests of batch_size. A file that cannot be read, or that the server
     refuses (not an image, too large), gets an error row naming it and the rest go on: a
-    refused request is re-sent one image at a time to find the bad ones. Errors of the server
-    itself (UNAVAILABLE, an unknown model) still raise grpc.RpcError.
+    refused request is re-sent one image at a time to find the bad ones.
+
+    Args:
+        client: an open GraftClient.
+        images: image file paths.
+        top_k: labels (with scores) kept per image.
+        batch_size: images per request.
+
+    Returns:
+        A list of graft.serving.local.Prediction, one per image, in order.
+
+    Raises:
+        grpc.RpcError: an error of the server itself (UNAVAILABLE, an unknown model).
     """
     from graft.serving.local import Prediction as Row
 

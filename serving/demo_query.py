@@ -10,8 +10,18 @@ from graft.core.log import log
 from graft.serving.client import GraftClient
 from graft.serving.launch import ServerProcess
 
+__all__ = ["main"]
+
 
 def main(argv: list[str] | None = None) -> int:
+    """`make demo`'s last step: serve the pushed demo model and query it with held-out images.
+
+    Args:
+        argv: the command line (sys.argv[1:] when None).
+
+    Returns:
+        The exit status: 0, also when nothing was pushed (the query is skipped, with a warning).
+    """
     ap = argparse.ArgumentParser()
     ap.add_argument("holdout", help="folder of held-out images (<class>/*.jpg)")
     ap.add_argument("--model-base-path", required=True)

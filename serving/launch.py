@@ -16,6 +16,8 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+__all__ = ["ServerProcess"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -24,6 +26,10 @@ def free_port() -> int:
 
 
 class ServerProcess:
+    """`graft serve` in a child process on free loopback ports; as a context manager it
+    waits until the health check answers SERVING and stops the server on exit.
+    """
+
     def __init__(
         self,
         base_path: str,

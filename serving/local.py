@@ -14,6 +14,8 @@ from pathlib import Path
 from graft.core.quiet import import_tensorflow_quietly
 from graft.core.versions import version_number
 
+__all__ = ["LocalPredictor", "Prediction", "print_table", "write_csv"]
+
 
 @dataclass
 class Prediction:
@@ -97,7 +99,15 @@ class LocalPredictor:
 
 
 def write_csv(preds: list[Prediction], path: str, top_k: int) -> None:
-    """image, label_1, score_1, ..., label_k, score_k, error: one row per image."""
+    """Write predictions as CSV, so a batch run can be read by other tools.
+
+    One row per image: image, label_1, score_1, ..., label_k, score_k, error.
+
+    Args:
+        preds: the predictions, one per image.
+        path: the CSV file to write.
+        top_k: label/score column pairs per row.
+    """
     header = ["image"]
     for k in range(1, top_k + 1):
         header += [f"label_{k}", f"score_{k}"]
@@ -115,7 +125,13 @@ def write_csv(preds: list[Prediction], path: str, top_k: int) -> None:
 
 
 def print_table(preds: list[Prediction], title: str, top_k: int) -> None:
-    """A rich table on stdout; long file names wrap rather than being cut with an ellipsis."""
+    """A rich table on stdout; long file names wrap rather than being cut with an ellipsis.
+
+    Args:
+        preds: the predictions, one per image.
+        title: the table's title.
+        top_k: labels (with scores) shown per image.
+    """
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text

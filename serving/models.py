@@ -26,6 +26,9 @@ from graft.core.log import log
 from graft.core.versions import version_number, why_not_a_version
 from graft.serving.options import PILLOW_BOMB_PIXELS, Limits, ServeOptions
 
+__all__ = ["ModelManager", "ServingError", "State", "fast_callable", "over_limit"]
+
+
 WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
 State = ModelVersionStatus.State  # TF Serving's own version states, as GetModelStatus sends them
 
@@ -40,7 +43,17 @@ class ServingError(Exception):
 
 
 def over_limit(what: str, got: int, limit: int, flag: str) -> ServingError:
-    """RESOURCE_EXHAUSTED (HTTP 413) that names the limit and the flag that sets it."""
+    """RESOURCE_EXHAUSTED (HTTP 413) that names the limit and the flag that sets it.
+
+    Args:
+        what: what was too large (an image, the pixels of a request), as the message says it.
+        got: its size.
+        limit: the limit.
+        flag: the `graft serve` flag that sets the limit.
+
+    Returns:
+        The ServingError to raise.
+    """
     return ServingError(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         f"{what} ({got:,}), over the server's limit of {limit:,}: set by {flag}",
@@ -159,6 +172,12 @@ def fast_callable(fn) -> tuple[list[str], object]:
     on each call (263 for MobileNetV2, ~1 ms); a function traced around it captures them once.
     Same graph, same outputs: the server tests compare answers with the signature's own.
     Keep the loaded SavedModel object alive as long as this is used: it owns the variables.
+
+    Args:
+        fn: a loaded SavedModel signature (a ConcreteFunction taking keyword inputs).
+
+    Returns:
+        (input names in call order, the concrete function taking them positionally).
     """
     specs = fn.structured_input_signature[1]
     names = sorted(specs)

@@ -12,6 +12,9 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from graft.core.config import ConfigError
 
+__all__ = ["Limits", "PILLOW_BOMB_PIXELS", "ServeOptions", "add_arguments", "from_arguments"]
+
+
 GRPC_MAX_MESSAGE_MB = (2**31 - 1) // 2**20  # gRPC's message limits are C ints: 2047 MB
 PILLOW_BOMB_PIXELS = 2 * 89_478_485  # Pillow refuses images over this (DecompressionBombError)
 
@@ -135,7 +138,11 @@ class ServeOptions:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per ServeOptions field, with its default and help."""
+    """One flag per ServeOptions field, with its default and help.
+
+    Args:
+        parser: the `graft serve` parser, changed in place.
+    """
     for f in fields(ServeOptions):
         flag = "--" + f.name.replace("_", "-")
         meta = dict(f.metadata)
@@ -149,4 +156,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(args: argparse.Namespace) -> ServeOptions:
+    """The ServeOptions a parsed `graft serve` command line asks for.
+
+    Args:
+        args: the namespace a parser given add_arguments returned.
+
+    Returns:
+        The options, one per ServeOptions field.
+    """
     return ServeOptions(**{f.name: getattr(args, f.name) for f in fields(ServeOptions)})

@@ -17,6 +17,9 @@ import os
 import sys
 import types
 
+__all__ = ["load"]
+
+
 _PACKAGES = ("", "core", "core/framework", "core/protobuf", "core/example")
 _MODULES = (
     "tensorflow_serving.apis.get_model_metadata_pb2",
@@ -31,7 +34,11 @@ _MODULES = (
 
 
 def load() -> types.SimpleNamespace:
-    """The proto modules a client needs, by their last name (predict_pb2, tensor_pb2, ...)."""
+    """The proto modules a client needs, by their last name (predict_pb2, tensor_pb2, ...).
+
+    Returns:
+        A namespace of the modules.
+    """
     stubs: list[str] = []
     if "tensorflow" not in sys.modules:
         spec = importlib.util.find_spec("tensorflow")  # finds the folder; runs nothing

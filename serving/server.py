@@ -48,6 +48,8 @@ from graft.serving.models import ModelManager, ServingError, State, over_limit
 from graft.serving.options import ServeOptions
 from graft.serving.tensors import tensor_proto
 
+__all__ = ["serve_forever"]
+
 
 def _version_of(spec) -> int | None:
     if spec.HasField("version"):
@@ -754,7 +756,16 @@ class GraftServer:
 
 
 def serve_forever(options: ServeOptions) -> int:
-    """Serve until SIGTERM/SIGINT; options, so the server does not depend on the CLI's Namespace."""
+    """Serve gRPC (and REST when asked) until SIGTERM/SIGINT.
+
+    Takes ServeOptions, so the server does not depend on the CLI's Namespace.
+
+    Args:
+        options: the server's settings (model, ports, limits, polling, TLS).
+
+    Returns:
+        The exit status, 0 after a clean shutdown.
+    """
     srv = GraftServer(options).start()
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -10,12 +10,24 @@ import numpy as np
 
 from graft.serving import protos
 
+__all__ = ["tensor_proto", "to_numpy"]
+
+
 _pb = protos.load()  # no TensorFlow import: the client uses this module too
 tensor_pb2, tensor_shape_pb2, types_pb2 = _pb.tensor_pb2, _pb.tensor_shape_pb2, _pb.types_pb2
 
 
 def tensor_proto(v: np.ndarray) -> tensor_pb2.TensorProto:
-    """float32 as tensor_content, bytes/strings as string_val, anything else via TF."""
+    """A numpy array as a TensorProto, without TensorFlow for the usual dtypes.
+
+    float32 goes as tensor_content, bytes/strings as string_val, anything else via TF.
+
+    Args:
+        v: the array.
+
+    Returns:
+        The TensorProto.
+    """
     shape = tensor_shape_pb2.TensorShapeProto(
         dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in v.shape]
     )
@@ -35,7 +47,14 @@ def tensor_proto(v: np.ndarray) -> tensor_pb2.TensorProto:
 
 
 def to_numpy(t) -> np.ndarray:
-    """A float or string TensorProto as numpy, without TensorFlow (what Predict answers hold)."""
+    """A float or string TensorProto as numpy, without TensorFlow (what Predict answers hold).
+
+    Args:
+        t: a TensorProto of DT_FLOAT or DT_STRING.
+
+    Returns:
+        The array, in the proto's shape (strings as an object array of bytes).
+    """
     shape = [d.size for d in t.tensor_shape.dim]
     if t.dtype == types_pb2.DT_FLOAT:
         if t.tensor_content:

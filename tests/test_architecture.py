@@ -214,7 +214,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/cv_guard.py:fold_evidence",
     "components/drift.py:check_drift",
     "components/evaluate.py:evaluate",
-    "components/export.py:_model_card",
     "components/export.py:export",
     "components/ingest.py:copy_reused",
     "components/ingest.py:ingest",

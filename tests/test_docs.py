@@ -7,6 +7,7 @@ checks import only graft.core.config and graft.pipeline.cli's argparse parser.
 from __future__ import annotations
 
 import argparse
+import ast
 import re
 import shlex
 from pathlib import Path
@@ -160,3 +161,173 @@ def test_config_reference_matches_the_defaults():
     doc_keys = {k for k in _leaves(documented) if k}
     # a dict-valued default written inline, e.g. splits: {train: 0.7, ...}, expands the same way
     assert want_keys - doc_keys == set(), f"undocumented keys: {sorted(want_keys - doc_keys)}"
+
+
+# ------------------------------------------------------------------ the API: __all__ and docstrings
+
+# The layers whose modules name their public API in __all__, with Args/Returns docstrings on its
+# functions (keras-hub's style). graft.components joins when its library layer settles (#33).
+API_PACKAGES = {"core": "graft.core", "serving": "graft.serving", "pipeline": "graft.pipeline"}
+API_ROOT_MODULES = [REPO / "graft" / "__init__.py"]
+
+
+def _api_modules() -> list[Path]:
+    """The public modules of API_PACKAGES (not _private.py; __init__.py is the package's)."""
+    mods = list(API_ROOT_MODULES)
+    for folder in API_PACKAGES:
+        mods += [p for p in sorted((REPO / folder).glob("*.py")) if not p.name.startswith("_")]
+        mods.append(REPO / folder / "__init__.py")
+    return mods
+
+
+def _module_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", 0)]
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            return list(ast.literal_eval(node.value))
+    return None
+
+
+def _top_level(tree: ast.Module) -> dict[str, ast.AST]:
+    """Every name a module's top level binds (defs, classes, assignments, imports), by name."""
+    names: dict[str, ast.AST] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.setdefault(node.name, node)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            for a in node.names:
+                names.setdefault((a.asname or a.name).split(".")[0], node)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.setdefault(node.id, node)
+    top = {getattr(n, "name", None) for n in tree.body}
+    # defs nested in functions or classes are not the module's; assignments in if/try are
+    return {k: v for k, v in names.items() if not hasattr(v, "body") or k in top}
+
+
+def _returns_a_value(fn: ast.FunctionDef) -> bool:
+    """Annotated: not -> None; else a `return <value>` in its own body (not a nested def's)."""
+    if fn.returns is not None:
+        return not (isinstance(fn.returns, ast.Constant) and fn.returns.value is None)
+    todo, found = list(fn.body), False
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            continue
+        if isinstance(node, ast.Return) and node.value is not None:
+            found = not (isinstance(node.value, ast.Constant) and node.value.value is None)
+            if found:
+                break
+        todo.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def _takes_arguments(fn: ast.FunctionDef) -> bool:
+    a = fn.args
+    names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs]
+    return bool([n for n in names if n not in ("self", "cls")] or a.vararg or a.kwarg)
+
+
+def _docstring_problems(path: Path) -> list[str]:
+    """What the module's __all__ and its functions' docstrings lack, as `file: problem` lines."""
+    rel = path.relative_to(REPO)
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    public = _module_all(tree)
+    if public is None:
+        return [f"{rel}: no __all__"]
+    defined = _top_level(tree)
+    problems = [
+        f"{rel}: __all__ names {n!r}, which it does not define" for n in public if n not in defined
+    ]
+    for name in public:
+        node = defined.get(name)
+        if isinstance(node, ast.ClassDef) and not ast.get_docstring(node):
+            problems.append(f"{rel}:{name}: no docstring")
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        doc = ast.get_docstring(node) or ""
+        if not doc:
+            problems.append(f"{rel}:{name}: no docstring")
+        if _takes_arguments(node) and "\nArgs:\n" not in doc:
+            problems.append(f"{rel}:{name}: takes arguments, its docstring has no Args:")
+        if _returns_a_value(node) and not re.search(r"\n(Returns|Yields):\n", doc):
+            problems.append(f"{rel}:{name}: returns a value, its docstring has no Returns:")
+    return problems
+
+
+def _imported_from(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """The names other files of the repo import from each module (`from m import x`, or
+    `from pkg import m` then `m.x`), by dotted module name."""
+    used: dict[str, set[str]] = {m: set() for m in modules}
+    for path in REPO.rglob("*.py"):
+        if ".venv" in path.parts or "build" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        alias: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in modules:
+                if modules[node.module] != path:
+                    used[node.module] |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for a in node.names:
+                    if f"{node.module}.{a.name}" in modules:
+                        alias[a.asname or a.name] = f"{node.module}.{a.name}"
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in alias
+                and modules[alias[node.value.id]] != path
+            ):
+                used[alias[node.value.id]].add(node.attr)
+    return used
+
+
+def test_every_api_module_names_its_public_api_with_docstrings():
+    """Each module of API_PACKAGES has __all__, naming only what it defines; each function in
+    it has a docstring with Args: (when it takes arguments) and Returns: (when it returns a
+    value); each class in it, a docstring."""
+    problems = [p for path in _api_modules() for p in _docstring_problems(path)]
+    assert not problems, "\n".join(problems)
+
+
+def test_what_other_modules_import_is_in_all():
+    """__all__ is the API others use: a public name imported from an API module is in it."""
+    modules = {
+        f"{dotted}.{p.stem}": p
+        for folder, dotted in API_PACKAGES.items()
+        for p in (REPO / folder).glob("*.py")
+        if p.stem != "__init__"
+    }
+    missing = []
+    for name, names in _imported_from(modules).items():
+        public = _module_all(ast.parse(modules[name].read_text(encoding="utf-8"))) or []
+        missing += [
+            f"{name}.{n}" for n in sorted(names) if not n.startswith("_") and n not in public
+        ]
+    assert not missing, f"imported from outside, not in __all__: {missing}"
+
+
+def test_the_api_checks_find_what_is_missing(tmp_path):
+    """The checks above can fail: a module without __all__, a name it lacks, bare docstrings."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        '__all__ = ["f", "g", "C", "gone"]\n'
+        "def f(x):\n    '''Why.'''\n    return x\n"
+        "def g():\n    '''Why.\n\n    Returns:\n        one.\n    '''\n    return 1\n"
+        "class C:\n    pass\n"
+    )
+    global REPO
+    saved, REPO = REPO, tmp_path  # _docstring_problems names files relative to REPO
+    try:
+        problems = _docstring_problems(bad)
+        (tmp_path / "none.py").write_text("x = 1\n")
+        problems += _docstring_problems(tmp_path / "none.py")
+    finally:
+        REPO = saved
+    assert problems == [
+        "bad.py: __all__ names 'gone', which it does not define",
+        "bad.py:f: takes arguments, its docstring has no Args:",
+        "bad.py:f: returns a value, its docstring has no Returns:",
+        "bad.py:C: no docstring",
+        "none.py: no __all__",
+    ]
