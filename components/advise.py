@@ -18,6 +18,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any
@@ -70,6 +71,8 @@ class Evidence:
     geometry: dict | None = None
     # the test-time flip probe (measure_flip): plain vs flip-averaged k-fold hits
     flip: dict | None = None
+    # the backbone probes (measure_bases): per base, accuracy, paired gains and forward cost
+    bases: dict | None = None
     # label_issues.check's document (label_issues.json, not advice.json)
     label_check: dict | None = field(default=None, repr=False)
 
@@ -1073,18 +1076,35 @@ def advise(
     budget_minutes: float,
     keep: dict[str, Any] | None = None,
     geometry=None,
+    bases: list | None = None,
 ) -> AdviceResult:
     """Measure (auto), plan, and write advice.json + advice.md; manual plans nothing.
 
     `keep`: the user's settings (dotted key -> value); the plan never changes them, and says
     what it would have chosen instead. `geometry`: the config's data.resize (its crop_fraction
-    is the one crop is probed with).
+    is the one crop is probed with). `bases`: advise.bases, probed beside base_cfg first;
+    measure and every later decision then run on the base chosen.
     """
+    from graft.core.config import kept_by
+
     t0 = time.time()
     crop_fraction = geometry.crop_fraction if geometry is not None else 0.875
     os.makedirs(out_dir, exist_ok=True)
     ev = None
+    kept_base: dict = {}
     if recipe == "auto":
+        choice = _choose_among_bases(
+            examples_dir,
+            validation_dir,
+            base_cfg=base_cfg,
+            bases=bases or [],
+            image_size=image_size,
+            keep=keep or {},
+            store_root=store_root,
+            folds=folds,
+            max_probe_images=max_probe_images,
+        )
+        bases_ev, chosen, base_decision, base_cfg, image_size = choice
         ev = measure(
             examples_dir,
             validation_dir,
@@ -1095,6 +1115,10 @@ def advise(
             max_probe_images=max_probe_images,
         )
         p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
+        if bases_ev is not None:
+            ev.bases = bases_ev
+            mine = {k: v for k, v in (keep or {}).items() if kept_by("base", [k])}
+            kept_base = plan_base(p, chosen, base_decision, mine)
         size, cut = _probe_point(p, keep or {}, image_size, base_cfg.cut_at)
         ev.geometry = measure_geometry(
             examples_dir,
@@ -1129,7 +1153,7 @@ def advise(
         p = seed_plan(base_cfg.name, [layer.name for layer in base.layers])
     else:
         p = Plan("manual", {}, {}, [Decision("recipe", "manual", "the config's sections as set")])
-    kept = _keep_settings(p, keep or {})
+    kept = {**_keep_settings(p, keep or {}), **kept_base}
     evidence = None
     if ev is not None:
         evidence = asdict(ev)
@@ -1152,6 +1176,34 @@ def advise(
     for line in advice_table(res).splitlines():
         log(f"advise: {line}")
     return res
+
+
+def _choose_among_bases(
+    examples_dir, validation_dir, *, base_cfg, bases, image_size, keep, **probe_args
+):
+    """advise.bases probed and the rule applied: (evidence, chosen entry, decision, the base
+    config and input size measure runs at); with no bases listed, today's base and size."""
+    from graft.core.config import kept_by
+
+    if not bases:
+        return None, None, None, base_cfg, image_size
+    ev = measure_bases(
+        examples_dir,
+        validation_dir,
+        base_cfg=base_cfg,
+        bases=bases,
+        image_size=image_size,
+        size_kept=kept_by("data.image_size", list(keep)),
+        **probe_args,
+    )
+    chosen, decision = choose_base(ev)
+    mine = kept_by("base", list(keep))
+    ev["chosen"] = chosen["label"]
+    ev["kept"] = mine and not chosen["configured"]
+    log(f"advise: base: {decision.choice}" + (" (your base.* is kept)" if ev["kept"] else ""))
+    run_base = _chosen_base_cfg(base_cfg, chosen, mine)
+    size = ev["candidates"][0]["size"] if run_base is base_cfg else chosen["size"]
+    return ev, chosen, decision, run_base, size
 
 
 def _run_geometry(p: Plan, keep: dict[str, Any], geometry):
@@ -1271,4 +1323,372 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"flip-averaged {flip['flip_average']:.3f}, paired gain {g['difference']:+.3f} "
             f"[{g['low']:+.3f}, {g['high']:+.3f}]; rule: {flip['rule']}",
         ]
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _bases_markdown((ev or {}).get("bases"))) + "\n"
+
+
+# ------------------------------------------------------------------- backbone choice
+
+BASE_RULE = (
+    "the cheapest base (fewest FLOPs per image at its probe size; measured seconds per image "
+    "where a FLOP count is missing) whose k-fold probe accuracy is not below the best base's "
+    "beyond the noise (the paired 95% interval of best minus it includes 0); the configured "
+    "base wins ties"
+)
+
+
+class WeightsUnavailable(Exception):
+    """A listed base's weights are not here (a missing file, ImageNet not in keras' cache)."""
+
+
+def base_label(name: str, weights: str | None, kwargs: dict) -> str:
+    """A base as one short string: name (weights, kwargs), e.g. mobilenet (x.h5, alpha=0.25)."""
+    w = "random init" if weights is None else os.path.basename(str(weights))
+    extra = "".join(f", {k}={v}" for k, v in sorted(kwargs.items()))
+    return f"{name} ({w}{extra})"
+
+
+def _cost(b: dict) -> float:
+    """A probed base's forward cost: FLOPs per image, else seconds per image."""
+    return b["flops"] if b.get("flops") else 1.0 / max(b["images_per_s"], 1e-9)
+
+
+def choose_base(bases: dict) -> tuple[dict, Decision]:
+    """BASE_RULE applied to measure_bases' evidence. Pure: the chosen entry and the decision.
+
+    Each probed entry carries `behind_best` (the paired interval of the best base's accuracy
+    minus its own, on the same images and folds) and its cost (`flops`, `images_per_s`).
+    """
+    probed = [b for b in bases["candidates"] if not b.get("skipped")]
+    configured = next(b for b in probed if b["configured"])
+    best = max(probed, key=lambda b: (b["accuracy"], b["configured"]))
+    level = [b for b in probed if b["behind_best"]["low"] <= 0]
+    use_flops = all(b.get("flops") for b in level)
+    key = (lambda b: b["flops"]) if use_flops else (lambda b: 1.0 / max(b["images_per_s"], 1e-9))
+    cheapest = min(key(b) for b in level)
+    tied = [b for b in level if key(b) == cheapest]
+    chosen = next((b for b in tied if b["configured"]), tied[0])
+    parts = []
+    for b in bases["candidates"]:
+        if b.get("skipped"):
+            parts.append(f"{b['label']} skipped ({b['skipped']})")
+            continue
+        g = b["behind_best"]
+        parts.append(
+            f"{b['label']} {b['accuracy']:.3f} [{b['low']:.3f}, {b['high']:.3f}], "
+            + (f"{b['flops'] / 1e6:.0f} MFLOPs, " if b.get("flops") else "")
+            + f"{b['images_per_s']:.0f} img/s"
+            + (
+                ""
+                if b is best
+                else f", best minus it {g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+            )
+        )
+    if chosen is configured:
+        verdict = "the configured base is the cheapest of those level with the best"
+    elif configured in level:
+        verdict = f"{chosen['label']} is level with the best and cheaper than the configured base"
+    else:
+        verdict = (
+            f"the configured base is below the best beyond the noise; {chosen['label']} is the "
+            "cheapest level with the best"
+        )
+    reason = (
+        f"{bases['folds']}-fold probes of each base's last layer ({bases['resize']}) on the same "
+        f"{bases['n']} training images: " + "; ".join(parts) + f": {verdict}"
+    )
+    return chosen, Decision("base", chosen["label"], reason)
+
+
+@contextmanager
+def _no_downloads():
+    """keras.applications' weight fetches find keras' cache or raise WeightsUnavailable: a
+    listed base is probed with weights that are here, never downloaded. (keras has no
+    offline switch; its applications all fetch through file_utils.get_file.)"""
+    from keras.src.utils import file_utils
+
+    fetch = file_utils.get_file
+
+    def cached_only(fname=None, origin=None, *args, cache_subdir="datasets", **kw):
+        name = fname or os.path.basename(str(origin))
+        homes = [kw.get("cache_dir") or file_utils.config.keras_home(), "/tmp/.keras"]
+        paths = [os.path.join(os.path.expanduser(h), cache_subdir, name) for h in homes]
+        if not any(os.path.exists(p) for p in paths):
+            raise WeightsUnavailable(f"ImageNet weights {name} not in keras' cache ({paths[0]})")
+        return fetch(fname, origin, *args, cache_subdir=cache_subdir, **kw)
+
+    file_utils.get_file = cached_only
+    try:
+        yield
+    finally:
+        file_utils.get_file = fetch
+
+
+def _build_listed_base(entry, size: int):
+    """The base of an advise.bases entry at `size`, or WeightsUnavailable with the reason."""
+    from graft.components import model as gmodel
+    from graft.core.config import BaseConfig
+
+    w = entry.weights
+    if w not in (None, "demo", "imagenet") and not os.path.exists(w):
+        raise WeightsUnavailable(f"weights file not found: {w}")
+    cfg = BaseConfig(name=entry.name, weights=w, kwargs=dict(entry.kwargs))
+    try:
+        with _no_downloads():
+            return gmodel.build_base(cfg, size)
+    except Exception as e:  # build_base wraps keras' failure to fetch
+        cause = e if isinstance(e, WeightsUnavailable) else e.__cause__
+        if isinstance(cause, WeightsUnavailable):
+            raise cause from e
+        raise
+
+
+def _flops(model, size: int) -> int | None:
+    """Floating-point operations of one image's forward pass (TF's graph profiler), or None
+    where the profiler cannot count them."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+
+    try:
+        fn = tf.function(lambda x: model(x, training=False))
+        graph = convert_variables_to_constants_v2(
+            fn.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+        ).graph
+        opts = (
+            tf.compat.v1.profiler.ProfileOptionBuilder(
+                tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+            )
+            .with_empty_output()
+            .build()
+        )
+        with _profiler_quiet():
+            flops = tf.compat.v1.profiler.profile(graph=graph, options=opts).total_float_ops
+        return int(flops) or None
+    except Exception as e:  # an op the profiler has no FLOP count for
+        log(f"advise: no FLOP count ({type(e).__name__}: {e}); seconds per image instead")
+        return None
+
+
+@contextmanager
+def _profiler_quiet():
+    """The v1 profiler's prints and deprecation notes off the terminal (the count is kept)."""
+    import contextlib
+    import io
+    import logging
+
+    from graft.core.quiet import native_stderr_captured
+
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    sink = io.StringIO()
+    try:
+        with (
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+            native_stderr_captured(),
+        ):
+            yield
+    finally:
+        tf_log.setLevel(level)
+
+
+def _candidates(base_cfg, listed, image_size: int, size_kept: bool) -> list[dict]:
+    """The configured base first, then each listed one not equal to it, with its probe size:
+    data.image_size when you set it, else the base's own default input size."""
+    from graft.core.backbones import BACKBONES
+
+    out = []
+    seen = set()
+    for entry, configured in [(base_cfg, True)] + [(e, False) for e in listed]:
+        key = (entry.name, entry.weights, json.dumps(entry.kwargs, sort_keys=True))
+        if key in seen:
+            continue
+        seen.add(key)
+        size = image_size if size_kept else BACKBONES[entry.name].default_size
+        out.append({"entry": entry, "configured": configured, "size": size})
+    return out
+
+
+def measure_bases(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    base_cfg,
+    bases: list,
+    image_size: int,
+    size_kept: bool,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+) -> dict:
+    """Linear probes of the last layer of the configured base and of each listed base whose
+    weights are here, on the probe sample with the same folds; each one's Wilson interval,
+    paired gain over the configured base and paired gap behind the best, and forward cost
+    (FLOPs, parameters, images/s here). Features go through the store under each base's
+    fingerprint, so the chosen base's later steps reuse them."""
+    import keras
+
+    from graft.components import data as gdata
+    from graft.components import features as gfeat
+    from graft.components.model import BackbonePreprocess
+    from graft.components.report import paired_difference, wilson
+    from graft.components.validate import excluded_from_train
+
+    t0 = time.time()
+    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    rows, hits_of = [], {}
+    for c in _candidates(base_cfg, bases, image_size, size_kept):
+        e = c["entry"]
+        row = {
+            "label": base_label(e.name, e.weights, e.kwargs),
+            "name": e.name,
+            "weights": e.weights,
+            "kwargs": dict(e.kwargs),
+            "configured": c["configured"],
+            "size": c["size"],
+        }
+        rows.append(row)
+        t1 = time.time()
+        keras.backend.clear_session()
+        try:
+            base = (
+                _build_listed_base(e, c["size"])
+                if not c["configured"]
+                else _build_configured(e, c["size"])
+            )
+        except WeightsUnavailable as why:
+            row["skipped"] = f"{why}; advise never downloads"
+            log(f"advise: base {row['label']} skipped: {row['skipped']}")
+            continue
+        layer = base.layers[-1].name
+        extractor = gfeat.pooled_extractor(base, BackbonePreprocess(e.name), [layer])
+        store = (
+            gfeat.FeatureStore(store_root, base.graft_fingerprint, c["size"], gdata.SQUASH)
+            if store_root
+            else None
+        )
+        feats = gfeat.split_features(
+            examples_dir,
+            "train",
+            [layer],
+            extractor=extractor,
+            store=store,
+            exclude=excluded_from_train(validation_dir),
+            stage=f"advise: base {row['label']}",
+            geometry=gdata.SQUASH,
+            only=set(shas),
+        )
+        if feats.sha256 != shas:
+            raise RuntimeError("advise: base probe sample out of order")  # a bug
+        hits = hits_of[row["label"]] = probe(feats.x[layer], y, folds, groups=groups)
+        lo, hi = wilson(int(hits.sum()), len(hits))
+        row.update(
+            layer=layer,
+            dim=int(feats.x[layer].shape[1]),
+            accuracy=float(hits.mean()),
+            low=lo,
+            high=hi,
+            images_per_s=round(_speed(extractor, c["size"]), 1),
+            params=int(base.count_params()),
+            flops=_flops(base, c["size"]),
+            seconds=round(time.time() - t1, 2),
+        )
+        log(
+            f"advise: base {row['label']} at {c['size']}px: {row['accuracy']:.3f} [{lo:.3f}, "
+            f"{hi:.3f}], {row['images_per_s']:.0f} img/s, {row['params']:,} parameters"
+            + (f", {row['flops'] / 1e6:.0f} MFLOPs" if row["flops"] else "")
+        )
+    probed = [r for r in rows if not r.get("skipped")]
+    mine = hits_of[rows[0]["label"]]
+    best = max(probed, key=lambda r: (r["accuracy"], r["configured"]))
+    for r in probed:
+        r["gain"] = None if r["configured"] else paired_difference(hits_of[r["label"]], mine)
+        r["behind_best"] = paired_difference(hits_of[best["label"]], hits_of[r["label"]])
+    return {
+        "n": len(y),
+        "folds": folds,
+        "resize": gdata.SQUASH.resize,
+        "rule": BASE_RULE,
+        "candidates": rows,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _build_configured(base_cfg, size: int):
+    """The configured base, whole (its probe reads the last layer)."""
+    from graft.components import model as gmodel
+
+    return gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
+
+
+def _chosen_base_cfg(base_cfg, chosen: dict, kept: bool):
+    """The base measure and the later steps use: the chosen one, unless you kept `base.*`."""
+    if kept or chosen["configured"]:
+        return base_cfg
+    return base_cfg.model_copy(
+        update={
+            "name": chosen["name"],
+            "weights": chosen["weights"],
+            "kwargs": dict(chosen["kwargs"]),
+            "cut_at": None,
+        }
+    )
+
+
+def plan_base(p: Plan, chosen: dict, decision: Decision, kept: dict) -> dict:
+    """The base choice into the plan: base.name/weights/kwargs (first decision line), or, with
+    your base.* kept, a kept line saying what advise would have chosen. Pure; returns the
+    kept entry ({} when nothing of yours was overridden)."""
+    p.decisions.insert(0, decision)
+    if chosen["configured"]:
+        return {}
+    choice = {
+        "base.name": chosen["name"],
+        "base.weights": chosen["weights"],
+        "base.kwargs": dict(chosen["kwargs"]),
+    }
+    if not kept:
+        p.overrides.update(choice)
+        return {}
+    shown = ", ".join(f"{k}={v}" for k, v in kept.items())
+    p.decisions.append(
+        Decision(
+            "kept",
+            shown,
+            f"kept your base ({shown}); advise would choose {chosen['label']}, so every later "
+            "decision is your base's",
+        )
+    )
+    return {"base": {"yours": kept, "advise": choice}}
+
+
+def _bases_markdown(bases: dict | None) -> list[str]:
+    """advice.md's table of the backbone probes (advise.bases)."""
+    if not bases:
+        return []
+    out = [
+        "",
+        f"Backbone (advise.bases), {bases['folds']}-fold probes of each base's last layer "
+        f"({bases['resize']}) on the same {bases['n']} images; rule: {bases['rule']}. Chosen: "
+        f"{bases.get('chosen')}"
+        + (" (not used: your base.* is kept)" if bases.get("kept") else ""),
+        "",
+        "| base | px | k-fold accuracy [95%] | paired gain over the configured [95%] | "
+        "best minus it [95%] | images/s | MFLOPs | parameters |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for b in bases["candidates"]:
+        if b.get("skipped"):
+            out.append(f"| {b['label']} | {b['size']} | skipped: {b['skipped']} | | | | | |")
+            continue
+        g, w = b.get("gain"), b["behind_best"]
+        gain = f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else "configured"
+        flops = f"{b['flops'] / 1e6:.0f}" if b.get("flops") else "-"
+        out.append(
+            f"| {b['label']} | {b['size']} | {b['accuracy']:.3f} [{b['low']:.3f}, "
+            f"{b['high']:.3f}] | {gain} | {w['difference']:+.3f} [{w['low']:+.3f}, "
+            f"{w['high']:+.3f}] | {b['images_per_s']:.0f} | {flops} | {b['params']:,} |"
+        )
+    return out

@@ -246,6 +246,21 @@ class BaseConfig(Section):
         return v
 
 
+class BaseChoice(Section):
+    """A base advise may choose instead of `base` (advise.bases): named as `base` names it."""
+
+    name: str
+    weights: str | None = Field(
+        "imagenet", description="as base.weights; a missing file is skipped, never downloaded"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {alpha: 0.25}")
+
+    @field_validator("name")
+    @classmethod
+    def _known_name(cls, v: str) -> str:
+        return BaseConfig._known_name(v)
+
+
 class HeadConfig(Section):
     """head: the classifier grafted onto the base (dropout, an optional hidden layer)."""
 
@@ -425,6 +440,12 @@ class AdviseConfig(Section):
         default_factory=list,
         description="dotted keys advise never changes: your settings. Filled with every key "
         "your config file and --set give, unless the file lists them itself",
+    )
+    bases: list[BaseChoice] = Field(
+        default_factory=list,
+        description="other bases recipe auto probes beside `base` ({name, weights, kwargs} "
+        "each); it picks the cheapest whose probe is not below the best beyond the noise. "
+        "Empty: the configured base, nothing probed",
     )
 
 
@@ -972,6 +993,11 @@ def _resolve_relative_paths(loaded: dict, base_dir: Path) -> None:
             continue
         path = Path(value).expanduser()
         node[key] = str(path if path.is_absolute() else (base_dir / path).resolve())
+    for entry in (loaded.get("advise") or {}).get("bases") or []:  # advise.bases[].weights
+        value = entry.get("weights") if isinstance(entry, dict) else None
+        if isinstance(value, str) and value and "://" not in value and value not in NAMED_WEIGHTS:
+            path = Path(value).expanduser()
+            entry["weights"] = str(path if path.is_absolute() else (base_dir / path).resolve())
 
 
 def local_path_values(cfg: GraftConfig) -> dict[str, str]:

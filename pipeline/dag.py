@@ -191,6 +191,7 @@ def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         budget_minutes=cfg.train.budget_minutes,
         keep={k: read_key(cfg, k) for k in cfg.advise.keep},
         geometry=_geometry(cfg),
+        bases=cfg.advise.bases,
     )
     return {
         "recipe": r.recipe,
