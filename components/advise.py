@@ -1077,13 +1077,15 @@ def advise(
     keep: dict[str, Any] | None = None,
     geometry=None,
     bases: list | None = None,
+    seed: int = 0,
 ) -> AdviceResult:
     """Measure (auto), plan, and write advice.json + advice.md; manual plans nothing.
 
     `keep`: the user's settings (dotted key -> value); the plan never changes them, and says
     what it would have chosen instead. `geometry`: the config's data.resize (its crop_fraction
     is the one crop is probed with). `bases`: advise.bases, probed beside base_cfg first;
-    measure and every later decision then run on the base chosen.
+    measure and every later decision then run on the base chosen. `seed`: train.seed, set
+    before each probe builds a base, so a random-init base is the one the training builds.
     """
     from graft.core.config import kept_by
 
@@ -1103,8 +1105,10 @@ def advise(
             store_root=store_root,
             folds=folds,
             max_probe_images=max_probe_images,
+            seed=seed,
         )
         bases_ev, chosen, base_decision, base_cfg, image_size = choice
+        _seed(seed)
         ev = measure(
             examples_dir,
             validation_dir,
@@ -1120,6 +1124,7 @@ def advise(
             mine = {k: v for k, v in (keep or {}).items() if kept_by("base", [k])}
             kept_base = plan_base(p, chosen, base_decision, mine)
         size, cut = _probe_point(p, keep or {}, image_size, base_cfg.cut_at)
+        _seed(seed)
         ev.geometry = measure_geometry(
             examples_dir,
             validation_dir,
@@ -1134,6 +1139,7 @@ def advise(
             default=base_geometry(base_cfg),
         )
         plan_geometry(p, ev.geometry)
+        _seed(seed)
         ev.flip = measure_flip(
             examples_dir,
             validation_dir,
@@ -1176,6 +1182,14 @@ def advise(
     for line in advice_table(res).splitlines():
         log(f"advise: {line}")
     return res
+
+
+def _seed(seed: int) -> None:
+    """Seed keras before a probe builds its base: random-init weights are then the same in
+    every probe and in the training (start_stage seeds with train.seed too)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
 
 
 def _choose_among_bases(
@@ -1329,10 +1343,10 @@ def advice_markdown(res: AdviceResult | dict) -> str:
 # ------------------------------------------------------------------- backbone choice
 
 BASE_RULE = (
-    "the cheapest base (fewest FLOPs per image at its probe size; measured seconds per image "
-    "where a FLOP count is missing) whose k-fold probe accuracy is not below the best base's "
-    "beyond the noise (the paired 95% interval of best minus it includes 0); the configured "
-    "base wins ties"
+    "the cheapest base (fewest FLOPs per image at its probe size, counted from its convolution "
+    "and dense layers; measured seconds per image where a FLOP count is missing) whose k-fold "
+    "probe accuracy is not below the best base's beyond the noise (the paired 95% interval of "
+    "best minus it includes 0); the configured base wins ties"
 )
 
 
@@ -1442,56 +1456,22 @@ def _build_listed_base(entry, size: int):
         raise
 
 
-def _flops(model, size: int) -> int | None:
-    """Floating-point operations of one image's forward pass (TF's graph profiler), or None
-    where the profiler cannot count them."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
+def _flops(model) -> int:
+    """Floating-point operations of one image's forward pass: 2 x the multiply-adds of the
+    convolution and dense layers (batch norm, activations and adds are a few percent more),
+    from the layers' shapes; deterministic, unlike a timing on a busy machine."""
+    import keras
 
-    try:
-        fn = tf.function(lambda x: model(x, training=False))
-        graph = convert_variables_to_constants_v2(
-            fn.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
-        ).graph
-        opts = (
-            tf.compat.v1.profiler.ProfileOptionBuilder(
-                tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-            )
-            .with_empty_output()
-            .build()
-        )
-        with _profiler_quiet():
-            flops = tf.compat.v1.profiler.profile(graph=graph, options=opts).total_float_ops
-        return int(flops) or None
-    except Exception as e:  # an op the profiler has no FLOP count for
-        log(f"advise: no FLOP count ({type(e).__name__}: {e}); seconds per image instead")
-        return None
-
-
-@contextmanager
-def _profiler_quiet():
-    """The v1 profiler's prints and deprecation notes off the terminal (the count is kept)."""
-    import contextlib
-    import io
-    import logging
-
-    from graft.core.quiet import native_stderr_captured
-
-    tf_log = logging.getLogger("tensorflow")
-    level = tf_log.level
-    tf_log.setLevel(logging.ERROR)
-    sink = io.StringIO()
-    try:
-        with (
-            contextlib.redirect_stdout(sink),
-            contextlib.redirect_stderr(sink),
-            native_stderr_captured(),
-        ):
-            yield
-    finally:
-        tf_log.setLevel(level)
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D):
+            out = layer.output.shape  # (batch, h, w, c)
+            # every kernel weight is used once per output pixel: (kh, kw, c_in, c_out) for a
+            # convolution, (kh, kw, c, multiplier) for a depthwise one
+            total += 2 * out[1] * out[2] * math.prod(layer.kernel.shape)
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * math.prod(layer.kernel.shape)
+    return int(total)
 
 
 def _candidates(base_cfg, listed, image_size: int, size_kept: bool) -> list[dict]:
@@ -1522,6 +1502,7 @@ def measure_bases(
     store_root: str,
     folds: int,
     max_probe_images: int,
+    seed: int = 0,
 ) -> dict:
     """Linear probes of the last layer of the configured base and of each listed base whose
     weights are here, on the probe sample with the same folds; each one's Wilson interval,
@@ -1552,6 +1533,7 @@ def measure_bases(
         rows.append(row)
         t1 = time.time()
         keras.backend.clear_session()
+        _seed(seed)
         try:
             base = (
                 _build_listed_base(e, c["size"])
@@ -1590,9 +1572,10 @@ def measure_bases(
             accuracy=float(hits.mean()),
             low=lo,
             high=hi,
+            computed=feats.computed,
             images_per_s=round(_speed(extractor, c["size"]), 1),
             params=int(base.count_params()),
-            flops=_flops(base, c["size"]),
+            flops=_flops(base),
             seconds=round(time.time() - t1, 2),
         )
         log(

@@ -192,6 +192,7 @@ def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         keep={k: read_key(cfg, k) for k in cfg.advise.keep},
         geometry=_geometry(cfg),
         bases=cfg.advise.bases,
+        seed=cfg.train.seed,
     )
     return {
         "recipe": r.recipe,
@@ -397,6 +398,7 @@ STEPS: list[Step] = [
             *GEOMETRY,
             "base",
             "train.budget_minutes",
+            "train.seed",
             "advise",
             "features",
         ),
