@@ -21,6 +21,7 @@ from graft.core.backbones import BACKBONES
 __all__ = [
     "AdviseConfig",
     "AugmentConfig",
+    "BaseChoice",
     "BaseConfig",
     "ConfigError",
     "DataConfig",
