@@ -1509,16 +1509,10 @@ def measure_bases(
     paired gain over the configured base and paired gap behind the best, and forward cost
     (FLOPs, parameters, images/s here). Features go through the store under each base's
     fingerprint, so the chosen base's later steps reuse them."""
-    import keras
-
-    from graft.components import data as gdata
-    from graft.components import features as gfeat
-    from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference, wilson
-    from graft.components.validate import excluded_from_train
+    from graft.components.report import paired_difference
 
     t0 = time.time()
-    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    sample = _probe_sample(examples_dir, validation_dir, max_probe_images)[:3]
     rows, hits_of = [], {}
     for c in _candidates(base_cfg, bases, image_size, size_kept):
         e = c["entry"]
@@ -1531,58 +1525,18 @@ def measure_bases(
             "size": c["size"],
         }
         rows.append(row)
-        t1 = time.time()
-        keras.backend.clear_session()
-        _seed(seed)
-        try:
-            base = (
-                _build_listed_base(e, c["size"])
-                if not c["configured"]
-                else _build_configured(e, c["size"])
-            )
-        except WeightsUnavailable as why:
-            row["skipped"] = f"{why}; advise never downloads"
-            log(f"advise: base {row['label']} skipped: {row['skipped']}")
-            continue
-        layer = base.layers[-1].name
-        extractor = gfeat.pooled_extractor(base, BackbonePreprocess(e.name), [layer])
-        store = (
-            gfeat.FeatureStore(store_root, base.graft_fingerprint, c["size"], gdata.SQUASH)
-            if store_root
-            else None
-        )
-        feats = gfeat.split_features(
+        hits = _probe_base(
             examples_dir,
-            "train",
-            [layer],
-            extractor=extractor,
-            store=store,
-            exclude=excluded_from_train(validation_dir),
-            stage=f"advise: base {row['label']}",
-            geometry=gdata.SQUASH,
-            only=set(shas),
+            validation_dir,
+            c,
+            row,
+            sample,
+            store_root=store_root,
+            folds=folds,
+            seed=seed,
         )
-        if feats.sha256 != shas:
-            raise RuntimeError("advise: base probe sample out of order")  # a bug
-        hits = hits_of[row["label"]] = probe(feats.x[layer], y, folds, groups=groups)
-        lo, hi = wilson(int(hits.sum()), len(hits))
-        row.update(
-            layer=layer,
-            dim=int(feats.x[layer].shape[1]),
-            accuracy=float(hits.mean()),
-            low=lo,
-            high=hi,
-            computed=feats.computed,
-            images_per_s=round(_speed(extractor, c["size"]), 1),
-            params=int(base.count_params()),
-            flops=_flops(base),
-            seconds=round(time.time() - t1, 2),
-        )
-        log(
-            f"advise: base {row['label']} at {c['size']}px: {row['accuracy']:.3f} [{lo:.3f}, "
-            f"{hi:.3f}], {row['images_per_s']:.0f} img/s, {row['params']:,} parameters"
-            + (f", {row['flops'] / 1e6:.0f} MFLOPs" if row["flops"] else "")
-        )
+        if hits is not None:
+            hits_of[row["label"]] = hits
     probed = [r for r in rows if not r.get("skipped")]
     mine = hits_of[rows[0]["label"]]
     best = max(probed, key=lambda r: (r["accuracy"], r["configured"]))
@@ -1590,13 +1544,82 @@ def measure_bases(
         r["gain"] = None if r["configured"] else paired_difference(hits_of[r["label"]], mine)
         r["behind_best"] = paired_difference(hits_of[best["label"]], hits_of[r["label"]])
     return {
-        "n": len(y),
+        "n": len(sample[1]),
         "folds": folds,
-        "resize": gdata.SQUASH.resize,
+        "resize": "squash",
         "rule": BASE_RULE,
         "candidates": rows,
         "seconds": round(time.time() - t0, 2),
     }
+
+
+def _probe_base(
+    examples_dir, validation_dir, c: dict, row: dict, sample, *, store_root, folds, seed
+):
+    """One base's k-fold hits on the probe sample (its measures into `row`), or None with
+    `row["skipped"]` saying why its weights are not here."""
+    import keras
+
+    from graft.components import data as gdata
+    from graft.components import features as gfeat
+    from graft.components.model import BackbonePreprocess
+    from graft.components.report import wilson
+    from graft.components.validate import excluded_from_train
+
+    shas, y, groups = sample
+    t1 = time.time()
+    keras.backend.clear_session()
+    _seed(seed)
+    try:
+        base = (
+            _build_configured(c["entry"], c["size"])
+            if c["configured"]
+            else _build_listed_base(c["entry"], c["size"])
+        )
+    except WeightsUnavailable as why:
+        row["skipped"] = f"{why}; advise never downloads"
+        log(f"advise: base {row['label']} skipped: {row['skipped']}")
+        return None
+    layer = base.layers[-1].name
+    extractor = gfeat.pooled_extractor(base, BackbonePreprocess(c["entry"].name), [layer])
+    store = (
+        gfeat.FeatureStore(store_root, base.graft_fingerprint, c["size"], gdata.SQUASH)
+        if store_root
+        else None
+    )
+    feats = gfeat.split_features(
+        examples_dir,
+        "train",
+        [layer],
+        extractor=extractor,
+        store=store,
+        exclude=excluded_from_train(validation_dir),
+        stage=f"advise: base {row['label']}",
+        geometry=gdata.SQUASH,
+        only=set(shas),
+    )
+    if feats.sha256 != shas:
+        raise RuntimeError("advise: base probe sample out of order")  # a bug
+    hits = probe(feats.x[layer], y, folds, groups=groups)
+    lo, hi = wilson(int(hits.sum()), len(hits))
+    row.update(
+        layer=layer,
+        dim=int(feats.x[layer].shape[1]),
+        accuracy=float(hits.mean()),
+        low=lo,
+        high=hi,
+        computed=feats.computed,
+        images_per_s=round(_speed(extractor, c["size"]), 1),
+        params=int(base.count_params()),
+        flops=_flops(base),
+        seconds=round(time.time() - t1, 2),
+    )
+    log(
+        f"advise: base {row['label']} at {c['size']}px: {row['accuracy']:.3f} [{lo:.3f}, "
+        f"{hi:.3f}], {row['images_per_s']:.0f} img/s, {row['params']:,} parameters, "
+        f"{row['flops'] / 1e6:.0f} MFLOPs"
+    )
+    return hits
 
 
 def _build_configured(base_cfg, size: int):
