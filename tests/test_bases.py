@@ -232,3 +232,29 @@ def test_flops_match_the_published_multiply_adds():
     )
     assert abs(_flops(v2) / 2 - 300e6) < 0.05 * 300e6
     assert abs(_flops(v1) / 2 - 41e6) < 0.05 * 41e6
+
+
+def test_the_reports_recipe_section_shows_the_bases_table():
+    from markupsafe import escape
+
+    from graft.components.advise import BASE_RULE, choose_base
+    from graft.components.report import advice_html
+
+    mine = _base("mine", 0.80, _gap(0.1, 0.05, 0.15), 600e6, configured=True)
+    other = {**_base("other <b>", 0.90, _gap(0, 0, 0), 80e6), "gain": _gap(0.1, 0.05, 0.15)}
+    gone = {**_base("gone", 0, None, None), "skipped": "weights file not found: gone.h5"}
+    bases = {**_bases(mine, other, gone), "rule": BASE_RULE}
+    bases["chosen"] = choose_base(bases)[0]["label"]
+    html = str(
+        advice_html(
+            {
+                "recipe": "auto",
+                "decisions": [],
+                "evidence": {"n_train": 300, "n_classes": 2, "probes": [], "bases": bases},
+            }
+        )
+    )
+    assert "Backbone (advise.bases)" in html and str(escape(BASE_RULE)) in html
+    assert "Chosen: <b>other &lt;b&gt;</b>" in html
+    assert "+10.0 pts" in html and "600" in html and "80" in html  # gain, MFLOPs
+    assert "skipped: weights file not found: gone.h5" in html
