@@ -166,6 +166,12 @@ def test_auto_probes_the_listed_bases_and_trains_on_the_chosen_one(tmp_path, tin
     md = open(os.path.join(out, "advice.md")).read()
     assert "| mobilenet (random init, alpha=0.25) | 32 |" in md and "skipped: weights" in md
 
+    # each base's features went into the store under its own fingerprint
+    store = Path(tmp_path, "runs", "features")
+    for b in (mine, v1):
+        assert b["computed"] == n
+        assert any(store.glob(f"{b['name']}-*/32/{b['layer']}")), b["label"]
+
     # measure, its plan and the trained model are the chosen base's
     assert advice["evidence"]["base"] == chosen["name"]
     model = Path(step_output(run, "train_head"), "model.keras")
