@@ -36,6 +36,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from graft.components.fs import exists as _exists
+from graft.components.fs import read_json
+from graft.components.manifest import read_manifest as _manifest
 from graft.core.config import BaseConfig, DriftConfig
 from graft.core.log import log
 from graft.core.paths import is_remote
@@ -71,27 +74,6 @@ class DriftResult:
 # ---------------------------------------------------------------- the served snapshot
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        if is_remote(path):
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path) as f:
-                return json.load(f)
-        with open(path) as f:
-            return json.load(f)
-    except Exception:  # noqa: BLE001 - missing or torn: treated as absent
-        return None
-
-
-def _exists(path: str) -> bool:
-    if is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
 def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | None] | None:
     """(version, its dir, the ingest output it was trained on or None); None: nothing served."""
     from graft.components import registry
@@ -105,23 +87,10 @@ def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | 
     if entry:
         examples = ((entry.get("lineage") or {}).get("data") or {}).get("examples_dir")
     if not examples:  # a version pushed before the registry: its model card
-        card = _read_json(_join(vdir, "model_card.json")) or {}
+        card = read_json(_join(vdir, "model_card.json")) or {}
         lineage = card.get("lineage") or {}
         examples = (lineage.get("data") or {}).get("examples_dir") or lineage.get("examples")
     return version, vdir, examples
-
-
-def _manifest(examples_dir: str) -> list[dict]:
-    path = _join(examples_dir, "manifest.jsonl")
-    if is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path) as f:
-            text = f.read()
-    else:
-        with open(path) as f:
-            text = f.read()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- statistics
@@ -480,7 +449,7 @@ def check_drift(
     """Compare the new snapshot with the served model's; write drift.json; raise DriftBlocked
     when drift.action is block and a measure flagged. `seed` draws the samples and
     permutations (the benchmark's resamples vary it)."""
-    from graft.components.validate import excluded_from_train
+    from graft.components.manifest import excluded_from_train
 
     t0 = time.time()
     if not cfg.enabled:

@@ -21,11 +21,13 @@ import tensorflow as tf
 
 from graft.components import data as gdata
 from graft.components import report
+from graft.components.fitting import RESULT, load_model, read_history
+from graft.components.hashing import file_sha256
+from graft.components.manifest import data_fingerprint, excluded_from_eval, read_manifest
 from graft.components.model import base_of, predict_scores
-from graft.components.push import baseline_version, file_sha256, version_path
+from graft.components.registry import baseline_version, version_path
 from graft.components.served_scores import SEED_FILE, write_seed
-from graft.components.train import RESULT, load_model, read_history
-from graft.components.validate import excluded_from_eval, read_manifest
+from graft.components.stats import paired_difference
 from graft.core.config import EvaluateConfig
 from graft.core.log import log
 
@@ -378,9 +380,7 @@ def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: boo
     pairs = [("candidate", "head_only", "fine-tuned - head only")] if fine_tuned else []
     pairs.append(("candidate", "baseline", "candidate - served baseline"))
     return {
-        name: report.paired_difference(hit[a], hit[b])
-        for a, b, name in pairs
-        if a in hit and b in hit
+        name: paired_difference(hit[a], hit[b]) for a, b, name in pairs if a in hit and b in hit
     }
 
 
@@ -471,8 +471,6 @@ def _provenance(
             stats = json.load(f)
     data_fp = stats.get("data_fingerprint")
     if data_fp is None and os.path.exists(os.path.join(examples_dir, "manifest.jsonl")):
-        from graft.components.ingest import data_fingerprint
-
         data_fp = data_fingerprint(read_manifest(examples_dir))
 
     def step_fp(d: str) -> str | None:  # the local runner's content-addressed step dirs
