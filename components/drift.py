@@ -35,6 +35,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.spatial.distance import jensenshannon
 
 from graft.components.fs import exists as _exists
 from graft.components.fs import read_json
@@ -98,26 +99,14 @@ def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence, base 2 (0: same, 1: disjoint), of two histograms."""
-    p = np.asarray(p, np.float64) / max(float(np.sum(p)), 1e-12)
-    q = np.asarray(q, np.float64) / max(float(np.sum(q)), 1e-12)
-    m = (p + q) / 2
-
-    def kl(a):
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
-
-    return max(0.0, (kl(p) + kl(q)) / 2)
+    return float(_js_rows(np.asarray(p)[None], np.asarray(q)[None])[0])
 
 
 def _js_rows(hp: np.ndarray, hq: np.ndarray) -> np.ndarray:
-    """JS divergence (base 2) of matching rows of two count matrices."""
-    p = hp / np.maximum(hp.sum(1, keepdims=True), 1e-12)
-    q = hq / np.maximum(hq.sum(1, keepdims=True), 1e-12)
-    m = (p + q) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(p > 0, p * np.log2(p / m), 0.0).sum(1)
-        b = np.where(q > 0, q * np.log2(q / m), 0.0).sum(1)
-    return np.maximum(0.0, (a + b) / 2)
+    """JS divergence (base 2) of matching rows of two count matrices: scipy's Jensen-Shannon
+    distance squared (the distance is the divergence's square root); 0 for an empty row."""
+    distance = jensenshannon(np.asarray(hp, np.float64), np.asarray(hq, np.float64), 2, axis=1)
+    return np.nan_to_num(distance * distance)
 
 
 class Permutations:
