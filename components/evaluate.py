@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from graft.components import data as gdata
 from graft.components import report
@@ -64,23 +65,7 @@ def metrics_from_probs(
     """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE."""
     n, c = probs.shape
     pred = probs.argmax(1)
-    cm = np.zeros((c, c), dtype=int)
-    for t, p in zip(y, pred, strict=True):
-        cm[t, p] += 1
-    per_class = {}
-    f1s = []
-    for i, lab in enumerate(labels):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i].sum() if cm[i].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[lab] = {
-            "precision": float(prec),
-            "recall": float(rec),
-            "f1": float(f1),
-            "support": int(cm[i].sum()),
-        }
-        f1s.append(f1)
+    cm, per_class, f1s = _per_class(y, pred, labels)
     k = min(top_k, c)
     topk = np.argsort(-probs, 1)[:, :k]
     conf = probs.max(1)
@@ -103,6 +88,31 @@ def metrics_from_probs(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple:
+    """Confusion matrix (rows: true class), per-class precision/recall/F1/support, and the F1s
+    in label order; a class never predicted (or absent) scores 0, not NaN."""
+    c = len(labels)
+    if len(y):
+        classes = list(range(c))
+        cm = confusion_matrix(y, pred, labels=classes)
+        prec, rec, f1, support = precision_recall_fscore_support(
+            y, pred, labels=classes, zero_division=0.0
+        )
+    else:  # sklearn refuses an empty sample; an empty test split scores 0 everywhere
+        cm = np.zeros((c, c), int)
+        prec = rec = f1 = support = np.zeros(c)
+    per_class = {
+        lab: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, lab in enumerate(labels)
+    }
+    return cm, per_class, [float(x) for x in f1]
 
 
 def _test_data(examples_dir: str, exclude: set[str]) -> tuple[list[bytes], np.ndarray, list[str]]:
