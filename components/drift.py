@@ -111,7 +111,9 @@ def _js_rows(hp: np.ndarray, hq: np.ndarray) -> np.ndarray:
 
 class Permutations:
     """Random orders of range(n), one per row, drawn once per n: the measures over samples of
-    the same sizes share them (each test stays exact; drawing them was a third of a check)."""
+    the same sizes share them (each test stays exact; drawing them was a third of a check).
+    Not scipy.stats.permutation_test: it draws its own permutations per test (other p-values)
+    and took 1.7x as long on a 500-image categorical JS test."""
 
     def __init__(self, count: int, rng: np.random.Generator):
         self.count, self.rng, self._by_n = count, rng, {}

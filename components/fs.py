@@ -2,7 +2,8 @@
 
 One set of helpers for every step: local paths go through `os` and `open` (exactly as a
 user's shell sees them), URLs through tf.io.gfile, imported only when a URL is met so that
-local work never loads TensorFlow for a file listing.
+local work never loads TensorFlow for a file listing. Not fsspec: it reads gs:// and s3://
+only through gcsfs and s3fs (not dependencies here), which tf.io.gfile reads natively.
 """
 
 from __future__ import annotations

@@ -110,7 +110,11 @@ def _verify(tmp: str, expected: dict[str, int]) -> None:
 
 @contextlib.contextmanager
 def _flock(path: str):
-    """An exclusive flock on path, removed on release; safe against a concurrent unlink."""
+    """An exclusive flock on path, removed on release; safe against a concurrent unlink.
+
+    Not filelock.FileLock: it leaves the lock file in place by design (its waiters share the
+    inode), and push leaves nothing but versions and the index beside them; removing the file
+    is safe only with the inode re-check below, which filelock does not do."""
     import fcntl
 
     while True:
