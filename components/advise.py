@@ -98,7 +98,7 @@ class Plan:
 
 def _gap(a: Probe, b: Probe) -> dict:
     """Paired out-of-fold accuracy a - b on the same images, with its 95% interval."""
-    from graft.components.report import paired_difference
+    from graft.components.stats import paired_difference
 
     if len(a.correct) == len(b.correct) and a.correct:
         return paired_difference(np.array(a.correct), np.array(b.correct))
@@ -649,9 +649,9 @@ def measure(
     from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
+    from graft.components.manifest import excluded_from_eval, excluded_from_train, read_manifest
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference, wilson
-    from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
+    from graft.components.stats import paired_difference, wilson
 
     t0 = time.time()
     rows = read_manifest(examples_dir)
@@ -807,7 +807,7 @@ def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
     square (ingest's width and height), where pad's letterbox has no bars and is squash."""
     from graft.components import data as gdata
     from graft.components import features as gfeat
-    from graft.components.validate import excluded_from_train
+    from graft.components.manifest import excluded_from_train
 
     rows = gfeat.split_rows(examples_dir, "train", excluded_from_train(validation_dir))
     index = {lab: i for i, lab in enumerate(gdata.read_labels(examples_dir) or [])}
@@ -841,9 +841,9 @@ def measure_geometry(
     from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
+    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference, wilson
-    from graft.components.validate import excluded_from_train
+    from graft.components.stats import paired_difference, wilson
 
     t0 = time.time()
     shas, y, groups, square = _probe_sample(examples_dir, validation_dir, max_probe_images)
@@ -974,9 +974,9 @@ def measure_flip(
 
     from graft.components import features as gfeat
     from graft.components import model as gmodel
+    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference
-    from graft.components.validate import excluded_from_train
+    from graft.components.stats import paired_difference
 
     t0 = time.time()
     shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)

@@ -35,7 +35,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from scipy.spatial.distance import jensenshannon
 
+from graft.components.fs import exists as _exists
+from graft.components.fs import read_json
+from graft.components.manifest import read_manifest as _manifest
 from graft.core.config import BaseConfig, DriftConfig
 from graft.core.log import log
 from graft.core.paths import is_remote
@@ -71,27 +75,6 @@ class DriftResult:
 # ---------------------------------------------------------------- the served snapshot
 
 
-def _read_json(path: str) -> dict | None:
-    try:
-        if is_remote(path):
-            import tensorflow as tf
-
-            with tf.io.gfile.GFile(path) as f:
-                return json.load(f)
-        with open(path) as f:
-            return json.load(f)
-    except Exception:  # noqa: BLE001 - missing or torn: treated as absent
-        return None
-
-
-def _exists(path: str) -> bool:
-    if is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.exists(path)
-    return os.path.exists(path)
-
-
 def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | None] | None:
     """(version, its dir, the ingest output it was trained on or None); None: nothing served."""
     from graft.components import registry
@@ -105,23 +88,10 @@ def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | 
     if entry:
         examples = ((entry.get("lineage") or {}).get("data") or {}).get("examples_dir")
     if not examples:  # a version pushed before the registry: its model card
-        card = _read_json(_join(vdir, "model_card.json")) or {}
+        card = read_json(_join(vdir, "model_card.json")) or {}
         lineage = card.get("lineage") or {}
         examples = (lineage.get("data") or {}).get("examples_dir") or lineage.get("examples")
     return version, vdir, examples
-
-
-def _manifest(examples_dir: str) -> list[dict]:
-    path = _join(examples_dir, "manifest.jsonl")
-    if is_remote(path):
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(path) as f:
-            text = f.read()
-    else:
-        with open(path) as f:
-            text = f.read()
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # ---------------------------------------------------------------- statistics
@@ -129,31 +99,21 @@ def _manifest(examples_dir: str) -> list[dict]:
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
     """Jensen-Shannon divergence, base 2 (0: same, 1: disjoint), of two histograms."""
-    p = np.asarray(p, np.float64) / max(float(np.sum(p)), 1e-12)
-    q = np.asarray(q, np.float64) / max(float(np.sum(q)), 1e-12)
-    m = (p + q) / 2
-
-    def kl(a):
-        nz = a > 0
-        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
-
-    return max(0.0, (kl(p) + kl(q)) / 2)
+    return float(_js_rows(np.asarray(p)[None], np.asarray(q)[None])[0])
 
 
 def _js_rows(hp: np.ndarray, hq: np.ndarray) -> np.ndarray:
-    """JS divergence (base 2) of matching rows of two count matrices."""
-    p = hp / np.maximum(hp.sum(1, keepdims=True), 1e-12)
-    q = hq / np.maximum(hq.sum(1, keepdims=True), 1e-12)
-    m = (p + q) / 2
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a = np.where(p > 0, p * np.log2(p / m), 0.0).sum(1)
-        b = np.where(q > 0, q * np.log2(q / m), 0.0).sum(1)
-    return np.maximum(0.0, (a + b) / 2)
+    """JS divergence (base 2) of matching rows of two count matrices: scipy's Jensen-Shannon
+    distance squared (the distance is the divergence's square root); 0 for an empty row."""
+    distance = jensenshannon(np.asarray(hp, np.float64), np.asarray(hq, np.float64), 2, axis=1)
+    return np.nan_to_num(distance * distance)
 
 
 class Permutations:
     """Random orders of range(n), one per row, drawn once per n: the measures over samples of
-    the same sizes share them (each test stays exact; drawing them was a third of a check)."""
+    the same sizes share them (each test stays exact; drawing them was a third of a check).
+    Not scipy.stats.permutation_test: it draws its own permutations per test (other p-values)
+    and took 1.7x as long on a 500-image categorical JS test."""
 
     def __init__(self, count: int, rng: np.random.Generator):
         self.count, self.rng, self._by_n = count, rng, {}
@@ -480,7 +440,7 @@ def check_drift(
     """Compare the new snapshot with the served model's; write drift.json; raise DriftBlocked
     when drift.action is block and a measure flagged. `seed` draws the samples and
     permutations (the benchmark's resamples vary it)."""
-    from graft.components.validate import excluded_from_train
+    from graft.components.manifest import excluded_from_train
 
     t0 = time.time()
     if not cfg.enabled:

@@ -27,9 +27,9 @@ import tensorflow as tf
 
 from graft.components import data as gdata
 from graft.components import model as gmodel
+from graft.components.fitting import load_model
 from graft.components.served_scores import SEED_FILE, read_seed, write_seed
 from graft.components.templates import markdown_template
-from graft.components.train import load_model
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
 from graft.core.log import log
 
@@ -208,7 +208,7 @@ def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | N
     weights_sha256), when they match what the SavedModel returned for the parity images: the
     next run's evaluation and drift read them instead of scoring those images again. Their max
     abs diff on the parity images, or None."""
-    from graft.components.push import weights_sha256
+    from graft.components.hashing import weights_sha256
 
     seed = read_seed(os.path.join(evaluation_dir, SEED_FILE), labels)
     rows = [(seed[s], g) for s, g in zip(shas, got, strict=True) if s in seed]
@@ -334,7 +334,7 @@ def export(
             evaluation_dir=evaluation_dir,
             labels=labels,
         )
-    from graft.components.push import file_sha256
+    from graft.components.hashing import file_sha256
 
     result = ExportResult(
         path=final,

@@ -40,8 +40,12 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from graft.components import fs
 from graft.components.example_proto import Example, serialize
+from graft.components.fs import gfile as _gfile
+from graft.components.fs import write_text as _write_text
 from graft.components.images import BadImage, normalise, sha256
+from graft.components.manifest import data_fingerprint
 from graft.components.sources import (
     SPLITS,
     DataLayoutError,
@@ -112,24 +116,6 @@ def source_fingerprint(data: DataConfig) -> str:
     else:
         h.update(f"{data.source}:{path}:{data.tfds_name}:{data.tfds_data_dir}".encode())
     return h.hexdigest()
-
-
-def data_fingerprint(manifest: list[dict]) -> str:
-    """The written examples' content: every image's sha256 with its label and split.
-
-    Same images, labels and splits, same fingerprint, wherever the files live or however they
-    are named. 16 hex digits, like the step fingerprints.
-    """
-    h = hashlib.sha256()
-    for key in sorted((m["split"], m["label"], m["sha256"]) for m in manifest):
-        h.update(("\t".join(key) + "\n").encode())
-    return h.hexdigest()[:16]
-
-
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
 
 
 # ------------------------------------------------------------------ the Beam part
@@ -451,14 +437,6 @@ def write_labels(out_dir: str, labels: list[str]) -> None:
     _write_text(_join(out_dir, "labels.txt"), "".join(f"{lab}\n" for lab in labels))
 
 
-def _write_text(path: str, text: str) -> None:
-    if _is_remote(path):
-        with _gfile().GFile(path, "w") as f:
-            f.write(text)
-    else:
-        Path(path).write_text(text, encoding="utf-8")
-
-
 def _list(data: DataConfig) -> tuple[Listing, list[str]]:
     """The source's items, rejects and labels; group keys set from data.group_by."""
     if data.source == "folder":
@@ -525,18 +503,14 @@ def reuse_key(data: DataConfig) -> dict:
 
 
 def _listdir_any(folder: str) -> list[str]:
-    if _is_remote(folder):
-        g = _gfile()
-        return [d.rstrip("/") for d in g.listdir(folder)] if g.isdir(folder) else []
-    return os.listdir(folder) if os.path.isdir(folder) else []
+    return fs.listdir(folder) if fs.isdir(folder) else []
 
 
 def _read_text(path: str) -> str | None:
+    """A file of an earlier ingest; None when missing or unreadable (then nothing is reused)."""
     try:
-        if _is_remote(path):
-            with _gfile().GFile(path) as f:
-                return f.read()
-        return Path(path).read_text(encoding="utf-8")
+        with fs.open_file(path) as f:
+            return f.read()
     except Exception:  # noqa: BLE001 - missing or unreadable (tf.errors on remote stores)
         return None
 

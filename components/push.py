@@ -40,11 +40,19 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import tensorflow as tf
 
 from graft.components import registry
-from graft.components.registry import MARKER, version_path, versions  # noqa: F401 - API
+from graft.components.fs import read_json
+from graft.components.hashing import weights_sha256
+from graft.components.registry import (
+    MARKER,
+    pushed_weights_sha,
+    read_marker,
+    same_model_version,
+    version_path,
+    versions,
+)
 from graft.core.config import PushConfig
 from graft.core.log import log
 from graft.core.paths import is_remote, mark_output_dir
@@ -54,106 +62,6 @@ gfile = tf.io.gfile
 
 TMP_PREFIX = ".tmp-push-"
 STALE_SECONDS = 24 * 3600  # temp dirs whose owner cannot be checked are removed after this
-
-
-def latest_version(destination: str, model_name: str) -> int | None:
-    v = versions(destination, model_name)
-    return v[-1] if v else None
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with gfile.GFile(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(saved_model_dir: str) -> str | None:
-    """What the served model computes: its variable values, labels and serving settings.
-
-    Not the file bytes: re-saving the same weights (the fine-tune guard keeping the head-only
-    model) writes a new model.keras and a new SavedModel, and both must count as the model
-    already served. Variables are hashed by value, in an order that does not depend on their
-    names. None when the directory holds no readable checkpoint.
-    """
-    try:
-        reader = tf.train.load_checkpoint(_join(saved_model_dir, "variables", "variables"))
-        dtypes = reader.get_variable_to_dtype_map()
-    except Exception:  # noqa: BLE001 - no checkpoint, or a broken one: nothing to compare
-        return None
-    digests = []
-    for name in dtypes:
-        if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
-            continue
-        value = np.asarray(reader.get_tensor(name))
-        h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
-        if value.dtype == object:
-            for item in value.ravel():
-                h.update(item if isinstance(item, bytes) else str(item).encode())
-        else:
-            h.update(np.ascontiguousarray(value).tobytes())
-        digests.append(h.hexdigest())
-    total = hashlib.sha256("\n".join(sorted(digests)).encode())
-    labels = _join(saved_model_dir, "assets", "labels.txt")
-    if gfile.exists(labels):
-        with gfile.GFile(labels, "rb") as f:
-            total.update(b"labels\n" + f.read())
-    card_path = _join(saved_model_dir, "model_card.json")
-    if gfile.exists(card_path):  # settings that change the served graph but not the weights
-        with gfile.GFile(card_path) as f:
-            card = json.load(f)
-        export_cfg = (card.get("config") or {}).get("export") or {}
-        serving = {"image_size": card.get("image_size"), "flip": export_cfg.get("flip_average")}
-        total.update(json.dumps(serving, sort_keys=True).encode())
-    return total.hexdigest()
-
-
-def _marker(version_dir: str) -> dict | None:
-    path = _join(version_dir, MARKER)
-    if not gfile.exists(path):
-        return None
-    try:
-        with gfile.GFile(path) as f:
-            return json.load(f)
-    except (ValueError, OSError, tf.errors.OpError):
-        return None
-
-
-def pushed_model_sha(destination: str, model_name: str, version: int) -> str | None:
-    m = _marker(version_path(destination, model_name, version))
-    return m.get("model_sha256") if m else None
-
-
-def pushed_weights_sha(destination: str, model_name: str, version: int) -> str | None:
-    """The version's weights checksum: from its marker, else computed (a hand-copied version)."""
-    path = version_path(destination, model_name, version)
-    m = _marker(path)
-    if m and m.get("weights_sha256"):
-        return m["weights_sha256"]
-    return weights_sha256(path)
-
-
-def baseline_version(
-    destination: str, model_name: str, candidate_sha: str | None = None
-) -> int | None:
-    """The newest version at the destination that is not the candidate itself."""
-    for v in reversed(versions(destination, model_name)):
-        if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
-            return v
-    return None
-
-
-def same_model_version(
-    destination: str, model_name: str, model_sha: str | None, weights_sha: str | None
-) -> int | None:
-    """The newest version that is this model: the same model file or the same weights."""
-    for v in reversed(versions(destination, model_name)):
-        if model_sha and pushed_model_sha(destination, model_name, v) == model_sha:
-            return v
-        if weights_sha and pushed_weights_sha(destination, model_name, v) == weights_sha:
-            return v
-    return None
 
 
 def _walk_files(root: str) -> dict[str, int]:
@@ -202,7 +110,11 @@ def _verify(tmp: str, expected: dict[str, int]) -> None:
 
 @contextlib.contextmanager
 def _flock(path: str):
-    """An exclusive flock on path, removed on release; safe against a concurrent unlink."""
+    """An exclusive flock on path, removed on release; safe against a concurrent unlink.
+
+    Not filelock.FileLock: it leaves the lock file in place by design (its waiters share the
+    inode), and push leaves nothing but versions and the index beside them; removing the file
+    is safe only with the inode re-check below, which filelock does not do."""
     import fcntl
 
     while True:
@@ -418,7 +330,7 @@ def _prune(destination: str, model_name: str, keep: int) -> list[int]:
     kept = existing[-keep:]
     pinned = set()
     for v in kept:
-        rb = (_marker(version_path(destination, model_name, v)) or {}).get("rollback") or {}
+        rb = (read_marker(version_path(destination, model_name, v)) or {}).get("rollback") or {}
         if rb.get("to") is not None:
             pinned.add(int(rb["to"]))
     removed = []
@@ -502,7 +414,7 @@ def push(
             "model_sha256": model_sha,
             "weights_sha256": weights,
             "lineage": registry.lineage_for_push(
-                registry._read_json(_join(src, "model_card.json")), evaluation
+                read_json(_join(src, "model_card.json")), evaluation
             ),
             "drift": registry.drift_verdict(drift_dir),
         }
@@ -618,7 +530,7 @@ def rollback(
             False, previous, to, previous, version_path(destination, model_name, previous)
         )
     original = registry.entry(destination, model_name, to)
-    source_marker = _marker(src) or {}
+    source_marker = read_marker(src) or {}
     at = time.time()
     by = registry.who()
     entry = {

@@ -14,6 +14,8 @@ import stat
 import unicodedata
 from dataclasses import dataclass, field
 
+from graft.components import fs
+from graft.components.fs import isdir as _isdir
 from graft.core.config import DataConfig
 from graft.core.paths import is_output_dir, is_remote
 from graft.core.paths import join as _join
@@ -127,19 +129,7 @@ def _reject(out: Listing, path: str, label: str | None, reason: str) -> None:
 
 
 def _listdir(path: str) -> list[str]:
-    if is_remote(path):
-        import tensorflow as tf
-
-        return sorted(p.rstrip("/") for p in tf.io.gfile.listdir(path))
-    return sorted(os.listdir(path))
-
-
-def _isdir(path: str) -> bool:
-    if is_remote(path):
-        import tensorflow as tf
-
-        return tf.io.gfile.isdir(path)
-    return os.path.isdir(path)
+    return sorted(fs.listdir(path))
 
 
 def _class_files(cdir: str, label: str, split: str | None, out: Listing) -> None:

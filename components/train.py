@@ -29,13 +29,16 @@ from graft.components import data as gdata
 from graft.components import layerwise as glayer
 from graft.components import model as gmodel
 from graft.components.fitting import (
+    MODEL,
+    RESULT,
     class_weights,
     hits_and_losses,
     load_model,
     make_optimizer,
+    read_history,
     scores_on,
 )
-from graft.components.validate import excluded_from_eval, excluded_from_train
+from graft.components.manifest import excluded_from_eval, excluded_from_train
 from graft.core.config import (
     AugmentConfig,
     BaseConfig,
@@ -47,9 +50,6 @@ from graft.core.config import (
 from graft.core.log import Progress, log
 
 MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two decades
-
-RESULT = "result.json"
-MODEL = "model.keras"
 
 
 @dataclass
@@ -106,15 +106,6 @@ class EpochLog(keras.callbacks.Callback):
         )
         if self.bar is not None:
             self.bar.update(epoch + 1)
-
-
-def read_history(out_dir: str) -> list[dict]:
-    path = os.path.join(out_dir, "history.jsonl")
-    if not os.path.exists(path):
-        return []
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    by_epoch = {r["epoch"]: r for r in rows}  # a resumed epoch overwrites its killed attempt
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def plot_curves(history: list[dict], path: str, title: str) -> None:
@@ -888,7 +879,7 @@ def _fine_tune(
             level="warn",
         )
     if noise_rule:
-        from graft.components.report import paired_difference
+        from graft.components.stats import paired_difference
 
         gain = val_gain = paired_difference(ft_hits, head_hits)
         folds = _fold_evidence(

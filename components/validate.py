@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from graft.components.manifest import read_manifest
 from graft.core.config import ValidateConfig
 from graft.core.log import log
 
@@ -94,11 +95,6 @@ def crossing_groups(manifest: list[dict], key: str) -> dict[str, list[str]]:
         if m.get(key):
             splits[m[key]].add(m["split"])
     return {g: sorted(s) for g, s in sorted(splits.items()) if len(s) > 1}
-
-
-def read_manifest(examples_dir: str) -> list[dict]:
-    with open(os.path.join(examples_dir, "manifest.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def validate(
@@ -294,24 +290,3 @@ def _check_small_splits(cfg: ValidateConfig, stats: dict, labels: list[str], res
                 f"({shown} per-class accuracy, 95% worst case); all {total} {split} images give "
                 f"±{interval_halfwidth(total):.0%} on accuracy"
             )
-
-
-def _excluded(validation_dir: str | None, keys: tuple[str, ...]) -> set[str]:
-    if not validation_dir:
-        return set()
-    path = os.path.join(validation_dir, "validation.json")
-    if not os.path.exists(path):
-        return set()
-    with open(path) as f:
-        report = json.load(f)
-    return {d for k in keys for d in report.get(k, [])}
-
-
-def excluded_from_eval(validation_dir: str | None) -> set[str]:
-    """sha256s that validate dropped from val/test: leaked ones and label conflicts."""
-    return _excluded(validation_dir, ("exclude_from_eval", "exclude_from_all"))
-
-
-def excluded_from_train(validation_dir: str | None) -> set[str]:
-    """sha256s that validate dropped from training: label conflicts."""
-    return _excluded(validation_dir, ("exclude_from_all",))
