@@ -220,8 +220,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/ingest.py:ingest",
     "components/push.py:push",
     "components/push.py:rollback",
-    "components/train.py:_fine_tune",
-    "components/train.py:_train_head",
     "components/validate.py:validate",
     "pipeline/runner.py:run_pipeline",
     "serving/models.py:_run",
