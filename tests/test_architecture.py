@@ -215,8 +215,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/evaluate.py:evaluate",
     "components/export.py:_model_card",
     "components/export.py:export",
-    "components/push.py:push",
-    "components/push.py:rollback",
     "components/validate.py:validate",
     "pipeline/runner.py:run_pipeline",
     "serving/models.py:_run",
