@@ -216,7 +216,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/export.py:_model_card",
     "components/export.py:export",
     "components/validate.py:validate",
-    "pipeline/runner.py:run_pipeline",
     "serving/models.py:_run",
 }
 
