@@ -214,7 +214,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/cv_guard.py:fold_evidence",
     "components/evaluate.py:evaluate",
     "components/export.py:_model_card",
-    "components/export.py:export",
     "components/validate.py:validate",
     "serving/models.py:_run",
 }
