@@ -212,7 +212,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/advise.py:measure",
     "components/advise.py:measure_geometry",
     "components/cv_guard.py:fold_evidence",
-    "components/evaluate.py:evaluate",
     "components/export.py:_model_card",
     "components/validate.py:validate",
     "serving/models.py:_run",
