@@ -213,7 +213,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/advise.py:measure_geometry",
     "components/cv_guard.py:fold_evidence",
     "components/export.py:_model_card",
-    "serving/models.py:_run",
 }
 
 
