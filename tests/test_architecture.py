@@ -211,7 +211,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/advise.py:advise",
     "components/advise.py:measure",
     "components/advise.py:measure_geometry",
-    "components/cv_guard.py:fold_evidence",
     "components/export.py:_model_card",
 }
 
