@@ -67,7 +67,7 @@ def features(step, files: list[Path], size: int, geometry, batch: int = 32) -> n
 def run_dataset(name: str, step, *, cap: int, size: int, seeds: int) -> dict:
     from graft.components import data as gdata
     from graft.components.advise import Plan, _sample, plan_geometry, probe
-    from graft.components.report import paired_difference, wilson
+    from graft.components.stats import paired_difference, wilson
 
     t0 = time.time()
     files, labels, groups = images_of(name)

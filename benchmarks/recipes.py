@@ -74,7 +74,7 @@ def _kept_hits(evaluate_dir: Path) -> dict[str, bool]:
 def paired_vs_manual(dataset: str, work: Path, evaluate_dir: Path) -> dict | None:
     """This run's kept model minus the manual run's, on the same test images (the runs share
     ingest), with a paired 95% bootstrap interval; None when no manual run is in `work`."""
-    from graft.components.report import paired_difference
+    from graft.components.stats import paired_difference
 
     manual = work / dataset / "runs" / f"{dataset}-manual" / "run.json"
     if not manual.exists():

@@ -101,7 +101,7 @@ class Plan:
 
 def _gap(a: Probe, b: Probe) -> dict:
     """Paired out-of-fold accuracy a - b on the same images, with its 95% interval."""
-    from graft.components.report import paired_difference
+    from graft.components.stats import paired_difference
 
     if len(a.correct) == len(b.correct) and a.correct:
         return paired_difference(np.array(a.correct), np.array(b.correct))
@@ -652,9 +652,9 @@ def measure(
     from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
+    from graft.components.manifest import excluded_from_eval, excluded_from_train, read_manifest
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference, wilson
-    from graft.components.validate import excluded_from_eval, excluded_from_train, read_manifest
+    from graft.components.stats import paired_difference, wilson
 
     t0 = time.time()
     rows = read_manifest(examples_dir)
@@ -810,7 +810,7 @@ def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
     square (ingest's width and height), where pad's letterbox has no bars and is squash."""
     from graft.components import data as gdata
     from graft.components import features as gfeat
-    from graft.components.validate import excluded_from_train
+    from graft.components.manifest import excluded_from_train
 
     rows = gfeat.split_rows(examples_dir, "train", excluded_from_train(validation_dir))
     index = {lab: i for i, lab in enumerate(gdata.read_labels(examples_dir) or [])}
@@ -844,9 +844,9 @@ def measure_geometry(
     from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
+    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference, wilson
-    from graft.components.validate import excluded_from_train
+    from graft.components.stats import paired_difference, wilson
 
     t0 = time.time()
     shas, y, groups, square = _probe_sample(examples_dir, validation_dir, max_probe_images)
@@ -977,9 +977,9 @@ def measure_flip(
 
     from graft.components import features as gfeat
     from graft.components import model as gmodel
+    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import paired_difference
-    from graft.components.validate import excluded_from_train
+    from graft.components.stats import paired_difference
 
     t0 = time.time()
     shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
@@ -1509,7 +1509,7 @@ def measure_bases(
     paired gain over the configured base and paired gap behind the best, and forward cost
     (FLOPs, parameters, images/s here). Features go through the store under each base's
     fingerprint, so the chosen base's later steps reuse them."""
-    from graft.components.report import paired_difference
+    from graft.components.stats import paired_difference
 
     t0 = time.time()
     sample = _probe_sample(examples_dir, validation_dir, max_probe_images)[:3]
@@ -1562,9 +1562,9 @@ def _probe_base(
 
     from graft.components import data as gdata
     from graft.components import features as gfeat
+    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
-    from graft.components.report import wilson
-    from graft.components.validate import excluded_from_train
+    from graft.components.stats import wilson
 
     shas, y, groups = sample
     t1 = time.time()

@@ -18,14 +18,17 @@ from dataclasses import asdict, dataclass, field
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from graft.components import data as gdata
 from graft.components import report
+from graft.components.fitting import RESULT, load_model, read_history
+from graft.components.hashing import file_sha256
+from graft.components.manifest import data_fingerprint, excluded_from_eval, read_manifest
 from graft.components.model import base_of, predict_scores
-from graft.components.push import baseline_version, file_sha256, version_path
+from graft.components.registry import baseline_version, version_path
 from graft.components.served_scores import SEED_FILE, write_seed
-from graft.components.train import RESULT, load_model, read_history
-from graft.components.validate import excluded_from_eval, read_manifest
+from graft.components.stats import paired_difference
 from graft.core.config import EvaluateConfig
 from graft.core.log import log
 
@@ -62,23 +65,7 @@ def metrics_from_probs(
     """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE."""
     n, c = probs.shape
     pred = probs.argmax(1)
-    cm = np.zeros((c, c), dtype=int)
-    for t, p in zip(y, pred, strict=True):
-        cm[t, p] += 1
-    per_class = {}
-    f1s = []
-    for i, lab in enumerate(labels):
-        tp = cm[i, i]
-        prec = tp / cm[:, i].sum() if cm[:, i].sum() else 0.0
-        rec = tp / cm[i].sum() if cm[i].sum() else 0.0
-        f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
-        per_class[lab] = {
-            "precision": float(prec),
-            "recall": float(rec),
-            "f1": float(f1),
-            "support": int(cm[i].sum()),
-        }
-        f1s.append(f1)
+    cm, per_class, f1s = _per_class(y, pred, labels)
     k = min(top_k, c)
     topk = np.argsort(-probs, 1)[:, :k]
     conf = probs.max(1)
@@ -101,6 +88,31 @@ def metrics_from_probs(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple:
+    """Confusion matrix (rows: true class), per-class precision/recall/F1/support, and the F1s
+    in label order; a class never predicted (or absent) scores 0, not NaN."""
+    c = len(labels)
+    if len(y):
+        classes = list(range(c))
+        cm = confusion_matrix(y, pred, labels=classes)
+        prec, rec, f1, support = precision_recall_fscore_support(
+            y, pred, labels=classes, zero_division=0.0
+        )
+    else:  # sklearn refuses an empty sample; an empty test split scores 0 everywhere
+        cm = np.zeros((c, c), int)
+        prec = rec = f1 = support = np.zeros(c)
+    per_class = {
+        lab: {
+            "precision": float(prec[i]),
+            "recall": float(rec[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, lab in enumerate(labels)
+    }
+    return cm, per_class, [float(x) for x in f1]
 
 
 def _test_data(examples_dir: str, exclude: set[str]) -> tuple[list[bytes], np.ndarray, list[str]]:
@@ -376,9 +388,7 @@ def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: boo
     pairs = [("candidate", "head_only", "fine-tuned - head only")] if fine_tuned else []
     pairs.append(("candidate", "baseline", "candidate - served baseline"))
     return {
-        name: report.paired_difference(hit[a], hit[b])
-        for a, b, name in pairs
-        if a in hit and b in hit
+        name: paired_difference(hit[a], hit[b]) for a, b, name in pairs if a in hit and b in hit
     }
 
 
@@ -469,8 +479,6 @@ def _provenance(
             stats = json.load(f)
     data_fp = stats.get("data_fingerprint")
     if data_fp is None and os.path.exists(os.path.join(examples_dir, "manifest.jsonl")):
-        from graft.components.ingest import data_fingerprint
-
         data_fp = data_fingerprint(read_manifest(examples_dir))
 
     def step_fp(d: str) -> str | None:  # the local runner's content-addressed step dirs
@@ -651,13 +659,7 @@ def evaluate(
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
     blobs, y, shas = _test_data(examples_dir, exclude)
-    decoded: list[np.ndarray] = []  # the test pixels, decoded once if a whole model needs them
-
-    def pixels() -> np.ndarray:
-        if not decoded:
-            decoded.append(_pixels(blobs, image_size, geometry))
-        return decoded[0]
-
+    pixels = _lazy_pixels(blobs, image_size, geometry)
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     head_store = (_stage_extra(head_dir) or {}).get("feature_store")
     scored, probs_of, scoring, loaded = _score_models(
@@ -696,23 +698,49 @@ def evaluate(
     res.intervals = {k: report.intervals(p, y, cfg.top_k) for k, p in probs_of.items()}
     res.comparisons = _comparisons(probs_of, y, fine_tuned)
     provenance = _provenance(examples_dir, head_dir, model_dir, out_dir, model, model_name, res)
-    res.report = os.path.basename(
-        report.write_report(
-            out_dir,
-            asdict(res),
-            plots,
-            intervals_by_model=res.intervals,
-            comparisons=res.comparisons,
-            guard=guard,
-            gallery=_gallery(probs_of["candidate"], y, blobs, shas, labels, examples_dir),
-            provenance=provenance,
-            top_k=cfg.top_k,
-            checks_html=checks,
-            advice=_advice(advice_dir),
-            drift=_drift(drift_dir),
-            label_issues=_label_issues_html(advice_dir, _data_root(examples_dir)),
-        )
+    sections = {  # the report's sections beyond the result itself
+        "guard": guard,
+        "gallery": _gallery(probs_of["candidate"], y, blobs, shas, labels, examples_dir),
+        "provenance": provenance,
+        "checks_html": checks,
+        "advice": _advice(advice_dir),
+        "drift": _drift(drift_dir),
+        "label_issues": _label_issues_html(advice_dir, _data_root(examples_dir)),
+    }
+    res.report = _write_html(out_dir, res, plots, cfg.top_k, sections)
+    _write_scores(out_dir, res, shas, y, labels, probs_of)
+    _say_result(res, len(y))
+    return res
+
+
+def _write_html(out_dir: str, res: EvaluationResult, plots, top_k: int, sections: dict) -> str:
+    """report.html from the result and the report's other sections; its file name."""
+    path = report.write_report(
+        out_dir,
+        asdict(res),
+        plots,
+        intervals_by_model=res.intervals,
+        comparisons=res.comparisons,
+        top_k=top_k,
+        **sections,
     )
+    return os.path.basename(path)
+
+
+def _lazy_pixels(blobs, image_size: int, geometry: gdata.Geometry):
+    """The test pixels, decoded on the first call only: when a whole model needs them."""
+    decoded: list[np.ndarray] = []
+
+    def pixels() -> np.ndarray:
+        if not decoded:
+            decoded.append(_pixels(blobs, image_size, geometry))
+        return decoded[0]
+
+    return pixels
+
+
+def _write_scores(out_dir: str, res: EvaluationResult, shas, y, labels, probs_of) -> None:
+    """evaluation.json, each test image's predictions, and the candidate's scores by image."""
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
     _write_predictions(os.path.join(out_dir, PREDICTIONS), shas, y, labels, probs_of)
@@ -723,12 +751,17 @@ def evaluate(
         os.path.join(out_dir, SEED_FILE), list(unique), np.stack(list(unique.values())), labels
     )
 
+
+def _say_result(res: EvaluationResult, n: int) -> None:
+    """One log line: each model's test accuracy with its interval, and the blessing."""
+
     def acc(key: str) -> str:
         a, lo, hi = res.intervals[key]["accuracy"]
         return f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
 
-    b = f"baseline v{version} {acc('baseline')}" if baseline else "no baseline"
-    if baseline:
+    scoring = res.scoring
+    b = f"baseline v{res.baseline_version} {acc('baseline')}" if res.baseline else "no baseline"
+    if res.baseline:
         b += f" ({_served_text(scoring['baseline'])})"
     head_how = scoring["head_only"]
     if head_how["from"] == "stored features":
@@ -737,9 +770,8 @@ def evaluate(
             f"{head_how['computed']} computed)"
         )
     log(
-        f"evaluate: test accuracy (95% Wilson interval, n={len(y)}) head-only {acc('head_only')}"
+        f"evaluate: test accuracy (95% Wilson interval, n={n}) head-only {acc('head_only')}"
         f", kept model {acc('candidate')}, {b} -> "
         f"{'BLESSED' if res.blessed else 'not blessed'}",
         level="ok" if res.blessed else "warn",
     )
-    return res

@@ -30,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from graft.components import data as gdata
-from graft.components.validate import read_manifest
+from graft.components.manifest import read_manifest
 from graft.core.log import Progress, log
 
 gfile = tf.io.gfile

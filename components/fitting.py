@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections import Counter
 
 import keras
@@ -9,8 +11,11 @@ import numpy as np
 import tensorflow as tf
 
 from graft.components import data as gdata
-from graft.components.validate import read_manifest
+from graft.components.manifest import read_manifest
 from graft.core.config import FineTuneConfig
+
+RESULT = "result.json"  # a training stage's StageResult, written last: the stage finished
+MODEL = "model.keras"
 
 STOCK_OPTIMIZERS = {
     "adam": keras.optimizers.Adam,
@@ -74,3 +79,12 @@ def scores_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float, np
         return float("nan"), float("nan"), np.zeros(0, bool)
     hit = np.concatenate(hits)
     return float(hit.mean()), float(np.concatenate(losses).mean()), hit
+
+
+def read_history(out_dir: str) -> list[dict]:
+    path = os.path.join(out_dir, "history.jsonl")
+    if not os.path.exists(path):
+        return []
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    by_epoch = {r["epoch"]: r for r in rows}  # a resumed epoch overwrites its killed attempt
+    return [by_epoch[e] for e in sorted(by_epoch)]

@@ -45,7 +45,10 @@ class NormalisedImage:
 
 
 def dhash(img: Image.Image) -> str:
-    """Difference hash: survives re-encoding, resizing and small edits."""
+    """Difference hash: survives re-encoding, resizing and small edits.
+
+    Not imagehash.dhash: it resizes with LANCZOS, so its bits differ (0 of 226 demo images
+    alike) and hashes in manifests written before would no longer compare."""
     small = np.asarray(img.convert("L").resize((9, 8), Image.Resampling.BILINEAR), dtype=np.int16)
     bits = (small[:, 1:] > small[:, :-1]).flatten()
     return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"

@@ -173,7 +173,7 @@ def check(
 def duplicates_across_classes(examples_dir: str, validation_dir: str | None) -> list[dict]:
     """validate's label conflicts (one image's bytes under two classes, dropped everywhere),
     one entry per image: its first copy's path and label, the other label suggested."""
-    from graft.components.validate import excluded_from_train, read_manifest
+    from graft.components.manifest import excluded_from_train, read_manifest
 
     conflicts = excluded_from_train(validation_dir)  # exclude_from_all: the label conflicts
     if not conflicts:

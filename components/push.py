@@ -40,11 +40,19 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 import tensorflow as tf
 
 from graft.components import registry
-from graft.components.registry import MARKER, version_path, versions  # noqa: F401 - API
+from graft.components.fs import read_json
+from graft.components.hashing import weights_sha256
+from graft.components.registry import (
+    MARKER,
+    pushed_weights_sha,
+    read_marker,
+    same_model_version,
+    version_path,
+    versions,
+)
 from graft.core.config import PushConfig
 from graft.core.log import log
 from graft.core.paths import is_remote, mark_output_dir
@@ -54,106 +62,6 @@ gfile = tf.io.gfile
 
 TMP_PREFIX = ".tmp-push-"
 STALE_SECONDS = 24 * 3600  # temp dirs whose owner cannot be checked are removed after this
-
-
-def latest_version(destination: str, model_name: str) -> int | None:
-    v = versions(destination, model_name)
-    return v[-1] if v else None
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with gfile.GFile(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def weights_sha256(saved_model_dir: str) -> str | None:
-    """What the served model computes: its variable values, labels and serving settings.
-
-    Not the file bytes: re-saving the same weights (the fine-tune guard keeping the head-only
-    model) writes a new model.keras and a new SavedModel, and both must count as the model
-    already served. Variables are hashed by value, in an order that does not depend on their
-    names. None when the directory holds no readable checkpoint.
-    """
-    try:
-        reader = tf.train.load_checkpoint(_join(saved_model_dir, "variables", "variables"))
-        dtypes = reader.get_variable_to_dtype_map()
-    except Exception:  # noqa: BLE001 - no checkpoint, or a broken one: nothing to compare
-        return None
-    digests = []
-    for name in dtypes:
-        if name == "_CHECKPOINTABLE_OBJECT_GRAPH":
-            continue
-        value = np.asarray(reader.get_tensor(name))
-        h = hashlib.sha256(f"{value.dtype.str}{value.shape}".encode())
-        if value.dtype == object:
-            for item in value.ravel():
-                h.update(item if isinstance(item, bytes) else str(item).encode())
-        else:
-            h.update(np.ascontiguousarray(value).tobytes())
-        digests.append(h.hexdigest())
-    total = hashlib.sha256("\n".join(sorted(digests)).encode())
-    labels = _join(saved_model_dir, "assets", "labels.txt")
-    if gfile.exists(labels):
-        with gfile.GFile(labels, "rb") as f:
-            total.update(b"labels\n" + f.read())
-    card_path = _join(saved_model_dir, "model_card.json")
-    if gfile.exists(card_path):  # settings that change the served graph but not the weights
-        with gfile.GFile(card_path) as f:
-            card = json.load(f)
-        export_cfg = (card.get("config") or {}).get("export") or {}
-        serving = {"image_size": card.get("image_size"), "flip": export_cfg.get("flip_average")}
-        total.update(json.dumps(serving, sort_keys=True).encode())
-    return total.hexdigest()
-
-
-def _marker(version_dir: str) -> dict | None:
-    path = _join(version_dir, MARKER)
-    if not gfile.exists(path):
-        return None
-    try:
-        with gfile.GFile(path) as f:
-            return json.load(f)
-    except (ValueError, OSError, tf.errors.OpError):
-        return None
-
-
-def pushed_model_sha(destination: str, model_name: str, version: int) -> str | None:
-    m = _marker(version_path(destination, model_name, version))
-    return m.get("model_sha256") if m else None
-
-
-def pushed_weights_sha(destination: str, model_name: str, version: int) -> str | None:
-    """The version's weights checksum: from its marker, else computed (a hand-copied version)."""
-    path = version_path(destination, model_name, version)
-    m = _marker(path)
-    if m and m.get("weights_sha256"):
-        return m["weights_sha256"]
-    return weights_sha256(path)
-
-
-def baseline_version(
-    destination: str, model_name: str, candidate_sha: str | None = None
-) -> int | None:
-    """The newest version at the destination that is not the candidate itself."""
-    for v in reversed(versions(destination, model_name)):
-        if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
-            return v
-    return None
-
-
-def same_model_version(
-    destination: str, model_name: str, model_sha: str | None, weights_sha: str | None
-) -> int | None:
-    """The newest version that is this model: the same model file or the same weights."""
-    for v in reversed(versions(destination, model_name)):
-        if model_sha and pushed_model_sha(destination, model_name, v) == model_sha:
-            return v
-        if weights_sha and pushed_weights_sha(destination, model_name, v) == weights_sha:
-            return v
-    return None
 
 
 def _walk_files(root: str) -> dict[str, int]:
@@ -202,7 +110,11 @@ def _verify(tmp: str, expected: dict[str, int]) -> None:
 
 @contextlib.contextmanager
 def _flock(path: str):
-    """An exclusive flock on path, removed on release; safe against a concurrent unlink."""
+    """An exclusive flock on path, removed on release; safe against a concurrent unlink.
+
+    Not filelock.FileLock: it leaves the lock file in place by design (its waiters share the
+    inode), and push leaves nothing but versions and the index beside them; removing the file
+    is safe only with the inode re-check below, which filelock does not do."""
     import fcntl
 
     while True:
@@ -418,7 +330,7 @@ def _prune(destination: str, model_name: str, keep: int) -> list[int]:
     kept = existing[-keep:]
     pinned = set()
     for v in kept:
-        rb = (_marker(version_path(destination, model_name, v)) or {}).get("rollback") or {}
+        rb = (read_marker(version_path(destination, model_name, v)) or {}).get("rollback") or {}
         if rb.get("to") is not None:
             pinned.add(int(rb["to"]))
     removed = []
@@ -448,6 +360,17 @@ def _write_marker(tmp: str, marker: dict) -> None:
         json.dump(marker, f)
 
 
+@dataclass
+class _Candidate:
+    """The exported version push copies, and the evaluation that judged it."""
+
+    src: str
+    version: int
+    model_sha: str | None
+    weights: str | None
+    evaluation: dict
+
+
 def push(
     export_dir: str,
     evaluation_dir: str,
@@ -471,7 +394,7 @@ def push(
     with open(os.path.join(export_dir, "export.json")) as f:
         exported = json.load(f)
     src, version = exported["path"], int(exported["version"])
-    model_sha, weights = exported.get("model_sha256"), weights_sha256(src)
+    cand = _Candidate(src, version, exported.get("model_sha256"), weights_sha256(src), evaluation)
     result = PushResult(
         pushed=False,
         blessed=evaluation["blessed"],
@@ -479,7 +402,7 @@ def push(
         version=version,
         reasons=evaluation["reasons"],
     )
-    same = same_model_version(cfg.destination, model_name, model_sha, weights)
+    same = same_model_version(cfg.destination, model_name, cand.model_sha, cand.weights)
     if same is not None:
         _already(result, cfg.destination, model_name, same)
     elif not evaluation["blessed"] and not force:
@@ -488,87 +411,115 @@ def push(
             level="warn",
         )
     else:
-        root = _join(cfg.destination, model_name)
-        gfile.makedirs(root)
-        mark_output_dir(cfg.destination)  # never read as data, wherever it sits
-        _remove_stale_tmp(root)
-        pushed_at = time.time()
-        entry = {  # the version number is set under the lock
-            "kind": "push",
-            "created": registry.now_iso(pushed_at),
-            "run_id": registry.run_id(),
-            "pushed_by": registry.who(),
-            "forced": not evaluation["blessed"],
-            "model_sha256": model_sha,
-            "weights_sha256": weights,
-            "lineage": registry.lineage_for_push(
-                registry._read_json(_join(src, "model_card.json")), evaluation
-            ),
-            "drift": registry.drift_verdict(drift_dir),
-        }
-        with _owned_tmp(root) as tmp:
-            files = _copy_tree(src, tmp)
-            marker = {
-                "model_sha256": model_sha,
-                "weights_sha256": weights,
-                "files": len(files),
-                "bytes": sum(files.values()),
-                "pushed": pushed_at,
-                "blessed": evaluation["blessed"],
-                "forced": not evaluation["blessed"],
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "entry": entry,
-            }
-            _write_marker(tmp, marker)
-            _verify(tmp, files)
-            with _destination_lock(root):
-                same = same_model_version(cfg.destination, model_name, model_sha, weights)
-                go, info = (
-                    recheck_served(cfg.destination, model_name, evaluation, force)
-                    if same is None and recheck
-                    else (same is None, None)
-                )
-                result.recheck = info
-                if same is not None:  # another push brought the same model meanwhile
-                    _already(result, cfg.destination, model_name, same)
-                elif not go:
-                    result.reasons = [*result.reasons, f"{info['outcome']}: {_recheck_text(info)}"]
-                    log(
-                        f"push: not pushed: {_recheck_text(info)}; the version served now stays "
-                        "(--force to push anyway)",
-                        level="warn",
-                    )
-                else:
-                    if info is not None:  # the marker and the index say what it was pushed over
-                        entry["recheck"] = info
-                        _write_marker(tmp, marker)
-                    existing = versions(cfg.destination, model_name)
-                    if version in existing or (existing and version < existing[-1]):
-                        version = max(existing[-1] + 1, int(time.time()))  # newest, never over
-                    final = _join(root, str(version))
-                    gfile.rename(tmp, final, overwrite=False)
-                    removed = _prune(cfg.destination, model_name, cfg.keep)
-                    _record(cfg.destination, model_name, {"version": version, **entry}, removed)
-                    result.pushed, result.forced = True, not evaluation["blessed"]
-                    result.destination, result.version = final, version
-                    result.files, result.removed_versions = len(files), removed
-        if result.pushed and result.recheck:
-            log(f"push: {result.recheck['outcome']}: {_recheck_text(result.recheck)}")
-        if result.pushed:
-            log(
-                f"push: {'FORCED ' if result.forced else ''}pushed version {version} to "
-                f"{result.destination} ({result.files} files, verified)"
-                + (
-                    f"; removed old versions {result.removed_versions}"
-                    if result.removed_versions
-                    else ""
-                ),
-                level="ok",
-            )
+        _copy_and_publish(result, cand, cfg, model_name, force, recheck, drift_dir)
+        _say_pushed(result)
     with open(os.path.join(out_dir, "push.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)
     return result
+
+
+def _push_entry(cand: _Candidate, pushed_at: float, drift_dir: str | None) -> dict:
+    """The version's index entry: who, when, what and its lineage; numbered under the lock."""
+    evaluation = cand.evaluation
+    return {
+        "kind": "push",
+        "created": registry.now_iso(pushed_at),
+        "run_id": registry.run_id(),
+        "pushed_by": registry.who(),
+        "forced": not evaluation["blessed"],
+        "model_sha256": cand.model_sha,
+        "weights_sha256": cand.weights,
+        "lineage": registry.lineage_for_push(
+            read_json(_join(cand.src, "model_card.json")), evaluation
+        ),
+        "drift": registry.drift_verdict(drift_dir),
+    }
+
+
+def _copy_and_publish(
+    result: PushResult, cand: _Candidate, cfg: PushConfig, model_name, force, recheck, drift_dir
+) -> None:
+    """Copy into a private temp dir and verify it, then publish it under the destination lock."""
+    root = _join(cfg.destination, model_name)
+    gfile.makedirs(root)
+    mark_output_dir(cfg.destination)  # never read as data, wherever it sits
+    _remove_stale_tmp(root)
+    pushed_at = time.time()
+    entry = _push_entry(cand, pushed_at, drift_dir)
+    with _owned_tmp(root) as tmp:
+        files = _copy_tree(cand.src, tmp)
+        marker = {
+            "model_sha256": cand.model_sha,
+            "weights_sha256": cand.weights,
+            "files": len(files),
+            "bytes": sum(files.values()),
+            "pushed": pushed_at,
+            "blessed": cand.evaluation["blessed"],
+            "forced": not cand.evaluation["blessed"],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "entry": entry,
+        }
+        _write_marker(tmp, marker)
+        _verify(tmp, files)
+        with _destination_lock(root):
+            _publish(result, cand, tmp, marker, len(files), cfg, model_name, force, recheck)
+
+
+def _publish(
+    result: PushResult, cand, tmp, marker, n_files, cfg: PushConfig, model_name, force, recheck
+) -> None:
+    """Under the lock: unless the same model arrived meanwhile, or (recheck) the version served
+    now is better, rename the copy in as the newest version, prune, and index it."""
+    same = same_model_version(cfg.destination, model_name, cand.model_sha, cand.weights)
+    go, info = (
+        recheck_served(cfg.destination, model_name, cand.evaluation, force)
+        if same is None and recheck
+        else (same is None, None)
+    )
+    result.recheck = info
+    if same is not None:  # another push brought the same model meanwhile
+        _already(result, cfg.destination, model_name, same)
+        return
+    if not go:
+        result.reasons = [*result.reasons, f"{info['outcome']}: {_recheck_text(info)}"]
+        log(
+            f"push: not pushed: {_recheck_text(info)}; the version served now stays "
+            "(--force to push anyway)",
+            level="warn",
+        )
+        return
+    entry = marker["entry"]
+    if info is not None:  # the marker and the index say what it was pushed over
+        entry["recheck"] = info
+        _write_marker(tmp, marker)
+    version = cand.version
+    existing = versions(cfg.destination, model_name)
+    if version in existing or (existing and version < existing[-1]):
+        version = max(existing[-1] + 1, int(time.time()))  # newest, never over
+    final = _join(_join(cfg.destination, model_name), str(version))
+    gfile.rename(tmp, final, overwrite=False)
+    removed = _prune(cfg.destination, model_name, cfg.keep)
+    _record(cfg.destination, model_name, {"version": version, **entry}, removed)
+    result.pushed, result.forced = True, not cand.evaluation["blessed"]
+    result.destination, result.version = final, version
+    result.files, result.removed_versions = n_files, removed
+
+
+def _say_pushed(result: PushResult) -> None:
+    if result.pushed and result.recheck:
+        log(f"push: {result.recheck['outcome']}: {_recheck_text(result.recheck)}")
+    if result.pushed:
+        log(
+            f"push: {'FORCED ' if result.forced else ''}pushed version {result.version} to "
+            f"{result.destination} ({result.files} files, verified)"
+            + (
+                f"; removed old versions {result.removed_versions}"
+                if result.removed_versions
+                else ""
+            ),
+            level="ok",
+        )
 
 
 # ---------------------------------------------------------------- rollback
@@ -598,14 +549,7 @@ def rollback(
     holds this model (the same weights), nothing is done.
     """
     root = _join(destination, model_name)
-    registry.require_model(destination, model_name)
-    existing = versions(destination, model_name)
-    if to not in existing:
-        registry.entry(destination, model_name, to)  # raises UnknownVersion naming the others
-        raise registry.UnknownVersion(  # in the index but its dir is gone
-            f"version {to} of '{model_name}' is no longer at {destination} (pruned or deleted); "
-            f"versions there: {', '.join(map(str, existing)) or 'none'}"
-        )
+    _require_version(destination, model_name, to)
     src = version_path(destination, model_name, to)
     previous = registry.served_version(destination, model_name)
     weights = pushed_weights_sha(destination, model_name, to)
@@ -617,27 +561,11 @@ def rollback(
         return RollbackResult(
             False, previous, to, previous, version_path(destination, model_name, previous)
         )
-    original = registry.entry(destination, model_name, to)
-    source_marker = _marker(src) or {}
+    source_marker = read_marker(src) or {}
     at = time.time()
-    by = registry.who()
-    entry = {
-        "kind": "rollback",
-        "created": registry.now_iso(at),
-        "run_id": None,
-        "pushed_by": by,
-        "forced": False,
-        "model_sha256": source_marker.get("model_sha256") or original.get("model_sha256"),
-        "weights_sha256": weights,
-        "lineage": original.get("lineage") or {},
-        "rollback": {
-            "to": to,
-            "from": previous,
-            "by": by,
-            "at": registry.now_iso(at),
-            "reason": reason,
-        },
-    }
+    entry = _rollback_entry(
+        destination, model_name, to, previous, source_marker, weights, at, reason
+    )
     result = RollbackResult(False, to, to, previous)
     _remove_stale_tmp(root)
     with _owned_tmp(root) as tmp:
@@ -660,23 +588,66 @@ def rollback(
         )
         _verify(tmp, files)
         with _destination_lock(root):
-            existing = versions(destination, model_name)
-            if to not in existing:
-                raise registry.UnknownVersion(
-                    f"version {to} of '{model_name}' was removed while it was being copied"
-                )
-            # newer than every version, also those only in the index: no record is overwritten
-            indexed = [int(e["version"]) for e in registry.read_index(destination, model_name)]
-            version = max([*existing, *indexed]) + 1
-            entry["rollback"]["from"] = result.previous = existing[-1]
-            final = _join(root, str(version))
-            gfile.rename(tmp, final, overwrite=False)
-            _record(destination, model_name, {"version": version, **entry}, [])
-            result.rolled_back, result.version = True, version
-            result.destination, result.files = final, len(files)
+            _publish_rollback(result, destination, model_name, tmp, entry, len(files))
     log(
         f"rollback: version {result.version} (a copy of version {to}) is now the newest and "
         f"served; it was version {result.previous}",
         level="ok",
     )
     return result
+
+
+def _require_version(destination: str, model_name: str, to: int) -> None:
+    """Raise UnknownVersion, naming the versions there, unless `to` is at the destination."""
+    registry.require_model(destination, model_name)
+    existing = versions(destination, model_name)
+    if to not in existing:
+        registry.entry(destination, model_name, to)  # raises UnknownVersion naming the others
+        raise registry.UnknownVersion(  # in the index but its dir is gone
+            f"version {to} of '{model_name}' is no longer at {destination} (pruned or deleted); "
+            f"versions there: {', '.join(map(str, existing)) or 'none'}"
+        )
+
+
+def _rollback_entry(
+    destination, model_name, to, previous, source_marker, weights, at, reason
+) -> dict:
+    """The copy's index entry: kind rollback, with the original's lineage and hashes."""
+    original = registry.entry(destination, model_name, to)
+    by = registry.who()
+    return {
+        "kind": "rollback",
+        "created": registry.now_iso(at),
+        "run_id": None,
+        "pushed_by": by,
+        "forced": False,
+        "model_sha256": source_marker.get("model_sha256") or original.get("model_sha256"),
+        "weights_sha256": weights,
+        "lineage": original.get("lineage") or {},
+        "rollback": {
+            "to": to,
+            "from": previous,
+            "by": by,
+            "at": registry.now_iso(at),
+            "reason": reason,
+        },
+    }
+
+
+def _publish_rollback(result: RollbackResult, destination, model_name, tmp, entry, n_files):
+    """Under the lock: the copy becomes a version newer than every one, also those only in
+    the index, so no record is overwritten."""
+    to = result.to
+    existing = versions(destination, model_name)
+    if to not in existing:
+        raise registry.UnknownVersion(
+            f"version {to} of '{model_name}' was removed while it was being copied"
+        )
+    indexed = [int(e["version"]) for e in registry.read_index(destination, model_name)]
+    version = max([*existing, *indexed]) + 1
+    entry["rollback"]["from"] = result.previous = existing[-1]
+    final = _join(destination, model_name, str(version))
+    gfile.rename(tmp, final, overwrite=False)
+    _record(destination, model_name, {"version": version, **entry}, [])
+    result.rolled_back, result.version = True, version
+    result.destination, result.files = final, n_files

@@ -38,6 +38,16 @@ import time
 import uuid
 from pathlib import Path
 
+from graft.components.fs import (
+    exists,
+    gfile,
+    isdir,
+    listdir,
+    read_json,
+    read_text,
+    write_json_atomic,
+)
+from graft.components.hashing import file_sha256_or_none, weights_sha256
 from graft.core.config import ConfigError
 from graft.core.log import log
 from graft.core.paths import is_remote
@@ -55,85 +65,6 @@ class UnknownVersion(ConfigError):
     """No such model or version at the destination (the message names what there is)."""
 
 
-# ---------------------------------------------------------------- files, local or remote
-
-
-def _gfile():
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-def _isdir(path: str) -> bool:
-    return _gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
-
-
-def _exists(path: str) -> bool:
-    return _gfile().exists(path) if is_remote(path) else os.path.exists(path)
-
-
-def _listdir(path: str) -> list[str]:
-    if is_remote(path):
-        return [d.rstrip("/") for d in _gfile().listdir(path)]
-    return os.listdir(path)
-
-
-def _read_json(path: str) -> dict | None:
-    """The JSON object in path; None when it is missing or unreadable (a torn hand edit)."""
-    try:
-        if is_remote(path):
-            with _gfile().GFile(path) as f:
-                data = json.load(f)
-        else:
-            with open(path) as f:
-                data = json.load(f)
-    except (OSError, ValueError):
-        return None
-    except Exception as e:  # noqa: BLE001 - tf.errors.OpError without importing TF here
-        if type(e).__module__.startswith("tensorflow"):
-            return None
-        raise
-    return data if isinstance(data, dict) else None
-
-
-def write_json_atomic(path: str, data: dict) -> None:
-    """Readers see the old file or the new one, never a part: a temp file renamed over it."""
-    folder, name = path.rsplit("/", 1) if is_remote(path) else os.path.split(path)
-    tmp = _join(folder, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    text = json.dumps(data, indent=2, sort_keys=False, default=str)
-    if is_remote(path):
-        g = _gfile()
-        with g.GFile(tmp, "w") as f:
-            f.write(text)
-        g.rename(tmp, path, overwrite=True)
-        return
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _sha256_file(path: str) -> str | None:
-    h = hashlib.sha256()
-    try:
-        if is_remote(path):
-            with _gfile().GFile(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-        else:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-    except Exception:  # noqa: BLE001 - a checksum we cannot take is recorded as unknown
-        return None
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------- versions at a destination
 
 
@@ -144,16 +75,57 @@ def version_path(destination: str, model_name: str, version: int) -> str:
 def versions(destination: str, model_name: str) -> list[int]:
     """The version directories (core.versions' rule, as the server reads them), oldest first."""
     root = _join(destination, model_name)
-    if not _isdir(root):
+    if not isdir(root):
         return []
-    found = (version_number(d) for d in _listdir(root))
+    found = (version_number(d) for d in listdir(root))
     return sorted(v for v in found if v is not None)
 
 
 def served_version(destination: str, model_name: str) -> int | None:
     """What TF Serving's default policy serves: the newest version with a saved_model.pb."""
     for v in reversed(versions(destination, model_name)):
-        if _exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
+        if exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
+            return v
+    return None
+
+
+def latest_version(destination: str, model_name: str) -> int | None:
+    v = versions(destination, model_name)
+    return v[-1] if v else None
+
+
+def pushed_model_sha(destination: str, model_name: str, version: int) -> str | None:
+    m = read_marker(version_path(destination, model_name, version))
+    return m.get("model_sha256") if m else None
+
+
+def pushed_weights_sha(destination: str, model_name: str, version: int) -> str | None:
+    """The version's weights checksum: from its marker, else computed (a hand-copied version)."""
+    path = version_path(destination, model_name, version)
+    m = read_marker(path)
+    if m and m.get("weights_sha256"):
+        return m["weights_sha256"]
+    return weights_sha256(path)
+
+
+def baseline_version(
+    destination: str, model_name: str, candidate_sha: str | None = None
+) -> int | None:
+    """The newest version at the destination that is not the candidate itself."""
+    for v in reversed(versions(destination, model_name)):
+        if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
+            return v
+    return None
+
+
+def same_model_version(
+    destination: str, model_name: str, model_sha: str | None, weights_sha: str | None
+) -> int | None:
+    """The newest version that is this model: the same model file or the same weights."""
+    for v in reversed(versions(destination, model_name)):
+        if model_sha and pushed_model_sha(destination, model_name, v) == model_sha:
+            return v
+        if weights_sha and pushed_weights_sha(destination, model_name, v) == weights_sha:
             return v
     return None
 
@@ -199,7 +171,7 @@ def load_problem(version_dir: str) -> str | None:
     pb = _join(version_dir, "saved_model.pb")
     try:
         if is_remote(pb):
-            with _gfile().GFile(pb, "rb") as f:
+            with gfile().GFile(pb, "rb") as f:
                 data = f.read()
         else:
             with open(pb, "rb") as f:
@@ -213,40 +185,40 @@ def load_problem(version_dir: str) -> str | None:
     if 2 not in fields:
         return "saved_model.pb holds no MetaGraphDef"
     variables = _join(version_dir, "variables")
-    if _isdir(variables) and not _exists(_join(variables, "variables.index")):
+    if isdir(variables) and not exists(_join(variables, "variables.index")):
         return "variables/variables.index is missing"
     return None
 
 
 def read_marker(version_dir: str) -> dict | None:
-    return _read_json(_join(version_dir, MARKER))
+    return read_json(_join(version_dir, MARKER))
 
 
 def edge_models(destination: str, model_name: str, version: int) -> list[dict]:
     """The TFLite files a version ships in assets.extra/ (export.tflite), each with what its
     tflite.json measured (bytes, test accuracy, agreement, ms/image); [] when none."""
     folder = _join(version_path(destination, model_name, version), "assets.extra")
-    if not _isdir(folder):
+    if not isdir(folder):
         return []
-    rows = (_read_json(_join(folder, "tflite.json")) or {}).get("variants", [])
+    rows = (read_json(_join(folder, "tflite.json")) or {}).get("variants", [])
     measured = {r.get("file"): r for r in rows if isinstance(r, dict)}
     return [
         {"path": _join(folder, f), **measured.get(f, {})}
-        for f in sorted(_listdir(folder))
+        for f in sorted(listdir(folder))
         if f.endswith(".tflite")
     ]
 
 
 def models_at(destination: str) -> list[str]:
     """Model names at a destination: folders holding a version or an index."""
-    if not _isdir(destination):
+    if not isdir(destination):
         return []
     out = []
-    for d in sorted(_listdir(destination)):
+    for d in sorted(listdir(destination)):
         root = _join(destination, d)
-        if d.startswith(".") or not _isdir(root):
+        if d.startswith(".") or not isdir(root):
             continue
-        if _exists(_join(root, INDEX)) or any(x.isdigit() for x in _listdir(root)):
+        if exists(_join(root, INDEX)) or any(x.isdigit() for x in listdir(root)):
             out.append(d)
     return out
 
@@ -332,7 +304,7 @@ def drift_verdict(drift_dir: str | None) -> dict | None:
     """The drift step's verdict (drift.json), short: what the registry entry records.
 
     `verdict` is none, flagged or blocked, or not checked (then `reasons` says why)."""
-    d = _read_json(_join(drift_dir, "drift.json")) if drift_dir else None
+    d = read_json(_join(drift_dir, "drift.json")) if drift_dir else None
     if d is None:
         return None
     if not d.get("checked"):
@@ -356,7 +328,7 @@ def base_weights_sha256(weights: str | None) -> str | None:
         from graft.core.paths import demo_weights
 
         weights = demo_weights()
-    return _sha256_file(weights)
+    return file_sha256_or_none(weights)
 
 
 def _interval(ev: dict, model: str, key: str) -> list | None:
@@ -368,11 +340,11 @@ def _interval(ev: dict, model: str, key: str) -> list | None:
 
 
 def _data_snapshot(examples_dir: str) -> dict:
-    stats = _read_json(_join(examples_dir, "stats.json")) or {}
+    stats = read_json(_join(examples_dir, "stats.json")) or {}
     counts = stats.get("counts") or {}
     fp = stats.get("data_fingerprint")
     if not fp:  # an older ingest output: the manifest's bytes stand for its content
-        manifest = _sha256_file(_join(examples_dir, "manifest.jsonl"))
+        manifest = file_sha256_or_none(_join(examples_dir, "manifest.jsonl"))
         fp = manifest[:16] if manifest else None
     return {
         "examples_dir": examples_dir,
@@ -479,20 +451,6 @@ def _version_of(e) -> int | None:
     return None
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        if is_remote(path):
-            g = _gfile()
-            if not g.exists(path):
-                return None
-            with g.GFile(path, "rb") as f:
-                return f.read().decode("utf-8", "replace")
-        with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-
-
 def _salvage(text: str) -> list:
     """The entries a torn index still holds whole: its `versions` list read element by
     element up to the first that does not parse (a truncated write loses only its tail)."""
@@ -519,7 +477,7 @@ class _Index:
     def __init__(self, path: str):
         self.path, self.corrupt, self.error = path, False, ""
         self.unusable: list = []
-        text = _read_text(path)
+        text = read_text(path)
         raw: list = []
         if text is not None:
             try:
@@ -579,7 +537,7 @@ def _keep_aside(path: str) -> str:
     """Move a corrupt index out of the way, never over an earlier one; returns where."""
     aside = f"{path}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}"
     if is_remote(path):
-        _gfile().rename(path, aside, overwrite=False)
+        gfile().rename(path, aside, overwrite=False)
     else:
         os.rename(path, aside)
     return aside
@@ -637,7 +595,7 @@ def _entry_from_dir(destination: str, model_name: str, version: int) -> dict:
     marker = read_marker(path) or {}
     if marker.get("entry"):
         return {**marker["entry"], "version": version}
-    card = _read_json(_join(path, "model_card.json"))
+    card = read_json(_join(path, "model_card.json"))
     created = marker.get("pushed")
     return {
         "version": version,

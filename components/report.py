@@ -1,8 +1,8 @@
 """report.html: what a person needs to trust (or not) the model evaluate just scored.
 
-The statistics (Wilson intervals, paired bootstrap differences), the confidently-wrong
-gallery, and the numbers the page shows: its markup is in templates/report*.html.j2, rendered
-by Jinja2 with autoescape on, so no label, path or reason from the data becomes markup.
+The per-model intervals (from components/stats.py), the confidently-wrong gallery, and
+the numbers the page shows: its markup is in templates/report*.html.j2, rendered by
+Jinja2 with autoescape on, so no label, path or reason from the data becomes markup.
 evaluate.py computes the scores and calls `write_report`.
 """
 
@@ -17,10 +17,10 @@ import re
 import numpy as np
 from markupsafe import Markup
 
+from graft.components.stats import BOOTSTRAP_REPS, wilson
 from graft.components.templates import html_template
 
 Z95 = 1.959964  # two-sided 95 % normal quantile
-BOOTSTRAP_REPS = 2000
 GALLERY = 12  # most confidently wrong test images shown
 THUMB = 112  # thumbnail side, pixels
 
@@ -29,49 +29,6 @@ MODEL_NAMES = {
     "candidate": "fine-tuned (candidate)",
     "baseline": "served baseline",
 }
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: sound at small n and near 0 or 1."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def paired_difference(
-    a_correct: np.ndarray,
-    b_correct: np.ndarray,
-    reps: int = BOOTSTRAP_REPS,
-    seed: int = 0,
-    level: float = 0.95,
-) -> dict:
-    """Accuracy of a minus b on the same images, with a paired bootstrap interval (`level`).
-
-    Paired: each resample draws test images, and both models are scored on those same
-    images, so the interval reflects how often they disagree, not two independent noises.
-    """
-    a = np.asarray(a_correct, dtype=float)
-    b = np.asarray(b_correct, dtype=float)
-    n = len(a)
-    d = a - b
-    if n == 0:
-        return {"difference": 0.0, "low": 0.0, "high": 0.0, "n": 0, "a_only": 0, "b_only": 0}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(reps, n))
-    diffs = d[idx].mean(axis=1)
-    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
-    return {
-        "difference": float(d.mean()),
-        "low": float(lo),
-        "high": float(hi),
-        "n": n,
-        "a_only": int(((a == 1) & (b == 0)).sum()),
-        "b_only": int(((a == 0) & (b == 1)).sum()),
-    }
 
 
 def top_k_correct(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:

@@ -33,7 +33,7 @@ import tensorflow as tf
 
 from graft.components.features import RowStore
 from graft.components.model import label_order_scores
-from graft.components.push import pushed_weights_sha, version_path
+from graft.components.registry import pushed_weights_sha, version_path
 
 SEED_FILE = "test_scores.npz"
 BATCH = 64
@@ -85,9 +85,10 @@ def served_head(destination: str, model_name: str, version: int, source: Feature
     output would not be the served model's: see the module docstring."""
     import keras
 
+    from graft.components.fitting import load_model
+    from graft.components.hashing import file_sha256
     from graft.components.model import base_of, head_of, pooled_head
-    from graft.components.push import file_sha256, pushed_model_sha
-    from graft.components.train import load_model
+    from graft.components.registry import pushed_model_sha
 
     vdir = version_path(destination, model_name, version)
     try:

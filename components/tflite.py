@@ -235,7 +235,7 @@ def _saved_model_top1(saved_model_dir: str, blobs: list[bytes], batch: int = 64)
 def measure(content: bytes, pixels: np.ndarray, y: np.ndarray, reference_top1: np.ndarray) -> dict:
     """Test accuracy (95% Wilson interval), agreement with the reference's top-1, and the
     median ms of one image on one thread (after one warm-up call)."""
-    from graft.components.report import wilson
+    from graft.components.stats import wilson
 
     runner = Runner(content, threads=1)
     runner.scores(pixels[0])

@@ -169,7 +169,7 @@ def _drift(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
 
 def _served_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
     """Drift depends on what is served now: the newest version at the destination."""
-    from graft.components.push import latest_version
+    from graft.components.registry import latest_version
 
     return str(latest_version(cfg.push.destination, cfg.export.model_name))
 
@@ -219,7 +219,7 @@ def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         feature_store=cfg.features.store,
         geometry=_geometry(cfg),
     )
-    feats = r.extra.get("features") or {}
+    feats = r.extra.features or {}
     return {
         "val_accuracy": r.best_val_accuracy,
         "epochs": r.epochs_run,
@@ -247,10 +247,10 @@ def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         geometry=_geometry(cfg),
     )
     return {
-        "ran": r.extra.get("guard") != "disabled",
+        "ran": r.extra.guard != "disabled",
         "val_accuracy": r.best_val_accuracy,
         "epochs": r.epochs_run,
-        "guard": r.extra.get("guard"),
+        "guard": r.extra.guard,
         "seconds": r.seconds,
     }
 
@@ -296,7 +296,8 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
 
 def _baseline_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
     """Evaluation depends on what is served now: the newest version that is not this model."""
-    from graft.components.push import baseline_version, file_sha256
+    from graft.components.hashing import file_sha256
+    from graft.components.registry import baseline_version
 
     cand = os.path.join(inputs["model"], "model.keras")
     sha = file_sha256(cand) if os.path.exists(cand) else None

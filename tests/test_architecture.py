@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import inspect
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,12 @@ def _modules() -> dict[str, Path]:
 
 def _imports(path: Path, known: set[str]) -> set[str]:
     """Every graft module a file imports, at the top or inside a function."""
+    return _imports_in(path.read_text(), known)
+
+
+def _imports_in(source: str, known: set[str]) -> set[str]:
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -82,6 +88,57 @@ def test_the_graph_sees_lazy_imports():
     graph = _graph()
     assert "graft.components.ingest" in graph["graft.pipeline.dag"]  # imported inside adapters
     assert "graft.core.config" in graph["graft.components.train"]
+
+
+# ------------------------------------------------- steps over a library (issue #33)
+
+
+def _step_modules() -> dict[str, str]:
+    """Step name -> the components module holding its work: the module its dag adapter
+    (`Step.run`) imports. Derived from dag.STEPS, so a new step is covered as it is added."""
+    known = set(_modules())
+    out = {}
+    for s in dag.STEPS:
+        source = textwrap.dedent(inspect.getsource(s.run))
+        mods = {m for m in _imports_in(source, known) if m.startswith("graft.components.")}
+        assert len(mods) == 1, f"step {s.name}: its adapter imports {sorted(mods)}, not one module"
+        out[s.name] = mods.pop()
+    return out
+
+
+def _climbs(graph: dict[str, set[str]], steps: set[str]) -> list[str]:
+    """Imports of a step module from any other components module: a step importing another
+    step, or a library module importing a step."""
+    return sorted(
+        f"{module} imports the step module {dep}"
+        for module, deps in graph.items()
+        if module.startswith("graft.components.")
+        for dep in deps & steps
+        if dep != module
+    )
+
+
+def test_steps_import_only_the_library_and_the_library_no_step():
+    """A step module imports graft.core and the library modules of components, never another
+    step; a library module (every components module that is no step's) never imports a step."""
+    assert not _climbs(_graph(), set(_step_modules().values()))
+
+
+def test_the_step_import_check_finds_a_planted_import():
+    """Fed a step importing another step (and a library module importing a step), at the top
+    or inside a function, the check above fails."""
+    steps = _step_modules()
+    assert {steps["train_head"], steps["fine_tune"]} == {"graft.components.train"}
+    assert {"graft.components.evaluate", "graft.components.push"} <= set(steps.values())
+    graph, known = _graph(), set(_modules())
+    graph["graft.components.evaluate"] |= _imports_in(
+        "def f():\n    from graft.components.train import fine_tune\n", known
+    )
+    graph["graft.components.stats"] |= _imports_in("from graft.components import push\n", known)
+    assert _climbs(graph, set(steps.values())) == [
+        "graft.components.evaluate imports the step module graft.components.train",
+        "graft.components.stats imports the step module graft.components.push",
+    ]
 
 
 def test_no_generic_top_level_names_installed():
@@ -211,19 +268,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/advise.py:advise",
     "components/advise.py:measure",
     "components/advise.py:measure_geometry",
-    "components/cv_guard.py:fold_evidence",
-    "components/drift.py:check_drift",
-    "components/evaluate.py:evaluate",
-    "components/export.py:export",
-    "components/ingest.py:copy_reused",
-    "components/ingest.py:ingest",
-    "components/push.py:push",
-    "components/push.py:rollback",
-    "components/train.py:_fine_tune",
-    "components/train.py:_train_head",
-    "components/validate.py:validate",
-    "pipeline/runner.py:run_pipeline",
-    "serving/models.py:_run",
 }
 
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import REPO
 
 from graft.components.demo_data import generate
+from graft.components.fitting import load_model, read_history
 from graft.components.ingest import ingest
-from graft.components.train import load_model, read_history
 from graft.core.config import DataConfig
 
 pytestmark = pytest.mark.slow  # trains a model

@@ -341,7 +341,7 @@ def test_run_parameters_override_the_compiled_config_under_kfp_local(
     assert metrics["accuracy"] < 1.0 and out2["parameterValues"]["Output"] is False
     assert not os.path.exists(os.path.join(run_dir2, "export"))
     assert not os.path.exists(os.path.join(run_dir2, "push"))
-    from graft.components.push import versions
+    from graft.components.registry import versions
 
     assert versions(str(tmp_path / "models"), "tiny") == []
 

@@ -15,7 +15,7 @@ from conftest import tiny_config
 from model_copies import other_model_export
 
 from graft.components import data as gdata
-from graft.components.push import versions
+from graft.components.registry import versions
 from graft.components.train import load_model
 from graft.core.config import parse_config
 from graft.pipeline.runner import run_pipeline

@@ -17,8 +17,9 @@ from conftest import tiny_config
 from model_copies import other_model_export
 
 from graft.components.evaluate import bless
-from graft.components.push import MARKER, TMP_PREFIX, versions, weights_sha256
-from graft.components.registry import INDEX, read_index
+from graft.components.hashing import weights_sha256
+from graft.components.push import TMP_PREFIX
+from graft.components.registry import INDEX, MARKER, read_index, versions
 from graft.core.config import EvaluateConfig, PushConfig, parse_config
 
 PUSH = """

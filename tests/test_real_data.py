@@ -38,7 +38,7 @@ def _test_accuracy(model, examples: str, validation: str, flip_average: bool, si
     """Test accuracy scored the way the export serves (components.model.scores)."""
     from graft.components import data as gdata
     from graft.components import model as gmodel
-    from graft.components.validate import excluded_from_eval
+    from graft.components.manifest import excluded_from_eval
 
     test = gdata.image_dataset(
         examples, "test", size, 64, exclude_sha256=excluded_from_eval(validation)
@@ -57,7 +57,7 @@ def _scratch_accuracy(
 
     from graft.components import data as gdata
     from graft.components import model as gmodel
-    from graft.components.validate import excluded_from_train
+    from graft.components.manifest import excluded_from_train
     from graft.core.config import BaseConfig
 
     keras.utils.set_random_seed(0)

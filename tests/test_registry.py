@@ -19,6 +19,7 @@ from conftest import step_output as _out
 from model_copies import other_model_export
 
 from graft.components import registry
+from graft.components.hashing import file_sha256
 
 DOC = REPO / "docs" / "retraining.md"
 
@@ -101,7 +102,7 @@ def test_lineage_names_the_baseline_it_beat_with_intervals(tmp_path):
     assert lin["baseline"]["difference"]["difference"] == 0.25
     from graft.core.paths import demo_weights
 
-    assert lin["base"]["weights_sha256"] == registry._sha256_file(demo_weights())
+    assert lin["base"]["weights_sha256"] == file_sha256(demo_weights())
     assert len(lin["base"]["weights_sha256"]) == 64
     row = registry.table_row({"version": 9, "status": "served", "kind": "push", "lineage": lin})
     # models list: short cells (issue 28); the baseline, fingerprint and reasons: models show
@@ -186,7 +187,7 @@ def test_push_records_lineage_and_models_list_shows_it(pipeline_run, tmp_path, c
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_rollback_serves_a_copy_records_it_and_keeps_the_original(pipeline_run, tmp_path, capsys):
-    from graft.components.push import weights_sha256
+    from graft.components.hashing import weights_sha256
 
     cfg, run, _ = pipeline_run
     dest = tmp_path / "models"

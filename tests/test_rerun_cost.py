@@ -15,6 +15,7 @@ from conftest import step_output, step_summary, tiny_config
 from graft.components import data as gdata
 from graft.components import features as gfeat
 from graft.components.evaluate import _pixels, _test_data, head_scores_from_features
+from graft.components.fitting import RESULT, load_model
 from graft.components.model import predict_scores
 from graft.components.served_scores import (
     SEED_FILE,
@@ -23,7 +24,6 @@ from graft.components.served_scores import (
     read_seed,
     served_head,
 )
-from graft.components.train import RESULT, load_model
 from graft.core.config import parse_config
 from graft.pipeline.runner import run_pipeline
 

@@ -20,7 +20,7 @@ from graft.components import features as gfeat
 from graft.components.demo_data import generate
 from graft.components.drift import DriftBlocked
 from graft.components.ingest import ingest
-from graft.components.push import versions
+from graft.components.registry import versions
 from graft.core.config import DataConfig, parse_config
 from graft.pipeline.runner import run_pipeline
 

@@ -49,7 +49,7 @@ def _label_issues(label: str) -> dict:
     }
 
 
-def _write_report(tmp_path, label: str) -> str:
+def _write_report(tmp_path, label: str, evidence: dict | None = None) -> str:
     plots = {}
     for name in report.PLOTS:
         plots[name] = str(tmp_path / f"{name}.png")
@@ -70,6 +70,8 @@ def _write_report(tmp_path, label: str) -> str:
         "cell": {"size": "small", "similarity": label},
         "decisions": [{"what": "head", "choice": label, "reason": label}],
     }
+    if evidence:
+        advice["evidence"] = evidence
     drift = {
         "checked": True,
         "served_version": label,
@@ -228,3 +230,33 @@ def test_the_templates_ship_in_the_wheel_and_an_installed_graft_finds_them(tmp_p
     module_file, template_file, rendered = run.stdout.split("\n", 2)
     assert module_file.startswith(str(site)) and template_file.startswith(str(site))
     assert "<li>a &lt;b&gt;</li>" in rendered
+
+
+def test_the_recipe_section_shows_the_geometry_bound_and_the_flip_probe(tmp_path):
+    gain = {"difference": 0.0095, "low": -0.001, "high": 0.0195, "low90": 0.003, "n": 2000}
+    modes = {
+        "squash": {"accuracy": 0.958, "low": 0.948, "high": 0.966, "gain": gain},
+        "crop": {"accuracy": 0.9485, "low": 0.938, "high": 0.957},
+    }
+    geo = {"layer": "out_relu", "size": 224, "n": 2000, "default": "crop", "rule": "R"}
+    flip_gain = {"difference": 0.02, "low": 0.004, "high": 0.036, "n": 300}
+    evidence = {
+        "n_train": 300,
+        "n_classes": 2,
+        "probes": [],
+        "geometry": geo | {"modes": modes},
+        "flip": {
+            "layer": "out_relu",
+            "size": 224,
+            "resize": "crop",
+            "n": 300,
+            "plain": 0.9,
+            "flip_average": 0.92,
+            "gain": flip_gain,
+            "rule": "the flip rule",
+        },
+    }
+    text = re.sub(r"<[^>]+>", "", _sections(_write_report(tmp_path, "cat", evidence))["recipe"])
+    assert "+0.9 pts [-0.1, +1.9], one-sided 90% bound +0.3" in text
+    assert "plain 0.900, averaged with the mirror image 0.920: +2.0 pts [+0.4, +3.6]" in text
+    assert "the flip rule" in text

@@ -14,7 +14,8 @@ import pytest
 from conftest import REPO
 from conftest import all_parsers as _all_parsers
 
-from graft.components.report import confidently_wrong, intervals, paired_difference, wilson
+from graft.components.report import confidently_wrong, intervals
+from graft.components.stats import paired_difference, wilson
 from graft.core.paths import image_files
 from graft.pipeline.cli import build_parser, main
 

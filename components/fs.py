@@ -1,0 +1,116 @@
+"""Files at a local path or a tf.io.gfile URL (gs://, s3://, hdfs://...), read and written alike.
+
+One set of helpers for every step: local paths go through `os` and `open` (exactly as a
+user's shell sees them), URLs through tf.io.gfile, imported only when a URL is met so that
+local work never loads TensorFlow for a file listing. Not fsspec: it reads gs:// and s3://
+only through gcsfs and s3fs (not dependencies here), which tf.io.gfile reads natively.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import uuid
+
+from graft.core.paths import is_remote, join
+
+__all__ = [
+    "exists",
+    "gfile",
+    "isdir",
+    "listdir",
+    "open_file",
+    "read_json",
+    "read_text",
+    "write_json_atomic",
+    "write_text",
+]
+
+
+def gfile():
+    """tf.io.gfile, imported on first use (TensorFlow is slow to import)."""
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def open_file(path: str, mode: str = "r"):
+    """`open` for a local path, GFile for a URL (text modes are UTF-8 on both)."""
+    if is_remote(path):
+        return gfile().GFile(path, mode)
+    return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
+
+
+def exists(path: str) -> bool:
+    return gfile().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def isdir(path: str) -> bool:
+    return gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
+
+
+def listdir(path: str) -> list[str]:
+    """Entry names, in the store's order (gfile's trailing '/' on folders removed)."""
+    if is_remote(path):
+        return [d.rstrip("/") for d in gfile().listdir(path)]
+    return os.listdir(path)
+
+
+def _is_tf_error(e: Exception) -> bool:
+    """tf.errors.OpError (a missing or unreadable URL) without importing TensorFlow here."""
+    return type(e).__module__.startswith("tensorflow")
+
+
+def read_json(path: str) -> dict | None:
+    """The JSON object in path; None when it is missing or unreadable (a torn hand edit)."""
+    try:
+        with open_file(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    except Exception as e:  # noqa: BLE001 - tf.errors.OpError on a URL
+        if _is_tf_error(e):
+            return None
+        raise
+    return data if isinstance(data, dict) else None
+
+
+def read_text(path: str) -> str | None:
+    """The file's text (undecodable bytes replaced); None only when it does not exist: any
+    other failure raises, so that a caller never takes an unreadable file for an absent one."""
+    try:
+        if is_remote(path) and not gfile().exists(path):
+            return None
+        with open_file(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+
+
+def write_text(path: str, text: str) -> None:
+    with open_file(path, "w") as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str, data: dict) -> None:
+    """Readers see the old file or the new one, never a part: a temp file renamed over it."""
+    folder, name = path.rsplit("/", 1) if is_remote(path) else os.path.split(path)
+    tmp = join(folder, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    text = json.dumps(data, indent=2, sort_keys=False, default=str)
+    if is_remote(path):
+        g = gfile()
+        with g.GFile(tmp, "w") as f:
+            f.write(text)
+        g.rename(tmp, path, overwrite=True)
+        return
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
