@@ -73,8 +73,8 @@ def main() -> dict:
         forward[name] = gfeat.FORWARD_IMAGES["count"] - before
         # the stage's parts: features (store or base), Keras fit, the rest (build, save, plot)
         feat, fit = (
-            r.extra["feature_seconds"],
-            r.extra["train_seconds"] - r.extra["feature_seconds"],
+            r.extra.feature_seconds,
+            r.extra.train_seconds - r.extra.feature_seconds,
         )
         parts[name] = {
             "features": feat,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -96,6 +97,26 @@ def _fold_datasets(examples_dir, size, cfg, augment, seed, exclude_train, others
     return train_ds, held_ds
 
 
+@dataclass
+class _Recipe:
+    """What each fold re-runs: the head stage and the fine-tuning as the real stages ran."""
+
+    examples_dir: str
+    head_model_path: str
+    cfg: FineTuneConfig
+    head_cfg: TrainHeadConfig
+    head_epochs: int
+    tune_epochs: int
+    augment: AugmentConfig
+    image_size: int
+    exclude_train: set[str]
+    seed: int
+    jit: bool
+    geometry: gdata.Geometry
+    cw_head: dict | None = None
+    cw_tune: dict | None = None
+
+
 def fold_evidence(
     examples_dir: str,
     head_model_path: str,
@@ -119,6 +140,54 @@ def fold_evidence(
     ({"root", "fingerprint"}, from the head stage) serves the features it already computed."""
     t0 = time.time()
     model = load_model(head_model_path)
+    feats, layer = _train_features(
+        model, examples_dir, feature_store, image_size, geometry, exclude_train
+    )
+    x, y, shas = feats.x[layer], feats.y, np.array(feats.sha256)
+    k = fold_count(y, cfg.guard_folds)
+    if not k:
+        return None
+    path = os.path.join(out_dir, FOLDS_FILE)
+    done = []
+    if os.path.exists(path):
+        with open(path) as f:
+            done = json.load(f)["folds"]
+    splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)
+    recipe = _Recipe(
+        examples_dir, head_model_path, cfg, head_cfg, head_epochs, tune_epochs, augment,
+        image_size, exclude_train, seed, jit, geometry,
+        cw_head=class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight),
+        cw_tune=class_weights(examples_dir, model.output_shape[-1], "auto"),
+    )  # fmt: skip
+    log(
+        f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "
+        f"{cfg.guard_cv_below}): {k} more head + fine-tuning runs of {tune_epochs} epoch(s)"
+    )
+    for i, (tr, te) in enumerate(splits):
+        if i < len(done):
+            continue
+        done.append(_run_fold(recipe, i, x, y, shas, tr, te))
+        with open(path + ".tmp", "w") as f:
+            json.dump({"k": k, "folds": done}, f)
+        os.replace(path + ".tmp", path)
+        log(
+            f"fine_tune: guard fold {i + 1}/{k}: {len(te)} held-out images, head "
+            f"{done[-1]['head_accuracy']:.3f} -> fine-tuned {done[-1]['tuned_accuracy']:.3f} "
+            f"({done[-1]['seconds']:.0f}s)"
+        )
+    return {
+        "k": k,
+        "head": np.concatenate([np.array(d["head"], bool) for d in done]),
+        "tuned": np.concatenate([np.array(d["tuned"], bool) for d in done]),
+        "folds": [{key: v for key, v in d.items() if key not in ("head", "tuned")} for d in done],
+        "seconds": round(time.time() - t0, 1),
+        "features_computed": feats.computed,  # the rest came from the store
+    }
+
+
+def _train_features(model, examples_dir, feature_store, image_size, geometry, exclude_train):
+    """The train split's pooled features at the base's last layer, through the head stage's
+    store when it kept one; and that layer's name."""
     base = gmodel.base_of(model)
     layer = base.layers[-1].name
     extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
@@ -135,74 +204,44 @@ def fold_evidence(
         exclude=exclude_train,
         geometry=geometry,
     )
-    x, y, shas = feats.x[layer], feats.y, np.array(feats.sha256)
-    k = fold_count(y, cfg.guard_folds)
-    if not k:
-        return None
-    path = os.path.join(out_dir, FOLDS_FILE)
-    done = []
-    if os.path.exists(path):
-        with open(path) as f:
-            done = json.load(f)["folds"]
-    splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)
-    cw_head = class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight)
-    cw_tune = class_weights(examples_dir, model.output_shape[-1], "auto")
-    log(
-        f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "
-        f"{cfg.guard_cv_below}): {k} more head + fine-tuning runs of {tune_epochs} epoch(s)"
+    return feats, layer
+
+
+def _run_fold(recipe: _Recipe, i: int, x, y, shas, tr, te) -> dict:
+    """Fold i: a fresh head and the fine-tuning without its images, both scored on them."""
+    cfg, seed = recipe.cfg, recipe.seed
+    t_fold = time.time()
+    model = load_model(recipe.head_model_path)
+    _train_fold_head(
+        model, x[tr], y[tr], recipe.head_cfg, recipe.head_epochs, recipe.cw_head, seed + i
     )
-    for i, (tr, te) in enumerate(splits):
-        if i < len(done):
-            continue
-        t_fold = time.time()
-        model = load_model(head_model_path)
-        _train_fold_head(model, x[tr], y[tr], head_cfg, head_epochs, cw_head, seed + i)
-        held, others = set(shas[te].tolist()), set(shas[tr].tolist())
-        train_ds, held_ds = _fold_datasets(
-            examples_dir, image_size, cfg, augment, seed + i, exclude_train, others, held, geometry
-        )
-        _, _, head_hits = scores_on(model, held_ds)
-        info = gmodel.unfreeze(model, cfg.unfreeze)
-        steps = max(1, int(train_ds.cardinality()))
-        gmodel.compile_for_fit(
-            model, glayer.fine_tune_optimizer(cfg, steps), metrics=False, jit=jit
-        )
-        cbs = (
-            [
-                glayer.StageRates(
-                    glayer.depths(model), cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs
-                )
-            ]
-            if cfg.staged
-            else []
-        )
-        model.fit(train_ds, epochs=tune_epochs, class_weight=cw_tune, callbacks=cbs, verbose=0)
-        _, _, tuned_hits = scores_on(model, held_ds)
-        done.append(
-            {
-                "fold": i + 1,
-                "n": len(head_hits),  # a photo filed twice in train counts twice
-                "head_accuracy": float(head_hits.mean()),
-                "tuned_accuracy": float(tuned_hits.mean()),
-                "head": head_hits.astype(int).tolist(),
-                "tuned": tuned_hits.astype(int).tolist(),
-                "unfrozen_layers": info.get("unfrozen_layers"),
-                "seconds": round(time.time() - t_fold, 1),
-            }
-        )
-        with open(path + ".tmp", "w") as f:
-            json.dump({"k": k, "folds": done}, f)
-        os.replace(path + ".tmp", path)
-        log(
-            f"fine_tune: guard fold {i + 1}/{k}: {len(te)} held-out images, head "
-            f"{head_hits.mean():.3f} -> fine-tuned {tuned_hits.mean():.3f} "
-            f"({done[-1]['seconds']:.0f}s)"
-        )
+    held, others = set(shas[te].tolist()), set(shas[tr].tolist())
+    train_ds, held_ds = _fold_datasets(
+        recipe.examples_dir, recipe.image_size, cfg, recipe.augment, seed + i,
+        recipe.exclude_train, others, held, recipe.geometry,
+    )  # fmt: skip
+    _, _, head_hits = scores_on(model, held_ds)
+    info = gmodel.unfreeze(model, cfg.unfreeze)
+    steps = max(1, int(train_ds.cardinality()))
+    gmodel.compile_for_fit(
+        model, glayer.fine_tune_optimizer(cfg, steps), metrics=False, jit=recipe.jit
+    )
+    cbs = (
+        [glayer.StageRates(glayer.depths(model), cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs)]
+        if cfg.staged
+        else []
+    )
+    model.fit(
+        train_ds, epochs=recipe.tune_epochs, class_weight=recipe.cw_tune, callbacks=cbs, verbose=0
+    )
+    _, _, tuned_hits = scores_on(model, held_ds)
     return {
-        "k": k,
-        "head": np.concatenate([np.array(d["head"], bool) for d in done]),
-        "tuned": np.concatenate([np.array(d["tuned"], bool) for d in done]),
-        "folds": [{key: v for key, v in d.items() if key not in ("head", "tuned")} for d in done],
-        "seconds": round(time.time() - t0, 1),
-        "features_computed": feats.computed,  # the rest came from the store
+        "fold": i + 1,
+        "n": len(head_hits),  # a photo filed twice in train counts twice
+        "head_accuracy": float(head_hits.mean()),
+        "tuned_accuracy": float(tuned_hits.mean()),
+        "head": head_hits.astype(int).tolist(),
+        "tuned": tuned_hits.astype(int).tolist(),
+        "unfrozen_layers": info.get("unfrozen_layers"),
+        "seconds": round(time.time() - t_fold, 1),
     }

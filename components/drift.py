@@ -443,34 +443,73 @@ def check_drift(
     from graft.components.manifest import excluded_from_train
 
     t0 = time.time()
-    if not cfg.enabled:
-        return _skip(out_dir, "drift.enabled is false: not checked", t0)
-    served = served_snapshot(destination, model_name)
-    if served is None:
-        return _skip(
-            out_dir,
-            f"nothing served yet at {_join(destination, model_name)} (a first run): not checked",
-            t0,
-        )
-    version, vdir, old_dir = served
-    kw = {"served_version": version, "served_examples": old_dir}
-    if not old_dir:
-        return _skip(out_dir, f"served version {version} records no data snapshot", t0, **kw)
-    if not _exists(_join(old_dir, "manifest.jsonl")):
-        return _skip(
-            out_dir,
-            f"served version {version}'s data snapshot {old_dir} is gone: not checked",
-            t0,
-            **kw,
-        )
+    why_not, served, kw = _why_not_checked(cfg, destination, model_name)
+    if why_not:
+        return _skip(out_dir, why_not, t0, **kw)
+    version, _, old_dir = served
     rng = np.random.default_rng(seed)
     P = Permutations(cfg.permutations, rng)
-    dropped = excluded_from_train(validation_dir)
     old_rows = _manifest(old_dir)
+    new_rows, added = _added_rows(examples_dir, old_rows, excluded_from_train(validation_dir))
+    res = _compared(DriftResult(checked=True, **kw), old_rows, new_rows, added)
+    metrics = {"label_linf": _label_measure(cfg, old_rows, new_rows, P, rng)}
+    if res.compared["added_distinct"] < MIN_NEW:
+        res.reasons.append(
+            f"{res.compared['added_distinct']} distinct image(s) added since served version "
+            f"{version}: fewer than {MIN_NEW}, image statistics, embeddings and confidence not "
+            "compared"
+        )
+    else:
+        sides = _draw_samples(cfg, res, old_dir, old_rows, examples_dir, added, rng)
+        metrics.update(_stat_measures(cfg, sides, P, rng))
+        cache: dict = {}
+        embedded = dict(
+            base=base,
+            image_size=image_size,
+            feature_store=feature_store,
+            cache=cache,
+            geometry=geometry,
+        )
+        metrics["embedding_mmd2"] = _embedding_measure(cfg, sides, embedded, P, rng)
+        served_model = _served_scores(
+            destination, model_name, version, feature_store, cache, image_size
+        )
+        confidence = _confidence_measure(cfg, sides, served_model, P, rng)
+        if confidence:
+            metrics["confidence_js"] = confidence
+    _conclude(res, metrics, cfg.action, t0)
+    _write(out_dir, res)
+    _say_and_block(res, version, out_dir)
+    return res
+
+
+def _why_not_checked(cfg: DriftConfig, destination: str, model_name: str):
+    """Why drift is not checked ('' when it is), the served snapshot, and what to record."""
+    if not cfg.enabled:
+        return "drift.enabled is false: not checked", None, {}
+    served = served_snapshot(destination, model_name)
+    if served is None:
+        where = _join(destination, model_name)
+        return f"nothing served yet at {where} (a first run): not checked", None, {}
+    version, _, old_dir = served
+    kw = {"served_version": version, "served_examples": old_dir}
+    if not old_dir:
+        return f"served version {version} records no data snapshot", served, kw
+    if not _exists(_join(old_dir, "manifest.jsonl")):
+        why = f"served version {version}'s data snapshot {old_dir} is gone: not checked"
+        return why, served, kw
+    return "", served, kw
+
+
+def _added_rows(examples_dir: str, old_rows: list[dict], dropped) -> tuple[list, list]:
+    """The new snapshot's training rows, and those of them the served snapshot lacks."""
     new_rows = [r for r in _manifest(examples_dir) if r["sha256"] not in dropped]
     old_shas = {r["sha256"] for r in old_rows}
-    added = [r for r in new_rows if r["sha256"] not in old_shas]
-    res = DriftResult(checked=True, **kw)
+    return new_rows, [r for r in new_rows if r["sha256"] not in old_shas]
+
+
+def _compared(res: DriftResult, old_rows, new_rows, added) -> DriftResult:
+    """The images per side, and the exact copies among the added ones (a reason when any)."""
     res.compared = {"served_snapshot": len(old_rows), "new_snapshot": len(new_rows)}
     res.compared["added"] = len(added)  # images, as training counts them
     res.compared["added_distinct"] = len({r["sha256"] for r in added})
@@ -483,13 +522,15 @@ def check_drift(
             f"{d['largest']['count']} x sha256 {d['largest']['sha256'][:12]} in class "
             f"'{d['largest']['label']}')"
         )
-    metrics: dict = {}
+    return res
 
-    # labels: the whole snapshots, as the model is trained on the whole snapshot
+
+def _label_measure(cfg: DriftConfig, old_rows, new_rows, P, rng) -> dict:
+    """Labels: the whole snapshots, as the model is trained on the whole snapshot."""
     value, p, shift = label_linf(
         [r["label"] for r in old_rows], [r["label"] for r in new_rows], P, rng
     )
-    metrics["label_linf"] = _measure(
+    return _measure(
         value,
         cfg.max_label_linf,
         p,
@@ -497,78 +538,101 @@ def check_drift(
         share_change=shift,
     )
 
-    cache: dict = {}
-    if res.compared["added_distinct"] < MIN_NEW:
-        res.reasons.append(
-            f"{res.compared['added_distinct']} distinct image(s) added since served version "
-            f"{version}: fewer than {MIN_NEW}, image statistics, embeddings and confidence not "
-            "compared"
-        )
-    else:
-        old_s = _sample(old_rows, cfg.sample, rng)
-        new_s = _sample(added, cfg.sample, rng)
-        held = _sample([r for r in old_rows if r["split"] in ("val", "test")], cfg.sample, rng)
-        res.compared.update(old_sample=len(old_s), new_sample=len(new_s), old_held_out=len(held))
-        enc_old = read_encoded(old_dir, {r["sha256"] for r in old_s + held})
-        enc_new = read_encoded(examples_dir, {r["sha256"] for r in new_s})
-        cols_old, cols_new = _stat_columns(old_s, enc_old), _stat_columns(new_s, enc_new)
-        for s in STATS:
-            value, p = bucket_js(cols_old[s], cols_new[s], P, rng)
-            metrics[f"js_{s}"] = _measure(
-                value,
-                cfg.max_stat_js,
-                p,
-                value > cfg.max_stat_js and p < cfg.significance,
-                old_median=round(float(np.median(cols_old[s])), 3),
-                new_median=round(float(np.median(cols_new[s])), 3),
-            )
-        x_old = embeddings(
-            old_dir,
-            old_s,
-            base=base,
-            image_size=image_size,
-            feature_store=feature_store,
-            cache=cache,
-            geometry=geometry,
-        )
-        x_new = embeddings(
-            examples_dir,
-            new_s,
-            base=base,
-            image_size=image_size,
-            feature_store=feature_store,
-            cache=cache,
-            geometry=geometry,
-        )
-        mmd2, p, bandwidth = mmd_test(x_old, x_new, P, rng)
-        metrics["embedding_mmd2"] = _measure(
-            mmd2,
-            cfg.embedding_p,
+
+@dataclass
+class _Sides:
+    """The drawn samples (served snapshot, added images, served held-out) and their bytes."""
+
+    old_dir: str
+    examples_dir: str
+    old: list[dict]
+    new: list[dict]
+    held: list[dict]
+    enc_old: dict[str, bytes]
+    enc_new: dict[str, bytes]
+
+
+def _draw_samples(cfg, res: DriftResult, old_dir, old_rows, examples_dir, added, rng) -> _Sides:
+    """Up to drift.sample images per side, drawn with the seeded rng, and their bytes."""
+    old_s = _sample(old_rows, cfg.sample, rng)
+    new_s = _sample(added, cfg.sample, rng)
+    held = _sample([r for r in old_rows if r["split"] in ("val", "test")], cfg.sample, rng)
+    res.compared.update(old_sample=len(old_s), new_sample=len(new_s), old_held_out=len(held))
+    enc_old = read_encoded(old_dir, {r["sha256"] for r in old_s + held})
+    enc_new = read_encoded(examples_dir, {r["sha256"] for r in new_s})
+    return _Sides(old_dir, examples_dir, old_s, new_s, held, enc_old, enc_new)
+
+
+def _stat_measures(cfg: DriftConfig, sides: _Sides, P, rng) -> dict:
+    """Per-image statistics of the added images vs the served snapshot, one measure each."""
+    cols_old = _stat_columns(sides.old, sides.enc_old)
+    cols_new = _stat_columns(sides.new, sides.enc_new)
+    out = {}
+    for s in STATS:
+        value, p = bucket_js(cols_old[s], cols_new[s], P, rng)
+        out[f"js_{s}"] = _measure(
+            value,
+            cfg.max_stat_js,
             p,
-            p < cfg.embedding_p,
-            threshold_is="p_value",
-            bandwidth=round(bandwidth, 4),
-            features_computed=cache["computed"],
-            features_reused=cache["reused"],
+            value > cfg.max_stat_js and p < cfg.significance,
+            old_median=round(float(np.median(cols_old[s])), 3),
+            new_median=round(float(np.median(cols_new[s])), 3),
         )
-        served = _served_scores(destination, model_name, version, feature_store, cache, image_size)
-        c_old = confidences(
-            served, [(r["sha256"], enc_old[r["sha256"]]) for r in held if r["sha256"] in enc_old]
-        )
-        c_new = confidences(
-            served, [(r["sha256"], enc_new[r["sha256"]]) for r in new_s if r["sha256"] in enc_new]
-        )
-        if len(c_old) and len(c_new):
-            value, p = bucket_js(c_old, c_new, P, rng)
-            metrics["confidence_js"] = _measure(
-                value,
-                cfg.max_confidence_js,
-                p,
-                value > cfg.max_confidence_js and p < cfg.significance,
-                old_mean=round(float(c_old.mean()), 4),
-                new_mean=round(float(c_new.mean()), 4),
-                scores=served.counts(),  # seeded / stored / computed through the served model
-            )
+    return out
+
+
+def _embedding_measure(cfg: DriftConfig, sides: _Sides, embedded: dict, P, rng) -> dict:
+    """Pooled base features of both samples: MMD with a permutation p-value."""
+    x_old = embeddings(sides.old_dir, sides.old, **embedded)
+    x_new = embeddings(sides.examples_dir, sides.new, **embedded)
+    mmd2, p, bandwidth = mmd_test(x_old, x_new, P, rng)
+    cache = embedded["cache"]
+    return _measure(
+        mmd2,
+        cfg.embedding_p,
+        p,
+        p < cfg.embedding_p,
+        threshold_is="p_value",
+        bandwidth=round(bandwidth, 4),
+        features_computed=cache["computed"],
+        features_reused=cache["reused"],
+    )
+
+
+def _confidence_measure(cfg: DriftConfig, sides: _Sides, served, P, rng) -> dict | None:
+    """The served model's top score on the added images vs on its own held-out ones."""
+    c_old = confidences(
+        served,
+        [
+            (r["sha256"], sides.enc_old[r["sha256"]])
+            for r in sides.held
+            if r["sha256"] in sides.enc_old
+        ],
+    )
+    c_new = confidences(
+        served,
+        [
+            (r["sha256"], sides.enc_new[r["sha256"]])
+            for r in sides.new
+            if r["sha256"] in sides.enc_new
+        ],
+    )
+    if not (len(c_old) and len(c_new)):
+        return None
+    value, p = bucket_js(c_old, c_new, P, rng)
+    return _measure(
+        value,
+        cfg.max_confidence_js,
+        p,
+        value > cfg.max_confidence_js and p < cfg.significance,
+        old_mean=round(float(c_old.mean()), 4),
+        new_mean=round(float(c_new.mean()), 4),
+        scores=served.counts(),  # seeded / stored / computed through the served model
+    )
+
+
+def _conclude(res: DriftResult, metrics: dict, action: str, t0: float) -> None:
+    """The flagged measures' reasons, the verdict, and the flat KFP metrics."""
     res.metrics = metrics
     for name, m in metrics.items():
         if m["flagged"]:
@@ -578,14 +642,17 @@ def check_drift(
                 why = f"{m['value']:.3f} > {m['threshold']} (p {m['p_value']:.4f})"
             res.reasons.append(f"{name}: {why}")
     res.flagged = any(m["flagged"] for m in metrics.values())
-    res.blocked = res.flagged and cfg.action == "block"
+    res.blocked = res.flagged and action == "block"
     res.kfp_metrics = {"drift_checked": 1, "drift_flagged": int(res.flagged)}
     for name, m in metrics.items():
         res.kfp_metrics[f"drift_{name}"] = m["value"]
         if m["p_value"] is not None:
             res.kfp_metrics[f"drift_{name}_p"] = m["p_value"]
     res.seconds = round(time.time() - t0, 2)
-    _write(out_dir, res)
+
+
+def _say_and_block(res: DriftResult, version: int, out_dir: str) -> None:
+    """Log the verdict; raise DriftBlocked (after drift.json is written) when it blocks."""
     where = (
         f"{res.compared['added']} added image(s) ({res.compared['added_distinct']} distinct) vs "
         f"served version {version}'s snapshot"
@@ -601,4 +668,3 @@ def check_drift(
             + "; ".join(res.reasons)
             + f" (details: {_join(out_dir, RESULT_FILE)}; to push anyway set drift.action=warn)"
         )
-    return res

@@ -659,13 +659,7 @@ def evaluate(
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
     blobs, y, shas = _test_data(examples_dir, exclude)
-    decoded: list[np.ndarray] = []  # the test pixels, decoded once if a whole model needs them
-
-    def pixels() -> np.ndarray:
-        if not decoded:
-            decoded.append(_pixels(blobs, image_size, geometry))
-        return decoded[0]
-
+    pixels = _lazy_pixels(blobs, image_size, geometry)
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     head_store = (_stage_extra(head_dir) or {}).get("feature_store")
     scored, probs_of, scoring, loaded = _score_models(
@@ -704,23 +698,49 @@ def evaluate(
     res.intervals = {k: report.intervals(p, y, cfg.top_k) for k, p in probs_of.items()}
     res.comparisons = _comparisons(probs_of, y, fine_tuned)
     provenance = _provenance(examples_dir, head_dir, model_dir, out_dir, model, model_name, res)
-    res.report = os.path.basename(
-        report.write_report(
-            out_dir,
-            asdict(res),
-            plots,
-            intervals_by_model=res.intervals,
-            comparisons=res.comparisons,
-            guard=guard,
-            gallery=_gallery(probs_of["candidate"], y, blobs, shas, labels, examples_dir),
-            provenance=provenance,
-            top_k=cfg.top_k,
-            checks_html=checks,
-            advice=_advice(advice_dir),
-            drift=_drift(drift_dir),
-            label_issues=_label_issues_html(advice_dir, _data_root(examples_dir)),
-        )
+    sections = {  # the report's sections beyond the result itself
+        "guard": guard,
+        "gallery": _gallery(probs_of["candidate"], y, blobs, shas, labels, examples_dir),
+        "provenance": provenance,
+        "checks_html": checks,
+        "advice": _advice(advice_dir),
+        "drift": _drift(drift_dir),
+        "label_issues": _label_issues_html(advice_dir, _data_root(examples_dir)),
+    }
+    res.report = _write_html(out_dir, res, plots, cfg.top_k, sections)
+    _write_scores(out_dir, res, shas, y, labels, probs_of)
+    _say_result(res, len(y))
+    return res
+
+
+def _write_html(out_dir: str, res: EvaluationResult, plots, top_k: int, sections: dict) -> str:
+    """report.html from the result and the report's other sections; its file name."""
+    path = report.write_report(
+        out_dir,
+        asdict(res),
+        plots,
+        intervals_by_model=res.intervals,
+        comparisons=res.comparisons,
+        top_k=top_k,
+        **sections,
     )
+    return os.path.basename(path)
+
+
+def _lazy_pixels(blobs, image_size: int, geometry: gdata.Geometry):
+    """The test pixels, decoded on the first call only: when a whole model needs them."""
+    decoded: list[np.ndarray] = []
+
+    def pixels() -> np.ndarray:
+        if not decoded:
+            decoded.append(_pixels(blobs, image_size, geometry))
+        return decoded[0]
+
+    return pixels
+
+
+def _write_scores(out_dir: str, res: EvaluationResult, shas, y, labels, probs_of) -> None:
+    """evaluation.json, each test image's predictions, and the candidate's scores by image."""
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(asdict(res), f, indent=2)
     _write_predictions(os.path.join(out_dir, PREDICTIONS), shas, y, labels, probs_of)
@@ -731,12 +751,17 @@ def evaluate(
         os.path.join(out_dir, SEED_FILE), list(unique), np.stack(list(unique.values())), labels
     )
 
+
+def _say_result(res: EvaluationResult, n: int) -> None:
+    """One log line: each model's test accuracy with its interval, and the blessing."""
+
     def acc(key: str) -> str:
         a, lo, hi = res.intervals[key]["accuracy"]
         return f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
 
-    b = f"baseline v{version} {acc('baseline')}" if baseline else "no baseline"
-    if baseline:
+    scoring = res.scoring
+    b = f"baseline v{res.baseline_version} {acc('baseline')}" if res.baseline else "no baseline"
+    if res.baseline:
         b += f" ({_served_text(scoring['baseline'])})"
     head_how = scoring["head_only"]
     if head_how["from"] == "stored features":
@@ -745,9 +770,8 @@ def evaluate(
             f"{head_how['computed']} computed)"
         )
     log(
-        f"evaluate: test accuracy (95% Wilson interval, n={len(y)}) head-only {acc('head_only')}"
+        f"evaluate: test accuracy (95% Wilson interval, n={n}) head-only {acc('head_only')}"
         f", kept model {acc('candidate')}, {b} -> "
         f"{'BLESSED' if res.blessed else 'not blessed'}",
         level="ok" if res.blessed else "warn",
     )
-    return res

@@ -267,36 +267,8 @@ def export(
         evaluation = json.load(f)
     version = version or int(time.time())
     final = os.path.join(out_dir, cfg.model_name, str(version))
-    if os.path.exists(final):
-        shutil.rmtree(final)
-    write_saved_model(
-        model, labels, final, size=image_size, flip_average=cfg.flip_average, geometry=geometry
-    )
-    os.makedirs(os.path.join(final, "assets"), exist_ok=True)
-    for name in ("labels.json", "labels.txt"):
-        shutil.copy(os.path.join(examples_dir, name), os.path.join(final, "assets", name))
-    with open(os.path.join(final, "assets", PREPROCESSING_FILE), "w") as f:
-        json.dump(geometry.as_dict(image_size), f, indent=2)
-
-    # a handful of test images: parity is about the graph (decode, resize, scores), not the data
-    test = list(gdata.parsed_examples(examples_dir, "test").take(16).as_numpy_iterator())
-    blobs = [e["image/encoded"] for e in test]
-    shas = [e["image/sha256"].decode() for e in test]
-    if not blobs:
-        raise ParityError("no test images to check the export against")
-    reloaded = tf.saved_model.load(final).signatures["serving_default"]
-    got = reloaded(image_bytes=tf.constant(blobs))["probabilities"].numpy()
-    pixels = np.stack(
-        [gdata.decode_and_resize(tf.constant(b), image_size, geometry).numpy() for b in blobs]
-    )
-    want = gmodel.scores(model, tf.constant(pixels), cfg.flip_average).numpy()  # eager: no trace
-    parity = float(np.max(np.abs(got - want)))
-    if not parity <= cfg.parity_tolerance:
-        shutil.rmtree(final)
-        raise ParityError(
-            f"export parity check failed: SavedModel vs Keras max abs diff {parity:.3e} > "
-            f"{cfg.parity_tolerance:.1e}; nothing exported"
-        )
+    _write_version(model, labels, final, examples_dir, cfg, image_size, geometry)
+    blobs, shas, got, parity = _check_parity(model, final, examples_dir, cfg, image_size, geometry)
     n_warm = write_warmup(
         os.path.join(final, "assets.extra", WARMUP_FILE),
         blobs[: cfg.warmup_requests],
@@ -319,20 +291,8 @@ def export(
     # after the model card: the weights checksum covers its serving settings
     seed_diff = _copy_seed(evaluation_dir, final, labels, shas, got, cfg.parity_tolerance)
     if cfg.tflite:  # edge models into assets.extra/, measured; tflite.json; model card table
-        from graft.components.tflite import export_variants
-
-        export_variants(
-            model,
-            final,
-            out_dir,
-            variants=cfg.tflite,
-            model_name=cfg.model_name,
-            image_size=image_size,
-            geometry=geometry,
-            flip_average=cfg.flip_average,
-            examples_dir=examples_dir,
-            evaluation_dir=evaluation_dir,
-            labels=labels,
+        _export_tflite(
+            model, final, out_dir, cfg, image_size, geometry, examples_dir, evaluation_dir, labels
         )
     from graft.components.hashing import file_sha256
 
@@ -355,3 +315,72 @@ def export(
         level="ok",
     )
     return result
+
+
+def _write_version(model, labels, final, examples_dir, cfg: ExportConfig, image_size, geometry):
+    """The SavedModel (anew: an old dir of this version goes), its labels and preprocessing."""
+    if os.path.exists(final):
+        shutil.rmtree(final)
+    write_saved_model(
+        model, labels, final, size=image_size, flip_average=cfg.flip_average, geometry=geometry
+    )
+    os.makedirs(os.path.join(final, "assets"), exist_ok=True)
+    for name in ("labels.json", "labels.txt"):
+        shutil.copy(os.path.join(examples_dir, name), os.path.join(final, "assets", name))
+    with open(os.path.join(final, "assets", PREPROCESSING_FILE), "w") as f:
+        json.dump(geometry.as_dict(image_size), f, indent=2)
+
+
+def _check_parity(model, final, examples_dir, cfg: ExportConfig, image_size, geometry):
+    """The SavedModel's scores vs the Keras model's on a few test images; over the tolerance,
+    the version dir is removed and ParityError raised. Returns the images' bytes, sha256s,
+    the SavedModel's scores and the max abs diff."""
+    # a handful of test images: parity is about the graph (decode, resize, scores), not the data
+    test = list(gdata.parsed_examples(examples_dir, "test").take(16).as_numpy_iterator())
+    blobs = [e["image/encoded"] for e in test]
+    shas = [e["image/sha256"].decode() for e in test]
+    if not blobs:
+        raise ParityError("no test images to check the export against")
+    reloaded = tf.saved_model.load(final).signatures["serving_default"]
+    got = reloaded(image_bytes=tf.constant(blobs))["probabilities"].numpy()
+    pixels = np.stack(
+        [gdata.decode_and_resize(tf.constant(b), image_size, geometry).numpy() for b in blobs]
+    )
+    want = gmodel.scores(model, tf.constant(pixels), cfg.flip_average).numpy()  # eager: no trace
+    parity = float(np.max(np.abs(got - want)))
+    if not parity <= cfg.parity_tolerance:
+        shutil.rmtree(final)
+        raise ParityError(
+            f"export parity check failed: SavedModel vs Keras max abs diff {parity:.3e} > "
+            f"{cfg.parity_tolerance:.1e}; nothing exported"
+        )
+    return blobs, shas, got, parity
+
+
+def _export_tflite(
+    model,
+    final,
+    out_dir,
+    cfg: ExportConfig,
+    image_size,
+    geometry,
+    examples_dir,
+    evaluation_dir,
+    labels,
+) -> None:
+    """export.tflite: the edge models into the version's assets.extra/, each measured."""
+    from graft.components.tflite import export_variants
+
+    export_variants(
+        model,
+        final,
+        out_dir,
+        variants=cfg.tflite,
+        model_name=cfg.model_name,
+        image_size=image_size,
+        geometry=geometry,
+        flip_average=cfg.flip_average,
+        examples_dir=examples_dir,
+        evaluation_dir=evaluation_dir,
+        labels=labels,
+    )

@@ -576,6 +576,21 @@ class ReusePlan:
     counts: dict[str, int]
 
 
+def _previous_rows(previous: str) -> tuple[dict[str, list[dict]], set[str]]:
+    """The previous output's manifest rows by path, and the paths it quarantined."""
+    rows: dict[str, list[dict]] = defaultdict(list)
+    for line in (_read_text(_join(previous, "manifest.jsonl")) or "").splitlines():
+        if line.strip():
+            m = json.loads(line)
+            rows[m["path"]].append(m)
+    try:
+        before = json.loads(_read_text(_join(previous, "quarantine.json")) or "[]")
+        quarantined = {q["path"] for q in before}
+    except ValueError:
+        quarantined = set()
+    return rows, quarantined
+
+
 def plan_reuse(items: list[dict], data: DataConfig, previous: str | None) -> ReusePlan:
     """Split the listing into files whose previous record is reused and files to decode.
 
@@ -593,16 +608,7 @@ def plan_reuse(items: list[dict], data: DataConfig, previous: str | None) -> Reu
     if previous is None:
         counts["added"] = len(items)
         return ReusePlan(None, {}, list(items), counts)
-    rows: dict[str, list[dict]] = defaultdict(list)
-    for line in (_read_text(_join(previous, "manifest.jsonl")) or "").splitlines():
-        if line.strip():
-            m = json.loads(line)
-            rows[m["path"]].append(m)
-    try:
-        before = json.loads(_read_text(_join(previous, "quarantine.json")) or "[]")
-        quarantined = {q["path"] for q in before}
-    except ValueError:
-        quarantined = set()
+    rows, quarantined = _previous_rows(previous)
     listed = Counter(it["path"] for it in items)
     candidates, decode = [], []
     for it in items:
@@ -751,6 +757,31 @@ def _link_or_copy(src: str, dst: str) -> None:
 MAX_KEPT_SHARDS = 4
 
 
+class _Carrier:
+    """A reused item's split, label and manifest row from its previous record; each path is
+    carried once (`found`)."""
+
+    def __init__(self, plan: ReusePlan, items: list[dict], fractions: dict[str, float]):
+        self.reuse = plan.reuse
+        self.by_path = {it["path"]: it for it in items if it["path"] in plan.reuse}
+        self.fractions = fractions
+        self.found: set[str] = set()
+
+    def __call__(self, path: str, digest: str) -> tuple[str, str, dict] | None:
+        """The reused item's split, label and manifest row; None if the record is not it."""
+        it, prev = self.by_path.get(path), self.reuse.get(path)
+        if it is None or prev is None or path in self.found or digest != prev["sha256"]:
+            return None
+        split = _split_for(it, digest, self.fractions)
+        meta = {k: v for k, v in prev.items() if k not in ("group", "group_hint")}
+        meta.update(path=path, label=it["label"], split=split)
+        meta["file_size"], meta["mtime_ns"] = it["file_size"], it["mtime_ns"]
+        for k in ("group", "group_hint"):
+            if it.get(k):
+                meta[k] = it[k]
+        return split, it["label"], meta
+
+
 def copy_reused(
     plan: ReusePlan,
     items: list[dict],
@@ -768,7 +799,6 @@ def copy_reused(
     """
     from apache_beam.io.filesystems import FileSystems
 
-    by_path = {it["path"]: it for it in items if it["path"] in plan.reuse}
     staged = _join(out_dir, STAGED_DIR)
     try:
         known = json.loads(_read_text(_join(plan.previous, SHARD_INDEX)) or "{}")
@@ -777,75 +807,86 @@ def copy_reused(
     out: dict[str, list[tuple[tuple, bytes, Row]]] = defaultdict(list)
     metas: list[dict] = []
     index: dict[str, list[Row]] = {}
-    found: set[str] = set()
     kept: Counter = Counter()
-
-    def carry(path: str, digest: str) -> tuple[str, str, dict] | None:
-        """The reused item's split, label and manifest row; None if the record is not it."""
-        it, prev = by_path.get(path), plan.reuse.get(path)
-        if it is None or prev is None or path in found or digest != prev["sha256"]:
-            return None
-        split = _split_for(it, digest, fractions)
-        meta = {k: v for k, v in prev.items() if k not in ("group", "group_hint")}
-        meta.update(path=path, label=it["label"], split=split)
-        meta["file_size"], meta["mtime_ns"] = it["file_size"], it["mtime_ns"]
-        for k in ("group", "group_hint"):
-            if it.get(k):
-                meta[k] = it[k]
-        return split, it["label"], meta
-
+    carry = _Carrier(plan, items, fractions)
     files = FileSystems.match([_join(plan.previous, "*.tfrecord.gz")])[0].metadata_list
     for m in sorted(files, key=lambda m: (-m.size_in_bytes, m.path)):
         name = os.path.basename(m.path)
         split = name.split("-", 1)[0]
         rows = [tuple(r) for r in known.get(name, ())]
         whole = [carry(p, sha) for p, sha, _ in rows]
-        if (
-            rows
-            and kept[split] < MAX_KEPT_SHARDS * shards
-            and len({p for p, _, _ in rows}) == len(rows)
-            and all(
-                c is not None and c[0] == split and label_ids[c[1]] == lid and c[1] == prev_label
-                for c, (p, _, lid), prev_label in zip(
-                    whole,
-                    rows,
-                    (plan.reuse.get(p, {}).get("label") for p, _, _ in rows),
-                    strict=True,
-                )
-            )
+        if kept[split] < MAX_KEPT_SHARDS * shards and _reused_whole(
+            rows, whole, split, label_ids, plan
         ):
             kept[split] += 1
             dst = f"{split}-kept-{kept[split]:05d}.tfrecord.gz"
             _link_or_copy(m.path, _join(staged, dst))
             index[dst] = rows
             for (p, _, _), c in zip(rows, whole, strict=True):
-                found.add(p)
+                carry.found.add(p)
                 metas.append(c[2])
             continue
-        for record in _records(m.path):
-            ex = Example.FromString(record)
-            path, digest, lid = _row(ex)
-            c = carry(path, digest)
-            if c is None:
-                continue
-            found.add(path)
-            split, label, meta = c
-            if lid != label_ids[label] or _field(ex, "label/text") != label.encode():
-                # a class added or removed shifts the ids; a CSV may relabel a file
-                record = serialize(
-                    {
-                        "image/encoded": _field(ex, "image/encoded"),
-                        "image/format": _field(ex, "image/format"),
-                        "image/height": _field(ex, "image/height"),
-                        "image/width": _field(ex, "image/width"),
-                        "image/sha256": digest.encode(),
-                        "label": label_ids[label],
-                        "label/text": label.encode(),
-                        "source": path.encode(),
-                    }
-                )
-            out[split].append(((label, digest, path), record, (path, digest, label_ids[label])))
-            metas.append(meta)
+        metas += _carry_records(m.path, carry, label_ids, out)
+    _decode_missing(plan, items, carry.found)
+    index.update(_write_shards(staged, "reused-", out, shards))
+    return metas, index
+
+
+def _reused_whole(rows, whole, split: str, label_ids, plan: ReusePlan) -> bool:
+    """Whether a previous shard can be kept as it is: each of its records reused once, with
+    the same split, label and label id."""
+    return bool(
+        rows
+        and len({p for p, _, _ in rows}) == len(rows)
+        and all(
+            c is not None and c[0] == split and label_ids[c[1]] == lid and c[1] == prev_label
+            for c, (p, _, lid), prev_label in zip(
+                whole,
+                rows,
+                (plan.reuse.get(p, {}).get("label") for p, _, _ in rows),
+                strict=True,
+            )
+        )
+    )
+
+
+def _carry_records(path: str, carry: _Carrier, label_ids, out) -> list[dict]:
+    """A previous shard's reused records, one by one into `out`; their manifest rows."""
+    metas = []
+    for record in _records(path):
+        ex = Example.FromString(record)
+        source, digest, lid = _row(ex)
+        c = carry(source, digest)
+        if c is None:
+            continue
+        carry.found.add(source)
+        split, label, meta = c
+        if lid != label_ids[label] or _field(ex, "label/text") != label.encode():
+            # a class added or removed shifts the ids; a CSV may relabel a file
+            record = _relabelled(ex, digest, source, label, label_ids[label])
+        out[split].append(((label, digest, source), record, (source, digest, label_ids[label])))
+        metas.append(meta)
+    return metas
+
+
+def _relabelled(ex, digest: str, source: str, label: str, label_id: int) -> bytes:
+    """A previous record with this run's label, label id and source path."""
+    return serialize(
+        {
+            "image/encoded": _field(ex, "image/encoded"),
+            "image/format": _field(ex, "image/format"),
+            "image/height": _field(ex, "image/height"),
+            "image/width": _field(ex, "image/width"),
+            "image/sha256": digest.encode(),
+            "label": label_id,
+            "label/text": label.encode(),
+            "source": source.encode(),
+        }
+    )
+
+
+def _decode_missing(plan: ReusePlan, items: list[dict], found: set[str]) -> None:
+    """Reused records not found in the previous shards move to the plan's decode list."""
     missing = set(plan.reuse) - found
     if missing:
         log(f"ingest: {len(missing)} reused record(s) not found in {plan.previous}; decoding them")
@@ -854,8 +895,6 @@ def copy_reused(
         plan.decode += [it for it in items if it["path"] in missing]
         plan.counts["reused"] -= len(missing)
         plan.counts["changed"] += len(missing)
-    index.update(_write_shards(staged, "reused-", out, shards))
-    return metas, index
 
 
 def decode_in_process(
@@ -956,36 +995,9 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
     if previous is None and data.incremental:
         previous = find_previous(data, out_dir)
     plan = plan_reuse(items, data, previous)
-    reused_meta: list[dict] = []
-    known: dict[str, list[Row]] = {}  # the shard index of the files written outside Beam
     try:
-        if plan.previous:
-            try:
-                reused_meta, known = copy_reused(
-                    plan, items, label_ids, fractions, out_dir, data.shards
-                )
-                c = plan.counts
-                log(
-                    f"ingest: incremental from {plan.previous}: reused {c['reused']}, added "
-                    f"{c['added']}, changed {c['changed']}, removed {c['removed']}, retried "
-                    f"{c['retried']} (quarantined before); decoding {len(plan.decode)}"
-                )
-            except Exception as e:  # noqa: BLE001 - a vanished or damaged previous output
-                log(f"ingest: cannot reuse {plan.previous} ({e}); decoding every file", "warn")
-                _discard_staged(out_dir)
-                reused_meta, known = [], {}
-                plan = plan_reuse(items, data, None)
-        if plan.decode and _in_process(data, plan):
-            decoded_meta, decoded_q, new = decode_in_process(
-                plan.decode, label_ids, data, out_dir, fractions
-            )
-            known.update(new)
-        elif plan.decode:
-            run_beam(plan.decode, label_ids, data, out_dir, fractions)
-            decoded_meta = _read_jsonl_glob(_join(out_dir, "_beam", "meta*"))
-            decoded_q = _read_jsonl_glob(_join(out_dir, "_beam", "quarantine*"))
-        else:
-            decoded_meta, decoded_q = [], []
+        plan, reused_meta, known = _reuse_previous(plan, items, label_ids, fractions, out_dir, data)
+        decoded_meta, decoded_q = _decode_the_rest(plan, label_ids, data, out_dir, fractions, known)
         _place_staged(out_dir)
     except BaseException:
         _cleanup(out_dir)
@@ -999,6 +1011,69 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
         listing.rejected + decoded_q,
         key=lambda q: q["path"],
     )
+    stats = _stats(data, listing, labels, meta, quarantine, fractions, plan)
+    stats["seconds"] = round(time.time() - t0, 2)
+    _write_artifact(data, out_dir, labels, stats, quarantine, meta, known)
+    for q in quarantine:
+        log(f"ingest: quarantined {q['path']}: {q['reason']}", level="warn")
+    counts = stats["counts"]
+    log(
+        f"ingest: wrote {len(meta)} examples "
+        + ", ".join(f"{s}={sum(counts[s].values())}" for s in SPLITS)
+        + f"; quarantined {stats['quarantined']}; {stats['seconds']}s"
+    )
+    return IngestResult(
+        out_dir=out_dir,
+        labels=labels,
+        counts=counts,
+        written=len(meta),
+        quarantined=stats["quarantined"],
+        input_files=n_input,
+        incremental=stats["incremental"],
+    )
+
+
+def _reuse_previous(plan: ReusePlan, items, label_ids, fractions, out_dir, data: DataConfig):
+    """Copy the reused records over; a vanished or damaged previous output decodes all.
+
+    Returns the plan (re-planned without reuse on a failure), the reused manifest rows and the
+    shard index of the files written outside Beam."""
+    if not plan.previous:
+        return plan, [], {}
+    try:
+        reused_meta, known = copy_reused(plan, items, label_ids, fractions, out_dir, data.shards)
+        c = plan.counts
+        log(
+            f"ingest: incremental from {plan.previous}: reused {c['reused']}, added "
+            f"{c['added']}, changed {c['changed']}, removed {c['removed']}, retried "
+            f"{c['retried']} (quarantined before); decoding {len(plan.decode)}"
+        )
+        return plan, reused_meta, known
+    except Exception as e:  # noqa: BLE001 - a vanished or damaged previous output
+        log(f"ingest: cannot reuse {plan.previous} ({e}); decoding every file", "warn")
+        _discard_staged(out_dir)
+        return plan_reuse(items, data, None), [], {}
+
+
+def _decode_the_rest(plan: ReusePlan, label_ids, data: DataConfig, out_dir, fractions, known):
+    """Decode what was not reused: in process when few, else through Beam. Adds the shards
+    written in process to `known`; returns the decoded manifest rows and quarantine."""
+    if plan.decode and _in_process(data, plan):
+        decoded_meta, decoded_q, new = decode_in_process(
+            plan.decode, label_ids, data, out_dir, fractions
+        )
+        known.update(new)
+        return decoded_meta, decoded_q
+    if plan.decode:
+        run_beam(plan.decode, label_ids, data, out_dir, fractions)
+        decoded_meta = _read_jsonl_glob(_join(out_dir, "_beam", "meta*"))
+        decoded_q = _read_jsonl_glob(_join(out_dir, "_beam", "quarantine*"))
+        return decoded_meta, decoded_q
+    return [], []
+
+
+def _histograms(meta: list[dict], labels: list[str]) -> tuple[dict, dict, Counter, Counter]:
+    """Examples per split and class, and the size, format and mode histograms."""
     counts: dict[str, dict[str, int]] = {s: {lab: 0 for lab in labels} for s in SPLITS}
     sizes: dict[str, Counter] = defaultdict(Counter)
     formats: Counter = Counter()
@@ -1008,10 +1083,17 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
         sizes[m["split"]][_size_bin(max(m["height"], m["width"]))] += 1
         formats[m["format"]] += 1
         modes[m["mode"]] += 1
+    return counts, sizes, formats, modes
+
+
+def _stats(data: DataConfig, listing, labels, meta, quarantine, fractions, plan) -> dict:
+    """stats.json, but for its `seconds`: what was read, written and quarantined, per class."""
+    counts, sizes, formats, modes = _histograms(meta, labels)
+    items = listing.items
     inputs_per_class = Counter(i["label"] for i in items + listing.rejected)
     q_per_class = Counter(q["label"] for q in quarantine)
-    stats = {
-        "input_files": n_input,  # == written + quarantined
+    return {
+        "input_files": len(items) + len(listing.rejected),  # == written + quarantined
         "written": len(meta),
         "quarantined": len(quarantine),
         "labels": labels,
@@ -1042,8 +1124,12 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
         "data_fingerprint": data_fingerprint(meta),
         "source_fingerprint": source_fingerprint(data),
         "incremental": {"previous": plan.previous, **plan.counts, "decoded": len(plan.decode)},
-        "seconds": round(time.time() - t0, 2),
     }
+
+
+def _write_artifact(data: DataConfig, out_dir, labels, stats, quarantine, meta, known) -> None:
+    """labels, stats, quarantine, manifest, the shard index and the reuse key, in that order:
+    the reuse key last, as it marks a finished output."""
     write_labels(out_dir, labels)
     _write_text(_join(out_dir, "stats.json"), json.dumps(stats, indent=2))
     _write_text(_join(out_dir, "quarantine.json"), json.dumps(quarantine, indent=2))
@@ -1057,22 +1143,6 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
     _write_text(
         _join(out_dir, REUSE_FILE),
         json.dumps({"key": reuse_key(data), "finished": time.time(), "written": len(meta)}),
-    )
-    for q in quarantine:
-        log(f"ingest: quarantined {q['path']}: {q['reason']}", level="warn")
-    log(
-        f"ingest: wrote {len(meta)} examples "
-        + ", ".join(f"{s}={sum(counts[s].values())}" for s in SPLITS)
-        + f"; quarantined {stats['quarantined']}; {stats['seconds']}s"
-    )
-    return IngestResult(
-        out_dir=out_dir,
-        labels=labels,
-        counts=counts,
-        written=len(meta),
-        quarantined=stats["quarantined"],
-        input_files=n_input,
-        incremental=stats["incremental"],
     )
 
 

@@ -360,6 +360,17 @@ def _write_marker(tmp: str, marker: dict) -> None:
         json.dump(marker, f)
 
 
+@dataclass
+class _Candidate:
+    """The exported version push copies, and the evaluation that judged it."""
+
+    src: str
+    version: int
+    model_sha: str | None
+    weights: str | None
+    evaluation: dict
+
+
 def push(
     export_dir: str,
     evaluation_dir: str,
@@ -383,7 +394,7 @@ def push(
     with open(os.path.join(export_dir, "export.json")) as f:
         exported = json.load(f)
     src, version = exported["path"], int(exported["version"])
-    model_sha, weights = exported.get("model_sha256"), weights_sha256(src)
+    cand = _Candidate(src, version, exported.get("model_sha256"), weights_sha256(src), evaluation)
     result = PushResult(
         pushed=False,
         blessed=evaluation["blessed"],
@@ -391,7 +402,7 @@ def push(
         version=version,
         reasons=evaluation["reasons"],
     )
-    same = same_model_version(cfg.destination, model_name, model_sha, weights)
+    same = same_model_version(cfg.destination, model_name, cand.model_sha, cand.weights)
     if same is not None:
         _already(result, cfg.destination, model_name, same)
     elif not evaluation["blessed"] and not force:
@@ -400,87 +411,115 @@ def push(
             level="warn",
         )
     else:
-        root = _join(cfg.destination, model_name)
-        gfile.makedirs(root)
-        mark_output_dir(cfg.destination)  # never read as data, wherever it sits
-        _remove_stale_tmp(root)
-        pushed_at = time.time()
-        entry = {  # the version number is set under the lock
-            "kind": "push",
-            "created": registry.now_iso(pushed_at),
-            "run_id": registry.run_id(),
-            "pushed_by": registry.who(),
-            "forced": not evaluation["blessed"],
-            "model_sha256": model_sha,
-            "weights_sha256": weights,
-            "lineage": registry.lineage_for_push(
-                read_json(_join(src, "model_card.json")), evaluation
-            ),
-            "drift": registry.drift_verdict(drift_dir),
-        }
-        with _owned_tmp(root) as tmp:
-            files = _copy_tree(src, tmp)
-            marker = {
-                "model_sha256": model_sha,
-                "weights_sha256": weights,
-                "files": len(files),
-                "bytes": sum(files.values()),
-                "pushed": pushed_at,
-                "blessed": evaluation["blessed"],
-                "forced": not evaluation["blessed"],
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "entry": entry,
-            }
-            _write_marker(tmp, marker)
-            _verify(tmp, files)
-            with _destination_lock(root):
-                same = same_model_version(cfg.destination, model_name, model_sha, weights)
-                go, info = (
-                    recheck_served(cfg.destination, model_name, evaluation, force)
-                    if same is None and recheck
-                    else (same is None, None)
-                )
-                result.recheck = info
-                if same is not None:  # another push brought the same model meanwhile
-                    _already(result, cfg.destination, model_name, same)
-                elif not go:
-                    result.reasons = [*result.reasons, f"{info['outcome']}: {_recheck_text(info)}"]
-                    log(
-                        f"push: not pushed: {_recheck_text(info)}; the version served now stays "
-                        "(--force to push anyway)",
-                        level="warn",
-                    )
-                else:
-                    if info is not None:  # the marker and the index say what it was pushed over
-                        entry["recheck"] = info
-                        _write_marker(tmp, marker)
-                    existing = versions(cfg.destination, model_name)
-                    if version in existing or (existing and version < existing[-1]):
-                        version = max(existing[-1] + 1, int(time.time()))  # newest, never over
-                    final = _join(root, str(version))
-                    gfile.rename(tmp, final, overwrite=False)
-                    removed = _prune(cfg.destination, model_name, cfg.keep)
-                    _record(cfg.destination, model_name, {"version": version, **entry}, removed)
-                    result.pushed, result.forced = True, not evaluation["blessed"]
-                    result.destination, result.version = final, version
-                    result.files, result.removed_versions = len(files), removed
-        if result.pushed and result.recheck:
-            log(f"push: {result.recheck['outcome']}: {_recheck_text(result.recheck)}")
-        if result.pushed:
-            log(
-                f"push: {'FORCED ' if result.forced else ''}pushed version {version} to "
-                f"{result.destination} ({result.files} files, verified)"
-                + (
-                    f"; removed old versions {result.removed_versions}"
-                    if result.removed_versions
-                    else ""
-                ),
-                level="ok",
-            )
+        _copy_and_publish(result, cand, cfg, model_name, force, recheck, drift_dir)
+        _say_pushed(result)
     with open(os.path.join(out_dir, "push.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)
     return result
+
+
+def _push_entry(cand: _Candidate, pushed_at: float, drift_dir: str | None) -> dict:
+    """The version's index entry: who, when, what and its lineage; numbered under the lock."""
+    evaluation = cand.evaluation
+    return {
+        "kind": "push",
+        "created": registry.now_iso(pushed_at),
+        "run_id": registry.run_id(),
+        "pushed_by": registry.who(),
+        "forced": not evaluation["blessed"],
+        "model_sha256": cand.model_sha,
+        "weights_sha256": cand.weights,
+        "lineage": registry.lineage_for_push(
+            read_json(_join(cand.src, "model_card.json")), evaluation
+        ),
+        "drift": registry.drift_verdict(drift_dir),
+    }
+
+
+def _copy_and_publish(
+    result: PushResult, cand: _Candidate, cfg: PushConfig, model_name, force, recheck, drift_dir
+) -> None:
+    """Copy into a private temp dir and verify it, then publish it under the destination lock."""
+    root = _join(cfg.destination, model_name)
+    gfile.makedirs(root)
+    mark_output_dir(cfg.destination)  # never read as data, wherever it sits
+    _remove_stale_tmp(root)
+    pushed_at = time.time()
+    entry = _push_entry(cand, pushed_at, drift_dir)
+    with _owned_tmp(root) as tmp:
+        files = _copy_tree(cand.src, tmp)
+        marker = {
+            "model_sha256": cand.model_sha,
+            "weights_sha256": cand.weights,
+            "files": len(files),
+            "bytes": sum(files.values()),
+            "pushed": pushed_at,
+            "blessed": cand.evaluation["blessed"],
+            "forced": not cand.evaluation["blessed"],
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "entry": entry,
+        }
+        _write_marker(tmp, marker)
+        _verify(tmp, files)
+        with _destination_lock(root):
+            _publish(result, cand, tmp, marker, len(files), cfg, model_name, force, recheck)
+
+
+def _publish(
+    result: PushResult, cand, tmp, marker, n_files, cfg: PushConfig, model_name, force, recheck
+) -> None:
+    """Under the lock: unless the same model arrived meanwhile, or (recheck) the version served
+    now is better, rename the copy in as the newest version, prune, and index it."""
+    same = same_model_version(cfg.destination, model_name, cand.model_sha, cand.weights)
+    go, info = (
+        recheck_served(cfg.destination, model_name, cand.evaluation, force)
+        if same is None and recheck
+        else (same is None, None)
+    )
+    result.recheck = info
+    if same is not None:  # another push brought the same model meanwhile
+        _already(result, cfg.destination, model_name, same)
+        return
+    if not go:
+        result.reasons = [*result.reasons, f"{info['outcome']}: {_recheck_text(info)}"]
+        log(
+            f"push: not pushed: {_recheck_text(info)}; the version served now stays "
+            "(--force to push anyway)",
+            level="warn",
+        )
+        return
+    entry = marker["entry"]
+    if info is not None:  # the marker and the index say what it was pushed over
+        entry["recheck"] = info
+        _write_marker(tmp, marker)
+    version = cand.version
+    existing = versions(cfg.destination, model_name)
+    if version in existing or (existing and version < existing[-1]):
+        version = max(existing[-1] + 1, int(time.time()))  # newest, never over
+    final = _join(_join(cfg.destination, model_name), str(version))
+    gfile.rename(tmp, final, overwrite=False)
+    removed = _prune(cfg.destination, model_name, cfg.keep)
+    _record(cfg.destination, model_name, {"version": version, **entry}, removed)
+    result.pushed, result.forced = True, not cand.evaluation["blessed"]
+    result.destination, result.version = final, version
+    result.files, result.removed_versions = n_files, removed
+
+
+def _say_pushed(result: PushResult) -> None:
+    if result.pushed and result.recheck:
+        log(f"push: {result.recheck['outcome']}: {_recheck_text(result.recheck)}")
+    if result.pushed:
+        log(
+            f"push: {'FORCED ' if result.forced else ''}pushed version {result.version} to "
+            f"{result.destination} ({result.files} files, verified)"
+            + (
+                f"; removed old versions {result.removed_versions}"
+                if result.removed_versions
+                else ""
+            ),
+            level="ok",
+        )
 
 
 # ---------------------------------------------------------------- rollback
@@ -510,14 +549,7 @@ def rollback(
     holds this model (the same weights), nothing is done.
     """
     root = _join(destination, model_name)
-    registry.require_model(destination, model_name)
-    existing = versions(destination, model_name)
-    if to not in existing:
-        registry.entry(destination, model_name, to)  # raises UnknownVersion naming the others
-        raise registry.UnknownVersion(  # in the index but its dir is gone
-            f"version {to} of '{model_name}' is no longer at {destination} (pruned or deleted); "
-            f"versions there: {', '.join(map(str, existing)) or 'none'}"
-        )
+    _require_version(destination, model_name, to)
     src = version_path(destination, model_name, to)
     previous = registry.served_version(destination, model_name)
     weights = pushed_weights_sha(destination, model_name, to)
@@ -529,27 +561,11 @@ def rollback(
         return RollbackResult(
             False, previous, to, previous, version_path(destination, model_name, previous)
         )
-    original = registry.entry(destination, model_name, to)
     source_marker = read_marker(src) or {}
     at = time.time()
-    by = registry.who()
-    entry = {
-        "kind": "rollback",
-        "created": registry.now_iso(at),
-        "run_id": None,
-        "pushed_by": by,
-        "forced": False,
-        "model_sha256": source_marker.get("model_sha256") or original.get("model_sha256"),
-        "weights_sha256": weights,
-        "lineage": original.get("lineage") or {},
-        "rollback": {
-            "to": to,
-            "from": previous,
-            "by": by,
-            "at": registry.now_iso(at),
-            "reason": reason,
-        },
-    }
+    entry = _rollback_entry(
+        destination, model_name, to, previous, source_marker, weights, at, reason
+    )
     result = RollbackResult(False, to, to, previous)
     _remove_stale_tmp(root)
     with _owned_tmp(root) as tmp:
@@ -572,23 +588,66 @@ def rollback(
         )
         _verify(tmp, files)
         with _destination_lock(root):
-            existing = versions(destination, model_name)
-            if to not in existing:
-                raise registry.UnknownVersion(
-                    f"version {to} of '{model_name}' was removed while it was being copied"
-                )
-            # newer than every version, also those only in the index: no record is overwritten
-            indexed = [int(e["version"]) for e in registry.read_index(destination, model_name)]
-            version = max([*existing, *indexed]) + 1
-            entry["rollback"]["from"] = result.previous = existing[-1]
-            final = _join(root, str(version))
-            gfile.rename(tmp, final, overwrite=False)
-            _record(destination, model_name, {"version": version, **entry}, [])
-            result.rolled_back, result.version = True, version
-            result.destination, result.files = final, len(files)
+            _publish_rollback(result, destination, model_name, tmp, entry, len(files))
     log(
         f"rollback: version {result.version} (a copy of version {to}) is now the newest and "
         f"served; it was version {result.previous}",
         level="ok",
     )
     return result
+
+
+def _require_version(destination: str, model_name: str, to: int) -> None:
+    """Raise UnknownVersion, naming the versions there, unless `to` is at the destination."""
+    registry.require_model(destination, model_name)
+    existing = versions(destination, model_name)
+    if to not in existing:
+        registry.entry(destination, model_name, to)  # raises UnknownVersion naming the others
+        raise registry.UnknownVersion(  # in the index but its dir is gone
+            f"version {to} of '{model_name}' is no longer at {destination} (pruned or deleted); "
+            f"versions there: {', '.join(map(str, existing)) or 'none'}"
+        )
+
+
+def _rollback_entry(
+    destination, model_name, to, previous, source_marker, weights, at, reason
+) -> dict:
+    """The copy's index entry: kind rollback, with the original's lineage and hashes."""
+    original = registry.entry(destination, model_name, to)
+    by = registry.who()
+    return {
+        "kind": "rollback",
+        "created": registry.now_iso(at),
+        "run_id": None,
+        "pushed_by": by,
+        "forced": False,
+        "model_sha256": source_marker.get("model_sha256") or original.get("model_sha256"),
+        "weights_sha256": weights,
+        "lineage": original.get("lineage") or {},
+        "rollback": {
+            "to": to,
+            "from": previous,
+            "by": by,
+            "at": registry.now_iso(at),
+            "reason": reason,
+        },
+    }
+
+
+def _publish_rollback(result: RollbackResult, destination, model_name, tmp, entry, n_files):
+    """Under the lock: the copy becomes a version newer than every one, also those only in
+    the index, so no record is overwritten."""
+    to = result.to
+    existing = versions(destination, model_name)
+    if to not in existing:
+        raise registry.UnknownVersion(
+            f"version {to} of '{model_name}' was removed while it was being copied"
+        )
+    indexed = [int(e["version"]) for e in registry.read_index(destination, model_name)]
+    version = max([*existing, *indexed]) + 1
+    entry["rollback"]["from"] = result.previous = existing[-1]
+    final = _join(destination, model_name, str(version))
+    gfile.rename(tmp, final, overwrite=False)
+    _record(destination, model_name, {"version": version, **entry}, [])
+    result.rolled_back, result.version = True, version
+    result.destination, result.files = final, n_files

@@ -159,14 +159,7 @@ def _class_files(cdir: str, label: str, split: str | None, out: Listing) -> None
 
 def list_folder(root: str) -> Listing:
     """root/<class>/* or root/<split>/<class>/* with any subset of splits present."""
-    if not _isdir(root):
-        where = root if is_remote(root) else os.path.abspath(root)
-        raise FileNotFoundError(f"image folder not found: {where}")
-    names = [n for n in _listdir(root) if not n.startswith(".")]
-    dirs = [n for n in names if _isdir(_join(root, n))]
-    files = [n for n in names if n not in dirs]
-    own = [d for d in dirs if is_output_dir(_join(root, d))]  # runs/, models/ beside the data
-    dirs = [d for d in dirs if d not in own]
+    dirs, files, own = _top_level(root)
     split_dirs = [d for d in dirs if d.lower() in SPLIT_ALIASES]
     if not dirs:
         what = f"{len(files)} file(s) and no class folders" if files else "nothing"
@@ -191,38 +184,12 @@ def list_folder(root: str) -> Listing:
             }
         )
     if split_dirs:
-        seen: dict[str, str] = {}
-        for d in split_dirs:
-            split = SPLIT_ALIASES[d.lower()]
-            if split in seen:
-                raise DataLayoutError(
-                    f"{shown(root)}: both '{seen[split]}' and '{d}' mean split '{split}'"
-                )
-            seen[split] = d
-        if "train" not in seen:
-            raise DataLayoutError(
-                f"{shown(root)} has split folders {sorted(seen.values())} but no train folder."
-                f"\n{LAYOUT_HELP}"
-            )
-        out.found_splits = [s for s in SPLITS if s in seen]
+        out.found_splits = _found_splits(root, split_dirs)
         layers = [(SPLIT_ALIASES[d.lower()], _join(root, d)) for d in split_dirs]
     else:
         layers = [(None, root)]
     for split, base in layers:
-        for cls in _listdir(base):
-            cdir = _join(base, cls)
-            if cls.startswith(".") or is_output_dir(cdir):
-                continue
-            if not _isdir(cdir):
-                _reject(out, cdir, None, "file outside any class folder")
-                continue
-            if not _utf8(cls):
-                _reject(out, cdir, None, "class folder name is not valid UTF-8")
-                continue
-            before = len(out.items)
-            _class_files(cdir, cls, split, out)
-            if len(out.items) == before and not any(r["label"] == cls for r in out.rejected):
-                out.notes.append({"path": cdir, "label": cls, "reason": "empty class folder"})
+        _list_classes(base, split, out)
     labels = {i["label"] for i in out.items}
     if len(labels) == 1:
         (only,) = labels
@@ -232,6 +199,55 @@ def list_folder(root: str) -> Listing:
             f"data.path at it.\n{LAYOUT_HELP}"
         )
     return out
+
+
+def _top_level(root: str) -> tuple[list[str], list[str], list[str]]:
+    """root's folders, its files, and Graft's own output folders among them (left out of the
+    folders): runs/, models/ beside the data."""
+    if not _isdir(root):
+        where = root if is_remote(root) else os.path.abspath(root)
+        raise FileNotFoundError(f"image folder not found: {where}")
+    names = [n for n in _listdir(root) if not n.startswith(".")]
+    dirs = [n for n in names if _isdir(_join(root, n))]
+    files = [n for n in names if n not in dirs]
+    own = [d for d in dirs if is_output_dir(_join(root, d))]
+    return [d for d in dirs if d not in own], files, own
+
+
+def _found_splits(root: str, split_dirs: list[str]) -> list[str]:
+    """The splits the split folders name, in SPLITS order: each once, train among them."""
+    seen: dict[str, str] = {}
+    for d in split_dirs:
+        split = SPLIT_ALIASES[d.lower()]
+        if split in seen:
+            raise DataLayoutError(
+                f"{shown(root)}: both '{seen[split]}' and '{d}' mean split '{split}'"
+            )
+        seen[split] = d
+    if "train" not in seen:
+        raise DataLayoutError(
+            f"{shown(root)} has split folders {sorted(seen.values())} but no train folder."
+            f"\n{LAYOUT_HELP}"
+        )
+    return [s for s in SPLITS if s in seen]
+
+
+def _list_classes(base: str, split: str | None, out: Listing) -> None:
+    """The class folders under `base` into `out`: their files, what is rejected, the empty."""
+    for cls in _listdir(base):
+        cdir = _join(base, cls)
+        if cls.startswith(".") or is_output_dir(cdir):
+            continue
+        if not _isdir(cdir):
+            _reject(out, cdir, None, "file outside any class folder")
+            continue
+        if not _utf8(cls):
+            _reject(out, cdir, None, "class folder name is not valid UTF-8")
+            continue
+        before = len(out.items)
+        _class_files(cdir, cls, split, out)
+        if len(out.items) == before and not any(r["label"] == cls for r in out.rejected):
+            out.notes.append({"path": cdir, "label": cls, "reason": "empty class folder"})
 
 
 # ------------------------------------------------------------------ CSV
@@ -324,19 +340,8 @@ def list_csv(manifest: str, group_by: str | None = None, max_bytes: int = 256 * 
         first = None
     lower = [c.lower() for c in header] if header else ["path", "label", "split"]
     split_col = lower.index("split") if "split" in lower else None
-    group_col = None
     out = Listing()
-    if group_by and re.compile(group_by).groups == 0:
-        if not header or group_by not in header:
-            raise DataLayoutError(
-                f"data.group_by column '{group_by}' is not in {manifest}'s header "
-                f"({', '.join(header or ['no header'])})"
-            )
-        group_col = header.index(group_by)
-    elif not group_by and header:
-        hint = next((c for c in header if c.lower() in GROUP_HINT_COLUMNS), None)
-        if hint:  # recorded for validate to check; the split stays per image
-            group_col, out.group_hint = header.index(hint), hint
+    group_col = _group_column(manifest, header, group_by, out)
     base = os.path.dirname(manifest)
     for n, row in _chain(first, rows):
         if not row or not "".join(row).strip():
@@ -344,22 +349,42 @@ def list_csv(manifest: str, group_by: str | None = None, max_bytes: int = 256 * 
         path, label = (row[0].strip(), row[1].strip()) if len(row) >= 2 else ("", "")
         if not path or not label:
             raise _bad_line(manifest, n, f"got {row!r}")
-        split = None
-        if split_col is not None and len(row) > split_col and row[split_col].strip():
-            word = row[split_col].strip().lower()
-            if word not in SPLIT_ALIASES:
-                raise DataLayoutError(
-                    f"{manifest} line {n}: split must be train/val/test, got {word!r}"
-                )
-            split = SPLIT_ALIASES[word]
         if not is_remote(path) and not os.path.isabs(path):
             path = os.path.join(base, path)
-        item = {"path": path, "label": label, "split": split}
+        item = {"path": path, "label": label, "split": _csv_split(manifest, n, row, split_col)}
         if group_col is not None and len(row) > group_col and row[group_col].strip():
             item["group_hint" if out.group_hint else "group"] = row[group_col].strip()
         out.items.append(item)
     out.found_splits = sorted({i["split"] for i in out.items if i["split"]}, key=SPLITS.index)
     return out
+
+
+def _group_column(manifest: str, header, group_by: str | None, out: Listing) -> int | None:
+    """The column data.group_by names (a name, not a regex); without one, a column whose name
+    hints at groups (recorded as out.group_hint, for validate to check)."""
+    if group_by and re.compile(group_by).groups == 0:
+        if not header or group_by not in header:
+            raise DataLayoutError(
+                f"data.group_by column '{group_by}' is not in {manifest}'s header "
+                f"({', '.join(header or ['no header'])})"
+            )
+        return header.index(group_by)
+    if not group_by and header:
+        hint = next((c for c in header if c.lower() in GROUP_HINT_COLUMNS), None)
+        if hint:  # recorded for validate to check; the split stays per image
+            out.group_hint = hint
+            return header.index(hint)
+    return None
+
+
+def _csv_split(manifest: str, n: int, row: list[str], split_col: int | None) -> str | None:
+    """The row's split column as train/val/test (any alias); None when absent or blank."""
+    if split_col is None or len(row) <= split_col or not row[split_col].strip():
+        return None
+    word = row[split_col].strip().lower()
+    if word not in SPLIT_ALIASES:
+        raise DataLayoutError(f"{manifest} line {n}: split must be train/val/test, got {word!r}")
+    return SPLIT_ALIASES[word]
 
 
 def _chain(first, rest):

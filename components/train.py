@@ -19,7 +19,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 
 import keras
 import numpy as np
@@ -53,6 +53,64 @@ MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two de
 
 
 @dataclass
+class HeadDetails:
+    """What the head stage did beyond its scores (result.json's `extra`)."""
+
+    class_weight: dict | None
+    labels: list[str]
+    train_seconds: float
+    feature_seconds: float
+    features: dict | None  # the feature store's {"computed", "reused"} counts
+    feature_store: dict | None  # root, fingerprint, geometry: the guard's folds read it
+    saved_val: dict | None  # val accuracy and loss of the weights saved: fine_tune reuses it
+    deterministic: bool
+    distribution: dict
+
+
+@dataclass
+class FineTuneDetails:
+    """The guard's decision and how fine-tuning ran (result.json's `extra`)."""
+
+    guard: str  # "accepted" or "kept_head"
+    kept: str  # "fine_tuned" or "head"
+    head_val_accuracy: float
+    fine_tuned_val_accuracy: float
+    head_val_loss: float
+    fine_tuned_val_loss: float
+    val_gain: dict | None
+    val_only_gain: dict | None
+    gain_evidence: str | None
+    cross_validation: dict | None
+    unfreeze: dict
+    learning_rate: float
+    lr_find: dict | None
+    stage_rates: str | None
+    deterministic: bool
+    distribution: dict
+
+
+@dataclass
+class FineTuneSkipped:
+    """Fine-tuning did not run: the head model passed through, and why."""
+
+    guard: str = "disabled"
+    kept: str = "head"
+    skipped: str = ""  # why: the user's setting, or advise's plan
+
+
+def _details(extra: dict | None):
+    """result.json's `extra` as its typed record, told apart by a key only it has; a field an
+    older Graft did not write reads as None."""
+    if extra is None:
+        return None
+    if "labels" in extra:
+        kind = HeadDetails
+    else:
+        kind = FineTuneSkipped if "skipped" in extra else FineTuneDetails
+    return kind(**{f.name: extra.get(f.name) for f in fields(kind)})
+
+
+@dataclass
 class StageResult:
     stage: str
     model_path: str
@@ -63,7 +121,7 @@ class StageResult:
     seconds: float = 0.0
     cache_used: bool = False
     precision: str = "float32"
-    extra: dict = field(default_factory=dict)
+    extra: HeadDetails | FineTuneDetails | FineTuneSkipped | None = None
 
 
 # ------------------------------------------------------------------ shared pieces
@@ -169,7 +227,8 @@ def finished(out_dir: str) -> StageResult | None:
     path = os.path.join(out_dir, RESULT)
     if os.path.exists(path):
         with open(path) as f:
-            return StageResult(**json.load(f))
+            res = json.load(f)
+        return StageResult(**{**res, "extra": _details(res.get("extra"))})
     return None
 
 
@@ -415,6 +474,30 @@ def train_head(
         release(wdir, out_dir)
 
 
+@dataclass
+class _HeadData:
+    """Where the head stage's images come from, and which of them each split leaves out."""
+
+    examples_dir: str
+    image_size: int
+    geometry: gdata.Geometry
+    exclude: set | None  # from val: the eval exclusions
+    exclude_train: set | None
+    feature_store: str
+    chief: bool
+    workers: int
+
+
+@dataclass
+class _HeadFit:
+    """What fitting the head left behind for result.json besides the history."""
+
+    policy: object = None  # the input sharding of an image fit
+    features: dict | None = None  # the feature store's computed/reused counts
+    saved_val: dict | None = None  # val scores of the weights saved
+    feature_seconds: float = 0.0
+
+
 def _train_head(
     examples_dir,
     out_dir,
@@ -440,125 +523,35 @@ def _train_head(
     cw = class_weights(examples_dir, len(labels), cfg.class_weight)
     cached = use_cache(cfg)
     workers = gmodel.worker_count(strategy)
-    policy = None
     with strategy.scope():
         model = gmodel.multi_worker_keras(
             gmodel.build_model(base, head, len(labels), image_size), strategy
         )
     cbs, elog = callbacks(wdir, "train_head", cfg.epochs, cfg.patience, out_dir)
     cbs += extra_callbacks or []
-    t_fit, t_feat = time.time(), 0.0
-    store_counts = saved_val = None
-    chief = gmodel.is_chief(strategy)
-
-    def stored():  # plain features: the same for every run, so the store keeps them
-        return _stored_features(
-            model, examples_dir, exclude, exclude_train, feature_store, image_size, chief, geometry
-        )
-
+    t_fit = time.time()
+    src = _HeadData(
+        examples_dir,
+        image_size,
+        geometry,
+        exclude,
+        exclude_train,
+        feature_store,
+        gmodel.is_chief(strategy),
+        workers,
+    )
     if cached:
-        t_feat = time.time()
-        if not cfg.augment:
-            xt, yt, xv, yv, store_counts = stored()
-        else:
-            xt, yt, xv, yv = _cached_features(
-                model,
-                cfg,
-                augment,
-                image_size,
-                examples_dir,
-                exclude,
-                exclude_train,
-                wdir,
-                train.seed,
-                train.deterministic,
-                geometry,
-            )
-        t_feat = time.time() - t_feat
-        _fit_normalizer(model, xt)
-        with strategy.scope():
-            trainer = gmodel.multi_worker_keras(
-                gmodel.pooled_head(gmodel.head_of(model), xt.shape[1]), strategy
-            )
-            gmodel.compile_for_fit(
-                trainer,
-                make_optimizer(cfg.optimizer, cfg.learning_rate),
-                jit=_jit(train),
-                # a step on pooled features is ~1 ms: run many per call, not one per Python
-                # turn; one device only (Keras' multi-step loop fails under a strategy)
-                steps_per_execution=(
-                    max(1, min(64, math.ceil(len(yt) / cfg.batch_size)))
-                    if strategy.num_replicas_in_sync == 1 and workers == 1
-                    else 1
-                ),
-            )
-        trainer.fit(
-            xt,
-            yt,
-            batch_size=cfg.batch_size,
-            epochs=cfg.epochs,
-            validation_data=(xv, yv),
-            class_weight=cw,
-            callbacks=cbs,
-            verbose=0,
-            shuffle=True,
-        )
-        saved_val = _scores_of(trainer, xv, yv)
+        fit = _fit_head_on_features(model, src, wdir, strategy, train, cfg, augment, cw, cbs)
     else:
-        train_ds = gdata.image_dataset(
-            examples_dir,
-            "train",
-            image_size,
-            cfg.batch_size,
-            shuffle=True,
-            augment=augment if cfg.augment else None,
-            seed=train.seed,
-            exclude_sha256=exclude_train,
-            deterministic=train.deterministic,
-            workers=workers,
-            geometry=geometry,
-        )
-        policy = train_ds.options().experimental_distribute.auto_shard_policy
-        if gmodel.feature_normalizer(model) is not None:  # plain train features, via the store
-            _fit_normalizer(model, stored()[0])
-        val_ds = gdata.image_dataset(
-            examples_dir,
-            "val",
-            image_size,
-            cfg.batch_size,
-            exclude_sha256=exclude,
-            workers=workers,
-            geometry=geometry,
-        )
-        with strategy.scope():
-            gmodel.compile_for_fit(
-                model, make_optimizer(cfg.optimizer, cfg.learning_rate), jit=_jit(train)
-            )
-        model.fit(
-            train_ds,
-            epochs=cfg.epochs,
-            steps_per_epoch=gdata.steps_per_epoch(
-                train_ds, examples_dir, "train", cfg.batch_size, exclude_train
-            ),
-            validation_data=val_ds,
-            class_weight=cw,
-            callbacks=cbs,
-            verbose=0,
-        )
+        fit = _fit_head_on_images(model, src, strategy, train, cfg, augment, cw, cbs)
     t_fit = time.time() - t_fit
-    with strategy.scope():
-        model.compile(
-            make_optimizer(cfg.optimizer, cfg.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-    model_path = os.path.join(out_dir, MODEL)
+    _compile_stock(model, strategy, cfg.optimizer, cfg.learning_rate)
     model.save(os.path.join(wdir, MODEL))
     hist = read_history(wdir)
     acc, loss = _best(hist)
     res = StageResult(
         stage="train_head",
-        model_path=model_path,
+        model_path=os.path.join(out_dir, MODEL),
         best_val_accuracy=acc,
         best_val_loss=loss,
         epochs_run=len(hist),
@@ -566,24 +559,7 @@ def _train_head(
         seconds=round(time.time() - t0, 2),
         cache_used=cached,
         precision=precision,
-        extra={
-            "class_weight": cw,
-            "labels": labels,
-            "train_seconds": round(t_fit, 2),
-            "feature_seconds": round(t_feat, 2),
-            "features": store_counts,
-            # where this base's pooled features are stored: the fine-tune guard's folds read them
-            "feature_store": {
-                "root": feature_store,
-                "fingerprint": gmodel.base_of(model).graft_fingerprint,
-                "geometry": geometry.key,
-            }
-            if feature_store
-            else None,
-            "saved_val": saved_val,  # of the weights saved: fine_tune reuses it
-            "deterministic": train.deterministic,
-            "distribution": distribution(strategy, policy),
-        },
+        extra=_head_details(model, strategy, train, src, fit, cw, labels, t_fit),
     )
     log(
         f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache "
@@ -592,6 +568,152 @@ def _train_head(
         level="ok",
     )
     return finish(wdir, res, "head stage (frozen base)")
+
+
+def _stored_head_features(model, src: _HeadData):
+    """Plain features: the same for every run, so the store keeps them."""
+    return _stored_features(
+        model,
+        src.examples_dir,
+        src.exclude,
+        src.exclude_train,
+        src.feature_store,
+        src.image_size,
+        src.chief,
+        src.geometry,
+    )
+
+
+def _fit_head_on_features(
+    model, src: _HeadData, wdir, strategy, train, cfg, augment, cw, cbs
+) -> _HeadFit:
+    """The head alone on the base's pooled features, computed once: far cheaper per epoch."""
+    fit = _HeadFit()
+    t_feat = time.time()
+    if not cfg.augment:
+        xt, yt, xv, yv, fit.features = _stored_head_features(model, src)
+    else:
+        xt, yt, xv, yv = _cached_features(
+            model,
+            cfg,
+            augment,
+            src.image_size,
+            src.examples_dir,
+            src.exclude,
+            src.exclude_train,
+            wdir,
+            train.seed,
+            train.deterministic,
+            src.geometry,
+        )
+    fit.feature_seconds = time.time() - t_feat
+    _fit_normalizer(model, xt)
+    with strategy.scope():
+        trainer = gmodel.multi_worker_keras(
+            gmodel.pooled_head(gmodel.head_of(model), xt.shape[1]), strategy
+        )
+        gmodel.compile_for_fit(
+            trainer,
+            make_optimizer(cfg.optimizer, cfg.learning_rate),
+            jit=_jit(train),
+            # a step on pooled features is ~1 ms: run many per call, not one per Python
+            # turn; one device only (Keras' multi-step loop fails under a strategy)
+            steps_per_execution=(
+                max(1, min(64, math.ceil(len(yt) / cfg.batch_size)))
+                if strategy.num_replicas_in_sync == 1 and src.workers == 1
+                else 1
+            ),
+        )
+    trainer.fit(
+        xt,
+        yt,
+        batch_size=cfg.batch_size,
+        epochs=cfg.epochs,
+        validation_data=(xv, yv),
+        class_weight=cw,
+        callbacks=cbs,
+        verbose=0,
+        shuffle=True,
+    )
+    fit.saved_val = _scores_of(trainer, xv, yv)
+    return fit
+
+
+def _fit_head_on_images(model, src: _HeadData, strategy, train, cfg, augment, cw, cbs) -> _HeadFit:
+    """The whole model on decoded images: what augmenting every epoch needs."""
+    train_ds = gdata.image_dataset(
+        src.examples_dir,
+        "train",
+        src.image_size,
+        cfg.batch_size,
+        shuffle=True,
+        augment=augment if cfg.augment else None,
+        seed=train.seed,
+        exclude_sha256=src.exclude_train,
+        deterministic=train.deterministic,
+        workers=src.workers,
+        geometry=src.geometry,
+    )
+    fit = _HeadFit(policy=train_ds.options().experimental_distribute.auto_shard_policy)
+    if gmodel.feature_normalizer(model) is not None:  # plain train features, via the store
+        _fit_normalizer(model, _stored_head_features(model, src)[0])
+    val_ds = gdata.image_dataset(
+        src.examples_dir,
+        "val",
+        src.image_size,
+        cfg.batch_size,
+        exclude_sha256=src.exclude,
+        workers=src.workers,
+        geometry=src.geometry,
+    )
+    with strategy.scope():
+        gmodel.compile_for_fit(
+            model, make_optimizer(cfg.optimizer, cfg.learning_rate), jit=_jit(train)
+        )
+    model.fit(
+        train_ds,
+        epochs=cfg.epochs,
+        steps_per_epoch=gdata.steps_per_epoch(
+            train_ds, src.examples_dir, "train", cfg.batch_size, src.exclude_train
+        ),
+        validation_data=val_ds,
+        class_weight=cw,
+        callbacks=cbs,
+        verbose=0,
+    )
+    return fit
+
+
+def _compile_stock(model, strategy, optimizer: str, learning_rate, momentum=0.9) -> None:
+    """Compiled with a stock optimizer before saving: plain Keras loads the file without graft."""
+    with strategy.scope():
+        model.compile(
+            make_optimizer(optimizer, learning_rate, momentum),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+
+
+def _head_details(model, strategy, train, src: _HeadData, fit: _HeadFit, cw, labels, t_fit):
+    """result.json's account of the head stage: timings, the store, the val scores saved."""
+    return HeadDetails(
+        class_weight=cw,
+        labels=labels,
+        train_seconds=round(t_fit, 2),
+        feature_seconds=round(fit.feature_seconds, 2),
+        features=fit.features,
+        # where this base's pooled features are stored: the fine-tune guard's folds read them
+        feature_store={
+            "root": src.feature_store,
+            "fingerprint": gmodel.base_of(model).graft_fingerprint,
+            "geometry": src.geometry.key,
+        }
+        if src.feature_store
+        else None,
+        saved_val=fit.saved_val,  # of the weights saved: fine_tune reuses it
+        deterministic=train.deterministic,
+        distribution=distribution(strategy, fit.policy),
+    )
 
 
 # ------------------------------------------------------------------ stage 2: fine-tune
@@ -669,21 +791,27 @@ class TimeBudget(keras.callbacks.Callback):
             )
 
 
-def _fold_evidence(
-    examples_dir,
-    head_dir,
-    wdir,
-    cfg,
-    head_cfg,
-    train,
-    augment,
-    image_size,
-    validation_dir,
-    strategy,
-    small,
-    geometry,
-) -> dict | None:
+@dataclass
+class _TuneRun:
+    """One fine_tune stage's inputs, dirs and settings, handed to its phases as one."""
+
+    examples_dir: str
+    head_dir: str
+    out_dir: str
+    wdir: str
+    strategy: tf.distribute.Strategy
+    train: TrainConfig
+    cfg: FineTuneConfig  # learning_rate replaced by the LR range test's, when it found one
+    augment: AugmentConfig
+    image_size: int
+    validation_dir: str | None
+    head_cfg: TrainHeadConfig
+    geometry: gdata.Geometry
+
+
+def _fold_evidence(run: _TuneRun, small: bool) -> dict | None:
     """components.cv_guard's out-of-fold hits when the data is small and one process trains."""
+    cfg, strategy, wdir, head_dir = run.cfg, run.strategy, run.wdir, run.head_dir
     if not small or not cfg.guard_folds:
         return None
     if strategy.num_replicas_in_sync > 1 or gmodel.worker_count(strategy) > 1:
@@ -695,20 +823,20 @@ def _fold_evidence(
     best = min(range(len(hist)), key=lambda i: hist[i].get("val_loss", math.inf)) if hist else 0
     head = finished(head_dir)
     return cv_guard.fold_evidence(
-        examples_dir,
+        run.examples_dir,
         os.path.join(head_dir, MODEL),
         wdir,
         cfg=cfg,
-        head_cfg=head_cfg,
-        head_epochs=max(1, head.epochs_run if head else head_cfg.epochs),
-        feature_store=head.extra.get("feature_store") if head else None,
+        head_cfg=run.head_cfg,
+        head_epochs=max(1, head.epochs_run if head else run.head_cfg.epochs),
+        feature_store=head.extra.feature_store if head else None,
         tune_epochs=max(1, best + 1 if cfg.patience else len(hist)),
-        augment=augment,
-        image_size=image_size,
-        geometry=geometry,
-        exclude_train=excluded_from_train(validation_dir) or set(),
-        seed=train.seed,
-        jit=_jit(train),
+        augment=run.augment,
+        image_size=run.image_size,
+        geometry=run.geometry,
+        exclude_train=excluded_from_train(run.validation_dir) or set(),
+        seed=run.train.seed,
+        jit=_jit(run.train),
     )
 
 
@@ -735,141 +863,225 @@ def fine_tune(
     if done:
         return done
     wdir = write_dir(out_dir, strategy)
+    run = _TuneRun(
+        examples_dir,
+        head_dir,
+        out_dir,
+        wdir,
+        strategy,
+        train,
+        cfg,
+        augment,
+        image_size,
+        validation_dir,
+        head_cfg or TrainHeadConfig(),
+        geometry,
+    )
     try:
-        return _fine_tune(
-            examples_dir,
-            head_dir,
-            out_dir,
-            wdir,
-            strategy,
-            train=train,
-            cfg=cfg,
-            augment=augment,
-            image_size=image_size,
-            validation_dir=validation_dir,
-            extra_callbacks=extra_callbacks,
-            head_cfg=head_cfg or TrainHeadConfig(),
-            skip_reason=skip_reason,
-            geometry=geometry,
-        )
+        return _fine_tune(run, extra_callbacks, skip_reason)
     finally:
         release(wdir, out_dir)
 
 
-def _fine_tune(
-    examples_dir,
-    head_dir,
-    out_dir,
-    wdir,
-    strategy,
-    *,
-    train,
-    cfg,
-    augment,
-    image_size,
-    validation_dir,
-    extra_callbacks,
-    head_cfg,
-    skip_reason,
-    geometry,
-) -> StageResult:
+@dataclass
+class _Guard:
+    """The guard's decision: the model kept, and the paired gain it judged on (beyond_noise)."""
+
+    kept: str = "fine_tuned"
+    gain: dict | None = None  # on the evidence below: k folds + val, or val alone
+    val_gain: dict | None = None  # on val alone
+    folds: dict | None = None
+    evidence: str | None = None  # what the gain was measured on (beyond_noise only)
+
+
+def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason) -> StageResult:
     t0 = time.time()
+    train, strategy = run.train, run.strategy
     precision = gmodel.set_precision(train)
-    exclude = excluded_from_eval(validation_dir)
-    head_model_path = os.path.join(head_dir, MODEL)
+    exclude = excluded_from_eval(run.validation_dir)
     workers = gmodel.worker_count(strategy)
     val_ds = gdata.image_dataset(
-        examples_dir,
+        run.examples_dir,
         "val",
-        image_size,
-        cfg.batch_size,
+        run.image_size,
+        run.cfg.batch_size,
         exclude_sha256=exclude,
         workers=workers,
-        geometry=geometry,
+        geometry=run.geometry,
     )
-    model_path = os.path.join(out_dir, MODEL)
-    if not cfg.enabled:  # the head model passes through: copied, scored by the head stage
-        tf.io.gfile.copy(head_model_path, os.path.join(wdir, MODEL), overwrite=True)
-        head_res = finished(head_dir)
-        saved = head_res.extra.get("saved_val") if head_res else None
-        if saved:
-            acc, loss = saved["accuracy"], saved["loss"]
-        else:
-            acc, loss, _ = scores_on(load_model(head_model_path), val_ds)
-        res = StageResult(
-            stage="fine_tune",
-            model_path=model_path,
-            best_val_accuracy=acc,
-            best_val_loss=loss,
-            epochs_run=0,
-            precision=precision,
-            extra={"guard": "disabled", "kept": "head", "skipped": skip_reason},
-        )
-        log(f"fine_tune: skipped ({skip_reason}); the head-only model is kept")
-        return finish(wdir, res, "fine-tune (skipped)")
+    if not run.cfg.enabled:
+        return _pass_head_through(run, val_ds, precision, skip_reason)
     with strategy.scope():
-        model = gmodel.multi_worker_keras(load_model(head_model_path), strategy)
-    head_acc, head_loss, head_hits = scores_on(model, val_ds)
-    noise_rule = cfg.guard and cfg.guard_rule == "beyond_noise"
-    train_ds = gdata.image_dataset(
-        examples_dir,
-        "train",
-        image_size,
-        cfg.batch_size,
-        shuffle=True,
-        augment=augment if cfg.augment else None,
-        seed=train.seed,
-        exclude_sha256=excluded_from_train(validation_dir),
-        deterministic=train.deterministic,
-        workers=workers,
-        geometry=geometry,
-    )
-    # image_dataset carries its length, except a FILE-sharded one, which repeats
-    fit_steps = gdata.steps_per_epoch(
-        train_ds, examples_dir, "train", cfg.batch_size, excluded_from_train(validation_dir)
-    )
+        model = gmodel.multi_worker_keras(load_model(_head_model(run)), strategy)
+    head_scores = scores_on(model, val_ds)
+    train_ds, fit_steps = _fine_tune_train_data(run, workers)
     with strategy.scope():
-        info = gmodel.unfreeze(model, cfg.unfreeze)
+        info = gmodel.unfreeze(model, run.cfg.unfreeze)
     steps = max(1, fit_steps or int(train_ds.cardinality()))
-    depth = glayer.depths(model) if cfg.staged else None
-    found = _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, _jit(train))
-    if found:
-        cfg = cfg.model_copy(update={"learning_rate": found["used"]})
-    with strategy.scope():
-        gmodel.compile_for_fit(model, glayer.fine_tune_optimizer(cfg, steps), jit=_jit(train))
-    log(
-        f"fine_tune: head-only val_accuracy {head_acc:.3f}; unfreezing "
-        f"{gmodel.unfreeze_text(info)} (fine_tune.unfreeze.mode: {cfg.unfreeze.mode}); "
-        f"{cfg.optimizer} lr {cfg.learning_rate:g}" + (" (LR range test)" if found else "")
+    depth = glayer.depths(model) if run.cfg.staged else None
+    found = _find_rate(
+        model, train_ds, run.cfg, run.wdir, strategy, workers, steps, depth, _jit(train)
     )
-    stages_text = None
-    if cfg.staged:
-        stages_text = glayer.schedule_text(
-            model, info, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs
-        )
-        log(f"fine_tune: per-stage rates: {stages_text}")
-    cw = class_weights(examples_dir, model.output_shape[-1], "auto")
-    cbs, elog = callbacks(wdir, "fine_tune", cfg.epochs, cfg.patience, out_dir)
-    if cfg.staged:
-        cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
-    if cfg.max_minutes:
-        cbs.append(TimeBudget(cfg.max_minutes, "fine_tune"))
-    cbs += extra_callbacks or []
+    if found:
+        run.cfg = run.cfg.model_copy(update={"learning_rate": found["used"]})
+    stages_text = _compile_for_fine_tune(model, run, info, steps, head_scores, found)
+    cw = class_weights(run.examples_dir, model.output_shape[-1], "auto")
+    cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks)
     model.fit(
         train_ds,
-        epochs=cfg.epochs,
+        epochs=run.cfg.epochs,
         steps_per_epoch=fit_steps,
         validation_data=val_ds,
         class_weight=cw,
         callbacks=cbs,
         verbose=0,
     )
-    ft_acc, ft_loss, ft_hits = scores_on(model, val_ds)
-    kept = "fine_tuned"
-    gain = val_gain = folds = None
-    evidence = f"{len(ft_hits)} val images"
-    n_train = gdata.count_examples(examples_dir, "train", excluded_from_train(validation_dir))
+    tuned_scores = scores_on(model, val_ds)
+    guard = _guard(run, head_scores, tuned_scores)
+    _save_kept(model, run, guard.kept)
+    hist = read_history(run.wdir)
+    kept_scores = head_scores if guard.kept == "head" else tuned_scores
+    res = StageResult(
+        stage="fine_tune",
+        model_path=os.path.join(run.out_dir, MODEL),
+        best_val_accuracy=kept_scores[0],
+        best_val_loss=kept_scores[1],
+        epochs_run=len(hist),
+        resumed_from_epoch=elog.first_epoch or 0,
+        seconds=round(time.time() - t0, 2),
+        precision=precision,
+        extra=_fine_tune_details(
+            run, guard, head_scores, tuned_scores, info, found, stages_text, train_ds
+        ),
+    )
+    log(
+        f"fine_tune: val_accuracy head {head_scores[0]:.3f} -> fine-tuned "
+        f"{tuned_scores[0]:.3f}; kept {guard.kept} ({res.seconds:.1f}s)",
+        level="ok",
+    )
+    return finish(run.wdir, res, "fine-tune stage")
+
+
+def _head_model(run: _TuneRun) -> str:
+    return os.path.join(run.head_dir, MODEL)
+
+
+def _fine_tune_train_data(run: _TuneRun, workers: int) -> tuple[tf.data.Dataset, int | None]:
+    """The shuffled (augmented) train split, and its steps per epoch."""
+    train_ds = gdata.image_dataset(
+        run.examples_dir,
+        "train",
+        run.image_size,
+        run.cfg.batch_size,
+        shuffle=True,
+        augment=run.augment if run.cfg.augment else None,
+        seed=run.train.seed,
+        exclude_sha256=excluded_from_train(run.validation_dir),
+        deterministic=run.train.deterministic,
+        workers=workers,
+        geometry=run.geometry,
+    )
+    # image_dataset carries its length, except a FILE-sharded one, which repeats
+    fit_steps = gdata.steps_per_epoch(
+        train_ds,
+        run.examples_dir,
+        "train",
+        run.cfg.batch_size,
+        excluded_from_train(run.validation_dir),
+    )
+    return train_ds, fit_steps
+
+
+def _fine_tune_details(
+    run: _TuneRun, guard, head_scores, tuned_scores, info, found, stages_text, train_ds
+) -> FineTuneDetails:
+    """result.json's account of the guard's decision and of how fine-tuning ran."""
+    folds = guard.folds
+    return FineTuneDetails(
+        guard="kept_head" if guard.kept == "head" else "accepted",
+        kept=guard.kept,
+        head_val_accuracy=head_scores[0],
+        fine_tuned_val_accuracy=tuned_scores[0],
+        head_val_loss=head_scores[1],
+        fine_tuned_val_loss=tuned_scores[1],
+        val_gain=guard.gain,
+        val_only_gain=guard.val_gain if folds else None,
+        gain_evidence=guard.evidence,
+        cross_validation=folds
+        and {k: folds[k] for k in ("k", "folds", "seconds", "features_computed")},
+        unfreeze=info,
+        learning_rate=run.cfg.learning_rate,
+        lr_find=found,
+        stage_rates=stages_text,
+        deterministic=run.train.deterministic,
+        distribution=distribution(
+            run.strategy, train_ds.options().experimental_distribute.auto_shard_policy
+        ),
+    )
+
+
+def _pass_head_through(run: _TuneRun, val_ds, precision, skip_reason) -> StageResult:
+    """Fine-tuning off: the head model is copied as it is, scored by the head stage."""
+    head_model_path = _head_model(run)
+    tf.io.gfile.copy(head_model_path, os.path.join(run.wdir, MODEL), overwrite=True)
+    head_res = finished(run.head_dir)
+    saved = head_res.extra.saved_val if head_res else None
+    if saved:
+        acc, loss = saved["accuracy"], saved["loss"]
+    else:
+        acc, loss, _ = scores_on(load_model(head_model_path), val_ds)
+    res = StageResult(
+        stage="fine_tune",
+        model_path=os.path.join(run.out_dir, MODEL),
+        best_val_accuracy=acc,
+        best_val_loss=loss,
+        epochs_run=0,
+        precision=precision,
+        extra=FineTuneSkipped(skipped=skip_reason),
+    )
+    log(f"fine_tune: skipped ({skip_reason}); the head-only model is kept")
+    return finish(run.wdir, res, "fine-tune (skipped)")
+
+
+def _compile_for_fine_tune(model, run: _TuneRun, info, steps, head_scores, found):
+    """Compile at the (found) rate and say what is unfrozen; the per-stage rates' text or None."""
+    cfg = run.cfg
+    with run.strategy.scope():
+        gmodel.compile_for_fit(model, glayer.fine_tune_optimizer(cfg, steps), jit=_jit(run.train))
+    log(
+        f"fine_tune: head-only val_accuracy {head_scores[0]:.3f}; unfreezing "
+        f"{gmodel.unfreeze_text(info)} (fine_tune.unfreeze.mode: {cfg.unfreeze.mode}); "
+        f"{cfg.optimizer} lr {cfg.learning_rate:g}" + (" (LR range test)" if found else "")
+    )
+    if not cfg.staged:
+        return None
+    stages_text = glayer.schedule_text(model, info, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs)
+    log(f"fine_tune: per-stage rates: {stages_text}")
+    return stages_text
+
+
+def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks):
+    """The stage's callbacks plus the staged rates and the time budget, when set."""
+    cfg = run.cfg
+    cbs, elog = callbacks(run.wdir, "fine_tune", cfg.epochs, cfg.patience, run.out_dir)
+    if cfg.staged:
+        cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
+    if cfg.max_minutes:
+        cbs.append(TimeBudget(cfg.max_minutes, "fine_tune"))
+    cbs += extra_callbacks or []
+    return cbs, elog
+
+
+def _guard(run: _TuneRun, head_scores, tuned_scores) -> _Guard:
+    """Which model the guard keeps: the simpler head unless fine-tuning did better."""
+    cfg = run.cfg
+    n_train = gdata.count_examples(
+        run.examples_dir, "train", excluded_from_train(run.validation_dir)
+    )
     small = n_train < cfg.guard_cv_below
+    head_acc, head_loss, head_hits = head_scores
+    ft_acc, ft_loss, ft_hits = tuned_scores
+    noise_rule = cfg.guard and cfg.guard_rule == "beyond_noise"
     if cfg.guard and not noise_rule and small:
         log(
             f"fine_tune: the guard decides on one val split of {len(ft_hits)} images "
@@ -879,99 +1091,58 @@ def _fine_tune(
             level="warn",
         )
     if noise_rule:
-        from graft.components.stats import paired_difference
-
-        gain = val_gain = paired_difference(ft_hits, head_hits)
-        folds = _fold_evidence(
-            examples_dir,
-            head_dir,
-            wdir,
-            cfg,
-            head_cfg,
-            train,
-            augment,
-            image_size,
-            validation_dir,
-            strategy,
-            small,
-            geometry,
-        )
-        if folds:
-            gain = paired_difference(
-                np.concatenate([folds["tuned"], ft_hits]),
-                np.concatenate([folds["head"], head_hits]),
-            )
-            evidence = (
-                f"{folds['k']}-fold cross-validation on {len(folds['head'])} training images "
-                f"+ {len(ft_hits)} val images"
-            )
-        if gain["low"] <= 0:
-            kept = "head"
-            log(
-                f"fine_tune: GUARD: gain {gain['difference']:+.3f} (95% paired interval "
-                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is inside the noise; "
-                "keeping the simpler head-only model (fine_tune.guard_rule: beyond_noise)",
-                level="warn",
-            )
-        else:
-            log(
-                f"fine_tune: guard: gain {gain['difference']:+.3f} (95% paired interval "
-                f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is beyond the noise"
-            )
-    elif cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
-        kept = "head"
+        return _guard_beyond_noise(ft_hits, head_hits, lambda: _fold_evidence(run, small))
+    guard = _Guard()
+    if cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
+        guard.kept = "head"
         log(
             f"fine_tune: GUARD: fine-tuned val_accuracy {ft_acc:.3f} < head-only {head_acc:.3f}; "
             "keeping the head-only weights",
             level="warn",
         )
-    if kept == "head":
-        tf.io.gfile.copy(head_model_path, os.path.join(wdir, MODEL), overwrite=True)
+    return guard
+
+
+def _guard_beyond_noise(ft_hits, head_hits, folds_of) -> _Guard:
+    """guard_rule beyond_noise: keep fine-tuning only if its paired gain's interval clears 0,
+    measured on k folds of the training data too when it is small."""
+    from graft.components.stats import paired_difference
+
+    guard = _Guard(evidence=f"{len(ft_hits)} val images")
+    guard.gain = guard.val_gain = paired_difference(ft_hits, head_hits)
+    guard.folds = folds = folds_of()
+    if folds:
+        guard.gain = paired_difference(
+            np.concatenate([folds["tuned"], ft_hits]),
+            np.concatenate([folds["head"], head_hits]),
+        )
+        guard.evidence = (
+            f"{folds['k']}-fold cross-validation on {len(folds['head'])} training images "
+            f"+ {len(ft_hits)} val images"
+        )
+    gain, evidence = guard.gain, guard.evidence
+    if gain["low"] <= 0:
+        guard.kept = "head"
+        log(
+            f"fine_tune: GUARD: gain {gain['difference']:+.3f} (95% paired interval "
+            f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is inside the noise; "
+            "keeping the simpler head-only model (fine_tune.guard_rule: beyond_noise)",
+            level="warn",
+        )
     else:
-        if cfg.staged:  # saved with a stock optimizer: plain Keras loads the file without graft
-            with strategy.scope():
-                model.compile(
-                    make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.momentum),
-                    loss="sparse_categorical_crossentropy",
-                    metrics=["accuracy"],
-                )
-        model.save(os.path.join(wdir, MODEL))
-    hist = read_history(wdir)
-    acc, loss = (head_acc, head_loss) if kept == "head" else (ft_acc, ft_loss)
-    res = StageResult(
-        stage="fine_tune",
-        model_path=model_path,
-        best_val_accuracy=acc,
-        best_val_loss=loss,
-        epochs_run=len(hist),
-        resumed_from_epoch=elog.first_epoch or 0,
-        seconds=round(time.time() - t0, 2),
-        precision=precision,
-        extra={
-            "guard": "kept_head" if kept == "head" else "accepted",
-            "kept": kept,
-            "head_val_accuracy": head_acc,
-            "fine_tuned_val_accuracy": ft_acc,
-            "head_val_loss": head_loss,
-            "fine_tuned_val_loss": ft_loss,
-            "val_gain": gain,
-            "val_only_gain": val_gain if folds else None,
-            "gain_evidence": evidence if noise_rule else None,
-            "cross_validation": folds
-            and {k: folds[k] for k in ("k", "folds", "seconds", "features_computed")},
-            "unfreeze": info,
-            "learning_rate": cfg.learning_rate,
-            "lr_find": found,
-            "stage_rates": stages_text,
-            "deterministic": train.deterministic,
-            "distribution": distribution(
-                strategy, train_ds.options().experimental_distribute.auto_shard_policy
-            ),
-        },
-    )
-    log(
-        f"fine_tune: val_accuracy head {head_acc:.3f} -> fine-tuned {ft_acc:.3f}; kept {kept} "
-        f"({res.seconds:.1f}s)",
-        level="ok",
-    )
-    return finish(wdir, res, "fine-tune stage")
+        log(
+            f"fine_tune: guard: gain {gain['difference']:+.3f} (95% paired interval "
+            f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is beyond the noise"
+        )
+    return guard
+
+
+def _save_kept(model, run: _TuneRun, kept: str) -> None:
+    """The kept model into the stage dir: the head's file, or the fine-tuned weights."""
+    if kept == "head":
+        tf.io.gfile.copy(_head_model(run), os.path.join(run.wdir, MODEL), overwrite=True)
+        return
+    cfg = run.cfg
+    if cfg.staged:  # saved with a stock optimizer: plain Keras loads the file without graft
+        _compile_stock(model, run.strategy, cfg.optimizer, cfg.learning_rate, cfg.momentum)
+    model.save(os.path.join(run.wdir, MODEL))

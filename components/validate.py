@@ -108,6 +108,34 @@ def validate(
     res = ValidationResult(passed=True)
     labels = stats["labels"]
 
+    _check_class_counts(cfg, stats, labels, res)
+    _check_corrupt_rate(cfg, stats, res)
+    by_sha: dict[str, list[dict]] = defaultdict(list)
+    for m in manifest:
+        by_sha[m["sha256"]].append(m)
+    _check_same_image(cfg, by_sha, res)
+    _check_exact_duplicates(by_sha, res)
+    _check_groups(cfg, stats, manifest, res)
+    _check_near_duplicates(cfg, manifest, res)
+    _check_small_splits(cfg, stats, labels, res)
+    _check_imbalance(cfg, stats, labels, res)
+
+    res.passed = not res.errors
+    with open(os.path.join(out_dir, "validation.json"), "w") as f:
+        json.dump({**asdict(res), "labels": labels, "counts": stats["counts"]}, f, indent=2)
+    for w in res.warnings:
+        log(f"validate: {w}", level="warn")
+    for e in res.errors:
+        log(f"validate: {e}", level="error")
+    if res.errors and raise_on_error:
+        raise ValidationFailed("data validation failed:\n  " + "\n  ".join(res.errors))
+    if res.passed:
+        log(f"validate: passed ({len(res.warnings)} warning(s))", level="ok")
+    return res
+
+
+def _check_class_counts(cfg: ValidateConfig, stats: dict, labels: list[str], res) -> None:
+    """Enough classes, and enough images of each class in each split; empty folders named."""
     if len(labels) < cfg.min_classes:
         res.errors.append(f"only {len(labels)} class(es) {labels}; need at least {cfg.min_classes}")
     for empty in stats.get("empty_classes", []):
@@ -120,6 +148,9 @@ def validate(
                     f"class '{lab}' has {n} image(s) in split '{split}'; minimum is {minimum}"
                 )
 
+
+def _check_corrupt_rate(cfg: ValidateConfig, stats: dict, res) -> None:
+    """Too many files quarantined: the data source itself is suspect."""
     total = stats["input_files"]
     rate = stats["quarantined"] / total if total else 0.0
     if rate > cfg.max_corrupt_rate:
@@ -128,9 +159,10 @@ def validate(
             f"{cfg.max_corrupt_rate:.1%}; see quarantine.json"
         )
 
-    by_sha: dict[str, list[dict]] = defaultdict(list)
-    for m in manifest:
-        by_sha[m["sha256"]].append(m)
+
+def _check_same_image(cfg: ValidateConfig, by_sha: dict[str, list[dict]], res) -> None:
+    """One image (by sha256) under two labels (a conflict) or in two splits (leakage): an
+    error, or as configured dropped everywhere / from evaluation."""
     for digest, group in sorted(by_sha.items()):
         splits = sorted({m["split"] for m in group})
         classes = sorted({m["label"] for m in group})
@@ -152,11 +184,9 @@ def validate(
                 res.warnings.append(msg + " -> dropped from evaluation")
                 res.exclude_from_eval.append(digest)
 
-    _check_exact_duplicates(by_sha, res)
-    _check_groups(cfg, stats, manifest, res)
-    _check_near_duplicates(cfg, manifest, res)
-    _check_small_splits(cfg, stats, labels, res)
 
+def _check_imbalance(cfg: ValidateConfig, stats: dict, labels: list[str], res) -> None:
+    """A warning when the largest class has imbalance_warn_ratio times the smallest's images."""
     train_counts = [stats["counts"]["train"].get(lab, 0) for lab in labels]
     if train_counts and min(train_counts) > 0:
         ratio = max(train_counts) / min(train_counts)
@@ -167,19 +197,6 @@ def validate(
                 f"class imbalance {ratio:.1f}x ('{big}' vs '{small}' in train); "
                 "train_head.class_weight=auto compensates"
             )
-
-    res.passed = not res.errors
-    with open(os.path.join(out_dir, "validation.json"), "w") as f:
-        json.dump({**asdict(res), "labels": labels, "counts": stats["counts"]}, f, indent=2)
-    for w in res.warnings:
-        log(f"validate: {w}", level="warn")
-    for e in res.errors:
-        log(f"validate: {e}", level="error")
-    if res.errors and raise_on_error:
-        raise ValidationFailed("data validation failed:\n  " + "\n  ".join(res.errors))
-    if res.passed:
-        log(f"validate: passed ({len(res.warnings)} warning(s))", level="ok")
-    return res
 
 
 def _check_exact_duplicates(by_sha: dict[str, list[dict]], res) -> None:

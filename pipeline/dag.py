@@ -217,7 +217,7 @@ def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         feature_store=cfg.features.store,
         geometry=_geometry(cfg),
     )
-    feats = r.extra.get("features") or {}
+    feats = r.extra.features or {}
     return {
         "val_accuracy": r.best_val_accuracy,
         "epochs": r.epochs_run,
@@ -245,10 +245,10 @@ def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         geometry=_geometry(cfg),
     )
     return {
-        "ran": r.extra.get("guard") != "disabled",
+        "ran": r.extra.guard != "disabled",
         "val_accuracy": r.best_val_accuracy,
         "epochs": r.epochs_run,
-        "guard": r.extra.get("guard"),
+        "guard": r.extra.guard,
         "seconds": r.seconds,
     }
 

@@ -150,6 +150,22 @@ def _banner(i: int, n: int, s: dag.Step, status: str) -> None:
     log(f"[{i}/{n}] {s.name}: {status} - {s.doc}")
 
 
+@dataclass
+class _Run:
+    """One run's settings and what its steps have produced so far, shared by its phases."""
+
+    cfg: GraftConfig
+    root: str
+    run_id: str
+    run_dir: str
+    use_cache: bool
+    only: str | None
+    forced_from: int | None  # the index of --from's step
+    records: dict[str, StepRecord] = field(default_factory=dict)
+    fps: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+
+
 def run_pipeline(
     cfg: GraftConfig,
     *,
@@ -184,88 +200,26 @@ def run_pipeline(
     run_dir = os.path.join(root, run_id)
     os.makedirs(run_dir, exist_ok=True)
     t_run = time.time()
-    records: dict[str, StepRecord] = {}
-    fps: dict[str, str] = {}
-    outputs: dict[str, str] = {}
     forced_from = dag.STEP_NAMES.index(from_step) if from_step else None
-    if force_push:
-        cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
-    cfg = with_absolute_paths(cfg)  # one path rule: fingerprints and config.yaml agree
-    for own in (root, cfg.features.store):
-        mark_output_dir(own)  # never read as data, even inside data.path (push marks its own)
-    if os.path.isdir(cfg.push.destination):
-        mark_output_dir(cfg.push.destination)
+    cfg = _resolved(cfg, force_push, root)
+    state = _Run(cfg, root, run_id, run_dir, use_cache, only, forced_from)
     config_file = write_config_file(cfg, os.path.join(run_dir, CONFIG_FILE))
     run = {
         "run_id": run_id,
         "run_dir": run_dir,
         "config_file": config_file,
         "config": cfg.to_dict(),
-        "steps": records,
+        "steps": state.records,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "status": "running",
     }
-    n = len(dag.STEPS)
     outer_run_id = os.environ.get(RUN_ID_ENV)
     os.environ[RUN_ID_ENV] = run_id  # steps record it: model card and registry lineage
     try:
         for i, s in enumerate(dag.STEPS, start=1):
             if until and dag.STEP_NAMES.index(s.name) > dag.STEP_NAMES.index(until):
                 break  # the steps after `until` are not part of this run
-            rec = records[s.name] = StepRecord(s.name)
-            inputs = {k: outputs[v] for k, v in {**s.shows, **s.inputs}.items()}
-            fp = fps[s.name] = fingerprint(s, cfg, {k: fps[v] for k, v in s.inputs.items()}, inputs)
-            rec.fingerprint = fp
-            out = outputs[s.name] = os.path.join(root, "steps", s.name, fp)
-            rec.output = out
-            with step_lock(out, s.name, run_id, cfg.runner.lock_wait_seconds):
-                done = os.path.exists(os.path.join(out, SUCCESS))
-                forced = (forced_from is not None and i - 1 >= forced_from) or only == s.name
-                if only and s.name != only:
-                    if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
-                        raise RuntimeError(
-                            f"--only {only}: upstream step '{s.name}' has no output for this "
-                            "config yet; run the pipeline (or --from) first"
-                        )
-                    rec.status = "cached" if done else "skipped"
-                    if done:
-                        rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
-                    continue
-                unmet = _when_unmet(s, cfg, records)
-                if unmet:
-                    rec.status, rec.summary = "skipped", {"reason": unmet}
-                    _banner(i, n, s, f"skipped ({unmet})")
-                    continue
-                if done and use_cache and s.cacheable and not forced:
-                    rec.status = "cached"
-                    rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
-                    _banner(i, n, s, f"cached ({fp})")
-                    _link(run_dir, s.name, out)
-                    continue
-                if os.path.exists(out) and (done or not use_cache or forced or not s.cacheable):
-                    # re-run from scratch; an unfinished dir is kept to resume. A step that is never
-                    # cached (push) never writes _SUCCESS and has nothing to resume.
-                    shutil.rmtree(out)
-                elif os.path.exists(out):
-                    log(f"{s.name}: found an unfinished output in {out}; resuming")
-                _banner(i, n, s, "running")
-                t0 = time.time()
-                reads: set[str] = set()
-                try:
-                    rec.summary = dag.run_step(s.name, cfg, inputs, out, reads)
-                except Exception as e:
-                    rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
-                    rec.seconds = round(time.time() - t0, 2)
-                    raise
-                finally:
-                    rec.config_read = sorted(reads)
-                rec.seconds = round(time.time() - t0, 2)
-                rec.status = "ran"
-                if s.cacheable:
-                    with open(os.path.join(out, SUCCESS), "w") as f:
-                        f.write(run_id)
-                _link(run_dir, s.name, out)
-                log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
+            _step(state, i, s)
         run["status"] = "succeeded"
     except BaseException:
         run["status"] = "failed"
@@ -276,13 +230,105 @@ def run_pipeline(
         else:
             os.environ[RUN_ID_ENV] = outer_run_id
         run["seconds"] = round(time.time() - t_run, 2)
-        run["steps"] = {k: vars(v) for k, v in records.items()}
-        notes = dag.plan_notes({k: v for k, v in outputs.items() if records[k].status != "skipped"})
-        if notes:
-            write_config_file(cfg, config_file, notes)
-        with open(os.path.join(run_dir, "run.json"), "w") as f:
-            json.dump(run, f, indent=2, default=str)
+        _write_run(state, run, config_file)
     return run
+
+
+def _resolved(cfg: GraftConfig, force_push: bool, root: str) -> GraftConfig:
+    """The config the run fingerprints and records: push.force as asked, paths absolute; the
+    run root, feature store and push destination marked as Graft's own outputs."""
+    if force_push:
+        cfg = parse_config(apply_overrides(cfg.to_dict(), ["push.force=true"]))
+    cfg = with_absolute_paths(cfg)  # one path rule: fingerprints and config.yaml agree
+    for own in (root, cfg.features.store):
+        mark_output_dir(own)  # never read as data, even inside data.path (push marks its own)
+    if os.path.isdir(cfg.push.destination):
+        mark_output_dir(cfg.push.destination)
+    return cfg
+
+
+def _write_run(state: _Run, run: dict, config_file: str) -> None:
+    """run.json, and advise's notes into config.yaml's header: also when a step failed."""
+    records, outputs = state.records, state.outputs
+    run["steps"] = {k: vars(v) for k, v in records.items()}
+    notes = dag.plan_notes({k: v for k, v in outputs.items() if records[k].status != "skipped"})
+    if notes:
+        write_config_file(state.cfg, config_file, notes)
+    with open(os.path.join(state.run_dir, "run.json"), "w") as f:
+        json.dump(run, f, indent=2, default=str)
+
+
+def _step(state: _Run, i: int, s: dag.Step) -> None:
+    """One step: fingerprinted, then under its lock skipped, taken from the cache, or run."""
+    cfg, outputs, fps = state.cfg, state.outputs, state.fps
+    rec = state.records[s.name] = StepRecord(s.name)
+    inputs = {k: outputs[v] for k, v in {**s.shows, **s.inputs}.items()}
+    fp = fps[s.name] = fingerprint(s, cfg, {k: fps[v] for k, v in s.inputs.items()}, inputs)
+    rec.fingerprint = fp
+    out = outputs[s.name] = os.path.join(state.root, "steps", s.name, fp)
+    rec.output = out
+    n = len(dag.STEPS)
+    with step_lock(out, s.name, state.run_id, cfg.runner.lock_wait_seconds):
+        done = os.path.exists(os.path.join(out, SUCCESS))
+        forced = (
+            state.forced_from is not None and i - 1 >= state.forced_from
+        ) or state.only == s.name
+        if state.only and s.name != state.only:
+            _outside_only(rec, s, state.only, done, out)
+            return
+        unmet = _when_unmet(s, cfg, state.records)
+        if unmet:
+            rec.status, rec.summary = "skipped", {"reason": unmet}
+            _banner(i, n, s, f"skipped ({unmet})")
+            return
+        if done and state.use_cache and s.cacheable and not forced:
+            rec.status = "cached"
+            rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
+            _banner(i, n, s, f"cached ({fp})")
+            _link(state.run_dir, s.name, out)
+            return
+        if os.path.exists(out) and (done or not state.use_cache or forced or not s.cacheable):
+            # re-run from scratch; an unfinished dir is kept to resume. A step that is never
+            # cached (push) never writes _SUCCESS and has nothing to resume.
+            shutil.rmtree(out)
+        elif os.path.exists(out):
+            log(f"{s.name}: found an unfinished output in {out}; resuming")
+        _banner(i, n, s, "running")
+        _execute(state, rec, s, inputs, out)
+        log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
+
+
+def _outside_only(rec: StepRecord, s: dag.Step, only: str, done: bool, out: str) -> None:
+    """--only another step: this one's output is only looked up, and must exist upstream."""
+    if not done and dag.STEP_NAMES.index(s.name) < dag.STEP_NAMES.index(only):
+        raise RuntimeError(
+            f"--only {only}: upstream step '{s.name}' has no output for this "
+            "config yet; run the pipeline (or --from) first"
+        )
+    rec.status = "cached" if done else "skipped"
+    if done:
+        rec.summary = json.load(open(os.path.join(out, dag.RESULT_FILE)))
+
+
+def _execute(state: _Run, rec: StepRecord, s: dag.Step, inputs: dict, out: str) -> None:
+    """Run the step into `out`, recording its summary, time and the config keys it read;
+    a cacheable step that finished gets its _SUCCESS mark."""
+    t0 = time.time()
+    reads: set[str] = set()
+    try:
+        rec.summary = dag.run_step(s.name, state.cfg, inputs, out, reads)
+    except Exception as e:
+        rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
+        rec.seconds = round(time.time() - t0, 2)
+        raise
+    finally:
+        rec.config_read = sorted(reads)
+    rec.seconds = round(time.time() - t0, 2)
+    rec.status = "ran"
+    if s.cacheable:
+        with open(os.path.join(out, SUCCESS), "w") as f:
+            f.write(state.run_id)
+    _link(state.run_dir, s.name, out)
 
 
 CONFIG_FILE = "config.yaml"

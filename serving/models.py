@@ -108,23 +108,49 @@ def _add(cost: list[int] | None, more: list[int]) -> list[int] | None:
     return [a + b for a, b in zip(cost, more, strict=True)] if len(cost) == len(more) else None
 
 
+def _filtered(out: dict[str, np.ndarray], output_filter: set[str]) -> dict[str, np.ndarray]:
+    """The outputs the request's output_filter names (all when it names none)."""
+    if not output_filter:
+        return out
+    unknown = output_filter - set(out)
+    if unknown:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"output_filter names unknown outputs {sorted(unknown)}; have {sorted(out)}",
+        )
+    return {k: v for k, v in out.items() if k in output_filter}
+
+
+def _holds_version(d: str) -> bool:
+    """Whether directory `d` holds a version dir with a SavedModel."""
+    try:
+        return any(
+            version_number(c) is not None
+            and tf.io.gfile.exists(os.path.join(d, c.rstrip("/"), "saved_model.pb"))
+            for c in tf.io.gfile.listdir(d)
+        )
+    except (tf.errors.OpError, OSError):
+        return False
+
+
+def _nearest_above(path: str, depth: int) -> str | None:
+    """The closest of `path`'s (local) parents, up to `depth` levels, that holds a version."""
+    up = os.path.dirname(os.path.abspath(path)) if "://" not in path else None
+    for _ in range(depth):
+        if not up or up == os.path.dirname(up):
+            break
+        if _holds_version(up):
+            return up
+        up = os.path.dirname(up)
+    return None
+
+
 def nearest_model_dir(path: str, depth: int = 3, budget: int = 2000) -> str | None:
     """The closest directory to `path` (below it, then above) that holds a version dir.
 
     For the start-up warning: a base path one level off (models/ for models/tiny, or a
     version dir itself) is the usual mistake. Bounded: at most `budget` directories listed.
     """
-
-    def holds_version(d: str) -> bool:
-        try:
-            return any(
-                version_number(c) is not None
-                and tf.io.gfile.exists(os.path.join(d, c.rstrip("/"), "saved_model.pb"))
-                for c in tf.io.gfile.listdir(d)
-            )
-        except (tf.errors.OpError, OSError):
-            return False
-
     seen = 0
     level = [path] if tf.io.gfile.isdir(path) else []
     for _ in range(depth):
@@ -140,18 +166,11 @@ def nearest_model_dir(path: str, depth: int = 3, budget: int = 2000) -> str | No
                 if seen > budget:
                     return None
                 if version_number(c) is None and tf.io.gfile.isdir(child):
-                    if holds_version(child):
+                    if _holds_version(child):
                         return child
                     nxt.append(child)
         level = nxt
-    up = os.path.dirname(os.path.abspath(path)) if "://" not in path else None
-    for _ in range(depth):
-        if not up or up == os.path.dirname(up):
-            break
-        if holds_version(up):
-            return up
-        up = os.path.dirname(up)
-    return None
+    return _nearest_above(path, depth)
 
 
 @dataclass
@@ -536,13 +555,33 @@ class ModelManager:
         inputs: dict[str, np.ndarray],
         output_filter: set[str],
     ):
+        specs = self._input_specs(lv, signature, inputs)
+        self._check_rows(inputs)  # before anything is decoded or copied
+        feed, cost = {}, None
+        for k, spec in specs.items():
+            more = self._input_cost(k, spec, inputs[k])
+            if more is not None:
+                cost = _add(cost, more)
+            feed[k] = inputs[k]
+        names, call = lv.fast[signature]
+        rows = {feed[k].shape[0] if feed[k].ndim else -1 for k in names}
+        n = rows.pop() if len(rows) == 1 else -1
+        ranges = self._chunks(n, cost) if cost is not None and n > 1 and len(cost) == n else []
+        if len(ranges) <= 1:
+            out = {k: v.numpy() for k, v in self._call(signature, call, feed, names, specs).items()}
+        else:
+            out = self._call_in_chunks(signature, call, feed, names, specs, ranges)
+        return _filtered(out, output_filter)
+
+    @staticmethod
+    def _input_specs(lv: LoadedVersion, signature: str, inputs: dict[str, np.ndarray]) -> dict:
+        """The signature's input specs, once the request names exactly its inputs."""
         if signature not in lv.signatures:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"unknown signature '{signature}'; available: {sorted(lv.signatures)}",
             )
-        fn = lv.signatures[signature]
-        specs = fn.structured_input_signature[1]
+        specs = lv.signatures[signature].structured_input_signature[1]
         if not inputs:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -555,8 +594,12 @@ class ModelManager:
                 f"signature '{signature}' expects inputs {sorted(specs)}; "
                 f"missing {sorted(missing)}, unexpected {sorted(extra)}",
             )
+        return specs
+
+    def _check_rows(self, inputs: dict[str, np.ndarray]) -> None:
+        """At most --max-images rows per input, and never an empty batch."""
         lim = self.limits
-        for k, arr in inputs.items():  # before anything is decoded or copied
+        for k, arr in inputs.items():
             rows = arr.size if k.endswith("_bytes") else (arr.shape[0] if arr.ndim else 1)
             if rows > lim.max_images:
                 raise over_limit(
@@ -570,75 +613,62 @@ class ModelManager:
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"input '{k}' is an empty batch (shape {list(arr.shape)}); send at least one",
                 )
-        feed, cost = {}, None
-        for k, spec in specs.items():
-            arr = inputs[k]
-            want = spec.dtype
-            if want == tf.string:
-                if arr.dtype.kind not in ("O", "S"):
+
+    def _input_cost(self, k: str, spec, arr: np.ndarray) -> list[int] | None:
+        """Check one input's type, shape and pixel limits; its per-row decode cost in pixels,
+        or None when it adds none (not images, or not one image per row)."""
+        want, cost = spec.dtype, None
+        if want == tf.string:
+            if arr.dtype.kind not in ("O", "S"):
+                raise ServingError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"input '{k}' must be DT_STRING, got {arr.dtype}",
+                )
+            if k.endswith("_bytes"):
+                pixels = self._check_images(k, arr)
+                if arr.ndim == 1:
+                    cost = pixels
+        elif (
+            arr.dtype.kind in ("O", "S", "U")
+            or (want.is_floating and arr.dtype.kind not in "fiu")
+            or (want.is_integer and arr.dtype.kind not in "iu")
+        ):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input '{k}' must be {want.name}, got {arr.dtype}",
+            )
+        if not spec.shape.is_compatible_with(arr.shape):
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"input '{k}' has shape {list(arr.shape)}; signature wants {spec.shape}",
+            )
+        if want != tf.string and arr.ndim >= 3:  # pixels: rows x H x W (x C)
+            px = int(np.prod(arr.shape[:3]))
+            if px > self.limits.max_request_pixels:
+                raise over_limit(
+                    f"input '{k}' holds this many pixels in all",
+                    px,
+                    self.limits.max_request_pixels,
+                    "--max-request-pixels",
+                )
+            cost = [int(np.prod(arr.shape[1:3]))] * arr.shape[0]
+        return cost
+
+    def _call_in_chunks(self, signature, call, feed, names, specs, ranges) -> dict:
+        """Bounded decoding: memory for one chunk at a time, returned in between."""
+        parts: dict[str, list] = {}
+        for a, b in ranges:
+            got = self._call(signature, call, feed, names, specs, slice(a, b))
+            for key, v in got.items():
+                v = v.numpy()
+                if not v.ndim or v.shape[0] != b - a:
                     raise ServingError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        f"input '{k}' must be DT_STRING, got {arr.dtype}",
+                        grpc.StatusCode.INTERNAL,
+                        f"output '{key}' is not one row per input row; raise "
+                        "--decode-chunk-pixels to run this request in one piece",
                     )
-                if k.endswith("_bytes"):
-                    pixels = self._check_images(k, arr)
-                    if arr.ndim == 1:
-                        cost = _add(cost, pixels)
-            elif (
-                arr.dtype.kind in ("O", "S", "U")
-                or (want.is_floating and arr.dtype.kind not in "fiu")
-                or (want.is_integer and arr.dtype.kind not in "iu")
-            ):
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input '{k}' must be {want.name}, got {arr.dtype}",
-                )
-            if not spec.shape.is_compatible_with(arr.shape):
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"input '{k}' has shape {list(arr.shape)}; signature wants {spec.shape}",
-                )
-            if want != tf.string and arr.ndim >= 3:  # pixels: rows x H x W (x C)
-                px = int(np.prod(arr.shape[:3]))
-                if px > lim.max_request_pixels:
-                    raise over_limit(
-                        f"input '{k}' holds this many pixels in all",
-                        px,
-                        lim.max_request_pixels,
-                        "--max-request-pixels",
-                    )
-                row = [int(np.prod(arr.shape[1:3]))] * arr.shape[0]
-                cost = _add(cost, row)
-            feed[k] = arr
-        names, call = lv.fast[signature]
-        rows = {feed[k].shape[0] if feed[k].ndim else -1 for k in names}
-        n = rows.pop() if len(rows) == 1 else -1
-        ranges = self._chunks(n, cost) if cost is not None and n > 1 and len(cost) == n else []
-        if len(ranges) <= 1:
-            out = {k: v.numpy() for k, v in self._call(signature, call, feed, names, specs).items()}
-        else:  # bounded decoding: memory for one chunk at a time, returned in between
-            parts: dict[str, list] = {}
-            for a, b in ranges:
-                got = self._call(signature, call, feed, names, specs, slice(a, b))
-                for key, v in got.items():
-                    v = v.numpy()
-                    if not v.ndim or v.shape[0] != b - a:
-                        raise ServingError(
-                            grpc.StatusCode.INTERNAL,
-                            f"output '{key}' is not one row per input row; raise "
-                            "--decode-chunk-pixels to run this request in one piece",
-                        )
-                    parts.setdefault(key, []).append(v)
-            out = {k: np.concatenate(v) for k, v in parts.items()}
-        if output_filter:
-            unknown = output_filter - set(out)
-            if unknown:
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"output_filter names unknown outputs {sorted(unknown)}; have {sorted(out)}",
-                )
-            out = {k: v for k, v in out.items() if k in output_filter}
-        return out
+                parts.setdefault(key, []).append(v)
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
     def predict(
         self,

@@ -268,19 +268,6 @@ LONG_FUNCTIONS_LEFT = {
     "components/advise.py:advise",
     "components/advise.py:measure",
     "components/advise.py:measure_geometry",
-    "components/cv_guard.py:fold_evidence",
-    "components/drift.py:check_drift",
-    "components/evaluate.py:evaluate",
-    "components/export.py:export",
-    "components/ingest.py:copy_reused",
-    "components/ingest.py:ingest",
-    "components/push.py:push",
-    "components/push.py:rollback",
-    "components/train.py:_fine_tune",
-    "components/train.py:_train_head",
-    "components/validate.py:validate",
-    "pipeline/runner.py:run_pipeline",
-    "serving/models.py:_run",
 }
 
 

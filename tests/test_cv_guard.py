@@ -83,17 +83,17 @@ def test_small_data_guard_scores_every_training_image_out_of_fold(head, tmp_path
         head_cfg=HEAD,
     )
     n_train, n_val = _split_count(examples, "train"), _split_count(examples, "val")
-    cv = ft.extra["cross_validation"]
+    cv = ft.extra.cross_validation
     assert cv["k"] == 2 and sum(f["n"] for f in cv["folds"]) == n_train
-    assert ft.extra["val_gain"]["n"] == n_train + n_val
-    assert ft.extra["val_only_gain"]["n"] == n_val
-    assert ft.extra["gain_evidence"].startswith("2-fold cross-validation")
+    assert ft.extra.val_gain["n"] == n_train + n_val
+    assert ft.extra.val_only_gain["n"] == n_val
+    assert ft.extra.gain_evidence.startswith("2-fold cross-validation")
     # fold heads are trained (not left re-initialised), and the destructive rate hurts each fold
     assert np.mean([f["head_accuracy"] for f in cv["folds"]]) > 0.5  # chance: 0.33
     assert np.mean([f["tuned_accuracy"] for f in cv["folds"]]) < np.mean(
         [f["head_accuracy"] for f in cv["folds"]]
     )
-    assert ft.extra["kept"] == "head"
+    assert ft.extra.kept == "head"
 
 
 @pytest.mark.slow

@@ -382,7 +382,10 @@ def test_advise_records_the_geometry_decision_with_its_evidence(tmp_path, tiny_d
                 abs(g["difference"] - (r["accuracy"] - geo["modes"]["squash"]["accuracy"])) < 1e-9
             )
     # the rule, applied to the recorded evidence
-    wins = {m: r["gain"] for m, r in geo["modes"].items() if "gain" in r and r["gain"]["low"] > 0}
+    wins = {m: r["gain"] for m, r in geo["modes"].items() if "gain" in r and r["gain"]["low90"] > 0}
+    for r in geo["modes"].values():  # the 90% bound lies inside the 95% interval
+        if "gain" in r:
+            assert r["gain"]["low"] <= r["gain"]["low90"] <= r["gain"]["difference"]
     want = max(wins, key=lambda m: wins[m]["difference"]) if wins else "squash"
     decision = next(d for d in advice["decisions"] if d["what"] == "geometry")
     assert decision["choice"] == want == advice["overrides"]["data.resize"]

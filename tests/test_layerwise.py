@@ -105,7 +105,7 @@ def test_an_earlier_stage_waits_its_epochs_then_moves_at_its_lower_rate(head_dir
             "Adam"
         )
     assert _moved(head, m, early) == 0.0 and _moved(head, m, top) > 0
-    assert "from epoch 2" in waited.extra["stage_rates"]
+    assert "from epoch 2" in waited.extra.stage_rates
     # decay: the earlier stage moves, at about a hundredth of the top stage's step
     slow = load_model(_fine_tune(head_dir, tmp_path / "decay", layer_lr_decay=0.01).model_path)
     same = load_model(_fine_tune(head_dir, tmp_path / "one_rate").model_path)
@@ -131,11 +131,11 @@ def test_range_test_chooses_a_rate_and_puts_the_weights_back(head_dir, tmp_path)
 
     # 21 batches of 4: enough for a test, whose rate reaches 0.1 (Adam diverges well before)
     ft = _fine_tune(head_dir, tmp_path / "ft", lr_find=True, lr_find_steps=20, batch_size=4)
-    got = ft.extra["lr_find"]
+    got = ft.extra.lr_find
     assert got["chosen"] == pytest.approx(got["diverged_rate"] / 3)
-    assert 1e-4 <= got["used"] <= 1e-2 and ft.extra["learning_rate"] == got["used"]
+    assert 1e-4 <= got["used"] <= 1e-2 and ft.extra.learning_rate == got["used"]
     saved = json.loads((tmp_path / "ft" / "lr_find.json").read_text())  # a resume reuses it
     assert saved["losses"] == got["losses"]
     # 6 batches an epoch: too few for a baseline; the configured rate, with a warning
     short = _fine_tune(head_dir, tmp_path / "short", lr_find=True, lr_find_steps=20)
-    assert short.extra["lr_find"] is None and short.extra["learning_rate"] == 1e-3
+    assert short.extra.lr_find is None and short.extra.learning_rate == 1e-3

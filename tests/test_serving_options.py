@@ -1,6 +1,10 @@
 """`graft serve`'s settings and version-directory rule: refused clearly, without a model."""
 
+import re
+from dataclasses import fields
+
 import pytest
+from conftest import REPO
 
 from graft.core.config import ConfigError
 from graft.core.versions import INT64_MAX, version_number, why_not_a_version
@@ -39,6 +43,17 @@ def test_serve_options_defaults_are_the_cli_defaults():
     assert ServeOptions("b", "m").max_pixels == 50_000_000
     with pytest.raises(ConfigError, match="--max-images 0"):
         ServeOptions("b", "m", max_images=0)
+
+
+def test_documented_serve_defaults_are_the_options_defaults():
+    """docs/serving.md's `--flag` (default) pairs: the one copy in ServeOptions, not another."""
+    text = (REPO / "docs" / "serving.md").read_text()
+    documented = re.findall(r"`--([a-z-]+)` \(([\d,.]+)\)", text)
+    defaults = {f.name: f.default for f in fields(ServeOptions)}
+    assert len(documented) >= 5, documented
+    for flag, value in documented:
+        default = defaults[flag.replace("-", "_")]
+        assert type(default)(value.replace(",", "")) == default, (flag, value, default)
 
 
 @pytest.mark.parametrize(

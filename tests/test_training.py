@@ -104,7 +104,7 @@ def test_fine_tune_changes_only_unfrozen_non_bn_layers(examples, tmp_path):
         elif b.weights:
             changed += not same
     assert changed >= 3
-    assert ft.extra["unfreeze"]["from_layer"] == "block_14_expand"
+    assert ft.extra.unfreeze["from_layer"] == "block_14_expand"
 
 
 @pytest.mark.slow
@@ -197,8 +197,8 @@ def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
         augment=NO_AUG,
         image_size=48,
     )
-    assert ft.extra["guard"] == "kept_head" and ft.extra["kept"] == "head"
-    assert ft.extra["fine_tuned_val_accuracy"] < ft.extra["head_val_accuracy"]
+    assert ft.extra.guard == "kept_head" and ft.extra.kept == "head"
+    assert ft.extra.fine_tuned_val_accuracy < ft.extra.head_val_accuracy
     kept, orig = load_model(ft.model_path), load_model(head.model_path)
     for a, b in zip(kept.weights, orig.weights, strict=True):
         assert np.array_equal(np.array(a), np.array(b))
@@ -345,7 +345,7 @@ def test_a_normalized_head_on_a_cut_base_scores_the_same_on_features_and_pixels(
     mean = np.array(norm.adapt_mean)
     assert mean.min() >= 0 and mean.max() > 0
     acc, loss, _ = scores_on(model, gdata.image_dataset(examples, "val", 64, 32))
-    saved = head.extra["saved_val"]
+    saved = head.extra.saved_val
     assert abs(acc - saved["accuracy"]) <= 0.02 and abs(loss - saved["loss"]) <= 0.02
     ft = fine_tune(
         examples,
@@ -367,3 +367,40 @@ def test_a_normalized_head_on_a_cut_base_scores_the_same_on_features_and_pixels(
     )
     other = gmodel.feature_normalizer(load_model(uncached.model_path))
     np.testing.assert_allclose(np.array(other.adapt_mean), np.array(norm.adapt_mean), rtol=1e-5)
+
+
+def test_stage_results_read_back_as_typed_details(tmp_path):
+    """result.json keeps the `extra` shape readers use; a finished stage reads back typed."""
+    from dataclasses import asdict
+
+    from graft.components.train import (
+        FineTuneSkipped,
+        HeadDetails,
+        StageResult,
+        finish,
+        finished,
+    )
+
+    head = HeadDetails(
+        class_weight=None,
+        labels=["a", "b"],
+        train_seconds=1.0,
+        feature_seconds=0.5,
+        features={"computed": 3, "reused": 1},
+        feature_store=None,
+        saved_val={"accuracy": 0.5, "loss": 0.7},
+        deterministic=True,
+        distribution={"workers": 1},
+    )
+    for stage, extra in (
+        ("train_head", head),
+        ("fine_tune", FineTuneSkipped(skipped="advise: small")),
+    ):
+        out = tmp_path / stage
+        out.mkdir()
+        res = StageResult(stage, str(out / "model.keras"), 0.5, 0.7, 0, extra=extra)
+        finish(str(out), res, stage)
+        on_disk = json.loads((out / "result.json").read_text())["extra"]
+        assert on_disk == asdict(extra) and list(on_disk) == list(asdict(extra))
+        assert finished(str(out)) == res
+    assert on_disk == {"guard": "disabled", "kept": "head", "skipped": "advise: small"}
