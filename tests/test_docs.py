@@ -185,17 +185,23 @@ NOT_YET_API = {
 
 
 def _api_files(folder: str) -> list[Path]:
-    """A package's modules the API checks cover: all but NOT_YET_API, __init__.py included."""
-    paths = sorted((REPO / folder).glob("*.py"))
+    """A package's modules the API checks cover: all but NOT_YET_API, its __init__.py and its
+    subpackages' (components/templates) included."""
+    paths = sorted((REPO / folder).glob("*.py")) + sorted((REPO / folder).glob("*/__init__.py"))
     return [p for p in paths if p.relative_to(REPO).as_posix() not in NOT_YET_API]
+
+
+def _dotted(path: Path) -> str:
+    """components/fs.py -> graft.components.fs; components/templates/__init__.py -> ...templates."""
+    folder, *rest = path.relative_to(REPO).with_suffix("").parts
+    return ".".join([API_PACKAGES[folder], *(r for r in rest if r != "__init__")])
 
 
 def _api_modules() -> list[Path]:
     """The public modules of API_PACKAGES (not _private.py; __init__.py is the package's)."""
     mods = list(API_ROOT_MODULES)
     for folder in API_PACKAGES:
-        mods += [p for p in _api_files(folder) if not p.name.startswith("_")]
-        mods.append(REPO / folder / "__init__.py")
+        mods += [p for p in _api_files(folder) if p.stem == "__init__" or p.stem[0] != "_"]
     return mods
 
 
@@ -312,10 +318,10 @@ def test_every_api_module_names_its_public_api_with_docstrings():
 def test_what_other_modules_import_is_in_all():
     """__all__ is the API others use: a public name imported from an API module is in it."""
     modules = {
-        f"{dotted}.{p.stem}": p
-        for folder, dotted in API_PACKAGES.items()
+        _dotted(p): p
+        for folder in API_PACKAGES
         for p in _api_files(folder)
-        if p.stem != "__init__"
+        if p != REPO / folder / "__init__.py"
     }
     missing = []
     for name, names in _imported_from(modules).items():
