@@ -123,8 +123,8 @@ def find_label_issues(
         y: given labels, [n].
 
     Returns:
-        (issues, thresholds): the listed images ranked, most suspect first, and the
-        threshold of each class.
+        (issues, thresholds): the listed images, lowest given-label probability first, and
+        each class's threshold.
     """
     n, c = probs.shape
     thresholds = np.array([probs[y == j, j].mean() if np.any(y == j) else 1.0 for j in range(c)])
