@@ -637,6 +637,90 @@ class AdviceResult:
     kept: dict = field(default_factory=dict)
 
 
+def _train_counts(examples_dir: str, validation_dir: str | None):
+    """Training rows, val count, images per class, the median longer side and each training
+    image's fold group (data.group_by; an ungrouped image is its own)."""
+    from graft.components import features as gfeat
+    from graft.components.manifest import excluded_from_eval, excluded_from_train, read_manifest
+
+    rows = read_manifest(examples_dir)
+    train_rows = gfeat.split_rows(examples_dir, "train", excluded_from_train(validation_dir))
+    n_val = len(gfeat.split_rows(examples_dir, "val", excluded_from_eval(validation_dir)))
+    per_class: dict[str, int] = {}
+    for r in train_rows:
+        per_class[r["label"]] = per_class.get(r["label"], 0) + 1
+    side = int(median(max(r["height"], r["width"]) for r in rows))
+    groups = {r["sha256"]: r.get("group") or r["sha256"] for r in train_rows}
+    return train_rows, n_val, per_class, side, groups
+
+
+def _probe_sizes(base_name: str, side: int, image_size: int) -> list[int]:
+    """The input size, and the photos' own (rounded up to 32) when well below it."""
+    from graft.components import model as gmodel
+
+    small_side = max(gmodel.backbone(base_name).min_size, 32 * math.ceil(side / 32))
+    return [image_size, small_side] if small_side <= 0.75 * image_size else [image_size]
+
+
+def _squash_features(examples_dir, validation_dir, splits, layers, extractor, store, stage):
+    """Every image's pooled tap features per split, squashed (the probes that place the data
+    in the matrix see Graft's default; measure_geometry compares the others on the same
+    sample); test is excluded as val is. Returns the features and the exclusions."""
+    from graft.components import data as gdata
+    from graft.components import features as gfeat
+    from graft.components.manifest import excluded_from_eval, excluded_from_train
+
+    excl = {"train": excluded_from_train(validation_dir), "val": excluded_from_eval(validation_dir)}
+    excl["test"] = excl["val"]
+    got = {
+        split: gfeat.split_features(
+            examples_dir,
+            split,
+            layers,
+            extractor=extractor,
+            store=store,
+            exclude=excl[split],
+            stage=stage[split],
+            geometry=gdata.SQUASH,
+        )
+        for split in splits
+    }
+    return got, excl
+
+
+def _tap_probes(feats, tap_list, size: int, idx, y, groups, folds: int) -> list[Probe]:
+    """A k-fold linear probe per tap on the sample `idx`, each logged."""
+    from graft.components.stats import wilson
+
+    out = []
+    for name, depth in tap_list:
+        x = feats.x[name][idx]
+        hits = probe(x, y, folds, groups=groups)
+        lo, hi = wilson(int(hits.sum()), len(hits))
+        p = Probe(name, depth, size, x.shape[1], float(hits.mean()), lo, hi, len(hits))
+        p.correct = hits.tolist()
+        out.append(p)
+        log(f"advise: probe {depth:>6} {name} at {size}px ({x.shape[1]}-d): {_fmt(p)}")
+    return out
+
+
+def _hidden_gains(at: list[Probe], feats, idx, y, groups, folds: int) -> dict[str, dict]:
+    """A 256-unit hidden layer's paired gain over linear, on the layers the plan can choose:
+    the last one, and the best probing (ties to the earlier)."""
+    from graft.components.stats import paired_difference
+
+    hidden = {}
+    best = max(reversed(at), key=lambda q: q.accuracy)
+    for p in [at[0]] + ([best] if best is not at[0] else []):
+        mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256, groups=groups)
+        g = hidden[p.layer] = paired_difference(mlp, np.array(p.correct))
+        log(
+            f"advise: probe {p.depth:>6} with a 256-unit hidden layer: {mlp.mean():.3f} "
+            f"(gain over linear {g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}])"
+        )
+    return hidden
+
+
 def measure(
     examples_dir: str,
     validation_dir: str | None,
@@ -647,130 +731,67 @@ def measure(
     folds: int,
     max_probe_images: int,
 ) -> Evidence:
+    """The evidence the plan reads: counts, the photos' size, tap probes at each probed size,
+    the hidden-layer gains and the forward speed at the input size, and the label check."""
     import keras
 
     from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
-    from graft.components.manifest import excluded_from_eval, excluded_from_train, read_manifest
     from graft.components.model import BackbonePreprocess
-    from graft.components.stats import paired_difference, wilson
 
     t0 = time.time()
-    rows = read_manifest(examples_dir)
-    train_rows = gfeat.split_rows(examples_dir, "train", excluded_from_train(validation_dir))
-    n_val = len(gfeat.split_rows(examples_dir, "val", excluded_from_eval(validation_dir)))
-    per_class: dict[str, int] = {}
-    for r in train_rows:
-        per_class[r["label"]] = per_class.get(r["label"], 0) + 1
-    side = int(median(max(r["height"], r["width"]) for r in rows))
-    # the probes' folds keep a group (data.group_by) together; ungrouped images are their own
-    group_by_sha = {r["sha256"]: r.get("group") or r["sha256"] for r in train_rows}
-    sizes = [image_size]
-    b = gmodel.backbone(base_cfg.name)
-    small_side = max(b.min_size, 32 * math.ceil(side / 32))
-    if small_side <= 0.75 * image_size:
-        sizes.append(small_side)
+    train_rows, n_val, per_class, side, group_by_sha = _train_counts(examples_dir, validation_dir)
     cfg_full = base_cfg.model_copy(update={"cut_at": None})
-    probes: list[Probe] = []
-    speed = 0.0
-    stage_starts: list[str] = []
-    stage_frac: list[float] = []
-    base_layers: list[str] = []
-    hidden = None
-    label_check = None
-    for size in sizes:
-        keras.backend.clear_session()
-        base = gmodel.build_base(cfg_full, size)
-        tap_list, starts, frac = taps(base)
-        if size == image_size:
-            stage_starts, stage_frac = starts, frac
-            base_layers = [layer.name for layer in base.layers]
-        layers = [name for name, _ in tap_list]
-        # the probes that place the data in the matrix see squashed images, Graft's default;
-        # measure_geometry compares the other geometries with these, on the same sample
-        squash = gdata.SQUASH
-        fp = base.graft_fingerprint
-        store = gfeat.FeatureStore(store_root, fp, size, squash) if store_root else None
-        extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), layers)
-        # val too: the head stage reads it from the store next
-        excl = {
-            "train": excluded_from_train(validation_dir),
-            "val": excluded_from_eval(validation_dir),
-        }
-        got = {
-            split: gfeat.split_features(
-                examples_dir,
-                split,
-                layers,
-                extractor=extractor,
-                store=store,
-                exclude=excl[split],
-                stage="advise",
-                geometry=squash,
-            )
-            for split in ("train", "val")
-        }
-        feats = got["train"]
-        if size == image_size:  # the pass just made, else a short timing of its own
-            n = sum(g.computed for g in got.values())
-            t = sum(g.seconds for g in got.values())
-            speed = n / t if n >= 64 and t > 0 else _speed(extractor, size)
-            # the label check scores every labelled image: test joins train and val
-            excl["test"] = excl["val"]
-            got["test"] = gfeat.split_features(
-                examples_dir,
-                "test",
-                layers,
-                extractor=extractor,
-                store=store,
-                exclude=excl["test"],
-                stage="advise: label check",
-                geometry=squash,
-            )
-            label_check = _label_check(examples_dir, got, excl, layers[0], size, folds)
-        idx = _sample(feats.y, max_probe_images)
-        y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
-        for name, depth in tap_list:
-            x = feats.x[name][idx]
-            hits = probe(x, y, folds, groups=groups)
-            lo, hi = wilson(int(hits.sum()), len(hits))
-            p = Probe(name, depth, size, x.shape[1], float(hits.mean()), lo, hi, len(hits))
-            p.correct = hits.tolist()
-            probes.append(p)
-            log(f"advise: probe {depth:>6} {name} at {size}px ({x.shape[1]}-d): {_fmt(p)}")
-        if size == image_size:
-            hidden = {}
-            # on the layers the plan can choose: the last one, and the best probing (ties to
-            # the earlier)
-            at = [p for p in probes if p.size == image_size]
-            best = max(reversed(at), key=lambda q: q.accuracy)
-            for p in [at[0]] + ([best] if best is not at[0] else []):
-                mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256, groups=groups)
-                g = hidden[p.layer] = paired_difference(mlp, np.array(p.correct))
-                log(
-                    f"advise: probe {p.depth:>6} with a 256-unit hidden layer: {mlp.mean():.3f} "
-                    f"(gain over linear {g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}])"
-                )
-    labels_min = min(per_class.values()) if per_class else 0
-    return Evidence(
+    ev = Evidence(
         base=base_cfg.name,
         image_size=image_size,
         n_train=len(train_rows),
         n_val=n_val,
         n_classes=len(per_class),
-        per_class_min=labels_min,
+        per_class_min=min(per_class.values()) if per_class else 0,
         per_class_max=max(per_class.values()) if per_class else 0,
         median_side=side,
-        probes=probes,
-        stage_starts=stage_starts,
-        stage_fraction=stage_frac,
-        base_layers=base_layers,
-        images_per_s=speed,
-        hidden_head=hidden,
-        seconds=round(time.time() - t0, 2),
-        label_check=label_check,
+        probes=[],
+        stage_starts=[],
+        stage_fraction=[],
+        base_layers=[],
+        images_per_s=0.0,
     )
+    for size in _probe_sizes(base_cfg.name, side, image_size):
+        keras.backend.clear_session()
+        base = gmodel.build_base(cfg_full, size)
+        tap_list, starts, frac = taps(base)
+        layers = [name for name, _ in tap_list]
+        fp = base.graft_fingerprint
+        store = gfeat.FeatureStore(store_root, fp, size, gdata.SQUASH) if store_root else None
+        extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), layers)
+        # val too: the head stage reads it from the store next
+        stage = {"train": "advise", "val": "advise", "test": "advise: label check"}
+        got, excl = _squash_features(
+            examples_dir, validation_dir, ("train", "val"), layers, extractor, store, stage
+        )
+        feats = got["train"]
+        if size == image_size:
+            ev.stage_starts, ev.stage_fraction = starts, frac
+            ev.base_layers = [layer.name for layer in base.layers]
+            # the pass just made, else a short timing of its own
+            n = sum(g.computed for g in got.values())
+            t = sum(g.seconds for g in got.values())
+            ev.images_per_s = n / t if n >= 64 and t > 0 else _speed(extractor, size)
+            # the label check scores every labelled image: test joins train and val
+            got |= _squash_features(
+                examples_dir, validation_dir, ("test",), layers, extractor, store, stage
+            )[0]
+            ev.label_check = _label_check(examples_dir, got, excl, layers[0], size, folds)
+        idx = _sample(feats.y, max_probe_images)
+        y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
+        ev.probes += _tap_probes(feats, tap_list, size, idx, y, groups, folds)
+        if size == image_size:
+            at = [p for p in ev.probes if p.size == image_size]
+            ev.hidden_head = _hidden_gains(at, feats, idx, y, groups, folds)
+    ev.seconds = round(time.time() - t0, 2)
+    return ev
 
 
 def _label_check(examples_dir: str, got: dict, exclude: dict, layer: str, size: int, folds: int):
@@ -822,74 +843,59 @@ def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
     return shas, y[idx], groups, square
 
 
-def measure_geometry(
-    examples_dir: str,
-    validation_dir: str | None,
-    *,
-    ev: Evidence,
-    base_cfg,
-    size: int,
-    cut_at: str | None,
-    store_root: str,
-    folds: int,
-    max_probe_images: int,
-    crop_fraction: float,
-    default: str = "squash",
-) -> dict:
-    """Linear probes of one layer at one size on the probe sample, per data.resize mode, on
-    the same folds; each other mode's paired gain over `default` (the base's own). One base
-    forward pass per mode over the sample only (the store keeps them; squash is measure's)."""
+def _probe_extractor(base_cfg, size: int, cut_at: str | None):
+    """The whole base at `size`, the layer the run reads (its cut, else the last) and a pooled
+    extractor of that layer: what the geometry and flip probes run."""
     import keras
 
-    from graft.components import data as gdata
     from graft.components import features as gfeat
     from graft.components import model as gmodel
-    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
-    from graft.components.stats import paired_difference, wilson
 
-    t0 = time.time()
-    shas, y, groups, square = _probe_sample(examples_dir, validation_dir, max_probe_images)
     keras.backend.clear_session()
     base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
     layer = cut_at or base.layers[-1].name
-    extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
-    known = next(
-        (p for p in ev.probes if p.size == size and p.layer == layer and len(p.correct) == len(y)),
-        None,
+    return base, layer, gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
+
+
+def _sample_features(
+    examples_dir, validation_dir, shas, *, base, layer, extractor, size, store_root, geometry,
+    mirror=False, stage,
+):  # fmt: skip
+    """The probe sample's pooled features of `layer` in one geometry (or its mirror images),
+    through the feature store, in the sample's order."""
+    from graft.components import features as gfeat
+    from graft.components.manifest import excluded_from_train
+
+    store = (
+        gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry, mirror)
+        if store_root
+        else None
     )
+    feats = gfeat.split_features(
+        examples_dir,
+        "train",
+        [layer],
+        extractor=extractor,
+        store=store,
+        exclude=excluded_from_train(validation_dir),
+        stage=stage,
+        geometry=geometry,
+        only=set(shas),
+        mirror=mirror,
+    )
+    if feats.sha256 != shas:
+        raise RuntimeError(f"{stage}: probe sample out of order")  # a bug
+    return feats.x[layer]
+
+
+def _geometry_modes(hits_of: dict, default: str, size: int, layer: str) -> dict[str, dict]:
+    """Per mode: accuracy with its Wilson interval and, for the others, the paired gain over
+    `default` with its one-sided 90% bound (`low90`, the rule's); each logged."""
+    from graft.components.stats import paired_difference, wilson
+
     modes: dict[str, dict] = {}
-    hits_of: dict[str, np.ndarray] = {}
-    for mode in gdata.RESIZE_MODES:
-        if mode == "squash" and known is not None:
-            hits_of[mode] = np.array(known.correct)
-        elif mode == "pad" and square and "squash" in hits_of:
-            # a square image's letterbox is the image at size x size: pad's pixels are squash's
-            log("advise: geometry pad: every probed image is square, so pad is squash (no pass)")
-            hits_of[mode] = hits_of["squash"]
-        else:
-            geo = gdata.Geometry(mode, crop_fraction)
-            store = (
-                gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geo)
-                if store_root
-                else None
-            )
-            feats = gfeat.split_features(
-                examples_dir,
-                "train",
-                [layer],
-                extractor=extractor,
-                store=store,
-                exclude=excluded_from_train(validation_dir),
-                stage=f"advise: geometry {mode}",
-                geometry=geo,
-                only=set(shas),
-            )
-            if feats.sha256 != shas:
-                raise RuntimeError("advise: geometry probe sample out of order")  # a bug
-            hits_of[mode] = probe(feats.x[layer], y, folds, groups=groups)
-    for mode in gdata.RESIZE_MODES:
-        hits = hits_of[mode]
+    for mode, hits in hits_of.items():
         lo, hi = wilson(int(hits.sum()), len(hits))
         modes[mode] = {"accuracy": float(hits.mean()), "low": lo, "high": hi}
         if mode != default:
@@ -907,6 +913,51 @@ def measure_geometry(
                 else " (the base's own)"
             )
         )
+    return modes
+
+
+def measure_geometry(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    ev: Evidence,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+    crop_fraction: float,
+    default: str = "squash",
+) -> dict:
+    """Linear probes of one layer at one size on the probe sample, per data.resize mode, on
+    the same folds; each other mode's paired gain over `default` (the base's own). One base
+    forward pass per mode over the sample only (the store keeps them; squash is measure's;
+    none for pad when every sampled image is square)."""
+    from graft.components import data as gdata
+
+    t0 = time.time()
+    shas, y, groups, square = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    base, layer, extractor = _probe_extractor(base_cfg, size, cut_at)
+    known = next(
+        (p for p in ev.probes if p.size == size and p.layer == layer and len(p.correct) == len(y)),
+        None,
+    )
+    hits_of: dict[str, np.ndarray] = {}
+    for mode in gdata.RESIZE_MODES:
+        if mode == "squash" and known is not None:
+            hits_of[mode] = np.array(known.correct)
+        elif mode == "pad" and square and "squash" in hits_of:
+            # a square image's letterbox is the image at size x size: pad's pixels are squash's
+            log("advise: geometry pad: every probed image is square, so pad is squash (no pass)")
+            hits_of[mode] = hits_of["squash"]
+        else:
+            x = _sample_features(
+                examples_dir, validation_dir, shas, base=base, layer=layer,
+                extractor=extractor, size=size, store_root=store_root,
+                geometry=gdata.Geometry(mode, crop_fraction), stage=f"advise: geometry {mode}",
+            )  # fmt: skip
+            hits_of[mode] = probe(x, y, folds, groups=groups)
     return {
         "size": size,
         "layer": layer,
@@ -916,7 +967,7 @@ def measure_geometry(
         "square": square,
         "default": default,
         "rule": GEOMETRY_RULE,
-        "modes": modes,
+        "modes": _geometry_modes(hits_of, default, size, layer),
         "seconds": round(time.time() - t0, 2),
     }
 
@@ -973,42 +1024,27 @@ def measure_flip(
     """Test-time flips on the probe sample, at the run's size, layer and geometry: one base
     pass over the mirror images (the store keeps them; the plain ones are the geometry
     probe's)."""
-    import keras
-
-    from graft.components import features as gfeat
-    from graft.components import model as gmodel
-    from graft.components.manifest import excluded_from_train
-    from graft.components.model import BackbonePreprocess
     from graft.components.stats import paired_difference
 
     t0 = time.time()
     shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
-    keras.backend.clear_session()
-    base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
-    layer = cut_at or base.layers[-1].name
-    extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
-    x = {}
-    for mirror in (False, True):
-        store = (
-            gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry, mirror)
-            if store_root
-            else None
-        )
-        feats = gfeat.split_features(
+    base, layer, extractor = _probe_extractor(base_cfg, size, cut_at)
+    x = {
+        mirror: _sample_features(
             examples_dir,
-            "train",
-            [layer],
+            validation_dir,
+            shas,
+            base=base,
+            layer=layer,
             extractor=extractor,
-            store=store,
-            exclude=excluded_from_train(validation_dir),
-            stage="advise: test-time flips" + " (mirror images)" * mirror,
+            size=size,
+            store_root=store_root,
             geometry=geometry,
-            only=set(shas),
             mirror=mirror,
-        )
-        if feats.sha256 != shas:
-            raise RuntimeError("advise: flip probe sample out of order")  # a bug
-        x[mirror] = feats.x[layer]
+            stage="advise: test-time flips" + " (mirror images)" * mirror,
+        )  # fmt: skip
+        for mirror in (False, True)
+    }
     plain, both = flip_hits(x[False], x[True], y, folds, groups)
     gain = paired_difference(both, plain)
     log(

@@ -18,6 +18,24 @@ import tensorflow as tf
 
 from graft.core.config import AugmentConfig
 
+__all__ = [
+    "FEATURES",
+    "PAD_RGB",
+    "RESIZE_MODES",
+    "SQUASH",
+    "Geometry",
+    "count_examples",
+    "decode_and_resize",
+    "image_dataset",
+    "naive_image_dataset",
+    "parsed_examples",
+    "raw_dataset",
+    "read_labels",
+    "shard_policy",
+    "split_files",
+    "steps_per_epoch",
+]
+
 AUTOTUNE = tf.data.AUTOTUNE
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -91,7 +109,16 @@ SQUASH = Geometry()
 
 def decode_and_resize(image_bytes: tf.Tensor, size: int, geometry: Geometry = SQUASH) -> tf.Tensor:
     """JPEG/PNG/GIF/BMP bytes -> float32 [size, size, 3] in 0..255 (first GIF frame), shaped
-    as `geometry` says. Gray and RGBA images become RGB (decode_image's channels=3)."""
+    as `geometry` says. Gray and RGBA images become RGB (decode_image's channels=3).
+
+    Args:
+        image_bytes: a scalar string tensor, the encoded image.
+        size: the side of the square output.
+        geometry: squash, crop or pad (see Geometry).
+
+    Returns:
+        The float32 image tensor.
+    """
     img = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
     img = tf.cast(img, tf.float32)
     if geometry.resize == "crop":
@@ -136,6 +163,18 @@ def _letterbox(img: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def split_files(examples_dir: str, split: str) -> list[str]:
+    """A split's TFRecord shards, sorted, so every reader sees them in one order.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+
+    Returns:
+        The shard paths.
+
+    Raises:
+        FileNotFoundError: the split has no shard.
+    """
     files = sorted(tf.io.gfile.glob(os.path.join(examples_dir, f"{split}-*.tfrecord.gz")))
     if not files:
         raise FileNotFoundError(f"no TFRecords for split '{split}' in {examples_dir}")
@@ -147,6 +186,12 @@ def read_labels(folder: str) -> list[str] | None:
 
     labels.json keeps any Unicode name; labels.txt (one per line) is read for older outputs.
     None when neither file is there.
+
+    Args:
+        folder: an ingest output or a SavedModel's assets folder.
+
+    Returns:
+        The class names in label order, or None.
     """
     path = os.path.join(folder, "labels.json")
     if tf.io.gfile.exists(path):
@@ -160,7 +205,16 @@ def read_labels(folder: str) -> list[str] | None:
 
 
 def parsed_examples(examples_dir: str, split: str, deterministic: bool = True) -> tf.data.Dataset:
-    """Every tf.Example of a split as a dict of FEATURES, read in parallel from the shards."""
+    """Every tf.Example of a split as a dict of FEATURES, read in parallel from the shards.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        deterministic: keep the shards' order (slower).
+
+    Returns:
+        The dataset of feature dicts.
+    """
     files = tf.data.Dataset.from_tensor_slices(split_files(examples_dir, split))
     ds = files.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type="GZIP"),
@@ -181,7 +235,17 @@ def raw_dataset(
     exclude_sha256: set[str] | None = None,
     deterministic: bool = True,
 ) -> tf.data.Dataset:
-    """(image_bytes, label) with parallel interleaved reads of the gzip shards."""
+    """(image_bytes, label) with parallel interleaved reads of the gzip shards.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        exclude_sha256: images left out (validate's exclusions).
+        deterministic: keep the shards' order (slower).
+
+    Returns:
+        The dataset of (encoded image, label index) pairs.
+    """
     ds = parsed_examples(examples_dir, split, deterministic)
     if exclude_sha256:
         bad = tf.constant(sorted(exclude_sha256))
@@ -251,6 +315,24 @@ def image_dataset(
     `workers` > 1 (MultiWorkerMirroredStrategy): the dataset carries the auto-shard policy of
     `shard_policy`. Under FILE each worker holds a different number of images, so the dataset
     repeats without a length and the caller runs `steps_per_epoch` steps on every worker.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        size: the model's input side.
+        batch_size: images per batch.
+        shuffle: shuffle the images each epoch.
+        augment: the augmentation config; None for none.
+        seed: the shuffle and augmentation seed.
+        exclude_sha256: images left out (validate's exclusions).
+        repeat: repeat without end (the caller gives steps_per_epoch).
+        cache: cache the decoded images in memory.
+        deterministic: ordered reads and sequential augmentation (see above).
+        workers: the number of training machines.
+        geometry: how each image is shaped to the input size.
+
+    Returns:
+        The batched dataset.
     """
     ordered = deterministic or not shuffle
     policy = shard_policy(len(split_files(examples_dir, split)), workers, training=shuffle)
@@ -306,6 +388,14 @@ def shard_policy(
     always: each validation image counted exactly once, as the guard's comparison needs.
     One worker: TF's AUTO, which does nothing without a cluster (replicas in one process split
     each batch instead).
+
+    Args:
+        num_files: the split's shard files.
+        workers: the number of training machines.
+        training: True for the training split, False for evaluation.
+
+    Returns:
+        FILE, DATA or AUTO.
     """
     if workers <= 1:
         return tf.data.experimental.AutoShardPolicy.AUTO
@@ -321,7 +411,18 @@ def steps_per_epoch(
     batch_size: int,
     exclude_sha256: set[str] | None = None,
 ) -> int | None:
-    """Steps for `fit` on a repeating (FILE-sharded) dataset; None when it has its own length."""
+    """Steps for `fit` on a repeating (FILE-sharded) dataset; None when it has its own length.
+
+    Args:
+        ds: the dataset image_dataset returned.
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        batch_size: images per batch.
+        exclude_sha256: images left out (validate's exclusions).
+
+    Returns:
+        Steps per epoch, or None.
+    """
     if int(ds.cardinality()) >= 0:
         return None
     n = count_examples(examples_dir, split, exclude_sha256)
@@ -331,7 +432,18 @@ def steps_per_epoch(
 def naive_image_dataset(
     examples_dir: str, split: str, size: int, batch_size: int, geometry: Geometry = SQUASH
 ) -> tf.data.Dataset:
-    """Sequential reads and maps, no prefetch: the baseline the input benchmark beats."""
+    """Sequential reads and maps, no prefetch: the baseline the input benchmark beats.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        size: the model's input side.
+        batch_size: images per batch.
+        geometry: how each image is shaped to the input size.
+
+    Returns:
+        The batched dataset.
+    """
     ds = tf.data.TFRecordDataset(split_files(examples_dir, split), compression_type="GZIP")
     ds = ds.map(lambda r: tf.io.parse_single_example(r, FEATURES))
     ds = ds.map(lambda ex: (decode_and_resize(ex["image/encoded"], size, geometry), ex["label"]))
@@ -339,6 +451,16 @@ def naive_image_dataset(
 
 
 def count_examples(examples_dir: str, split: str, exclude_sha256: set[str] | None = None) -> int:
+    """How many examples a split holds: from the ingest manifest, else by reading the shards.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        exclude_sha256: images not counted (validate's exclusions).
+
+    Returns:
+        The count.
+    """
     import json
 
     path = os.path.join(examples_dir, "manifest.jsonl")

@@ -17,6 +17,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+__all__ = [
+    "generate",
+]
+
 Draw = Callable[[ImageDraw.ImageDraw, random.Random, float, float, float, float, tuple], None]
 
 
@@ -182,7 +186,24 @@ def generate(
     task: str = "target",
     quality: int = 90,
 ) -> dict[str, int]:
-    """Write `out/<class>/<class>_NNNN.jpg`; same arguments give byte-identical files."""
+    """Write `out/<class>/<class>_NNNN.jpg`; same arguments give byte-identical files.
+
+    Args:
+        out: the folder to write into (created).
+        classes: how many classes, from the task's table.
+        per_class: images per class.
+        size: the side of each square image, in pixels.
+        seed: which images: another seed, other images.
+        task: "target" (the demo's classes) or "source" (the disjoint ones the demo base
+            is pretrained on).
+        quality: JPEG quality.
+
+    Returns:
+        Images written per class name.
+
+    Raises:
+        ValueError: classes is outside 2..the size of the task's table.
+    """
     table = TARGET_CLASSES if task == "target" else SOURCE_CLASSES
     if not 2 <= classes <= len(table):
         raise ValueError(f"--classes must be 2..{len(table)} for the {task} task, got {classes}")

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+__all__ = [
+    "Example",
+    "serialize",
+]
+
 _F = descriptor_pb2.FieldDescriptorProto
 
 
@@ -76,7 +81,14 @@ Example = _build()
 
 
 def serialize(features: dict[str, bytes | int]) -> bytes:
-    """A serialized tf.train.Example: bytes values as bytes_list, ints as int64_list."""
+    """A serialized tf.train.Example: bytes values as bytes_list, ints as int64_list.
+
+    Args:
+        features: feature name to value: bytes, or an int.
+
+    Returns:
+        The Example's wire bytes, as TFRecord files hold them.
+    """
     ex = Example()
     fmap = ex.features.feature
     for key, value in features.items():

@@ -33,6 +33,17 @@ from graft.components import data as gdata
 from graft.components.manifest import read_manifest
 from graft.core.log import Progress, log
 
+__all__ = [
+    "FORWARD_IMAGES",
+    "FeatureStore",
+    "RowStore",
+    "SplitFeatures",
+    "base_fingerprint",
+    "pooled_extractor",
+    "split_features",
+    "split_rows",
+]
+
 gfile = tf.io.gfile
 
 # Images passed through a base by this process, for tests and step results.
@@ -40,7 +51,16 @@ FORWARD_IMAGES = {"count": 0}
 
 
 def base_fingerprint(base: keras.Model, name: str, kwargs: dict | None = None) -> str:
-    """name + kwargs + a sha256 over every weight of the base (cheap: ~20 ms for MobileNetV2)."""
+    """name + kwargs + a sha256 over every weight of the base (cheap: ~20 ms for MobileNetV2).
+
+    Args:
+        base: the base model, its weights loaded.
+        name: the base's name, e.g. "mobilenet_v2".
+        kwargs: the arguments it was built with.
+
+    Returns:
+        "<name>-<16 hex digits>": the key of the base's feature store.
+    """
     h = hashlib.sha256(f"{name}|{sorted((kwargs or {}).items())}".encode())
     for w in base.weights:
         h.update(w.path.encode())
@@ -120,7 +140,16 @@ class FeatureStore:
 
 
 def pooled_extractor(base: keras.Model, preprocess: keras.layers.Layer, layers: list[str]):
-    """pixels 0..255 -> [pooled output of each named layer of `base`], in inference mode."""
+    """pixels 0..255 -> [pooled output of each named layer of `base`], in inference mode.
+
+    Args:
+        base: the base model.
+        preprocess: the base's input preprocessing layer.
+        layers: names of the base's layers whose outputs are pooled.
+
+    Returns:
+        A keras.Model with one pooled output per named layer.
+    """
     outs = [base.get_layer(name).output for name in layers]
     multi = keras.Model(
         base.inputs, [keras.layers.GlobalAveragePooling2D()(o) for o in outs], name="taps"
@@ -143,7 +172,16 @@ class SplitFeatures:
 
 
 def split_rows(examples_dir: str, split: str, exclude: set[str] | None = None) -> list[dict]:
-    """The ingest manifest's rows of a split, minus `exclude`, first occurrence of each image."""
+    """The ingest manifest's rows of a split, minus `exclude`, first occurrence of each image.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        exclude: sha256s to leave out.
+
+    Returns:
+        The manifest rows, in manifest order.
+    """
     seen: set[str] = set()
     rows = []
     for r in read_manifest(examples_dir):
@@ -170,7 +208,27 @@ def split_features(
 ) -> SplitFeatures:
     """Pooled features of every image of a split (or of those in `only`), each shaped by
     `geometry` (and mirrored left-right with `mirror`); only images missing from the store
-    are run."""
+    are run.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        layers: the base layers whose pooled features are wanted.
+        extractor: pooled_extractor's model for those layers.
+        store: the feature store to read and fill; None computes every image.
+        exclude: sha256s to leave out (validate's exclusions).
+        batch_size: images per forward pass.
+        stage: the name to log the pass under.
+        geometry: how each image is shaped to the input size.
+        only: sha256s to keep; None keeps the whole split.
+        mirror: flip every image left-right first.
+
+    Returns:
+        The split's features, labels and sha256s, with counts of computed and reused images.
+
+    Raises:
+        ValueError: the store holds another geometry's (or mirroring's) features.
+    """
     if store is not None and (store.geometry.key, store.mirror) != (geometry.key, mirror):
         raise ValueError(
             f"feature store for {store.geometry.key}{' mirrored' * store.mirror} read for "

@@ -14,6 +14,18 @@ from graft.components import data as gdata
 from graft.components.manifest import read_manifest
 from graft.core.config import FineTuneConfig
 
+__all__ = [
+    "MODEL",
+    "RESULT",
+    "class_weights",
+    "hits_and_losses",
+    "load_model",
+    "make_optimizer",
+    "read_history",
+    "schedule",
+    "scores_on",
+]
+
 RESULT = "result.json"  # a training stage's StageResult, written last: the stage finished
 MODEL = "model.keras"
 
@@ -28,13 +40,32 @@ STOCK_OPTIMIZERS = {
 def make_optimizer(
     name: str, lr, momentum: float = 0.9, classes: dict | None = None
 ) -> keras.optimizers.Optimizer:
-    """`name` from `classes` (default: Keras' own); momentum applies to SGD only."""
+    """`name` from `classes` (default: Keras' own); momentum applies to SGD only.
+
+    Args:
+        name: the optimizer's name, e.g. "adam" or "sgd".
+        lr: a learning rate or a Keras schedule.
+        momentum: SGD's momentum.
+        classes: optimizer classes by name, to use instead of Keras' own.
+
+    Returns:
+        A new optimizer.
+    """
     cls = (classes or STOCK_OPTIMIZERS)[name]
     return cls(lr, momentum=momentum) if name == "sgd" else cls(lr)
 
 
 def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, float] | None:
-    """n / (C * n_c) per class, from the ingest manifest; None when off or balanced."""
+    """n / (C * n_c) per class, from the ingest manifest; None when off or balanced.
+
+    Args:
+        examples_dir: the ingest step's output (its manifest and labels).
+        num_classes: how many classes the model has.
+        mode: the config's class-weight mode; "none" turns weights off.
+
+    Returns:
+        Weight per class index, or None.
+    """
     if mode == "none":
         return None
     labels = gdata.read_labels(examples_dir)
@@ -45,12 +76,30 @@ def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, f
 
 
 def hits_and_losses(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: top class == label, and cross-entropy (probabilities clipped at 1e-7)."""
+    """Per image: top class == label, and cross-entropy (probabilities clipped at 1e-7).
+
+    Args:
+        p: probabilities, one row per image.
+        y: the label index per image.
+
+    Returns:
+        (hits, losses): a bool and a float array, one entry per image.
+    """
     p = p.astype(np.float64)
     return np.argmax(p, 1) == y, -np.log(np.clip(p[np.arange(len(y)), y], 1e-7, 1.0))
 
 
 def schedule(cfg: FineTuneConfig, steps_per_epoch: int):
+    """The fine-tune learning rate: warmup, then cosine decay, as the config asks.
+
+    Args:
+        cfg: the fine_tune config (learning_rate, epochs, warmup_epochs, cosine_decay).
+        steps_per_epoch: optimizer steps in one epoch.
+
+    Returns:
+        A Keras CosineDecay schedule, or the constant learning rate when neither warmup nor
+        decay is on.
+    """
     total = max(1, cfg.epochs * steps_per_epoch)
     warm = int(cfg.warmup_epochs * steps_per_epoch)
     if not cfg.cosine_decay and not warm:
@@ -64,11 +113,27 @@ def schedule(cfg: FineTuneConfig, steps_per_epoch: int):
 
 
 def load_model(path: str) -> keras.Model:
+    """A saved model.keras, uncompiled: callers compile it for their own stage or only predict.
+
+    Args:
+        path: the .keras file.
+
+    Returns:
+        The Keras model.
+    """
     return keras.models.load_model(path, compile=False)
 
 
 def scores_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float, np.ndarray]:
-    """Accuracy, mean cross-entropy and per-image hits (in order) of `ds`, in one pass."""
+    """Accuracy, mean cross-entropy and per-image hits (in order) of `ds`, in one pass.
+
+    Args:
+        model: a model giving class probabilities.
+        ds: batches of (images, labels), in a fixed order.
+
+    Returns:
+        (accuracy, loss, hits); (nan, nan, empty) for an empty dataset.
+    """
     fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     hits, losses = [], []
     for x, y in ds:
@@ -82,6 +147,15 @@ def scores_on(model: keras.Model, ds: tf.data.Dataset) -> tuple[float, float, np
 
 
 def read_history(out_dir: str) -> list[dict]:
+    """A training stage's per-epoch log, one row per epoch: a resumed epoch's row replaces the
+    row its killed attempt wrote.
+
+    Args:
+        out_dir: the stage's output folder (holding history.jsonl).
+
+    Returns:
+        The rows in epoch order; [] when the stage logged no epoch.
+    """
     path = os.path.join(out_dir, "history.jsonl")
     if not os.path.exists(path):
         return []

@@ -30,29 +30,64 @@ __all__ = [
 
 
 def gfile():
-    """tf.io.gfile, imported on first use (TensorFlow is slow to import)."""
+    """tf.io.gfile, imported on first use (TensorFlow is slow to import).
+
+    Returns:
+        The tf.io.gfile module.
+    """
     import tensorflow as tf
 
     return tf.io.gfile
 
 
 def open_file(path: str, mode: str = "r"):
-    """`open` for a local path, GFile for a URL (text modes are UTF-8 on both)."""
+    """`open` for a local path, GFile for a URL (text modes are UTF-8 on both).
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+        mode: as for `open`: "r", "w", "rb", "wb"...
+
+    Returns:
+        An open file object, to use in a `with` block.
+    """
     if is_remote(path):
         return gfile().GFile(path, mode)
     return open(path, mode, **({} if "b" in mode else {"encoding": "utf-8"}))
 
 
 def exists(path: str) -> bool:
+    """Whether path exists, locally or at a URL (a URL checked through tf.io.gfile).
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+
+    Returns:
+        True when there is a file or folder at path.
+    """
     return gfile().exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def isdir(path: str) -> bool:
+    """Whether path is a folder, locally or at a URL (a URL checked through tf.io.gfile).
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+
+    Returns:
+        True when path is a folder.
+    """
     return gfile().isdir(path) if is_remote(path) else os.path.isdir(path)
 
 
 def listdir(path: str) -> list[str]:
-    """Entry names, in the store's order (gfile's trailing '/' on folders removed)."""
+    """Entry names, in the store's order (gfile's trailing '/' on folders removed).
+
+    Args:
+        path: a local folder or a tf.io.gfile URL.
+
+    Returns:
+        The entry names (not full paths).
+    """
     if is_remote(path):
         return [d.rstrip("/") for d in gfile().listdir(path)]
     return os.listdir(path)
@@ -64,7 +99,14 @@ def _is_tf_error(e: Exception) -> bool:
 
 
 def read_json(path: str) -> dict | None:
-    """The JSON object in path; None when it is missing or unreadable (a torn hand edit)."""
+    """The JSON object in path; None when it is missing or unreadable (a torn hand edit).
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+
+    Returns:
+        The dict, or None (missing, unreadable, not JSON, or not an object).
+    """
     try:
         with open_file(path) as f:
             data = json.load(f)
@@ -79,7 +121,14 @@ def read_json(path: str) -> dict | None:
 
 def read_text(path: str) -> str | None:
     """The file's text (undecodable bytes replaced); None only when it does not exist: any
-    other failure raises, so that a caller never takes an unreadable file for an absent one."""
+    other failure raises, so that a caller never takes an unreadable file for an absent one.
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+
+    Returns:
+        The text, or None when the file does not exist.
+    """
     try:
         if is_remote(path) and not gfile().exists(path):
             return None
@@ -90,12 +139,23 @@ def read_text(path: str) -> str | None:
 
 
 def write_text(path: str, text: str) -> None:
+    """Write text to a local path or a URL, replacing what was there (not atomic).
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+        text: written as UTF-8.
+    """
     with open_file(path, "w") as f:
         f.write(text)
 
 
 def write_json_atomic(path: str, data: dict) -> None:
-    """Readers see the old file or the new one, never a part: a temp file renamed over it."""
+    """Readers see the old file or the new one, never a part: a temp file renamed over it.
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+        data: JSON-serialisable; other values are written as their str().
+    """
     folder, name = path.rsplit("/", 1) if is_remote(path) else os.path.split(path)
     tmp = join(folder, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     text = json.dumps(data, indent=2, sort_keys=False, default=str)

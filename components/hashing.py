@@ -15,7 +15,17 @@ __all__ = ["file_sha256", "file_sha256_or_none", "weights_sha256"]
 
 
 def file_sha256(path: str) -> str:
-    """The sha256 of a file's bytes, local or at a URL; raises when it cannot be read."""
+    """The sha256 of a file's bytes, local or at a URL; raises when it cannot be read.
+
+    Args:
+        path: a local path or a tf.io.gfile URL (gs://, s3://...).
+
+    Returns:
+        The hex digest.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
     with fs.open_file(path, "rb") as f:
         if not is_remote(path):
             return hashlib.file_digest(f, "sha256").hexdigest()
@@ -26,7 +36,14 @@ def file_sha256(path: str) -> str:
 
 
 def file_sha256_or_none(path: str) -> str | None:
-    """file_sha256, or None for a file that cannot be read: recorded as unknown, not guessed."""
+    """file_sha256, or None for a file that cannot be read: recorded as unknown, not guessed.
+
+    Args:
+        path: a local path or a tf.io.gfile URL (gs://, s3://...).
+
+    Returns:
+        The hex digest, or None.
+    """
     try:
         return file_sha256(path)
     except Exception:  # noqa: BLE001 - missing, unreadable, or a tf.errors.OpError on a URL
@@ -40,6 +57,12 @@ def weights_sha256(saved_model_dir: str) -> str | None:
     model) writes a new model.keras and a new SavedModel, and both must count as the model
     already served. Variables are hashed by value, in an order that does not depend on their
     names. None when the directory holds no readable checkpoint.
+
+    Args:
+        saved_model_dir: the exported SavedModel directory.
+
+    Returns:
+        The hex digest, or None.
     """
     import tensorflow as tf
 

@@ -24,6 +24,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+__all__ = [
+    "BadImage",
+    "NormalisedImage",
+    "normalise",
+    "sha256",
+    "to_rgb",
+]
+
 SUPPORTED_FORMATS = {"JPEG": "jpeg", "PNG": "png", "GIF": "gif", "BMP": "bmp"}
 
 
@@ -33,6 +41,8 @@ class BadImage(ValueError):
 
 @dataclass
 class NormalisedImage:
+    """An image as ingest writes it: re-encoded RGB bytes, its size, and how it came."""
+
     encoded: bytes
     format: str  # jpeg | png
     height: int
@@ -61,11 +71,26 @@ def colour_grid(img: Image.Image) -> str:
 
 
 def sha256(data: bytes) -> str:
+    """The hex sha256 of an image's bytes: the id the manifest and validation files use.
+
+    Args:
+        data: the file's bytes.
+
+    Returns:
+        64 hex digits.
+    """
     return hashlib.sha256(data).hexdigest()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """8-bit RGB as TensorFlow's decode_image(channels=3) gives it (serving's decoder)."""
+    """8-bit RGB as TensorFlow's decode_image(channels=3) gives it (serving's decoder).
+
+    Args:
+        img: a Pillow image in any mode (palette, 16-bit, CMYK, with alpha...).
+
+    Returns:
+        The image in mode RGB.
+    """
     mode = img.mode
     if mode.startswith("I;16"):  # libpng's strip_16 in TF: the high byte
         arr = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
@@ -103,7 +128,19 @@ def _refuse_before_decoding(img: Image.Image, fmt: str, max_pixels: int) -> None
 
 
 def normalise(data: bytes, max_side: int, max_pixels: int = 50_000_000) -> NormalisedImage:
-    """Decode fully (catching truncation), convert to RGB, downscale past max_side."""
+    """Decode fully (catching truncation), convert to RGB, downscale past max_side.
+
+    Args:
+        data: the file's bytes, any format Pillow reads.
+        max_side: the longest side kept; larger images are downscaled to it.
+        max_pixels: images with more pixels are refused (a decompression bomb).
+
+    Returns:
+        The re-encoded image with its size, source format and near-duplicate hashes.
+
+    Raises:
+        BadImage: the bytes are empty, not an image, truncated or too large.
+    """
     if not data:
         raise BadImage("zero-byte file")
     fmt = "image"

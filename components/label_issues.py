@@ -25,6 +25,24 @@ import time
 
 import numpy as np
 
+__all__ = [
+    "DUPLICATE",
+    "FILE",
+    "LESS_SURE",
+    "MISLABELLED",
+    "WEAK_PROBE",
+    "check",
+    "duplicates_across_classes",
+    "find_label_issues",
+    "out_of_fold_probabilities",
+    "read",
+    "short_path",
+    "summary",
+    "table",
+    "weak_probe_note",
+    "write",
+]
+
 FILE = "label_issues.json"
 MAX_CHECKED = 20_000  # images the probe scores at most (a stratified sample above it)
 METHOD = (
@@ -55,6 +73,17 @@ def out_of_fold_probabilities(
 
     The probe is advise's linear probe (standardised features, logistic regression); a group
     (data.group_by) stays in one fold, so a patient's other images cannot vouch for a label.
+
+    Args:
+        x: features, one row per image.
+        y: label index per image.
+        folds: k, lowered to the smallest class (or the number of groups) when fewer.
+        groups: a group id per image (kept in one fold), or None.
+        seed: the fold split's seed.
+        n_classes: the number of columns at least.
+
+    Returns:
+        (probabilities, k): [n, C] out-of-fold probabilities and the folds used.
     """
     present, y = np.unique(y, return_inverse=True)
     from sklearn.linear_model import LogisticRegression
@@ -88,6 +117,14 @@ def find_label_issues(
     listed when its given label's probability is below that class's threshold and another
     class either reaches its own threshold (`confident`: confident learning's off-diagonal)
     or is simply the most probable one (the probe predicts another class, less surely).
+
+    Args:
+        probs: out-of-fold probabilities, [n, C].
+        y: given labels, [n].
+
+    Returns:
+        (issues, thresholds): the listed images, lowest given-label probability first, and
+        each class's threshold.
     """
     n, c = probs.shape
     thresholds = np.array([probs[y == j, j].mean() if np.any(y == j) else 1.0 for j in range(c)])
@@ -126,7 +163,21 @@ def check(
     size: int,
 ) -> dict:
     """Score the images (features `x`, given labels `y`, manifest `rows` alike ordered) and
-    list the likely mislabelled ones; the document label_issues.json holds, less duplicates."""
+    list the likely mislabelled ones; the document label_issues.json holds, less duplicates.
+
+    Args:
+        x: pooled features, one row per image.
+        y: the given label index per image.
+        rows: the manifest row per image, in the same order.
+        labels: the class names, in label order.
+        folds: the probe's folds.
+        layer: the base layer the features come from (recorded).
+        size: the input size the features were computed at (recorded).
+
+    Returns:
+        The document: method, probe accuracy, images checked, per-class thresholds and
+        the `issues` found, each with its path, given and suggested label.
+    """
     t0 = time.time()
     idx = stratified_sample(y, MAX_CHECKED)
     groups = np.array([r.get("group") or r["sha256"] for r in rows])[idx]
@@ -172,7 +223,15 @@ def check(
 
 def duplicates_across_classes(examples_dir: str, validation_dir: str | None) -> list[dict]:
     """validate's label conflicts (one image's bytes under two classes, dropped everywhere),
-    one entry per image: its first copy's path and label, the other label suggested."""
+    one entry per image: its first copy's path and label, the other label suggested.
+
+    Args:
+        examples_dir: the ingest step's output (its manifest).
+        validation_dir: the validate step's output, or None when it did not run.
+
+    Returns:
+        One issue entry per conflicting image; [] without validation output.
+    """
     from graft.components.manifest import excluded_from_train, read_manifest
 
     conflicts = excluded_from_train(validation_dir)  # exclude_from_all: the label conflicts
@@ -206,7 +265,17 @@ def duplicates_across_classes(examples_dir: str, validation_dir: str | None) -> 
 
 
 def write(out_dir: str, doc: dict, duplicates: list[dict], data_root: str = "") -> dict:
-    """Merge, rank (duplicates first) and write label_issues.json; returns the document."""
+    """Merge, rank (duplicates first) and write label_issues.json; returns the document.
+
+    Args:
+        out_dir: the folder to write label_issues.json into.
+        doc: what `check` returned.
+        duplicates: what `duplicates_across_classes` returned.
+        data_root: the data folder, recorded so paths can be shown short.
+
+    Returns:
+        The document as written, with ranks and counts.
+    """
     issues = duplicates + doc.get("issues", [])
     for rank, it in enumerate(issues, 1):
         it["rank"] = rank
@@ -228,7 +297,14 @@ def write(out_dir: str, doc: dict, duplicates: list[dict], data_root: str = "") 
 
 
 def read(advice_dir: str | None) -> dict | None:
-    """label_issues.json of an advise output; None when advise wrote none (recipe manual)."""
+    """label_issues.json of an advise output; None when advise wrote none (recipe manual).
+
+    Args:
+        advice_dir: the advise step's output, or None.
+
+    Returns:
+        The document, or None.
+    """
     path = os.path.join(advice_dir, FILE) if advice_dir else None
     if not path or not os.path.exists(path):
         return None
@@ -237,12 +313,27 @@ def read(advice_dir: str | None) -> dict | None:
 
 
 def short_path(path: str, root: str) -> str:
-    """`path` under the data folder it came from, else as it is."""
+    """`path` under the data folder it came from, else as it is.
+
+    Args:
+        path: an image's path as the manifest holds it.
+        root: the data folder; "" leaves every path as it is.
+
+    Returns:
+        The path relative to root, or path itself.
+    """
     return os.path.relpath(path, root) if root and path.startswith(root.rstrip("/") + "/") else path
 
 
 def summary(doc: dict) -> str:
-    """One line: how many issues, of how many images, checked how."""
+    """One line: how many issues, of how many images, checked how.
+
+    Args:
+        doc: the document `write` returns.
+
+    Returns:
+        The line.
+    """
     c = doc["counts"]
     checked = ", ".join(f"{n} {s}" for s, n in doc["checked"].items())
     of = f" (a sample of {doc['images']})" if doc.get("sampled") else ""
@@ -259,7 +350,14 @@ def _less_sure(counts: dict) -> int:
 
 
 def weak_probe_note(doc: dict) -> str:
-    """A warning beside a probe too weak for its listing to mean much; empty otherwise."""
+    """A warning beside a probe too weak for its listing to mean much; empty otherwise.
+
+    Args:
+        doc: a label-issues document (its `probe_accuracy`).
+
+    Returns:
+        The note, or "".
+    """
     if doc["probe_accuracy"] >= WEAK_PROBE:
         return ""
     return (
@@ -269,7 +367,15 @@ def weak_probe_note(doc: dict) -> str:
 
 
 def table(doc: dict, limit: int = 10) -> str:
-    """The first `limit` issues as aligned text lines: rank, kind, given -> suggested, path."""
+    """The first `limit` issues as aligned text lines: rank, kind, given -> suggested, path.
+
+    Args:
+        doc: the document `write` returns.
+        limit: how many issues to show.
+
+    Returns:
+        The lines, joined by newlines.
+    """
     lines = []
     for it in doc["issues"][:limit]:
         conf = f"{it['confidence']:.2f}" if it["confidence"] is not None else "  - "

@@ -21,6 +21,16 @@ from graft.components import model as gmodel
 from graft.components.fitting import make_optimizer, schedule
 from graft.core.config import FineTuneConfig
 
+__all__ = [
+    "StageRates",
+    "depths",
+    "fine_tune_optimizer",
+    "pick_rate",
+    "range_test",
+    "scales",
+    "schedule_text",
+]
+
 
 class _Layerwise:
     """Optimizer mixin: variable i is updated at learning_rate * lr_scales[i]."""
@@ -66,7 +76,15 @@ OPTIMIZERS = {
 
 
 def fine_tune_optimizer(cfg: FineTuneConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """cfg's optimizer on its schedule; the layerwise class when cfg.staged."""
+    """cfg's optimizer on its schedule; the layerwise class when cfg.staged.
+
+    Args:
+        cfg: the fine_tune config (optimizer, learning rate schedule, momentum, staged).
+        steps_per_epoch: optimizer steps in one epoch.
+
+    Returns:
+        A new optimizer.
+    """
     return make_optimizer(
         cfg.optimizer,
         schedule(cfg, steps_per_epoch),
@@ -89,7 +107,14 @@ def stage_of_layers(base: keras.Model) -> list[int]:
 
 def depths(model: keras.Model) -> dict[str, int]:
     """Trainable base variable path -> stages below the base's last stage (0: the top stage;
-    the head, absent here, also trains at the full rate). Call after unfreezing."""
+    the head, absent here, also trains at the full rate). Call after unfreezing.
+
+    Args:
+        model: the full model, its base unfrozen as planned.
+
+    Returns:
+        Stage depth by variable path, for the base's trainable variables.
+    """
     base = gmodel.base_of(model)
     stage = stage_of_layers(base)
     top = max(stage) if stage else 0
@@ -101,14 +126,34 @@ def depths(model: keras.Model) -> dict[str, int]:
 
 
 def scales(depth: list[int], epoch: int, decay: float, gradual_epochs: int) -> np.ndarray:
-    """Each variable's rate scale at `epoch`: decay**depth once its stage has joined, else 0."""
+    """Each variable's rate scale at `epoch`: decay**depth once its stage has joined, else 0.
+
+    Args:
+        depth: each variable's stage depth, in the optimizer's variable order.
+        epoch: the epoch about to start (0-based).
+        decay: the rate scale per stage of depth.
+        gradual_epochs: epochs between one stage joining and the next.
+
+    Returns:
+        One float32 scale per variable.
+    """
     d = np.asarray(depth, dtype=np.float32)
     joined = epoch >= d * gradual_epochs
     return np.where(joined, np.float32(decay) ** d, np.float32(0.0)).astype(np.float32)
 
 
 def schedule_text(model: keras.Model, info: dict, decay: float, gradual_epochs: int) -> str:
-    """The unfrozen stages and their rates, for the log: 'stage 28x28 x0.3 from epoch 2; ...'."""
+    """The unfrozen stages and their rates, for the log: 'stage 28x28 x0.3 from epoch 2; ...'.
+
+    Args:
+        model: the full model, its base unfrozen as planned.
+        info: the unfreeze plan (its `from_index`).
+        decay: the rate scale per stage of depth.
+        gradual_epochs: epochs between one stage joining and the next.
+
+    Returns:
+        One line of text.
+    """
     base = gmodel.base_of(model)
     stage = stage_of_layers(base)
     top = max(stage) if stage else 0
@@ -187,7 +232,17 @@ def pick_rate(rates: list[float], losses: list[float], window: int = 5) -> dict:
     of rates, which barely move the weights; the rate is read at the window's middle. After
     the head stage the curve is flat and noisy (per-batch losses +-30%) until it rises, so
     its minimum (fastai's 'a tenth of the minimum') or a running minimum lands anywhere: on
-    flowers they picked 7e-7 and 9e-8. No divergence within the test: chosen is None."""
+    flowers they picked 7e-7 and 9e-8. No divergence within the test: chosen is None.
+
+    Args:
+        rates: the learning rate of each batch, rising.
+        losses: each batch's training loss.
+        window: batches per median window.
+
+    Returns:
+        A dict: the `rates` and `losses` seen, `baseline_loss`, `diverged_rate` and `chosen`
+        (None both when the loss never diverged).
+    """
     n = len(losses)
     base_n = baseline_batches(rates[:n], window)
     baseline = float(np.median(losses[:base_n]))
@@ -222,7 +277,24 @@ def range_test(
 ) -> dict:
     """Train `steps` batches at a rate rising exponentially from low to high, recording each
     batch's loss, then put the weights back (and the dropout seeds: model.variables); the
-    caller compiles the model again for the real fit."""
+    caller compiles the model again for the real fit.
+
+    Args:
+        model: the model to test, compiled afterwards by the caller.
+        train_ds: the training batches.
+        optimizer: the optimizer's name.
+        momentum: SGD's momentum.
+        steps: batches to train, one rate each.
+        low: the first rate.
+        high: the last rate.
+        depth_by_path: stage depths (from `depths`) for layerwise rates; None: one rate.
+        decay: the rate scale per stage of depth.
+        strategy: the tf.distribute strategy to compile under; None: the default.
+        jit: compile with XLA.
+
+    Returns:
+        pick_rate's dict for the losses seen.
+    """
     weights = [v.numpy() for v in model.variables]
     growth = (high / low) ** (1 / max(1, steps - 1))
     rate = keras.optimizers.schedules.ExponentialDecay(low, decay_steps=1, decay_rate=growth)

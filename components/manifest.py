@@ -18,7 +18,17 @@ VALIDATION_FILE = "validation.json"
 
 
 def read_manifest(examples_dir: str) -> list[dict]:
-    """Every manifest row, local or at a URL; raises when the file is missing."""
+    """Every manifest row, local or at a URL; raises when the file is missing.
+
+    Args:
+        examples_dir: the ingest step's output directory.
+
+    Returns:
+        One dict per written image, in file order.
+
+    Raises:
+        FileNotFoundError: the manifest is missing.
+    """
     with fs.open_file(join(examples_dir, MANIFEST_FILE)) as f:
         text = f.read()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -29,6 +39,12 @@ def data_fingerprint(manifest: list[dict]) -> str:
 
     Same images, labels and splits, same fingerprint, wherever the files live or however they
     are named. 16 hex digits, like the step fingerprints.
+
+    Args:
+        manifest: the rows read_manifest returns.
+
+    Returns:
+        16 hex digits.
     """
     h = hashlib.sha256()
     for key in sorted((m["split"], m["label"], m["sha256"]) for m in manifest):
@@ -48,10 +64,24 @@ def _excluded(validation_dir: str | None, keys: tuple[str, ...]) -> set[str]:
 
 
 def excluded_from_eval(validation_dir: str | None) -> set[str]:
-    """sha256s that validate dropped from val/test: leaked ones and label conflicts."""
+    """sha256s that validate dropped from val/test: leaked ones and label conflicts.
+
+    Args:
+        validation_dir: the validate step's output, or None when it did not run.
+
+    Returns:
+        The sha256s; empty when there is no validation output.
+    """
     return _excluded(validation_dir, ("exclude_from_eval", "exclude_from_all"))
 
 
 def excluded_from_train(validation_dir: str | None) -> set[str]:
-    """sha256s that validate dropped from training: label conflicts."""
+    """sha256s that validate dropped from training: label conflicts.
+
+    Args:
+        validation_dir: the validate step's output, or None when it did not run.
+
+    Returns:
+        The sha256s; empty when there is no validation output.
+    """
     return _excluded(validation_dir, ("exclude_from_all",))

@@ -23,12 +23,49 @@ from graft.core.config import BaseConfig, HeadConfig, TrainConfig, UnfreezeConfi
 from graft.core.log import log
 from graft.core.paths import demo_weights, is_remote
 
+__all__ = [
+    "BackbonePreprocess",
+    "backbone",
+    "base_of",
+    "build_base",
+    "build_model",
+    "chief_task",
+    "choose_strategy",
+    "compile_for_fit",
+    "describe_base",
+    "describe_strategy",
+    "feature_extractor",
+    "feature_map_shapes",
+    "feature_normalizer",
+    "head_of",
+    "is_chief",
+    "label_order_scores",
+    "multi_worker_keras",
+    "plan_unfreeze",
+    "pooled_head",
+    "predict_scores",
+    "scores",
+    "set_precision",
+    "stage_starts",
+    "unfreeze",
+    "unfreeze_text",
+    "worker_count",
+]
+
 
 def scores(model: keras.Model, pixels, flip_average: bool = False):
     """The model's class scores as float32 in a graph; flip_average: the mean with the mirror image.
 
     The one definition of what a Graft model outputs: the exported signatures call it, and so
     does evaluation (through `predict_scores`), so the test metrics are the served model's.
+
+    Args:
+        model: a Graft model.
+        pixels: a batch of 0..255 pixels.
+        flip_average: average with the mirror image's scores.
+
+    Returns:
+        A float32 tensor of scores, [batch, classes].
     """
     out = tf.cast(model(pixels, training=False), tf.float32)
     if flip_average:
@@ -41,12 +78,28 @@ def label_order_scores(outputs: dict):
 
     Models exported since `probabilities` existed return it (label order) beside the sorted
     `scores`; older ones returned `scores` in label order. Baselines pushed before stay readable.
+
+    Args:
+        outputs: the signature's outputs, by name.
+
+    Returns:
+        The scores, one column per label in label order.
     """
     return outputs["probabilities"] if "probabilities" in outputs else outputs["scores"]
 
 
 def predict_scores(model: keras.Model, pixels, flip_average: bool = False, batch_size: int = 64):
-    """`scores` over a numpy array of 0..255 pixels, a batch at a time, via one traced function."""
+    """`scores` over a numpy array of 0..255 pixels, a batch at a time, via one traced function.
+
+    Args:
+        model: a Graft model.
+        pixels: a numpy array [N, size, size, 3] of 0..255 pixels.
+        flip_average: average with the mirror image's scores.
+        batch_size: images per call.
+
+    Returns:
+        A numpy array of scores, [N, classes].
+    """
     fn = tf.function(lambda x: scores(model, x, flip_average), reduce_retracing=True)
     return np.concatenate(
         [fn(pixels[i : i + batch_size]).numpy() for i in range(0, len(pixels), batch_size)]
@@ -54,6 +107,17 @@ def predict_scores(model: keras.Model, pixels, flip_average: bool = False, batch
 
 
 def backbone(name: str) -> Backbone:
+    """The backbone table's entry for a base name: its constructor, preprocessing and blocks.
+
+    Args:
+        name: a base name, e.g. "mobilenet_v2".
+
+    Returns:
+        The core.backbones.Backbone.
+
+    Raises:
+        ValueError: an unknown name, with the valid ones.
+    """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}'; valid: {', '.join(sorted(BACKBONES))}")
     return BACKBONES[name]
@@ -79,7 +143,20 @@ class BackbonePreprocess(keras.layers.Layer):
 
 
 def build_base(cfg: BaseConfig, size: int) -> keras.Model:
-    """The keras.applications model without its top, with weights as configured."""
+    """The keras.applications model without its top, with weights as configured.
+
+    Args:
+        cfg: the base config (name, weights, cut_at, kwargs).
+        size: the input side.
+
+    Returns:
+        The frozen base, its full weights' fingerprint in `graft_fingerprint`.
+
+    Raises:
+        ValueError: size is below the backbone's minimum.
+        FileNotFoundError: base.weights names a file that is not there.
+        RuntimeError: the ImageNet weights cannot be loaded (offline).
+    """
     b = backbone(cfg.name)
     if size < b.min_size:
         raise ValueError(f"data.image_size {size} is below {cfg.name}'s minimum {b.min_size}")
@@ -147,6 +224,17 @@ def build_head(cfg: HeadConfig, num_classes: int) -> keras.Sequential:
 def build_model(
     base_cfg: BaseConfig, head_cfg: HeadConfig, num_classes: int, size: int
 ) -> keras.Model:
+    """pixels 0..255 -> preprocess -> base (inference-mode BatchNorm) -> head: a Graft model.
+
+    Args:
+        base_cfg: the base config (name, weights, cut_at, kwargs).
+        head_cfg: the head config.
+        num_classes: the head's outputs.
+        size: the input side.
+
+    Returns:
+        The model, its base frozen.
+    """
     base = build_base(base_cfg, size)
     head = build_head(head_cfg, num_classes)
     inputs = keras.Input((size, size, 3), name="pixels")
@@ -157,23 +245,54 @@ def build_model(
 
 
 def base_of(model: keras.Model) -> keras.Model:
+    """The base inside a Graft model: its one nested model that is not the head.
+
+    Args:
+        model: a model build_model made (or loaded from model.keras).
+
+    Returns:
+        The base model.
+    """
     return next(
         layer for layer in model.layers if isinstance(layer, keras.Model) and layer.name != "head"
     )
 
 
 def head_of(model: keras.Model) -> keras.Sequential:
+    """The head inside a Graft model: its layer named "head".
+
+    Args:
+        model: a model build_model made (or loaded from model.keras).
+
+    Returns:
+        The head.
+    """
     return model.get_layer("head")
 
 
 def feature_normalizer(model: keras.Model):
-    """The head's Normalization layer (head.normalize), or None."""
+    """The head's Normalization layer (head.normalize), or None.
+
+    Args:
+        model: a Graft model.
+
+    Returns:
+        The Normalization layer, or None.
+    """
     layers = [layer for layer in head_of(model).layers if layer.name == "normalize"]
     return layers[0] if layers else None
 
 
 def pooled_head(head: keras.Sequential, feature_dim: int) -> keras.Model:
-    """head without its pooling layer, sharing its layers: trained on cached features."""
+    """head without its pooling layer, sharing its layers: trained on cached features.
+
+    Args:
+        head: the Graft model's head.
+        feature_dim: the pooled features' width.
+
+    Returns:
+        A keras.Model from pooled features to probabilities.
+    """
     inputs = keras.Input((feature_dim,), name="features")
     x = inputs
     for layer in head.layers[1:]:
@@ -182,7 +301,14 @@ def pooled_head(head: keras.Sequential, feature_dim: int) -> keras.Model:
 
 
 def feature_extractor(model: keras.Model) -> keras.Model:
-    """pixels -> pooled base features, with the base in inference mode."""
+    """pixels -> pooled base features, with the base in inference mode.
+
+    Args:
+        model: a Graft model.
+
+    Returns:
+        A keras.Model from pixels to the head's pooled input.
+    """
     x = model.get_layer("preprocess").output
     feats = base_of(model)(x, training=False)
     pooled = head_of(model).layers[0](feats)
@@ -190,7 +316,14 @@ def feature_extractor(model: keras.Model) -> keras.Model:
 
 
 def feature_map_shapes(base: keras.Model) -> list[tuple | None]:
-    """Each layer's 4-d output shape (batch, h, w, c), or None where it has none."""
+    """Each layer's 4-d output shape (batch, h, w, c), or None where it has none.
+
+    Args:
+        base: the base model.
+
+    Returns:
+        One entry per layer of base.layers.
+    """
     shapes = []
     for layer in base.layers:
         shp = layer.output.shape if hasattr(layer, "output") else None
@@ -200,7 +333,14 @@ def feature_map_shapes(base: keras.Model) -> list[tuple | None]:
 
 def stage_starts(base: keras.Model) -> list[int]:
     """Index of each stage's first layer, a stage being a run of layers with one feature-map
-    size (a padding layer's larger output is a detour, not a new stage)."""
+    size (a padding layer's larger output is a detour, not a new stage).
+
+    Args:
+        base: the base model.
+
+    Returns:
+        Layer indices, ascending.
+    """
     sizes: list[int] = []
     starts: list[int] = []
     for i, shp in enumerate(feature_map_shapes(base)):
@@ -219,6 +359,18 @@ def plan_unfreeze(layers: list, cfg: UnfreezeConfig, base_name: str = "the base"
 
     The one place that decides: `unfreeze` applies it, `graft inspect-base` reports it, and
     `unfreeze_text` says it in words for the log. BatchNormalization always stays frozen.
+
+    Args:
+        layers: the base's layers, in order.
+        cfg: the fine_tune.unfreeze config.
+        base_name: the base's name, for error messages.
+
+    Returns:
+        A dict: the first unfrozen layer (`from_index`, `from_layer`, `from_block`), layer
+        and parameter counts, and `mask` (one bool per layer: trained).
+
+    Raises:
+        ValueError: cfg.from_layer names no layer of the base.
     """
     names = [layer.name for layer in layers]
     if cfg.mode == "all":
@@ -256,7 +408,14 @@ def plan_unfreeze(layers: list, cfg: UnfreezeConfig, base_name: str = "the base"
 
 
 def unfreeze_text(plan: dict) -> str:
-    """What a plan really trains, in words: 'all 155 layers' or 'the top 37 ... from ...'."""
+    """What a plan really trains, in words: 'all 155 layers' or 'the top 37 ... from ...'.
+
+    Args:
+        plan: what plan_unfreeze (or unfreeze) returned.
+
+    Returns:
+        One line of text.
+    """
     n, total = plan["unfrozen_layers"], plan["total_layers"]
     share = plan["trainable_params"] / max(1, plan["total_params"])
     where = (
@@ -272,7 +431,15 @@ def unfreeze_text(plan: dict) -> str:
 
 
 def unfreeze(model: keras.Model, cfg: UnfreezeConfig) -> dict:
-    """Make the base trainable as `plan_unfreeze` says; returns the plan without its mask."""
+    """Make the base trainable as `plan_unfreeze` says; returns the plan without its mask.
+
+    Args:
+        model: a Graft model.
+        cfg: the fine_tune.unfreeze config.
+
+    Returns:
+        The plan, as plan_unfreeze's dict without `mask`.
+    """
     base = base_of(model)
     plan = plan_unfreeze(base.layers, cfg, base.name)
     base.trainable = True
@@ -293,6 +460,12 @@ def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
     keys, so two stages run in one process would meet each other's all-reduces ("Shape
     mismatch in the collective instance"); and MultiWorkerMirroredStrategy configures
     collective ops, which TF allows only before the first op, so a stage asks for it first.
+
+    Args:
+        train: the train config (its strategy setting).
+
+    Returns:
+        The strategy to build and fit under.
     """
     gpus = tf.config.list_physical_devices("GPU")
     want = train.strategy
@@ -317,7 +490,16 @@ def choose_strategy(train: TrainConfig) -> tf.distribute.Strategy:
 
 def chief_task(task_type: str | None, task_id: int | None, cluster: dict) -> bool:
     """The task that writes: `chief`, or worker 0 when the cluster has no chief (a TFJob with
-    Worker replicas only: the Training Operator and TF both treat worker 0 as the chief)."""
+    Worker replicas only: the Training Operator and TF both treat worker 0 as the chief).
+
+    Args:
+        task_type: the task's type in TF_CONFIG, or None outside a cluster.
+        task_id: its index.
+        cluster: the cluster spec, job name to addresses.
+
+    Returns:
+        True for the task that writes.
+    """
     if not task_type:
         return True
     return task_type == "chief" or (
@@ -333,18 +515,39 @@ def _cluster(strategy: tf.distribute.Strategy) -> tuple[str | None, int | None, 
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:
-    """Whether this process writes the stage's outputs and checkpoints (always, on one worker)."""
+    """Whether this process writes the stage's outputs and checkpoints (always, on one worker).
+
+    Args:
+        strategy: the stage's tf.distribute strategy.
+
+    Returns:
+        True for the writing process.
+    """
     return chief_task(*_cluster(strategy))
 
 
 def worker_count(strategy: tf.distribute.Strategy) -> int:
-    """Machines (processes) in the strategy's cluster: what the input pipeline shards over."""
+    """Machines (processes) in the strategy's cluster: what the input pipeline shards over.
+
+    Args:
+        strategy: the stage's tf.distribute strategy.
+
+    Returns:
+        1 or more.
+    """
     _, _, cluster = _cluster(strategy)
     return max(1, len(cluster.get("chief", [])) + len(cluster.get("worker", [])))
 
 
 def describe_strategy(strategy: tf.distribute.Strategy) -> dict:
-    """What a stage ran on, for its result.json."""
+    """What a stage ran on, for its result.json.
+
+    Args:
+        strategy: the stage's tf.distribute strategy.
+
+    Returns:
+        A dict: strategy, replicas, workers, task.
+    """
     task_type, task_id, _ = _cluster(strategy)
     name = type(strategy).__name__  # MultiWorkerMirroredStrategy's class is CollectiveAllReduce...
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -366,6 +569,13 @@ def multi_worker_keras(model: keras.Model, strategy: tf.distribute.Strategy) -> 
     takes shapes from this worker's own batch (no collective), and the steps return their logs
     as shape [1], which the axis-0 mean averages over every replica. Epoch-end logs are read
     from the metrics' variables, summed across workers: exact. Elsewhere: the model as it is.
+
+    Args:
+        model: the compiled model.
+        strategy: the stage's tf.distribute strategy.
+
+    Returns:
+        The model, patched only under multi-worker training.
     """
     if worker_count(strategy) <= 1 or getattr(model, "_graft_multi_worker", False):
         return model
@@ -404,6 +614,13 @@ def compile_for_fit(
     and a variable made in a trace makes TensorFlow trace the whole step a second time: the first
     fit of the demo model's fine-tune took 15.7 s, 6.4 s with its variables made here.
     Call it inside the strategy's scope, as `compile` itself must be.
+
+    Args:
+        model: the model to compile.
+        optimizer: the optimizer.
+        metrics: track accuracy (False for the LR range test).
+        jit: compile with XLA.
+        **kwargs: passed to `compile`.
     """
     model.compile(
         optimizer,
@@ -416,7 +633,14 @@ def compile_for_fit(
 
 
 def set_precision(train: TrainConfig) -> str:
-    """mixed_float16 only where a GPU exists; on CPU it would only slow things down."""
+    """mixed_float16 only where a GPU exists; on CPU it would only slow things down.
+
+    Args:
+        train: the train config (its mixed_precision setting).
+
+    Returns:
+        The Keras policy set: "mixed_float16" or "float32".
+    """
     policy = (
         "mixed_float16"
         if train.mixed_precision and tf.config.list_physical_devices("GPU")
@@ -440,6 +664,16 @@ class LayerInfo:
 def describe_base(
     name: str, size: int | None = None, kwargs: dict | None = None
 ) -> tuple[keras.Model, list[LayerInfo]]:
+    """A base's layers with their block and parameters, for `graft inspect-base` (no weights).
+
+    Args:
+        name: a base name, e.g. "mobilenet_v2".
+        size: the input side; None: the backbone's default.
+        kwargs: the base's constructor arguments.
+
+    Returns:
+        (base, rows): the base model and one LayerInfo per layer.
+    """
     b = backbone(name)
     cfg = BaseConfig(name=name, weights=None, kwargs=kwargs or {})
     base = build_base(cfg, size or b.default_size)

@@ -21,6 +21,11 @@ from graft.components import demo_data
 from graft.components.model import BackbonePreprocess
 from graft.core.log import log
 
+__all__ = [
+    "RECIPE",
+    "pretrain_demo_base",
+]
+
 RECIPE = {
     "classes": 6,
     "per_class": 500,
@@ -45,6 +50,16 @@ def _load_folder(root: str, size: int) -> tuple[np.ndarray, np.ndarray, list[str
 
 
 def pretrain_demo_base(out: str, recipe: dict | None = None) -> dict:
+    """Train the demo base on the source task and save its weights, with a JSON of provenance.
+
+    Args:
+        out: the .weights.h5 path to write; `out + ".json"` gets the provenance.
+        recipe: keys of RECIPE to override (tests train a smaller one).
+
+    Returns:
+        The provenance written beside the weights: sha256, size, source classes, validation
+        accuracy, seconds, the recipe and the command that reproduces it.
+    """
     r = {**RECIPE, **(recipe or {})}
     keras.utils.set_random_seed(r["seed"])
     t0 = time.time()

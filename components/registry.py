@@ -54,6 +54,42 @@ from graft.core.paths import is_remote
 from graft.core.paths import join as _join
 from graft.core.versions import version_number
 
+__all__ = [
+    "COLUMNS",
+    "INDEX",
+    "MARKER",
+    "RUN_ID_ENV",
+    "UnknownVersion",
+    "baseline_version",
+    "build_lineage",
+    "code_version",
+    "code_version_text",
+    "drift_verdict",
+    "edge_models",
+    "entries",
+    "entry",
+    "index_path",
+    "latest_version",
+    "lineage_for_push",
+    "load_problem",
+    "models_at",
+    "now_iso",
+    "pushed_model_sha",
+    "pushed_weights_sha",
+    "read_index",
+    "read_marker",
+    "require_model",
+    "run_id",
+    "same_model_version",
+    "served_entry",
+    "served_version",
+    "table_row",
+    "update_index",
+    "version_path",
+    "versions",
+    "who",
+]
+
 MARKER = "graft_push.json"  # written last into a pushed version: it is complete; its entry
 INDEX = "registry.json"  # <destination>/<model>/registry.json: every version's entry
 RUN_ID_ENV = "GRAFT_RUN_ID"  # set by the local runner for the steps of a run
@@ -69,11 +105,29 @@ class UnknownVersion(ConfigError):
 
 
 def version_path(destination: str, model_name: str, version: int) -> str:
+    """A version's folder: <destination>/<model>/<version>, as TF Serving reads it.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        version: the version number.
+
+    Returns:
+        The path.
+    """
     return _join(destination, model_name, str(version))
 
 
 def versions(destination: str, model_name: str) -> list[int]:
-    """The version directories (core.versions' rule, as the server reads them), oldest first."""
+    """The version directories (core.versions' rule, as the server reads them), oldest first.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        The version numbers, ascending; [] when the model has none.
+    """
     root = _join(destination, model_name)
     if not isdir(root):
         return []
@@ -82,7 +136,15 @@ def versions(destination: str, model_name: str) -> list[int]:
 
 
 def served_version(destination: str, model_name: str) -> int | None:
-    """What TF Serving's default policy serves: the newest version with a saved_model.pb."""
+    """What TF Serving's default policy serves: the newest version with a saved_model.pb.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        The version number, or None.
+    """
     for v in reversed(versions(destination, model_name)):
         if exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
             return v
@@ -90,17 +152,45 @@ def served_version(destination: str, model_name: str) -> int | None:
 
 
 def latest_version(destination: str, model_name: str) -> int | None:
+    """The newest version directory of a model, whether or not it loads.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        The version number, or None when there is none.
+    """
     v = versions(destination, model_name)
     return v[-1] if v else None
 
 
 def pushed_model_sha(destination: str, model_name: str, version: int) -> str | None:
+    """The model.keras checksum a pushed version's marker records.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        version: the version number.
+
+    Returns:
+        The sha256, or None without a marker (or one that lacks it).
+    """
     m = read_marker(version_path(destination, model_name, version))
     return m.get("model_sha256") if m else None
 
 
 def pushed_weights_sha(destination: str, model_name: str, version: int) -> str | None:
-    """The version's weights checksum: from its marker, else computed (a hand-copied version)."""
+    """The version's weights checksum: from its marker, else computed (a hand-copied version).
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        version: the version number.
+
+    Returns:
+        The weights_sha256, or None when the version holds no readable checkpoint.
+    """
     path = version_path(destination, model_name, version)
     m = read_marker(path)
     if m and m.get("weights_sha256"):
@@ -111,7 +201,16 @@ def pushed_weights_sha(destination: str, model_name: str, version: int) -> str |
 def baseline_version(
     destination: str, model_name: str, candidate_sha: str | None = None
 ) -> int | None:
-    """The newest version at the destination that is not the candidate itself."""
+    """The newest version at the destination that is not the candidate itself.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        candidate_sha: the candidate's model sha256; a version holding it is skipped.
+
+    Returns:
+        The version number, or None when there is none.
+    """
     for v in reversed(versions(destination, model_name)):
         if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
             return v
@@ -121,7 +220,17 @@ def baseline_version(
 def same_model_version(
     destination: str, model_name: str, model_sha: str | None, weights_sha: str | None
 ) -> int | None:
-    """The newest version that is this model: the same model file or the same weights."""
+    """The newest version that is this model: the same model file or the same weights.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        model_sha: the candidate's model.keras sha256, or None.
+        weights_sha: the candidate's weights_sha256, or None.
+
+    Returns:
+        The version number, or None when no version is this model.
+    """
     for v in reversed(versions(destination, model_name)):
         if model_sha and pushed_model_sha(destination, model_name, v) == model_sha:
             return v
@@ -167,7 +276,14 @@ def _top_level_fields(buf: bytes) -> list[int]:
 def load_problem(version_dir: str) -> str | None:
     """Why TF Serving could not load this version dir, from a cheap look without TensorFlow:
     saved_model.pb must parse as a SavedModel holding a MetaGraphDef (field 2), and a
-    variables/ folder needs its variables.index. None when it looks loadable."""
+    variables/ folder needs its variables.index. None when it looks loadable.
+
+    Args:
+        version_dir: the version's folder.
+
+    Returns:
+        The reason, or None.
+    """
     pb = _join(version_dir, "saved_model.pb")
     try:
         if is_remote(pb):
@@ -191,12 +307,29 @@ def load_problem(version_dir: str) -> str | None:
 
 
 def read_marker(version_dir: str) -> dict | None:
+    """A pushed version's graft_push.json: written last by push, so its presence means complete.
+
+    Args:
+        version_dir: the version's folder.
+
+    Returns:
+        The marker, or None when it is missing or unreadable.
+    """
     return read_json(_join(version_dir, MARKER))
 
 
 def edge_models(destination: str, model_name: str, version: int) -> list[dict]:
     """The TFLite files a version ships in assets.extra/ (export.tflite), each with what its
-    tflite.json measured (bytes, test accuracy, agreement, ms/image); [] when none."""
+    tflite.json measured (bytes, test accuracy, agreement, ms/image); [] when none.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        version: the version number.
+
+    Returns:
+        One dict per .tflite file: its path and measurements.
+    """
     folder = _join(version_path(destination, model_name, version), "assets.extra")
     if not isdir(folder):
         return []
@@ -210,7 +343,14 @@ def edge_models(destination: str, model_name: str, version: int) -> list[dict]:
 
 
 def models_at(destination: str) -> list[str]:
-    """Model names at a destination: folders holding a version or an index."""
+    """Model names at a destination: folders holding a version or an index.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+
+    Returns:
+        The names, sorted; [] when the destination does not exist.
+    """
     if not isdir(destination):
         return []
     out = []
@@ -227,6 +367,14 @@ def models_at(destination: str) -> list[str]:
 
 
 def now_iso(t: float | None = None) -> str:
+    """A UTC time as ISO 8601 to the second, as every registry entry and lineage writes it.
+
+    Args:
+        t: seconds since the epoch; None: now.
+
+    Returns:
+        e.g. "2026-01-31T12:00:00Z".
+    """
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
 
 
@@ -234,11 +382,19 @@ def run_id() -> str:
     """The run this process works for: GRAFT_RUN_ID (the local runner sets it), else unknown.
 
     On Kubeflow nothing sets it yet, so steps there record "unknown".
+
+    Returns:
+        The run id, or "unknown".
     """
     return os.environ.get(RUN_ID_ENV) or "unknown"
 
 
 def who() -> str:
+    """Who pushed: user@host, for the registry entry (a container without a user: uid<N>).
+
+    Returns:
+        The text.
+    """
     try:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001 - a container user without a passwd entry
@@ -248,7 +404,12 @@ def who() -> str:
 
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict:
-    """Graft's package version, and the git commit of its source when there is one."""
+    """Graft's package version, and the git commit of its source when there is one.
+
+    Returns:
+        A dict: graft (the package version), git_commit ("unknown" when neither the
+        environment nor a git checkout tells), git_dirty (None when unknown).
+    """
     import importlib.metadata
 
     try:
@@ -278,6 +439,14 @@ def code_version() -> dict:
 
 
 def code_version_text(code: dict | None) -> str:
+    """code_version's dict in words, for the model card export writes.
+
+    Args:
+        code: what code_version returned, or None for a version pushed before it was recorded.
+
+    Returns:
+        "graft 0.1.0 @ <commit>", marked when the commit is unknown or had uncommitted changes.
+    """
     if not code:
         return "unknown"
     commit = code.get("git_commit") or "unknown"
@@ -303,7 +472,14 @@ def _config_hash(step_dir: str | None, settings: dict) -> tuple[str, str]:
 def drift_verdict(drift_dir: str | None) -> dict | None:
     """The drift step's verdict (drift.json), short: what the registry entry records.
 
-    `verdict` is none, flagged or blocked, or not checked (then `reasons` says why)."""
+    `verdict` is none, flagged or blocked, or not checked (then `reasons` says why).
+
+    Args:
+        drift_dir: the drift step's output, or None when it did not run.
+
+    Returns:
+        A dict: verdict, against_version, reasons, flagged_measures; None without drift.json.
+    """
     d = read_json(_join(drift_dir, "drift.json")) if drift_dir else None
     if d is None:
         return None
@@ -367,7 +543,19 @@ def build_lineage(
     step_dir: str | None = None,
     trained_model: str | None = None,
 ) -> dict:
-    """What export records in the model card and push copies into the registry."""
+    """What export records in the model card and push copies into the registry.
+
+    Args:
+        examples_dir: the ingest output the model was trained on.
+        evaluation: evaluation.json's content.
+        base: the base config (name, weights, kwargs).
+        settings: the config the export step read (hashed when step_dir is no fingerprint).
+        step_dir: the export step's output folder.
+        trained_model: the trained model.keras the SavedModel was exported from.
+
+    Returns:
+        The lineage: run id, times, config hash, code version, data, base, metrics, blessing.
+    """
     config_hash, covers = _config_hash(step_dir, settings)
     intervals = (evaluation.get("intervals") or {}).get("candidate") or {}
     cand = evaluation.get("candidate") or {}
@@ -413,7 +601,15 @@ def build_lineage(
 
 def lineage_for_push(card: dict | None, evaluation: dict) -> dict:
     """The lineage push records: the model card's, or, for a card exported before lineage was
-    recorded, what the card and evaluation.json still tell."""
+    recorded, what the card and evaluation.json still tell.
+
+    Args:
+        card: model_card.json's content, or None.
+        evaluation: evaluation.json's content.
+
+    Returns:
+        The lineage.
+    """
     card = card or {}
     lineage = card.get("lineage") or {}
     if lineage.get("format"):
@@ -436,6 +632,15 @@ def lineage_for_push(card: dict | None, evaluation: dict) -> dict:
 
 
 def index_path(destination: str, model_name: str) -> str:
+    """Where a model's registry index lives: <destination>/<model>/registry.json.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        The path.
+    """
     return _join(destination, model_name, INDEX)
 
 
@@ -528,7 +733,15 @@ def _load_index(destination: str, model_name: str) -> _Index:
 def read_index(destination: str, model_name: str) -> list[dict]:
     """The index's entries, oldest version first ([] when there is no index). A corrupt index
     gives the entries it still holds whole, with a warning; entries without a usable version
-    number are skipped, with a warning."""
+    number are skipped, with a warning.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        The entries.
+    """
     index = _load_index(destination, model_name)
     return [index.entries[v] for v in sorted(index.entries)]
 
@@ -554,7 +767,14 @@ def update_index(
 
     Never loses an entry: a corrupt index is kept aside as `registry.json.corrupt-<time>` and
     rebuilt from what it still holds whole plus each version dir's graft_push.json; entries
-    without a usable version number are carried over in `unusable_entries`."""
+    without a usable version number are carried over in `unusable_entries`.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        add: the entry to add or replace (its `version` says which).
+        removed: versions push pruned.
+    """
     index = _load_index(destination, model_name)
     entries = index.entries
     if index.corrupt:
@@ -617,7 +837,16 @@ def entries(destination: str, model_name: str, *, include_removed: bool = True) 
     without push pruning it); versions the index lacks are read from their dirs.
 
     `served` is the newest version that loads: what TF Serving keeps serving when a newer one
-    fails to load."""
+    fails to load.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        include_removed: also list pruned versions.
+
+    Returns:
+        The entries, oldest first.
+    """
     on_disk = versions(destination, model_name)
     problems = {}
     for v in on_disk:
@@ -656,7 +885,19 @@ def _unknown_model(destination: str, model_name: str) -> UnknownVersion:
 
 
 def entry(destination: str, model_name: str, version: int) -> dict:
-    """One version's entry; UnknownVersion naming the versions there are."""
+    """One version's entry; UnknownVersion naming the versions there are.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+        version: the version number.
+
+    Returns:
+        The entry, with its status.
+
+    Raises:
+        UnknownVersion: no such model or version.
+    """
     all_entries = entries(destination, model_name)
     if not all_entries:
         raise _unknown_model(destination, model_name)
@@ -676,6 +917,13 @@ def served_entry(destination: str, model_name: str) -> dict | None:
     For a rollback copy its `lineage` is the original version's, so
     `served_entry(...)["lineage"]["data"]["examples_dir"]` is the ingest output the served
     model was trained on in either case (None for a version pushed before lineage existed).
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        The entry, or None.
     """
     v = served_version(destination, model_name)
     if v is None:
@@ -687,6 +935,18 @@ def served_entry(destination: str, model_name: str) -> dict | None:
 
 
 def require_model(destination: str, model_name: str) -> list[dict]:
+    """Every version's entry of a model that must exist, as `graft models` commands need.
+
+    Args:
+        destination: the push destination (a local folder or a URL).
+        model_name: the model's name.
+
+    Returns:
+        What `entries` returns, never empty.
+
+    Raises:
+        UnknownVersion: no such model at the destination (the message names those there are).
+    """
     all_entries = entries(destination, model_name)
     if not all_entries:
         raise _unknown_model(destination, model_name)
@@ -727,7 +987,14 @@ def base_text(base: dict) -> str:
 
 
 def table_row(e: dict) -> dict[str, str]:
-    """One entry as the cells of `graft models list`: short enough for 100 columns."""
+    """One entry as the cells of `graft models list`: short enough for 100 columns.
+
+    Args:
+        e: one registry entry, as `entries` returns it.
+
+    Returns:
+        Cell text by column name (COLUMNS).
+    """
     lin = e.get("lineage") or {}
     rb = e.get("rollback")
     if e.get("kind") == "rollback":

@@ -20,6 +20,17 @@ from markupsafe import Markup
 from graft.components.stats import BOOTSTRAP_REPS, wilson
 from graft.components.templates import html_template
 
+__all__ = [
+    "PLOTS",
+    "confidently_wrong",
+    "data_checks_html",
+    "intervals",
+    "label_issues_html",
+    "recall_interval",
+    "thumbnail",
+    "write_report",
+]
+
 Z95 = 1.959964  # two-sided 95 % normal quantile
 GALLERY = 12  # most confidently wrong test images shown
 THUMB = 112  # thumbnail side, pixels
@@ -38,7 +49,16 @@ def top_k_correct(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
 
 
 def intervals(probs: np.ndarray, y: np.ndarray, k: int) -> dict:
-    """Accuracy and top-k, each with its Wilson 95 % interval, over n test images."""
+    """Accuracy and top-k, each with its Wilson 95 % interval, over n test images.
+
+    Args:
+        probs: test probabilities, one row per image.
+        y: the label index per image.
+        k: the top-k to count (capped at the number of classes).
+
+    Returns:
+        A dict: `n`, `accuracy` and `top_<k>`, each [value, low, high].
+    """
     n = len(y)
     hit = probs.argmax(1) == y
     hit_k = top_k_correct(probs, y, k)
@@ -55,7 +75,16 @@ def intervals(probs: np.ndarray, y: np.ndarray, k: int) -> dict:
 def confidently_wrong(
     probs: np.ndarray, y: np.ndarray, limit: int = GALLERY
 ) -> list[tuple[int, int, float]]:
-    """(test index, predicted class, its score) of the wrong answers, most confident first."""
+    """(test index, predicted class, its score) of the wrong answers, most confident first.
+
+    Args:
+        probs: test probabilities, one row per image.
+        y: the label index per image.
+        limit: how many to list.
+
+    Returns:
+        Up to `limit` (index, predicted class, score) tuples.
+    """
     pred = probs.argmax(1)
     wrong = np.flatnonzero(pred != y)
     order = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
@@ -63,7 +92,15 @@ def confidently_wrong(
 
 
 def thumbnail(blob: bytes, side: int = THUMB) -> str | None:
-    """A small inline JPEG (data: URI) of an encoded image; None if it will not decode."""
+    """A small inline JPEG (data: URI) of an encoded image; None if it will not decode.
+
+    Args:
+        blob: the encoded image.
+        side: the thumbnail's longest side, in pixels.
+
+    Returns:
+        The data: URI, or None.
+    """
     from PIL import Image
 
     try:
@@ -99,7 +136,14 @@ def _parts():
 
 
 def recall_interval(per_class: dict) -> tuple[float, float, float]:
-    """A class's recall with its Wilson 95% interval: hits out of its support."""
+    """A class's recall with its Wilson 95% interval: hits out of its support.
+
+    Args:
+        per_class: one class's metrics (its recall and support).
+
+    Returns:
+        (recall, low, high).
+    """
     n = int(per_class["support"])
     hits = round(per_class["recall"] * n)
     return (hits / n if n else 0.0, *wilson(hits, n))
@@ -178,13 +222,31 @@ def near_duplicates_html(pairs: list[dict], thumbs: dict[str, str | None]) -> Ma
 def data_checks_html(
     warnings: list[str], pairs: list[dict], thumbs: dict[str, str | None]
 ) -> Markup:
-    """Validate's warnings and its near-duplicate pairs (thumbs by path), for the report."""
+    """Validate's warnings and its near-duplicate pairs (thumbs by path), for the report.
+
+    Args:
+        warnings: validate's warning lines.
+        pairs: its near-duplicate pairs, each with the two paths.
+        thumbs: a data: URI thumbnail by path (None where the image would not decode).
+
+    Returns:
+        Escaped HTML, safe to put in the page.
+    """
     return _parts().data_checks_html(warnings, pairs, thumbs)
 
 
 def label_issues_html(doc: dict | None, thumbs: dict[str, str | None], shown: int) -> Markup:
     """advise's label_issues.json: the first `shown` entries, each with its thumbnail (thumbs
-    by path), and how the images were checked."""
+    by path), and how the images were checked.
+
+    Args:
+        doc: the label_issues.json document, or None when advise wrote none.
+        thumbs: a data: URI thumbnail by path (None where the image would not decode).
+        shown: how many entries to show.
+
+    Returns:
+        Escaped HTML, safe to put in the page.
+    """
     from graft.components.label_issues import weak_probe_note
 
     note = weak_probe_note(doc) if doc is not None else ""
@@ -213,7 +275,26 @@ def write_report(
     label_issues: Markup | str = "",
 ) -> str:
     """Write report.html into out_dir; returns its path. checks_html and label_issues are
-    pieces made by data_checks_html and label_issues_html (a plain str is shown as text)."""
+    pieces made by data_checks_html and label_issues_html (a plain str is shown as text).
+
+    Args:
+        out_dir: the folder to write report.html into.
+        res: the evaluation result, as a dict.
+        plots: PNG file path by plot name (every name of PLOTS).
+        intervals_by_model: `intervals` of each scored model, by model.
+        comparisons: paired differences between the models, by pair.
+        guard: the fine-tune guard's decision, or None.
+        gallery: the confidently wrong images to show, with their thumbnails.
+        provenance: what made the model (model name, base, data fingerprint, config hash...).
+        top_k: the k of the top-k accuracy.
+        checks_html: data_checks_html's piece.
+        advice: advise's advice.json, or None.
+        drift: the drift step's drift.json, or None.
+        label_issues: label_issues_html's piece.
+
+    Returns:
+        The path of report.html.
+    """
     page = html_template("report.html.j2").render(
         res=res,
         model=str(provenance.get("model name", "")),

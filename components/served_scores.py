@@ -35,6 +35,15 @@ from graft.components.features import RowStore
 from graft.components.model import label_order_scores
 from graft.components.registry import pushed_weights_sha, version_path
 
+__all__ = [
+    "SEED_FILE",
+    "FeatureSource",
+    "ServedScores",
+    "read_seed",
+    "served_head",
+    "write_seed",
+]
+
 SEED_FILE = "test_scores.npz"
 BATCH = 64
 
@@ -43,7 +52,15 @@ def write_seed(
     path: str, shas: list[str], probs: np.ndarray, labels: list[str], weights: str = ""
 ) -> None:
     """A model's scores (label order) per image sha256; `weights`: the weights_sha256 of the
-    SavedModel they are the scores of (export writes it; evaluate, before export, cannot)."""
+    SavedModel they are the scores of (export writes it; evaluate, before export, cannot).
+
+    Args:
+        path: the seed file to write (test_scores.npz).
+        shas: the images' sha256s.
+        probs: their probabilities, one row per sha, columns in `labels` order.
+        labels: the label order.
+        weights: the SavedModel's weights_sha256; "" when not known yet.
+    """
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -58,7 +75,16 @@ def write_seed(
 
 def read_seed(path: str, labels: list[str], weights: str | None = None) -> dict[str, np.ndarray]:
     """The rows of a seed file in label order `labels` and, if `weights` is given, written for
-    that weights_sha256; {} if absent or written for other labels or weights."""
+    that weights_sha256; {} if absent or written for other labels or weights.
+
+    Args:
+        path: the seed file (test_scores.npz).
+        labels: the label order the caller's scores use.
+        weights: the weights_sha256 the rows must have been written for; None takes any.
+
+    Returns:
+        Scores (one probability row) by image sha256.
+    """
     if not tf.io.gfile.exists(path):
         return {}
     with tf.io.gfile.GFile(path, "rb") as f:
@@ -81,8 +107,18 @@ class FeatureSource:
 
 
 def served_head(destination: str, model_name: str, version: int, source: FeatureSource):
-    """The served version's head on pooled features (a keras.Model), or None where its
-    output would not be the served model's: see the module docstring."""
+    """The served version's head on pooled features, or None where its output would not be the
+    served model's: see the module docstring.
+
+    Args:
+        destination: the push destination holding the model's versions.
+        model_name: the served model's name.
+        version: the served version.
+        source: the caller's base and feature store.
+
+    Returns:
+        A function from a batch of pooled features to class probabilities (numpy), or None.
+    """
     import keras
 
     from graft.components.fitting import load_model

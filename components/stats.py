@@ -12,7 +12,16 @@ BOOTSTRAP_REPS = 2000
 
 
 def wilson(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion: sound at small n and near 0 or 1."""
+    """Wilson score interval of a proportion: sound at small n and near 0 or 1.
+
+    Args:
+        successes: how many of the n were hits.
+        n: how many were tried.
+        confidence: the interval's two-sided coverage.
+
+    Returns:
+        (low, high), clipped to [0, 1]; (0.0, 1.0) when n is 0.
+    """
     if n <= 0:
         return 0.0, 1.0
     test = scipy_stats.binomtest(int(successes), int(n))
@@ -33,6 +42,17 @@ def paired_difference(
     images, so the interval reflects how often they disagree, not two independent noises.
     numpy, not scipy.stats.bootstrap(paired=True): scipy draws other resamples (every earlier
     run's interval would move) and took 1.6x as long at 400 images; advise calls this often.
+
+    Args:
+        a_correct: 1/0 per test image: model a got it right.
+        b_correct: 1/0 per test image for model b, in the same order.
+        reps: bootstrap resamples.
+        seed: the resampling seed, so a rerun gives the same interval.
+        level: the interval's two-sided coverage.
+
+    Returns:
+        A dict: `difference` (mean of a minus b), `low` and `high` (the interval), `n`, and
+        `a_only` / `b_only` (images only one of the two got right). All zero when n is 0.
     """
     a = np.asarray(a_correct, dtype=float)
     b = np.asarray(b_correct, dtype=float)

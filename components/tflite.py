@@ -33,6 +33,21 @@ import numpy as np
 
 from graft.core.quiet import native_stderr_captured
 
+__all__ = [
+    "REPRESENTATIVE_IMAGES",
+    "VARIANTS",
+    "RepresentativeDataError",
+    "Runner",
+    "convert",
+    "export_variants",
+    "file_name",
+    "geometry_beside",
+    "measure",
+    "predict_files",
+    "representative_images",
+    "to_uint8",
+]
+
 VARIANTS = ("float32", "float16", "int8")
 REPRESENTATIVE_IMAGES = 200  # int8 calibration: the first N training images, in file order
 LABELS_FILE = "labels.txt"
@@ -49,11 +64,27 @@ class EdgeExportError(RuntimeError):
 
 
 def file_name(model_name: str, variant: str) -> str:
+    """The .tflite file name of one variant, the same at export and wherever it is copied.
+
+    Args:
+        model_name: the model's name.
+        variant: one of VARIANTS.
+
+    Returns:
+        "<model_name>_<variant>.tflite".
+    """
     return f"{model_name}_{variant}.tflite"
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """0..255 float pixels (decode_and_resize) as the uint8 an edge app feeds the model."""
+    """0..255 float pixels (decode_and_resize) as the uint8 an edge app feeds the model.
+
+    Args:
+        pixels: float pixels in 0..255.
+
+    Returns:
+        The rounded, clipped uint8 array.
+    """
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
 
 
@@ -97,6 +128,20 @@ def convert(
     `representative`: uint8 [N, size, size, 3] training images, needed (N >= 1) for int8.
     The converter reads a SavedModel (from concrete functions it leaves Keras 3's variables
     unfrozen), so the edge graph is written to a temp dir first.
+
+    Args:
+        model: the trained Keras model.
+        variant: one of VARIANTS.
+        size: the model's input side.
+        flip_average: average each image's scores with its mirror image's.
+        representative: the int8 calibration images; unused by the other variants.
+
+    Returns:
+        The .tflite file's bytes.
+
+    Raises:
+        ValueError: an unknown variant.
+        RepresentativeDataError: int8 without usable representative images.
     """
     import keras
     import tensorflow as tf
@@ -183,7 +228,17 @@ class Runner:
 def representative_images(
     examples_dir: str, size: int, n: int = REPRESENTATIVE_IMAGES, geometry=None
 ):
-    """The first `n` training images in file order (the shards are hash-ordered), as uint8."""
+    """The first `n` training images in file order (the shards are hash-ordered), as uint8.
+
+    Args:
+        examples_dir: the ingest step's output.
+        size: the model's input side.
+        n: how many images.
+        geometry: how images are shaped to the input size; None: squash.
+
+    Returns:
+        uint8 [n, size, size, 3] (fewer where the split is smaller).
+    """
     import tensorflow as tf
 
     from graft.components import data as gdata
@@ -234,7 +289,17 @@ def _saved_model_top1(saved_model_dir: str, blobs: list[bytes], batch: int = 64)
 
 def measure(content: bytes, pixels: np.ndarray, y: np.ndarray, reference_top1: np.ndarray) -> dict:
     """Test accuracy (95% Wilson interval), agreement with the reference's top-1, and the
-    median ms of one image on one thread (after one warm-up call)."""
+    median ms of one image on one thread (after one warm-up call).
+
+    Args:
+        content: the .tflite bytes.
+        pixels: uint8 test images, [N, size, size, 3].
+        y: their label indices.
+        reference_top1: the SavedModel's top-1 class per image.
+
+    Returns:
+        A dict: test_accuracy, test_accuracy_interval, agreement, ms_per_image.
+    """
     from graft.components.stats import wilson
 
     runner = Runner(content, threads=1)
@@ -270,7 +335,28 @@ def export_variants(
 ) -> dict:
     """Convert, measure and write each variant into <version_dir>/assets.extra/ (TF Serving
     ignores it; push copies it with the version) with labels.txt and tflite.json; tflite.json
-    also in out_dir. The model card gets a table. Returns what tflite.json holds."""
+    also in out_dir. The model card gets a table.
+
+    Args:
+        model: the trained Keras model.
+        version_dir: the exported SavedModel's folder.
+        out_dir: the export step's output folder.
+        variants: which of VARIANTS to write.
+        model_name: the model's name (in the file names).
+        image_size: the model's input side.
+        flip_average: average each image's scores with its mirror image's.
+        examples_dir: the ingest step's output (calibration and test images).
+        evaluation_dir: the evaluate step's output (the reference scores).
+        labels: the class names, in label order.
+        geometry: how images are shaped to the input size; None: squash.
+
+    Returns:
+        What tflite.json holds: per variant, its file, size and measurements.
+
+    Raises:
+        ValueError: there are no test images to measure the variants on.
+        RepresentativeDataError: int8 without usable calibration images.
+    """
     import tensorflow as tf
 
     from graft.components import data as gdata
@@ -386,7 +472,14 @@ def read_labels_beside(tflite_path: str) -> list[str]:
 def geometry_beside(tflite_path: str):
     """The input geometry the model was trained with, from tflite.json beside it. A tflite.json
     without `resize` is from before data.resize: squash, the only geometry then. Without the
-    file: squash, the default, said in a warning (the .tflite itself cannot carry it)."""
+    file: squash, the default, said in a warning (the .tflite itself cannot carry it).
+
+    Args:
+        tflite_path: the .tflite file.
+
+    Returns:
+        A data.Geometry.
+    """
     from graft.components import data as gdata
     from graft.core.log import log
 
@@ -407,7 +500,20 @@ def predict_files(
     tflite_path: str, images: list[str], top_k: int = 3
 ) -> list[tuple[str, list[str], list[float], str | None]]:
     """(image, top-k labels, scores, error) per image: decoded and resized as training did,
-    then the TFLite model; an unreadable or undecodable image gets an error, alone."""
+    then the TFLite model; an unreadable or undecodable image gets an error, alone.
+
+    Args:
+        tflite_path: the .tflite file, labels.txt and tflite.json beside it.
+        images: the image files to classify.
+        top_k: labels per image.
+
+    Returns:
+        One (image, labels, scores, error) tuple per image, error None when it ran.
+
+    Raises:
+        FileNotFoundError: there is no model at tflite_path.
+        ValueError: the model's scores do not match labels.txt beside it.
+    """
     import tensorflow as tf
 
     from graft.components import data as gdata

@@ -266,9 +266,15 @@ MAX_FUNCTION_LINES = 80  # fits on a screen (issue #33)
 # Functions still over it, to be split: the list only shrinks (a stale entry fails too).
 LONG_FUNCTIONS_LEFT = {
     "components/advise.py:advise",
-    "components/advise.py:measure",
-    "components/advise.py:measure_geometry",
 }
+
+
+def _code_lines(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """A function's lines less its docstring: the Args/Returns docstrings #33 asks for must not
+    push a function over the limit that its code fits."""
+    first = fn.body[0]
+    has_doc = ast.get_docstring(fn, clean=False) is not None
+    return fn.end_lineno - fn.lineno + 1 - ((first.end_lineno - first.lineno + 1) if has_doc else 0)
 
 
 def _long_functions() -> set[str]:
@@ -278,7 +284,7 @@ def _long_functions() -> set[str]:
         for path in sorted((REPO / folder).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                    if node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                    if _code_lines(node) > MAX_FUNCTION_LINES:
                         out.add(f"{path.relative_to(REPO).as_posix()}:{node.name}")
     return out
 
@@ -288,3 +294,12 @@ def test_functions_fit_on_a_screen():
     too_long, now_short = sorted(long - LONG_FUNCTIONS_LEFT), sorted(LONG_FUNCTIONS_LEFT - long)
     assert not too_long, f"over {MAX_FUNCTION_LINES} lines, split them: {too_long}"
     assert not now_short, f"short enough now, drop them from LONG_FUNCTIONS_LEFT: {now_short}"
+
+
+def test_the_length_check_counts_code_not_docstrings():
+    """A long docstring alone does not make a function long; 81 lines of code do."""
+    doc = '    """Why.\n\n' + "    Args:\n        x: an argument.\n" * 60 + '    """\n'
+    short = ast.parse("def f(x):\n" + doc + "    return x\n").body[0]
+    long = ast.parse("def g(x):\n" + doc + "    x += 1\n" * 80 + "    return x\n").body[0]
+    assert _code_lines(short) == 2
+    assert _code_lines(long) == 82 > MAX_FUNCTION_LINES

@@ -166,17 +166,42 @@ def test_config_reference_matches_the_defaults():
 # ------------------------------------------------------------------ the API: __all__ and docstrings
 
 # The layers whose modules name their public API in __all__, with Args/Returns docstrings on its
-# functions (keras-hub's style). graft.components joins when its library layer settles (#33).
-API_PACKAGES = {"core": "graft.core", "serving": "graft.serving", "pipeline": "graft.pipeline"}
+# functions (keras-hub's style). In graft.components the library modules are covered; the step
+# modules (and cv_guard, sources, still being split) are next (#33), so they are left out below.
+API_PACKAGES = {
+    "core": "graft.core",
+    "components": "graft.components",
+    "serving": "graft.serving",
+    "pipeline": "graft.pipeline",
+}
 API_ROOT_MODULES = [REPO / "graft" / "__init__.py"]
+NOT_YET_API = {
+    f"components/{name}.py"
+    for name in (
+        *("advise", "drift", "evaluate", "export", "ingest", "push", "train", "validate"),
+        *("cv_guard", "sources"),
+    )
+}
+
+
+def _api_files(folder: str) -> list[Path]:
+    """A package's modules the API checks cover: all but NOT_YET_API, its __init__.py and its
+    subpackages' (components/templates) included."""
+    paths = sorted((REPO / folder).glob("*.py")) + sorted((REPO / folder).glob("*/__init__.py"))
+    return [p for p in paths if p.relative_to(REPO).as_posix() not in NOT_YET_API]
+
+
+def _dotted(path: Path) -> str:
+    """components/fs.py -> graft.components.fs; components/templates/__init__.py -> ...templates."""
+    folder, *rest = path.relative_to(REPO).with_suffix("").parts
+    return ".".join([API_PACKAGES[folder], *(r for r in rest if r != "__init__")])
 
 
 def _api_modules() -> list[Path]:
     """The public modules of API_PACKAGES (not _private.py; __init__.py is the package's)."""
     mods = list(API_ROOT_MODULES)
     for folder in API_PACKAGES:
-        mods += [p for p in sorted((REPO / folder).glob("*.py")) if not p.name.startswith("_")]
-        mods.append(REPO / folder / "__init__.py")
+        mods += [p for p in _api_files(folder) if p.stem == "__init__" or p.stem[0] != "_"]
     return mods
 
 
@@ -293,10 +318,10 @@ def test_every_api_module_names_its_public_api_with_docstrings():
 def test_what_other_modules_import_is_in_all():
     """__all__ is the API others use: a public name imported from an API module is in it."""
     modules = {
-        f"{dotted}.{p.stem}": p
-        for folder, dotted in API_PACKAGES.items()
-        for p in (REPO / folder).glob("*.py")
-        if p.stem != "__init__"
+        _dotted(p): p
+        for folder in API_PACKAGES
+        for p in _api_files(folder)
+        if p != REPO / folder / "__init__.py"
     }
     missing = []
     for name, names in _imported_from(modules).items():
@@ -305,6 +330,12 @@ def test_what_other_modules_import_is_in_all():
             f"{name}.{n}" for n in sorted(names) if not n.startswith("_") and n not in public
         ]
     assert not missing, f"imported from outside, not in __all__: {missing}"
+
+
+def test_the_modules_left_out_exist():
+    """NOT_YET_API names real modules, so a renamed or split step cannot hide behind it."""
+    gone = sorted(p for p in NOT_YET_API if not (REPO / p).is_file())
+    assert not gone, f"NOT_YET_API names modules that do not exist: {gone}"
 
 
 def test_the_api_checks_find_what_is_missing(tmp_path):
