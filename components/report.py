@@ -22,6 +22,7 @@ from graft.components.templates import html_template
 
 __all__ = [
     "PLOTS",
+    "advice_html",
     "confidently_wrong",
     "data_checks_html",
     "intervals",
@@ -198,7 +199,14 @@ def _guard_html(guard: dict | None) -> Markup:
 
 
 def advice_html(advice: dict | None) -> Markup:
-    """The advise step's plan (decision, choice, why) and its probes, as the report shows them."""
+    """The advise step's plan (decision, choice, why) and its probes, as the report shows them.
+
+    Args:
+        advice: advice.json's document, or None for a run that recorded none.
+
+    Returns:
+        Escaped HTML, safe to put in the page.
+    """
     return _parts().advice_html(advice)
 
 
