@@ -1378,11 +1378,14 @@ def advice_markdown(res: AdviceResult | dict) -> str:
 
 # ------------------------------------------------------------------- backbone choice
 
+BASE_MARGIN = 0.01  # how much accuracy a cheaper base may cost: one point, at 95%
 BASE_RULE = (
-    "the cheapest base (fewest FLOPs per image at its probe size, counted from its convolution "
-    "and dense layers; measured seconds per image where a FLOP count is missing) whose k-fold "
-    "probe accuracy is not below the best base's beyond the noise (the paired 95% interval of "
-    "best minus it includes 0); the configured base wins ties"
+    "the configured base, unless another base probes better beyond the noise (the paired 95% "
+    "interval of its gain over the configured base above 0; the cheapest such), or costs less "
+    "(fewest FLOPs per image at its probe size, counted from its convolution and dense layers; "
+    "measured seconds per image where a FLOP count is missing) and is not worse by more than "
+    f"{BASE_MARGIN:g} (the interval's lower end above -{BASE_MARGIN:g}: non-inferior; the "
+    "cheapest such)"
 )
 
 
@@ -1405,42 +1408,46 @@ def _cost(b: dict) -> float:
 def choose_base(bases: dict) -> tuple[dict, Decision]:
     """BASE_RULE applied to measure_bases' evidence. Pure: the chosen entry and the decision.
 
-    Each probed entry carries `behind_best` (the paired interval of the best base's accuracy
-    minus its own, on the same images and folds) and its cost (`flops`, `images_per_s`).
+    Each probed entry carries `gain` (the paired interval of its accuracy minus the configured
+    base's, on the same images and folds; None for the configured one) and its cost (`flops`,
+    `images_per_s`); `behind_best` is evidence for the reader.
     """
     probed = [b for b in bases["candidates"] if not b.get("skipped")]
     configured = next(b for b in probed if b["configured"])
-    best = max(probed, key=lambda b: (b["accuracy"], b["configured"]))
-    level = [b for b in probed if b["behind_best"]["low"] <= 0]
-    use_flops = all(b.get("flops") for b in level)
+    others = [b for b in probed if not b["configured"]]
+    use_flops = all(b.get("flops") for b in probed)
     key = (lambda b: b["flops"]) if use_flops else (lambda b: 1.0 / max(b["images_per_s"], 1e-9))
-    cheapest = min(key(b) for b in level)
-    tied = [b for b in level if key(b) == cheapest]
-    chosen = next((b for b in tied if b["configured"]), tied[0])
+    better = [b for b in others if b["gain"]["low"] > 0]
+    cheaper = [b for b in others if key(b) < key(configured) and b["gain"]["low"] > -BASE_MARGIN]
+    chosen = min(better or cheaper or [configured], key=key)
     parts = []
     for b in bases["candidates"]:
         if b.get("skipped"):
             parts.append(f"{b['label']} skipped ({b['skipped']})")
             continue
-        g = b["behind_best"]
+        g = b["gain"]
         parts.append(
             f"{b['label']} {b['accuracy']:.3f} [{b['low']:.3f}, {b['high']:.3f}], "
             + (f"{b['flops'] / 1e6:.0f} MFLOPs, " if b.get("flops") else "")
             + f"{b['images_per_s']:.0f} img/s"
             + (
-                ""
-                if b is best
-                else f", best minus it {g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+                " (configured)"
+                if b["configured"]
+                else f", gain over the configured {g['difference']:+.3f} "
+                f"[{g['low']:+.3f}, {g['high']:+.3f}]"
             )
         )
     if chosen is configured:
-        verdict = "the configured base is the cheapest of those level with the best"
-    elif configured in level:
-        verdict = f"{chosen['label']} is level with the best and cheaper than the configured base"
+        verdict = (
+            "no other base probes better beyond the noise, nor costs less without possibly "
+            f"losing more than {BASE_MARGIN:g}: the configured base"
+        )
+    elif better:
+        verdict = f"{chosen['label']} probes better than the configured base beyond the noise"
     else:
         verdict = (
-            f"the configured base is below the best beyond the noise; {chosen['label']} is the "
-            "cheapest level with the best"
+            f"{chosen['label']} costs less than the configured base and loses at most "
+            f"{BASE_MARGIN:g} (95%)"
         )
     reason = (
         f"{bases['folds']}-fold probes of each base's last layer ({bases['resize']}) on the same "
