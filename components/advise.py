@@ -1097,6 +1097,67 @@ def _probe_point(p: Plan, keep: dict[str, Any], image_size: int, cut_at: str | N
     return size or p.overrides.get("data.image_size", image_size), cut
 
 
+def _probe_geometry_and_flips(
+    p: Plan, ev: Evidence, examples_dir, validation_dir, *, base_cfg, image_size, keep,
+    geometry, store_root, folds, max_probe_images, seed,
+):  # fmt: skip
+    """At the point the run will train at (size, cut): the geometry probes and plan, then the
+    flip probe in the geometry the run will use, and its plan."""
+    size, cut = _probe_point(p, keep, image_size, base_cfg.cut_at)
+    sample = {"store_root": store_root, "folds": folds, "max_probe_images": max_probe_images}
+    _seed(seed)
+    ev.geometry = measure_geometry(
+        examples_dir, validation_dir, ev=ev, base_cfg=base_cfg, size=size, cut_at=cut,
+        crop_fraction=geometry.crop_fraction if geometry is not None else 0.875,
+        default=base_geometry(base_cfg), **sample,
+    )  # fmt: skip
+    plan_geometry(p, ev.geometry)
+    _seed(seed)
+    ev.flip = measure_flip(
+        examples_dir, validation_dir, base_cfg=base_cfg, size=size, cut_at=cut,
+        geometry=_run_geometry(p, keep, geometry), **sample,
+    )  # fmt: skip
+    plan_flip(p, ev.flip)
+
+
+def _plan_auto(
+    examples_dir, validation_dir, *, base_cfg, image_size, store_root, folds, max_probe_images,
+    small_data, budget_minutes, keep, geometry, bases, seed,
+) -> tuple[Evidence, Plan, dict]:  # fmt: skip
+    """recipe auto: the base (among advise.bases), then measure, the plan, the geometry and the
+    flips, all on the chosen base. Returns the evidence, the plan and the kept base settings."""
+    from graft.core.config import kept_by
+
+    sample = {"store_root": store_root, "folds": folds, "max_probe_images": max_probe_images}
+    bases_ev, chosen, base_decision, base_cfg, image_size = _choose_among_bases(
+        examples_dir, validation_dir, base_cfg=base_cfg, bases=bases, image_size=image_size,
+        keep=keep, seed=seed, **sample,
+    )  # fmt: skip
+    _seed(seed)
+    ev = measure(examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size, **sample)
+    p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
+    kept_base: dict = {}
+    if bases_ev is not None:
+        ev.bases = bases_ev
+        mine = {k: v for k, v in keep.items() if kept_by("base", [k])}
+        kept_base = plan_base(p, chosen, base_decision, mine)
+    _probe_geometry_and_flips(
+        p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
+        keep=keep, geometry=geometry, seed=seed, **sample,
+    )  # fmt: skip
+    return ev, p, kept_base
+
+
+def _write_advice(out_dir: str, res: AdviceResult) -> None:
+    """advice.json and advice.md in `out_dir`, and the plan's table in the log."""
+    with open(os.path.join(out_dir, "advice.json"), "w") as f:
+        json.dump(asdict(res), f, indent=2)
+    with open(os.path.join(out_dir, "advice.md"), "w") as f:
+        f.write(advice_markdown(res))
+    for line in advice_table(res).splitlines():
+        log(f"advise: {line}")
+
+
 def advise(
     examples_dir: str,
     validation_dir: str | None,
@@ -1123,71 +1184,17 @@ def advise(
     measure and every later decision then run on the base chosen. `seed`: train.seed, set
     before each probe builds a base, so a random-init base is the one the training builds.
     """
-    from graft.core.config import kept_by
-
     t0 = time.time()
-    crop_fraction = geometry.crop_fraction if geometry is not None else 0.875
     os.makedirs(out_dir, exist_ok=True)
     ev = None
     kept_base: dict = {}
     if recipe == "auto":
-        choice = _choose_among_bases(
-            examples_dir,
-            validation_dir,
-            base_cfg=base_cfg,
-            bases=bases or [],
-            image_size=image_size,
-            keep=keep or {},
-            store_root=store_root,
-            folds=folds,
-            max_probe_images=max_probe_images,
-            seed=seed,
-        )
-        bases_ev, chosen, base_decision, base_cfg, image_size = choice
-        _seed(seed)
-        ev = measure(
-            examples_dir,
-            validation_dir,
-            base_cfg=base_cfg,
-            image_size=image_size,
-            store_root=store_root,
-            folds=folds,
-            max_probe_images=max_probe_images,
-        )
-        p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
-        if bases_ev is not None:
-            ev.bases = bases_ev
-            mine = {k: v for k, v in (keep or {}).items() if kept_by("base", [k])}
-            kept_base = plan_base(p, chosen, base_decision, mine)
-        size, cut = _probe_point(p, keep or {}, image_size, base_cfg.cut_at)
-        _seed(seed)
-        ev.geometry = measure_geometry(
-            examples_dir,
-            validation_dir,
-            ev=ev,
-            base_cfg=base_cfg,
-            size=size,
-            cut_at=cut,
-            store_root=store_root,
-            folds=folds,
-            max_probe_images=max_probe_images,
-            crop_fraction=crop_fraction,
-            default=base_geometry(base_cfg),
-        )
-        plan_geometry(p, ev.geometry)
-        _seed(seed)
-        ev.flip = measure_flip(
-            examples_dir,
-            validation_dir,
-            base_cfg=base_cfg,
-            size=size,
-            cut_at=cut,
-            geometry=_run_geometry(p, keep or {}, geometry),
-            store_root=store_root,
-            folds=folds,
-            max_probe_images=max_probe_images,
-        )
-        plan_flip(p, ev.flip)
+        ev, p, kept_base = _plan_auto(
+            examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
+            store_root=store_root, folds=folds, max_probe_images=max_probe_images,
+            small_data=small_data, budget_minutes=budget_minutes, keep=keep or {},
+            geometry=geometry, bases=bases or [], seed=seed,
+        )  # fmt: skip
     elif recipe == "seed":
         from graft.components import model as gmodel
 
@@ -1211,12 +1218,7 @@ def advise(
         round(time.time() - t0, 2),
         kept,
     )
-    with open(os.path.join(out_dir, "advice.json"), "w") as f:
-        json.dump(asdict(res), f, indent=2)
-    with open(os.path.join(out_dir, "advice.md"), "w") as f:
-        f.write(advice_markdown(res))
-    for line in advice_table(res).splitlines():
-        log(f"advise: {line}")
+    _write_advice(out_dir, res)
     return res
 
 
