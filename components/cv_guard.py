@@ -40,11 +40,21 @@ from graft.components.fitting import (
 from graft.core.config import AugmentConfig, FineTuneConfig, TrainHeadConfig
 from graft.core.log import log
 
+__all__ = ["fold_count", "fold_evidence"]
+
 FOLDS_FILE = "guard_folds.json"
 
 
 def fold_count(labels: np.ndarray, folds: int) -> int:
-    """k, lowered to the smallest class's count (each fold needs every class); 0 below 2."""
+    """k, lowered to the smallest class's count (each fold needs every class); 0 below 2.
+
+    Args:
+        labels: the train split's class indices.
+        folds: the k asked for (`fine_tune.guard_folds`).
+
+    Returns:
+        The k to run, or 0 when cross-validation cannot run (a class with under 2 images).
+    """
     counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
     counts = counts[counts > 0]
     k = min(folds, int(counts.min())) if len(counts) else 0
@@ -137,7 +147,28 @@ def fold_evidence(
     """Out-of-fold per-image hits of the head-only and the fine-tuned recipe over the train
     split: {"head": [...], "tuned": [...], "folds": [...], "k": k}; None when a class has
     fewer than 2 images. `cfg` carries the rate the real fine-tuning used; `feature_store`
-    ({"root", "fingerprint"}, from the head stage) serves the features it already computed."""
+    ({"root", "fingerprint"}, from the head stage) serves the features it already computed.
+
+    Args:
+        examples_dir: the ingest step's output.
+        head_model_path: the head stage's model, whose layers the fold heads start from.
+        out_dir: where guard_folds.json keeps the finished folds (a rerun resumes from it).
+        cfg: the `fine_tune` section, with the rate the real fine-tuning used.
+        head_cfg: the `train_head` section.
+        head_epochs: the epochs the head stage ran.
+        tune_epochs: the epochs the real fine-tuning kept (its best epoch).
+        augment: the augmentation the real fine-tuning used.
+        image_size: the model's input size in pixels.
+        exclude_train: sha256 of train images left out (validate's exclusions).
+        seed: seeds the fold split.
+        jit: compile the training steps with XLA.
+        feature_store: {"root", "fingerprint"} of the head stage's stored features, or None.
+        geometry: how images are fitted to the input size.
+
+    Returns:
+        {"k", "head", "tuned", "folds", "seconds", "features_computed"}: the per-image
+        out-of-fold hits of both recipes and each fold's summary; None when k < 2.
+    """
     t0 = time.time()
     model = load_model(head_model_path)
     feats, layer = _train_features(

@@ -19,6 +19,8 @@ from graft.components.manifest import read_manifest
 from graft.core.config import ValidateConfig
 from graft.core.log import log
 
+__all__ = ["ValidationFailed", "ValidationResult", "validate"]
+
 
 class ValidationFailed(RuntimeError):
     """A blocking data problem; the message names class, split or file."""
@@ -26,6 +28,9 @@ class ValidationFailed(RuntimeError):
 
 @dataclass
 class ValidationResult:
+    """What validate found: blocking errors, warnings, and the images to leave out of
+    evaluation (leaked copies) or of everything; written as validation.json."""
+
     passed: bool
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -100,7 +105,22 @@ def crossing_groups(manifest: list[dict], key: str) -> dict[str, list[str]]:
 def validate(
     cfg: ValidateConfig, examples_dir: str, out_dir: str, raise_on_error: bool = True
 ) -> ValidationResult:
-    """Run every check, write validation.json, then raise if any check blocks."""
+    """Run every check, write validation.json, then raise if any check blocks.
+
+    Reads only the ingest artifact, so a bad dataset stops here, before any training.
+
+    Args:
+        cfg: the `validate` config section (thresholds, which checks block).
+        examples_dir: the ingest step's output (stats.json, manifest.jsonl).
+        out_dir: where validation.json is written.
+        raise_on_error: raise on a blocking problem; False returns it in the result.
+
+    Returns:
+        The ValidationResult, also written to `out_dir`/validation.json.
+
+    Raises:
+        ValidationFailed: a check blocks and `raise_on_error` is set; the message lists them.
+    """
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(examples_dir, "stats.json")) as f:
         stats = json.load(f)
