@@ -20,6 +20,20 @@ from graft.core.config import DataConfig
 from graft.core.paths import is_output_dir, is_remote
 from graft.core.paths import join as _join
 
+__all__ = [
+    "SPLITS",
+    "DataLayoutError",
+    "Listing",
+    "file_problem",
+    "read_bounded",
+    "list_folder",
+    "list_csv",
+    "list_tfds",
+    "apply_group_pattern",
+    "check_labels",
+    "carve_fractions",
+]
+
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {
     "train": "train",
@@ -47,6 +61,9 @@ class DataLayoutError(ValueError):
 
 @dataclass
 class Listing:
+    """What a source lists before any image is read: the items to ingest, the files refused
+    by name or size (quarantined), and notes such as empty class folders."""
+
     items: list[dict] = field(default_factory=list)  # path, label, split|None, group|None
     rejected: list[dict] = field(default_factory=list)  # quarantined before reading
     notes: list[dict] = field(default_factory=list)  # empty class folders
@@ -77,7 +94,15 @@ def _utf8(name: str) -> bool:
 
 
 def file_problem(path: str, max_bytes: int) -> str | None:
-    """Why a local file must not be read, or None. Uses stat only: never opens the file."""
+    """Why a local file must not be read, or None. Uses stat only: never opens the file.
+
+    Args:
+        path: the file to check (remote paths are not checked).
+        max_bytes: the size limit, `data.max_file_bytes`.
+
+    Returns:
+        The reason to quarantine it (unreadable, not a regular file, too large), or None.
+    """
     try:
         st = os.stat(path)
     except OSError as e:
@@ -107,7 +132,18 @@ def file_problem(path: str, max_bytes: int) -> str | None:
 
 
 def read_bounded(path: str, max_bytes: int) -> bytes:
-    """Read at most max_bytes (+1 to notice growth); remote paths go through tf.io.gfile."""
+    """Read at most max_bytes (+1 to notice growth); remote paths go through tf.io.gfile.
+
+    Args:
+        path: a local or remote file.
+        max_bytes: the size limit, `data.max_file_bytes`.
+
+    Returns:
+        The file's bytes.
+
+    Raises:
+        OSError: the file grew past `max_bytes` while it was read.
+    """
     if is_remote(path):
         import tensorflow as tf
 
@@ -158,7 +194,18 @@ def _class_files(cdir: str, label: str, split: str | None, out: Listing) -> None
 
 
 def list_folder(root: str) -> Listing:
-    """root/<class>/* or root/<split>/<class>/* with any subset of splits present."""
+    """root/<class>/* or root/<split>/<class>/* with any subset of splits present.
+
+    Args:
+        root: the image folder, local or remote.
+
+    Returns:
+        The Listing: one item per file, with the splits found and the files refused.
+
+    Raises:
+        FileNotFoundError: `root` does not exist.
+        DataLayoutError: `root` is no supported layout; the message shows the layouts.
+    """
     dirs, files, own = _top_level(root)
     split_dirs = [d for d in dirs if d.lower() in SPLIT_ALIASES]
     if not dirs:
@@ -331,7 +378,20 @@ def list_csv(manifest: str, group_by: str | None = None, max_bytes: int = 256 * 
     """Rows `path,label[,split]`; with a header, columns by name (others serve group_by).
 
     Streamed: the first bad line stops it, named with its number and the expected columns,
-    before the rest of the file is read; a file over max_bytes is refused the same way."""
+    before the rest of the file is read; a file over max_bytes is refused the same way.
+
+    Args:
+        manifest: the CSV file, local or remote.
+        group_by: the column that groups images (e.g. one patient), or None.
+        max_bytes: the size limit, `data.max_csv_bytes`.
+
+    Returns:
+        The Listing, with `group_hint` set when a column looks like a group and group_by is unset.
+
+    Raises:
+        DataLayoutError: a bad line (named by number), a missing group_by column, a bad split or
+            a file over max_bytes.
+    """
     rows = _csv_rows(manifest, max_bytes)
     first = next(rows, None)
     header = None
@@ -397,7 +457,18 @@ def _chain(first, rest):
 
 
 def list_tfds(cfg: DataConfig) -> tuple[Listing, list[str]]:
-    """Encoded bytes from a prepared TFDS dataset, without decoding or downloading."""
+    """Encoded bytes from a prepared TFDS dataset, without decoding; downloaded only when
+    data.tfds_download is set.
+
+    Args:
+        cfg: the `data` section (tfds_name, tfds_data_dir, tfds_splits, tfds_download).
+
+    Returns:
+        The Listing (each item holds its bytes under "data") and the class names in label order.
+
+    Raises:
+        FileNotFoundError: the dataset is not prepared and data.tfds_download is false.
+    """
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(cfg.tfds_name, data_dir=cfg.tfds_data_dir)
@@ -433,7 +504,15 @@ def list_tfds(cfg: DataConfig) -> tuple[Listing, list[str]]:
 
 
 def apply_group_pattern(items: list[dict], pattern: str) -> int:
-    """Set each item's group from the regex's capture group on its file name; returns misses."""
+    """Set each item's group from the regex's capture group on its file name; returns misses.
+
+    Args:
+        items: the Listing's items, changed in place.
+        pattern: `data.group_pattern`, a regex with one capture group.
+
+    Returns:
+        How many file names the pattern did not match (those keep no group).
+    """
     rx = re.compile(pattern)
     misses = 0
     for it in items:
@@ -446,7 +525,15 @@ def apply_group_pattern(items: list[dict], pattern: str) -> int:
 
 
 def check_labels(items: list[dict]) -> None:
-    """Labels must survive storage exactly and mean one class each; name the folders if not."""
+    """Labels must survive storage exactly and mean one class each; name the folders if not.
+
+    Args:
+        items: the Listing's items.
+
+    Raises:
+        DataLayoutError: a label is empty or holds control characters, or two labels
+            differ only by case, spaces or Unicode form.
+    """
     by_norm: dict[str, set[str]] = {}
     bad = []
     for label in sorted({i["label"] for i in items}):
@@ -480,6 +567,13 @@ def carve_fractions(found: list[str], fractions: dict[str, float]) -> dict[str, 
 
     Nothing pre-split: all three. Pre-split: train's images are shared between train and the
     missing splits, in the configured proportions; present splits take no carved images.
+
+    Args:
+        found: the splits present as folders or CSV values.
+        fractions: `data.splits`, the configured train/val/test fractions.
+
+    Returns:
+        The fraction of unsplit images hashed into each split.
     """
     if not found:
         return dict(fractions)

@@ -179,7 +179,6 @@ NOT_YET_API = {
     f"components/{name}.py"
     for name in (
         *("advise", "drift", "evaluate", "export", "ingest", "push", "train"),
-        *("sources",),
     )
 }
 
