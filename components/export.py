@@ -33,6 +33,8 @@ from graft.components.templates import markdown_template
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
 from graft.core.log import log
 
+__all__ = ["ParityError", "ExportResult", "export", "write_saved_model"]
+
 WARMUP_FILE = "tf_serving_warmup_requests"
 PREPROCESSING_FILE = "preprocessing.json"  # in assets/: the input geometry, for humans and tools
 
@@ -87,7 +89,16 @@ def write_saved_model(
     flip_average: bool = False,
     geometry: gdata.Geometry = gdata.SQUASH,
 ) -> None:
-    """The SavedModel's graph and endpoints at `path` (the export adds assets and checks)."""
+    """The SavedModel's graph and endpoints at `path` (the export adds assets and checks).
+
+    Args:
+        model: the trained Keras model.
+        labels: the class names, in the model's output order.
+        path: the version directory to write.
+        size: the model's input size in pixels.
+        flip_average: average the scores of the image and its mirror, as evaluate did.
+        geometry: how the serving graph fits images to `size`, as in training.
+    """
     endpoints = _signatures(model, labels, size, flip_average, geometry)
     archive = keras.export.ExportArchive()  # the endpoints track the variables they read
     names = ("serving_default", "predict_pixels", "preprocess")
@@ -230,6 +241,9 @@ def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | N
 
 @dataclass
 class ExportResult:
+    """The exported version: where it is, what it holds and how closely it matches the
+    trained model; written as export.json."""
+
     path: str
     version: int
     model_sha256: str
@@ -259,6 +273,26 @@ def export(
     """Write <out_dir>/<model_name>/<version>/ and check it against the Keras model.
 
     `settings` (the config values the caller keyed this export on) go into the model card.
+
+    Args:
+        model_dir: the training step's output (model.keras).
+        examples_dir: the ingest step's output (labels; test images for the parity check).
+        evaluation_dir: the evaluate step's output (evaluation.json, the stored test scores).
+        out_dir: the export root; export.json is written there.
+        cfg: the `export` section (model name, parity tolerance, warmup, tflite).
+        image_size: the model's input size in pixels.
+        base: the `base` section, for the model card.
+        head: the `head` section, for the model card.
+        settings: the config values this export was keyed on, for the model card.
+        version: the version number; None uses the current Unix time.
+        geometry: how images are fitted to the input size, as in training.
+
+    Returns:
+        The ExportResult, also written to `out_dir`/export.json.
+
+    Raises:
+        ParityError: no test images, or the SavedModel's scores differ from the Keras model's
+            by more than `cfg.parity_tolerance` (the version directory is then removed).
     """
     model_path = os.path.join(model_dir, "model.keras")
     model = load_model(model_path)
