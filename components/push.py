@@ -60,6 +60,15 @@ from graft.core.paths import join as _join
 
 gfile = tf.io.gfile
 
+__all__ = [
+    "TMP_PREFIX",
+    "IncompleteCopy",
+    "PushResult",
+    "push",
+    "RollbackResult",
+    "rollback",
+]
+
 TMP_PREFIX = ".tmp-push-"
 STALE_SECONDS = 24 * 3600  # temp dirs whose owner cannot be checked are removed after this
 
@@ -239,6 +248,9 @@ def _owned_tmp(root: str):
 
 @dataclass
 class PushResult:
+    """Whether the version was pushed and why (or why not), and what pushing removed;
+    written as push.json."""
+
     pushed: bool
     blessed: bool
     forced: bool
@@ -386,7 +398,24 @@ def push(
     and record the version's lineage and the drift step's verdict on its data in the registry
     (components/registry.py).
 
-    `recheck` (evaluate.compare_baseline): compare with what is served at push time too."""
+    `recheck` (evaluate.compare_baseline): compare with what is served at push time too.
+
+    Args:
+        export_dir: the export step's output (export.json, the version directory).
+        evaluation_dir: the evaluate step's output (evaluation.json: blessed and why).
+        out_dir: where push.json is written.
+        cfg: the `push` section (destination, keep, force).
+        model_name: the served model's name, the folder under the destination.
+        force: push an unblessed model; None takes `cfg.force`.
+        recheck: under the destination lock, compare with what is served now too.
+        drift_dir: the drift step's output, whose verdict the registry records; or None.
+
+    Returns:
+        The PushResult, also written to `out_dir`/push.json.
+
+    Raises:
+        IncompleteCopy: the copy does not match the exported version; nothing is published.
+    """
     os.makedirs(out_dir, exist_ok=True)
     force = cfg.force if force is None else force
     with open(os.path.join(evaluation_dir, "evaluation.json")) as f:
@@ -527,6 +556,8 @@ def _say_pushed(result: PushResult) -> None:
 
 @dataclass
 class RollbackResult:
+    """Which version serves which model after a rollback, and what was served before."""
+
     rolled_back: bool
     version: int  # the version served now
     to: int  # the version whose model it serves
@@ -547,6 +578,20 @@ def rollback(
     pushes prune as `push.keep` says but keep `to` while its copy is kept. The index records
     the copy as kind `rollback` with the original's lineage. If the served version already
     holds this model (the same weights), nothing is done.
+
+    Args:
+        destination: the push destination (local or remote) that serving polls.
+        model_name: the served model's name, the folder under the destination.
+        to: the version to serve again.
+        reason: why, recorded in the registry's index.
+
+    Returns:
+        The RollbackResult: the version served now and the one served before.
+
+    Raises:
+        registry.UnknownVersion: `to` is not in the index or its directory is gone; the
+            message names the versions there are.
+        IncompleteCopy: the copy does not match version `to`; nothing is published.
     """
     root = _join(destination, model_name)
     _require_version(destination, model_name, to)
