@@ -45,6 +45,18 @@ from graft.core.log import log
 from graft.core.paths import is_remote
 from graft.core.paths import join as _join
 
+__all__ = [
+    "DriftBlocked",
+    "DriftResult",
+    "Permutations",
+    "check_drift",
+    "js_divergence",
+    "bucket_js",
+    "label_linf",
+    "mmd_test",
+    "image_stats",
+]
+
 STATS = ("bytes", "width", "height", "aspect", "brightness", "colourfulness")
 BUCKETS = 10
 MIN_NEW = 10  # fewer added images than this: the image measures are not computed
@@ -58,6 +70,9 @@ class DriftBlocked(RuntimeError):
 
 @dataclass
 class DriftResult:
+    """The drift verdict against the served model's data: each measure, whether one flagged
+    or blocked, and why; written as drift.json."""
+
     checked: bool
     flagged: bool = False
     blocked: bool = False
@@ -98,7 +113,15 @@ def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | 
 
 
 def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen-Shannon divergence, base 2 (0: same, 1: disjoint), of two histograms."""
+    """Jensen-Shannon divergence, base 2 (0: same, 1: disjoint), of two histograms.
+
+    Args:
+        p: the first histogram (counts or shares).
+        q: the second, on the same buckets.
+
+    Returns:
+        The divergence, 0 to 1.
+    """
     return float(_js_rows(np.asarray(p)[None], np.asarray(q)[None])[0])
 
 
@@ -134,7 +157,17 @@ def bucket_js(
     old: np.ndarray, new: np.ndarray, permutations: int | Permutations, rng: np.random.Generator
 ) -> tuple[float, float]:
     """JS divergence of 10-bucket histograms on shared edges (the pooled deciles) and its
-    permutation p-value (how often relabelling the pooled values gives as large a one)."""
+    permutation p-value (how often relabelling the pooled values gives as large a one).
+
+    Args:
+        old: one statistic's values on the served model's images.
+        new: the same statistic on the added images.
+        permutations: how many relabellings, or a shared Permutations.
+        rng: the random generator (seeded by the caller).
+
+    Returns:
+        (divergence, p-value).
+    """
     pooled = np.concatenate([old, new]).astype(np.float64)
     edges = np.unique(np.quantile(pooled, np.linspace(0, 1, BUCKETS + 1)[1:-1]))
     bins = np.searchsorted(edges, pooled, side="right")
@@ -166,7 +199,17 @@ def label_linf(
     old: list[str], new: list[str], permutations: int | Permutations, rng: np.random.Generator
 ) -> tuple[float, float, dict[str, float]]:
     """L-infinity distance of the label distributions, its permutation p-value and the
-    per-class change of share."""
+    per-class change of share.
+
+    Args:
+        old: the served model's training labels, one per image.
+        new: the new snapshot's labels, one per image.
+        permutations: how many relabellings, or a shared Permutations.
+        rng: the random generator (seeded by the caller).
+
+    Returns:
+        (distance, p-value, class -> change of its share).
+    """
     labels = sorted(set(old) | set(new))
     idx = {lab: i for i, lab in enumerate(labels)}
     a = np.array([idx[x] for x in old], np.int64)
@@ -191,7 +234,17 @@ def mmd_test(
     x: np.ndarray, y: np.ndarray, permutations: int | Permutations, rng: np.random.Generator
 ) -> tuple[float, float, float]:
     """Unbiased MMD^2 with an RBF kernel (bandwidth: the median pairwise distance of both
-    samples pooled), and its permutation p-value. Returns (mmd2, p, bandwidth)."""
+    samples pooled), and its permutation p-value.
+
+    Args:
+        x: the served side's embeddings, one row per image.
+        y: the new side's embeddings.
+        permutations: how many relabellings, or a shared Permutations.
+        rng: the random generator (seeded by the caller).
+
+    Returns:
+        (mmd2, p-value, bandwidth).
+    """
     z = np.concatenate([x, y]).astype(np.float64)
     sq = np.sum(z * z, 1)
     d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
@@ -221,7 +274,14 @@ def mmd_test(
 
 def image_stats(encoded: bytes) -> dict[str, float]:
     """Brightness (mean luma, 0-255) and colourfulness (Hasler & Suesstrunk 2003) of a
-    downscaled decode (JPEG decodes at 1/8 scale directly); bytes as stored."""
+    downscaled decode (JPEG decodes at 1/8 scale directly); bytes as stored.
+
+    Args:
+        encoded: the image file's bytes.
+
+    Returns:
+        {"bytes", "brightness", "colourfulness"} (width and height come from the manifest).
+    """
     from PIL import Image
 
     from graft.components.images import to_rgb
@@ -439,7 +499,28 @@ def check_drift(
 ) -> DriftResult:
     """Compare the new snapshot with the served model's; write drift.json; raise DriftBlocked
     when drift.action is block and a measure flagged. `seed` draws the samples and
-    permutations (the benchmark's resamples vary it)."""
+    permutations (the benchmark's resamples vary it).
+
+    Args:
+        cfg: the `drift` section (measures, thresholds, sample sizes, action).
+        examples_dir: the ingest step's output, the new snapshot.
+        validation_dir: the validate step's output (images left out of training), or None.
+        out_dir: where drift.json is written.
+        destination: the push destination, where the served version and its lineage are.
+        model_name: the served model's name.
+        base: the `base` section, whose backbone embeds images for the MMD test.
+        image_size: the model's input size in pixels.
+        feature_store: where embeddings are cached between runs.
+        seed: draws the samples and permutations.
+        geometry: how images are fitted to the input size; None: the default.
+
+    Returns:
+        The DriftResult, also written to `out_dir`/drift.json (`checked` false, with the
+        reason, when nothing is served or the served data cannot be read).
+
+    Raises:
+        DriftBlocked: drift.action is block and a measure flagged (drift.json is written).
+    """
     from graft.components.manifest import excluded_from_train
 
     t0 = time.time()
