@@ -32,6 +32,14 @@ from graft.components.stats import paired_difference
 from graft.core.config import EvaluateConfig
 from graft.core.log import log
 
+__all__ = [
+    "EvaluationResult",
+    "evaluate",
+    "bless",
+    "metrics_from_probs",
+    "head_scores_from_features",
+]
+
 
 @dataclass
 class EvaluationResult:
@@ -62,7 +70,22 @@ class EvaluationResult:
 def metrics_from_probs(
     probs: np.ndarray, y: np.ndarray, labels: list[str], top_k: int, bins: int
 ) -> dict:
-    """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE."""
+    """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE.
+
+    One function for every model scored, so the head-only, fine-tuned and served models'
+    numbers are comparable.
+
+    Args:
+        probs: class scores, one row per image.
+        y: the true class indices.
+        labels: the class names, in score order.
+        top_k: the k of the top-k accuracy (lowered to the class count).
+        bins: confidence bins of the expected calibration error.
+
+    Returns:
+        {"n", "accuracy", "top_<k>_accuracy", "macro_f1", "log_loss", "ece", "per_class",
+        "confusion_matrix"}.
+    """
     n, c = probs.shape
     pred = probs.argmax(1)
     cm, per_class, f1s = _per_class(y, pred, labels)
@@ -150,7 +173,20 @@ def head_scores_from_features(
     """The head-only model's test scores from the base's stored pooled features (the base runs
     on images missing from the store only, and stores them): what the whole model computes,
     without a second pass over the base. None where that would not be the whole model's
-    output: no store recorded by the head stage, or a base not computing in float32."""
+    output: no store recorded by the head stage, or a base not computing in float32.
+
+    Args:
+        model: the head-only model (base and head).
+        examples_dir: the ingest step's output.
+        shas: the test images' sha256, in the order the scores are wanted.
+        exclude: sha256 of images left out of evaluation.
+        feature_store: the head stage's {"root", "fingerprint"}, or None.
+        image_size: the model's input size in pixels.
+        geometry: how images are fitted to the input size.
+
+    Returns:
+        (scores in `shas` order, what was read from the store and computed), or None.
+    """
     from graft.components import features as gfeat
     from graft.components.model import base_of, head_of, pooled_head
 
@@ -515,7 +551,18 @@ def _provenance(
 def bless(
     cfg: EvaluateConfig, cand: dict, baseline: dict | None, baseline_note: str | None
 ) -> tuple[bool, list[str]]:
-    """Blessed or not, with every reason: the push step and the report both show them."""
+    """Blessed or not, with every reason: the push step and the report both show them.
+
+    Args:
+        cfg: the `evaluate` section (min_accuracy, min_improvement, the comparison rule).
+        cand: the candidate's metrics (metrics_from_probs).
+        baseline: the served baseline's metrics on the same test images, or None.
+        baseline_note: why the baseline could not be scored (which refuses the blessing), or
+            None.
+
+    Returns:
+        (blessed, the reasons, passed or failed, one line each).
+    """
     reasons, ok = [], True
     if cand["accuracy"] < cfg.min_accuracy:
         ok = False
@@ -654,6 +701,27 @@ def evaluate(
     """Test metrics of the head-only and fine-tuned models, scored as the export will serve them.
 
     `destination` is the push destination: its newest other version is the served baseline.
+
+    Args:
+        examples_dir: the ingest step's output (the test split).
+        head_dir: the train_head stage's output (the head-only model).
+        model_dir: the fine_tune stage's output (the candidate model).
+        out_dir: where evaluation.json, report.html, plots and scores are written.
+        cfg: the `evaluate` section.
+        destination: the push destination, whose served version is the baseline.
+        model_name: the served model's name.
+        image_size: the model's input size in pixels.
+        validation_dir: the validate step's output (images left out of evaluation), or None.
+        flip_average: average the scores of each image and its mirror, as the export will.
+        advice_dir: the advise step's output, shown in the report, or None.
+        drift_dir: the drift step's output, shown in the report, or None.
+        geometry: how images are fitted to the input size, as in training.
+
+    Returns:
+        The EvaluationResult, also written to `out_dir`/evaluation.json.
+
+    Raises:
+        ValueError: the test split is empty (after the exclusions).
     """
     os.makedirs(out_dir, exist_ok=True)
     labels = gdata.read_labels(examples_dir)
