@@ -66,6 +66,15 @@ from graft.core.paths import is_remote as _is_remote
 from graft.core.paths import join as _join
 from graft.core.quiet import native_stderr_captured
 
+__all__ = [
+    "IngestResult",
+    "ingest",
+    "source_fingerprint",
+    "auto_workers",
+    "local_runner",
+    "MULTI_PROCESS_MIN_BYTES",
+]
+
 LABELS_FILE = "labels.json"
 REUSE_FILE = "reuse.json"  # written last: the output is complete and may seed the next one
 SHARD_INDEX = "shards.json"  # shard file -> [source path, sha256, label id] of its records
@@ -78,6 +87,9 @@ FORMAT_HISTOGRAM_BINS = (64, 128, 256, 512, 1024, 2048)
 
 @dataclass
 class IngestResult:
+    """What ingest wrote: the classes, the images per split and class, how many files were
+    quarantined, and what an incremental run reused."""
+
     out_dir: str
     labels: list[str]
     counts: dict[str, dict[str, int]]  # split -> label -> n
@@ -89,7 +101,15 @@ class IngestResult:
 
 
 def source_fingerprint(data: DataConfig) -> str:
-    """What ingest reads, cheaply: every file's name, size and mtime (no reads). Keys its cache."""
+    """What ingest reads, cheaply: every file's name, size and mtime (no reads). Keys its cache.
+
+    Args:
+        data: the `data` section (path, CSV manifest or TFDS name).
+
+    Returns:
+        A sha256 hex digest that changes when a local file is added, removed or rewritten;
+        for a remote path or TFDS, a digest of the source's name only.
+    """
     h = hashlib.sha256()
     path = data.path
     if data.source in ("folder", "csv") and path and not _is_remote(path) and os.path.exists(path):
@@ -272,7 +292,16 @@ def input_bytes(items: list[dict]) -> int | None:
 
 
 def auto_workers(cfg: DataConfig, items: list[dict]) -> int:
-    """data.num_workers, or for 0: all cores when the input is big enough to gain from them."""
+    """data.num_workers, or for 0: all cores when the input is big enough to gain from them.
+
+    Args:
+        cfg: the `data` section (num_workers).
+        items: the listed files, whose sizes decide.
+
+    Returns:
+        data.num_workers when set; else 1 below MULTI_PROCESS_MIN_BYTES of input, or the
+        machine's cores.
+    """
     if cfg.num_workers:
         return cfg.num_workers
     cores = os.cpu_count() or 1
@@ -318,6 +347,12 @@ def local_runner(opts: PipelineOptions):
     on every run: network at ingest time, a stray temp dir when it fails, and where it
     succeeds a different runner that ignores direct_num_workers. Going straight to the
     FnApiRunner it otherwise falls back to keeps local ingest offline and as configured.
+
+    Args:
+        opts: the Beam pipeline options.
+
+    Returns:
+        An FnApiRunner carrying `opts`, or None when the runner is not the DirectRunner.
     """
     if not _is_direct(opts):
         return None
@@ -976,6 +1011,18 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
 
     `previous`: an earlier ingest output to reuse records from; by default (data.incremental)
     the newest one of the same source beside out_dir.
+
+    Args:
+        data: the `data` section: the source, splits, limits and workers.
+        out_dir: where the TFRecord shards, manifest.jsonl, stats.json and quarantine.json go.
+        previous: an earlier ingest output to reuse records from, or None.
+
+    Returns:
+        The IngestResult; unreadable files are quarantined and counted, not raised.
+
+    Raises:
+        DataLayoutError: no readable image files, or a source in no supported layout.
+        FileNotFoundError: the image folder does not exist, or the TFDS dataset is not prepared.
     """
     t0 = time.time()
     if not _is_remote(out_dir):

@@ -178,7 +178,7 @@ API_ROOT_MODULES = [REPO / "graft" / "__init__.py"]
 NOT_YET_API = {
     f"components/{name}.py"
     for name in (
-        *("advise", "ingest", "train"),
+        *("advise", "train"),
     )
 }
 
