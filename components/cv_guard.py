@@ -40,7 +40,7 @@ from graft.components.fitting import (
 from graft.core.config import AugmentConfig, FineTuneConfig, TrainHeadConfig
 from graft.core.log import log
 
-__all__ = ["fold_count", "fold_evidence"]
+__all__ = ["FOLDS_FILE", "fold_count", "fold_evidence"]
 
 FOLDS_FILE = "guard_folds.json"
 
