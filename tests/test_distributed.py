@@ -295,6 +295,30 @@ def _script(*args: str, env=None, timeout=600) -> subprocess.CompletedProcess:
     return proc
 
 
+def _scripts(*runs: tuple[str, ...], timeout=600) -> None:
+    """Several runs of this file side by side (fresh processes, own outputs): most of each is
+    single-threaded tracing, so two take little longer than one."""
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE), *args],
+            env=_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in runs
+    ]
+    deadline = time.time() + timeout
+    try:
+        errs = [p.communicate(timeout=max(1, deadline - time.time()))[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for args, p, err in zip(runs, procs, errs, strict=True):
+        assert p.returncode == 0, f"{' '.join(args)}:\n{err[-4000:]}"
+
+
 def _cluster(cmd: list[str], tmp: Path, n: int = 2, timeout: float = 600) -> list[dict]:
     """n worker processes on 127.0.0.1 free ports, each with its TF_CONFIG and TMPDIR."""
     ports = _free_ports(n)
@@ -329,17 +353,34 @@ def _cluster(cmd: list[str], tmp: Path, n: int = 2, timeout: float = 600) -> lis
     return out
 
 
+def _saved_weights(model_path: str) -> dict:
+    """A saved .keras model's weights by their path in its weights file, read without
+    rebuilding the model (a load of the demo model costs seconds; this, milliseconds). The
+    `layers/` entries are exactly model.weights (262 of them for the demo model); the
+    optimizer's state, also saved, is left out."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(model_path) as z:
+        h5 = h5py.File(io.BytesIO(z.read("model.weights.h5")), "r")
+    out = {}
+
+    def keep(name, obj) -> None:  # visititems stops at the first callback returning non-None
+        if isinstance(obj, h5py.Dataset):
+            out[name] = obj[()]
+
+    h5["layers"].visititems(keep)
+    return out
+
+
 def _max_diff(path_a: str, path_b: str) -> float:
     import numpy as np
 
-    from graft.components.train import load_model
-
-    a, b = load_model(path_a), load_model(path_b)
-    assert [w.path for w in a.weights] == [w.path for w in b.weights]
-    return max(
-        float(np.max(np.abs(np.array(x) - np.array(y))))
-        for x, y in zip(a.weights, b.weights, strict=True)
-    )
+    a, b = _saved_weights(path_a), _saved_weights(path_b)
+    assert {n: w.shape for n, w in a.items()} == {n: w.shape for n, w in b.items()}
+    return max(float(np.max(np.abs(a[n] - b[n]))) for n in a)
 
 
 def _history_lines(stage_dir: Path) -> list[int]:

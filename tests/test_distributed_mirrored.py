@@ -18,6 +18,7 @@ from test_distributed import (
     _history_lines,
     _max_diff,
     _script,
+    _scripts,
 )
 
 pytestmark = pytest.mark.slow
@@ -37,22 +38,27 @@ def examples(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def two_devices(examples, tmp_path_factory) -> str:
-    """Both stages on 2 replicas (their outputs are the next test's starting point)."""
-    out = tmp_path_factory.mktemp("two")
-    _script("mirrored", examples, str(out), "2")
-    return str(out)
+def runs(examples, tmp_path_factory) -> dict[str, str]:
+    """Both stages on 2 replicas and, side by side with it, on 1 device (the reference); the
+    2-replica outputs are the next test's starting point."""
+    out = {n: str(tmp_path_factory.mktemp(n)) for n in ("one", "two")}
+    t0 = time.time()
+    _scripts(("mirrored", examples, out["one"], "1"), ("mirrored", examples, out["two"], "2"))
+    print(f"\nmirrored: 1 device beside 2 devices {time.time() - t0:.0f}s")
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_devices(runs) -> str:
+    return runs["two"]
 
 
 @pytest.mark.timeout(900)
-def test_two_logical_cpus_match_one_device(examples, two_devices, tmp_path):
+def test_two_logical_cpus_match_one_device(runs):
     """Both stages (the head on cached features, the fine-tune on image batches) on 2
     replicas against the same code on 1 device."""
-    t0 = time.time()
-    _script("mirrored", examples, str(tmp_path / "one"), "1")
-    print(f"\nmirrored: 1 device {time.time() - t0:.0f}s")
-    one = json.loads((tmp_path / "one" / "summary.json").read_text())
-    two = json.loads((Path(two_devices) / "summary.json").read_text())
+    one = json.loads((Path(runs["one"]) / "summary.json").read_text())
+    two = json.loads((Path(runs["two"]) / "summary.json").read_text())
     for stage in ("head", "fine"):
         a, b = one[stage], two[stage]
         assert a["extra"]["distribution"]["replicas"] == 1
