@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -178,11 +179,9 @@ def main_mirrored_extras(examples: str, out: str) -> None:
     resume, the guard, mixed precision, and BatchNormalization left untouched."""
     _logical_cpus(2)
     import keras
-    import numpy as np
 
     from graft.components import data as gdata
     from graft.components import model as gmodel
-    from graft.components.train import load_model
     from graft.core.config import FineTuneConfig, TrainConfig
 
     mirrored = TrainConfig(strategy="mirrored", deterministic=True)
@@ -211,19 +210,6 @@ def main_mirrored_extras(examples: str, out: str) -> None:
     # reads the other replica's variables, "Trying to access resource ... located in device
     # CPU:1 from device CPU:0"; the multi-worker run, one device per process, does XLA)
     res["mixed"] = _mixed_fit(strategy, examples, jit=False)
-    head = gmodel.base_of(load_model(f"{out}/head/model.keras"))
-    fine = gmodel.base_of(load_model(f"{out}/fine/model.keras"))
-    bn = [
-        (
-            a.name,
-            all(
-                np.array_equal(x, y) for x, y in zip(a.get_weights(), b.get_weights(), strict=True)
-            ),
-        )
-        for a, b in zip(head.layers, fine.layers, strict=True)
-        if isinstance(b, keras.layers.BatchNormalization)
-    ]
-    res["bn_unchanged"] = bn
     Path(out, "extras.json").write_text(json.dumps(res, default=str))
 
 
@@ -372,6 +358,17 @@ def _saved_weights(model_path: str) -> dict:
             out[name] = obj[()]
 
     h5["layers"].visititems(keep)
+    return out
+
+
+def _batch_norms(model_path: str) -> dict[str, list]:
+    """A saved model's BatchNormalization layers' weights and statistics, by weights-file
+    path: the file names each layer's group after its class (batch_normalization_7)."""
+    out: dict[str, list] = {}
+    for name, w in sorted(_saved_weights(model_path).items()):
+        layer, _, _ = name.rpartition("/vars/")
+        if re.fullmatch(r"batch_normalization(_\d+)?", layer.rpartition("/")[2]):
+            out.setdefault(layer, []).append(w)
     return out
 
 
