@@ -49,6 +49,19 @@ from graft.core.config import (
 )
 from graft.core.log import Progress, log
 
+__all__ = [
+    "StageResult",
+    "HeadDetails",
+    "FineTuneDetails",
+    "FineTuneSkipped",
+    "train_head",
+    "fine_tune",
+    "finished",
+    "finish",
+    "load_model",
+    "scores_on",
+]
+
 MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two decades
 
 
@@ -112,6 +125,9 @@ def _details(extra: dict | None):
 
 @dataclass
 class StageResult:
+    """What a training stage produced: its model, best val scores, epochs and how it ran;
+    written as result.json, which also marks the stage finished."""
+
     stage: str
     model_path: str
     best_val_accuracy: float
@@ -224,6 +240,14 @@ def callbacks(
 
 
 def finished(out_dir: str) -> StageResult | None:
+    """A finished stage's result, so that a rerun returns it instead of training again.
+
+    Args:
+        out_dir: the stage's output directory.
+
+    Returns:
+        The StageResult read from its result.json, or None when the stage has not finished.
+    """
     path = os.path.join(out_dir, RESULT)
     if os.path.exists(path):
         with open(path) as f:
@@ -274,6 +298,16 @@ def distribution(strategy: tf.distribute.Strategy, policy=None) -> dict:
 
 
 def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
+    """Mark a stage finished: its learning curves, then result.json (written last).
+
+    Args:
+        out_dir: the stage's output directory.
+        res: the stage's result.
+        title: the curves plot's title.
+
+    Returns:
+        `res`, as written.
+    """
     hist = read_history(out_dir)
     if hist:
         plot_curves(hist, os.path.join(out_dir, "curves.png"), title)
@@ -447,7 +481,29 @@ def train_head(
     feature_store: str = "",
     geometry: gdata.Geometry = gdata.SQUASH,
 ) -> StageResult:
-    """Train a new head on the frozen base; base weights and BN statistics stay bit-identical."""
+    """Train a new head on the frozen base; base weights and BN statistics stay bit-identical.
+
+    Args:
+        examples_dir: the ingest step's output.
+        out_dir: the stage's output (model.keras, history, result.json); a finished one is
+            returned as it is.
+        base: the `base` section (backbone, weights).
+        head: the `head` section (the layers on top).
+        train: the `train` section (seed, batch, precision, distribution).
+        cfg: the `train_head` section (epochs, rate, feature cache).
+        augment: the `augment` section.
+        image_size: the model's input size in pixels.
+        validation_dir: the validate step's output (images left out), or None.
+        extra_callbacks: Keras callbacks added to the fit, or None.
+        feature_store: where pooled base features are stored between runs ("" for none).
+        geometry: how images are fitted to the input size.
+
+    Returns:
+        The StageResult, with HeadDetails in `extra`.
+
+    Raises:
+        ValueError: train_head.feature_cache is on with augmentation but no augmented passes.
+    """
     strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
     done = start_stage(out_dir, "train_head", train, gmodel.is_chief(strategy))
     if done:
@@ -857,7 +913,26 @@ def fine_tune(
 ) -> StageResult:
     """Unfreeze the base as cfg.unfreeze says (BN stays frozen), train at a low LR, keep the
     result only if better. With fine-tuning off the head passes through; `skip_reason` says
-    why (the user's setting, or advise's plan) in the log and the report."""
+    why (the user's setting, or advise's plan) in the log and the report.
+
+    Args:
+        examples_dir: the ingest step's output.
+        head_dir: the train_head stage's output, whose model is the starting point.
+        out_dir: the stage's output; a finished one is returned as it is.
+        train: the `train` section (seed, batch, precision, distribution).
+        cfg: the `fine_tune` section (enabled, unfreeze, rate, epochs, guard).
+        augment: the `augment` section.
+        image_size: the model's input size in pixels.
+        validation_dir: the validate step's output (images left out), or None.
+        extra_callbacks: Keras callbacks added to the fit, or None.
+        head_cfg: the `train_head` section, for the guard's cross-validation; None: defaults.
+        skip_reason: why fine-tuning is off, when it is.
+        geometry: how images are fitted to the input size.
+
+    Returns:
+        The StageResult: with FineTuneDetails in `extra` (the guard's decision on which model
+        is kept), or with FineTuneSkipped when the head model passed through untuned.
+    """
     strategy = gmodel.choose_strategy(train)  # first: MultiWorker must precede any TF op
     done = start_stage(out_dir, "fine_tune", train, gmodel.is_chief(strategy))
     if done:
