@@ -27,6 +27,30 @@ import numpy as np
 
 from graft.core.log import log
 
+__all__ = [
+    "BASE_RULE",
+    "Probe",
+    "Evidence",
+    "Decision",
+    "Plan",
+    "AdviceResult",
+    "WeightsUnavailable",
+    "advise",
+    "read_advice",
+    "advice_table",
+    "advice_markdown",
+    "plan",
+    "seed_plan",
+    "plan_geometry",
+    "plan_flip",
+    "plan_base",
+    "choose_base",
+    "base_geometry",
+    "probe",
+    "flip_hits",
+    "taps",
+]
+
 SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
 MAX_FINE_TUNE_EPOCHS = 8
 LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
@@ -51,6 +75,9 @@ class Probe:
 
 @dataclass
 class Evidence:
+    """What advise measured on the data and the base, which the plan's decisions read: the
+    data's size and balance, the layer probes, the base's speed and the optional probes."""
+
     base: str
     image_size: int
     n_train: int
@@ -83,6 +110,8 @@ class Evidence:
 
 @dataclass
 class Decision:
+    """One line of the plan: what was decided, the choice, and the evidence for it."""
+
     what: str
     choice: Any
     reason: str
@@ -90,6 +119,8 @@ class Decision:
 
 @dataclass
 class Plan:
+    """A recipe: the seed matrix's cell, the config overrides it sets, and its decisions."""
+
     recipe: str
     cell: dict[str, str]
     overrides: dict[str, Any]
@@ -412,7 +443,16 @@ _TRAIN_HEAD = {
 
 def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     """The seed's matrix, applied to measured evidence: one function per decision, each given
-    what the earlier ones chose. Pure: no TensorFlow, no files."""
+    what the earlier ones chose. Pure: no TensorFlow, no files.
+
+    Args:
+        ev: the measured evidence.
+        budget_minutes: the fine-tuning time budget (advise.budget_minutes).
+        small_data: below this many training images, the data counts as small.
+
+    Returns:
+        The auto Plan: its cell, the config overrides and one Decision per choice.
+    """
     at_size = [p for p in ev.probes if p.size == ev.image_size]
     final, earlier = at_size[0], at_size[1:]
     best_early = max(earlier, key=lambda p: p.accuracy) if earlier else None
@@ -449,7 +489,15 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
 
 
 def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
-    """The seed's recipe exactly: GAP -> Dense(256, relu) -> softmax, then SGD from layer 149."""
+    """The seed's recipe exactly: GAP -> Dense(256, relu) -> softmax, then SGD from layer 149.
+
+    Args:
+        base_name: the configured base, noted when it is not the seed's mobilenet_v2.
+        base_layers: the base's layer names, to name the layer fine-tuning starts from.
+
+    Returns:
+        The seed Plan, the baseline other recipes are compared against.
+    """
     i = min(SEED_UNFREEZE_INDEX, len(base_layers) - 1)
     notes = [
         Decision("recipe", "seed", "the seed's fixed recipe, the baseline to compare against"),
@@ -495,7 +543,14 @@ GEOMETRY_RULE = (
 def base_geometry(base_cfg) -> str:
     """The data.resize the base's weights were made with: crop for ImageNet weights (every
     keras.applications file, 'imagenet' or a file of them), squash for the demo base (pretrained
-    on squashed images) and for random init (no transform to match)."""
+    on squashed images) and for random init (no transform to match).
+
+    Args:
+        base_cfg: the `base` section.
+
+    Returns:
+        "crop" or "squash".
+    """
     from graft.core.paths import demo_weights
 
     w = base_cfg.weights
@@ -509,7 +564,12 @@ def base_geometry(base_cfg) -> str:
 def plan_geometry(p: Plan, geo: dict) -> None:
     """data.resize from the geometry probes: the base's own mode (`geo["default"]`) unless
     another wins beyond the noise. Pure; adds the override and a decision line with the
-    evidence."""
+    evidence.
+
+    Args:
+        p: the plan, changed in place.
+        geo: measure_geometry's evidence: per mode, accuracy and paired gain; the "default".
+    """
     default = geo.get("default", "squash")
     wins = {
         m: r["gain"]
@@ -563,6 +623,17 @@ def probe(
     With `groups` (data.group_by: a patient's images), a group's images share one fold: else
     a probe scores images of patients it trained on, and favours the features that recognise
     the patient over those that recognise the class.
+
+    Args:
+        x: pooled features, one row per image.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        hidden: units of one hidden layer; 0 for a linear probe.
+        seed: seeds the folds and the classifier.
+        groups: each image's group (data.group_by), or None.
+
+    Returns:
+        One bool per image: whether the fold that held it out classified it right.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
@@ -606,6 +677,13 @@ def taps(base) -> tuple[list[tuple[str, str]], list[str], list[float]]:
     A stage is a run of layers with one feature-map size. Taps: the base's output, then in
     each of the two stages before the last, its widest latest layer (for MobileNetV2 at 224:
     out_relu, block_13_expand_relu, block_6_expand_relu).
+
+    Args:
+        base: the built Keras base model.
+
+    Returns:
+        (the taps as (layer, "HxW" feature-map size) pairs, the stage start layers, each
+        start's share of the base's layers up to the top).
     """
     from graft.components import model as gmodel
 
@@ -627,6 +705,9 @@ def taps(base) -> tuple[list[tuple[str, str]], list[str], list[float]]:
 
 @dataclass
 class AdviceResult:
+    """The plan as written to advice.json: overrides, decisions, the evidence, and your
+    settings it kept."""
+
     recipe: str
     cell: dict
     overrides: dict
@@ -982,7 +1063,19 @@ FLIP_RULE = (
 def flip_hits(x, x_mirror, y, folds: int, groups=None, seed: int = 0):
     """Out-of-fold hits of advise's linear probe, plain and averaged over the image and its
     mirror image: the same folds as `probe`, each fold's classifier trained on plain images
-    (as the cached head is) and scored both ways."""
+    (as the cached head is) and scored both ways.
+
+    Args:
+        x: pooled features of the images.
+        x_mirror: pooled features of their mirror images, in the same order.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        groups: each image's group (data.group_by), or None.
+        seed: seeds the folds.
+
+    Returns:
+        (plain hits, flip-averaged hits): one bool per image each.
+    """
     from sklearn.base import clone
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
@@ -1067,7 +1160,12 @@ def measure_flip(
 
 
 def plan_flip(p: Plan, flip: dict) -> None:
-    """export.flip_average from the flip probe: on only when it wins beyond the noise. Pure."""
+    """export.flip_average from the flip probe: on only when it wins beyond the noise. Pure.
+
+    Args:
+        p: the plan, changed in place.
+        flip: measure_flip's evidence: plain and averaged accuracy and their paired gain.
+    """
     g = flip["gain"]
     on = g["low"] > 0
     p.overrides["export.flip_average"] = on
@@ -1183,6 +1281,26 @@ def advise(
     is the one crop is probed with). `bases`: advise.bases, probed beside base_cfg first;
     measure and every later decision then run on the base chosen. `seed`: train.seed, set
     before each probe builds a base, so a random-init base is the one the training builds.
+
+    Args:
+        examples_dir: the ingest step's output.
+        validation_dir: the validate step's output (images left out), or None.
+        out_dir: where advice.json, advice.md and label_issues.json are written.
+        recipe: advise.recipe: "auto" (measure and plan), "seed" or "manual".
+        base_cfg: the `base` section.
+        image_size: the configured input size in pixels.
+        store_root: the feature store the probes' pooled features are kept in.
+        folds: k of the probes' cross-validation.
+        max_probe_images: the most training images the probes use.
+        small_data: below this many training images, the data counts as small.
+        budget_minutes: the fine-tuning time budget.
+        keep: the user's settings (dotted key -> value), which the plan never changes.
+        geometry: the config's data.resize, or None.
+        bases: advise.bases, probed beside base_cfg; None or empty for none.
+        seed: train.seed, set before each probe builds a base.
+
+    Returns:
+        The AdviceResult, also written to `out_dir`/advice.json.
     """
     t0 = time.time()
     os.makedirs(out_dir, exist_ok=True)
@@ -1307,12 +1425,27 @@ def _keep_settings(p: Plan, keep: dict[str, Any]) -> dict:
 
 
 def read_advice(advice_dir: str) -> dict:
+    """The advise step's advice.json, for the steps and the report that apply or show it.
+
+    Args:
+        advice_dir: the advise step's output.
+
+    Returns:
+        advice.json's document (an AdviceResult as a dict).
+    """
     with open(os.path.join(advice_dir, "advice.json")) as f:
         return json.load(f)
 
 
 def advice_table(res: AdviceResult | dict) -> str:
-    """The plan as aligned text lines: decision, choice, reason."""
+    """The plan as aligned text lines: decision, choice, reason.
+
+    Args:
+        res: the AdviceResult, or advice.json's document.
+
+    Returns:
+        The lines, joined by newlines, for the log and the terminal.
+    """
     r = res if isinstance(res, dict) else asdict(res)
     cell = r["cell"]
     lines = [f"recipe {r['recipe']}"]
@@ -1324,6 +1457,14 @@ def advice_table(res: AdviceResult | dict) -> str:
 
 
 def advice_markdown(res: AdviceResult | dict) -> str:
+    """The plan and its evidence as advice.md: decisions, probes and the optional probes.
+
+    Args:
+        res: the AdviceResult, or advice.json's document.
+
+    Returns:
+        The Markdown text.
+    """
     r = res if isinstance(res, dict) else asdict(res)
     out = [f"# Advice: recipe {r['recipe']}", ""]
     if r["cell"]:
@@ -1413,6 +1554,12 @@ def choose_base(bases: dict) -> tuple[dict, Decision]:
     Each probed entry carries `gain` (the paired interval of its accuracy minus the configured
     base's, on the same images and folds; None for the configured one) and its cost (`flops`,
     `images_per_s`); `behind_best` is evidence for the reader.
+
+    Args:
+        bases: measure_bases' evidence; its "candidates" are the probed entries.
+
+    Returns:
+        (the chosen entry, the base Decision with its reason).
     """
     probed = [b for b in bases["candidates"] if not b.get("skipped")]
     configured = next(b for b in probed if b["configured"])
@@ -1691,7 +1838,17 @@ def _chosen_base_cfg(base_cfg, chosen: dict, kept: bool):
 def plan_base(p: Plan, chosen: dict, decision: Decision, kept: dict) -> dict:
     """The base choice into the plan: base.name/weights/kwargs (first decision line), or, with
     your base.* kept, a kept line saying what advise would have chosen. Pure; returns the
-    kept entry ({} when nothing of yours was overridden)."""
+    kept entry ({} when nothing of yours was overridden).
+
+    Args:
+        p: the plan, changed in place.
+        chosen: choose_base's chosen entry.
+        decision: choose_base's decision.
+        kept: the user's base.* settings (dotted key -> value), which the plan keeps.
+
+    Returns:
+        {"base": {"yours", "advise"}} when your base was kept over advise's choice, else {}.
+    """
     p.decisions.insert(0, decision)
     if chosen["configured"]:
         return {}

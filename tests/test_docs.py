@@ -166,8 +166,8 @@ def test_config_reference_matches_the_defaults():
 # ------------------------------------------------------------------ the API: __all__ and docstrings
 
 # The layers whose modules name their public API in __all__, with Args/Returns docstrings on its
-# functions (keras-hub's style). In graft.components the library modules are covered; the step
-# modules (and cv_guard, sources, still being split) are next (#33), so they are left out below.
+# functions (keras-hub's style). All of graft.components is covered, the steps included (#33);
+# NOT_YET_API can leave a module out while it is being split.
 API_PACKAGES = {
     "core": "graft.core",
     "components": "graft.components",
@@ -175,7 +175,7 @@ API_PACKAGES = {
     "pipeline": "graft.pipeline",
 }
 API_ROOT_MODULES = [REPO / "graft" / "__init__.py"]
-NOT_YET_API = {f"components/{name}.py" for name in ("advise",)}
+NOT_YET_API: set[str] = set()
 
 
 def _api_files(folder: str) -> list[Path]:
