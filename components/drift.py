@@ -512,7 +512,7 @@ def check_drift(
         image_size: the model's input size in pixels.
         feature_store: where embeddings are cached between runs.
         seed: draws the samples and permutations.
-        geometry: how images are fitted to the input size; None: the default.
+        geometry: how images are fitted to the input size; None: squash.
 
     Returns:
         The DriftResult, also written to `out_dir`/drift.json (`checked` false, with the
