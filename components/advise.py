@@ -944,7 +944,7 @@ def _sample_features(
     mirror=False, stage,
 ):  # fmt: skip
     """The probe sample's pooled features of `layer` in one geometry (or its mirror images),
-    through the feature store, in the sample's order."""
+    through the feature store, in the sample's order (a SplitFeatures)."""
     from graft.components import features as gfeat
     from graft.components.manifest import excluded_from_train
 
@@ -967,7 +967,7 @@ def _sample_features(
     )
     if feats.sha256 != shas:
         raise RuntimeError(f"{stage}: probe sample out of order")  # a bug
-    return feats.x[layer]
+    return feats
 
 
 def _geometry_modes(hits_of: dict, default: str, size: int, layer: str) -> dict[str, dict]:
@@ -1033,12 +1033,12 @@ def measure_geometry(
             log("advise: geometry pad: every probed image is square, so pad is squash (no pass)")
             hits_of[mode] = hits_of["squash"]
         else:
-            x = _sample_features(
+            feats = _sample_features(
                 examples_dir, validation_dir, shas, base=base, layer=layer,
                 extractor=extractor, size=size, store_root=store_root,
                 geometry=gdata.Geometry(mode, crop_fraction), stage=f"advise: geometry {mode}",
             )  # fmt: skip
-            hits_of[mode] = probe(x, y, folds, groups=groups)
+            hits_of[mode] = probe(feats.x[layer], y, folds, groups=groups)
     return {
         "size": size,
         "layer": layer,
@@ -1135,7 +1135,7 @@ def measure_flip(
             geometry=geometry,
             mirror=mirror,
             stage="advise: test-time flips" + " (mirror images)" * mirror,
-        )  # fmt: skip
+        ).x[layer]
         for mirror in (False, True)
     }
     plain, both = flip_hits(x[False], x[True], y, folds, groups)
@@ -1754,7 +1754,6 @@ def _probe_base(
 
     from graft.components import data as gdata
     from graft.components import features as gfeat
-    from graft.components.manifest import excluded_from_train
     from graft.components.model import BackbonePreprocess
     from graft.components.stats import wilson
 
@@ -1774,24 +1773,11 @@ def _probe_base(
         return None
     layer = base.layers[-1].name
     extractor = gfeat.pooled_extractor(base, BackbonePreprocess(c["entry"].name), [layer])
-    store = (
-        gfeat.FeatureStore(store_root, base.graft_fingerprint, c["size"], gdata.SQUASH)
-        if store_root
-        else None
-    )
-    feats = gfeat.split_features(
-        examples_dir,
-        "train",
-        [layer],
-        extractor=extractor,
-        store=store,
-        exclude=excluded_from_train(validation_dir),
+    feats = _sample_features(
+        examples_dir, validation_dir, shas, base=base, layer=layer, extractor=extractor,
+        size=c["size"], store_root=store_root, geometry=gdata.SQUASH,
         stage=f"advise: base {row['label']}",
-        geometry=gdata.SQUASH,
-        only=set(shas),
-    )
-    if feats.sha256 != shas:
-        raise RuntimeError("advise: base probe sample out of order")  # a bug
+    )  # fmt: skip
     hits = probe(feats.x[layer], y, folds, groups=groups)
     lo, hi = wilson(int(hits.sum()), len(hits))
     row.update(
