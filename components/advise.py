@@ -49,6 +49,8 @@ __all__ = [
     "probe",
     "flip_hits",
     "taps",
+    "MULTI",
+    "MULTI_RULE",
 ]
 
 SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
@@ -56,6 +58,12 @@ MAX_FINE_TUNE_EPOCHS = 8
 LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
 LAYER_LR_DECAY = 0.4  # an earlier stage's rate against the next's (ULMFiT: 1 / 2.6)
 FINE_TUNE_LR = 1e-4  # the LR range test searches 10x either side of it
+MULTI = "multi"  # a multi-depth probe's depth: every tap's pooled features, concatenated
+MULTI_RULE = (
+    "the head reads the single layer chosen above, unless the concatenation of every tap's "
+    "standardised pooled features probes better beyond the noise (the one-sided 90% bound of "
+    "its paired gain above 0, the geometry rule's bar)"
+)
 
 
 @dataclass
@@ -277,6 +285,32 @@ def _decide_input_size(ev: Evidence, chosen: Probe) -> tuple[Probe, Decision]:
     )
 
 
+def _decide_multi_depth(ev: Evidence, chosen: Probe) -> tuple[Probe | None, Decision]:
+    """A multi-depth head (head.taps) when the concatenated taps probe better than the layer
+    chosen, at the size chosen, beyond the noise (MULTI_RULE); else None."""
+    from graft.components.stats import paired_difference
+
+    multi = next((p for p in ev.probes if p.depth == MULTI and p.size == chosen.size), None)
+    if multi is None:
+        return None, Decision("multi-depth head", "no", "no earlier tap to read (base too shallow)")
+    g = _gap(multi, chosen)
+    low90 = g["low"]
+    if len(multi.correct) == len(chosen.correct) and multi.correct:
+        low90 = paired_difference(multi.correct, chosen.correct, level=0.80)["low"]
+    taps = multi.layer.split("+")
+    evidence = (
+        f"the {len(taps)} taps concatenated ({', '.join(taps)}; {multi.dim}-d) probe "
+        f"{_fmt(multi)} vs {_fmt(chosen)} for {chosen.layer}: paired gain "
+        f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}], one-sided 90% bound "
+        f"{low90:+.3f}"
+    )
+    if low90 > 0:
+        return multi, Decision(
+            "multi-depth head", f"yes: {', '.join(taps)}", f"{evidence}: above 0, it pays"
+        )
+    return None, Decision("multi-depth head", "no", f"{evidence}: not beyond the noise")
+
+
 def _decide_head(ev: Evidence, layer: str, normalize: bool) -> tuple[dict, Decision]:
     """A hidden layer only when it beats linear beyond the noise (the k-fold probe says)."""
     norm = " + standardised features" if normalize else ""
@@ -453,7 +487,7 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     Returns:
         The auto Plan: its cell, the config overrides and one Decision per choice.
     """
-    at_size = [p for p in ev.probes if p.size == ev.image_size]
+    at_size = [p for p in ev.probes if p.size == ev.image_size and p.depth != MULTI]
     final, earlier = at_size[0], at_size[1:]
     best_early = max(earlier, key=lambda p: p.accuracy) if earlier else None
     small, size_decision = _decide_data_size(ev, small_data)
@@ -466,16 +500,20 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     chosen, features_decision = _decide_features(final, best_early, similar, fits)
     cut_at = None if chosen is final else chosen.layer
     chosen, input_decision = _decide_input_size(ev, chosen)
+    multi, multi_decision = _decide_multi_depth(ev, chosen)
+    if multi is not None:  # its taps include the base's output: the base stays whole
+        cut_at, chosen = None, multi
     # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
     # standardise them, so the head does too (on the last layer the plain head matches them)
     o: dict[str, Any] = {
         "base.cut_at": cut_at,
         "data.image_size": input_decision.choice,
-        "head.normalize": cut_at is not None,
+        "head.normalize": cut_at is not None or multi is not None,
+        "head.taps": multi.layer.split("+")[1:] if multi is not None else [],
     }
     head, head_decision = _decide_head(ev, chosen.layer, o["head.normalize"])
     o.update({**head, **_TRAIN_HEAD})
-    d += [features_decision, input_decision, head_decision]
+    d += [features_decision, input_decision, multi_decision, head_decision]
     if small:
         o["fine_tune.enabled"] = False
         d.append(_no_fine_tune_for_small_data(ev, similar, cut_at is not None))
@@ -517,6 +555,7 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
         "head.fc_size": 256,
         "head.dropout": 0.0,
         "head.normalize": False,
+        "head.taps": [],
         "train_head.augment": False,
         "fine_tune.enabled": True,
         "fine_tune.unfreeze.mode": "from_layer",
@@ -785,6 +824,23 @@ def _tap_probes(feats, tap_list, size: int, idx, y, groups, folds: int) -> list[
     return out
 
 
+def _multi_probe(feats, tap_list, size: int, idx, y, groups, folds: int) -> Probe | None:
+    """A k-fold linear probe on every tap's pooled features side by side (the probe
+    standardises each channel, as head.normalize does), logged; None with one tap only."""
+    from graft.components.stats import wilson
+
+    if len(tap_list) < 2:
+        return None
+    layers = [name for name, _ in tap_list]
+    x = feats.joined(layers)[idx]
+    hits = probe(x, y, folds, groups=groups)
+    lo, hi = wilson(int(hits.sum()), len(hits))
+    p = Probe("+".join(layers), MULTI, size, x.shape[1], float(hits.mean()), lo, hi, len(hits))
+    p.correct = hits.tolist()
+    log(f"advise: probe {MULTI:>6} {len(layers)} taps at {size}px ({x.shape[1]}-d): {_fmt(p)}")
+    return p
+
+
 def _hidden_gains(at: list[Probe], feats, idx, y, groups, folds: int) -> dict[str, dict]:
     """A 256-unit hidden layer's paired gain over linear, on the layers the plan can choose:
     the last one, and the best probing (ties to the earlier)."""
@@ -793,7 +849,7 @@ def _hidden_gains(at: list[Probe], feats, idx, y, groups, folds: int) -> dict[st
     hidden = {}
     best = max(reversed(at), key=lambda q: q.accuracy)
     for p in [at[0]] + ([best] if best is not at[0] else []):
-        mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256, groups=groups)
+        mlp = probe(feats.joined(p.layer.split("+"))[idx], y, folds, hidden=256, groups=groups)
         g = hidden[p.layer] = paired_difference(mlp, np.array(p.correct))
         log(
             f"advise: probe {p.depth:>6} with a 256-unit hidden layer: {mlp.mean():.3f} "
@@ -867,10 +923,13 @@ def measure(
             ev.label_check = _label_check(examples_dir, got, excl, layers[0], size, folds)
         idx = _sample(feats.y, max_probe_images)
         y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
-        ev.probes += _tap_probes(feats, tap_list, size, idx, y, groups, folds)
+        at = _tap_probes(feats, tap_list, size, idx, y, groups, folds)
+        multi = _multi_probe(feats, tap_list, size, idx, y, groups, folds)
+        ev.probes += at + ([multi] if multi else [])
         if size == image_size:
-            at = [p for p in ev.probes if p.size == image_size]
             ev.hidden_head = _hidden_gains(at, feats, idx, y, groups, folds)
+            if multi and _gap(multi, max(at, key=lambda q: q.accuracy))["difference"] > 0:
+                ev.hidden_head |= _hidden_gains([multi], feats, idx, y, groups, folds)
     ev.seconds = round(time.time() - t0, 2)
     return ev
 
@@ -1321,6 +1380,7 @@ def advise(
     else:
         p = Plan("manual", {}, {}, [Decision("recipe", "manual", "the config's sections as set")])
     kept = {**_keep_settings(p, keep or {}), **kept_base}
+    _no_taps_past_your_cut(p, kept)
     evidence = None
     if ev is not None:
         evidence = asdict(ev)
@@ -1424,6 +1484,24 @@ def _keep_settings(p: Plan, keep: dict[str, Any]) -> dict:
     return kept
 
 
+def _no_taps_past_your_cut(p: Plan, kept: dict) -> None:
+    """Advise's taps were probed on the whole base: under your base.cut_at they may not exist,
+    so the head reads your cut alone (said in a decision line)."""
+    taps = p.overrides.get("head.taps")
+    if taps and "base.cut_at" in kept:
+        p.overrides["head.taps"] = []
+        if "head.normalize" not in kept:
+            p.overrides["head.normalize"] = True  # your cut is an inner layer
+        p.decisions.append(
+            Decision(
+                "multi-depth head",
+                "no",
+                f"your base.cut_at is kept, and the taps advise probed ({', '.join(taps)}) were "
+                "measured on the whole base: the head reads your cut's layer alone",
+            )
+        )
+
+
 def read_advice(advice_dir: str) -> dict:
     """The advise step's advice.json, for the steps and the report that apply or show it.
 
@@ -1486,6 +1564,8 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] | {p['n']} |"
             for p in ev["probes"]
         ]
+        if any(p["depth"] == MULTI for p in ev["probes"]):
+            out += ["", f"Multi-depth rule ({MULTI} rows: the taps side by side): {MULTI_RULE}"]
     geo = (ev or {}).get("geometry")
     if geo:
         out += [

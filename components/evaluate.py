@@ -188,28 +188,28 @@ def head_scores_from_features(
         (scores in `shas` order, what was read from the store and computed), or None.
     """
     from graft.components import features as gfeat
-    from graft.components.model import base_of, head_of, pooled_head
+    from graft.components.model import base_of, feature_layers, head_of, pooled_head
 
     if not (feature_store and feature_store.get("root") and feature_store.get("fingerprint")):
         return None
     base = base_of(model)
     if base.dtype_policy.name != "float32" or head_of(model).layers[0].name != "pool":
         return None
-    layer = base.layers[-1].name
+    layers = feature_layers(base)
     store = gfeat.FeatureStore(
         feature_store["root"], feature_store["fingerprint"], image_size, geometry
     )
     got = gfeat.split_features(
         examples_dir,
         "test",
-        [layer],
-        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer]),
+        layers,
+        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers),
         store=store,
         exclude=exclude,
         stage="evaluate",
         geometry=geometry,
     )
-    by_sha = dict(zip(got.sha256, got.x[layer], strict=True))
+    by_sha = dict(zip(got.sha256, got.joined(layers), strict=True))
     if any(s not in by_sha for s in shas):  # the manifest and the records disagree: not ours
         return None
     x = np.stack([by_sha[s] for s in shas])

@@ -423,17 +423,17 @@ def _stored_features(
     from graft.components import features as gfeat
 
     base = gmodel.base_of(model)
-    layer = base.layers[-1].name
+    layers = gmodel.feature_layers(base)
     store = None
     if store_root and chief:  # one writer: the chief
         store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry)
-    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
+    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers)
     got = {}
     for split, excl in (("train", exclude_train), ("val", exclude)):
         got[split] = gfeat.split_features(
             examples_dir,
             split,
-            [layer],
+            layers,
             extractor=extractor,
             store=store,
             exclude=excl,
@@ -447,7 +447,7 @@ def _stored_features(
         f"train_head: features of {len(t.y)} train + {len(v.y)} val images: "
         f"{counts['reused']} from the store, {counts['computed']} computed"
     )
-    return t.x[layer], t.y, v.x[layer], v.y, counts
+    return t.joined(layers), t.y, v.joined(layers), v.y, counts
 
 
 def _fit_normalizer(model: keras.Model, x: np.ndarray) -> None:

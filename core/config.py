@@ -270,6 +270,11 @@ class HeadConfig(Section):
     normalize: bool = Field(
         False, description="standardise pooled features per channel (fitted on the train split)"
     )
+    taps: list[str] = Field(
+        default_factory=list,
+        description="earlier layers of the base whose pooled features the head reads beside the "
+        "base's output (a multi-depth head; pair with normalize); []: the output only",
+    )
 
 
 class AugmentConfig(Section):
