@@ -43,6 +43,8 @@ __all__ = [
     "seed_plan",
     "plan_geometry",
     "plan_flip",
+    "plan_views",
+    "measure_views",
     "plan_base",
     "choose_base",
     "base_geometry",
@@ -108,6 +110,8 @@ class Evidence:
     flip: dict | None = None
     # the backbone probes (measure_bases): per base, accuracy, paired gains and forward cost
     bases: dict | None = None
+    # the augmented-views probe (measure_views): per K views, paired gain and seconds
+    views: dict | None = None
     # label_issues.check's document (label_issues.json, not advice.json)
     label_check: dict | None = field(default=None, repr=False)
 
@@ -1000,15 +1004,15 @@ def _probe_extractor(base_cfg, size: int, cut_at: str | None):
 
 def _sample_features(
     examples_dir, validation_dir, shas, *, base, layer, extractor, size, store_root, geometry,
-    mirror=False, stage,
+    mirror=False, stage, view=None,
 ):  # fmt: skip
-    """The probe sample's pooled features of `layer` in one geometry (or its mirror images),
-    through the feature store, in the sample's order (a SplitFeatures)."""
+    """The probe sample's pooled features of `layer` in one geometry (or its mirror images, or
+    an augmented view: views.View), through the feature store, in the sample's order."""
     from graft.components import features as gfeat
     from graft.components.manifest import excluded_from_train
 
     store = (
-        gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry, mirror)
+        gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry, mirror, view)
         if store_root
         else None
     )
@@ -1023,6 +1027,7 @@ def _sample_features(
         geometry=geometry,
         only=set(shas),
         mirror=mirror,
+        view=view,
     )
     if feats.sha256 != shas:
         raise RuntimeError(f"{stage}: probe sample out of order")  # a bug
@@ -1245,6 +1250,173 @@ def plan_flip(p: Plan, flip: dict) -> None:
     )
 
 
+VIEW_CANDIDATES = (2, 4)  # K views per training image that advise probes, cheapest first
+VIEWS_RULE = (
+    "train the head on K augmented views of each training image (train_head.feature_views) "
+    "for the smallest K whose k-fold paired gain over none has a one-sided 90% bound above 0; "
+    "larger K is probed only while the smaller is not beyond the noise (each view costs one "
+    "base pass per training image, once: the feature store keeps it)"
+)
+
+
+def _views_win(candidate: dict) -> bool:
+    return _low90(candidate["gain"]) > 0
+
+
+def measure_views(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    geometry,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+    n_train: int,
+    images_per_s: float,
+    candidates: tuple[int, ...] = VIEW_CANDIDATES,
+) -> dict:
+    """K augmented views per image on the probe sample, at the run's size, layer and geometry:
+    per K, the paired k-fold gain of training each fold on its images and their views over its
+    images alone (held-out images plain, their views never in a fold's training), and its
+    seconds: here, and estimated for the whole training split at images_per_s.
+
+    Args:
+        examples_dir: the ingest step's output.
+        validation_dir: the validate step's output (images left out), or None.
+        base_cfg: the `base` section.
+        size: the input size the run trains at.
+        cut_at: the layer the run reads (base.cut_at), or None for the last.
+        geometry: the geometry the run uses.
+        store_root: the feature store ("" for none).
+        folds: k of the probes.
+        max_probe_images: the probe sample's cap.
+        n_train: the training images the head would read views of.
+        images_per_s: the base's measured forward speed.
+        candidates: the K probed, smallest first; probing stops at the first beyond the noise.
+
+    Returns:
+        The evidence: per K probed, accuracy, paired gain (with low90) and seconds.
+    """
+    from graft.components import views as gviews
+    from graft.components.stats import paired_difference
+
+    t0 = time.time()
+    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    base, layer, extractor = _probe_extractor(base_cfg, size, cut_at)
+    common = dict(
+        base=base, layer=layer, extractor=extractor, size=size, store_root=store_root,
+        geometry=geometry,
+    )  # fmt: skip
+    x = _sample_features(
+        examples_dir, validation_dir, shas, **common, stage="advise: views (plain)"
+    ).x[layer]
+    x_views: list[np.ndarray] = []
+    out: list[dict] = []
+    spent = 0.0
+    for k in candidates:
+        t_k = time.time()
+        for v in range(len(x_views) + 1, k + 1):
+            feats = _sample_features(
+                examples_dir, validation_dir, shas, **common,
+                view=gviews.View(v), stage=f"advise: views (view {v})",
+            )  # fmt: skip
+            x_views.append(feats.x[layer])
+        plain, viewed = gviews.views_hits(x, x_views[:k], y, folds, groups)
+        spent += time.time() - t_k
+        gain = paired_difference(viewed, plain)
+        gain["low90"] = paired_difference(viewed, plain, level=0.80)["low"]
+        train_s = k * n_train / max(images_per_s, 1e-9)
+        out.append({
+            "views": k, "accuracy": float(viewed.mean()), "gain": gain,
+            "probe_seconds": round(spent, 2), "train_seconds": round(train_s, 1),
+            "gain_per_minute": gain["difference"] / max(train_s / 60, 1e-9),
+        })  # fmt: skip
+        log(
+            f"advise: {k} view(s) at {size}px ({layer}, {geometry.resize}): {viewed.mean():.3f} "
+            f"vs {plain.mean():.3f} plain, paired gain {gain['difference']:+.3f} "
+            f"[{gain['low']:+.3f}, {gain['high']:+.3f}], 90% bound {gain['low90']:+.3f}; "
+            f"~{train_s:.0f}s of base passes for {n_train} training images"
+        )
+        if _views_win(out[-1]):
+            break
+    return {
+        "size": size,
+        "layer": layer,
+        "resize": geometry.resize,
+        "augment": gviews.DEFAULT_AUGMENT.key,
+        "n": len(y),
+        "n_train": n_train,
+        "folds": folds,
+        "plain": float(plain.mean()),
+        "candidates": out,
+        "rule": VIEWS_RULE,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def plan_views(p: Plan, views: dict) -> None:
+    """train_head.feature_views from the views probe: the smallest K beyond the noise. Pure.
+
+    Args:
+        p: the plan, changed in place.
+        views: measure_views' evidence: per K, its paired gain and seconds.
+    """
+    won = [c for c in views["candidates"] if _views_win(c)]
+    chosen = min((c["views"] for c in won), default=0)
+    p.overrides["train_head.feature_views"] = chosen
+    parts = [
+        f"{c['views']} views {c['accuracy']:.3f} (paired {c['gain']['difference']:+.3f} "
+        f"[{c['gain']['low']:+.3f}, {c['gain']['high']:+.3f}], 90% bound "
+        f"{_low90(c['gain']):+.3f}; ~{c['train_seconds']:.0f}s for the "
+        f"{views['n_train']} training images)"
+        for c in views["candidates"]
+    ]
+    p.decisions.append(
+        Decision(
+            "augmented views",
+            chosen or "none",
+            f"{views['folds']}-fold probes of {views['layer']} at {views['size']} px on the same "
+            f"{views['n']} training images: none {views['plain']:.3f}, "
+            + ", ".join(parts)
+            + ": "
+            + (
+                f"{chosen} views beyond the noise, the fewest that are"
+                if chosen
+                else "no K beyond the noise, so the head trains on the images alone"
+            ),
+        )
+    )
+
+
+def _views_blocked(keep: dict[str, Any]) -> str | None:
+    """The user's setting that keeps the head off cached features, where views live."""
+    if keep.get("train_head.augment") is True:
+        return "train_head.augment=true"
+    if keep.get("train_head.feature_cache") == "off":
+        return "train_head.feature_cache=off"
+    return None
+
+
+def _probe_views(p: Plan, ev: Evidence, examples_dir, validation_dir, *, keep, size, cut,
+                 geometry, base_cfg, **sample):  # fmt: skip
+    """The views probe and its plan, unless the user's settings train the head on images."""
+    blocked = _views_blocked(keep)
+    if blocked:
+        p.decisions.append(
+            Decision("augmented views", "not probed", f"kept your setting {blocked}: the head "
+                     "trains on images, and views are of cached features")
+        )  # fmt: skip
+        return
+    ev.views = measure_views(
+        examples_dir, validation_dir, base_cfg=base_cfg, size=size, cut_at=cut,
+        geometry=geometry, n_train=ev.n_train, images_per_s=ev.images_per_s, **sample,
+    )  # fmt: skip
+    plan_views(p, ev.views)
+
+
 def _probe_point(p: Plan, keep: dict[str, Any], image_size: int, cut_at: str | None):
     """The input size and cut the run will train at: the plan's, or the user's kept ones."""
     from graft.core.config import kept_by
@@ -1275,6 +1447,11 @@ def _probe_geometry_and_flips(
         geometry=_run_geometry(p, keep, geometry), **sample,
     )  # fmt: skip
     plan_flip(p, ev.flip)
+    _seed(seed)
+    _probe_views(
+        p, ev, examples_dir, validation_dir, keep=keep, size=size, cut=cut,
+        geometry=_run_geometry(p, keep, geometry), base_cfg=base_cfg, **sample,
+    )  # fmt: skip
 
 
 def _plan_auto(
@@ -1595,6 +1772,24 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"px ({flip['resize']}) on the same {flip['n']} images: plain {flip['plain']:.3f}, "
             f"flip-averaged {flip['flip_average']:.3f}, paired gain {g['difference']:+.3f} "
             f"[{g['low']:+.3f}, {g['high']:+.3f}]; rule: {flip['rule']}",
+        ]
+    views = (ev or {}).get("views")
+    if views:
+        out += [
+            "",
+            f"Augmented views (train_head.feature_views), {views['folds']}-fold probes of "
+            f"{views['layer']} at {views['size']} px ({views['resize']}) on the same "
+            f"{views['n']} images, none {views['plain']:.3f}; rule: {views['rule']}",
+            "",
+            "| views | k-fold accuracy | paired gain [95%] | one-sided 90% bound | probe s | "
+            "training split s (est.) |",
+            "|---|---|---|---|---|---|",
+        ]
+        out += [
+            f"| {c['views']} | {c['accuracy']:.3f} | {c['gain']['difference']:+.3f} "
+            f"[{c['gain']['low']:+.3f}, {c['gain']['high']:+.3f}] | {_low90(c['gain']):+.3f} | "
+            f"{c['probe_seconds']:.1f} | {c['train_seconds']:.0f} |"
+            for c in views["candidates"]
         ]
     return "\n".join(out + _bases_markdown((ev or {}).get("bases"))) + "\n"
 

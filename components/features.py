@@ -6,12 +6,12 @@ probes and the drift check. The store keys each image's pooled (global-average) 
 or learning rate, or a scheduled run over a few new images, runs the base over unseen images
 only, and features of one geometry (data.resize) are never read for another.
 
-Layout: <store>/<base fingerprint>/<size>[-<geometry>][-mirror]/<layer>/part-<uuid>.npz, each part
-holding `sha256` and `x` rows; squash (the only geometry before data.resize) keeps the bare
-<size> folder, so a store written before stays valid. A part is written whole under a
-temporary name and renamed, so a killed run leaves no partial part and parallel writers never
-collide. The base fingerprint hashes the
-name, kwargs and every weight of the full (uncut) base, so other weights compute anew.
+Layout: <store>/<base fingerprint>/<size>[-<geometry>][-mirror][-view<v>-<settings>]/<layer>/
+part-<uuid>.npz, each part holding `sha256` and `x` rows (a view's folder: views.View.key);
+squash (the only geometry before data.resize) keeps the bare <size> folder, so a store
+written before stays valid. A part is written whole under a temporary name and renamed, so a
+killed run leaves no partial part and parallel writers never collide. The base fingerprint
+hashes the name, kwargs and every weight of the full (uncut) base, so other weights compute anew.
 `RowStore` is that folder of parts; served_scores.py keeps the served model's scores in one
 too, under <store>/served/.
 """
@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from graft.components import data as gdata
+from graft.components import views as gviews
 from graft.components.manifest import read_manifest
 from graft.core.log import Progress, log
 
@@ -42,6 +43,7 @@ __all__ = [
     "pooled_extractor",
     "split_features",
     "split_rows",
+    "split_view_features",
 ]
 
 gfile = tf.io.gfile
@@ -118,12 +120,15 @@ class FeatureStore:
     geometry: gdata.Geometry = gdata.SQUASH
     # the mirror images' features (test-time flips): a folder of their own, "-mirror"
     mirror: bool = False
+    # an augmented view's features (train_head.feature_views): a folder per view and settings
+    view: gviews.View | None = None
     _layers: dict[str, RowStore] = field(default_factory=dict, repr=False)
 
     def folder(self, layer: str) -> str:
         geo = self.geometry.key
         shape = str(self.size) if geo == "squash" else f"{self.size}-{geo}"
         shape += "-mirror" if self.mirror else ""
+        shape += f"-{self.view.key}" if self.view else ""
         return os.path.join(self.root, self.fingerprint, shape, layer)
 
     def _rows(self, layer: str) -> RowStore:
@@ -211,6 +216,7 @@ def split_features(
     geometry: gdata.Geometry = gdata.SQUASH,
     only: set[str] | None = None,
     mirror: bool = False,
+    view: gviews.View | None = None,
 ) -> SplitFeatures:
     """Pooled features of every image of a split (or of those in `only`), each shaped by
     `geometry` (and mirrored left-right with `mirror`); only images missing from the store
@@ -228,17 +234,23 @@ def split_features(
         geometry: how each image is shaped to the input size.
         only: sha256s to keep; None keeps the whole split.
         mirror: flip every image left-right first.
+        view: an augmented view of every image instead of the image (views.View), or None.
 
     Returns:
         The split's features, labels and sha256s, with counts of computed and reused images.
 
     Raises:
-        ValueError: the store holds another geometry's (or mirroring's) features.
+        ValueError: the store holds another geometry's (mirroring's, view's) features.
     """
-    if store is not None and (store.geometry.key, store.mirror) != (geometry.key, mirror):
+    if store is not None and (store.geometry.key, store.mirror, store.view) != (
+        geometry.key,
+        mirror,
+        view,
+    ):
         raise ValueError(
-            f"feature store for {store.geometry.key}{' mirrored' * store.mirror} read for "
-            f"{geometry.key}{' mirrored' * mirror} images: one's features are never another's"
+            f"feature store for {_variant(store.geometry.key, store.mirror, store.view)} read "
+            f"for {_variant(geometry.key, mirror, view)} images: one's features are never "
+            "another's"
         )
     rows = split_rows(examples_dir, split, exclude)
     if only is not None:
@@ -252,8 +264,9 @@ def split_features(
     t0 = time.time()
     if missing:
         got = _run_base(
-            examples_dir, split, missing, layers, extractor, batch_size, stage, geometry, mirror
-        )
+            examples_dir, split, missing, layers, extractor, batch_size, stage, geometry, mirror,
+            view,
+        )  # fmt: skip
         for layer in layers:
             if store:
                 store.put(layer, got["sha256"], got[layer])
@@ -273,11 +286,54 @@ def split_features(
     )
 
 
+def _variant(geometry_key: str, mirror: bool, view) -> str:
+    return geometry_key + " mirrored" * mirror + (f" {view.key}" if view else "")
+
+
+def split_view_features(
+    examples_dir: str,
+    split: str,
+    layers: list[str],
+    views: int,
+    *,
+    store: FeatureStore | None,
+    augment: gviews.ViewAugment = gviews.DEFAULT_AUGMENT,
+    **kw,
+) -> list[SplitFeatures]:
+    """split_features of views 1..`views` of every image, each view through its own folder of
+    `store` (the plain images' store; None computes every view).
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        layers: the base layers whose pooled features are wanted.
+        views: how many views (1..views).
+        store: the plain images' feature store, or None.
+        augment: how the views are drawn.
+        **kw: split_features' other arguments (extractor, exclude, geometry, ...).
+
+    Returns:
+        One SplitFeatures per view, each in the split's manifest order.
+    """
+    out = []
+    for v in range(1, views + 1):
+        view = gviews.View(v, augment)
+        vstore = None
+        if store is not None:
+            vstore = FeatureStore(
+                store.root, store.fingerprint, store.size, store.geometry, view=view
+            )
+        out.append(split_features(examples_dir, split, layers, store=vstore, view=view, **kw))
+    return out
+
+
 def _run_base(
-    examples_dir, split, wanted, layers, extractor, batch_size, stage, geometry, mirror=False
-):
+    examples_dir, split, wanted, layers, extractor, batch_size, stage, geometry, mirror=False,
+    view=None,
+):  # fmt: skip
     """Decode and run the base over the images of `split` whose sha256 is in `wanted`
-    (mirrored left-right with `mirror`: model.scores' flip on one image)."""
+    (mirrored left-right with `mirror`: model.scores' flip on one image; or their augmented
+    view `view`)."""
     size = int(extractor.input_shape[1])
     keys = tf.constant(wanted)
     table = tf.lookup.StaticHashTable(
@@ -287,7 +343,10 @@ def _run_base(
     ds = ds.filter(lambda ex: table.lookup(ex["image/sha256"]) > 0)
 
     def pixels(ex):
-        img = gdata.decode_and_resize(ex["image/encoded"], size, geometry)
+        if view is not None:
+            img = gviews.view_pixels(ex["image/encoded"], ex["image/sha256"], size, geometry, view)
+        else:
+            img = gdata.decode_and_resize(ex["image/encoded"], size, geometry)
         return (tf.reverse(img, axis=[1]) if mirror else img), ex["image/sha256"]
 
     ds = ds.map(pixels, num_parallel_calls=tf.data.AUTOTUNE)
@@ -322,9 +381,10 @@ def _run_base(
     res = {layer: np.concatenate(v)[order] if v else np.zeros((0, 0)) for layer, v in out.items()}
     res["sha256"] = [seen[i] for i in order]
     secs = time.time() - t0
+    shown = geometry.resize + ", mirrored" * mirror + (f", {view.key}" if view else "")
     log(
         f"{stage}: base forward pass over {len(order)} {split} image(s) at {size} px "
-        f"({geometry.resize}{', mirrored' * mirror}; {len(order) / max(secs, 1e-9):.0f}/s, "
+        f"({shown}; {len(order) / max(secs, 1e-9):.0f}/s, "
         f"{secs:.1f}s)"
     )
     return res

@@ -640,6 +640,46 @@ def _stored_head_features(model, src: _HeadData):
     )
 
 
+def _with_views(model, src: _HeadData, views: int, xt, yt, counts: dict):
+    """The training rows plus train_head.feature_views augmented views of each training image,
+    through the feature store (the base runs on views it does not hold); `counts` gains the
+    view rows computed and reused."""
+    from graft.components import features as gfeat
+
+    base = gmodel.base_of(model)
+    layer = base.layers[-1].name
+    store = None
+    if src.feature_store and src.chief:  # one writer: the chief
+        store = gfeat.FeatureStore(
+            src.feature_store, base.graft_fingerprint, src.image_size, src.geometry
+        )
+    got = gfeat.split_view_features(
+        src.examples_dir,
+        "train",
+        [layer],
+        views,
+        store=store,
+        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer]),
+        exclude=src.exclude_train,
+        batch_size=feature_batch(),
+        stage="train_head: views",
+        geometry=src.geometry,
+    )
+    if any(not np.array_equal(g.y, yt) for g in got):
+        raise RuntimeError("train_head: views out of the training images' order")  # a bug
+    counts.update(
+        views=views,
+        view_rows_computed=sum(g.computed for g in got),
+        view_rows_reused=sum(g.reused for g in got),
+    )
+    log(
+        f"train_head: {views} augmented view(s) of each of {len(yt)} training images: "
+        f"{counts['view_rows_reused']} rows from the store, {counts['view_rows_computed']} "
+        "computed; val stays plain"
+    )
+    return np.concatenate([xt, *(g.x[layer] for g in got)]), np.tile(yt, views + 1)
+
+
 def _fit_head_on_features(
     model, src: _HeadData, wdir, strategy, train, cfg, augment, cw, cbs
 ) -> _HeadFit:
@@ -648,6 +688,9 @@ def _fit_head_on_features(
     t_feat = time.time()
     if not cfg.augment:
         xt, yt, xv, yv, fit.features = _stored_head_features(model, src)
+        plain = xt
+        if cfg.feature_views:
+            xt, yt = _with_views(model, src, cfg.feature_views, xt, yt, fit.features)
     else:
         xt, yt, xv, yv = _cached_features(
             model,
@@ -662,8 +705,9 @@ def _fit_head_on_features(
             train.deterministic,
             src.geometry,
         )
+        plain = xt
     fit.feature_seconds = time.time() - t_feat
-    _fit_normalizer(model, xt)
+    _fit_normalizer(model, plain)  # of the plain images': what the served model sees
     with strategy.scope():
         trainer = gmodel.multi_worker_keras(
             gmodel.pooled_head(gmodel.head_of(model), xt.shape[1]), strategy

@@ -332,6 +332,23 @@ class TrainHeadConfig(Section):
         le=100,
         description="with augment and cache: precompute this many augmented passes",
     )
+    feature_views: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="with cached features (augment false): the head trains on each training "
+        "image and this many augmented views of it (crop, flip, colour), each computed once "
+        "and kept in the feature store; val and test stay plain. 0: none",
+    )
+
+    @model_validator(mode="after")
+    def _views_need_the_store(self) -> TrainHeadConfig:
+        if self.feature_views and (self.augment or self.feature_cache == "off"):
+            raise ValueError(
+                "train_head.feature_views needs cached features: train_head.augment=false "
+                "and train_head.feature_cache auto or on"
+            )
+        return self
 
 
 class UnfreezeConfig(Section):

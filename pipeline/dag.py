@@ -226,6 +226,8 @@ def _train_head(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         "cache_used": r.cache_used,
         "features_computed": feats.get("computed"),
         "features_reused": feats.get("reused"),
+        "view_rows_computed": feats.get("view_rows_computed"),
+        "view_rows_reused": feats.get("view_rows_reused"),
         "seconds": r.seconds,
     }
 
