@@ -1313,6 +1313,7 @@ def measure_views(
     x = _sample_features(
         examples_dir, validation_dir, shas, **common, stage="advise: views (plain)"
     ).x[layer]
+    plain = gviews.views_hits(x, [], y, folds, groups)
     x_views: list[np.ndarray] = []
     out: list[dict] = []
     spent = 0.0
@@ -1324,7 +1325,7 @@ def measure_views(
                 view=gviews.View(v), stage=f"advise: views (view {v})",
             )  # fmt: skip
             x_views.append(feats.x[layer])
-        plain, viewed = gviews.views_hits(x, x_views[:k], y, folds, groups)
+        viewed = gviews.views_hits(x, x_views[:k], y, folds, groups)
         spent += time.time() - t_k
         gain = paired_difference(viewed, plain)
         gain["low90"] = paired_difference(viewed, plain, level=0.80)["low"]

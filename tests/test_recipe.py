@@ -38,15 +38,20 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     assert all(0 <= p["low"] <= p["accuracy"] <= p["high"] <= 1 for p in ev["probes"])
     decided = {d["what"]: d["choice"] for d in advice["decisions"]}
     assert set(decided) >= {"similarity", "features", "head", "fine-tune", "test-time flips"}
+    assert decided["augmented views"] == (advice["overrides"]["train_head.feature_views"] or "none")
     flips = advice["overrides"]["export.flip_average"]
     assert decided["test-time flips"] == ("on" if flips else "off")
     assert ev["flip"]["n"] == ev["geometry"]["n"] and "gain" in ev["flip"]
     # the head stage ran on the plan, with the features advise put in the store: advise ran
     # the base once over train + val (+ test, for the label check), once per other geometry
     # (crop, and pad unless every image is square) and once over the mirror images of its
-    # sample
+    # sample, and once over each view of it the views probe drew
     head = _summary(run, "train_head")
     sample = ev["geometry"]["n"]
+    views = max(c["views"] for c in ev["views"]["candidates"]) * sample
+    k = advice["overrides"]["train_head.feature_views"]
+    assert head["view_rows_computed"] == (0 if k else None)  # the probe's views, reused
+    assert head["view_rows_reused"] == (k * ev["n_train"] if k else None)
     rest = 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_train"] - sample
     rest += 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_val"]
     assert head["features_computed"] == rest and head["features_reused"] > 0
@@ -54,7 +59,8 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     issues = json.load(open(os.path.join(advice_dir, "label_issues.json")))
     n_test = issues["checked"]["test"]
     geometry_passes = (1 if ev["geometry"]["square"] else 2) * sample
-    assert forward == ev["n_train"] + ev["n_val"] + n_test + geometry_passes + sample + rest
+    want = ev["n_train"] + ev["n_val"] + n_test + geometry_passes + sample + views + rest
+    assert forward == want
     ft = json.load(open(os.path.join(run["steps"]["fine_tune"]["output"], "result.json")))
     planned = advice["overrides"]["fine_tune.enabled"]
     assert (ft["epochs_run"] > 0) == planned
