@@ -647,7 +647,7 @@ def _with_views(model, src: _HeadData, views: int, xt, yt, counts: dict):
     from graft.components import features as gfeat
 
     base = gmodel.base_of(model)
-    layer = base.layers[-1].name
+    layers = gmodel.feature_layers(base)  # head.taps too: every view of every layer read
     store = None
     if src.feature_store and src.chief:  # one writer: the chief
         store = gfeat.FeatureStore(
@@ -656,10 +656,10 @@ def _with_views(model, src: _HeadData, views: int, xt, yt, counts: dict):
     got = gfeat.split_view_features(
         src.examples_dir,
         "train",
-        [layer],
+        layers,
         views,
         store=store,
-        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer]),
+        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers),
         exclude=src.exclude_train,
         batch_size=feature_batch(),
         stage="train_head: views",
@@ -677,7 +677,7 @@ def _with_views(model, src: _HeadData, views: int, xt, yt, counts: dict):
         f"{counts['view_rows_reused']} rows from the store, {counts['view_rows_computed']} "
         "computed; val stays plain"
     )
-    return np.concatenate([xt, *(g.x[layer] for g in got)]), np.tile(yt, views + 1)
+    return np.concatenate([xt, *(g.joined(layers) for g in got)]), np.tile(yt, views + 1)
 
 
 def _fit_head_on_features(
