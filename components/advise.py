@@ -1403,12 +1403,20 @@ def _views_blocked(keep: dict[str, Any]) -> str | None:
 
 def _probe_views(p: Plan, ev: Evidence, examples_dir, validation_dir, *, keep, size, cut,
                  geometry, base_cfg, **sample):  # fmt: skip
-    """The views probe and its plan, unless the user's settings train the head on images."""
+    """The views probe and its plan on small data, unless the user's settings train the head
+    on images. Large data is not probed: K more base passes over up to max_probe_images
+    images (minutes at 224 px on 2 cores), where more images already give the variety."""
     blocked = _views_blocked(keep)
     if blocked:
         p.decisions.append(
             Decision("augmented views", "not probed", f"kept your setting {blocked}: the head "
                      "trains on images, and views are of cached features")
+        )  # fmt: skip
+        return
+    if p.cell.get("size") != "small":
+        p.decisions.append(
+            Decision("augmented views", "not probed", f"{ev.n_train} training images, not "
+                     "small data (advise.small_data): views are probed on small data only")
         )  # fmt: skip
         return
     ev.views = measure_views(

@@ -223,18 +223,19 @@ def _n_val(run) -> int:
     return len(split_rows(run["steps"]["ingest"]["output"], "val"))
 
 
-def test_views_are_not_probed_when_your_settings_train_the_head_on_images():
+def test_views_are_not_probed_on_large_data_or_when_your_settings_train_on_images():
     from graft.components.advise import Evidence, Plan, _probe_views
 
     ev = Evidence("b", 48, 75, 15, 3, 23, 27, 48, [], [], [], [], 100.0)
-    for keep, named in (
-        ({"train_head.augment": True}, "train_head.augment=true"),
-        ({"train_head.feature_cache": "off"}, "train_head.feature_cache=off"),
+    for keep, cell, said in (
+        ({"train_head.augment": True}, "small", "kept your setting train_head.augment=true"),
+        ({"train_head.feature_cache": "off"}, "small", "your setting train_head.feature_cache"),
+        ({}, "large", "views are probed on small data only"),
     ):
-        p = Plan("auto", {}, {}, [])
+        p = Plan("auto", {"size": cell}, {}, [])
         # no data, no base: a probe that ran would fail
         _probe_views(p, ev, "/nowhere", None, keep=keep, size=48, cut=None, geometry=None,
                      base_cfg=None, store_root="", folds=3, max_probe_images=50)  # fmt: skip
         assert ev.views is None and "train_head.feature_views" not in p.overrides
         (d,) = p.decisions
-        assert d.choice == "not probed" and f"kept your setting {named}" in d.reason
+        assert d.choice == "not probed" and said in d.reason
