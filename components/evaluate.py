@@ -70,7 +70,8 @@ class EvaluationResult:
 def metrics_from_probs(
     probs: np.ndarray, y: np.ndarray, labels: list[str], top_k: int, bins: int
 ) -> dict:
-    """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE.
+    """Accuracy, top-k, per-class P/R/F1, macro-F1, balanced accuracy, log loss, confusion
+    matrix, ECE.
 
     One function for every model scored, so the head-only, fine-tuned and served models'
     numbers are comparable.
@@ -83,8 +84,8 @@ def metrics_from_probs(
         bins: confidence bins of the expected calibration error.
 
     Returns:
-        {"n", "accuracy", "top_<k>_accuracy", "macro_f1", "log_loss", "ece", "per_class",
-        "confusion_matrix"}.
+        {"n", "accuracy", "top_<k>_accuracy", "macro_f1", "balanced_accuracy" (the mean
+        recall of the classes present), "log_loss", "ece", "per_class", "confusion_matrix"}.
     """
     n, c = probs.shape
     pred = probs.argmax(1)
@@ -104,6 +105,7 @@ def metrics_from_probs(
         "accuracy": float(correct.mean()) if n else 0.0,
         f"top_{k}_accuracy": float(np.mean([y[i] in topk[i] for i in range(n)])) if n else 0.0,
         "macro_f1": float(np.mean(f1s)),
+        "balanced_accuracy": _balanced_accuracy(per_class),
         "log_loss": float(-np.mean(np.log(np.clip(probs[np.arange(n), y], 1e-12, 1.0))))
         if n
         else 0.0,
@@ -111,6 +113,14 @@ def metrics_from_probs(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _balanced_accuracy(per_class: dict) -> float:
+    """The mean recall of the classes present in the test split (sklearn's
+    balanced_accuracy_score, from the per-class numbers already computed: sklearn's own warns
+    when a class is predicted but absent)."""
+    recalls = [m["recall"] for m in per_class.values() if m["support"] > 0]
+    return float(np.mean(recalls)) if recalls else 0.0
 
 
 def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple:
