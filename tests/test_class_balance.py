@@ -148,6 +148,20 @@ def test_the_probe_with_weights_uses_the_same_folds_and_can_win_or_lose():
     assert paired_macro_f1(y, weighted, plain, 2)["difference"] < 0
 
 
+def test_your_class_weight_is_kept_and_advise_says_what_it_would_choose():
+    from graft.components.advise import _keep_settings
+
+    p, _ = _decide(_evidence(400, 100, _balance(0.70, 0.78, 0.02, 0.14)))
+    kept = _keep_settings(p, {"train_head.class_weight": "none"})
+    assert "train_head.class_weight" not in p.overrides
+    assert kept["train_head.class_weight"] == {
+        "yours": {"train_head.class_weight": "none"},
+        "advise": "balanced",
+    }
+    line = p.decisions[-1]
+    assert line.what == "kept" and "advise would choose balanced" in line.reason
+
+
 def test_the_setting_is_validated_and_documented():
     from graft.core.config import ConfigError, parse_config
 
@@ -186,9 +200,11 @@ def test_an_imbalanced_run_probes_weights_trains_with_the_choice_and_reports_bal
     from graft.core.config import parse_config
     from graft.pipeline.runner import run_pipeline
 
+    store = str(tmp_path / "f")
     raw = tiny_config(
-        tmp_path, imbalanced, recipe="auto", advise__folds=3, features__store=str(tmp_path / "f")
-    )
+        tmp_path, imbalanced, recipe="auto", advise__folds=3, features__store=store,
+        drift__enabled=False,
+    )  # fmt: skip
     run = run_pipeline(parse_config(raw), until="evaluate")
     assert run["status"] == "succeeded", run
     advice = _advice(run)
@@ -227,14 +243,22 @@ def test_an_imbalanced_run_probes_weights_trains_with_the_choice_and_reports_bal
     assert f"{100 * v:.1f}% <span class=muted>[{100 * lo:.1f}%, {100 * hi:.1f}%]" in html
     assert "Class balance (" in html and "paired macro-F1 gain" in html
 
-    # your own setting is kept; advise says what it would have chosen (probes from the store)
-    other = "none" if want == "balanced" else "balanced"
-    raw["train_head"]["class_weight"] = other
-    raw["advise"]["keep"] = ["train_head.class_weight"]
-    kept = _advice(run_pipeline(parse_config(raw), until="advise"))
-    assert "train_head.class_weight" not in kept["overrides"]
-    assert kept["kept"]["train_head.class_weight"] == {
-        "yours": {"train_head.class_weight": other},
-        "advise": want,
-    }
-    assert kept["evidence"]["balance"]["gain"] == g
+
+@pytest.mark.slow  # trains a model
+def test_balanced_set_by_hand_trains_with_n_over_c_times_n_c(tmp_path, imbalanced):
+    from graft.core.config import parse_config
+    from graft.pipeline.runner import run_pipeline
+
+    raw = tiny_config(
+        tmp_path, imbalanced, drift__enabled=False, train_head__epochs=2,
+        train_head__class_weight="balanced",
+    )  # fmt: skip
+    run = run_pipeline(parse_config(raw), until="train_head")
+    head = json.loads(Path(step_output(run, "train_head"), "result.json").read_text())["extra"]
+    stats = json.loads(Path(step_output(run, "ingest"), "stats.json").read_text())
+    train = stats["counts"]["train"]
+    n = sum(train.values())
+    assert max(train.values()) / min(train.values()) > IMBALANCE_RATIO
+    want = {str(i): n / (len(train) * train[lab]) for i, lab in enumerate(head["labels"])}
+    assert head["class_weight_setting"] == "balanced"
+    assert head["class_weight"] == pytest.approx(want)
