@@ -44,7 +44,6 @@ __all__ = [
     "plan_geometry",
     "plan_flip",
     "plan_balance",
-    "measure_balance",
     "balance_predictions",
     "IMBALANCE_RATIO",
     "plan_base",
@@ -658,7 +657,16 @@ def probe_predictions(
     groups: np.ndarray | None = None,
     class_weight: str | None = None,
 ) -> np.ndarray:
-    """`probe`'s out-of-fold predicted class per image (its arguments): what macro-F1 needs.
+    """`probe`'s out-of-fold predicted class per image: what macro-F1 needs.
+
+    Args:
+        x: pooled features, one row per image.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        hidden: units of one hidden layer; 0 for a linear probe.
+        seed: seeds the folds and the classifier.
+        groups: each image's group (data.group_by), or None.
+        class_weight: "balanced" (linear probe only) or None, as in `probe`.
 
     Returns:
         The class index the fold that held each image out predicted for it.
