@@ -28,7 +28,7 @@ from graft.components.manifest import data_fingerprint, excluded_from_eval, read
 from graft.components.model import base_of, predict_scores
 from graft.components.registry import baseline_version, version_path
 from graft.components.served_scores import SEED_FILE, write_seed
-from graft.components.stats import paired_difference
+from graft.components.stats import paired_difference, paired_macro_f1
 from graft.core.config import EvaluateConfig
 from graft.core.log import log
 
@@ -429,12 +429,19 @@ def _drift(drift_dir: str | None) -> dict | None:
 
 def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: bool) -> dict:
     """Fine-tuned vs head-only (when fine-tuning ran), and the candidate vs the served baseline,
-    paired per image."""
-    hit = {k: (p.argmax(1) == y) for k, p in probs_of.items()}
+    paired per image: the accuracy difference, and under `macro_f1` the macro-F1 difference
+    (each resample recomputes both models' macro-F1)."""
+    pred = {k: p.argmax(1) for k, p in probs_of.items()}
     pairs = [("candidate", "head_only", "fine-tuned - head only")] if fine_tuned else []
     pairs.append(("candidate", "baseline", "candidate - served baseline"))
+    c = next(iter(probs_of.values())).shape[1]
     return {
-        name: paired_difference(hit[a], hit[b]) for a, b, name in pairs if a in hit and b in hit
+        name: {
+            **paired_difference(pred[a] == y, pred[b] == y),
+            "macro_f1": paired_macro_f1(y, pred[a], pred[b], c),
+        }
+        for a, b, name in pairs
+        if a in pred and b in pred
     }
 
 

@@ -66,6 +66,19 @@ def test_evaluate_metrics_carry_balanced_accuracy():
     assert m["accuracy"] == pytest.approx(4 / 6)
 
 
+def test_model_comparisons_carry_a_paired_macro_f1_difference():
+    from graft.components.evaluate import _comparisons
+
+    y = np.repeat([0, 1, 2], [40, 40, 8])
+    head = np.eye(3)[np.where(y == 2, 0, y)]  # never the small class
+    tuned = np.eye(3)[y]
+    got = _comparisons({"head_only": head, "candidate": tuned}, y, fine_tuned=True)
+    c = got["fine-tuned - head only"]
+    assert c["difference"] == pytest.approx(8 / 88) and c["b_only"] == 0
+    f = c["macro_f1"]
+    assert f["a"] == 1.0 and f["difference"] == pytest.approx(1 - f["b"]) and f["low"] > 0
+
+
 # ---------------------------------------------------------------------- the plan
 
 
