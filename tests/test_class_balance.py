@@ -130,16 +130,17 @@ def test_at_or_under_three_to_one_no_probe_runs_and_the_setting_stays():
     assert "300 vs 100" in d.reason and "3.0:1" in d.reason and "no probe ran" in d.reason
 
 
-def test_over_three_to_one_balanced_weights_only_when_they_win_beyond_the_noise():
+def test_over_three_to_one_balanced_weights_unless_they_lose_beyond_the_noise():
     p, d = _decide(_evidence(400, 100, _balance(0.70, 0.78, 0.02, 0.14)))
     assert d.choice == p.overrides["train_head.class_weight"] == "balanced"
     assert "4.0:1" in d.reason and "paired +0.080 [+0.020, +0.140]" in d.reason
     assert "macro-F1 without weights 0.700, with balanced weights 0.780" in d.reason
     p, d = _decide(_evidence(400, 100, _balance(0.70, 0.73, -0.01, 0.07)))  # inside the noise
-    assert d.choice == p.overrides["train_head.class_weight"] == "none"
-    assert "not win beyond the noise" in d.reason
+    assert d.choice == p.overrides["train_head.class_weight"] == "balanced"
+    assert "do not lose beyond the noise" in d.reason
     p, d = _decide(_evidence(400, 100, _balance(0.78, 0.70, -0.14, -0.02)))  # loses
     assert d.choice == p.overrides["train_head.class_weight"] == "none"
+    assert "lose beyond the noise, so each image alike" in d.reason
 
 
 def test_the_probe_with_weights_uses_the_same_folds_and_can_win_or_lose():
