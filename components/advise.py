@@ -45,10 +45,14 @@ __all__ = [
     "plan_flip",
     "plan_views",
     "measure_views",
+    "plan_balance",
+    "balance_predictions",
+    "IMBALANCE_RATIO",
     "plan_base",
     "choose_base",
     "base_geometry",
     "probe",
+    "probe_predictions",
     "flip_hits",
     "taps",
     "MULTI",
@@ -108,6 +112,9 @@ class Evidence:
     geometry: dict | None = None
     # the test-time flip probe (measure_flip): plain vs flip-averaged k-fold hits
     flip: dict | None = None
+    # the class-balance probe (measure_balance), over IMBALANCE_RATIO only: k-fold macro-F1
+    # without and with balanced class weights
+    balance: dict | None = None
     # the backbone probes (measure_bases): per base, accuracy, paired gains and forward cost
     bases: dict | None = None
     # the augmented-views probe (measure_views): per K views, paired gain and seconds
@@ -660,6 +667,7 @@ def probe(
     hidden: int = 0,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    class_weight: str | None = None,
 ):
     """Out-of-fold hits of a linear (or one-hidden-layer) classifier: k-fold CV.
 
@@ -674,10 +682,40 @@ def probe(
         hidden: units of one hidden layer; 0 for a linear probe.
         seed: seeds the folds and the classifier.
         groups: each image's group (data.group_by), or None.
+        class_weight: "balanced" weighs each class n / (C x n_c), as the head's training
+            does (linear probe only); None: each image alike.
 
     Returns:
         One bool per image: whether the fold that held it out classified it right.
     """
+    return probe_predictions(x, y, folds, hidden, seed, groups, class_weight) == y
+
+
+def probe_predictions(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int,
+    hidden: int = 0,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+    class_weight: str | None = None,
+) -> np.ndarray:
+    """`probe`'s out-of-fold predicted class per image: what macro-F1 needs.
+
+    Args:
+        x: pooled features, one row per image.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        hidden: units of one hidden layer; 0 for a linear probe.
+        seed: seeds the folds and the classifier.
+        groups: each image's group (data.group_by), or None.
+        class_weight: "balanced" (linear probe only) or None, as in `probe`.
+
+    Returns:
+        The class index the fold that held each image out predicted for it.
+    """
+    if hidden and class_weight:
+        raise ValueError("class_weight applies to the linear probe only (hidden=0)")
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.neural_network import MLPClassifier
@@ -688,7 +726,8 @@ def probe(
     clf = (
         MLPClassifier((hidden,), alpha=1e-3, early_stopping=True, random_state=seed, max_iter=200)
         if hidden
-        else LogisticRegression(C=0.5, max_iter=500, tol=1e-3)  # 1e-4: ~3x the time, same hits
+        # tol 1e-4: ~3x the time, same hits
+        else LogisticRegression(C=0.5, max_iter=500, tol=1e-3, class_weight=class_weight)
     )
     n_groups = len(set(groups.tolist())) if groups is not None else 0
     grouped = 2 <= n_groups < len(groups)  # one group cannot be split: plain folds then
@@ -698,8 +737,7 @@ def probe(
     else:
         cv = StratifiedKFold(k, shuffle=True, random_state=seed)
     pipe = make_pipeline(StandardScaler(), clf)
-    pred = cross_val_predict(pipe, x, y, cv=cv, groups=groups if grouped else None)
-    return pred == y
+    return cross_val_predict(pipe, x, y, cv=cv, groups=groups if grouped else None)
 
 
 def _sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
@@ -1250,6 +1288,159 @@ def plan_flip(p: Plan, flip: dict) -> None:
     )
 
 
+IMBALANCE_RATIO = 3.0  # over this, largest class / smallest in train, advise probes weights
+BALANCE_RULE = (
+    f"over {IMBALANCE_RATIO:g}:1 imbalance (the training split's largest class against its "
+    "smallest), balanced class weights (n / (C x n_c) per class, train_head.class_weight: "
+    "balanced) only when the same k-fold probe trained with them scores a higher macro-F1 than "
+    "without, with the paired 95% bootstrap interval of the gain (images resampled, both "
+    "macro-F1s recomputed) above 0; else none (each image alike)"
+)
+
+
+def balance_predictions(x, y, folds: int, groups=None, seed: int = 0):
+    """Out-of-fold predictions of advise's linear probe without and with balanced class
+    weights, on the same folds (the same seed and groups).
+
+    Args:
+        x: pooled features of the images.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        groups: each image's group (data.group_by), or None.
+        seed: seeds the folds.
+
+    Returns:
+        (predictions without weights, predictions with balanced weights).
+    """
+    return tuple(
+        probe_predictions(x, y, folds, seed=seed, groups=groups, class_weight=w)
+        for w in (None, "balanced")
+    )
+
+
+def measure_balance(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    ev: Evidence,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    geometry,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+) -> dict:
+    """Class weights on the probe sample, at the run's size, layer and geometry: macro-F1 and
+    balanced accuracy of the k-fold probe without and with balanced weights, and the paired
+    macro-F1 gain. The features are the flip probe's plain ones (the store keeps them)."""
+    from graft.components.stats import balanced_scores, paired_macro_f1
+
+    t0 = time.time()
+    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    base, layer, extractor = _probe_extractor(base_cfg, size, cut_at)
+    x = _sample_features(
+        examples_dir, validation_dir, shas, base=base, layer=layer, extractor=extractor,
+        size=size, store_root=store_root, geometry=geometry, stage="advise: class balance",
+    ).x[layer]  # fmt: skip
+    plain, weighted = balance_predictions(x, y, folds, groups)
+    c = max(ev.n_classes, int(y.max()) + 1)
+    scored = {}
+    for name, pred in (("none", plain), ("balanced", weighted)):
+        f1, bal = (float(v[0]) for v in balanced_scores(y, pred, c))
+        accuracy = float(np.mean(pred == y))
+        scored[name] = {"macro_f1": f1, "balanced_accuracy": bal, "accuracy": accuracy}
+    gain = paired_macro_f1(y, weighted, plain, c)
+    log(
+        f"advise: class balance at {size}px ({layer}, {geometry.resize}), imbalance "
+        f"{ev.imbalance:.1f}:1: macro-F1 without weights {scored['none']['macro_f1']:.3f}, "
+        f"balanced {scored['balanced']['macro_f1']:.3f}, paired gain {gain['difference']:+.3f} "
+        f"[{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    )
+    return {
+        "size": size,
+        "layer": layer,
+        "resize": geometry.resize,
+        "n": len(y),
+        "folds": folds,
+        "imbalance": round(ev.imbalance, 2),
+        "per_class_min": ev.per_class_min,
+        "per_class_max": ev.per_class_max,
+        "sample_per_class": np.bincount(y, minlength=c).tolist(),
+        **scored,
+        "gain": gain,
+        "rule": BALANCE_RULE,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def plan_balance(p: Plan, ev: Evidence) -> None:
+    """train_head.class_weight from the class-balance probe: balanced unless it loses
+    beyond the noise; no override, and a line saying why no probe ran, at or under
+    IMBALANCE_RATIO. Pure.
+
+    Args:
+        p: the plan, changed in place.
+        ev: the evidence: its class counts and `balance` (measure_balance's, or None).
+    """
+    counts = (
+        f"{ev.per_class_max} vs {ev.per_class_min} training images in the largest and smallest "
+        f"class ({ev.imbalance:.1f}:1)"
+    )
+    b = ev.balance
+    if b is None:
+        p.decisions.append(
+            Decision(
+                "class balance",
+                "not probed",
+                f"{counts}, not over {IMBALANCE_RATIO:g}:1: no probe ran, and "
+                "train_head.class_weight stays as configured (auto: balanced weights where the "
+                "class counts differ)",
+            )
+        )
+        return
+    g = b["gain"]
+    # over 3:1 the weights stay on (the default's choice) unless they lose beyond the noise: on
+    # a few dozen images sklearn's probe separates the classes with or without them, while the
+    # early-stopped Keras head is still moved by them (tiny data: +0.31 test macro-F1 by hand)
+    on = g["high"] >= 0
+    choice = "balanced" if on else "none"
+    p.overrides["train_head.class_weight"] = choice
+    p.decisions.append(
+        Decision(
+            "class balance",
+            choice,
+            f"{counts}: {b['folds']}-fold probes of {b['layer']} at {b['size']} px on the same "
+            f"{b['n']} training images: macro-F1 without weights {b['none']['macro_f1']:.3f}, "
+            f"with balanced weights {b['balanced']['macro_f1']:.3f} (paired "
+            f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]); balanced accuracy "
+            f"{b['none']['balanced_accuracy']:.3f} vs {b['balanced']['balanced_accuracy']:.3f}: "
+            + (
+                "balanced weights are kept (they do not lose beyond the noise)"
+                if on
+                else "balanced weights lose beyond the noise, so each image alike"
+            ),
+        )
+    )
+
+
+def _probe_balance(
+    p: Plan, ev: Evidence, examples_dir, validation_dir, *, base_cfg, image_size, keep,
+    geometry, store_root, folds, max_probe_images, seed,
+):  # fmt: skip
+    """Over IMBALANCE_RATIO, the class-balance probe at the point and in the geometry the run
+    will train with; then its plan line (also when no probe ran)."""
+    if ev.imbalance > IMBALANCE_RATIO:
+        size, cut = _probe_point(p, keep, image_size, base_cfg.cut_at)
+        _seed(seed)
+        ev.balance = measure_balance(
+            examples_dir, validation_dir, ev=ev, base_cfg=base_cfg, size=size, cut_at=cut,
+            geometry=_run_geometry(p, keep, geometry), store_root=store_root, folds=folds,
+            max_probe_images=max_probe_images,
+        )  # fmt: skip
+    plan_balance(p, ev)
+
+
 VIEW_CANDIDATES = (2, 4)  # K views per training image that advise probes, cheapest first
 VIEWS_RULE = (
     "train the head on K augmented views of each training image (train_head.feature_views) "
@@ -1485,6 +1676,10 @@ def _plan_auto(
         mine = {k: v for k, v in keep.items() if kept_by("base", [k])}
         kept_base = plan_base(p, chosen, base_decision, mine)
     _probe_geometry_and_flips(
+        p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
+        keep=keep, geometry=geometry, seed=seed, **sample,
+    )  # fmt: skip
+    _probe_balance(
         p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
         keep=keep, geometry=geometry, seed=seed, **sample,
     )  # fmt: skip
@@ -1782,6 +1977,7 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"flip-averaged {flip['flip_average']:.3f}, paired gain {g['difference']:+.3f} "
             f"[{g['low']:+.3f}, {g['high']:+.3f}]; rule: {flip['rule']}",
         ]
+    out += _balance_markdown((ev or {}).get("balance"))
     views = (ev or {}).get("views")
     if views:
         out += [
@@ -1801,6 +1997,29 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             for c in views["candidates"]
         ]
     return "\n".join(out + _bases_markdown((ev or {}).get("bases"))) + "\n"
+
+
+def _balance_markdown(b: dict | None) -> list[str]:
+    """advice.md's lines of the class-balance probe (over IMBALANCE_RATIO only)."""
+    if not b:
+        return []
+    g = b["gain"]
+    rows = [
+        f"| {name} | {b[name]['macro_f1']:.3f} | {b[name]['balanced_accuracy']:.3f} | "
+        f"{b[name]['accuracy']:.3f} |"
+        for name in ("none", "balanced")
+    ]
+    return [
+        "",
+        f"Class balance ({b['imbalance']:.1f}:1 in train), {b['folds']}-fold probes of "
+        f"{b['layer']} at {b['size']} px ({b['resize']}) on the same {b['n']} images; paired "
+        f"macro-F1 gain of balanced weights {g['difference']:+.3f} [{g['low']:+.3f}, "
+        f"{g['high']:+.3f}]; rule: {b['rule']}",
+        "",
+        "| class weights | macro-F1 | balanced accuracy | accuracy |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 # ------------------------------------------------------------------- backbone choice

@@ -69,7 +69,7 @@ MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two de
 class HeadDetails:
     """What the head stage did beyond its scores (result.json's `extra`)."""
 
-    class_weight: dict | None
+    class_weight: dict | None  # the weights per class index the fit used; None: none
     labels: list[str]
     train_seconds: float
     feature_seconds: float
@@ -78,6 +78,7 @@ class HeadDetails:
     saved_val: dict | None  # val accuracy and loss of the weights saved: fine_tune reuses it
     deterministic: bool
     distribution: dict
+    class_weight_setting: str | None = None  # train_head.class_weight as the stage read it
 
 
 @dataclass
@@ -617,13 +618,23 @@ def _train_head(
         precision=precision,
         extra=_head_details(model, strategy, train, src, fit, cw, labels, t_fit),
     )
+    res.extra.class_weight_setting = cfg.class_weight
+    weights = _weights_text(cfg.class_weight, cw, labels)
     log(
         f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache "
-        f"{'on' if cached else 'off'}, "
-        f"{res.seconds:.1f}s",
+        f"{'on' if cached else 'off'}, class weights {weights}, {res.seconds:.1f}s",
         level="ok",
     )
     return finish(wdir, res, "head stage (frozen base)")
+
+
+def _weights_text(setting: str, cw: dict | None, labels: list[str]) -> str:
+    """The class weights a fit used, for the log: the setting and each class's weight."""
+    if cw is None:
+        why = "" if setting == "none" else ": the class counts are within 5%"
+        return f"none (train_head.class_weight={setting}{why})"
+    shown = ", ".join(f"{labels[i]} {w:.2f}" for i, w in cw.items())
+    return f"{shown} (train_head.class_weight={setting})"
 
 
 def _stored_head_features(model, src: _HeadData):
@@ -1044,7 +1055,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason) -> StageResult:
     if found:
         run.cfg = run.cfg.model_copy(update={"learning_rate": found["used"]})
     stages_text = _compile_for_fine_tune(model, run, info, steps, head_scores, found)
-    cw = class_weights(run.examples_dir, model.output_shape[-1], "auto")
+    cw = class_weights(run.examples_dir, model.output_shape[-1], run.head_cfg.class_weight)
     cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks)
     model.fit(
         train_ds,
