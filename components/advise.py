@@ -1704,6 +1704,13 @@ def _probe_refit(
 ):  # fmt: skip
     """The refit decision: the learning-curve probe at the run's point when a refit could
     ship (small data, no fine-tuning, the head on stored features), then its plan."""
+    tunes = keep.get("fine_tune.enabled", p.overrides.get("fine_tune.enabled")) is True
+    if keep.get("train_head.refit") == "always" and tunes:
+        raise ValueError(
+            "train_head.refit: always (your setting) refits the head-only model, but fine-tuning "
+            f"runs on this data ({ev.n_train} training images); set fine_tune.enabled=false too, "
+            "or train_head.refit=auto"
+        )
     why_not = _refit_ruled_out(p, keep, ev.n_train < small_data)
     if why_not is None and ev.n_val:
         size, cut = _probe_point(p, keep, image_size, base_cfg.cut_at)
