@@ -34,7 +34,8 @@ def _evaluation(record: dict | None) -> dict:
 def quality_table(record: dict | None) -> Table:
     """Each model's test accuracy with its 95% interval (Wilson) and the number of test images."""
     ev = (record or {}).get("summary") or {}
-    intervals = _evaluation(record).get("intervals") or {}
+    evaluation = _evaluation(record)
+    intervals = evaluation.get("intervals") or {}
     t = Table(title="model quality (test split)")
     t.add_column("model", justify="left")
     for col in ("accuracy", "95% interval", "n"):
@@ -44,7 +45,13 @@ def quality_table(record: dict | None) -> Table:
         ("fine-tuned (candidate)", "candidate", "accuracy"),
         ("served baseline", "baseline", "baseline_accuracy"),
     )
-    if not ev.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate, one row
+    if evaluation.get("refit") and not ev.get("fine_tuned", True):  # a refit head shipped
+        rows = (
+            ("head on train, early-stopped on val (not shipped)", "head_only", "head_accuracy"),
+            (f"{evaluation.get('shipped')} (candidate)", "candidate", "accuracy"),
+            rows[2],
+        )
+    elif not ev.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate, one row
         rows = (
             ("head only (candidate; no fine-tuning ran)", "head_only", "head_accuracy"),
             rows[2],

@@ -118,10 +118,13 @@ def _fine_tune_extra(run) -> dict:
 
 @pytest.mark.slow
 def test_a_refit_head_trained_on_train_and_val_ships_and_every_output_says_so(tmp_path, tiny_data):
+    from rich.console import Console
+
     from graft.components.drift import held_out_splits
     from graft.components.fitting import load_model, read_history, refit_epochs
     from graft.components.registry import served_entry
     from graft.pipeline.runner import run_pipeline
+    from graft.pipeline.summary import quality_table
 
     cfg = parse_config(tiny_config(tmp_path, tiny_data, train_head__refit="always"))
     run = run_pipeline(cfg)
@@ -149,11 +152,15 @@ def test_a_refit_head_trained_on_train_and_val_ships_and_every_output_says_so(tm
     assert "refit on train+val - head on train" in ev["comparisons"]
     html = open(os.path.join(step_output(run, "evaluate"), "report.html")).read()
     assert shipped in html and "head on train, early-stopped on val (not shipped)" in html
+    console = Console(width=200, record=True)
+    console.print(quality_table(run["steps"]["evaluate"]))
+    assert f"{shipped} (candidate)" in console.export_text()
     pushed = run["steps"]["push"]["summary"]
     assert pushed["pushed"] is True
     vdir = os.path.join(cfg.push.destination, "tiny", str(pushed["version"]))
     card = open(os.path.join(vdir, "model_card.md")).read()
-    assert f"Shipped: {shipped}; trained on train + val" in card
+    line = next(x for x in card.splitlines() if x.startswith("- Shipped: "))
+    assert line.startswith(f"- Shipped: {shipped}; trained on train + val (val picked")
     lineage = served_entry(cfg.push.destination, "tiny")["lineage"]
     assert lineage["training"]["trained_on"] == ["train", "val"]
     # drift then scores the served model on test alone: val is no held-out image for it
