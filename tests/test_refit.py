@@ -68,6 +68,22 @@ def test_a_refit_is_ruled_out_for_large_data_fine_tuning_and_a_head_on_images():
     assert "stored features" in _refit_ruled_out(small, {"train_head.feature_cache": "off"}, True)
 
 
+def test_your_refit_always_is_refused_before_training_where_fine_tuning_runs():
+    from graft.components.advise import Evidence, Plan, _probe_refit
+
+    ev = Evidence("mobilenet_v2", 224, 2000, 400, 2, 900, 1100, 300, [], [], [], [], 50.0)
+    tuned = Plan("auto", {}, {"fine_tune.enabled": True}, [])
+    with pytest.raises(ValueError, match=r"train_head.refit: always \(your setting\)"):
+        _probe_refit(tuned, ev, "", None, base_cfg=None, image_size=224,
+                     keep={"train_head.refit": "always"}, geometry=None, store_root="",
+                     folds=5, max_probe_images=100, seed=0, small_data=1000)  # fmt: skip
+    # not yours: no refit for large data, said so, and nothing measured
+    _probe_refit(tuned, ev, "", None, base_cfg=None, image_size=224, keep={}, geometry=None,
+                 store_root="", folds=5, max_probe_images=100, seed=0, small_data=1000)  # fmt: skip
+    assert tuned.overrides["train_head.refit"] == "never" and ev.refit is None
+    assert tuned.decisions[-1].reason.startswith("large data")
+
+
 def test_refit_hits_measure_the_gain_of_more_images_on_the_probes_folds():
     from graft.components.advise import probe, refit_hits
 
