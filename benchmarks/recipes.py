@@ -88,6 +88,27 @@ def paired_vs_manual(dataset: str, work: Path, evaluate_dir: Path) -> dict | Non
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
 
 
+HITS = RESULTS / "recipes_hits"  # per run: {test image sha256: 1/0, the kept model right}
+
+
+def paired_vs_previous(tag: str, evaluate_dir: Path) -> dict | None:
+    """This run's kept model minus the last committed run of the same (dataset, recipe), on
+    the test images both scored, paired; then this run's hits replace the stored ones. None
+    when no earlier run's hits are stored."""
+    from graft.components.stats import paired_difference
+
+    path = HITS / f"{tag}.json"
+    now = {s: int(h) for s, h in _kept_hits(evaluate_dir).items()}
+    before = json.loads(path.read_text()) if path.exists() else None
+    HITS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(now, sort_keys=True) + "\n")
+    if not before:
+        return None
+    shared = sorted(set(now) & set(before))
+    d = paired_difference(np.array([now[s] for s in shared]), np.array([before[s] for s in shared]))
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
+
+
 def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]:
     config = REPO / "configs" / "recipes" / f"{dataset}.yaml"
     tag = f"{dataset}-{recipe}"
@@ -140,6 +161,7 @@ def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]
     }
     if recipe != "manual":
         row["vs_manual"] = paired_vs_manual(dataset, work, Path(steps["evaluate"]["output"]))
+    row["vs_previous"] = paired_vs_previous(tag, Path(steps["evaluate"]["output"]))
     rows = [row]
     if recipe == "manual":
         rows.append(head_only_row(row, steps, ev))
@@ -181,8 +203,8 @@ def goals(rows: list[dict]) -> str:
     auto's intervals overlapping or not) and the time ratio to manual."""
     out = [
         "| dataset | auto - head-only | auto - seed | auto - manual | same images, paired | "
-        "auto / manual time |",
-        "|---|---|---|---|---|---|",
+        "auto / manual time | auto - previous auto, paired |",
+        "|---|---|---|---|---|---|---|",
     ]
     by = {(r["dataset"], r["recipe"]): r for r in rows}
     for d in DATASETS:
@@ -199,6 +221,13 @@ def goals(rows: list[dict]) -> str:
         )
         m = by.get((d, "manual"))
         cells.append(f"{auto['seconds'] / m['seconds']:.2f}" if m else "not run")
+        prev = auto.get("vs_previous")
+        cells.append(
+            f"{prev['difference']:+.3f} [{prev['low']:+.3f}, {prev['high']:+.3f}] "
+            f"({prev['a_only']} won, {prev['b_only']} lost)"
+            if prev
+            else "no earlier run stored"
+        )
         out.append(f"| {d} | " + " | ".join(cells) + " |")
     return "\n".join(out)
 

@@ -43,14 +43,20 @@ __all__ = [
     "seed_plan",
     "plan_geometry",
     "plan_flip",
+    "plan_balance",
+    "balance_predictions",
+    "IMBALANCE_RATIO",
     "plan_base",
     "plan_refit",
     "refit_hits",
     "choose_base",
     "base_geometry",
     "probe",
+    "probe_predictions",
     "flip_hits",
     "taps",
+    "MULTI",
+    "MULTI_RULE",
 ]
 
 SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
@@ -58,6 +64,12 @@ MAX_FINE_TUNE_EPOCHS = 8
 LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
 LAYER_LR_DECAY = 0.4  # an earlier stage's rate against the next's (ULMFiT: 1 / 2.6)
 FINE_TUNE_LR = 1e-4  # the LR range test searches 10x either side of it
+MULTI = "multi"  # a multi-depth probe's depth: every tap's pooled features, concatenated
+MULTI_RULE = (
+    "the head reads the single layer chosen above, unless the concatenation of every tap's "
+    "standardised pooled features probes better beyond the noise (the one-sided 90% bound of "
+    "its paired gain above 0, the geometry rule's bar)"
+)
 
 
 @dataclass
@@ -100,6 +112,9 @@ class Evidence:
     geometry: dict | None = None
     # the test-time flip probe (measure_flip): plain vs flip-averaged k-fold hits
     flip: dict | None = None
+    # the class-balance probe (measure_balance), over IMBALANCE_RATIO only: k-fold macro-F1
+    # without and with balanced class weights
+    balance: dict | None = None
     # the backbone probes (measure_bases): per base, accuracy, paired gains and forward cost
     bases: dict | None = None
     # the refit probe (measure_refit): k-fold learning curve at the refit's share of images
@@ -281,6 +296,32 @@ def _decide_input_size(ev: Evidence, chosen: Probe) -> tuple[Probe, Decision]:
     )
 
 
+def _decide_multi_depth(ev: Evidence, chosen: Probe) -> tuple[Probe | None, Decision]:
+    """A multi-depth head (head.taps) when the concatenated taps probe better than the layer
+    chosen, at the size chosen, beyond the noise (MULTI_RULE); else None."""
+    from graft.components.stats import paired_difference
+
+    multi = next((p for p in ev.probes if p.depth == MULTI and p.size == chosen.size), None)
+    if multi is None:
+        return None, Decision("multi-depth head", "no", "no earlier tap to read (base too shallow)")
+    g = _gap(multi, chosen)
+    low90 = g["low"]
+    if len(multi.correct) == len(chosen.correct) and multi.correct:
+        low90 = paired_difference(multi.correct, chosen.correct, level=0.80)["low"]
+    taps = multi.layer.split("+")
+    evidence = (
+        f"the {len(taps)} taps concatenated ({', '.join(taps)}; {multi.dim}-d) probe "
+        f"{_fmt(multi)} vs {_fmt(chosen)} for {chosen.layer}: paired gain "
+        f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}], one-sided 90% bound "
+        f"{low90:+.3f}"
+    )
+    if low90 > 0:
+        return multi, Decision(
+            "multi-depth head", f"yes: {', '.join(taps)}", f"{evidence}: above 0, it pays"
+        )
+    return None, Decision("multi-depth head", "no", f"{evidence}: not beyond the noise")
+
+
 def _decide_head(ev: Evidence, layer: str, normalize: bool) -> tuple[dict, Decision]:
     """A hidden layer only when it beats linear beyond the noise (the k-fold probe says)."""
     norm = " + standardised features" if normalize else ""
@@ -457,7 +498,7 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     Returns:
         The auto Plan: its cell, the config overrides and one Decision per choice.
     """
-    at_size = [p for p in ev.probes if p.size == ev.image_size]
+    at_size = [p for p in ev.probes if p.size == ev.image_size and p.depth != MULTI]
     final, earlier = at_size[0], at_size[1:]
     best_early = max(earlier, key=lambda p: p.accuracy) if earlier else None
     small, size_decision = _decide_data_size(ev, small_data)
@@ -470,16 +511,20 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
     chosen, features_decision = _decide_features(final, best_early, similar, fits)
     cut_at = None if chosen is final else chosen.layer
     chosen, input_decision = _decide_input_size(ev, chosen)
+    multi, multi_decision = _decide_multi_depth(ev, chosen)
+    if multi is not None:  # its taps include the base's output: the base stays whole
+        cut_at, chosen = None, multi
     # an inner layer's pooled channels differ in scale by orders of magnitude; the probes
     # standardise them, so the head does too (on the last layer the plain head matches them)
     o: dict[str, Any] = {
         "base.cut_at": cut_at,
         "data.image_size": input_decision.choice,
-        "head.normalize": cut_at is not None,
+        "head.normalize": cut_at is not None or multi is not None,
+        "head.taps": multi.layer.split("+")[1:] if multi is not None else [],
     }
     head, head_decision = _decide_head(ev, chosen.layer, o["head.normalize"])
     o.update({**head, **_TRAIN_HEAD})
-    d += [features_decision, input_decision, head_decision]
+    d += [features_decision, input_decision, multi_decision, head_decision]
     if small:
         o["fine_tune.enabled"] = False
         d.append(_no_fine_tune_for_small_data(ev, similar, cut_at is not None))
@@ -521,6 +566,7 @@ def seed_plan(base_name: str, base_layers: list[str]) -> Plan:
         "head.fc_size": 256,
         "head.dropout": 0.0,
         "head.normalize": False,
+        "head.taps": [],
         "train_head.augment": False,
         "fine_tune.enabled": True,
         "fine_tune.unfreeze.mode": "from_layer",
@@ -621,6 +667,7 @@ def probe(
     hidden: int = 0,
     seed: int = 0,
     groups: np.ndarray | None = None,
+    class_weight: str | None = None,
 ):
     """Out-of-fold hits of a linear (or one-hidden-layer) classifier: k-fold CV.
 
@@ -635,10 +682,40 @@ def probe(
         hidden: units of one hidden layer; 0 for a linear probe.
         seed: seeds the folds and the classifier.
         groups: each image's group (data.group_by), or None.
+        class_weight: "balanced" weighs each class n / (C x n_c), as the head's training
+            does (linear probe only); None: each image alike.
 
     Returns:
         One bool per image: whether the fold that held it out classified it right.
     """
+    return probe_predictions(x, y, folds, hidden, seed, groups, class_weight) == y
+
+
+def probe_predictions(
+    x: np.ndarray,
+    y: np.ndarray,
+    folds: int,
+    hidden: int = 0,
+    seed: int = 0,
+    groups: np.ndarray | None = None,
+    class_weight: str | None = None,
+) -> np.ndarray:
+    """`probe`'s out-of-fold predicted class per image: what macro-F1 needs.
+
+    Args:
+        x: pooled features, one row per image.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        hidden: units of one hidden layer; 0 for a linear probe.
+        seed: seeds the folds and the classifier.
+        groups: each image's group (data.group_by), or None.
+        class_weight: "balanced" (linear probe only) or None, as in `probe`.
+
+    Returns:
+        The class index the fold that held each image out predicted for it.
+    """
+    if hidden and class_weight:
+        raise ValueError("class_weight applies to the linear probe only (hidden=0)")
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
     from sklearn.neural_network import MLPClassifier
@@ -649,7 +726,8 @@ def probe(
     clf = (
         MLPClassifier((hidden,), alpha=1e-3, early_stopping=True, random_state=seed, max_iter=200)
         if hidden
-        else LogisticRegression(C=0.5, max_iter=500, tol=1e-3)  # 1e-4: ~3x the time, same hits
+        # tol 1e-4: ~3x the time, same hits
+        else LogisticRegression(C=0.5, max_iter=500, tol=1e-3, class_weight=class_weight)
     )
     n_groups = len(set(groups.tolist())) if groups is not None else 0
     grouped = 2 <= n_groups < len(groups)  # one group cannot be split: plain folds then
@@ -659,8 +737,7 @@ def probe(
     else:
         cv = StratifiedKFold(k, shuffle=True, random_state=seed)
     pipe = make_pipeline(StandardScaler(), clf)
-    pred = cross_val_predict(pipe, x, y, cv=cv, groups=groups if grouped else None)
-    return pred == y
+    return cross_val_predict(pipe, x, y, cv=cv, groups=groups if grouped else None)
 
 
 def _sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
@@ -789,6 +866,23 @@ def _tap_probes(feats, tap_list, size: int, idx, y, groups, folds: int) -> list[
     return out
 
 
+def _multi_probe(feats, tap_list, size: int, idx, y, groups, folds: int) -> Probe | None:
+    """A k-fold linear probe on every tap's pooled features side by side (the probe
+    standardises each channel, as head.normalize does), logged; None with one tap only."""
+    from graft.components.stats import wilson
+
+    if len(tap_list) < 2:
+        return None
+    layers = [name for name, _ in tap_list]
+    x = feats.joined(layers)[idx]
+    hits = probe(x, y, folds, groups=groups)
+    lo, hi = wilson(int(hits.sum()), len(hits))
+    p = Probe("+".join(layers), MULTI, size, x.shape[1], float(hits.mean()), lo, hi, len(hits))
+    p.correct = hits.tolist()
+    log(f"advise: probe {MULTI:>6} {len(layers)} taps at {size}px ({x.shape[1]}-d): {_fmt(p)}")
+    return p
+
+
 def _hidden_gains(at: list[Probe], feats, idx, y, groups, folds: int) -> dict[str, dict]:
     """A 256-unit hidden layer's paired gain over linear, on the layers the plan can choose:
     the last one, and the best probing (ties to the earlier)."""
@@ -797,7 +891,7 @@ def _hidden_gains(at: list[Probe], feats, idx, y, groups, folds: int) -> dict[st
     hidden = {}
     best = max(reversed(at), key=lambda q: q.accuracy)
     for p in [at[0]] + ([best] if best is not at[0] else []):
-        mlp = probe(feats.x[p.layer][idx], y, folds, hidden=256, groups=groups)
+        mlp = probe(feats.joined(p.layer.split("+"))[idx], y, folds, hidden=256, groups=groups)
         g = hidden[p.layer] = paired_difference(mlp, np.array(p.correct))
         log(
             f"advise: probe {p.depth:>6} with a 256-unit hidden layer: {mlp.mean():.3f} "
@@ -871,10 +965,13 @@ def measure(
             ev.label_check = _label_check(examples_dir, got, excl, layers[0], size, folds)
         idx = _sample(feats.y, max_probe_images)
         y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
-        ev.probes += _tap_probes(feats, tap_list, size, idx, y, groups, folds)
+        at = _tap_probes(feats, tap_list, size, idx, y, groups, folds)
+        multi = _multi_probe(feats, tap_list, size, idx, y, groups, folds)
+        ev.probes += at + ([multi] if multi else [])
         if size == image_size:
-            at = [p for p in ev.probes if p.size == image_size]
             ev.hidden_head = _hidden_gains(at, feats, idx, y, groups, folds)
+            if multi and _gap(multi, max(at, key=lambda q: q.accuracy))["difference"] > 0:
+                ev.hidden_head |= _hidden_gains([multi], feats, idx, y, groups, folds)
     ev.seconds = round(time.time() - t0, 2)
     return ev
 
@@ -1190,6 +1287,159 @@ def plan_flip(p: Plan, flip: dict) -> None:
     )
 
 
+IMBALANCE_RATIO = 3.0  # over this, largest class / smallest in train, advise probes weights
+BALANCE_RULE = (
+    f"over {IMBALANCE_RATIO:g}:1 imbalance (the training split's largest class against its "
+    "smallest), balanced class weights (n / (C x n_c) per class, train_head.class_weight: "
+    "balanced) only when the same k-fold probe trained with them scores a higher macro-F1 than "
+    "without, with the paired 95% bootstrap interval of the gain (images resampled, both "
+    "macro-F1s recomputed) above 0; else none (each image alike)"
+)
+
+
+def balance_predictions(x, y, folds: int, groups=None, seed: int = 0):
+    """Out-of-fold predictions of advise's linear probe without and with balanced class
+    weights, on the same folds (the same seed and groups).
+
+    Args:
+        x: pooled features of the images.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        groups: each image's group (data.group_by), or None.
+        seed: seeds the folds.
+
+    Returns:
+        (predictions without weights, predictions with balanced weights).
+    """
+    return tuple(
+        probe_predictions(x, y, folds, seed=seed, groups=groups, class_weight=w)
+        for w in (None, "balanced")
+    )
+
+
+def measure_balance(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    ev: Evidence,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    geometry,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+) -> dict:
+    """Class weights on the probe sample, at the run's size, layer and geometry: macro-F1 and
+    balanced accuracy of the k-fold probe without and with balanced weights, and the paired
+    macro-F1 gain. The features are the flip probe's plain ones (the store keeps them)."""
+    from graft.components.stats import balanced_scores, paired_macro_f1
+
+    t0 = time.time()
+    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    base, layer, extractor = _probe_extractor(base_cfg, size, cut_at)
+    x = _sample_features(
+        examples_dir, validation_dir, shas, base=base, layer=layer, extractor=extractor,
+        size=size, store_root=store_root, geometry=geometry, stage="advise: class balance",
+    ).x[layer]  # fmt: skip
+    plain, weighted = balance_predictions(x, y, folds, groups)
+    c = max(ev.n_classes, int(y.max()) + 1)
+    scored = {}
+    for name, pred in (("none", plain), ("balanced", weighted)):
+        f1, bal = (float(v[0]) for v in balanced_scores(y, pred, c))
+        accuracy = float(np.mean(pred == y))
+        scored[name] = {"macro_f1": f1, "balanced_accuracy": bal, "accuracy": accuracy}
+    gain = paired_macro_f1(y, weighted, plain, c)
+    log(
+        f"advise: class balance at {size}px ({layer}, {geometry.resize}), imbalance "
+        f"{ev.imbalance:.1f}:1: macro-F1 without weights {scored['none']['macro_f1']:.3f}, "
+        f"balanced {scored['balanced']['macro_f1']:.3f}, paired gain {gain['difference']:+.3f} "
+        f"[{gain['low']:+.3f}, {gain['high']:+.3f}]"
+    )
+    return {
+        "size": size,
+        "layer": layer,
+        "resize": geometry.resize,
+        "n": len(y),
+        "folds": folds,
+        "imbalance": round(ev.imbalance, 2),
+        "per_class_min": ev.per_class_min,
+        "per_class_max": ev.per_class_max,
+        "sample_per_class": np.bincount(y, minlength=c).tolist(),
+        **scored,
+        "gain": gain,
+        "rule": BALANCE_RULE,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def plan_balance(p: Plan, ev: Evidence) -> None:
+    """train_head.class_weight from the class-balance probe: balanced unless it loses
+    beyond the noise; no override, and a line saying why no probe ran, at or under
+    IMBALANCE_RATIO. Pure.
+
+    Args:
+        p: the plan, changed in place.
+        ev: the evidence: its class counts and `balance` (measure_balance's, or None).
+    """
+    counts = (
+        f"{ev.per_class_max} vs {ev.per_class_min} training images in the largest and smallest "
+        f"class ({ev.imbalance:.1f}:1)"
+    )
+    b = ev.balance
+    if b is None:
+        p.decisions.append(
+            Decision(
+                "class balance",
+                "not probed",
+                f"{counts}, not over {IMBALANCE_RATIO:g}:1: no probe ran, and "
+                "train_head.class_weight stays as configured (auto: balanced weights where the "
+                "class counts differ)",
+            )
+        )
+        return
+    g = b["gain"]
+    # over 3:1 the weights stay on (the default's choice) unless they lose beyond the noise: on
+    # a few dozen images sklearn's probe separates the classes with or without them, while the
+    # early-stopped Keras head is still moved by them (tiny data: +0.31 test macro-F1 by hand)
+    on = g["high"] >= 0
+    choice = "balanced" if on else "none"
+    p.overrides["train_head.class_weight"] = choice
+    p.decisions.append(
+        Decision(
+            "class balance",
+            choice,
+            f"{counts}: {b['folds']}-fold probes of {b['layer']} at {b['size']} px on the same "
+            f"{b['n']} training images: macro-F1 without weights {b['none']['macro_f1']:.3f}, "
+            f"with balanced weights {b['balanced']['macro_f1']:.3f} (paired "
+            f"{g['difference']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]); balanced accuracy "
+            f"{b['none']['balanced_accuracy']:.3f} vs {b['balanced']['balanced_accuracy']:.3f}: "
+            + (
+                "balanced weights are kept (they do not lose beyond the noise)"
+                if on
+                else "balanced weights lose beyond the noise, so each image alike"
+            ),
+        )
+    )
+
+
+def _probe_balance(
+    p: Plan, ev: Evidence, examples_dir, validation_dir, *, base_cfg, image_size, keep,
+    geometry, store_root, folds, max_probe_images, seed,
+):  # fmt: skip
+    """Over IMBALANCE_RATIO, the class-balance probe at the point and in the geometry the run
+    will train with; then its plan line (also when no probe ran)."""
+    if ev.imbalance > IMBALANCE_RATIO:
+        size, cut = _probe_point(p, keep, image_size, base_cfg.cut_at)
+        _seed(seed)
+        ev.balance = measure_balance(
+            examples_dir, validation_dir, ev=ev, base_cfg=base_cfg, size=size, cut_at=cut,
+            geometry=_run_geometry(p, keep, geometry), store_root=store_root, folds=folds,
+            max_probe_images=max_probe_images,
+        )  # fmt: skip
+    plan_balance(p, ev)
+
+
 def _probe_point(p: Plan, keep: dict[str, Any], image_size: int, cut_at: str | None):
     """The input size and cut the run will train at: the plan's, or the user's kept ones."""
     from graft.core.config import kept_by
@@ -1244,6 +1494,10 @@ def _plan_auto(
         mine = {k: v for k, v in keep.items() if kept_by("base", [k])}
         kept_base = plan_base(p, chosen, base_decision, mine)
     _probe_geometry_and_flips(
+        p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
+        keep=keep, geometry=geometry, seed=seed, **sample,
+    )  # fmt: skip
+    _probe_balance(
         p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
         keep=keep, geometry=geometry, seed=seed, **sample,
     )  # fmt: skip
@@ -1329,6 +1583,7 @@ def advise(
     else:
         p = Plan("manual", {}, {}, [Decision("recipe", "manual", "the config's sections as set")])
     kept = {**_keep_settings(p, keep or {}), **kept_base}
+    _no_taps_past_your_cut(p, kept)
     evidence = None
     if ev is not None:
         evidence = asdict(ev)
@@ -1432,6 +1687,24 @@ def _keep_settings(p: Plan, keep: dict[str, Any]) -> dict:
     return kept
 
 
+def _no_taps_past_your_cut(p: Plan, kept: dict) -> None:
+    """Advise's taps were probed on the whole base: under your base.cut_at they may not exist,
+    so the head reads your cut alone (said in a decision line)."""
+    taps = p.overrides.get("head.taps")
+    if taps and "base.cut_at" in kept:
+        p.overrides["head.taps"] = []
+        if "head.normalize" not in kept:
+            p.overrides["head.normalize"] = True  # your cut is an inner layer
+        p.decisions.append(
+            Decision(
+                "multi-depth head",
+                "no",
+                f"your base.cut_at is kept, and the taps advise probed ({', '.join(taps)}) were "
+                "measured on the whole base: the head reads your cut's layer alone",
+            )
+        )
+
+
 def read_advice(advice_dir: str) -> dict:
     """The advise step's advice.json, for the steps and the report that apply or show it.
 
@@ -1494,6 +1767,8 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"{p['accuracy']:.3f} [{p['low']:.3f}, {p['high']:.3f}] | {p['n']} |"
             for p in ev["probes"]
         ]
+        if any(p["depth"] == MULTI for p in ev["probes"]):
+            out += ["", f"Multi-depth rule ({MULTI} rows: the taps side by side): {MULTI_RULE}"]
     geo = (ev or {}).get("geometry")
     if geo:
         out += [
@@ -1524,8 +1799,32 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"flip-averaged {flip['flip_average']:.3f}, paired gain {g['difference']:+.3f} "
             f"[{g['low']:+.3f}, {g['high']:+.3f}]; rule: {flip['rule']}",
         ]
+    out += _balance_markdown((ev or {}).get("balance"))
     out += _refit_markdown((ev or {}).get("refit"))
     return "\n".join(out + _bases_markdown((ev or {}).get("bases"))) + "\n"
+
+
+def _balance_markdown(b: dict | None) -> list[str]:
+    """advice.md's lines of the class-balance probe (over IMBALANCE_RATIO only)."""
+    if not b:
+        return []
+    g = b["gain"]
+    rows = [
+        f"| {name} | {b[name]['macro_f1']:.3f} | {b[name]['balanced_accuracy']:.3f} | "
+        f"{b[name]['accuracy']:.3f} |"
+        for name in ("none", "balanced")
+    ]
+    return [
+        "",
+        f"Class balance ({b['imbalance']:.1f}:1 in train), {b['folds']}-fold probes of "
+        f"{b['layer']} at {b['size']} px ({b['resize']}) on the same {b['n']} images; paired "
+        f"macro-F1 gain of balanced weights {g['difference']:+.3f} [{g['low']:+.3f}, "
+        f"{g['high']:+.3f}]; rule: {b['rule']}",
+        "",
+        "| class weights | macro-F1 | balanced accuracy | accuracy |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 # ------------------------------------------------------------------- refit on train + val

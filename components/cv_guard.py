@@ -159,10 +159,10 @@ def fold_evidence(
     """
     t0 = time.time()
     model = load_model(head_model_path)
-    feats, layer = _train_features(
+    feats, layers = _train_features(
         model, examples_dir, feature_store, image_size, geometry, exclude_train
     )
-    x, y, shas = feats.x[layer], feats.y, np.array(feats.sha256)
+    x, y, shas = feats.joined(layers), feats.y, np.array(feats.sha256)
     k = fold_count(y, cfg.guard_folds)
     if not k:
         return None
@@ -176,7 +176,7 @@ def fold_evidence(
         examples_dir, head_model_path, cfg, head_cfg, head_epochs, tune_epochs, augment,
         image_size, exclude_train, seed, jit, geometry,
         cw_head=class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight),
-        cw_tune=class_weights(examples_dir, model.output_shape[-1], "auto"),
+        cw_tune=class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight),
     )  # fmt: skip
     log(
         f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "
@@ -205,11 +205,11 @@ def fold_evidence(
 
 
 def _train_features(model, examples_dir, feature_store, image_size, geometry, exclude_train):
-    """The train split's pooled features at the base's last layer, through the head stage's
-    store when it kept one; and that layer's name."""
+    """The train split's pooled features of the head's input layers (feature_layers), through
+    the head stage's store when it kept one; and those layers' names."""
     base = gmodel.base_of(model)
-    layer = base.layers[-1].name
-    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
+    layers = gmodel.feature_layers(base)
+    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers)
     store = None
     if feature_store:
         root, fingerprint = feature_store["root"], feature_store["fingerprint"]
@@ -217,13 +217,13 @@ def _train_features(model, examples_dir, feature_store, image_size, geometry, ex
     feats = gfeat.split_features(
         examples_dir,
         "train",
-        [layer],
+        layers,
         extractor=extractor,
         store=store,
         exclude=exclude_train,
         geometry=geometry,
     )
-    return feats, layer
+    return feats, layers
 
 
 def _run_fold(recipe: _Recipe, i: int, x, y, shas, tr, te) -> dict:

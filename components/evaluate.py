@@ -28,7 +28,7 @@ from graft.components.manifest import data_fingerprint, excluded_from_eval, read
 from graft.components.model import base_of, predict_scores
 from graft.components.registry import baseline_version, version_path
 from graft.components.served_scores import SEED_FILE, write_seed
-from graft.components.stats import paired_difference
+from graft.components.stats import paired_difference, paired_macro_f1
 from graft.core.config import EvaluateConfig
 from graft.core.log import log
 
@@ -74,7 +74,8 @@ class EvaluationResult:
 def metrics_from_probs(
     probs: np.ndarray, y: np.ndarray, labels: list[str], top_k: int, bins: int
 ) -> dict:
-    """Accuracy, top-k, per-class P/R/F1, macro-F1, log loss, confusion matrix, ECE.
+    """Accuracy, top-k, per-class P/R/F1, macro-F1, balanced accuracy, log loss, confusion
+    matrix, ECE.
 
     One function for every model scored, so the head-only, fine-tuned and served models'
     numbers are comparable.
@@ -87,8 +88,8 @@ def metrics_from_probs(
         bins: confidence bins of the expected calibration error.
 
     Returns:
-        {"n", "accuracy", "top_<k>_accuracy", "macro_f1", "log_loss", "ece", "per_class",
-        "confusion_matrix"}.
+        {"n", "accuracy", "top_<k>_accuracy", "macro_f1", "balanced_accuracy" (the mean
+        recall of the classes present), "log_loss", "ece", "per_class", "confusion_matrix"}.
     """
     n, c = probs.shape
     pred = probs.argmax(1)
@@ -108,6 +109,7 @@ def metrics_from_probs(
         "accuracy": float(correct.mean()) if n else 0.0,
         f"top_{k}_accuracy": float(np.mean([y[i] in topk[i] for i in range(n)])) if n else 0.0,
         "macro_f1": float(np.mean(f1s)),
+        "balanced_accuracy": _balanced_accuracy(per_class),
         "log_loss": float(-np.mean(np.log(np.clip(probs[np.arange(n), y], 1e-12, 1.0))))
         if n
         else 0.0,
@@ -115,6 +117,14 @@ def metrics_from_probs(
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),
     }
+
+
+def _balanced_accuracy(per_class: dict) -> float:
+    """The mean recall of the classes present in the test split (sklearn's
+    balanced_accuracy_score, from the per-class numbers already computed: sklearn's own warns
+    when a class is predicted but absent)."""
+    recalls = [m["recall"] for m in per_class.values() if m["support"] > 0]
+    return float(np.mean(recalls)) if recalls else 0.0
 
 
 def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple:
@@ -192,28 +202,28 @@ def head_scores_from_features(
         (scores in `shas` order, what was read from the store and computed), or None.
     """
     from graft.components import features as gfeat
-    from graft.components.model import base_of, head_of, pooled_head
+    from graft.components.model import base_of, feature_layers, head_of, pooled_head
 
     if not (feature_store and feature_store.get("root") and feature_store.get("fingerprint")):
         return None
     base = base_of(model)
     if base.dtype_policy.name != "float32" or head_of(model).layers[0].name != "pool":
         return None
-    layer = base.layers[-1].name
+    layers = feature_layers(base)
     store = gfeat.FeatureStore(
         feature_store["root"], feature_store["fingerprint"], image_size, geometry
     )
     got = gfeat.split_features(
         examples_dir,
         "test",
-        [layer],
-        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer]),
+        layers,
+        extractor=gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers),
         store=store,
         exclude=exclude,
         stage="evaluate",
         geometry=geometry,
     )
-    by_sha = dict(zip(got.sha256, got.x[layer], strict=True))
+    by_sha = dict(zip(got.sha256, got.joined(layers), strict=True))
     if any(s not in by_sha for s in shas):  # the manifest and the records disagree: not ours
         return None
     x = np.stack([by_sha[s] for s in shas])
@@ -425,14 +435,21 @@ def _comparisons(
     probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: bool, refit: bool = False
 ) -> dict:
     """Fine-tuned (or refit on train + val) vs head-only, when one ran, and the candidate vs
-    the served baseline, paired per image."""
-    hit = {k: (p.argmax(1) == y) for k, p in probs_of.items()}
+    the served baseline, paired per image: the accuracy difference, and under `macro_f1` the
+    macro-F1 difference (each resample recomputes both models' macro-F1)."""
+    pred = {k: p.argmax(1) for k, p in probs_of.items()}
     pairs = [("candidate", "head_only", "fine-tuned - head only")] if fine_tuned else []
     if refit and not fine_tuned:
         pairs = [("candidate", "head_only", "refit on train+val - head on train")]
     pairs.append(("candidate", "baseline", "candidate - served baseline"))
+    c = next(iter(probs_of.values())).shape[1]
     return {
-        name: paired_difference(hit[a], hit[b]) for a, b, name in pairs if a in hit and b in hit
+        name: {
+            **paired_difference(pred[a] == y, pred[b] == y),
+            "macro_f1": paired_macro_f1(y, pred[a], pred[b], c),
+        }
+        for a, b, name in pairs
+        if a in pred and b in pred
     }
 
 

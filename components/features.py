@@ -170,6 +170,12 @@ class SplitFeatures:
     reused: int = 0  # images served from the store
     seconds: float = 0.0  # of the forward pass over the computed ones
 
+    def joined(self, layers: list[str]) -> np.ndarray:
+        """The named layers' pooled features side by side (a multi-depth head's input)."""
+        if len(layers) == 1:
+            return self.x[layers[0]]
+        return np.concatenate([self.x[name] for name in layers], axis=1)
+
 
 def split_rows(examples_dir: str, split: str, exclude: set[str] | None = None) -> list[dict]:
     """The ingest manifest's rows of a split, minus `exclude`, first occurrence of each image.

@@ -64,7 +64,8 @@ def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, f
     Args:
         examples_dir: the ingest step's output (its manifest and labels).
         num_classes: how many classes the model has.
-        mode: the config's class-weight mode; "none" turns weights off.
+        mode: train_head.class_weight: "none" turns weights off; "balanced" and "auto" (what
+            it means where advise planned nothing) weigh the classes.
 
     Returns:
         Weight per class index, or None.

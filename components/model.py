@@ -35,6 +35,7 @@ __all__ = [
     "describe_base",
     "describe_strategy",
     "feature_extractor",
+    "feature_layers",
     "feature_map_shapes",
     "feature_normalizer",
     "head_of",
@@ -47,6 +48,7 @@ __all__ = [
     "scores",
     "set_precision",
     "stage_starts",
+    "tap_base",
     "unfreeze",
     "unfreeze_text",
     "worker_count",
@@ -206,8 +208,70 @@ def cut_base(base: keras.Model, layer: str) -> keras.Model:
     return keras.Model(base.inputs, base.get_layer(layer).output, name=f"{base.name}_to_{layer}")
 
 
+TAP_POOL = "tap_pool_"  # tap_pool_<i>__<layer>: the i-th pooled feature block of a tapped base
+TAPS = "taps"  # the Concatenate layer a tapped base ends in
+
+
+def tap_base(base: keras.Model, layers: list[str]) -> keras.Model:
+    """The base with a multi-depth output (head.taps): its own output and each named earlier
+    layer's, each globally pooled, concatenated into one feature vector (Head2Toe's idea: a
+    head over several depths). One model: export serves it with the taps inside.
+
+    Args:
+        base: the (possibly cut) base.
+        layers: layers of `base` to read beside its output.
+
+    Returns:
+        A keras.Model from the base's input to the pooled features, ending in a Concatenate
+        named "taps" (feature_layers reads its blocks back, also from a saved model).
+
+    Raises:
+        ValueError: a layer is not in the base (or beyond its cut), or listed twice.
+    """
+    names = [lay.name for lay in base.layers]
+    out, cut = names[-1], "_to_" in base.name  # cut_base's naming
+    for layer in layers:
+        if layer not in names:
+            raise ValueError(
+                f"head.taps: no layer '{layer}' in {base.name}"
+                + (" (the base is cut: a tap must come before base.cut_at)" if cut else "")
+                + " (graft inspect-base lists them)"
+            )
+    if len(set(layers)) != len(layers) or out in layers:
+        raise ValueError(
+            f"head.taps lists a layer twice or the base's own output ({out}): {layers}"
+        )
+    blocks = [
+        keras.layers.GlobalAveragePooling2D(name=f"{TAP_POOL}{i}__{name}")(
+            base.get_layer(name).output
+        )
+        for i, name in enumerate([out, *layers])
+    ]
+    joined = keras.layers.Concatenate(name=TAPS)(blocks)
+    return keras.Model(base.inputs, joined, name=f"{base.name}_taps")
+
+
+def feature_layers(base: keras.Model) -> list[str]:
+    """The base's layers whose pooled outputs, concatenated in this order, are the head's
+    input: its last layer, or a tapped base's blocks (its output first).
+
+    Args:
+        base: a base from build_base / tap_base, or base_of a loaded model.
+
+    Returns:
+        Layer names of `base`.
+    """
+    if base.layers[-1].name != TAPS:
+        return [base.layers[-1].name]
+    pooled = [lay.name for lay in base.layers if lay.name.startswith(TAP_POOL)]
+    pooled.sort(key=lambda n: int(n[len(TAP_POOL) :].split("__", 1)[0]))
+    return [n.split("__", 1)[1] for n in pooled]
+
+
 def build_head(cfg: HeadConfig, num_classes: int) -> keras.Sequential:
-    layers = [keras.layers.GlobalAveragePooling2D(name="pool")]
+    # a tapped base pools its own blocks: the head's pool is then the identity
+    pool = keras.layers.Identity if cfg.taps else keras.layers.GlobalAveragePooling2D
+    layers = [pool(name="pool")]
     if cfg.normalize:  # an inner layer's channels differ in scale by orders of magnitude
         # fitted once on the training features (train_head): no batch statistics, no
         # training mode, the same on every replica and in fine-tuning
@@ -236,6 +300,11 @@ def build_model(
         The model, its base frozen.
     """
     base = build_base(base_cfg, size)
+    if head_cfg.taps:
+        fingerprint = base.graft_fingerprint
+        base = tap_base(base, head_cfg.taps)
+        base.trainable = False
+        base.graft_fingerprint = fingerprint
     head = build_head(head_cfg, num_classes)
     inputs = keras.Input((size, size, 3), name="pixels")
     x = BackbonePreprocess(base_cfg.name, name="preprocess")(inputs)

@@ -567,7 +567,8 @@ def build_lineage(
     for k, v in intervals.items():
         if k.startswith("top_"):
             metrics[k] = list(v)
-    metrics.update({k: cand[k] for k in ("macro_f1", "log_loss", "ece") if k in cand})
+    kept = ("balanced_accuracy", "macro_f1", "log_loss", "ece")
+    metrics.update({k: cand[k] for k in kept if k in cand})
     baseline = None
     if evaluation.get("baseline_version") is not None:
         comparison = (evaluation.get("comparisons") or {}).get("candidate - served baseline")

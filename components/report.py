@@ -17,7 +17,7 @@ import re
 import numpy as np
 from markupsafe import Markup
 
-from graft.components.stats import BOOTSTRAP_REPS, wilson
+from graft.components.stats import BOOTSTRAP_REPS, balanced_score_intervals, wilson
 from graft.components.templates import html_template
 
 __all__ = [
@@ -50,7 +50,8 @@ def top_k_correct(probs: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
 
 
 def intervals(probs: np.ndarray, y: np.ndarray, k: int) -> dict:
-    """Accuracy and top-k, each with its Wilson 95 % interval, over n test images.
+    """Accuracy and top-k, each with its Wilson 95 % interval, and macro-F1 and balanced
+    accuracy, each with a 95 % bootstrap interval (test images resampled), over n test images.
 
     Args:
         probs: test probabilities, one row per image.
@@ -58,7 +59,8 @@ def intervals(probs: np.ndarray, y: np.ndarray, k: int) -> dict:
         k: the top-k to count (capped at the number of classes).
 
     Returns:
-        A dict: `n`, `accuracy` and `top_<k>`, each [value, low, high].
+        A dict: `n`, `accuracy`, `top_<k>`, `macro_f1` and `balanced_accuracy`, each
+        [value, low, high].
     """
     n = len(y)
     hit = probs.argmax(1) == y
@@ -70,6 +72,7 @@ def intervals(probs: np.ndarray, y: np.ndarray, k: int) -> dict:
             float(hit_k.mean()) if n else 0.0,
             *wilson(int(hit_k.sum()), n),
         ],
+        **balanced_score_intervals(y, probs.argmax(1), probs.shape[1]),
     }
 
 
@@ -168,7 +171,17 @@ def _accuracy_view(res: dict, ivs: dict, k: int) -> dict:
             if key == "head_only":
                 name = "head only (frozen base): the candidate, no fine-tuning ran"
         topk = next((v for n, v in iv.items() if n.startswith("top_")), None)
-        rows.append({"name": name, "accuracy": iv["accuracy"], "top_k": topk, "metrics": m})
+        rows.append(
+            {
+                "name": name,
+                "accuracy": iv["accuracy"],
+                "top_k": topk,
+                "metrics": m,
+                # runs before balanced scores had intervals: the value alone
+                "macro_f1": iv.get("macro_f1") or [m.get("macro_f1")],
+                "balanced_accuracy": iv.get("balanced_accuracy") or [m.get("balanced_accuracy")],
+            }
+        )
     n = ivs.get("candidate", {}).get("n", 0)
     margin = f"{100 * Z95 * math.sqrt(0.16 / max(1, n)):.1f}%"  # of an accuracy near 80%
     return {"n": n, "margin": margin, "top_k": k if show_topk else None, "rows": rows}

@@ -74,7 +74,7 @@ SHIPPED_TUNED = "fine-tuned model (the guard kept it on val)"
 class HeadDetails:
     """What the head stage did beyond its scores (result.json's `extra`)."""
 
-    class_weight: dict | None
+    class_weight: dict | None  # the weights per class index the fit used; None: none
     labels: list[str]
     train_seconds: float
     feature_seconds: float
@@ -83,6 +83,7 @@ class HeadDetails:
     saved_val: dict | None  # val accuracy and loss of the weights saved: fine_tune reuses it
     deterministic: bool
     distribution: dict
+    class_weight_setting: str | None = None  # train_head.class_weight as the stage read it
 
 
 @dataclass
@@ -433,17 +434,17 @@ def _stored_features(
     from graft.components import features as gfeat
 
     base = gmodel.base_of(model)
-    layer = base.layers[-1].name
+    layers = gmodel.feature_layers(base)
     store = None
     if store_root and chief:  # one writer: the chief
         store = gfeat.FeatureStore(store_root, base.graft_fingerprint, size, geometry)
-    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
+    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers)
     got = {}
     for split, excl in (("train", exclude_train), ("val", exclude)):
         got[split] = gfeat.split_features(
             examples_dir,
             split,
-            [layer],
+            layers,
             extractor=extractor,
             store=store,
             exclude=excl,
@@ -457,7 +458,7 @@ def _stored_features(
         f"train_head: features of {len(t.y)} train + {len(v.y)} val images: "
         f"{counts['reused']} from the store, {counts['computed']} computed"
     )
-    return t.x[layer], t.y, v.x[layer], v.y, counts
+    return t.joined(layers), t.y, v.joined(layers), v.y, counts
 
 
 def _fit_normalizer(model: keras.Model, x: np.ndarray) -> None:
@@ -627,13 +628,23 @@ def _train_head(
         precision=precision,
         extra=_head_details(model, strategy, train, src, fit, cw, labels, t_fit),
     )
+    res.extra.class_weight_setting = cfg.class_weight
+    weights = _weights_text(cfg.class_weight, cw, labels)
     log(
         f"train_head: best val_accuracy {acc:.3f} after {len(hist)} epoch(s), cache "
-        f"{'on' if cached else 'off'}, "
-        f"{res.seconds:.1f}s",
+        f"{'on' if cached else 'off'}, class weights {weights}, {res.seconds:.1f}s",
         level="ok",
     )
     return finish(wdir, res, "head stage (frozen base)")
+
+
+def _weights_text(setting: str, cw: dict | None, labels: list[str]) -> str:
+    """The class weights a fit used, for the log: the setting and each class's weight."""
+    if cw is None:
+        why = "" if setting == "none" else ": the class counts are within 5%"
+        return f"none (train_head.class_weight={setting}{why})"
+    shown = ", ".join(f"{labels[i]} {w:.2f}" for i, w in cw.items())
+    return f"{shown} (train_head.class_weight={setting})"
 
 
 def _stored_head_features(model, src: _HeadData):
@@ -1019,7 +1030,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
     if found:
         run.cfg = run.cfg.model_copy(update={"learning_rate": found["used"]})
     stages_text = _compile_for_fine_tune(model, run, info, steps, head_scores, found)
-    cw = class_weights(run.examples_dir, model.output_shape[-1], "auto")
+    cw = class_weights(run.examples_dir, model.output_shape[-1], run.head_cfg.class_weight)
     cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks)
     model.fit(
         train_ds,
@@ -1150,13 +1161,13 @@ def _pass_head_through(run: _TuneRun, val_ds, precision, skip_reason, refit_reas
 
 
 def _refit_features(run: _TuneRun, model, store: dict | None):
-    """Train and val pooled features at the base's last layer, through the head stage's
+    """Train and val pooled features of the head's input layers, through the head stage's
     store: val without the images validate left out of evaluation (leaked or conflicting)."""
     from graft.components import features as gfeat
 
     base = gmodel.base_of(model)
-    layer = base.layers[-1].name
-    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), [layer])
+    layers = gmodel.feature_layers(base)  # a multi-depth head reads several, side by side
+    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers)
     fs = None
     if store:
         fs = gfeat.FeatureStore(store["root"], store["fingerprint"], run.image_size, run.geometry)
@@ -1166,13 +1177,14 @@ def _refit_features(run: _TuneRun, model, store: dict | None):
     }
     got = {
         split: gfeat.split_features(
-            run.examples_dir, split, [layer], extractor=extractor, store=fs,
+            run.examples_dir, split, layers, extractor=extractor, store=fs,
             exclude=excl[split], batch_size=feature_batch(), stage="fine_tune: refit",
             geometry=run.geometry,
         )
         for split in ("train", "val")
     }  # fmt: skip
-    return got["train"].x[layer], got["train"].y, got["val"].x[layer], got["val"].y
+    t, v = got["train"], got["val"]
+    return t.joined(layers), t.y, v.joined(layers), v.y
 
 
 def _refit_class_weights(y: np.ndarray, num_classes: int, head_weights) -> dict | None:

@@ -215,7 +215,7 @@ def _check_imbalance(cfg: ValidateConfig, stats: dict, labels: list[str], res) -
             small = labels[train_counts.index(min(train_counts))]
             res.warnings.append(
                 f"class imbalance {ratio:.1f}x ('{big}' vs '{small}' in train); "
-                "train_head.class_weight=auto compensates"
+                "train_head.class_weight weighs the classes (recipe auto probes it over 3:1)"
             )
 
 

@@ -270,6 +270,11 @@ class HeadConfig(Section):
     normalize: bool = Field(
         False, description="standardise pooled features per channel (fitted on the train split)"
     )
+    taps: list[str] = Field(
+        default_factory=list,
+        description="earlier layers of the base whose pooled features the head reads beside the "
+        "base's output (a multi-depth head; pair with normalize); []: the output only",
+    )
 
 
 class AugmentConfig(Section):
@@ -318,7 +323,12 @@ class TrainHeadConfig(Section):
     patience: int = Field(
         3, ge=0, le=MAX_EPOCHS, description="early stopping on val_loss; 0 disables"
     )
-    class_weight: Literal["auto", "none"] = "auto"
+    class_weight: Literal["auto", "balanced", "none"] = Field(
+        "auto",
+        description="how both training stages weigh the classes: balanced, n / (C x n_c) per "
+        "class (where the counts differ); none, each image alike; auto, recipe auto's choice "
+        "(over 3:1 imbalance a k-fold macro-F1 probe picks balanced or none), else balanced",
+    )
     feature_cache: Literal["auto", "on", "off"] = "auto"
     augment: bool = Field(False, description="augment during the head stage")
     augmented_passes: int = Field(

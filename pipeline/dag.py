@@ -311,6 +311,8 @@ def _evaluate(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         "blessed": r.blessed,
         "reasons": r.reasons,
         "accuracy": r.candidate["accuracy"],
+        "balanced_accuracy": r.candidate["balanced_accuracy"],
+        "macro_f1": r.candidate["macro_f1"],
         "head_accuracy": r.head_only["accuracy"],
         "baseline_accuracy": r.baseline["accuracy"] if r.baseline else None,
         "fine_tuned": r.fine_tuned,

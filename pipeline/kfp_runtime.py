@@ -77,8 +77,9 @@ def evaluation_metrics(evaluation, filename: str, metrics) -> None:
     for prefix, key in (("", "candidate"), ("head_only_", "head_only"), ("baseline_", "baseline")):
         m = ev.get(key)
         if m:
-            for name in ("accuracy", "macro_f1", "log_loss", "ece"):
-                metrics.log_metric(prefix + name, float(m[name]))
+            for name in ("accuracy", "balanced_accuracy", "macro_f1", "log_loss", "ece"):
+                if name in m:  # balanced_accuracy: not in an older run's evaluation.json
+                    metrics.log_metric(prefix + name, float(m[name]))
     metrics.log_metric("blessed", 1.0 if ev["blessed"] else 0.0)
 
 

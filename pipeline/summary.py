@@ -31,14 +31,20 @@ def _evaluation(record: dict | None) -> dict:
         return {}
 
 
+def _with_interval(v: list | None) -> str:
+    """A [value, low, high] as '0.812 [0.770, 0.850]'; '-' when not recorded."""
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if v and len(v) == 3 else "-"
+
+
 def quality_table(record: dict | None) -> Table:
-    """Each model's test accuracy with its 95% interval (Wilson) and the number of test images."""
+    """Each model's test accuracy with its 95% interval (Wilson), its balanced accuracy and
+    macro-F1 with theirs (bootstrap), and the number of test images."""
     ev = (record or {}).get("summary") or {}
     evaluation = _evaluation(record)
     intervals = evaluation.get("intervals") or {}
     t = Table(title="model quality (test split)")
     t.add_column("model", justify="left")
-    for col in ("accuracy", "95% interval", "n"):
+    for col in ("accuracy", "95% interval", "balanced acc. [95%]", "macro-F1 [95%]", "n"):
         t.add_column(col, justify="right")
     rows = (
         ("head only (frozen base)", "head_only", "head_accuracy"),
@@ -60,7 +66,8 @@ def quality_table(record: dict | None) -> Table:
         iv = intervals.get(key) or {}
         acc = iv.get("accuracy") or [ev.get(summary_key)]
         ci = f"[{acc[1]:.3f}, {acc[2]:.3f}]" if len(acc) == 3 else "-"
-        t.add_row(label, _fmt(acc[0]), ci, str(iv["n"]) if "n" in iv else "-")
+        balanced = [_with_interval(iv.get(k)) for k in ("balanced_accuracy", "macro_f1")]
+        t.add_row(label, _fmt(acc[0]), ci, *balanced, str(iv["n"]) if "n" in iv else "-")
     return t
 
 
