@@ -10,7 +10,7 @@ from rich.table import Table
 
 from graft.core.config import GraftConfig
 
-__all__ = ["print_summary", "push_outcome"]
+__all__ = ["print_summary", "push_outcome", "quality_table"]
 
 
 def _fmt(v) -> str:
@@ -38,7 +38,15 @@ def _with_interval(v: list | None) -> str:
 
 def quality_table(record: dict | None) -> Table:
     """Each model's test accuracy with its 95% interval (Wilson), its balanced accuracy and
-    macro-F1 with theirs (bootstrap), and the number of test images."""
+    macro-F1 with theirs (bootstrap), and the number of test images.
+
+    Args:
+        record: the run record's evaluate step (its summary and output folder), or None.
+
+    Returns:
+        The table: head only, the candidate (fine-tuned, or a head refit on train + val) when
+        it differs from the head, and the served baseline.
+    """
     ev = (record or {}).get("summary") or {}
     evaluation = _evaluation(record)
     intervals = evaluation.get("intervals") or {}
