@@ -49,6 +49,8 @@ __all__ = [
     "balance_predictions",
     "IMBALANCE_RATIO",
     "plan_base",
+    "plan_refit",
+    "refit_hits",
     "choose_base",
     "base_geometry",
     "probe",
@@ -119,6 +121,8 @@ class Evidence:
     bases: dict | None = None
     # the augmented-views probe (measure_views): per K views, paired gain and seconds
     views: dict | None = None
+    # the refit probe (measure_refit): k-fold learning curve at the refit's share of images
+    refit: dict | None = None
     # label_issues.check's document (label_issues.json, not advice.json)
     label_check: dict | None = field(default=None, repr=False)
 
@@ -1683,6 +1687,10 @@ def _plan_auto(
         p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
         keep=keep, geometry=geometry, seed=seed, **sample,
     )  # fmt: skip
+    _probe_refit(
+        p, ev, examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size,
+        keep=keep, geometry=geometry, seed=seed, small_data=small_data, **sample,
+    )  # fmt: skip
     return ev, p, kept_base
 
 
@@ -1996,6 +2004,7 @@ def advice_markdown(res: AdviceResult | dict) -> str:
             f"{c['probe_seconds']:.1f} | {c['train_seconds']:.0f} |"
             for c in views["candidates"]
         ]
+    out += _refit_markdown((ev or {}).get("refit"))
     return "\n".join(out + _bases_markdown((ev or {}).get("bases"))) + "\n"
 
 
@@ -2019,6 +2028,220 @@ def _balance_markdown(b: dict | None) -> list[str]:
         "| class weights | macro-F1 | balanced accuracy | accuracy |",
         "|---|---|---|---|",
         *rows,
+    ]
+
+
+# ------------------------------------------------------------------- refit on train + val
+
+REFIT_RULE = (
+    "small data whose head-only model ships (no fine-tuning, the head on plain stored "
+    "features): refit a fresh head on train + val for the epochs val early stopping chose, "
+    "when the k-fold learning curve says more images still help: each fold's probe trained "
+    "on all its training images against a stratified share of them (train / (train + val), "
+    "the refit's step), scored on the same held-out images; refit when the held-out log "
+    "loss of the larger set is lower with 90% confidence (the one-sided 90% bound of the "
+    "paired gain above 0) and its accuracy is not lower"
+)
+
+
+def refit_hits(x, y, folds: int, fraction: float, groups=None, seed: int = 0) -> dict:
+    """Out-of-fold hits and log losses of advise's linear probe trained on each fold's
+    training images, and on a stratified `fraction` of them, on the same folds as `probe`.
+
+    Args:
+        x: pooled features of the images.
+        y: the class indices.
+        folds: k, lowered to the smallest class's count (at least 2).
+        fraction: the share of each fold's training images the smaller probe keeps.
+        groups: each image's group (data.group_by), or None.
+        seed: seeds the folds and the share drawn.
+
+    Returns:
+        {"hits", "hits_less", "loss", "loss_less"}: one value per image each.
+    """
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    k = max(2, min(folds, int(np.bincount(y).min())))
+    n_groups = len(set(groups.tolist())) if groups is not None else 0
+    grouped = 2 <= n_groups < len(groups)
+    cv = (
+        StratifiedGroupKFold(min(k, n_groups), shuffle=True, random_state=seed)
+        if grouped
+        else StratifiedKFold(k, shuffle=True, random_state=seed)
+    )
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=0.5, max_iter=500, tol=1e-3))
+    rng = np.random.default_rng(seed)
+    out = {key: np.zeros(len(y)) for key in ("hits", "hits_less", "loss", "loss_less")}
+    for fit, held in cv.split(x, y, groups if grouped else None):
+        less = np.concatenate(
+            [
+                rng.choice(idx, max(1, round(fraction * len(idx))), replace=False)
+                for idx in (fit[y[fit] == c] for c in np.unique(y[fit]))
+            ]
+        )
+        for rows, suffix in ((fit, ""), (less, "_less")):
+            clf = clone(pipe).fit(x[rows], y[rows])
+            p = np.zeros((len(held), int(y.max()) + 1))
+            p[:, clf.classes_] = clf.predict_proba(x[held])
+            out["hits" + suffix][held] = p.argmax(1) == y[held]
+            out["loss" + suffix][held] = -np.log(np.clip(p[np.arange(len(held)), y[held]], 1e-7, 1))
+    return out
+
+
+def measure_refit(
+    examples_dir: str,
+    validation_dir: str | None,
+    *,
+    ev: Evidence,
+    base_cfg,
+    size: int,
+    cut_at: str | None,
+    geometry,
+    store_root: str,
+    folds: int,
+    max_probe_images: int,
+) -> dict:
+    """The k-fold learning curve at the refit's step, on the probe sample at the run's size,
+    layer and geometry (features from the store: the geometry probe computed them)."""
+    from graft.components.stats import paired_difference
+
+    t0 = time.time()
+    shas, y, groups, _ = _probe_sample(examples_dir, validation_dir, max_probe_images)
+    base, layer, extractor = _probe_extractor(base_cfg, size, cut_at)
+    x = _sample_features(
+        examples_dir, validation_dir, shas, base=base, layer=layer, extractor=extractor,
+        size=size, store_root=store_root, geometry=geometry, stage="advise: refit probe",
+    ).x[layer]  # fmt: skip
+    fraction = ev.n_train / max(1, ev.n_train + ev.n_val)
+    got = refit_hits(x, y, folds, fraction, groups)
+    acc = paired_difference(got["hits"], got["hits_less"])
+    loss = paired_difference(got["loss_less"], got["loss"])  # > 0: more images, lower loss
+    loss["low90"] = paired_difference(got["loss_less"], got["loss"], level=0.80)["low"]
+    log(
+        f"advise: refit probe at {size}px ({layer}, {geometry.resize}): {fraction:.0%} of each "
+        f"fold's images {got['hits_less'].mean():.3f}, all {got['hits'].mean():.3f} (paired "
+        f"{acc['difference']:+.3f} [{acc['low']:+.3f}, {acc['high']:+.3f}]); log loss "
+        f"{got['loss_less'].mean():.3f} -> {got['loss'].mean():.3f} (gain "
+        f"{loss['difference']:+.3f}, 90% bound {loss['low90']:+.3f})"
+    )
+    return {
+        "size": size,
+        "layer": layer,
+        "resize": geometry.resize,
+        "n": len(y),
+        "folds": folds,
+        "n_train": ev.n_train,
+        "n_val": ev.n_val,
+        "fraction": round(fraction, 4),
+        "accuracy": float(got["hits"].mean()),
+        "accuracy_less": float(got["hits_less"].mean()),
+        "accuracy_gain": acc,
+        "log_loss": float(got["loss"].mean()),
+        "log_loss_less": float(got["loss_less"].mean()),
+        "log_loss_gain": loss,
+        "rule": REFIT_RULE,
+        "seconds": round(time.time() - t0, 2),
+    }
+
+
+def _refit_ruled_out(p: Plan, keep: dict[str, Any], small: bool) -> str | None:
+    """Why no refit can be planned whatever the probe says, or None."""
+    if not small:
+        return "large data: fine-tuning is planned or the val split adds few images"
+    if keep.get("fine_tune.enabled") is True or p.overrides.get("fine_tune.enabled") is not False:
+        return "fine-tuning runs, and its guard decides on val: the refit is for a head-only model"
+    if keep.get("train_head.augment") is True or keep.get("train_head.feature_cache") == "off":
+        return (
+            "your train_head.augment or feature_cache settings train the head on images; a "
+            "refit trains on stored features"
+        )
+    return None
+
+
+def plan_refit(p: Plan, refit: dict | None, why_not: str | None = None) -> None:
+    """train_head.refit from the refit probe: always only when more images still help beyond
+    the noise (REFIT_RULE), never otherwise or when `why_not` rules it out. Pure.
+
+    Args:
+        p: the plan, changed in place.
+        refit: measure_refit's evidence, or None when it did not run.
+        why_not: why no refit can be planned whatever the evidence, or None.
+    """
+    if refit is None or why_not:
+        p.overrides["train_head.refit"] = "never"
+        p.decisions.append(Decision("refit", "no", why_not or "no refit probe ran"))
+        return
+    acc, loss = refit["accuracy_gain"], refit["log_loss_gain"]
+    on = loss["low90"] > 0 and acc["difference"] >= 0
+    p.overrides["train_head.refit"] = "always" if on else "never"
+    p.decisions.append(
+        Decision(
+            "refit",
+            f"yes: head on train + val ({refit['n_train'] + refit['n_val']} images)"
+            if on
+            else "no",
+            f"{refit['folds']}-fold probes on {refit['n']} training images, each fold's "
+            f"classifier on all its images vs {refit['fraction']:.0%} of them (train / "
+            f"(train + val)): accuracy {refit['accuracy_less']:.3f} -> {refit['accuracy']:.3f} "
+            f"(paired {acc['difference']:+.3f} [{acc['low']:+.3f}, {acc['high']:+.3f}]), log "
+            f"loss {refit['log_loss_less']:.3f} -> {refit['log_loss']:.3f} (gain "
+            f"{loss['difference']:+.3f}, one-sided 90% bound {loss['low90']:+.3f}): "
+            + (
+                "more images still help, so the head shipped is refit on train + val for the "
+                "epochs val early stopping chose"
+                if on
+                else "more images do not help beyond the noise, so the head trained on train "
+                "and early-stopped on val ships"
+            ),
+        )
+    )
+
+
+def _probe_refit(
+    p: Plan, ev: Evidence, examples_dir, validation_dir, *, base_cfg, image_size, keep,
+    geometry, store_root, folds, max_probe_images, seed, small_data,
+):  # fmt: skip
+    """The refit decision: the learning-curve probe at the run's point when a refit could
+    ship (small data, no fine-tuning, the head on stored features), then its plan."""
+    tunes = keep.get("fine_tune.enabled", p.overrides.get("fine_tune.enabled")) is True
+    if keep.get("train_head.refit") == "always" and tunes:
+        raise ValueError(
+            "train_head.refit: always (your setting) refits the head-only model, but fine-tuning "
+            f"runs on this data ({ev.n_train} training images); set fine_tune.enabled=false too, "
+            "or train_head.refit=auto"
+        )
+    why_not = _refit_ruled_out(p, keep, ev.n_train < small_data)
+    if why_not is None and ev.n_val:
+        size, cut = _probe_point(p, keep, image_size, base_cfg.cut_at)
+        _seed(seed)
+        ev.refit = measure_refit(
+            examples_dir, validation_dir, ev=ev, base_cfg=base_cfg, size=size, cut_at=cut,
+            geometry=_run_geometry(p, keep, geometry), store_root=store_root, folds=folds,
+            max_probe_images=max_probe_images,
+        )  # fmt: skip
+    elif why_not is None:
+        why_not = "no val images: nothing to add"
+    plan_refit(p, ev.refit, why_not)
+
+
+def _refit_markdown(refit: dict | None) -> list[str]:
+    """advice.md's paragraph on the refit probe; none when it did not run."""
+    if not refit:
+        return []
+    acc, loss = refit["accuracy_gain"], refit["log_loss_gain"]
+    return [
+        "",
+        f"Refit on train + val, {refit['folds']}-fold probes of {refit['layer']} at "
+        f"{refit['size']} px ({refit['resize']}) on {refit['n']} images, each fold's classifier "
+        f"on all its images vs {refit['fraction']:.0%}: accuracy {refit['accuracy_less']:.3f} "
+        f"-> {refit['accuracy']:.3f} (paired {acc['difference']:+.3f} [{acc['low']:+.3f}, "
+        f"{acc['high']:+.3f}]), log loss {refit['log_loss_less']:.3f} -> {refit['log_loss']:.3f} "
+        f"(gain {loss['difference']:+.3f}, one-sided 90% bound {loss['low90']:+.3f}); rule: "
+        f"{refit['rule']}",
     ]
 
 

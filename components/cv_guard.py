@@ -23,7 +23,6 @@ import os
 import time
 from dataclasses import dataclass
 
-import keras
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
@@ -35,6 +34,7 @@ from graft.components.fitting import (
     class_weights,
     load_model,
     make_optimizer,
+    reinitialise,
     scores_on,
 )
 from graft.core.config import AugmentConfig, FineTuneConfig, TrainHeadConfig
@@ -61,21 +61,9 @@ def fold_count(labels: np.ndarray, folds: int) -> int:
     return k if k >= 2 else 0
 
 
-def _reinitialise(head: keras.Model, seed: int) -> None:
-    """Fresh weights for every layer with an initializer (Dense); Normalization keeps its
-    adapted statistics, Dropout has none."""
-    keras.utils.set_random_seed(seed)
-    for layer in head.layers:
-        for attr in ("kernel", "bias"):
-            var = getattr(layer, attr, None)
-            init = getattr(layer, f"{attr}_initializer", None)
-            if var is not None and init is not None:
-                var.assign(init(tuple(var.shape), dtype=var.dtype))
-
-
 def _train_fold_head(model, x, y, head_cfg: TrainHeadConfig, epochs: int, cw, seed: int):
     head = gmodel.head_of(model)
-    _reinitialise(head, seed)
+    reinitialise(head, seed)
     trainer = gmodel.pooled_head(head, x.shape[1])
     gmodel.compile_for_fit(
         trainer, make_optimizer(head_cfg.optimizer, head_cfg.learning_rate), metrics=False

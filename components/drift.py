@@ -16,7 +16,8 @@ says so. Four measures, each with its threshold from the `drift:` config:
   rows next) of the added images vs the served snapshot, maximum mean discrepancy with an RBF
   kernel (median heuristic) and a permutation p-value;
 - the served model's top score on the added images vs on its own held-out (val, test) images,
-  which it did not fit: JS divergence of the two histograms.
+  which it did not fit (test alone when a head refit on train + val is served: its lineage's
+  `training.trained_on`): JS divergence of the two histograms.
 
 Small batches differ by chance, so a measure over its threshold flags only when its
 permutation p-value is below `drift.significance` too; the embedding test flags on its p-value.
@@ -55,6 +56,7 @@ __all__ = [
     "label_linf",
     "mmd_test",
     "image_stats",
+    "held_out_splits",
 ]
 
 STATS = ("bytes", "width", "height", "aspect", "brightness", "colourfulness")
@@ -107,6 +109,24 @@ def served_snapshot(destination: str, model_name: str) -> tuple[int, str, str | 
         lineage = card.get("lineage") or {}
         examples = (lineage.get("data") or {}).get("examples_dir") or lineage.get("examples")
     return version, vdir, examples
+
+
+def held_out_splits(destination: str, model_name: str) -> tuple[str, ...]:
+    """The splits the served model never trained on: val and test, or test alone when its
+    lineage says a head refit on train + val shipped (val is then no held-out image).
+
+    Args:
+        destination: the push destination.
+        model_name: the served model's name.
+
+    Returns:
+        The split names.
+    """
+    from graft.components import registry
+
+    entry = registry.served_entry(destination, model_name) or {}
+    trained_on = ((entry.get("lineage") or {}).get("training") or {}).get("trained_on") or []
+    return tuple(s for s in ("val", "test") if s not in trained_on)
 
 
 # ---------------------------------------------------------------- statistics
@@ -541,7 +561,8 @@ def check_drift(
             "compared"
         )
     else:
-        sides = _draw_samples(cfg, res, old_dir, old_rows, examples_dir, added, rng)
+        held_splits = held_out_splits(destination, model_name)
+        sides = _draw_samples(cfg, res, old_dir, old_rows, examples_dir, added, rng, held_splits)
         metrics.update(_stat_measures(cfg, sides, P, rng))
         cache: dict = {}
         embedded = dict(
@@ -633,11 +654,14 @@ class _Sides:
     enc_new: dict[str, bytes]
 
 
-def _draw_samples(cfg, res: DriftResult, old_dir, old_rows, examples_dir, added, rng) -> _Sides:
-    """Up to drift.sample images per side, drawn with the seeded rng, and their bytes."""
+def _draw_samples(
+    cfg, res: DriftResult, old_dir, old_rows, examples_dir, added, rng, held_splits
+) -> _Sides:
+    """Up to drift.sample images per side, drawn with the seeded rng, and their bytes; the
+    served model's held-out images from `held_splits` (the splits it did not train on)."""
     old_s = _sample(old_rows, cfg.sample, rng)
     new_s = _sample(added, cfg.sample, rng)
-    held = _sample([r for r in old_rows if r["split"] in ("val", "test")], cfg.sample, rng)
+    held = _sample([r for r in old_rows if r["split"] in held_splits], cfg.sample, rng)
     res.compared.update(old_sample=len(old_s), new_sample=len(new_s), old_held_out=len(held))
     enc_old = read_encoded(old_dir, {r["sha256"] for r in old_s + held})
     enc_new = read_encoded(examples_dir, {r["sha256"] for r in new_s})

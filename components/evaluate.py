@@ -62,6 +62,10 @@ class EvaluationResult:
     comparisons: dict = field(default_factory=dict)
     # False when fine-tuning did not run (off, or advise planned none): the head is the model
     fine_tuned: bool = True
+    # the model the fine_tune step handed on, in words (its result.json), and the refit's
+    # images and epochs when a head refit on train + val is the candidate
+    shipped: str | None = None
+    refit: dict | None = None
     # per model, how its test scores were computed: the whole model, the head on stored
     # features, or the served model's stored scores (seeded, stored, computed)
     scoring: dict = field(default_factory=dict)
@@ -333,7 +337,7 @@ def _plots(
     fig, ax = plt.subplots(figsize=(6, 3))
     xs = np.arange(len(labels))
     bars = ((-0.2, "head_only"), (0.2, "candidate"))
-    if not results["fine_tuned"]:  # the candidate is the head model: one set of bars
+    if not results["fine_tuned"] and not results.get("refit"):  # the head is the candidate
         bars = ((0.0, "head_only"),)
     for off, key in bars:
         ax.bar(xs + off, [results[key]["per_class"][lab]["f1"] for lab in labels], 0.4, label=key)
@@ -427,12 +431,16 @@ def _drift(drift_dir: str | None) -> dict | None:
         return json.load(f)
 
 
-def _comparisons(probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: bool) -> dict:
-    """Fine-tuned vs head-only (when fine-tuning ran), and the candidate vs the served baseline,
-    paired per image: the accuracy difference, and under `macro_f1` the macro-F1 difference
-    (each resample recomputes both models' macro-F1)."""
+def _comparisons(
+    probs_of: dict[str, np.ndarray], y: np.ndarray, fine_tuned: bool, refit: bool = False
+) -> dict:
+    """Fine-tuned (or refit on train + val) vs head-only, when one ran, and the candidate vs
+    the served baseline, paired per image: the accuracy difference, and under `macro_f1` the
+    macro-F1 difference (each resample recomputes both models' macro-F1)."""
     pred = {k: p.argmax(1) for k, p in probs_of.items()}
     pairs = [("candidate", "head_only", "fine-tuned - head only")] if fine_tuned else []
+    if refit and not fine_tuned:
+        pairs = [("candidate", "head_only", "refit on train+val - head on train")]
     pairs.append(("candidate", "baseline", "candidate - served baseline"))
     c = next(iter(probs_of.values())).shape[1]
     return {
@@ -637,11 +645,11 @@ def _advice(advice_dir: str | None) -> dict | None:
 
 def _score_models(
     head_dir, model_dir, examples_dir, shas, y, labels, exclude, pixels, *, cfg, head_store,
-    image_size, geometry, flip_average, cand_sha,
+    image_size, geometry, flip_average, cand_sha, refit=False,
 ):  # fmt: skip
     """Scores of the head-only model and the candidate (its model.keras hashes to cand_sha):
-    from stored features where the head's are stored, once where the candidate is the head's
-    weights, else by the whole model."""
+    from stored features where the head's are stored (a refit head's too: the same frozen
+    base), once where the candidate is the head's weights, else by the whole model."""
     scored: dict[str, dict] = {}
     probs_of: dict[str, np.ndarray] = {}  # per model, for the report's intervals and gallery
     scoring: dict[str, dict] = {}  # per model, how its scores were computed
@@ -658,7 +666,7 @@ def _score_models(
             scored[key] = scored["head_only"]
             continue
         got = None
-        if key == "head_only" and not flip_average:  # the mirror images' features: not stored
+        if (key == "head_only" or refit) and not flip_average:  # mirror images: not stored
             got = head_scores_from_features(
                 model,
                 examples_dir,
@@ -747,10 +755,12 @@ def evaluate(
     pixels = _lazy_pixels(blobs, image_size, geometry)
     cand_sha = file_sha256(os.path.join(model_dir, "model.keras"))
     head_store = (_stage_extra(head_dir) or {}).get("feature_store")
+    guard = _stage_extra(model_dir)
+    refit = (guard or {}).get("refit")
     scored, probs_of, scoring, loaded = _score_models(
         head_dir, model_dir, examples_dir, shas, y, labels, exclude, pixels,
         cfg=cfg, head_store=head_store, image_size=image_size, geometry=geometry,
-        flip_average=flip_average, cand_sha=cand_sha,
+        flip_average=flip_average, cand_sha=cand_sha, refit=bool(refit),
     )  # fmt: skip
     model = loaded["candidate"]
     baseline, note, version = _score_baseline(
@@ -759,7 +769,6 @@ def evaluate(
         source=_feature_source(loaded["head_only"], head_store, image_size, geometry),
     )  # fmt: skip
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
-    guard = _stage_extra(model_dir)
     fine_tuned = (guard or {}).get("guard") != "disabled"
     res = EvaluationResult(
         labels=labels,
@@ -775,13 +784,15 @@ def evaluate(
         report="",
         fine_tuned=fine_tuned,
         scoring=scoring,
+        shipped=(guard or {}).get("shipped"),
+        refit=refit,
     )
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)
     res.plots = {k: os.path.basename(v) for k, v in plots.items()}
     checks = _data_checks_html(validation_dir, _data_root(examples_dir))
     res.intervals = {k: report.intervals(p, y, cfg.top_k) for k, p in probs_of.items()}
-    res.comparisons = _comparisons(probs_of, y, fine_tuned)
+    res.comparisons = _comparisons(probs_of, y, fine_tuned, bool(refit))
     provenance = _provenance(examples_dir, head_dir, model_dir, out_dir, model, model_name, res)
     sections = {  # the report's sections beyond the result itself
         "guard": guard,

@@ -173,6 +173,7 @@ def _model_card(
         "blessed": evaluation["blessed"],
         "blessing_reasons": evaluation["reasons"],
         "parity_max_abs_diff": parity,
+        "training": lineage["training"],  # which model shipped: a refit on train + val or not
         "lineage": lineage,  # run, config hash, code, data snapshot, base, metrics, baseline
         "config": settings,  # the config this step read (its cache key), nothing more
     }

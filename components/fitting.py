@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 
@@ -22,6 +23,8 @@ __all__ = [
     "load_model",
     "make_optimizer",
     "read_history",
+    "refit_epochs",
+    "reinitialise",
     "schedule",
     "scores_on",
 ]
@@ -163,3 +166,39 @@ def read_history(out_dir: str) -> list[dict]:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     by_epoch = {r["epoch"]: r for r in rows}  # a resumed epoch overwrites its killed attempt
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def reinitialise(head: keras.Model, seed: int) -> None:
+    """Fresh weights for every layer with an initializer (Dense), drawn after seeding with
+    `seed`; Normalization keeps its adapted statistics, Dropout has none.
+
+    Args:
+        head: the head (or any model) whose layers are re-initialised in place.
+        seed: the seed set before drawing.
+    """
+    keras.utils.set_random_seed(seed)
+    for layer in head.layers:
+        for attr in ("kernel", "bias"):
+            var = getattr(layer, attr, None)
+            init = getattr(layer, f"{attr}_initializer", None)
+            if var is not None and init is not None:
+                var.assign(init(tuple(var.shape), dtype=var.dtype))
+
+
+def refit_epochs(history: list[dict], patience: int) -> int:
+    """The epochs behind the head's saved weights: with early stopping (patience > 0) Keras
+    restores the weights of the first epoch with the lowest val_loss, else the last epoch's.
+
+    Args:
+        history: the head stage's per-epoch rows (read_history).
+        patience: train_head.patience; 0: no early stopping.
+
+    Returns:
+        How many epochs the saved weights trained for; 0 for no history.
+    """
+    if not history:
+        return 0
+    if not patience:
+        return len(history)
+    losses = [row.get("val_loss", math.inf) for row in history]
+    return int(np.argmin(losses)) + 1

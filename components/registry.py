@@ -62,6 +62,7 @@ __all__ = [
     "UnknownVersion",
     "baseline_version",
     "build_lineage",
+    "training_record",
     "code_version",
     "code_version_text",
     "drift_verdict",
@@ -597,6 +598,26 @@ def build_lineage(
         "blessing_reasons": list(evaluation.get("reasons") or []),
         "baseline": baseline,
         "trained_model": trained_model,
+        "training": training_record(evaluation),
+    }
+
+
+def training_record(evaluation: dict) -> dict:
+    """Which model shipped and the splits it trained on (evaluation.json's account of the
+    fine_tune step): drift reads `trained_on` to score the served model on what it never saw.
+
+    Args:
+        evaluation: evaluation.json's content.
+
+    Returns:
+        {"shipped", "trained_on", "refit"}: trained_on is ["train", "val"] for a head refit
+        on train + val, else ["train"] (val only early-stopped it and guarded fine-tuning).
+    """
+    refit = evaluation.get("refit")
+    return {
+        "shipped": evaluation.get("shipped"),
+        "trained_on": ["train", "val"] if refit else ["train"],
+        "refit": refit,
     }
 
 

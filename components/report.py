@@ -161,7 +161,11 @@ def _accuracy_view(res: dict, ivs: dict, k: int) -> dict:
         m, iv = res.get(key), ivs.get(key)
         if not m or not iv:
             continue
-        if not res.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate
+        if res.get("refit") and not res.get("fine_tuned", True):  # a refit head is the candidate
+            name = {"head_only": "head on train, early-stopped on val (not shipped)"}.get(
+                key, f"{res.get('shipped')} (the candidate)" if key == "candidate" else name
+            )
+        elif not res.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate
             if key == "candidate":
                 continue
             if key == "head_only":

@@ -36,6 +36,8 @@ from graft.components.fitting import (
     load_model,
     make_optimizer,
     read_history,
+    refit_epochs,
+    reinitialise,
     scores_on,
 )
 from graft.components.manifest import excluded_from_eval, excluded_from_train
@@ -54,6 +56,7 @@ __all__ = [
     "HeadDetails",
     "FineTuneDetails",
     "FineTuneSkipped",
+    "SHIPPED_HEAD",
     "train_head",
     "fine_tune",
     "finished",
@@ -63,6 +66,8 @@ __all__ = [
 ]
 
 MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two decades
+SHIPPED_HEAD = "head trained on train, early-stopped on val"
+SHIPPED_TUNED = "fine-tuned model (the guard kept it on val)"
 
 
 @dataclass
@@ -101,15 +106,20 @@ class FineTuneDetails:
     stage_rates: str | None
     deterministic: bool
     distribution: dict
+    shipped: str | None = None  # the model this stage hands on, in words
 
 
 @dataclass
 class FineTuneSkipped:
-    """Fine-tuning did not run: the head model passed through, and why."""
+    """Fine-tuning did not run: the head model passed through (or a head refit on train +
+    val in its place), and why."""
 
     guard: str = "disabled"
     kept: str = "head"
     skipped: str = ""  # why: the user's setting, or advise's plan
+    shipped: str | None = None  # SHIPPED_HEAD, or "head refit on train+val (N images, E epochs)"
+    shipped_why: str | None = None  # train_head.refit's reason: advise's evidence or the config
+    refit: dict | None = None  # the refit's images and epochs; None: no refit ran
 
 
 def _details(extra: dict | None):
@@ -965,10 +975,13 @@ def fine_tune(
     head_cfg: TrainHeadConfig | None = None,
     skip_reason: str = "fine_tune.enabled: false",
     geometry: gdata.Geometry = gdata.SQUASH,
+    refit_reason: str = "",
 ) -> StageResult:
     """Unfreeze the base as cfg.unfreeze says (BN stays frozen), train at a low LR, keep the
     result only if better. With fine-tuning off the head passes through; `skip_reason` says
-    why (the user's setting, or advise's plan) in the log and the report.
+    why (the user's setting, or advise's plan) in the log and the report. With fine-tuning off
+    and train_head.refit: always, a fresh head refit on train + val for the epochs the head
+    stage's early stopping chose passes instead; `refit_reason` says why it was (not) refit.
 
     Args:
         examples_dir: the ingest step's output.
@@ -983,6 +996,7 @@ def fine_tune(
         head_cfg: the `train_head` section, for the guard's cross-validation; None: defaults.
         skip_reason: why fine-tuning is off, when it is.
         geometry: how images are fitted to the input size.
+        refit_reason: why train_head.refit is what it is (advise's evidence or the config).
 
     Returns:
         The StageResult: with FineTuneDetails in `extra` (the guard's decision on which model
@@ -1008,7 +1022,7 @@ def fine_tune(
         geometry,
     )
     try:
-        return _fine_tune(run, extra_callbacks, skip_reason)
+        return _fine_tune(run, extra_callbacks, skip_reason, refit_reason)
     finally:
         release(wdir, out_dir)
 
@@ -1024,9 +1038,14 @@ class _Guard:
     evidence: str | None = None  # what the gain was measured on (beyond_noise only)
 
 
-def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason) -> StageResult:
+def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> StageResult:
     t0 = time.time()
     train, strategy = run.train, run.strategy
+    if run.cfg.enabled and run.head_cfg.refit == "always":
+        raise ValueError(
+            "train_head.refit: always refits the head-only model, but fine_tune.enabled is "
+            "true; set fine_tune.enabled: false to ship a refit head, or train_head.refit: never"
+        )
     precision = gmodel.set_precision(train)
     exclude = excluded_from_eval(run.validation_dir)
     workers = gmodel.worker_count(strategy)
@@ -1040,7 +1059,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason) -> StageResult:
         geometry=run.geometry,
     )
     if not run.cfg.enabled:
-        return _pass_head_through(run, val_ds, precision, skip_reason)
+        return _pass_head_through(run, val_ds, precision, skip_reason, refit_reason)
     with strategy.scope():
         model = gmodel.multi_worker_keras(load_model(_head_model(run)), strategy)
     head_scores = scores_on(model, val_ds)
@@ -1147,11 +1166,14 @@ def _fine_tune_details(
         distribution=distribution(
             run.strategy, train_ds.options().experimental_distribute.auto_shard_policy
         ),
+        shipped=SHIPPED_HEAD if guard.kept == "head" else SHIPPED_TUNED,
     )
 
 
-def _pass_head_through(run: _TuneRun, val_ds, precision, skip_reason) -> StageResult:
-    """Fine-tuning off: the head model is copied as it is, scored by the head stage."""
+def _pass_head_through(run: _TuneRun, val_ds, precision, skip_reason, refit_reason) -> StageResult:
+    """Fine-tuning off: the head model is copied as it is, scored by the head stage; or, with
+    train_head.refit: always, a head refit on train + val takes its place (no val score: val
+    is in its training data)."""
     head_model_path = _head_model(run)
     tf.io.gfile.copy(head_model_path, os.path.join(run.wdir, MODEL), overwrite=True)
     head_res = finished(run.head_dir)
@@ -1160,6 +1182,10 @@ def _pass_head_through(run: _TuneRun, val_ds, precision, skip_reason) -> StageRe
         acc, loss = saved["accuracy"], saved["loss"]
     else:
         acc, loss, _ = scores_on(load_model(head_model_path), val_ds)
+    refit = _refit_head(run, head_res) if run.head_cfg.refit == "always" else None
+    if refit:
+        acc = loss = float("nan")  # val trained the shipped head: no held-out val score
+    shipped = refit["shipped"] if refit else SHIPPED_HEAD
     res = StageResult(
         stage="fine_tune",
         model_path=os.path.join(run.out_dir, MODEL),
@@ -1167,10 +1193,97 @@ def _pass_head_through(run: _TuneRun, val_ds, precision, skip_reason) -> StageRe
         best_val_loss=loss,
         epochs_run=0,
         precision=precision,
-        extra=FineTuneSkipped(skipped=skip_reason),
+        extra=FineTuneSkipped(
+            skipped=skip_reason,
+            shipped=shipped,
+            shipped_why=refit_reason or f"train_head.refit: {run.head_cfg.refit}",
+            refit=refit,
+        ),
     )
-    log(f"fine_tune: skipped ({skip_reason}); the head-only model is kept")
+    log(f"fine_tune: skipped ({skip_reason}); shipping the {shipped} ({res.extra.shipped_why})")
     return finish(run.wdir, res, "fine-tune (skipped)")
+
+
+def _refit_features(run: _TuneRun, model, store: dict | None):
+    """Train and val pooled features of the head's input layers, through the head stage's
+    store: val without the images validate left out of evaluation (leaked or conflicting)."""
+    from graft.components import features as gfeat
+
+    base = gmodel.base_of(model)
+    layers = gmodel.feature_layers(base)  # a multi-depth head reads several, side by side
+    extractor = gfeat.pooled_extractor(base, model.get_layer("preprocess"), layers)
+    fs = None
+    if store:
+        fs = gfeat.FeatureStore(store["root"], store["fingerprint"], run.image_size, run.geometry)
+    excl = {
+        "train": excluded_from_train(run.validation_dir),
+        "val": excluded_from_eval(run.validation_dir) | excluded_from_train(run.validation_dir),
+    }
+    got = {
+        split: gfeat.split_features(
+            run.examples_dir, split, layers, extractor=extractor, store=fs,
+            exclude=excl[split], batch_size=feature_batch(), stage="fine_tune: refit",
+            geometry=run.geometry,
+        )
+        for split in ("train", "val")
+    }  # fmt: skip
+    t, v = got["train"], got["val"]
+    return t.joined(layers), t.y, v.joined(layers), v.y
+
+
+def _refit_class_weights(y: np.ndarray, num_classes: int, head_weights) -> dict | None:
+    """n / (C * n_c) over train + val when the head stage weighted its classes, else None."""
+    if not head_weights:
+        return None
+    counts = np.bincount(y, minlength=num_classes)
+    return {i: len(y) / (num_classes * max(1, int(c))) for i, c in enumerate(counts)}
+
+
+def _refit_head(run: _TuneRun, head_res: StageResult | None) -> dict:
+    """A fresh head (re-initialised with train.seed, the head stage's settings) on the frozen
+    base's train + val features for the epochs the head stage's early stopping kept: val
+    picked the epochs, then joins the training data. Saved over the copied head model."""
+    hcfg = run.head_cfg
+    if head_res is None or not head_res.cache_used or hcfg.augment:
+        raise ValueError(
+            "train_head.refit: always refits the head on stored plain features, but the head "
+            "stage trained on images (train_head.augment or feature_cache: off)"
+        )
+    t0 = time.time()
+    epochs = refit_epochs(read_history(run.head_dir), hcfg.patience)
+    model = load_model(_head_model(run))
+    xt, yt, xv, yv = _refit_features(run, model, head_res.extra.feature_store)
+    x, y = np.concatenate([xt, xv]), np.concatenate([yt, yv])
+    _fit_normalizer(model, x)
+    head = gmodel.head_of(model)
+    reinitialise(head, run.train.seed)
+    trainer = gmodel.pooled_head(head, x.shape[1])
+    gmodel.compile_for_fit(
+        trainer, make_optimizer(hcfg.optimizer, hcfg.learning_rate), metrics=False
+    )
+    cw = _refit_class_weights(y, model.output_shape[-1], head_res.extra.class_weight)
+    trainer.fit(x, y, batch_size=hcfg.batch_size, epochs=max(1, epochs), class_weight=cw, verbose=0)
+    _compile_stock(model, tf.distribute.get_strategy(), hcfg.optimizer, hcfg.learning_rate)
+    model.save(os.path.join(run.wdir, MODEL))
+    refit = {
+        "images": len(y),
+        "train_images": len(yt),
+        "val_images": len(yv),
+        "epochs": max(1, epochs),
+        "head_epochs_run": head_res.epochs_run,
+        "class_weight": cw,
+        "seconds": round(time.time() - t0, 2),
+    }
+    refit["shipped"] = (
+        f"head refit on train+val ({refit['images']} images, {refit['epochs']} epochs)"
+    )
+    log(
+        f"fine_tune: refit a fresh head on train + val ({len(yt)} + {len(yv)} images) for "
+        f"{refit['epochs']} epoch(s), the head stage's best by val_loss of "
+        f"{head_res.epochs_run} run ({refit['seconds']:.1f}s)",
+        level="ok",
+    )
+    return refit
 
 
 def _compile_for_fine_tune(model, run: _TuneRun, info, steps, head_scores, found):

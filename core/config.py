@@ -345,6 +345,12 @@ class TrainHeadConfig(Section):
         "image and this many augmented views of it (crop, flip, colour), each computed once "
         "and kept in the feature store; val and test stay plain. 0: none",
     )
+    refit: Literal["auto", "never", "always"] = Field(
+        "auto",
+        description="ship a head refit on train + val for the epochs val early stopping chose "
+        "(head-only model, no fine-tuning, plain stored features); auto: under recipe auto "
+        "advise decides from a k-fold learning-curve probe, otherwise never",
+    )
 
     @model_validator(mode="after")
     def _views_need_the_store(self) -> TrainHeadConfig:
@@ -352,6 +358,16 @@ class TrainHeadConfig(Section):
             raise ValueError(
                 "train_head.feature_views needs cached features: train_head.augment=false "
                 "and train_head.feature_cache auto or on"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _refit_needs_plain_features(self) -> TrainHeadConfig:
+        if self.refit == "always" and (self.augment or self.feature_cache == "off"):
+            raise ValueError(
+                "train_head.refit: always refits the head on the stored plain features of "
+                "train + val; it needs train_head.augment: false and train_head.feature_cache "
+                "auto or on"
             )
         return self
 
@@ -686,6 +702,17 @@ class GraftConfig(Section):
         for key in self.advise.keep:
             if not has_key(key):
                 raise ValueError(f"advise.keep: '{key}' is not a config key")
+        return self
+
+    @model_validator(mode="after")
+    def _refit_only_without_fine_tuning(self) -> GraftConfig:
+        tunes = self.recipe == "seed" or (self.recipe == "manual" and self.fine_tune.enabled)
+        if self.train_head.refit == "always" and tunes:
+            raise ValueError(
+                f"train_head.refit: always refits the head-only model, but recipe {self.recipe} "
+                "fine-tunes (fine_tune.enabled: true); set fine_tune.enabled: false to ship a "
+                "refit head, or train_head.refit: never"
+            )
         return self
 
     @model_validator(mode="after")

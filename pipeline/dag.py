@@ -247,14 +247,37 @@ def _fine_tune(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         head_cfg=cfg.train_head,
         skip_reason=_fine_tune_skip_reason(inputs["advice"]),
         geometry=_geometry(cfg),
+        refit_reason=_refit_reason(inputs["advice"], cfg.train_head.refit),
     )
+    refit = getattr(r.extra, "refit", None)
     return {
         "ran": r.extra.guard != "disabled",
-        "val_accuracy": r.best_val_accuracy,
+        # a refit head trained on val: it has no held-out val score
+        "val_accuracy": None if refit else r.best_val_accuracy,
         "epochs": r.epochs_run,
         "guard": r.extra.guard,
+        "shipped": r.extra.shipped,
+        "refit_epochs": refit["epochs"] if refit else None,
+        "refit_images": refit["images"] if refit else None,
         "seconds": r.seconds,
     }
+
+
+def _refit_reason(advice_dir: str, refit: str) -> str:
+    """Why train_head.refit is what it is: advise's decision and evidence, or the config."""
+    from graft.components.advise import read_advice
+
+    advice = read_advice(advice_dir)
+    if "train_head.refit" in advice["overrides"]:
+        why = next((d["reason"] for d in advice["decisions"] if d["what"] == "refit"), "")
+        return f"advise: {why}" if why else f"advise planned train_head.refit: {refit}"
+    if refit == "auto":
+        return (
+            f"train_head.refit: auto refits only under recipe auto, where advise decides from "
+            f"k-fold evidence (recipe {advice['recipe']})"
+        )
+    kept = " (your setting, kept)" if "train_head.refit" in advice.get("kept", {}) else ""
+    return f"train_head.refit: {refit} in the config{kept}"
 
 
 def _fine_tune_skip_reason(advice_dir: str) -> str:

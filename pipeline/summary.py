@@ -10,7 +10,7 @@ from rich.table import Table
 
 from graft.core.config import GraftConfig
 
-__all__ = ["print_summary", "push_outcome"]
+__all__ = ["print_summary", "push_outcome", "quality_table"]
 
 
 def _fmt(v) -> str:
@@ -38,9 +38,18 @@ def _with_interval(v: list | None) -> str:
 
 def quality_table(record: dict | None) -> Table:
     """Each model's test accuracy with its 95% interval (Wilson), its balanced accuracy and
-    macro-F1 with theirs (bootstrap), and the number of test images."""
+    macro-F1 with theirs (bootstrap), and the number of test images.
+
+    Args:
+        record: the run record's evaluate step (its summary and output folder), or None.
+
+    Returns:
+        The table: head only, the candidate (fine-tuned, or a head refit on train + val) when
+        it differs from the head, and the served baseline.
+    """
     ev = (record or {}).get("summary") or {}
-    intervals = _evaluation(record).get("intervals") or {}
+    evaluation = _evaluation(record)
+    intervals = evaluation.get("intervals") or {}
     t = Table(title="model quality (test split)")
     t.add_column("model", justify="left")
     for col in ("accuracy", "95% interval", "balanced acc. [95%]", "macro-F1 [95%]", "n"):
@@ -50,7 +59,13 @@ def quality_table(record: dict | None) -> Table:
         ("fine-tuned (candidate)", "candidate", "accuracy"),
         ("served baseline", "baseline", "baseline_accuracy"),
     )
-    if not ev.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate, one row
+    if evaluation.get("refit") and not ev.get("fine_tuned", True):  # a refit head shipped
+        rows = (
+            ("head on train, early-stopped on val (not shipped)", "head_only", "head_accuracy"),
+            (f"{evaluation.get('shipped')} (candidate)", "candidate", "accuracy"),
+            rows[2],
+        )
+    elif not ev.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate, one row
         rows = (
             ("head only (candidate; no fine-tuning ran)", "head_only", "head_accuracy"),
             rows[2],

@@ -37,7 +37,14 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     assert [p["depth"] for p in ev["probes"]][0] == "final" and len(ev["probes"]) >= 2
     assert all(0 <= p["low"] <= p["accuracy"] <= p["high"] <= 1 for p in ev["probes"])
     decided = {d["what"]: d["choice"] for d in advice["decisions"]}
-    assert set(decided) >= {"similarity", "features", "head", "fine-tune", "test-time flips"}
+    assert set(decided) >= {
+        "similarity",
+        "features",
+        "head",
+        "fine-tune",
+        "test-time flips",
+        "refit",
+    }
     assert decided["augmented views"] == (advice["overrides"]["train_head.feature_views"] or "none")
     flips = advice["overrides"]["export.flip_average"]
     assert decided["test-time flips"] == ("on" if flips else "off")
@@ -68,6 +75,14 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     ft = json.load(open(os.path.join(run["steps"]["fine_tune"]["output"], "result.json")))
     planned = advice["overrides"]["fine_tune.enabled"]
     assert (ft["epochs_run"] > 0) == planned
+    # the refit: decided on its k-fold learning curve, and shipped exactly when planned
+    refit = ev["refit"]
+    assert refit["n_train"] == ev["n_train"] and refit["n_val"] == ev["n_val"]
+    assert decided["refit"].startswith("yes") == (
+        advice["overrides"]["train_head.refit"] == "always"
+    )
+    assert (ft["extra"]["refit"] is not None) == decided["refit"].startswith("yes")
+    assert ft["extra"]["shipped_why"].startswith("advise: ")
     # the report shows the plan; the push happened (nothing served before)
     ev_dir = run["steps"]["evaluate"]["output"]
     html = open(os.path.join(ev_dir, "report.html")).read()

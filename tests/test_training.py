@@ -404,4 +404,11 @@ def test_stage_results_read_back_as_typed_details(tmp_path):
         on_disk = json.loads((out / "result.json").read_text())["extra"]
         assert on_disk == asdict(extra) and list(on_disk) == list(asdict(extra))
         assert finished(str(out)) == res
-    assert on_disk == {"guard": "disabled", "kept": "head", "skipped": "advise: small"}
+    assert on_disk == {
+        "guard": "disabled",
+        "kept": "head",
+        "skipped": "advise: small",
+        "shipped": None,
+        "shipped_why": None,
+        "refit": None,
+    }
