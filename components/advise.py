@@ -1490,7 +1490,8 @@ def measure_views(
         max_probe_images: the probe sample's cap.
         n_train: the training images the head would read views of.
         images_per_s: the base's measured forward speed.
-        candidates: the K probed, smallest first; probing stops at the first beyond the noise.
+        candidates: the K probed, smallest first; probing stops at the first beyond the noise,
+            or at one that gained nothing.
 
     Returns:
         The evidence: per K probed, accuracy, paired gain (with low90) and seconds.
@@ -1536,8 +1537,8 @@ def measure_views(
             f"[{gain['low']:+.3f}, {gain['high']:+.3f}], 90% bound {gain['low90']:+.3f}; "
             f"~{train_s:.0f}s of base passes for {n_train} training images"
         )
-        if _views_win(out[-1]):
-            break
+        if _views_win(out[-1]) or gain["difference"] <= 0:
+            break  # more views of a transform that did not help are passes for nothing
     return {
         "size": size,
         "layer": layer,
