@@ -64,7 +64,8 @@ def head_dir(tmp_path_factory) -> tuple[str, str]:
         base=BaseConfig(**TINY_BASE),
         head=HeadConfig(),
         train=TrainConfig(),
-        cfg=TrainHeadConfig(epochs=2, batch_size=16, patience=0),
+        # a trained head (val 0.333 after 2 epochs): a low baseline loss for the range test
+        cfg=TrainHeadConfig(epochs=8, batch_size=16, patience=0),
         augment=NO_AUG,
         image_size=64,
     )
