@@ -48,6 +48,8 @@ bench-recipes: $(STAMP)
 
 pretrain-demo-base: $(STAMP)
 	$(BIN)/graft pretrain-demo-base --out graft/assets/demo_base.weights.h5
+	$(BIN)/graft pretrain-demo-base --out graft/assets/demo_base_shallow.weights.h5 \
+		--cut-at block_6_expand_relu
 
 clean:
 	rm -rf runs models data build pipeline.yaml

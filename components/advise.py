@@ -608,9 +608,8 @@ def base_geometry(base_cfg) -> str:
     from graft.core.paths import demo_weights
 
     w = base_cfg.weights
-    if w in (None, "demo") or (
-        isinstance(w, str) and os.path.basename(w) == os.path.basename(demo_weights())
-    ):
+    demo_name = os.path.basename(demo_weights()).split(".")[0]  # and its shallow sibling
+    if w in (None, "demo") or (isinstance(w, str) and os.path.basename(w).startswith(demo_name)):
         return "squash"
     return "crop"
 

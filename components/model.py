@@ -28,6 +28,7 @@ __all__ = [
     "backbone",
     "base_of",
     "build_base",
+    "cut_base",
     "build_model",
     "chief_task",
     "choose_strategy",
@@ -196,7 +197,18 @@ def build_base(cfg: BaseConfig, size: int) -> keras.Model:
 
 
 def cut_base(base: keras.Model, layer: str) -> keras.Model:
-    """The base up to `layer` (its output feeds the head): an earlier block's features."""
+    """The base up to `layer` (its output feeds the head): an earlier block's features.
+
+    Args:
+        base: the whole base (build_base's, before the cut).
+        layer: the name of the layer whose output the cut base returns.
+
+    Returns:
+        A model from the base's inputs to that layer's output, sharing its layers.
+
+    Raises:
+        ValueError: no layer of that name (the message lists close names).
+    """
     names = [lay.name for lay in base.layers]
     if layer not in names:
         near = [n for n in names if layer in n or n in layer][:5]

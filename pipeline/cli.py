@@ -356,7 +356,7 @@ def _plot_base(base, rows, path: str) -> str:
 def cmd_pretrain(args) -> int:
     from graft.components.pretrain import pretrain_demo_base
 
-    pretrain_demo_base(args.out or demo_weights())
+    pretrain_demo_base(args.out or demo_weights(), {"cut_at": args.cut_at} if args.cut_at else None)
     return 0
 
 
@@ -906,6 +906,12 @@ def _register_pretrain_demo_base(sub) -> None:
     p.add_argument(
         "--out",
         help="weights file to write (default: graft/assets/demo_base.weights.h5 in the package)",
+    )
+    p.add_argument(
+        "--cut-at",
+        metavar="LAYER",
+        help="pretrain only the base up to LAYER (use it with base.cut_at: LAYER); the tests' "
+        "shallow base is --cut-at block_6_expand_relu",
     )
     p.set_defaults(fn=cmd_pretrain, tensorflow=True)
 

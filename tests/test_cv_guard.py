@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import TINY_BASE
 
 from graft.components import cv_guard
 from graft.components import data as gdata
@@ -22,21 +22,20 @@ from graft.core.config import (
     TrainHeadConfig,
 )
 
-DEMO_BASE = str(REPO / "graft" / "assets" / "demo_base.weights.h5")
 NO_AUG = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
 HEAD = TrainHeadConfig(epochs=10, batch_size=16, patience=0, learning_rate=0.01)
 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    """3 demo classes x 40 at 48 px, ingested, and a head trained on the demo base."""
+    """3 demo classes x 40 at 48 px, ingested, and a head trained on the tests' shallow base."""
     tmp = tmp_path_factory.mktemp("cv")
     generate(tmp / "imgs", classes=3, per_class=40, size=48, seed=3)
     ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
     train_head(
         str(tmp / "ex"),
         str(tmp / "head"),
-        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}),
+        base=BaseConfig(**TINY_BASE),
         head=HeadConfig(),
         train=TrainConfig(),
         cfg=HEAD,

@@ -23,6 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+from conftest import TINY_BASE
 
 HERE = Path(__file__).resolve()
 SIZE = 48  # data.image_size of the training runs (the demo base learns nothing at 32 px)
@@ -48,7 +49,7 @@ def _configs():
 
     no_aug = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
     return {
-        "base": BaseConfig(name="mobilenet_v2", weights="demo", kwargs={"alpha": 0.35}),
+        "base": BaseConfig(**TINY_BASE),  # the tests' shallow base (conftest)
         "head": HeadConfig(dropout=0.0),  # dropout draws differ per replica: off to compare
         "augment": no_aug,
         # 82 train images, batch 16: 5 full batches and one of 2, split 1 + 1 over 2 replicas
@@ -342,7 +343,7 @@ def _cluster(cmd: list[str], tmp: Path, n: int = 2, timeout: float = 600) -> lis
 def _saved_weights(model_path: str) -> dict:
     """A saved .keras model's weights by their path in its weights file, read without
     rebuilding the model (a load of the demo model costs seconds; this, milliseconds). The
-    `layers/` entries are exactly model.weights (262 of them for the demo model); the
+    `layers/` entries are exactly model.weights (97 of them for the tests' shallow-base model); the
     optimizer's state, also saved, is left out."""
     import io
     import zipfile

@@ -91,7 +91,7 @@ def test_batch_split_resume_guard_mixed_precision_and_frozen_bn(examples, two_de
     # frozen BatchNormalization: every BN layer's weights and statistics untouched by fine-tune
     head = _batch_norms(str(Path(two_devices) / "head" / "model.keras"))
     fine = _batch_norms(str(Path(two_devices) / "fine" / "model.keras"))
-    assert len(fine) > 40 and list(head) == list(fine)
+    assert len(fine) >= 19 and list(head) == list(fine)  # 19 in the tests' shallow base
     for layer, weights in fine.items():
         assert len(weights) == 4, layer  # gamma, beta, moving mean, moving variance
         assert all(np.array_equal(a, b) for a, b in zip(head[layer], weights, strict=True)), layer

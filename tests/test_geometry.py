@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import REPO, tiny_config
+from conftest import REPO, SHALLOW_WEIGHTS, tiny_config
 
 from graft.components import data as gdata
 
@@ -355,6 +355,7 @@ def test_the_bases_own_geometry_is_crop_for_imagenet_weights_only():
     assert base_geometry(BaseConfig(weights="/w/mobilenet_v2_no_top.h5")) == "crop"
     assert base_geometry(BaseConfig(weights="demo")) == "squash"
     assert base_geometry(BaseConfig(weights=demo_weights())) == "squash"
+    assert base_geometry(BaseConfig(weights=SHALLOW_WEIGHTS)) == "squash"  # the tests' base
     assert base_geometry(BaseConfig(weights=None)) == "squash"
 
 

@@ -7,7 +7,7 @@ import zipfile
 import keras
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import TINY_BASE
 
 from graft.components import layerwise as glayer
 from graft.components import model as gmodel
@@ -24,10 +24,10 @@ from graft.core.config import (
     TrainHeadConfig,
 )
 
-DEMO_BASE = str(REPO / "graft" / "assets" / "demo_base.weights.h5")  # trained: real gradients
 NO_AUG = AugmentConfig(flip="none", rotation=0, zoom=0, contrast=0, translation=0)
-# at 64 px, block_13_expand is in the 4x4 stage, block_13_depthwise starts the 2x2 (the last)
-FROM = {"mode": "from_layer", "from_layer": "block_13_expand"}
+# the tests' shallow base (trained: real gradients) at 64 px ends in the 8x8 stage, which
+# block_3_depthwise starts; block_3_expand is the 16x16 stage's last block
+FROM = {"mode": "from_layer", "from_layer": "block_3_expand"}
 
 
 def test_scales_follow_depth_decay_and_joining_epoch():
@@ -54,17 +54,18 @@ def test_range_test_picks_a_third_of_the_rate_where_the_loss_diverges():
 
 @pytest.fixture(scope="module")
 def head_dir(tmp_path_factory) -> tuple[str, str]:
-    """3 demo classes x 40 at 64 px, ingested, and a head trained on the demo base."""
+    """3 demo classes x 40 at 64 px, ingested, and a head trained on the tests' shallow base."""
     tmp = tmp_path_factory.mktemp("layerwise")
     generate(tmp / "imgs", classes=3, per_class=40, size=64, seed=3)
     ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1), str(tmp / "ex"))
     train_head(
         str(tmp / "ex"),
         str(tmp / "head"),
-        base=BaseConfig(weights=DEMO_BASE, kwargs={"alpha": 0.35}),
+        base=BaseConfig(**TINY_BASE),
         head=HeadConfig(),
         train=TrainConfig(),
-        cfg=TrainHeadConfig(epochs=2, batch_size=16, patience=0),
+        # a trained head (val 0.333 after 2 epochs): a low baseline loss for the range test
+        cfg=TrainHeadConfig(epochs=8, batch_size=16, patience=0),
         augment=NO_AUG,
         image_size=64,
     )
@@ -96,7 +97,7 @@ def _moved(before: keras.Model, after: keras.Model, name: str) -> float:
 @pytest.mark.slow
 def test_an_earlier_stage_waits_its_epochs_then_moves_at_its_lower_rate(head_dir, tmp_path):
     head = load_model(f"{head_dir[1]}/model.keras")
-    early, top = "block_13_expand", "block_15_expand"
+    early, top = "block_3_expand", "block_5_expand"  # the 16x16 stage, the 8x8 (the top)
     # gradual: in the first epoch only the top stage (and the head) trains
     waited = _fine_tune(head_dir, tmp_path / "gradual", unfreeze={**FROM, "gradual_epochs": 1})
     m = load_model(waited.model_path)
