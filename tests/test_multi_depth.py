@@ -68,9 +68,11 @@ def test_your_cut_keeps_the_head_on_its_layer():
 
 
 def _demo_base(**kw):
+    """The tests' shallow demo base (conftest TINY_BASE: cut at block_6_expand_relu)."""
     from graft.core.config import BaseConfig
+    from tests.conftest import TINY_BASE
 
-    return BaseConfig(weights="demo", kwargs={"alpha": 0.35}, **kw)
+    return BaseConfig(**{**TINY_BASE, **kw})
 
 
 @pytest.mark.slow
@@ -80,10 +82,10 @@ def test_a_tapped_model_round_trips_and_names_its_layers(tmp_path):
     from graft.components import model as gm
     from graft.core.config import HeadConfig
 
-    head = HeadConfig(taps=["block_13_expand_relu", "block_6_expand_relu"], normalize=True)
+    head = HeadConfig(taps=["block_3_expand_relu", "block_1_expand_relu"], normalize=True)
     m = gm.build_model(_demo_base(), head, 3, 48)
     base = gm.base_of(m)
-    layers = ["out_relu", "block_13_expand_relu", "block_6_expand_relu"]
+    layers = ["block_6_expand_relu", "block_3_expand_relu", "block_1_expand_relu"]
     assert gm.feature_layers(base) == layers
     dims = [int(base.get_layer(n).output.shape[-1]) for n in layers]
     assert gm.feature_extractor(m).output_shape == (None, sum(dims))
@@ -99,11 +101,11 @@ def test_a_tapped_model_round_trips_and_names_its_layers(tmp_path):
 def test_a_tap_past_the_cut_or_missing_is_refused_by_name():
     from graft.components import model as gm
 
-    cut = gm.build_base(_demo_base(cut_at="block_6_expand_relu"), 48)
-    with pytest.raises(ValueError, match=r"head.taps: no layer 'block_13_expand_relu'.*cut"):
-        gm.tap_base(cut, ["block_13_expand_relu"])
-    with pytest.raises(ValueError, match="twice or the base's own output"):
+    cut = gm.build_base(_demo_base(cut_at="block_5_expand_relu"), 48)
+    with pytest.raises(ValueError, match=r"head.taps: no layer 'block_6_expand_relu'.*cut"):
         gm.tap_base(cut, ["block_6_expand_relu"])
+    with pytest.raises(ValueError, match="twice or the base's own output"):
+        gm.tap_base(cut, ["block_5_expand_relu"])
 
 
 @pytest.mark.slow
@@ -119,12 +121,12 @@ def test_a_multi_depth_run_trains_evaluates_and_serves_the_taps(tmp_path, tiny_d
     from graft.pipeline.runner import run_pipeline
     from tests.conftest import step_output, tiny_config
 
-    taps = ["block_13_expand_relu", "block_6_expand_relu"]
+    taps = ["block_3_expand_relu", "block_1_expand_relu"]
     cfg = parse_config(tiny_config(tmp_path, tiny_data, head__taps=taps, head__normalize=True))
     run = run_pipeline(cfg)
     assert run["status"] == "succeeded", run
     model = load_model(os.path.join(step_output(run, "train_head"), "model.keras"))
-    assert gm.feature_layers(gm.base_of(model)) == ["out_relu", *taps]
+    assert gm.feature_layers(gm.base_of(model)) == [cfg.base.cut_at, *taps]
     # evaluate scored the head on stored features of all three taps, as the model would
     ev = json.load(open(os.path.join(step_output(run, "evaluate"), "evaluation.json")))
     assert ev["candidate"]["accuracy"] > 0.5  # three shape classes: chance is 0.33
