@@ -229,7 +229,7 @@ def test_an_imbalanced_run_probes_weights_trains_with_the_choice_and_reports_bal
     g = b["gain"]
     assert g["low"] <= g["difference"] <= g["high"]
     assert g["difference"] == pytest.approx(b["balanced"]["macro_f1"] - b["none"]["macro_f1"])
-    want = "balanced" if g["low"] > 0 else "none"  # the rule, applied to the evidence
+    want = "none" if g["high"] < 0 else "balanced"  # the rule, applied to the evidence
     (d,) = [x for x in advice["decisions"] if x["what"] == "class balance"]
     assert d["choice"] == want == advice["overrides"]["train_head.class_weight"]
     md = Path(step_output(run, "advise"), "advice.md").read_text()

@@ -231,6 +231,8 @@ def test_three_scheduled_runs_reuse_then_flag_drift(tmp_path):
     assert "push" not in rec["steps"] or rec["steps"]["push"]["status"] == "pending"
     assert versions(str(models), "tiny") == pushed_after_2  # nothing pushed
     d3 = json.load(open(Path(rec["steps"]["drift"]["output"]) / "drift.json"))
-    assert d3["flagged"] and d3["blocked"] and d3["compared"]["added"] == 30
+    # drift compares with the served model's data: run 2's images too when it was not pushed
+    since_served = 30 + (0 if _summary(run2, "push").get("pushed") else added)
+    assert d3["flagged"] and d3["blocked"] and d3["compared"]["added"] == since_served
     assert d3["metrics"]["js_colourfulness"]["flagged"], d3["metrics"]
     assert d3["kfp_metrics"]["drift_flagged"] == 1
