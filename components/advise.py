@@ -1028,19 +1028,31 @@ def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
     return shas, y[idx], groups, square
 
 
+# the last probe extractor built, by (base config, size, layer): the geometry, flip, views
+# and refit probes read the same layer at the same size, and building the base again (and
+# tracing its forward pass) cost ~3 s each on 2 cores; advise() empties it when it returns
+_EXTRACTOR: dict = {}
+
+
 def _probe_extractor(base_cfg, size: int, cut_at: str | None):
     """The whole base at `size`, the layer the run reads (its cut, else the last) and a pooled
-    extractor of that layer: what the geometry and flip probes run."""
+    extractor of that layer: what the geometry, flip, views and refit probes run."""
     import keras
 
     from graft.components import features as gfeat
     from graft.components import model as gmodel
     from graft.components.model import BackbonePreprocess
 
-    keras.backend.clear_session()
-    base = gmodel.build_base(base_cfg.model_copy(update={"cut_at": None}), size)
-    layer = cut_at or base.layers[-1].name
-    return base, layer, gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
+    whole = base_cfg.model_copy(update={"cut_at": None})
+    key = (whole.model_dump_json(), size, cut_at)
+    if key not in _EXTRACTOR:
+        _EXTRACTOR.clear()
+        keras.backend.clear_session()
+        base = gmodel.build_base(whole, size)
+        layer = cut_at or base.layers[-1].name
+        extractor = gfeat.pooled_extractor(base, BackbonePreprocess(base_cfg.name), [layer])
+        _EXTRACTOR[key] = (base, layer, extractor)
+    return _EXTRACTOR[key]
 
 
 def _sample_features(
@@ -1750,6 +1762,20 @@ def advise(
     Returns:
         The AdviceResult, also written to `out_dir`/advice.json.
     """
+    try:
+        return _advise(examples_dir, validation_dir, out_dir, recipe=recipe, base_cfg=base_cfg,
+                       image_size=image_size, store_root=store_root, folds=folds,
+                       max_probe_images=max_probe_images, small_data=small_data,
+                       budget_minutes=budget_minutes, keep=keep, geometry=geometry, bases=bases,
+                       seed=seed)  # fmt: skip
+    finally:
+        _EXTRACTOR.clear()  # the probes' base is not held past advise
+
+
+def _advise(
+    examples_dir, validation_dir, out_dir, *, recipe, base_cfg, image_size, store_root, folds,
+    max_probe_images, small_data, budget_minutes, keep, geometry, bases, seed,
+) -> AdviceResult:  # fmt: skip
     t0 = time.time()
     os.makedirs(out_dir, exist_ok=True)
     ev = None

@@ -1,8 +1,10 @@
 """recipe: auto on real photos with the seed's base (make test-real; .ci/run when ../shared exists).
 
-flowers and cats_dogs through configs/recipes/<name>.yaml with recipe=auto: the test accuracy
-reaches a floor set a little under what benchmarks/recipes.py measured (benchmarks/results/),
-and the shipped model is never below the head-only model by more than the head-only interval.
+cats_dogs through configs/recipes/cats_dogs.yaml with recipe=auto: the test accuracy reaches a
+floor set a little under what benchmarks/recipes.py measured (benchmarks/results/), and the
+shipped model is never below the head-only model by more than the head-only interval (about
+4 min on 2 cores). Flowers auto (15 min) is measured by `make bench-recipes` only: with it,
+.ci/run took over its 30 minutes.
 """
 
 import json
@@ -13,11 +15,9 @@ from conftest import MOBILENET_V2, REPO, SHARED
 
 WEIGHTS = MOBILENET_V2
 
-# floors at the low end of the measured auto test accuracy's 95% interval (an earlier
-# benchmarks/recipes.py run): flowers 0.753 [0.720, 0.784] (n=685), cats_dogs 1.000 [0.977, 1.000].
-# Flowers auto has measured 0.724-0.763 over runs (the range test's rate varies with its
-# batches: 1.9e-4 and 3.9e-4 at this code); the lowest run's interval starts at 0.689
-FLOORS = {"flowers": 0.70, "cats_dogs": 0.95}
+# floor at the low end of the measured auto test accuracy's 95% interval (benchmarks/recipes.py
+# runs): cats_dogs 1.000 [0.977, 1.000] and 0.981 [0.946, 0.994] (n=160)
+FLOORS = {"cats_dogs": 0.95}
 
 
 def _needs(name: str):
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.real
 
 
 @pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_needs(n)) for n in ("cats_dogs", "flowers")]
+    "name", [pytest.param(n, marks=_needs(n)) for n in ("cats_dogs",)]
 )
 def test_auto_recipe_reaches_its_floor_and_never_ships_worse_than_head_only(name, tmp_path):
     from graft.core.config import load_config
