@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow and not real"
 
 test-real: $(STAMP)
-	GRAFT_SHARED=$(SHARED) $(BIN)/pytest -q -m real -p no:randomly
+	GRAFT_SHARED=$(SHARED) $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m real -p no:randomly
 	$(BIN)/python -m benchmarks.table
 
 lint: $(STAMP)
