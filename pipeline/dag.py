@@ -112,7 +112,7 @@ class Step:
 
 def _geometry(cfg: GraftConfig):
     """data.resize and data.crop_fraction: how every step shapes an image into the input."""
-    from graft.components.data import Geometry
+    from graft.components.geometry import Geometry
 
     return Geometry.of(cfg.data)
 

@@ -31,9 +31,7 @@ def _needs(name: str):
 pytestmark = pytest.mark.real
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=_needs(n)) for n in ("cats_dogs",)]
-)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_needs(n)) for n in ("cats_dogs",)])
 def test_auto_recipe_reaches_its_floor_and_never_ships_worse_than_head_only(name, tmp_path):
     from graft.core.config import load_config
     from graft.pipeline.runner import run_pipeline

@@ -16,7 +16,7 @@ from conftest import REPO, tiny_config
 from PIL import Image
 
 from graft.components import export, report
-from graft.components.data import Geometry
+from graft.components.geometry import Geometry
 from graft.core.config import parse_config
 
 EVIL = "<script>alert(1)</script> & co"  # a class folder may be named so

@@ -303,3 +303,22 @@ def test_server_predict_path_imports_no_tensorflow(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120
     )
     assert r.stdout.split() == ["1", "1", "False"], r.stdout + r.stderr
+
+
+def test_drift_with_nothing_served_imports_no_tensorflow(tmp_path):
+    """A first run's drift step (nothing served yet) says so without loading TensorFlow: in its
+    own kfp pod it would otherwise pay the import (~5 s) for nothing."""
+    code = (
+        "import json, sys\n"
+        "from graft.core.config import parse_config\n"
+        "from graft.pipeline import dag\n"
+        f"cfg = parse_config({{'data': {{'path': {str(tmp_path)!r}}},\n"
+        f"                    'push': {{'destination': {str(tmp_path / 'models')!r}}}}})\n"
+        "ins = {'examples': 'unread', 'validation': 'unread'}\n"
+        f"s = dag.step('drift').run(cfg, ins, {str(tmp_path / 'drift')!r})\n"
+        "print(json.dumps(s['checked']), 'tensorflow' in sys.modules)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert r.stdout.split() == ["false", "False"], r.stdout + r.stderr
