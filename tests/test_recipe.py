@@ -125,3 +125,6 @@ def test_graft_advise_prints_the_cell_evidence_and_plan_without_training(
         assert word in out, word
     assert not (tmp_path / "runs" / "steps" / "train_head").exists()  # nothing trained
     assert not (tmp_path / "models").exists()
+    from graft.components import advise
+
+    assert advise._EXTRACTOR == {}  # the probes' shared base is not held past advise
