@@ -175,8 +175,12 @@ def fold_evidence(
     recipe = _Recipe(
         examples_dir, head_model_path, cfg, head_cfg, head_epochs, tune_epochs, augment,
         image_size, exclude_train, seed, jit, geometry,
-        cw_head=class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight),
-        cw_tune=class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight),
+        cw_head=class_weights(
+            examples_dir, model.output_shape[-1], head_cfg.class_weight, exclude_train
+        ),
+        cw_tune=class_weights(
+            examples_dir, model.output_shape[-1], head_cfg.class_weight, exclude_train
+        ),
     )  # fmt: skip
     log(
         f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "

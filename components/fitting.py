@@ -58,7 +58,9 @@ def make_optimizer(
     return cls(lr, momentum=momentum) if name == "sgd" else cls(lr)
 
 
-def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, float] | None:
+def class_weights(
+    examples_dir: str, num_classes: int, mode: str, exclude: set[str] | None = None
+) -> dict[int, float] | None:
     """n / (C * n_c) per class, from the ingest manifest; None when off or balanced.
 
     Args:
@@ -66,6 +68,8 @@ def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, f
         num_classes: how many classes the model has.
         mode: train_head.class_weight: "none" turns weights off; "balanced" and "auto" (what
             it means where advise planned nothing) weigh the classes.
+        exclude: sha256 of the train images validate left out of training: not counted, since
+            the model never sees them.
 
     Returns:
         Weight per class index, or None.
@@ -73,7 +77,12 @@ def class_weights(examples_dir: str, num_classes: int, mode: str) -> dict[int, f
     if mode == "none":
         return None
     labels = gdata.read_labels(examples_dir)
-    counts = Counter(m["label"] for m in read_manifest(examples_dir) if m["split"] == "train")
+    skip = exclude or set()
+    counts = Counter(
+        m["label"]
+        for m in read_manifest(examples_dir)
+        if m["split"] == "train" and m["sha256"] not in skip
+    )
     n = sum(counts.values())
     w = {i: n / (num_classes * max(1, counts[lab])) for i, lab in enumerate(labels)}
     return None if max(w.values()) / min(w.values()) < 1.05 else w

@@ -587,7 +587,7 @@ def _train_head(
     labels = gdata.read_labels(examples_dir)
     exclude = excluded_from_eval(validation_dir)
     exclude_train = excluded_from_train(validation_dir)
-    cw = class_weights(examples_dir, len(labels), cfg.class_weight)
+    cw = class_weights(examples_dir, len(labels), cfg.class_weight, exclude_train)
     cached = use_cache(cfg)
     workers = gmodel.worker_count(strategy)
     with strategy.scope():
@@ -1074,7 +1074,12 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
     if found:
         run.cfg = run.cfg.model_copy(update={"learning_rate": found["used"]})
     stages_text = _compile_for_fine_tune(model, run, info, steps, head_scores, found)
-    cw = class_weights(run.examples_dir, model.output_shape[-1], run.head_cfg.class_weight)
+    cw = class_weights(
+        run.examples_dir,
+        model.output_shape[-1],
+        run.head_cfg.class_weight,
+        excluded_from_train(run.validation_dir),
+    )
     cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks)
     model.fit(
         train_ds,

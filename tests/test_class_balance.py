@@ -276,3 +276,19 @@ def test_balanced_set_by_hand_trains_with_n_over_c_times_n_c(tmp_path, imbalance
     want = {str(i): n / (len(train) * train[lab]) for i, lab in enumerate(head["labels"])}
     assert head["class_weight_setting"] == "balanced"
     assert head["class_weight"] == pytest.approx(want)
+
+
+def test_class_weights_count_only_the_images_training_sees(tmp_path):
+    """Images validate left out of training (label conflicts) do not weigh their class."""
+    from graft.components.fitting import class_weights
+
+    rows = [{"split": "train", "label": "a", "sha256": f"a{i}"} for i in range(6)]
+    rows += [{"split": "train", "label": "b", "sha256": f"b{i}"} for i in range(3)]
+    rows += [{"split": "val", "label": "b", "sha256": "bv"}]
+    (tmp_path / "labels.json").write_text(json.dumps(["a", "b"]))
+    (tmp_path / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    w = class_weights(str(tmp_path), 2, "balanced")
+    assert w == pytest.approx({0: 9 / 12, 1: 9 / 6})
+    w = class_weights(str(tmp_path), 2, "balanced", exclude={"a0", "a1", "a2"})
+    assert w is None  # 3 and 3 left: balanced, no weights
+    assert class_weights(str(tmp_path), 2, "none") is None
