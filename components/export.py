@@ -168,7 +168,11 @@ def _model_card(
             "counts": stats["counts"],
             "quarantined": stats["quarantined"],
         },
-        "metrics": {k: cand[k] for k in ("accuracy", "macro_f1", "log_loss", "ece")},
+        "metrics": {
+            k: cand[k]
+            for k in ("accuracy", "macro_f1", "balanced_accuracy", "log_loss", "ece")
+            if k in cand  # balanced_accuracy: evaluations before it was measured lack it
+        },
         "head_only_accuracy": evaluation["head_only"]["accuracy"],
         "blessed": evaluation["blessed"],
         "blessing_reasons": evaluation["reasons"],

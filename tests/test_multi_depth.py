@@ -137,3 +137,22 @@ def test_a_multi_depth_run_trains_evaluates_and_serves_the_taps(tmp_path, tiny_d
     served = sm.signatures["serving_default"](image_bytes=tf.constant(blobs))
     pixels = np.stack([gdata.decode_and_resize(tf.constant(b), 48).numpy() for b in blobs])
     assert np.abs(served["probabilities"].numpy() - model.predict(pixels, verbose=0)).max() <= 1e-4
+
+
+def test_with_fine_tuning_planned_the_head_reads_one_layer_and_says_why():
+    """Large data that fine-tunes: the taps' gain was measured on frozen features, which
+    fine-tuning changes, so the plan keeps the head on one layer and says so."""
+    p = plan(
+        _with_multi(5000, final=0.80, mid=0.78, multi=0.88), budget_minutes=60, small_data=1000
+    )
+    o = p.overrides
+    assert o["fine_tune.enabled"] is True
+    assert o["head.taps"] == [] and o["head.normalize"] is False
+    d = _decisions(p)["multi-depth head"]
+    assert d.choice == "no" and "fine-tuning is planned" in d.reason and "90%" in d.reason
+    # the same evidence with a budget that fits no fine-tuning: the taps are read
+    p = plan(
+        _with_multi(5000, final=0.80, mid=0.78, multi=0.88), budget_minutes=0.1, small_data=1000
+    )
+    assert p.overrides.get("fine_tune.enabled") is False
+    assert p.overrides["head.taps"] == ["block_13_expand_relu", "block_6_expand_relu"]

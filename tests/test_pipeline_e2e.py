@@ -47,6 +47,10 @@ def test_saved_model_matches_keras_on_raw_jpeg_bytes(pipeline_run):
     assert open(os.path.join(push["destination"], "assets", "labels.txt")).read().split() == labels
     card = json.load(open(os.path.join(push["destination"], "model_card.json")))
     assert card["labels"] == labels and card["parity_max_abs_diff"] <= 1e-4
+    ev = json.load(open(os.path.join(_out(run, "evaluate"), "evaluation.json")))
+    assert card["metrics"]["balanced_accuracy"] == ev["candidate"]["balanced_accuracy"]
+    card_md = open(os.path.join(push["destination"], "model_card.md")).read()
+    assert f"balanced accuracy {ev['candidate']['balanced_accuracy']:.4f}" in card_md
 
 
 def test_flip_average_export_is_mirror_invariant_and_matches_evaluation(pipeline_run, tmp_path):
