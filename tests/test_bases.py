@@ -6,12 +6,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import step_output, step_summary, tiny_config
+from conftest import SHARED, step_output, step_summary, tiny_config
 
-SHARED_MODELS = Path(__file__).resolve().parents[1] / ".." / "shared" / "keras" / "models"
+# $GRAFT_SHARED (make test-real's SHARED), else shared/ beside the clone: as every real test
+SHARED_MODELS = SHARED / "keras" / "models"
 V2_FILE = SHARED_MODELS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 V1_FILE = SHARED_MODELS / "mobilenet_2_5_224_tf_no_top.h5"
-CATS_DOGS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets" / "cats_dogs"
+CATS_DOGS = SHARED / "datasets" / "cats_dogs"
 
 
 def _gap(d, lo, hi):
