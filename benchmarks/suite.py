@@ -77,12 +77,11 @@ def main() -> None:
         "venv_build_seconds": round(venv_seconds, 1),
         **ci,
         "ci_seconds": round(venv_seconds + seconds + sum(ci.get(k, 0) for k in CI_STEPS), 1),
-        "goal": "make_test_seconds <= 600, no test over 90 s, ci_seconds <= 1800 "
-        "(quiet 2-core machine)",
-        "how": "fresh git clone of HEAD, .venv built first (timed apart), then `make test` "
-        "timed; per-test times from pytest's JUnit XML; then make lint and make test-real "
-        "(.ci/run's other steps), each timed; ci_seconds = .venv + lint + test + test-real; "
-        "nothing else running",
+        "goal": "make_test_seconds <= 600, no test over 90 s, ci_seconds <= 1800",
+        "how": "quiet 2-core machine; fresh git clone of HEAD, .venv built first (timed "
+        "apart), then `make test` timed; per-test times from pytest's JUnit XML; then "
+        "make lint and make test-real (.ci/run's other steps), each timed; ci_seconds = "
+        ".venv + lint + test + test-real; nothing else running",
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
