@@ -141,15 +141,13 @@ def run(tmp_path: Path) -> dict:
         "date": time.strftime("%Y-%m-%d"),
     }
     result["machine"] = machine()
-    result["goal"] = (
-        f"pipeline under 15 min; fine-tuned >= head and >= {FLOOR_FINE_TUNED}; "
-        f"fine-tuned - scratch >= {FLOOR_MARGIN_OVER_SCRATCH}"
-    )
+    # short keys: the benchmarks README's table prints each
+    result["goal"] = "all of goals_met"
     result["goals_met"] = {
-        "pipeline under 15 min": wall < 15 * 60,
-        "fine-tuned >= head": fine >= head,
-        f"fine-tuned >= {FLOOR_FINE_TUNED}": fine >= FLOOR_FINE_TUNED,
-        f"fine-tuned - scratch >= {FLOOR_MARGIN_OVER_SCRATCH}": (
+        "wall < 15 min": wall < 15 * 60,
+        "tuned >= head": fine >= head,
+        f"tuned >= {FLOOR_FINE_TUNED}": fine >= FLOOR_FINE_TUNED,
+        f"tuned - scratch >= {FLOOR_MARGIN_OVER_SCRATCH}": (
             fine - scratch >= FLOOR_MARGIN_OVER_SCRATCH
         ),
     }
