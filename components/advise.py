@@ -14,6 +14,7 @@ through the feature store, so the head stage reuses them.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -1060,6 +1061,20 @@ def _probe_sample(examples_dir: str, validation_dir: str | None, cap: int):
 _EXTRACTOR: dict = {}
 
 
+def _releasing_probe_base(fn):
+    """`fn` with _EXTRACTOR emptied when it returns or raises: the probes' base is not held
+    past advise."""
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _EXTRACTOR.clear()
+
+    return run
+
+
 def _probe_extractor(base_cfg, size: int, cut_at: str | None):
     """The whole base at `size`, the layer the run reads (its cut, else the last) and a pooled
     extractor of that layer: what the geometry, flip, views and refit probes run."""
@@ -1742,6 +1757,7 @@ def _write_advice(out_dir: str, res: AdviceResult) -> None:
         log(f"advise: {line}")
 
 
+@_releasing_probe_base
 def advise(
     examples_dir: str,
     validation_dir: str | None,
@@ -1788,20 +1804,6 @@ def advise(
     Returns:
         The AdviceResult, also written to `out_dir`/advice.json.
     """
-    try:
-        return _advise(examples_dir, validation_dir, out_dir, recipe=recipe, base_cfg=base_cfg,
-                       image_size=image_size, store_root=store_root, folds=folds,
-                       max_probe_images=max_probe_images, small_data=small_data,
-                       budget_minutes=budget_minutes, keep=keep, geometry=geometry, bases=bases,
-                       seed=seed)  # fmt: skip
-    finally:
-        _EXTRACTOR.clear()  # the probes' base is not held past advise
-
-
-def _advise(
-    examples_dir, validation_dir, out_dir, *, recipe, base_cfg, image_size, store_root, folds,
-    max_probe_images, small_data, budget_minutes, keep, geometry, bases, seed,
-) -> AdviceResult:  # fmt: skip
     t0 = time.time()
     os.makedirs(out_dir, exist_ok=True)
     ev = None

@@ -111,8 +111,7 @@ class _Recipe:
     seed: int
     jit: bool
     geometry: gdata.Geometry
-    cw_head: dict | None = None
-    cw_tune: dict | None = None
+    weights_by_class: dict | None = None  # per class index, for the head and the fine-tune
 
 
 def fold_evidence(
@@ -172,15 +171,10 @@ def fold_evidence(
         with open(path) as f:
             done = json.load(f)["folds"]
     splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y)
+    cw = class_weights(examples_dir, model.output_shape[-1], head_cfg.class_weight, exclude_train)
     recipe = _Recipe(
         examples_dir, head_model_path, cfg, head_cfg, head_epochs, tune_epochs, augment,
-        image_size, exclude_train, seed, jit, geometry,
-        cw_head=class_weights(
-            examples_dir, model.output_shape[-1], head_cfg.class_weight, exclude_train
-        ),
-        cw_tune=class_weights(
-            examples_dir, model.output_shape[-1], head_cfg.class_weight, exclude_train
-        ),
+        image_size, exclude_train, seed, jit, geometry, weights_by_class=cw,
     )  # fmt: skip
     log(
         f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "
@@ -236,7 +230,7 @@ def _run_fold(recipe: _Recipe, i: int, x, y, shas, tr, te) -> dict:
     t_fold = time.time()
     model = load_model(recipe.head_model_path)
     _train_fold_head(
-        model, x[tr], y[tr], recipe.head_cfg, recipe.head_epochs, recipe.cw_head, seed + i
+        model, x[tr], y[tr], recipe.head_cfg, recipe.head_epochs, recipe.weights_by_class, seed + i
     )
     held, others = set(shas[te].tolist()), set(shas[tr].tolist())
     train_ds, held_ds = _fold_datasets(
@@ -255,7 +249,11 @@ def _run_fold(recipe: _Recipe, i: int, x, y, shas, tr, te) -> dict:
         else []
     )
     model.fit(
-        train_ds, epochs=recipe.tune_epochs, class_weight=recipe.cw_tune, callbacks=cbs, verbose=0
+        train_ds,
+        epochs=recipe.tune_epochs,
+        class_weight=recipe.weights_by_class,
+        callbacks=cbs,
+        verbose=0,
     )
     _, _, tuned_hits = scores_on(model, held_ds)
     return {
