@@ -107,7 +107,10 @@ class Evidence:
     stage_starts: list[str]  # first layer of each feature-map size of the base, last stage last
     stage_fraction: list[float]  # share of the base's layers from each stage start to the top
     base_layers: list[str]
-    images_per_s: float  # forward pass, measured here
+    images_per_s: float  # forward pass at image_size, the fastest measured here
+    # the fastest forward pass measured per probed size (px -> images/s): a busy moment
+    # only slows a pass, so the fastest is the base's own speed here
+    speeds: dict[int, float] = field(default_factory=dict)
     # per layer: k-fold paired gain of a 256-unit hidden layer over linear, at the chosen size
     hidden_head: dict[str, dict] | None = None
     seconds: float = 0.0
@@ -173,6 +176,14 @@ def _fmt(p: Probe) -> str:
     return f"{p.accuracy:.3f} [{p.low:.3f}, {p.high:.3f}]"
 
 
+def _speed_at(ev: Evidence, size: int) -> float:
+    """Images per second of the base's forward pass at `size`: measured there, else the
+    input size's scaled by the pixel count."""
+    if ev.speeds.get(size):
+        return ev.speeds[size]
+    return max(ev.images_per_s, 1e-6) / (size / ev.image_size) ** 2
+
+
 def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, minutes: float):
     """Fine-tuning epochs that fit the budget, with the estimate behind them: (epochs, epoch
     seconds, seconds left after the head, range-test seconds, stages, first layer, share of
@@ -186,11 +197,12 @@ def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, m
         starts = [(n, f - kept) for n, f in starts]
     stages = 1 if similar else max(1, min(2, len(starts)))
     start, frac = starts[-stages] if starts else (None, 1.0)
-    # epoch time: a forward pass over train + val, plus ~2x forward for the trained part
-    px = (size / ev.image_size) ** 2
-    speed = max(ev.images_per_s, 1e-6)
-    epoch_s = px * (ev.n_train * (1 + 2 * frac) + ev.n_val) / speed
-    head_s = 30 + px * (ev.n_train + ev.n_val) / speed
+    # epoch time: a forward pass over train + val, plus about one more for the trained
+    # part's backward pass (measured on 2 cores, MobileNetV2 from block_6 on flowers: 46 s
+    # an epoch at 128 px, this model 47 s; 129-162 s at 224 px, this model 148 s)
+    speed = _speed_at(ev, size)
+    epoch_s = (ev.n_train * (1 + frac) + ev.n_val) / speed
+    head_s = 30 + (ev.n_train + ev.n_val) / speed
     left = minutes * 60 - head_s
     # the LR range test: LR_FIND_STEPS batches (of 32, fine_tune's default), part of an epoch
     find_s = epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
@@ -984,15 +996,15 @@ def measure(
         if size == image_size:
             ev.stage_starts, ev.stage_fraction = starts, frac
             ev.base_layers = [layer.name for layer in base.layers]
-            # the pass just made, else a short timing of its own
-            n = sum(g.computed for g in got.values())
-            t = sum(g.seconds for g in got.values())
-            ev.images_per_s = n / t if n >= 64 and t > 0 else _speed(extractor, size)
             # the label check scores every labelled image: test joins train and val
             got |= _squash_features(
                 examples_dir, validation_dir, ("test",), layers, extractor, store, stage
             )[0]
             ev.label_check = _label_check(examples_dir, got, excl, layers[0], size, folds)
+        # the passes just made (the fastest: load only slows one), else a timing of its own
+        ev.speeds[size] = round(_fastest_pass(got.values()) or _speed(extractor, size), 1)
+        if size == image_size:
+            ev.images_per_s = ev.speeds[size]
         idx = _sample(feats.y, max_probe_images)
         y, groups = feats.y[idx], np.array([group_by_sha[s] for s in feats.sha256])[idx]
         at = _tap_probes(feats, tap_list, size, idx, y, groups, folds)
@@ -1022,6 +1034,12 @@ def _label_check(examples_dir: str, got: dict, exclude: dict, layer: str, size: 
     return label_issues.check(
         x[keep], y[keep], [rows[i] for i in keep], labels, folds=folds, layer=layer, size=size
     )
+
+
+def _fastest_pass(passes) -> float | None:
+    """The highest images per second among feature passes of at least 64 computed images."""
+    rates = [g.computed / g.seconds for g in passes if g.computed >= 64 and g.seconds > 0]
+    return max(rates, default=None)
 
 
 def _speed(extractor, size: int, batch: int = 32, reps: int = 2) -> float:

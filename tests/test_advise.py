@@ -272,3 +272,29 @@ def test_probe_folds_keep_a_patients_images_together():
     honest = probe(x, y, 5, groups=groups).mean()
     assert leaky > 0.9
     assert honest < 0.7
+
+
+def test_fine_tuning_epochs_read_the_speed_measured_at_the_planned_size():
+    # flowers-like: 128 px photos probe better at 128 px; the 224 px pass ran on a busy
+    # machine (13 images/s), the 128 px one did not: the plan reads the pass at its size
+    small_px = _probe("out_relu", "final", 0.899, 2000, size=128, seed=1)
+    ev = _evidence(3000, 0.90, 0.8, side=128, extra=[small_px], speed=13.0)
+    scaled = plan(ev, budget_minutes=15, small_data=1000)
+    ev.speeds = {224: 13.0, 128: 120.0}
+    measured = plan(ev, budget_minutes=15, small_data=1000)
+    assert measured.overrides["data.image_size"] == 128
+    assert scaled.overrides["fine_tune.epochs"] < measured.overrides["fine_tune.epochs"] == 8
+
+
+def test_the_fastest_pass_of_enough_images_is_the_speed():
+    from types import SimpleNamespace as Pass
+
+    from graft.components.advise import _fastest_pass
+
+    busy, quiet, short = (
+        Pass(computed=2981, seconds=142.0),
+        Pass(computed=641, seconds=19.4),
+        Pass(computed=10, seconds=0.01),
+    )
+    assert _fastest_pass([busy, quiet, short]) == pytest.approx(641 / 19.4)
+    assert _fastest_pass([short]) is None
