@@ -134,3 +134,53 @@ def all_parsers(parser, path=("graft",)):
         if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 yield from all_parsers(sub, (*path, name))
+
+
+def shared_across_workers(tmp_path_factory, name: str, make):
+    """`make(folder)`'s JSON-able result, computed once per test session by whichever xdist
+    worker asks first (pytest-xdist's recipe for a session fixture run once): the others wait
+    on the lock and read it. `folder` lives as long as the session, in a temp dir every
+    worker shares."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # per session
+    done = root / f"{name}.json"
+    with FileLock(str(done) + ".lock"):
+        if not done.is_file():
+            folder = root / name
+            folder.mkdir()
+            done.write_text(json.dumps(make(folder)))
+    return json.loads(done.read_text())
+
+
+AUTO_KEPT = ["train_head.epochs=3", "train_head.patience=0"]
+
+
+@pytest.fixture(scope="session")
+def auto_run(tmp_path_factory):
+    """One recipe-auto pipeline run on the tiny data (3 folds, a 2-minute budget) with the
+    user's --set AUTO_KEPT over a template, shared by every worker: {"run": the run record,
+    "tmp": its folder, "data": the images, "forward": base forward images it ran}. The tests
+    of the auto plan, of the geometry evidence and of kept settings read it."""
+
+    def make(tmp: Path) -> dict:
+        import yaml
+
+        from graft.components import features as gfeat
+        from graft.components.demo_data import generate
+        from graft.core.config import load_config
+        from graft.pipeline.runner import run_pipeline
+
+        data = tmp / "images"
+        generate(data, classes=3, per_class=40, size=48, seed=0)  # tiny_data's images
+        raw = tiny_config(tmp, data, recipe="auto", advise__folds=3, train__budget_minutes=2)
+        template = tmp / "template.yaml"
+        template.write_text(yaml.safe_dump(raw))
+        cfg = load_config(template, AUTO_KEPT, template=True)  # the template's keys are Graft's
+        before = gfeat.FORWARD_IMAGES["count"]
+        run = run_pipeline(cfg)
+        forward = gfeat.FORWARD_IMAGES["count"] - before
+        return {"run": run, "tmp": str(tmp), "data": str(data), "forward": forward}
+
+    return shared_across_workers(tmp_path_factory, "auto_run", make)

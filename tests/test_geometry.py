@@ -364,12 +364,11 @@ def _advice(run) -> tuple[dict, str]:
     return json.load(open(os.path.join(out, "advice.json"))), out
 
 
-def test_advise_records_the_geometry_decision_with_its_evidence(tmp_path, tiny_data):
+def test_advise_records_the_geometry_decision_with_its_evidence(auto_run):
     from graft.core.config import parse_config
     from graft.pipeline.runner import run_pipeline
 
-    raw = tiny_config(tmp_path, tiny_data, recipe="auto", advise__folds=3)
-    advice, out = _advice(run_pipeline(parse_config(raw), until="advise"))
+    advice, out = _advice(auto_run["run"])  # recipe auto, 3 folds (conftest)
     geo = advice["evidence"]["geometry"]
     assert set(geo["modes"]) == {"squash", "crop", "pad"} and geo["size"] == 48
     assert geo["default"] == "squash"  # the demo base was pretrained on squashed images
@@ -395,9 +394,8 @@ def test_advise_records_the_geometry_decision_with_its_evidence(tmp_path, tiny_d
     assert "| crop |" in md and "paired gain over squash" in md
 
     # your own data.resize is kept, and advise says what it would have chosen
-    raw = tiny_config(
-        tmp_path, tiny_data, recipe="auto", advise__folds=3, advise__keep=["data.resize"]
-    )
+    tmp, data = Path(auto_run["tmp"]), Path(auto_run["data"])  # its store: probes not re-run
+    raw = tiny_config(tmp, data, recipe="auto", advise__folds=3, advise__keep=["data.resize"])
     raw["data"]["resize"] = "pad"
     kept, _ = _advice(run_pipeline(parse_config(raw), until="advise"))
     assert "data.resize" not in kept["overrides"]

@@ -5,6 +5,7 @@ Real Beam, TensorFlow and SavedModel; the demo base at 48 px keeps each run to s
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from conftest import step_summary as _summary
@@ -17,18 +18,8 @@ from graft.pipeline.runner import run_pipeline
 pytestmark = pytest.mark.slow
 
 
-def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
-    cfg = parse_config(
-        tiny_config(
-            tmp_path,
-            tiny_data,
-            recipe="auto",
-            advise__folds=3,
-            train__budget_minutes=2,
-        )
-    )
-    before = gfeat.FORWARD_IMAGES["count"]
-    run = run_pipeline(cfg)
+def test_auto_recipe_runs_end_to_end_and_reports_its_plan(auto_run):
+    run = auto_run["run"]  # recipe auto, 3 folds, a 2-minute budget (conftest)
     assert run["status"] == "succeeded"
     advice_dir = run["steps"]["advise"]["output"]
     advice = json.load(open(os.path.join(advice_dir, "advice.json")))
@@ -62,7 +53,7 @@ def test_auto_recipe_runs_end_to_end_and_reports_its_plan(tmp_path, tiny_data):
     rest = 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_train"] - sample
     rest += 0 if advice["overrides"]["data.resize"] == "squash" else ev["n_val"]
     assert head["features_computed"] == rest and head["features_reused"] > 0
-    forward = gfeat.FORWARD_IMAGES["count"] - before
+    forward = auto_run["forward"]  # base forward images during that run
     issues = json.load(open(os.path.join(advice_dir, "label_issues.json")))
     n_test = issues["checked"]["test"]
     geometry_passes = (1 if ev["geometry"]["square"] else 2) * sample
@@ -113,18 +104,20 @@ def test_head_rerun_reads_the_store_and_a_new_base_computes_anew(tmp_path, tiny_
     assert gfeat.FORWARD_IMAGES["count"] > count
 
 
-def test_graft_advise_prints_the_cell_evidence_and_plan_without_training(
-    tmp_path, tiny_data, capsys
-):
+def test_graft_advise_prints_the_cell_evidence_and_plan_without_training(auto_run, capsys):
     from graft.pipeline.cli import main
 
-    assert main(["advise", str(tiny_data), *tiny_advise_sets(tmp_path)]) == 0
+    # auto_run's folder: its feature store spares the base passes, not the probes
+    tmp, data = Path(auto_run["tmp"]), auto_run["data"]
+    steps, models = tmp / "runs" / "steps", tmp / "models" / "tiny"
+    trained, pushed = sorted(os.listdir(steps / "train_head")), sorted(os.listdir(models))
+    assert main(["advise", data, *tiny_advise_sets(tmp)]) == 0
     out = capsys.readouterr().out
     assert "recipe auto: small and" in out and "(the seed's matrix)" in out
     for word in ("similarity", "features", "input size", "head", "fine-tune", "probe"):
         assert word in out, word
-    assert not (tmp_path / "runs" / "steps" / "train_head").exists()  # nothing trained
-    assert not (tmp_path / "models").exists()
+    assert sorted(os.listdir(steps / "train_head")) == trained  # nothing trained
+    assert sorted(os.listdir(models)) == pushed  # nor pushed
     from graft.components import advise
 
     assert advise._EXTRACTOR == {}  # the probes' shared base is not held past advise

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_config
+from conftest import AUTO_KEPT, tiny_config
 
 from graft.core.config import ConfigError, load_config
 from graft.pipeline.runner import run_pipeline
@@ -52,15 +52,12 @@ def test_written_config_reruns_nothing_and_own_folders_are_not_data(
     ]
 
 
-def test_explicit_setting_wins_over_auto_and_no_fine_tune_is_shown_as_none(tmp_path, tiny_data):
-    template = _write(
-        tmp_path / "template.yaml",
-        tiny_config(tmp_path, tiny_data, recipe="auto", advise__folds=3),
-    )
-    # the template's keys are Graft's; --set is the user's
-    cfg = load_config(template, ["train_head.epochs=3", "train_head.patience=0"], template=True)
+def test_explicit_setting_wins_over_auto_and_no_fine_tune_is_shown_as_none(auto_run):
+    # conftest's auto_run: recipe auto over a template; the template's keys are Graft's,
+    # AUTO_KEPT's --set is the user's
+    cfg = load_config(Path(auto_run["tmp"]) / "template.yaml", AUTO_KEPT, template=True)
     assert cfg.advise.keep == ["train_head.epochs", "train_head.patience"]
-    run = run_pipeline(cfg)
+    run = auto_run["run"]
     assert run["status"] == "succeeded"
     advice = json.load(open(Path(run["steps"]["advise"]["output"]) / "advice.json"))
     assert "train_head.epochs" not in advice["overrides"]
