@@ -219,13 +219,11 @@ def _baseline_text(baseline: dict | None) -> str:
     return f"version {baseline['version']}" + (f", accuracy {accuracy[0]:.4f}" if accuracy else "")
 
 
-def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | None:
+def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance, weights) -> float | None:
     """Evaluate's scores of this model on its test split, beside the SavedModel (with its
-    weights_sha256), when they match what the SavedModel returned for the parity images: the
-    next run's evaluation and drift read them instead of scoring those images again. Their max
-    abs diff on the parity images, or None."""
-    from graft.components.hashing import weights_sha256
-
+    weights_sha256, `weights`), when they match what the SavedModel returned for the parity
+    images: the next run's evaluation and drift read them instead of scoring those images
+    again. Their max abs diff on the parity images, or None."""
     seed = read_seed(os.path.join(evaluation_dir, SEED_FILE), labels)
     rows = [(seed[s], g) for s, g in zip(shas, got, strict=True) if s in seed]
     if not rows:
@@ -233,8 +231,7 @@ def _copy_seed(evaluation_dir, final, labels, shas, got, tolerance) -> float | N
     diff = float(max(np.max(np.abs(a - b)) for a, b in rows))
     if diff <= tolerance:
         probs = np.stack(list(seed.values()))
-        weights = weights_sha256(final) or ""
-        write_seed(os.path.join(final, SEED_FILE), list(seed), probs, labels, weights)
+        write_seed(os.path.join(final, SEED_FILE), list(seed), probs, labels, weights or "")
     else:
         log(
             f"export: evaluate's test scores differ from the SavedModel's by {diff:.1e} > "
@@ -259,6 +256,9 @@ class ExportResult:
     blessed: bool
     # evaluate's stored test scores vs the SavedModel on the parity images; None: none stored
     test_scores_max_abs_diff: float | None = None
+    # hashing.weights_sha256 of the version, read here so that push (which compares it with
+    # the versions served) needs no TensorFlow; None: no readable checkpoint
+    weights_sha256: str | None = None
 
 
 def export(
@@ -327,14 +327,15 @@ def export(
         parity=parity,
         model_path=model_path,
     )
+    from graft.components.hashing import file_sha256, weights_sha256
+
     # after the model card: the weights checksum covers its serving settings
-    seed_diff = _copy_seed(evaluation_dir, final, labels, shas, got, cfg.parity_tolerance)
+    weights = weights_sha256(final)
+    seed_diff = _copy_seed(evaluation_dir, final, labels, shas, got, cfg.parity_tolerance, weights)
     if cfg.tflite:  # edge models into assets.extra/, measured; tflite.json; model card table
         _export_tflite(
             model, final, out_dir, cfg, image_size, geometry, examples_dir, evaluation_dir, labels
         )
-    from graft.components.hashing import file_sha256
-
     result = ExportResult(
         path=final,
         version=version,
@@ -345,6 +346,7 @@ def export(
         warmup_requests=n_warm,
         blessed=evaluation["blessed"],
         test_scores_max_abs_diff=seed_diff,
+        weights_sha256=weights,
     )
     with open(os.path.join(out_dir, "export.json"), "w") as f:
         json.dump(asdict(result), f, indent=2)

@@ -40,10 +40,9 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 
-import tensorflow as tf
-
 from graft.components import registry
-from graft.components.fs import read_json
+from graft.components.fs import any_gfile as gfile
+from graft.components.fs import is_not_found, read_json
 from graft.components.hashing import weights_sha256
 from graft.components.registry import (
     MARKER,
@@ -57,8 +56,6 @@ from graft.core.config import PushConfig
 from graft.core.log import log
 from graft.core.paths import is_remote, mark_output_dir
 from graft.core.paths import join as _join
-
-gfile = tf.io.gfile
 
 __all__ = [
     "TMP_PREFIX",
@@ -194,9 +191,20 @@ def _owner_gone(root: str, name: str) -> bool:
             pass
     try:
         mtime = gfile.stat(_join(root, name)).mtime_nsec / 1e9
-    except tf.errors.NotFoundError:
-        return False
+    except Exception as e:  # noqa: BLE001 - FileNotFoundError, or tf's at a URL
+        if is_not_found(e):
+            return False
+        raise
     return time.time() - mtime > STALE_SECONDS
+
+
+def _rmtree_if_there(path: str) -> None:
+    """Remove a folder; one that another process removed first is not an error."""
+    try:
+        gfile.rmtree(path)
+    except Exception as e:  # noqa: BLE001 - FileNotFoundError, or tf's at a URL
+        if not is_not_found(e):
+            raise
 
 
 def _remove_stale_tmp(root: str) -> list[str]:
@@ -207,8 +215,7 @@ def _remove_stale_tmp(root: str) -> list[str]:
             continue
         if not _owner_gone(root, name):
             continue
-        with contextlib.suppress(tf.errors.NotFoundError):
-            gfile.rmtree(_join(root, name))
+        _rmtree_if_there(_join(root, name))
         if not is_remote(root):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(root, name + ".lock"))
@@ -239,8 +246,7 @@ def _owned_tmp(root: str):
             yield tmp
         finally:
             if gfile.exists(tmp):
-                with contextlib.suppress(tf.errors.NotFoundError):
-                    gfile.rmtree(tmp)
+                _rmtree_if_there(tmp)
 
 
 # ---------------------------------------------------------------- push
@@ -423,7 +429,9 @@ def push(
     with open(os.path.join(export_dir, "export.json")) as f:
         exported = json.load(f)
     src, version = exported["path"], int(exported["version"])
-    cand = _Candidate(src, version, exported.get("model_sha256"), weights_sha256(src), evaluation)
+    # export read the weights' checksum (an older export.json has none: read it here)
+    weights = exported.get("weights_sha256") or weights_sha256(src)
+    cand = _Candidate(src, version, exported.get("model_sha256"), weights, evaluation)
     result = PushResult(
         pushed=False,
         blessed=evaluation["blessed"],

@@ -53,6 +53,13 @@ def other_model_export(export_dir: str | Path, dst: Path, *, scale: float, pad_f
         blob = bytes(range(256)) * 16
         for k in range(pad_files):
             (pad / f"{k:05d}.bin").write_bytes(blob)
-    meta.update(path=str(vdir), model_sha256=f"{meta['model_sha256']}-x{scale}")
+    from graft.components.hashing import weights_sha256
+
+    # as export writes them: the new weights' checksum with the copy's path
+    meta.update(
+        path=str(vdir),
+        model_sha256=f"{meta['model_sha256']}-x{scale}",
+        weights_sha256=weights_sha256(str(vdir)),
+    )
     (dst / "export.json").write_text(json.dumps(meta))
     return dst

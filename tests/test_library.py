@@ -44,6 +44,34 @@ def test_files_read_alike_locally_and_at_a_url(folder):
     assert fs.exists(f"{folder}/a.json") and not fs.exists(f"{folder}/b.json")
 
 
+def test_push_file_calls_behave_alike_locally_and_at_a_url(folder):
+    """fs.any_gfile: os and shutil on a local path, tf.io.gfile at a URL, one behaviour (what
+    push relies on: copy and rename never replace a file, a missing path is told apart)."""
+    g = fs.any_gfile
+    g.makedirs(f"{folder}/v/sub")
+    with g.GFile(f"{folder}/v/sub/a.txt", "w") as f:
+        f.write("abc")
+    g.copy(f"{folder}/v/sub/a.txt", f"{folder}/v/b.txt", overwrite=False)
+    with g.GFile(f"{folder}/v/c.txt", "w") as f:
+        f.write("other")
+    for call in (g.copy, g.rename):  # onto an existing file: refused, the file unchanged
+        with pytest.raises(Exception):  # noqa: B017 - FileExistsError, or tf's AlreadyExists
+            call(f"{folder}/v/c.txt", f"{folder}/v/b.txt", overwrite=False)
+        assert fs.read_text(f"{folder}/v/b.txt") == "abc"
+    g.rename(f"{folder}/v/c.txt", f"{folder}/v/d.txt", overwrite=False)
+    files = sorted(
+        (d.rstrip("/").rsplit("/", 1)[-1], sorted(names)) for d, _, names in g.walk(f"{folder}/v")
+    )
+    assert files == [("sub", ["a.txt"]), ("v", ["b.txt", "d.txt"])]
+    stat = g.stat(f"{folder}/v/d.txt")
+    assert stat.length == 5 and stat.mtime_nsec >= 0  # ram:// keeps no times: 0
+    with pytest.raises(Exception) as missing:  # noqa: B017 - either kind's "not found"
+        g.stat(f"{folder}/v/gone.txt")
+    assert fs.is_not_found(missing.value) and not fs.is_not_found(ValueError("x"))
+    g.rmtree(f"{folder}/v")
+    assert not g.exists(f"{folder}/v")
+
+
 def test_one_file_checksum_locally_and_at_a_url(folder):
     blob = bytes(range(256)) * 5000  # over one 1 MiB read
     with fs.open_file(f"{folder}/blob.bin", "wb") as f:

@@ -39,7 +39,9 @@ if mode == "mid-copy":  # start only once another push is copying into its temp 
 # force: the copies share the first run's evaluation (no baseline then), and each would
 # otherwise be refused for not beating the model served now (the push-time re-check)
 r = push(export, evaluation, out, cfg=PushConfig(destination=dest), model_name="tiny", force=True)
-print(json.dumps({"pushed": r.pushed, "already": r.already_at_destination, "version": r.version}))
+tf = "tensorflow" in sys.modules  # a local push needs none: its pod starts without it
+print(json.dumps({"pushed": r.pushed, "already": r.already_at_destination, "version": r.version,
+                  "tensorflow": tf}))
 """
 
 
@@ -120,6 +122,7 @@ def test_two_concurrent_pushes_only_ever_show_complete_versions(pipeline_run, tm
     _visible_versions_are_complete(dest / "tiny")
     assert checks > 10  # the poller really watched while both ran
     assert all(r["pushed"] for r in results), results  # two different models: both go in
+    assert not any(r["tensorflow"] for r in results)  # local files: os and shutil, no TF
     assert sorted(after) == sorted(before + [r["version"] for r in results])
     left = [d for d in os.listdir(dest / "tiny") if not d.isdigit() and d != INDEX]
     assert not left  # no temp, no lock: the versions and the registry index only
