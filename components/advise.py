@@ -111,6 +111,9 @@ class Evidence:
     # the fastest forward pass measured per probed size (px -> images/s): a busy moment
     # only slows a pass, so the fastest is the base's own speed here
     speeds: dict[int, float] = field(default_factory=dict)
+    # advise's own seconds out of the run's budget (train.budget_minutes): measure's, and the
+    # geometry and flip probes' to come, estimated; the training stages get the rest
+    spent_s: float = 0.0
     # per layer: k-fold paired gain of a 256-unit hidden layer over linear, at the chosen size
     hidden_head: dict[str, dict] | None = None
     seconds: float = 0.0
@@ -203,7 +206,7 @@ def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, m
     speed = _speed_at(ev, size)
     epoch_s = (ev.n_train * (1 + frac) + ev.n_val) / speed
     head_s = 30 + (ev.n_train + ev.n_val) / speed
-    left = minutes * 60 - head_s
+    left = minutes * 60 - ev.spent_s - head_s
     # the LR range test: LR_FIND_STEPS batches (of 32, fine_tune's default), part of an epoch
     find_s = epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
     epochs = min(MAX_FINE_TUNE_EPOCHS, int((left - find_s) // max(epoch_s, 1e-6)))
@@ -424,7 +427,13 @@ def _fine_tune_settings(
 
 
 def _fine_tune_reason(
-    cell: dict[str, str], stages: int, gradual: int, epochs: int, epoch_s: float, minutes: float
+    cell: dict[str, str],
+    stages: int,
+    gradual: int,
+    epochs: int,
+    epoch_s: float,
+    minutes: float,
+    spent_s: float = 0.0,
 ) -> str:
     """Why these stages, rates and epochs, in the seed matrix's words."""
     what = "the top stage" if stages == 1 else f"the top {stages} stages"
@@ -450,10 +459,15 @@ def _fine_tune_reason(
             if gradual
             else ""
         )
-        + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the "
-        f"{minutes:g}-minute budget; kept only if it beats the head-only "
-        "model on val beyond the noise"
+        + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the {_budget_words(minutes, spent_s)}; "
+        "kept only if it beats the head-only model on val beyond the noise"
     )
+
+
+def _budget_words(minutes: float, spent_s: float) -> str:
+    """The budget, and what advise took of it."""
+    took = f" (advise's probes take ~{spent_s / 60:.1f} of it)" if spent_s else ""
+    return f"{minutes:g}-minute budget{took}"
 
 
 def _decide_augmentation(ev: Evidence, small_data: int) -> tuple[dict, Decision]:
@@ -494,7 +508,8 @@ def _decide_fine_tune(
             Decision(
                 "fine-tune",
                 "no",
-                f"the budget (train.budget_minutes={budget_minutes:g}) fits {epochs} "
+                f"the {_budget_words(budget_minutes, ev.spent_s)} "
+                f"(train.budget_minutes) fits {epochs} "
                 f"epoch(s) of ~{epoch_s:.0f}s of the whole base: too few to pay"
                 + ("; the classifier reads the earlier features instead" if cut_at else ""),
             )
@@ -504,7 +519,7 @@ def _decide_fine_tune(
     decision = Decision(
         "fine-tune",
         f"from {start} ({frac:.0%} of the base's layers)",
-        _fine_tune_reason(cell, stages, gradual, epochs, epoch_s, budget_minutes),
+        _fine_tune_reason(cell, stages, gradual, epochs, epoch_s, budget_minutes, ev.spent_s),
     )
     aug, aug_decision = _decide_augmentation(ev, small_data)
     return {**settings, **aug}, [decision, aug_decision]
@@ -527,7 +542,7 @@ def plan(ev: Evidence, *, budget_minutes: float, small_data: int) -> Plan:
 
     Args:
         ev: the measured evidence.
-        budget_minutes: the fine-tuning time budget (advise.budget_minutes).
+        budget_minutes: the run's time budget, advise's probes and training (train.budget_minutes).
         small_data: below this many training images, the data counts as small.
 
     Returns:
@@ -1729,6 +1744,13 @@ def _probe_geometry_and_flips(
     )  # fmt: skip
 
 
+def _later_probe_seconds(ev: Evidence, max_probe_images: int) -> float:
+    """The geometry and flip probes' base passes, yet to run when the plan is made: up to
+    three over the probes' sample (two other geometries, the mirror images), at the fastest
+    measured speed."""
+    return 3 * min(ev.n_train, max_probe_images) / max([*ev.speeds.values(), ev.images_per_s, 1e-6])
+
+
 def _plan_auto(
     examples_dir, validation_dir, *, base_cfg, image_size, store_root, folds, max_probe_images,
     small_data, budget_minutes, keep, geometry, bases, seed,
@@ -1737,6 +1759,8 @@ def _plan_auto(
     flips, all on the chosen base. Returns the evidence, the plan and the kept base settings."""
     from graft.core.config import kept_by
 
+    t0 = time.time()  # the run's budget pays for advise too
+
     sample = {"store_root": store_root, "folds": folds, "max_probe_images": max_probe_images}
     bases_ev, chosen, base_decision, base_cfg, image_size = _choose_among_bases(
         examples_dir, validation_dir, base_cfg=base_cfg, bases=bases, image_size=image_size,
@@ -1744,6 +1768,7 @@ def _plan_auto(
     )  # fmt: skip
     _seed(seed)
     ev = measure(examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size, **sample)
+    ev.spent_s = round(time.time() - t0 + _later_probe_seconds(ev, max_probe_images), 1)
     p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
     kept_base: dict = {}
     if bases_ev is not None:
@@ -1813,7 +1838,7 @@ def advise(
         folds: k of the probes' cross-validation.
         max_probe_images: the most training images the probes use.
         small_data: below this many training images, the data counts as small.
-        budget_minutes: the fine-tuning time budget.
+        budget_minutes: the run's time budget, advise's probes and training.
         keep: the user's settings (dotted key -> value), which the plan never changes.
         geometry: the config's data.resize, or None.
         bases: advise.bases, probed beside base_cfg; None or empty for none.

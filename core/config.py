@@ -309,7 +309,8 @@ class TrainConfig(Section):
         15.0,
         gt=0,
         le=100_000,
-        description="recipe auto: wall-time budget of both training stages; sets the epochs",
+        description="recipe auto: wall-time budget of advise's probes and both training "
+        "stages; sets the fine-tuning epochs",
     )
 
 

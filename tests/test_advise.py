@@ -298,3 +298,18 @@ def test_the_fastest_pass_of_enough_images_is_the_speed():
     )
     assert _fastest_pass([busy, quiet, short]) == pytest.approx(641 / 19.4)
     assert _fastest_pass([short]) is None
+
+
+def test_the_budget_pays_for_advises_own_probes_first():
+    ev = _evidence(3000, 0.9, 0.8, speed=60.0)
+    roomy = plan(ev, budget_minutes=15, small_data=1000)
+    ev.spent_s = 8 * 60.0  # measure and the probes to come take 8 of the 15 minutes
+    spent = plan(ev, budget_minutes=15, small_data=1000)
+    assert spent.overrides["fine_tune.epochs"] < roomy.overrides["fine_tune.epochs"]
+    assert spent.overrides["fine_tune.max_minutes"] <= 15 - 8
+    reason = _decisions(spent)["fine-tune"].reason
+    assert "15-minute budget (advise's probes take ~8.0 of it)" in reason
+    ev.spent_s = 15 * 60.0  # nothing left: no fine-tuning, and the decision says why
+    none = plan(ev, budget_minutes=15, small_data=1000)
+    assert none.overrides["fine_tune.enabled"] is False
+    assert "advise's probes take ~15.0" in _decisions(none)["fine-tune"].reason
