@@ -209,7 +209,7 @@ def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, m
     left = minutes * 60 - ev.spent_s - head_s
     # the LR range test: LR_FIND_STEPS batches (of 32, fine_tune's default), part of an epoch
     find_s = epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
-    epochs = min(MAX_FINE_TUNE_EPOCHS, int((left - find_s) // max(epoch_s, 1e-6)))
+    epochs = max(0, min(MAX_FINE_TUNE_EPOCHS, int((left - find_s) // max(epoch_s, 1e-6))))
     return epochs, epoch_s, left, find_s, stages, start, frac
 
 
@@ -466,8 +466,8 @@ def _fine_tune_reason(
 
 def _budget_words(minutes: float, spent_s: float) -> str:
     """The budget, and what advise took of it."""
-    took = f" (advise's probes take ~{spent_s / 60:.1f} of it)" if spent_s else ""
-    return f"{minutes:g}-minute budget{took}"
+    took = f", of which advise's probes take ~{spent_s / 60:.1f} min" if spent_s else ""
+    return f"{minutes:g}-minute budget (train.budget_minutes{took})"
 
 
 def _decide_augmentation(ev: Evidence, small_data: int) -> tuple[dict, Decision]:
@@ -508,8 +508,7 @@ def _decide_fine_tune(
             Decision(
                 "fine-tune",
                 "no",
-                f"the {_budget_words(budget_minutes, ev.spent_s)} "
-                f"(train.budget_minutes) fits {epochs} "
+                f"the {_budget_words(budget_minutes, ev.spent_s)} fits {epochs} "
                 f"epoch(s) of ~{epoch_s:.0f}s of the whole base: too few to pay"
                 + ("; the classifier reads the earlier features instead" if cut_at else ""),
             )
@@ -1746,9 +1745,9 @@ def _probe_geometry_and_flips(
 
 def _later_probe_seconds(ev: Evidence, max_probe_images: int) -> float:
     """The geometry and flip probes' base passes, yet to run when the plan is made: up to
-    three over the probes' sample (two other geometries, the mirror images), at the fastest
-    measured speed."""
-    return 3 * min(ev.n_train, max_probe_images) / max([*ev.speeds.values(), ev.images_per_s, 1e-6])
+    three over the probes' sample (two other geometries, the mirror images), at the input
+    size's speed (the slowest probed: the plan may choose a smaller size)."""
+    return 3 * min(ev.n_train, max_probe_images) / max(ev.images_per_s, 1e-6)
 
 
 def _plan_auto(

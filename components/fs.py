@@ -101,11 +101,26 @@ class _LocalGFile:
     """The tf.io.gfile calls a push makes, on local paths: os and shutil, with gfile's
     semantics (rename and copy refuse an existing target unless overwrite)."""
 
-    walk = staticmethod(os.walk)
     listdir = staticmethod(os.listdir)
     exists = staticmethod(os.path.exists)
-    rmtree = staticmethod(shutil.rmtree)
     GFile = staticmethod(open_file)
+
+    @staticmethod
+    def walk(top: str):
+        return os.walk(top, followlinks=True)  # as gfile: a linked folder's files are copied
+
+    @staticmethod
+    def rmtree(path: str) -> None:
+        """Like gfile's: entries another process removed meanwhile are skipped, not fatal
+        (only a missing top folder is an error)."""
+        if not os.path.lexists(path):
+            raise FileNotFoundError(path)
+
+        def gone_already(func, p, exc_info):
+            if not isinstance(exc_info[1], FileNotFoundError):
+                raise exc_info[1]
+
+        shutil.rmtree(path, onerror=gone_already)  # Python 3.11: onerror
 
     @staticmethod
     def stat(path: str) -> SimpleNamespace:
@@ -135,6 +150,9 @@ class _AnyGFile:
     imports TensorFlow (~5 s of a Kubeflow pod's start on 2 cores)."""
 
     def __getattr__(self, name: str):
+        if not hasattr(_LocalGFile, name):  # a call only tf.io.gfile has: fail here, not later
+            raise AttributeError(f"fs.any_gfile has no {name!r}: add it to _LocalGFile")
+
         def call(*args, **kwargs):
             urls = any(isinstance(a, str) and is_remote(a) for a in args)
             return getattr(gfile() if urls else _LocalGFile, name)(*args, **kwargs)
@@ -145,7 +163,7 @@ class _AnyGFile:
 any_gfile = _AnyGFile()
 
 
-def is_not_found(e: BaseException) -> bool:
+def is_not_found(e: Exception) -> bool:
     """Whether e says a path does not exist: FileNotFoundError locally, tf.errors.NotFoundError
     at a URL (told without importing TensorFlow).
 

@@ -121,8 +121,8 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         "--budget-minutes",
         type=float,
         metavar="N",
-        help="recipe auto: wall time of both training stages (train.budget_minutes); the plan "
-        "fits the fine-tuning epochs into it",
+        help="recipe auto: wall time of advise's probes and both training stages "
+        "(train.budget_minutes); the plan fits the fine-tuning epochs into what advise leaves",
     )
     _add_model_name_arg(p, "model name (default: DATA_DIR's folder name)", "--name")
     p.add_argument(

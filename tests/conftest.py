@@ -150,8 +150,16 @@ def shared_across_workers(tmp_path_factory, name: str, make):
         if not done.is_file():
             folder = root / name
             folder.mkdir()
-            done.write_text(json.dumps(make(folder)))
-    return json.loads(done.read_text())
+            try:
+                result = {"ok": make(folder)}
+            except BaseException as e:  # every worker's tests fail with the first one's error
+                done.write_text(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+                raise
+            done.write_text(json.dumps(result))
+    got = json.loads(done.read_text())
+    if "error" in got:
+        raise RuntimeError(f"the shared fixture {name!r} failed in another worker: {got['error']}")
+    return got["ok"]
 
 
 AUTO_KEPT = ["train_head.epochs=3", "train_head.patience=0"]

@@ -308,8 +308,11 @@ def test_the_budget_pays_for_advises_own_probes_first():
     assert spent.overrides["fine_tune.epochs"] < roomy.overrides["fine_tune.epochs"]
     assert spent.overrides["fine_tune.max_minutes"] <= 15 - 8
     reason = _decisions(spent)["fine-tune"].reason
-    assert "15-minute budget (advise's probes take ~8.0 of it)" in reason
+    assert (
+        "15-minute budget (train.budget_minutes, of which advise's probes take ~8.0 min)" in reason
+    )
     ev.spent_s = 15 * 60.0  # nothing left: no fine-tuning, and the decision says why
     none = plan(ev, budget_minutes=15, small_data=1000)
     assert none.overrides["fine_tune.enabled"] is False
-    assert "advise's probes take ~15.0" in _decisions(none)["fine-tune"].reason
+    reason = _decisions(none)["fine-tune"].reason
+    assert "advise's probes take ~15.0 min) fits 0 epoch(s)" in reason

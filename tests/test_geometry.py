@@ -364,6 +364,7 @@ def _advice(run) -> tuple[dict, str]:
     return json.load(open(os.path.join(out, "advice.json"))), out
 
 
+@pytest.mark.slow  # auto_run trains a model
 def test_advise_records_the_geometry_decision_with_its_evidence(auto_run):
     from graft.core.config import parse_config
     from graft.pipeline.runner import run_pipeline
