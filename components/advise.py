@@ -111,9 +111,11 @@ class Evidence:
     # the fastest forward pass measured per probed size (px -> images/s): a busy moment
     # only slows a pass, so the fastest is the base's own speed here
     speeds: dict[int, float] = field(default_factory=dict)
-    # advise's own seconds out of the run's budget (train.budget_minutes): measure's, and the
-    # geometry and flip probes' to come, estimated; the training stages get the rest
+    # advise's own time out of the run's budget (train.budget_minutes), the training stages
+    # get the rest: seconds until the plan, and the base passes the geometry and flip probes
+    # make after it (over their sample, at the planned input size: see _advise_seconds)
     spent_s: float = 0.0
+    later_probe_images: int = 0
     # per layer: k-fold paired gain of a 256-unit hidden layer over linear, at the chosen size
     hidden_head: dict[str, dict] | None = None
     seconds: float = 0.0
@@ -187,6 +189,12 @@ def _speed_at(ev: Evidence, size: int) -> float:
     return max(ev.images_per_s, 1e-6) / (size / ev.image_size) ** 2
 
 
+def _advise_seconds(ev: Evidence, size: int) -> float:
+    """advise's share of the budget when the input is `size` px: its seconds until the plan,
+    and its passes after it at that size's speed."""
+    return ev.spent_s + ev.later_probe_images / _speed_at(ev, size)
+
+
 def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, minutes: float):
     """Fine-tuning epochs that fit the budget, with the estimate behind them: (epochs, epoch
     seconds, seconds left after the head, range-test seconds, stages, first layer, share of
@@ -206,7 +214,7 @@ def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, m
     speed = _speed_at(ev, size)
     epoch_s = (ev.n_train * (1 + frac) + ev.n_val) / speed
     head_s = 30 + (ev.n_train + ev.n_val) / speed
-    left = minutes * 60 - ev.spent_s - head_s
+    left = minutes * 60 - _advise_seconds(ev, size) - head_s
     # the LR range test: LR_FIND_STEPS batches (of 32, fine_tune's default), part of an epoch
     find_s = epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
     epochs = max(0, min(MAX_FINE_TUNE_EPOCHS, int((left - find_s) // max(epoch_s, 1e-6))))
@@ -501,14 +509,17 @@ def _decide_fine_tune(
     epochs, epoch_s, left, find_s, stages, start, frac = _fine_tune_budget(
         ev, size, similar, cut_at, budget_minutes
     )
+    at = size
     if cut_at:  # cut because the whole base's fine-tuning did not fit
+        at = whole_size
         epochs, epoch_s = _fine_tune_budget(ev, whole_size, similar, None, budget_minutes)[:2]
     if epochs < 2:
         return {"fine_tune.enabled": False}, [
             Decision(
                 "fine-tune",
                 "no",
-                f"the {_budget_words(budget_minutes, ev.spent_s)} fits {epochs} "
+                f"the {_budget_words(budget_minutes, _advise_seconds(ev, at))} "
+                f"fits {epochs} "
                 f"epoch(s) of ~{epoch_s:.0f}s of the whole base: too few to pay"
                 + ("; the classifier reads the earlier features instead" if cut_at else ""),
             )
@@ -518,7 +529,9 @@ def _decide_fine_tune(
     decision = Decision(
         "fine-tune",
         f"from {start} ({frac:.0%} of the base's layers)",
-        _fine_tune_reason(cell, stages, gradual, epochs, epoch_s, budget_minutes, ev.spent_s),
+        _fine_tune_reason(
+            cell, stages, gradual, epochs, epoch_s, budget_minutes, _advise_seconds(ev, size)
+        ),
     )
     aug, aug_decision = _decide_augmentation(ev, small_data)
     return {**settings, **aug}, [decision, aug_decision]
@@ -1743,13 +1756,6 @@ def _probe_geometry_and_flips(
     )  # fmt: skip
 
 
-def _later_probe_seconds(ev: Evidence, max_probe_images: int) -> float:
-    """The geometry and flip probes' base passes, yet to run when the plan is made: up to
-    three over the probes' sample (two other geometries, the mirror images), at the input
-    size's speed (the slowest probed: the plan may choose a smaller size)."""
-    return 3 * min(ev.n_train, max_probe_images) / max(ev.images_per_s, 1e-6)
-
-
 def _plan_auto(
     examples_dir, validation_dir, *, base_cfg, image_size, store_root, folds, max_probe_images,
     small_data, budget_minutes, keep, geometry, bases, seed,
@@ -1767,7 +1773,9 @@ def _plan_auto(
     )  # fmt: skip
     _seed(seed)
     ev = measure(examples_dir, validation_dir, base_cfg=base_cfg, image_size=image_size, **sample)
-    ev.spent_s = round(time.time() - t0 + _later_probe_seconds(ev, max_probe_images), 1)
+    ev.spent_s = round(time.time() - t0, 1)
+    # the geometry and flip probes' passes to come: two other geometries, the mirror images
+    ev.later_probe_images = 3 * min(ev.n_train, max_probe_images)
     p = plan(ev, budget_minutes=budget_minutes, small_data=small_data)
     kept_base: dict = {}
     if bases_ev is not None:

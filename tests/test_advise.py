@@ -316,3 +316,12 @@ def test_the_budget_pays_for_advises_own_probes_first():
     assert none.overrides["fine_tune.enabled"] is False
     reason = _decisions(none)["fine-tune"].reason
     assert "advise's probes take ~15.0 min) fits 0 epoch(s)" in reason
+
+
+def test_advises_passes_after_the_plan_are_priced_at_the_planned_size():
+    from graft.components.advise import _advise_seconds
+
+    ev = _evidence(3000, 0.9, 0.8, speed=20.0)
+    ev.speeds, ev.spent_s, ev.later_probe_images = {224: 20.0, 128: 120.0}, 100.0, 6000
+    assert _advise_seconds(ev, 224) == pytest.approx(100 + 6000 / 20)
+    assert _advise_seconds(ev, 128) == pytest.approx(100 + 6000 / 120)
