@@ -31,12 +31,27 @@ __all__ = [
     "parsed_examples",
     "raw_dataset",
     "read_labels",
+    "read_once",
     "shard_policy",
     "split_files",
     "steps_per_epoch",
 ]
 
 AUTOTUNE = tf.data.AUTOTUNE
+
+
+def read_once(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """`ds` with tf.data's autotuner off, for a dataset read once to its end (a feature pass,
+    an epoch, a val or test set). Measured here (TF 2.21, 2 cores): with the autotuner on, a
+    pass ended only at one of its wake-ups, which come at 0.6, 1.3, 2.6, 5.1, 10.2, 20.5, 41,
+    82, 142 s... after the iterator starts (the period doubles from 10 ms to 60 s): 400 images
+    took 8.8-11.3 s with it and 4.9-7.4 s without, 160 images 2.7-5.2 s against 2.0-2.3 s.
+    AUTOTUNE parallel calls then run on every core. A repeated (multi-epoch) stream keeps it."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
     "image/sha256": tf.io.FixedLenFeature([], tf.string),
@@ -307,7 +322,8 @@ def image_dataset(
         ds = ds.map(apply, num_parallel_calls=None if deterministic else AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
-    return ds.prefetch(AUTOTUNE).with_options(options)
+    ds = ds.prefetch(AUTOTUNE).with_options(options)
+    return ds if repeat else read_once(ds)
 
 
 def shard_policy(

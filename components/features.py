@@ -350,7 +350,7 @@ def _run_base(
         return (tf.reverse(img, axis=[1]) if mirror else img), ex["image/sha256"]
 
     ds = ds.map(pixels, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = gdata.read_once(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
     # one traced function for every batch shape (an eager call per batch runs op by op), kept
     # on the extractor so the next split reuses the trace (~3 s on 2 cores for MobileNetV2)
     step = getattr(extractor, "_graft_step", None)
