@@ -42,11 +42,13 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def read_once(ds: tf.data.Dataset) -> tf.data.Dataset:
     """`ds` with tf.data's autotuner off, for a dataset read once to its end (a feature pass,
-    an epoch, a val or test set). Measured here (TF 2.21, 2 cores): with the autotuner on, a
+    a val or test set). Measured here (TF 2.21, 2 cores): with the autotuner on, a
     pass ended only at one of its wake-ups, which come at 0.6, 1.3, 2.6, 5.1, 10.2, 20.5, 41,
     82, 142 s... after the iterator starts (the period doubles from 10 ms to 60 s): 400 images
     took 8.8-11.3 s with it and 4.9-7.4 s without, 160 images 2.7-5.2 s against 2.0-2.3 s.
-    AUTOTUNE parallel calls then run on every core. A repeated (multi-epoch) stream keeps it.
+    AUTOTUNE parallel calls then run on every core. Shuffled training data keeps it: its
+    epochs showed no such wait (flowers' fine-tuning, 43-55 s an epoch), and on a GPU node
+    the autotuner sizes its parallelism against the training step.
 
     Args:
         ds: the dataset.
@@ -330,7 +332,7 @@ def image_dataset(
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policy
     ds = ds.prefetch(AUTOTUNE).with_options(options)
-    return ds if repeat else read_once(ds)
+    return ds if repeat or shuffle else read_once(ds)
 
 
 def shard_policy(
