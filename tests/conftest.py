@@ -77,13 +77,17 @@ def tiny_advise_sets(tmp: Path, *extra: str) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-@pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory) -> Path:
+def tiny_images(root: Path) -> Path:
+    """The tests' tiny folder at `root`: 3 demo classes x 40 images at 48 px."""
     from graft.components.demo_data import generate
 
-    root = tmp_path_factory.mktemp("tiny") / "images"
     generate(root, classes=3, per_class=40, size=48, seed=0)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return tiny_images(tmp_path_factory.mktemp("tiny") / "images")
 
 
 @pytest.fixture(scope="session")
@@ -176,12 +180,10 @@ def auto_run(tmp_path_factory):
         import yaml
 
         from graft.components import features as gfeat
-        from graft.components.demo_data import generate
         from graft.core.config import load_config
         from graft.pipeline.runner import run_pipeline
 
-        data = tmp / "images"
-        generate(data, classes=3, per_class=40, size=48, seed=0)  # tiny_data's images
+        data = tiny_images(tmp / "images")  # tiny_data's images
         raw = tiny_config(tmp, data, recipe="auto", advise__folds=3, train__budget_minutes=2)
         template = tmp / "template.yaml"
         template.write_text(yaml.safe_dump(raw))
