@@ -65,6 +65,7 @@ __all__ = [
 SEED_UNFREEZE_INDEX = 149  # the seed: SGD(1e-4, momentum 0.9) from MobileNetV2's layer 149
 MAX_FINE_TUNE_EPOCHS = 8
 LR_FIND_STEPS = 60  # batches of the LR range test before fine-tuning
+LR_FIND_REPEATS = 3  # its runs: the pick reads their median curve (one run's moved 4x)
 LAYER_LR_DECAY = 0.4  # an earlier stage's rate against the next's (ULMFiT: 1 / 2.6)
 FINE_TUNE_LR = 1e-4  # the LR range test searches 10x either side of it
 MULTI = "multi"  # a multi-depth probe's depth: every tap's pooled features, concatenated
@@ -215,8 +216,9 @@ def _fine_tune_budget(ev: Evidence, size: int, similar: bool, cut: str | None, m
     epoch_s = (ev.n_train * (1 + frac) + ev.n_val) / speed
     head_s = 30 + (ev.n_train + ev.n_val) / speed
     left = minutes * 60 - _advise_seconds(ev, size) - head_s
-    # the LR range test: LR_FIND_STEPS batches (of 32, fine_tune's default), part of an epoch
-    find_s = epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
+    # the LR range test: LR_FIND_REPEATS runs of LR_FIND_STEPS batches (of 32, fine_tune's
+    # default), each at most an epoch
+    find_s = LR_FIND_REPEATS * epoch_s * min(1.0, LR_FIND_STEPS * 32 / max(1, ev.n_train))
     epochs = max(0, min(MAX_FINE_TUNE_EPOCHS, int((left - find_s) // max(epoch_s, 1e-6))))
     return epochs, epoch_s, left, find_s, stages, start, frac
 
@@ -421,6 +423,7 @@ def _fine_tune_settings(
         "fine_tune.learning_rate": FINE_TUNE_LR,
         "fine_tune.lr_find": True,
         "fine_tune.lr_find_steps": LR_FIND_STEPS,
+        "fine_tune.lr_find_repeats": LR_FIND_REPEATS,
         "fine_tune.layer_lr_decay": LAYER_LR_DECAY if stages > 1 else 1.0,
         "fine_tune.unfreeze.gradual_epochs": gradual,
         "fine_tune.cosine_decay": True,
@@ -454,7 +457,8 @@ def _fine_tune_reason(
             else "retrain more of the base"
         )
         + "), Adam with cosine decay at the rate an LR range test picks "
-        f"({LR_FIND_STEPS} batches; {lr / 10:g}..{lr * 10:g}, else {lr:g})"
+        f"(the median of {LR_FIND_REPEATS} runs of {LR_FIND_STEPS} batches; "
+        f"{lr / 10:g}..{lr * 10:g}, else {lr:g})"
         + (
             f"; the lower stage at {LAYER_LR_DECAY:g}x the top's rate (earlier "
             "features are more general: discriminative rates, as in ULMFiT)"

@@ -274,10 +274,15 @@ def range_test(
     decay: float = 1.0,
     strategy=None,
     jit: bool = False,
+    repeats: int = 1,
 ) -> dict:
     """Train `steps` batches at a rate rising exponentially from low to high, recording each
     batch's loss, then put the weights back (and the dropout seeds: model.variables); the
-    caller compiles the model again for the real fit.
+    caller compiles the model again for the real fit. With `repeats` > 1 the test runs that
+    many times from the same weights on fresh batches and picks on the per-batch median of
+    their losses: one test's pick moved 4x between runs on flowers (2.3e-4..9.2e-4 where the
+    loss diverged, 8 runs), the median of three 2x less in log terms
+    (benchmarks/results/lr_find.json).
 
     Args:
         model: the model to test, compiled afterwards by the caller.
@@ -291,9 +296,10 @@ def range_test(
         decay: the rate scale per stage of depth.
         strategy: the tf.distribute strategy to compile under; None: the default.
         jit: compile with XLA.
+        repeats: how many times to run the test; the pick reads the median curve.
 
     Returns:
-        pick_rate's dict for the losses seen.
+        pick_rate's dict for the (median) losses seen, and `runs`: each run's losses.
     """
     weights = [v.numpy() for v in model.variables]
     growth = (high / low) ** (1 / max(1, steps - 1))
@@ -303,11 +309,22 @@ def range_test(
             model, make_optimizer(optimizer, rate, momentum, OPTIMIZERS), metrics=False, jit=jit
         )
     planned = [low * growth**k for k in range(steps)]
-    seen = _BatchLosses(baseline_batches(planned))
-    cbs = [seen]
-    if depth_by_path is not None:
-        cbs.append(StageRates(depth_by_path, decay, 0))
-    model.fit(train_ds, epochs=1, steps_per_epoch=steps, callbacks=cbs, verbose=0)
-    for v, w in zip(model.variables, weights, strict=True):
-        v.assign(w)
-    return pick_rate(seen.rates, seen.losses)
+    fresh = [v.numpy() for v in model.optimizer.variables]  # step 0, no moments, loss scale
+    runs = []
+    for _ in range(max(1, repeats)):
+        seen = _BatchLosses(baseline_batches(planned))
+        cbs = [seen]
+        if depth_by_path is not None:
+            cbs.append(StageRates(depth_by_path, decay, 0))
+        for v, w in zip(model.optimizer.variables, fresh, strict=True):
+            v.assign(w)  # each run starts the rate's schedule again
+        model.fit(train_ds, epochs=1, steps_per_epoch=steps, callbacks=cbs, verbose=0)
+        for v, w in zip(model.variables, weights, strict=True):
+            v.assign(w)
+        runs.append((seen.rates, seen.losses))
+    n = min(len(losses) for _, losses in runs)  # each run stops where its loss blew up
+    rates = min((r for r, _ in runs), key=len)[:n]
+    pooled = np.median([losses[:n] for _, losses in runs], axis=0).tolist()
+    found = pick_rate(rates, pooled)
+    found["runs"] = [[round(float(v), 5) for v in losses] for _, losses in runs]
+    return found

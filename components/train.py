@@ -862,7 +862,8 @@ def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit)
         return None
     else:
         t0 = time.time()
-        log(f"fine_tune: LR range test: {n} batches at a rate rising from 1e-07 to 0.1")
+        runs = f"{cfg.lr_find_repeats} runs of " if cfg.lr_find_repeats > 1 else ""
+        log(f"fine_tune: LR range test: {runs}{n} batches at a rate rising from 1e-07 to 0.1")
         found = glayer.range_test(
             model,
             train_ds,
@@ -873,6 +874,7 @@ def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit)
             decay=cfg.layer_lr_decay,
             strategy=strategy,
             jit=jit,
+            repeats=cfg.lr_find_repeats,
         )
         found["seconds"] = round(time.time() - t0, 1)
         with open(path, "w") as f:

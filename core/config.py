@@ -413,6 +413,14 @@ class FineTuneConfig(Section):
     lr_find_steps: int = Field(
         60, ge=20, le=1000, description="the range test's batches, at most an epoch's"
     )
+    lr_find_repeats: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="runs of the range test, each from the same weights on fresh batches; the "
+        "rate is picked on the per-batch median of their losses (one run's pick moved 4x "
+        "between runs on flowers)",
+    )
     layer_lr_decay: float = Field(
         1.0,
         gt=0,

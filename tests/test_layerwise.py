@@ -124,9 +124,15 @@ def test_range_test_chooses_a_rate_and_puts_the_weights_back(head_dir, tmp_path)
     from graft.components import data as gdata
 
     ds = gdata.image_dataset(examples, "train", 64, 16, shuffle=True, seed=0)
-    found = glayer.range_test(model, ds, optimizer="adam", momentum=0.9, steps=8)
+    found = glayer.range_test(model, ds, optimizer="adam", momentum=0.9, steps=8, repeats=2)
     assert 1 <= len(found["losses"]) <= 8 and found["rates"][0] == pytest.approx(1e-7)
     assert found["rates"] == sorted(found["rates"])  # the rates each batch really trained at
+    # two runs on fresh batches (their first losses differ: the rate 1e-7 moves nothing), and
+    # the pick reads their per-batch median
+    first, second = found["runs"]
+    assert first[0] != second[0]
+    n = len(found["losses"])
+    assert found["losses"] == pytest.approx(np.median([first[:n], second[:n]], axis=0), abs=1e-4)
     for a, v in zip(before, model.weights, strict=True):
         assert np.array_equal(a, np.array(v)), v.path
 
