@@ -60,8 +60,11 @@ class EvaluationResult:
     intervals: dict = field(default_factory=dict)
     # "a - b": paired accuracy difference on the same test images, with a bootstrap interval
     comparisons: dict = field(default_factory=dict)
-    # False when fine-tuning did not run (off, or advise planned none): the head is the model
+    # True when the candidate is the fine-tuned model; False when fine-tuning did not run (off,
+    # or advise planned none) or ran and the guard kept the head: the head is the candidate
     fine_tuned: bool = True
+    # fine-tuning ran and the guard kept the head: the fine-tuned model was not scored on test
+    fine_tune_rejected: bool = False
     # the model the fine_tune step handed on, in words (its result.json), and the refit's
     # images and epochs when a head refit on train + val is the candidate
     shipped: str | None = None
@@ -769,7 +772,10 @@ def evaluate(
         source=_feature_source(loaded["head_only"], head_store, image_size, geometry),
     )  # fmt: skip
     blessed, reasons = bless(cfg, scored["candidate"], baseline, note)
-    fine_tuned = (guard or {}).get("guard") != "disabled"
+    # the candidate is the fine-tuned model only when the guard kept it; when it kept the head,
+    # the candidate is the head's weights and a "fine-tuned" row would show the head's scores
+    fine_tuned = (guard or {}).get("kept", "fine_tuned") == "fine_tuned"
+    rejected = (guard or {}).get("guard") == "kept_head"
     res = EvaluationResult(
         labels=labels,
         test_examples=len(y),
@@ -783,6 +789,7 @@ def evaluate(
         plots={},
         report="",
         fine_tuned=fine_tuned,
+        fine_tune_rejected=rejected,
         scoring=scoring,
         shipped=(guard or {}).get("shipped"),
         refit=refit,

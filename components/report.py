@@ -153,6 +153,13 @@ def recall_interval(per_class: dict) -> tuple[float, float, float]:
     return (hits / n if n else 0.0, *wilson(hits, n))
 
 
+def _head_candidate_why(res: dict) -> str:
+    """Why the head-only model is the candidate: no fine-tuning ran, or the guard kept it."""
+    if res.get("fine_tune_rejected"):
+        return "the guard kept it over the fine-tuned model (not scored on test)"
+    return "no fine-tuning ran"
+
+
 def _accuracy_view(res: dict, ivs: dict, k: int) -> dict:
     """The accuracy table's rows: each model scored, its interval and top-k when shown."""
     show_topk = len(res.get("labels") or []) > k  # top-k of k or fewer classes is always 100%
@@ -165,11 +172,11 @@ def _accuracy_view(res: dict, ivs: dict, k: int) -> dict:
             name = {"head_only": "head on train, early-stopped on val (not shipped)"}.get(
                 key, f"{res.get('shipped')} (the candidate)" if key == "candidate" else name
             )
-        elif not res.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate
+        elif not res.get("fine_tuned", True):  # the head is the candidate
             if key == "candidate":
                 continue
             if key == "head_only":
-                name = "head only (frozen base): the candidate, no fine-tuning ran"
+                name = "head only (frozen base): the candidate, " + _head_candidate_why(res)
         topk = next((v for n, v in iv.items() if n.startswith("top_")), None)
         rows.append(
             {
@@ -329,6 +336,8 @@ def write_report(
         data_fingerprint=str(provenance.get("data fingerprint") or "-"),
         config_hash=str(provenance.get("config hash") or "-"),
         fine_tuned=res.get("fine_tuned", True),
+        fine_tune_ran=res.get("fine_tuned", True) or res.get("fine_tune_rejected", False),
+        head_why=_head_candidate_why(res),
         accuracy=_accuracy_view(res, intervals_by_model, top_k),
         comparisons=comparisons,
         baseline_note=_baseline_note(res),

@@ -90,7 +90,7 @@ class HeadDetails:
 class FineTuneDetails:
     """The guard's decision and how fine-tuning ran (result.json's `extra`)."""
 
-    guard: str  # "accepted" or "kept_head"
+    guard: str  # "accepted", "kept_head", or "off" (fine_tune.guard: false: kept unjudged)
     kept: str  # "fine_tuned" or "head"
     head_val_accuracy: float
     fine_tuned_val_accuracy: float
@@ -1154,7 +1154,7 @@ def _fine_tune_details(
     """result.json's account of the guard's decision and of how fine-tuning ran."""
     folds = guard.folds
     return FineTuneDetails(
-        guard="kept_head" if guard.kept == "head" else "accepted",
+        guard="kept_head" if guard.kept == "head" else ("accepted" if run.cfg.guard else "off"),
         kept=guard.kept,
         head_val_accuracy=head_scores[0],
         fine_tuned_val_accuracy=tuned_scores[0],

@@ -65,9 +65,14 @@ def quality_table(record: dict | None) -> Table:
             (f"{evaluation.get('shipped')} (candidate)", "candidate", "accuracy"),
             rows[2],
         )
-    elif not ev.get("fine_tuned", True):  # no fine-tuning ran: the head is the candidate, one row
+    elif not ev.get("fine_tuned", True):  # the head is the candidate: one row
+        why = (
+            "the guard kept it over the fine-tuned model"
+            if evaluation.get("fine_tune_rejected")
+            else "no fine-tuning ran"
+        )
         rows = (
-            ("head only (candidate; no fine-tuning ran)", "head_only", "head_accuracy"),
+            (f"head only (candidate; {why})", "head_only", "head_accuracy"),
             rows[2],
         )
     for label, key, summary_key in rows:

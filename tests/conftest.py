@@ -97,7 +97,9 @@ def pipeline_run(tmp_path_factory, tiny_data):
     from graft.pipeline.runner import run_pipeline
 
     tmp = tmp_path_factory.mktemp("e2e")
-    cfg = parse_config(tiny_config(tmp, tiny_data, fine_tune__enabled=True))  # every step runs
+    # every step runs; the guard off, so the fine-tuned model is the candidate in every run (on
+    # tiny data the guard keeps either model; test_said_vs_done covers the kept head)
+    cfg = parse_config(tiny_config(tmp, tiny_data, fine_tune__enabled=True, fine_tune__guard=False))
     run = run_pipeline(cfg)
     return cfg, run, tmp
 

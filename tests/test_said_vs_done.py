@@ -106,3 +106,35 @@ def test_written_config_lists_what_the_user_set(tmp_path):
     with pytest.raises(ConfigError, match="advise.keep: 'train_head.epoch' is not a config key"):
         load_config(f, ["advise.keep=[train_head.epoch]"])
     assert os.path.exists(f)
+
+
+def test_a_fine_tuning_the_guard_rejects_is_never_reported_as_the_candidate(tmp_path, tiny_data):
+    """The guard kept the head: the candidate is the head's weights, so no output may show
+    them under "fine-tuned" or claim a fine-tuned - head gain on test."""
+    from rich.console import Console
+
+    from graft.core.config import parse_config
+    from graft.pipeline.summary import quality_table
+
+    raw = tiny_config(tmp_path, tiny_data, train_head__epochs=4)
+    # SGD at rate 1 wrecks the base in one epoch: val falls, the guard keeps the head
+    raw["fine_tune"].update(
+        enabled=True, optimizer="sgd", learning_rate=1.0, cosine_decay=False, patience=0
+    )
+    raw["fine_tune"]["unfreeze"] = {"mode": "all"}
+    run = run_pipeline(parse_config(raw), until="evaluate")
+    assert run["status"] == "succeeded"
+    out = Path(run["steps"]["evaluate"]["output"])
+    guard = json.loads((Path(run["steps"]["fine_tune"]["output"]) / "result.json").read_text())
+    assert guard["extra"]["guard"] == "kept_head"
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["fine_tuned"] is False and ev["fine_tune_rejected"] is True
+    assert not any(k.startswith("fine-tuned") for k in ev["comparisons"])
+    console = Console(width=200, record=True)
+    console.print(quality_table(run["steps"]["evaluate"]))
+    table = console.export_text()
+    assert "head only (candidate; the guard kept it over the fine-tuned model)" in table
+    assert "fine-tuned (candidate)" not in table
+    html = (out / "report.html").read_text()
+    assert "the guard kept it over the fine-tuned model (not scored on test)" in html
+    assert "Fine-tuning guard" in html and "fine-tuned (candidate)" not in html
