@@ -135,8 +135,8 @@ def main() -> None:
         "lr_find",
         pooled,
         single,
-        "sd of log10(rate where the loss diverges)",
-        "the median of 3 runs moves less than one run",
+        "sd of log10(divergence rate)",
+        "median of 3 runs vs one: ratio < 1",
         datasets=rows,
     )
 
