@@ -895,23 +895,64 @@ def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit)
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stop after the epoch that would leave too little time for another one."""
+    """Stop after the epoch that would leave too little time for another one. Given the
+    planned epochs and steps, a cosine schedule is re-planned to end at the last epoch that
+    fits: cut part-way it would stop at a high rate (flowers: 6 of 8 epochs ran on a loaded
+    machine, and the guard rejected the result)."""
 
-    def __init__(self, minutes: float, stage: str):
+    def __init__(
+        self,
+        minutes: float,
+        stage: str,
+        *,
+        epochs: int | None = None,
+        steps_per_epoch: int | None = None,
+        clock=time.time,
+    ):
         super().__init__()
-        self.seconds, self.stage = minutes * 60, stage
-        self.t0 = time.time()
+        self.seconds, self.stage, self.clock = minutes * 60, stage, clock
+        self.planned, self.steps = epochs, steps_per_epoch
+        self.t0 = clock()
+        self.first: int | None = None  # the first epoch this fit runs (a resume starts later)
         self.stopped_at: int | None = None
+        self.replanned_to: int | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first is None:
+            self.first = epoch
 
     def on_epoch_end(self, epoch, logs=None):
-        spent = time.time() - self.t0
-        if spent + spent / (epoch + 1) > self.seconds:
+        spent = self.clock() - self.t0
+        per_epoch = spent / (epoch + 1 - (self.first or 0))
+        if spent + per_epoch > self.seconds:
             self.model.stop_training = True
             self.stopped_at = epoch + 1
             log(
                 f"{self.stage}: time budget ({self.seconds / 60:.1f} min) reached after "
                 f"epoch {epoch + 1} ({spent:.0f}s); stopping"
             )
+            return
+        last = epoch + 1 + int((self.seconds - spent) // per_epoch)  # the last epoch that fits
+        if self.planned and self.steps and last < self.planned:
+            self._end_decay_at(last, per_epoch)
+
+    def _end_decay_at(self, last: int, per_epoch: float) -> None:
+        opt = self.model.optimizer
+        sched = getattr(getattr(opt, "inner_optimizer", opt), "_learning_rate", None)
+        if not isinstance(sched, keras.optimizers.schedules.CosineDecay):
+            return
+        steps = max(1, last * self.steps - sched.warmup_steps)
+        if steps >= sched.decay_steps:
+            return
+        sched.decay_steps = steps
+        self.model.make_train_function(force=True)  # the step reads decay_steps when traced
+        log(
+            f"{self.stage}: at ~{per_epoch:.0f}s an epoch, {last} of the {self.planned} planned "
+            f"epochs fit the time budget ({self.seconds / 60:.1f} min): the cosine decay now "
+            f"ends at epoch {last}",
+            level="warn",
+        )
+        self.planned = self.replanned_to = last
 
 
 @dataclass
@@ -1082,7 +1123,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
         run.head_cfg.class_weight,
         excluded_from_train(run.validation_dir),
     )
-    cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks)
+    cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks, steps)
     model.fit(
         train_ds,
         epochs=run.cfg.epochs,
@@ -1310,14 +1351,16 @@ def _compile_for_fine_tune(model, run: _TuneRun, info, steps, head_scores, found
     return stages_text
 
 
-def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks):
+def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int):
     """The stage's callbacks plus the staged rates and the time budget, when set."""
     cfg = run.cfg
     cbs, elog = callbacks(run.wdir, "fine_tune", cfg.epochs, cfg.patience, run.out_dir)
     if cfg.staged:
         cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
     if cfg.max_minutes:
-        cbs.append(TimeBudget(cfg.max_minutes, "fine_tune"))
+        cbs.append(
+            TimeBudget(cfg.max_minutes, "fine_tune", epochs=cfg.epochs, steps_per_epoch=steps)
+        )
     cbs += extra_callbacks or []
     return cbs, elog
 

@@ -414,3 +414,54 @@ def test_stage_results_read_back_as_typed_details(tmp_path):
         "shipped_why": None,
         "refit": None,
     }
+
+
+class _StepSizes(keras.callbacks.Callback):
+    """How far each batch moved the weights (the rate the traced step really used, times the
+    gradient)."""
+
+    def on_train_begin(self, logs=None):
+        self.last, self.sizes = np.concatenate([w.ravel() for w in self.model.get_weights()]), []
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = np.concatenate([w.ravel() for w in self.model.get_weights()])
+        self.sizes.append(float(np.abs(now - self.last).sum()))
+        self.last = now
+
+
+def _cosine_fit(budget: float | None, epochs: int = 4) -> tuple[list[float], dict]:
+    """A small Dense model fit by SGD on fixed data at a cosine rate planned over `epochs`;
+    with a budget, TimeBudget on a clock that takes 10 s an epoch. Each step's size, and the
+    fit's history."""
+    from graft.components.train import TimeBudget
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+    steps = 4  # batches of 16
+    rate = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=epochs * steps)
+    model.compile(keras.optimizers.SGD(rate), "sparse_categorical_crossentropy")
+    ticks = iter(range(0, 1000, 10))
+    sizes = _StepSizes()
+    cbs = [sizes]
+    if budget is not None:
+        clock = ticks.__next__
+        cbs.append(TimeBudget(budget / 60, "t", epochs=epochs, steps_per_epoch=steps, clock=clock))
+    hist = model.fit(
+        x, y, batch_size=16, epochs=2 if budget is None else epochs, shuffle=False,
+        callbacks=cbs, verbose=0,
+    )  # fmt: skip
+    return sizes.sizes, hist.history
+
+
+def test_a_time_budget_that_cuts_epochs_ends_the_cosine_decay_at_the_last_epoch_that_fits():
+    # 10 s an epoch in 25 s: after epoch 1, 2 of the 4 planned epochs fit, so the decay is
+    # re-planned to end at epoch 2 (step 8): the traced step's rate falls to ~0 by the last
+    # step (0.1 * (1 + cos(7/8 pi)) / 2 = 0.002), where the 4-epoch plan cut after 2 epochs
+    # still moved at 0.060
+    cut, hist = _cosine_fit(budget=25)
+    assert len(hist["loss"]) == 2
+    uncut, _ = _cosine_fit(budget=None)  # the same plan, stopped after 2 epochs, not re-planned
+    assert cut[:4] == pytest.approx(uncut[:4], rel=1e-5)  # epoch 1 ran on the plan as made
+    assert cut[-1] < 0.1 * uncut[-1], (cut, uncut)
