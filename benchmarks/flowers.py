@@ -145,7 +145,8 @@ def run(tmp_path: Path) -> dict:
     result["goal"] = "all of goals_met"
     result["goals_met"] = {
         "wall < 15 min": wall < 15 * 60,
-        "tuned >= head": fine >= head,
+        # a head the guard kept is the candidate too: then nothing fine-tuned was scored
+        "tuned >= head": bool(ev.get("fine_tuned", True)) and fine >= head,
         f"tuned >= {FLOOR_FINE_TUNED}": fine >= FLOOR_FINE_TUNED,
         f"tuned - scratch >= {FLOOR_MARGIN_OVER_SCRATCH}": (
             fine - scratch >= FLOOR_MARGIN_OVER_SCRATCH

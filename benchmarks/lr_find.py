@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -89,14 +90,17 @@ def curves(run: dict, size: int, runs: int) -> list[dict]:
 
 def spread(found: list[dict]) -> dict:
     """sd of log10(diverged rate): single runs, and every triple read on its median curve."""
-    from graft.components.layerwise import pick_rate
+    from graft.components.layerwise import _median_curve, pick_rate
 
     single = [f["diverged_rate"] for f in found]
     triples = []
     for c in itertools.combinations(found, 3):
-        n = min(len(f["losses"]) for f in c)
-        pooled = np.median([f["losses"][:n] for f in c], axis=0).tolist()
-        triples.append(pick_rate(c[0]["rates"][:n], pooled)["diverged_rate"])
+        runs = [
+            ([math.inf if v is None else v for v in f["losses"]], f["runs"][0]["stopped"])
+            for f in c
+        ]
+        rates = max((f["rates"] for f in c), key=len)
+        triples.append(pick_rate(rates, _median_curve(runs))["diverged_rate"])
 
     def sd(v):
         got = [x for x in v if x]
@@ -108,6 +112,7 @@ def spread(found: list[dict]) -> dict:
         "single_range": [min(x for x in single if x), max(x for x in single if x)],
         "median_of_3_range": [min(x for x in triples if x), max(x for x in triples if x)],
         "undiverged_single": sum(x is None for x in single),
+        "undiverged_median_of_3": sum(x is None for x in triples),
         "runs": len(found),
         "seconds_per_run": round(float(np.median([f["seconds"] for f in found])), 1),
     }

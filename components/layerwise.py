@@ -199,6 +199,7 @@ class _BatchLosses(keras.callbacks.Callback):
         self.rates: list[float] = []
         self.losses: list[float] = []
         self.base_n, self.window = base_n, window
+        self.stopped = False  # the loss blew up (or was not finite) before the last batch
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.reset_metrics()
@@ -209,11 +210,11 @@ class _BatchLosses(keras.callbacks.Callback):
         self.losses.append(float((logs or {})["loss"]))
         k = len(self.losses)
         if not math.isfinite(self.losses[-1]):
-            self.model.stop_training = True
+            self.model.stop_training = self.stopped = True
         elif k > self.base_n:
             base = np.median(self.losses[: self.base_n])
             if np.median(self.losses[-self.window :]) > STOP * base:
-                self.model.stop_training = True
+                self.model.stop_training = self.stopped = True
 
 
 DIVERGED = 1.5  # a 5-batch median this many times the baseline: the loss diverges
@@ -279,10 +280,11 @@ def range_test(
     """Train `steps` batches at a rate rising exponentially from low to high, recording each
     batch's loss, then put the weights back (and the dropout seeds: model.variables); the
     caller compiles the model again for the real fit. With `repeats` > 1 the test runs that
-    many times from the same weights on fresh batches and picks on the per-batch median of
-    their losses: one test's pick moved 4x between runs on flowers (2.3e-4..9.2e-4 where the
-    loss diverged, 8 runs), the median of three 2x less in log terms
-    (benchmarks/results/lr_find.json).
+    many times from the same weights and optimizer state on fresh batches and picks on the
+    per-batch median of their losses; a run that stopped (its loss blew up) counts as
+    diverged from there on. One run's pick moves: the rate where the loss diverged ranged
+    8.9e-5..7.6e-3 over 8 runs on chest_xray, the median of 3 runs a quarter as much in log
+    terms (benchmarks/results/lr_find.json).
 
     Args:
         model: the model to test, compiled afterwards by the caller.
@@ -299,7 +301,8 @@ def range_test(
         repeats: how many times to run the test; the pick reads the median curve.
 
     Returns:
-        pick_rate's dict for the (median) losses seen, and `runs`: each run's losses.
+        pick_rate's dict for the (median) losses seen, and `runs`: each run's first rate,
+        whether it stopped, and its losses (a loss that is not finite as None).
     """
     weights = [v.numpy() for v in model.variables]
     growth = (high / low) ** (1 / max(1, steps - 1))
@@ -321,10 +324,32 @@ def range_test(
         model.fit(train_ds, epochs=1, steps_per_epoch=steps, callbacks=cbs, verbose=0)
         for v, w in zip(model.variables, weights, strict=True):
             v.assign(w)
-        runs.append((seen.rates, seen.losses))
-    n = min(len(losses) for _, losses in runs)  # each run stops where its loss blew up
-    rates = min((r for r, _ in runs), key=len)[:n]
-    pooled = np.median([losses[:n] for _, losses in runs], axis=0).tolist()
-    found = pick_rate(rates, pooled)
-    found["runs"] = [[round(float(v), 5) for v in losses] for _, losses in runs]
+        runs.append((seen.rates, seen.losses, seen.stopped))
+    rates = max((r for r, _, _ in runs), key=len)
+    if len(runs) == 1:
+        found = pick_rate(rates, runs[0][1])
+    else:
+        found = pick_rate(rates, _median_curve([(ls, stopped) for _, ls, stopped in runs]))
+    found["losses"] = [v if math.isfinite(v) else None for v in found["losses"]]
+    found["runs"] = [
+        {
+            "first_rate": r[0] if r else None,
+            "stopped": stopped,
+            "losses": [round(v, 5) if math.isfinite(v) else None for v in ls],
+        }
+        for r, ls, stopped in runs
+    ]
     return found
+
+
+def _median_curve(runs: list[tuple[list[float], bool]]) -> list[float]:
+    """The per-batch median of several runs' losses. A loss that is not finite, and every
+    batch after a run stopped (its loss blew up), count as infinite: diverged; a run that
+    ended without stopping leaves its later batches to the others."""
+    n = max(len(losses) for losses, _ in runs)
+    rows = []
+    for losses, stopped in runs:
+        row = np.full(n, np.inf if stopped else np.nan)
+        row[: len(losses)] = [v if math.isfinite(v) else np.inf for v in losses]
+        rows.append(row)
+    return np.nanmedian(np.array(rows), axis=0).tolist()

@@ -68,6 +68,7 @@ __all__ = [
 MIN_LR_FIND_STEPS = 20  # the range test's baseline alone takes its first two decades
 SHIPPED_HEAD = "head trained on train, early-stopped on val"
 SHIPPED_TUNED = "fine-tuned model (the guard kept it on val)"
+SHIPPED_UNGUARDED = "fine-tuned model (fine_tune.guard: false, not compared with the head)"
 
 
 @dataclass
@@ -896,9 +897,10 @@ def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit)
 
 class TimeBudget(keras.callbacks.Callback):
     """Stop after the epoch that would leave too little time for another one. Given the
-    planned epochs and steps, a cosine schedule is re-planned to end at the last epoch that
-    fits: cut part-way it would stop at a high rate (flowers: 6 of 8 epochs ran on a loaded
-    machine, and the guard rejected the result)."""
+    planned epochs and steps of a cosine decay, re-plan it once to end at the last epoch that
+    fits, then stop there: cut part-way it would stop at a high rate (flowers: 6 of 8 epochs
+    ran on a loaded machine, and the guard rejected the result). An epoch's time is the
+    latest one's; the first, which traces the train step, only counts until a second ran."""
 
     def __init__(
         self,
@@ -912,19 +914,18 @@ class TimeBudget(keras.callbacks.Callback):
         super().__init__()
         self.seconds, self.stage, self.clock = minutes * 60, stage, clock
         self.planned, self.steps = epochs, steps_per_epoch
-        self.t0 = clock()
-        self.first: int | None = None  # the first epoch this fit runs (a resume starts later)
+        self.t0 = self.t_epoch = clock()
+        self.ran = 0  # epochs this fit ran (a resumed fit starts at a later epoch)
         self.stopped_at: int | None = None
         self.replanned_to: int | None = None
 
-    def on_epoch_begin(self, epoch, logs=None):
-        if self.first is None:
-            self.first = epoch
-
     def on_epoch_end(self, epoch, logs=None):
-        spent = self.clock() - self.t0
-        per_epoch = spent / (epoch + 1 - (self.first or 0))
-        if spent + per_epoch > self.seconds:
+        now = self.clock()
+        spent, per_epoch = now - self.t0, now - self.t_epoch
+        self.t_epoch, self.ran = now, self.ran + 1
+        if self.model.stop_training:  # early stopping came first
+            return
+        if spent + per_epoch > self.seconds or epoch + 1 == self.replanned_to:
             self.model.stop_training = True
             self.stopped_at = epoch + 1
             log(
@@ -933,8 +934,9 @@ class TimeBudget(keras.callbacks.Callback):
             )
             return
         last = epoch + 1 + int((self.seconds - spent) // per_epoch)  # the last epoch that fits
-        if self.planned and self.steps and last < self.planned:
-            self._end_decay_at(last, per_epoch)
+        if self.ran > 1 and self.replanned_to is None and self.planned and self.steps:
+            if last < self.planned:
+                self._end_decay_at(last, per_epoch)
 
     def _end_decay_at(self, last: int, per_epoch: float) -> None:
         opt = self.model.optimizer
@@ -952,7 +954,7 @@ class TimeBudget(keras.callbacks.Callback):
             f"ends at epoch {last}",
             level="warn",
         )
-        self.planned = self.replanned_to = last
+        self.replanned_to = last
 
 
 @dataclass
@@ -1214,7 +1216,9 @@ def _fine_tune_details(
         distribution=distribution(
             run.strategy, train_ds.options().experimental_distribute.auto_shard_policy
         ),
-        shipped=SHIPPED_HEAD if guard.kept == "head" else SHIPPED_TUNED,
+        shipped=SHIPPED_HEAD
+        if guard.kept == "head"
+        else (SHIPPED_TUNED if run.cfg.guard else SHIPPED_UNGUARDED),
     )
 
 
@@ -1358,8 +1362,15 @@ def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int):
     if cfg.staged:
         cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
     if cfg.max_minutes:
+        # re-plan a cosine decay on one process only: workers' clocks could re-plan differently
+        replan = cfg.cosine_decay and gmodel.worker_count(run.strategy) == 1
         cbs.append(
-            TimeBudget(cfg.max_minutes, "fine_tune", epochs=cfg.epochs, steps_per_epoch=steps)
+            TimeBudget(
+                cfg.max_minutes,
+                "fine_tune",
+                epochs=cfg.epochs if replan else None,
+                steps_per_epoch=steps,
+            )
         )
     cbs += extra_callbacks or []
     return cbs, elog

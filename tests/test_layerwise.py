@@ -52,6 +52,28 @@ def test_range_test_picks_a_third_of_the_rate_where_the_loss_diverges():
     assert glayer.pick_rate(rates[:24], flat)["chosen"] is None
 
 
+def test_runs_that_stopped_count_as_diverged_in_the_median_curve():
+    # three runs over the same rates: each stopped at its own batch once its loss blew up; at
+    # the shortest run's end the median is still flat, so cutting there found no divergence
+    rates = [10 ** (-7 + k / 8) for k in range(40)]
+    flat = [0.7] * 30
+    runs = [
+        (flat + [0.8, 3.0], True),  # stopped at batch 32
+        (flat + [0.8, 0.9, 1.0, 1.1, 3.5], True),
+        (flat + [0.8, 0.9, 1.0, 1.2, 1.3, 1.5, 2.0, 3.2], True),
+    ]
+    curve = glayer._median_curve(runs)
+    assert len(curve) == 38 and curve[:30] == [0.7] * 30
+    got = glayer.pick_rate(rates[:38], curve)
+    assert got["chosen"] is not None and rates[30] <= got["diverged_rate"] <= rates[37]
+    # a run that ended without stopping leaves its later batches to the others
+    assert glayer._median_curve([([0.7, 0.7], False), ([0.7, 0.7, 0.9], True)])[2] == 0.9
+    # a non-finite loss is divergence, never a median of NaN
+    assert glayer._median_curve([([0.7, float("nan")], True)] * 2 + [([0.7, 0.7], False)])[1] == (
+        float("inf")
+    )
+
+
 @pytest.fixture(scope="module")
 def head_dir(tmp_path_factory) -> tuple[str, str]:
     """3 demo classes x 40 at 64 px, ingested, and a head trained on the tests' shallow base."""
@@ -124,15 +146,18 @@ def test_range_test_chooses_a_rate_and_puts_the_weights_back(head_dir, tmp_path)
     from graft.components import data as gdata
 
     ds = gdata.image_dataset(examples, "train", 64, 16, shuffle=True, seed=0)
-    found = glayer.range_test(model, ds, optimizer="adam", momentum=0.9, steps=8, repeats=2)
+    found = glayer.range_test(model, ds, optimizer="adam", momentum=0.9, steps=8, repeats=3)
     assert 1 <= len(found["losses"]) <= 8 and found["rates"][0] == pytest.approx(1e-7)
     assert found["rates"] == sorted(found["rates"])  # the rates each batch really trained at
-    # two runs on fresh batches (their first losses differ: the rate 1e-7 moves nothing), and
-    # the pick reads their per-batch median
-    first, second = found["runs"]
-    assert first[0] != second[0]
-    n = len(found["losses"])
-    assert found["losses"] == pytest.approx(np.median([first[:n], second[:n]], axis=0), abs=1e-4)
+    # three runs, each from the rate schedule's start, on fresh batches (their first losses
+    # differ: the rate 1e-7 moves nothing), and the pick reads their per-batch median
+    runs = found["runs"]
+    assert [r["first_rate"] for r in runs] == pytest.approx([1e-7] * 3)
+    assert len({r["losses"][0] for r in runs}) == 3
+    if not any(r["stopped"] for r in runs):
+        n = len(found["losses"])
+        median = np.median([r["losses"][:n] for r in runs], axis=0)
+        assert found["losses"] == pytest.approx(median, abs=1e-4)
     for a, v in zip(before, model.weights, strict=True):
         assert np.array_equal(a, np.array(v)), v.path
 

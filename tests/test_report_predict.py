@@ -144,6 +144,11 @@ def test_report_guard_gallery_and_provenance(report, pipeline_run):
     ft = json.loads(Path(run["steps"]["fine_tune"]["output"], "result.json").read_text())
     guard = _rows(p.sections["guard"])
     assert guard["kept"] == [ft["extra"]["kept"]]
+    # the fixture's guard is off: nothing says the guard judged the model it kept
+    from graft.components.train import SHIPPED_UNGUARDED
+
+    assert ft["extra"]["guard"] == "off" and ft["extra"]["shipped"] == SHIPPED_UNGUARDED
+    assert "without a guard (fine_tune.guard: false)" in " ".join(p.sections["guard"]["text"])
     cm = ev["candidate"]["confusion_matrix"]
     wrong = sum(map(sum, cm)) - sum(cm[i][i] for i in range(len(cm)))
     assert p.cards == min(12, wrong)

@@ -105,9 +105,10 @@ def test_rerun_runs_the_base_and_the_served_model_on_new_images_only(
     v1 = drift["served_version"]
     model = load_model(os.path.join(step_output(r2, "train_head"), "model.keras"))
     source = _source(model, store, _head_store(r2)["fingerprint"])
-    # v1 is a head on this very base unless its fine-tuning was kept: then only the served
-    # SavedModel itself computes its scores
+    # v1 is the fixture's fine-tuned model (its guard is off): no head on this base's stored
+    # features computes its scores, only the served SavedModel itself
     head_served = served_head(str(dest), "tiny", v1, source) is not None
+    assert not head_served
     conf = drift["metrics"]["confidence_js"]["scores"]
     asked = drift["compared"]["old_held_out"] + drift["compared"]["new_sample"]
     assert conf["seeded"] > 0 and conf["stored"] == 0

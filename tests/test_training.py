@@ -429,10 +429,13 @@ class _StepSizes(keras.callbacks.Callback):
         self.last = now
 
 
-def _cosine_fit(budget: float | None, epochs: int = 4) -> tuple[list[float], dict]:
+def _cosine_fit(
+    budget: float | None, epochs: int = 4, first_epoch_s: int = 10, run: int = 3
+) -> tuple[list[float], dict]:
     """A small Dense model fit by SGD on fixed data at a cosine rate planned over `epochs`;
-    with a budget, TimeBudget on a clock that takes 10 s an epoch. Each step's size, and the
-    fit's history."""
+    with a budget, TimeBudget on a clock whose first epoch takes `first_epoch_s` (the train
+    step's tracing) and every later one 10 s; without, `run` epochs. Each step's size, and
+    the fit's history."""
     from graft.components.train import TimeBudget
 
     keras.utils.set_random_seed(0)
@@ -442,26 +445,31 @@ def _cosine_fit(budget: float | None, epochs: int = 4) -> tuple[list[float], dic
     steps = 4  # batches of 16
     rate = keras.optimizers.schedules.CosineDecay(0.1, decay_steps=epochs * steps)
     model.compile(keras.optimizers.SGD(rate), "sparse_categorical_crossentropy")
-    ticks = iter(range(0, 1000, 10))
+    ticks = iter([0, *range(first_epoch_s, 1000, 10)])
     sizes = _StepSizes()
     cbs = [sizes]
     if budget is not None:
         clock = ticks.__next__
         cbs.append(TimeBudget(budget / 60, "t", epochs=epochs, steps_per_epoch=steps, clock=clock))
     hist = model.fit(
-        x, y, batch_size=16, epochs=2 if budget is None else epochs, shuffle=False,
+        x, y, batch_size=16, epochs=run if budget is None else epochs, shuffle=False,
         callbacks=cbs, verbose=0,
     )  # fmt: skip
     return sizes.sizes, hist.history
 
 
 def test_a_time_budget_that_cuts_epochs_ends_the_cosine_decay_at_the_last_epoch_that_fits():
-    # 10 s an epoch in 25 s: after epoch 1, 2 of the 4 planned epochs fit, so the decay is
-    # re-planned to end at epoch 2 (step 8): the traced step's rate falls to ~0 by the last
-    # step (0.1 * (1 + cos(7/8 pi)) / 2 = 0.002), where the 4-epoch plan cut after 2 epochs
-    # still moved at 0.060
-    cut, hist = _cosine_fit(budget=25)
-    assert len(hist["loss"]) == 2
-    uncut, _ = _cosine_fit(budget=None)  # the same plan, stopped after 2 epochs, not re-planned
-    assert cut[:4] == pytest.approx(uncut[:4], rel=1e-5)  # epoch 1 ran on the plan as made
+    # 10 s an epoch in 35 s: after epoch 2 (the first that does not trace), 3 of the 5 planned
+    # epochs fit, so the decay is re-planned to end at epoch 3 (step 12) and training stops
+    # there: the traced step's rate falls to ~0 by the last step (0.1 * (1 + cos(11/12 pi)) / 2
+    # = 0.002), where the 5-epoch plan cut after 3 epochs still moved at 0.042
+    cut, hist = _cosine_fit(budget=35, epochs=5)
+    assert len(hist["loss"]) == 3
+    uncut, _ = _cosine_fit(budget=None, epochs=5)  # the same plan cut after 3, not re-planned
+    assert cut[:8] == pytest.approx(uncut[:8], rel=1e-5)  # epochs 1-2 ran on the plan as made
     assert cut[-1] < 0.1 * uncut[-1], (cut, uncut)
+    # a slow first epoch (tracing: 20 s) does not count once a second one ran: in 45 s, 3
+    # epochs fit (20 + 10 + 10), so the decay ends at epoch 3, where the average of the first
+    # two (15 s) would have cut to 2
+    _, hist = _cosine_fit(budget=45, first_epoch_s=20)
+    assert len(hist["loss"]) == 3
