@@ -57,6 +57,8 @@ __all__ = [
     "FineTuneDetails",
     "FineTuneSkipped",
     "SHIPPED_HEAD",
+    "SHIPPED_UNGUARDED",
+    "TimeBudget",
     "train_head",
     "fine_tune",
     "finished",
