@@ -110,6 +110,9 @@ class FineTuneDetails:
     deterministic: bool
     distribution: dict
     shipped: str | None = None  # the model this stage hands on, in words
+    # fine_tune.max_minutes: its minutes, the epoch it stopped after and the epoch a cosine
+    # decay was re-planned to end at (None: neither happened); None when no budget was set
+    time_budget: dict | None = None
 
 
 @dataclass
@@ -1155,6 +1158,13 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
             run, guard, head_scores, tuned_scores, info, found, stages_text, train_ds
         ),
     )
+    budget = next((c for c in cbs if isinstance(c, TimeBudget)), None)
+    if budget is not None:
+        res.extra.time_budget = {
+            "minutes": run.cfg.max_minutes,
+            "stopped_after_epoch": budget.stopped_at,
+            "decay_replanned_to_end_at_epoch": budget.replanned_to,
+        }
     log(
         f"fine_tune: val_accuracy head {head_scores[0]:.3f} -> fine-tuned "
         f"{tuned_scores[0]:.3f}; kept {guard.kept} ({res.seconds:.1f}s)",
@@ -1397,7 +1407,9 @@ def _guard(run: _TuneRun, head_scores, tuned_scores) -> _Guard:
             level="warn",
         )
     if noise_rule:
-        return _guard_beyond_noise(ft_hits, head_hits, lambda: _fold_evidence(run, small))
+        return _guard_beyond_noise(
+            ft_hits, head_hits, lambda: _fold_evidence(run, small), cfg.guard_level
+        )
     guard = _Guard()
     if cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
         guard.kept = "head"
@@ -1409,16 +1421,24 @@ def _guard(run: _TuneRun, head_scores, tuned_scores) -> _Guard:
     return guard
 
 
-def _guard_beyond_noise(ft_hits, head_hits, folds_of) -> _Guard:
-    """guard_rule beyond_noise: keep fine-tuning only if its paired gain's interval clears 0,
-    measured on k folds of the training data too when it is small."""
+def _guard_beyond_noise(ft_hits, head_hits, folds_of, level: float) -> _Guard:
+    """guard_rule beyond_noise: keep fine-tuning only if its paired gain's one-sided `level`
+    bound clears 0, measured on k folds of the training data too when it is small. The 95%
+    interval (a 97.5% bound) kept the head on flowers at val +0.033 and +0.036 (370 images),
+    where the runs whose fine-tuning passed scored +0.054 and +0.061 over the head on test."""
     from graft.components.stats import paired_difference
 
+    def gain_of(tuned, head) -> dict:
+        gain = paired_difference(tuned, head)  # its 95% interval, for the report
+        gain["bound"] = paired_difference(tuned, head, level=2 * level - 1)["low"]
+        gain["bound_level"] = level
+        return gain
+
     guard = _Guard(evidence=f"{len(ft_hits)} val images")
-    guard.gain = guard.val_gain = paired_difference(ft_hits, head_hits)
+    guard.gain = guard.val_gain = gain_of(ft_hits, head_hits)
     guard.folds = folds = folds_of()
     if folds:
-        guard.gain = paired_difference(
+        guard.gain = gain_of(
             np.concatenate([folds["tuned"], ft_hits]),
             np.concatenate([folds["head"], head_hits]),
         )
@@ -1427,19 +1447,19 @@ def _guard_beyond_noise(ft_hits, head_hits, folds_of) -> _Guard:
             f"+ {len(ft_hits)} val images"
         )
     gain, evidence = guard.gain, guard.evidence
-    if gain["low"] <= 0:
+    said = (
+        f"gain {gain['difference']:+.3f} (95% paired interval [{gain['low']:+.3f}, "
+        f"{gain['high']:+.3f}], one-sided {level:.1%} bound {gain['bound']:+.3f}; {evidence})"
+    )
+    if gain["bound"] <= 0:
         guard.kept = "head"
         log(
-            f"fine_tune: GUARD: gain {gain['difference']:+.3f} (95% paired interval "
-            f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is inside the noise; "
-            "keeping the simpler head-only model (fine_tune.guard_rule: beyond_noise)",
+            f"fine_tune: GUARD: {said} is inside the noise; keeping the simpler head-only "
+            f"model (fine_tune.guard_rule: beyond_noise, guard_level {level:g})",
             level="warn",
         )
     else:
-        log(
-            f"fine_tune: guard: gain {gain['difference']:+.3f} (95% paired interval "
-            f"[{gain['low']:+.3f}, {gain['high']:+.3f}], {evidence}) is beyond the noise"
-        )
+        log(f"fine_tune: guard: {said} is beyond the noise")
     return guard
 
 

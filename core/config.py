@@ -435,12 +435,23 @@ class FineTuneConfig(Section):
     augment: bool = True
     guard: bool = Field(True, description="keep the head-only weights if fine-tuning hurts val")
     max_minutes: float = Field(
-        0.0, ge=0, le=100_000, description="stop after the epoch that would pass this; 0: none"
+        0.0,
+        ge=0,
+        le=100_000,
+        description="stop after the epoch that would pass this, a cosine decay re-planned to end "
+        "at the last epoch that fits (result.json: extra.time_budget); 0: none",
     )
     guard_rule: Literal["better", "beyond_noise"] = Field(
         "better",
         description="better: keep fine-tuning if val accuracy is higher; beyond_noise: only "
-        "if the paired 95% interval of the val gain is above 0",
+        "if the paired gain's one-sided guard_level bound is above 0",
+    )
+    guard_level: float = Field(
+        0.9,
+        ge=0.5,
+        lt=1,
+        description="beyond_noise: the one-sided confidence that fine-tuning gains (advise's "
+        "bar for its other choices); 0.975 is the paired 95% interval's low end",
     )
     guard_folds: int = Field(
         5,

@@ -149,3 +149,18 @@ def test_report_shows_the_cross_validated_evidence():
     assert "5-fold cross-validation on 575 training images + 148 val images" in html
     assert "gain on val alone</td><td>+0.000 [-0.081, +0.074], n=148" in html
     assert "288 images: 0.681 → 0.664; 287 images: 0.583 → 0.591" in html
+
+
+def test_beyond_noise_keeps_fine_tuning_above_its_one_sided_bound():
+    from graft.components.train import _guard_beyond_noise
+
+    # flowers' shape: 370 val images, fine-tuning right on 13 more than the head (35 vs 22
+    # images only one of them got right): the 95% interval touches 0, the 90% bound does not
+    head = np.array([1] * 22 + [0] * 35 + [1] * 200 + [0] * 113)
+    tuned = np.array([0] * 22 + [1] * 35 + [1] * 200 + [0] * 113)
+    strict = _guard_beyond_noise(tuned, head, lambda: None, 0.975)
+    usual = _guard_beyond_noise(tuned, head, lambda: None, 0.9)
+    assert strict.gain["difference"] == usual.gain["difference"] == pytest.approx(13 / 370)
+    assert strict.gain["bound"] <= 0 < usual.gain["bound"]
+    assert (strict.kept, usual.kept) == ("head", "fine_tuned")
+    assert usual.gain["bound_level"] == 0.9 and usual.gain["low"] == strict.gain["low"]

@@ -191,7 +191,8 @@ def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
         str(tmp_path / "ft"),
         train=TrainConfig(),
         cfg=FineTuneConfig(
-            epochs=1,
+            epochs=2,  # the time budget (0.06 s) stops it after the first
+            max_minutes=0.001,
             batch_size=16,
             optimizer="sgd",
             learning_rate=1.0,
@@ -203,6 +204,11 @@ def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
         image_size=48,
     )
     assert ft.extra.guard == "kept_head" and ft.extra.kept == "head"
+    assert ft.epochs_run == 1 and ft.extra.time_budget == {
+        "minutes": 0.001,
+        "stopped_after_epoch": 1,
+        "decay_replanned_to_end_at_epoch": None,  # no cosine decay to re-plan
+    }
     assert ft.extra.fine_tuned_val_accuracy < ft.extra.head_val_accuracy
     kept, orig = load_model(ft.model_path), load_model(head.model_path)
     for a, b in zip(kept.weights, orig.weights, strict=True):
