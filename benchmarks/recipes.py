@@ -125,8 +125,10 @@ def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]
     for s in sets:
         cmd += ["--set", s]
     log = work / f"{tag}.log"
-    # a first run: an earlier bench's features would make this one a re-run, and faster
+    # a first run: an earlier bench's features would make this one a re-run, and faster, and
+    # an earlier bench's pushed model would be its served baseline (drift, the baseline's scores)
     shutil.rmtree(work / dataset / "features" / recipe, ignore_errors=True)
+    shutil.rmtree(work / dataset / "models" / recipe, ignore_errors=True)
     t0 = time.time()
     with open(log, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
