@@ -429,7 +429,10 @@ def _fine_tune_settings(
         "fine_tune.cosine_decay": True,
         "fine_tune.warmup_epochs": 0.0,
         "fine_tune.epochs": epochs,
-        "fine_tune.patience": 2,
+        # the whole schedule runs, then the best val-loss epoch is kept: patience 2 stopped
+        # flowers after 5 of 8 epochs at a high rate (best val at epoch 3, 0.723 where full runs
+        # reached 0.746-0.763), chest_xray after 4
+        "fine_tune.patience": epochs,
         "fine_tune.augment": True,
         "fine_tune.guard": True,
         "fine_tune.guard_rule": "beyond_noise",
@@ -471,8 +474,9 @@ def _fine_tune_reason(
             if gradual
             else ""
         )
-        + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the {_budget_words(minutes, spent_s)}; "
-        "kept only if it beats the head-only model on val beyond the noise"
+        + f"; {epochs} epoch(s) of ~{epoch_s:.0f}s fit the {_budget_words(minutes, spent_s)}, "
+        "all run, the best val-loss epoch kept; that model is kept only if it beats the "
+        "head-only model on val beyond the noise"
     )
 
 

@@ -87,6 +87,9 @@ def test_large_and_similar_fine_tunes_the_top_stage():
     assert o["fine_tune.guard_rule"] == "beyond_noise"
     assert 2 <= o["fine_tune.epochs"] <= 8
     assert o["fine_tune.max_minutes"] <= 60
+    # the whole cosine schedule runs (no early stop part-way), the best val-loss epoch kept
+    assert o["fine_tune.patience"] == o["fine_tune.epochs"] and o["fine_tune.cosine_decay"]
+    assert "all run, the best val-loss epoch kept" in _decisions(p)["fine-tune"].reason
     # the rate from a range test; one stage, so one rate and nothing to unfreeze gradually
     assert o["fine_tune.lr_find"] is True
     assert o["fine_tune.layer_lr_decay"] == 1.0 and o["fine_tune.unfreeze.gradual_epochs"] == 0
