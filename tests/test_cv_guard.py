@@ -154,8 +154,9 @@ def test_report_shows_the_cross_validated_evidence():
 def test_beyond_noise_keeps_fine_tuning_above_its_one_sided_bound():
     from graft.components.train import _guard_beyond_noise
 
-    # flowers' shape: 370 val images, fine-tuning right on 13 more than the head (35 vs 22
-    # images only one of them got right): the 95% interval touches 0, the 90% bound does not
+    # a shape like flowers' (on fewer images): 370 val images, fine-tuning right on 13 more than
+    # the head (35 vs 22 images only one of them got right): the 95% interval touches 0, the
+    # 90% bound does not
     head = np.array([1] * 22 + [0] * 35 + [1] * 200 + [0] * 113)
     tuned = np.array([0] * 22 + [1] * 35 + [1] * 200 + [0] * 113)
     strict = _guard_beyond_noise(tuned, head, lambda: None, 0.975)
