@@ -1158,19 +1158,25 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
             run, guard, head_scores, tuned_scores, info, found, stages_text, train_ds
         ),
     )
-    budget = next((c for c in cbs if isinstance(c, TimeBudget)), None)
-    if budget is not None:
-        res.extra.time_budget = {
-            "minutes": run.cfg.max_minutes,
-            "stopped_after_epoch": budget.stopped_at,
-            "decay_replanned_to_end_at_epoch": budget.replanned_to,
-        }
+    res.extra.time_budget = _time_budget_record(cbs, run.cfg)
     log(
         f"fine_tune: val_accuracy head {head_scores[0]:.3f} -> fine-tuned "
         f"{tuned_scores[0]:.3f}; kept {guard.kept} ({res.seconds:.1f}s)",
         level="ok",
     )
     return finish(run.wdir, res, "fine-tune stage")
+
+
+def _time_budget_record(cbs: list, cfg: FineTuneConfig) -> dict | None:
+    """result.json's account of fine_tune.max_minutes; None when no budget was set."""
+    budget = next((c for c in cbs if isinstance(c, TimeBudget)), None)
+    if budget is None:
+        return None
+    return {
+        "minutes": cfg.max_minutes,
+        "stopped_after_epoch": budget.stopped_at,
+        "decay_replanned_to_end_at_epoch": budget.replanned_to,
+    }
 
 
 def _head_model(run: _TuneRun) -> str:
