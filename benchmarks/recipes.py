@@ -73,16 +73,22 @@ def _kept_hits(evaluate_dir: Path) -> dict[str, bool]:
 
 def paired_vs_manual(dataset: str, work: Path, evaluate_dir: Path) -> dict | None:
     """This run's kept model minus the manual run's, on the same test images (the runs share
-    ingest), with a paired 95% bootstrap interval; None when no manual run is in `work`."""
+    ingest), with a paired 95% bootstrap interval: the manual run in `work`, else its stored
+    per-image hits (results/recipes_hits); None when there is neither."""
     from graft.components.stats import paired_difference
 
     manual = work / dataset / "runs" / f"{dataset}-manual" / "run.json"
-    if not manual.exists():
+    other = None
+    if manual.exists():
+        other = Path(json.loads(manual.read_text())["steps"]["evaluate"]["output"])
+    stored = HITS / f"{dataset}-manual.json"
+    if other is not None and (other / "test_predictions.csv").exists():
+        b = _kept_hits(other)
+    elif stored.exists():
+        b = {s: bool(h) for s, h in json.loads(stored.read_text()).items()}
+    else:
         return None
-    other = Path(json.loads(manual.read_text())["steps"]["evaluate"]["output"])
-    if not (other / "test_predictions.csv").exists():
-        return None
-    a, b = _kept_hits(evaluate_dir), _kept_hits(other)
+    a = _kept_hits(evaluate_dir)
     shared = sorted(set(a) & set(b))
     d = paired_difference(np.array([a[s] for s in shared]), np.array([b[s] for s in shared]))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in d.items()}
