@@ -40,6 +40,7 @@ from graft.components.fitting import (
     reinitialise,
     scores_on,
 )
+from graft.components.fs import read_json, write_json_atomic
 from graft.components.manifest import excluded_from_eval, excluded_from_train
 from graft.core.config import (
     AugmentConfig,
@@ -905,7 +906,9 @@ class TimeBudget(keras.callbacks.Callback):
     planned epochs and steps of a cosine decay, re-plan it once to end at the last epoch that
     fits, then stop there: cut part-way it would stop at a high rate (flowers: 6 of 8 epochs
     ran on a loaded machine, and the guard rejected the result). An epoch's time is the
-    latest one's; the first, which traces the train step, only counts until a second ran."""
+    latest one's; the first, which traces the train step, only counts until a second ran.
+    With `state_path`, the seconds spent and the re-plan are saved after every epoch, so a
+    killed stage resumes on the same decay and the same budget (not a fresh one)."""
 
     def __init__(
         self,
@@ -915,35 +918,62 @@ class TimeBudget(keras.callbacks.Callback):
         epochs: int | None = None,
         steps_per_epoch: int | None = None,
         clock=time.time,
+        state_path: str | None = None,
     ):
         super().__init__()
         self.seconds, self.stage, self.clock = minutes * 60, stage, clock
-        self.planned, self.steps = epochs, steps_per_epoch
+        self.planned, self.steps, self.state_path = epochs, steps_per_epoch, state_path
         self.t0 = self.t_epoch = clock()
+        self.before = 0.0  # seconds the stage's earlier, killed fits spent (from state_path)
         self.ran = 0  # epochs this fit ran (a resumed fit starts at a later epoch)
         self.stopped_at: int | None = None
         self.replanned_to: int | None = None
 
+    def on_train_begin(self, logs=None):
+        state = read_json(self.state_path) if self.state_path else None
+        if not state:
+            return
+        self.before = float(state.get("spent_s", 0.0))
+        last = state.get("decay_ends_at_epoch")
+        if last and self.planned and self.steps:
+            self._end_decay_at(int(last), float(state.get("epoch_s", 0.0)), resumed=True)
+        log(
+            f"{self.stage}: resumed with {self.before:.0f}s of the time budget "
+            f"({self.seconds / 60:.1f} min) spent"
+            + (f"; the cosine decay still ends at epoch {self.replanned_to}" if last else "")
+        )
+
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock()
-        spent, per_epoch = now - self.t0, now - self.t_epoch
+        spent, per_epoch = now - self.t0 + self.before, now - self.t_epoch
         self.t_epoch, self.ran = now, self.ran + 1
-        if self.model.stop_training:  # early stopping came first
-            return
-        if spent + per_epoch > self.seconds or epoch + 1 == self.replanned_to:
-            self.model.stop_training = True
-            self.stopped_at = epoch + 1
-            log(
-                f"{self.stage}: time budget ({self.seconds / 60:.1f} min) reached after "
-                f"epoch {epoch + 1} ({spent:.0f}s); stopping"
-            )
-            return
-        last = epoch + 1 + int((self.seconds - spent) // per_epoch)  # the last epoch that fits
-        if self.ran > 1 and self.replanned_to is None and self.planned and self.steps:
-            if last < self.planned:
-                self._end_decay_at(last, per_epoch)
+        try:
+            if self.model.stop_training:  # early stopping came first
+                return
+            if spent + per_epoch > self.seconds or epoch + 1 == self.replanned_to:
+                self.model.stop_training = True
+                self.stopped_at = epoch + 1
+                log(
+                    f"{self.stage}: time budget ({self.seconds / 60:.1f} min) reached after "
+                    f"epoch {epoch + 1} ({spent:.0f}s); stopping"
+                )
+                return
+            last = epoch + 1 + int((self.seconds - spent) // per_epoch)  # the last that fits
+            if self.ran > 1 and self.replanned_to is None and self.planned and self.steps:
+                if last < self.planned:
+                    self._end_decay_at(last, per_epoch)
+        finally:
+            self._save(spent, per_epoch)
 
-    def _end_decay_at(self, last: int, per_epoch: float) -> None:
+    def _save(self, spent: float, per_epoch: float) -> None:
+        if self.state_path:
+            write_json_atomic(
+                self.state_path,
+                {"spent_s": round(spent, 2), "epoch_s": round(per_epoch, 2),
+                 "decay_ends_at_epoch": self.replanned_to},
+            )  # fmt: skip
+
+    def _end_decay_at(self, last: int, per_epoch: float, resumed: bool = False) -> None:
         opt = self.model.optimizer
         sched = getattr(getattr(opt, "inner_optimizer", opt), "_learning_rate", None)
         if not isinstance(sched, keras.optimizers.schedules.CosineDecay):
@@ -953,13 +983,15 @@ class TimeBudget(keras.callbacks.Callback):
             return
         sched.decay_steps = steps
         self.model.make_train_function(force=True)  # the step reads decay_steps when traced
+        self.replanned_to = last
+        if resumed:  # on_train_begin says so
+            return
         log(
             f"{self.stage}: at ~{per_epoch:.0f}s an epoch, {last} of the {self.planned} planned "
             f"epochs fit the time budget ({self.seconds / 60:.1f} min): the cosine decay now "
             f"ends at epoch {last}",
             level="warn",
         )
-        self.replanned_to = last
 
 
 @dataclass
@@ -1388,6 +1420,8 @@ def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int):
                 "fine_tune",
                 epochs=cfg.epochs if replan else None,
                 steps_per_epoch=steps,
+                # one process: its spent seconds and re-plan carry over a resume
+                state_path=os.path.join(run.wdir, "time_budget.json") if replan else None,
             )
         )
     cbs += extra_callbacks or []

@@ -439,7 +439,8 @@ class FineTuneConfig(Section):
         ge=0,
         le=100_000,
         description="stop after the epoch that would pass this, a cosine decay re-planned to end "
-        "at the last epoch that fits (result.json: extra.time_budget); 0: none",
+        "at the last epoch that fits (result.json: extra.time_budget); on one process a resumed "
+        "stage keeps the seconds already spent and the re-plan; 0: none",
     )
     guard_rule: Literal["better", "beyond_noise"] = Field(
         "better",
