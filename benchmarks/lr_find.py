@@ -90,17 +90,21 @@ def curves(run: dict, size: int, runs: int) -> list[dict]:
 
 def spread(found: list[dict]) -> dict:
     """sd of log10(diverged rate): single runs, and every triple read on its median curve."""
-    from graft.components.layerwise import _median_curve, pick_rate
+    from graft.components.layerwise import _median_curve, on_grid, pick_rate
 
     single = [f["diverged_rate"] for f in found]
     triples = []
     for c in itertools.combinations(found, 3):
+        rates = max((f["rates"] for f in c), key=len)
         runs = [
-            ([math.inf if v is None else v for v in f["losses"]], f["runs"][0]["stopped"])
+            (
+                on_grid(f["rates"], [math.inf if v is None else v for v in f["losses"]], rates),
+                f["runs"][0]["stopped"],
+            )
             for f in c
         ]
-        rates = max((f["rates"] for f in c), key=len)
-        triples.append(pick_rate(rates, _median_curve(runs))["diverged_rate"])
+        curve = _median_curve(runs)
+        triples.append(pick_rate(rates[: len(curve)], curve)["diverged_rate"])
 
     def sd(v):
         got = [x for x in v if x]

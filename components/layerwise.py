@@ -25,6 +25,7 @@ __all__ = [
     "StageRates",
     "depths",
     "fine_tune_optimizer",
+    "on_grid",
     "pick_rate",
     "range_test",
     "scales",
@@ -281,7 +282,7 @@ def range_test(
     batch's loss, then put the weights back (and the dropout seeds: model.variables); the
     caller compiles the model again for the real fit. With `repeats` > 1 the test runs that
     many times from the same weights and optimizer state on fresh batches and picks on the
-    per-batch median of their losses; a run that stopped (its loss blew up) counts as
+    median of their losses at each planned rate (on_grid); a run that stopped counts as
     diverged from there on. One run's pick moves: the rate where the loss diverged ranged
     8.9e-5..7.6e-3 over 8 runs on chest_xray, the median of 3 runs a quarter as much in log
     terms (benchmarks/results/lr_find.json).
@@ -325,11 +326,11 @@ def range_test(
         for v, w in zip(model.variables, weights, strict=True):
             v.assign(w)
         runs.append((seen.rates, seen.losses, seen.stopped))
-    rates = max((r for r, _, _ in runs), key=len)
     if len(runs) == 1:
-        found = pick_rate(rates, runs[0][1])
+        found = pick_rate(runs[0][0], runs[0][1])
     else:
-        found = pick_rate(rates, _median_curve([(ls, stopped) for _, ls, stopped in runs]))
+        curve = _median_curve([(on_grid(r, ls, planned), stopped) for r, ls, stopped in runs])
+        found = pick_rate(planned[: len(curve)], curve)
     found["losses"] = [v if math.isfinite(v) else None for v in found["losses"]]
     found["runs"] = [
         {
@@ -342,14 +343,29 @@ def range_test(
     return found
 
 
-def _median_curve(runs: list[tuple[list[float], bool]]) -> list[float]:
-    """The per-batch median of several runs' losses. A loss that is not finite, and every
-    batch after a run stopped (its loss blew up), count as infinite: diverged; a run that
-    ended without stopping leaves its later batches to the others."""
+def on_grid(rates: list[float], losses: list[float], planned: list[float]) -> list:
+    """A run's losses by the planned rate each batch trained at, so that runs pool by rate,
+    not by batch: under mixed precision a skipped step (the loss scale overflowed) does not
+    advance the rate, and the next batch trains at it again (its loss, the later, counts).
+    A planned rate no batch trained at is None."""
+    grid = np.log(np.asarray(planned))
+    at = [int(np.abs(grid - math.log(r)).argmin()) for r in rates]
+    out: list = [None] * (max(at) + 1 if at else 0)
+    for k, v in zip(at, losses, strict=False):
+        out[k] = v
+    return out
+
+
+def _median_curve(runs: list[tuple[list, bool]]) -> list[float]:
+    """The per-rate median of several runs' losses (on_grid's). A loss that is not finite,
+    and every rate after a run stopped (its loss blew up), count as infinite: diverged; a
+    run that ended without stopping, or a rate it skipped (None), leaves it to the others."""
     n = max(len(losses) for losses, _ in runs)
     rows = []
     for losses, stopped in runs:
         row = np.full(n, np.inf if stopped else np.nan)
-        row[: len(losses)] = [v if math.isfinite(v) else np.inf for v in losses]
+        row[: len(losses)] = [
+            np.nan if v is None else v if math.isfinite(v) else np.inf for v in losses
+        ]
         rows.append(row)
     return np.nanmedian(np.array(rows), axis=0).tolist()

@@ -74,6 +74,28 @@ def test_runs_that_stopped_count_as_diverged_in_the_median_curve():
     )
 
 
+def test_runs_pool_by_the_rate_each_batch_trained_at_not_by_batch_index():
+    # mixed precision: a skipped step (loss scale overflow) trains the next batch at the same
+    # rate. Two of three runs skipped once, at batches 2 and 4: by batch index, batch 6's
+    # median is the loss at rate 5; by rate, every rate's median is that rate's loss
+    planned = [10 ** (-7 + k / 4) for k in range(12)]
+    loss_at = [0.5 + 0.1 * k for k in range(12)]  # the loss each rate gives, rising
+    a = list(range(12))
+    b = [0, 1, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10]
+    c = [0, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10]
+    runs = [([planned[k] for k in ks], [loss_at[k] for k in ks]) for ks in (a, b, c)]
+    by_batch = glayer._median_curve([(ls, False) for _, ls in runs])
+    assert by_batch[6] == pytest.approx(loss_at[5])
+    grid = [glayer.on_grid(r, ls, planned) for r, ls in runs]
+    assert grid[1][:4] == pytest.approx(loss_at[:4]) and len(grid[1]) == 11
+    curve = glayer._median_curve([(g, False) for g in grid])
+    assert curve == pytest.approx(loss_at)  # rate 11: run a's alone
+    # a rate no batch trained at is left to the other runs, not taken as divergence
+    gap = glayer.on_grid([planned[0], planned[2]], [0.5, 0.7], planned)
+    assert gap == [0.5, None, 0.7]
+    assert glayer._median_curve([(gap, True), (loss_at[:3], False)])[1] == loss_at[1]
+
+
 @pytest.fixture(scope="module")
 def head_dir(tmp_path_factory) -> tuple[str, str]:
     """3 demo classes x 40 at 64 px, ingested, and a head trained on the tests' shallow base."""
