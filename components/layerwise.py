@@ -347,7 +347,16 @@ def on_grid(rates: list[float], losses: list[float], planned: list[float]) -> li
     """A run's losses by the planned rate each batch trained at, so that runs pool by rate,
     not by batch: under mixed precision a skipped step (the loss scale overflowed) does not
     advance the rate, and the next batch trains at it again (its loss, the later, counts).
-    A planned rate no batch trained at is None."""
+
+    Args:
+        rates: the rate each batch trained at, as the run recorded it.
+        losses: each batch's loss.
+        planned: the test's rising rates, one per planned batch.
+
+    Returns:
+        A loss per planned rate up to the highest one the run reached; None for a planned
+        rate no batch trained at.
+    """
     grid = np.log(np.asarray(planned))
     at = [int(np.abs(grid - math.log(r)).argmin()) for r in rates]
     out: list = [None] * (max(at) + 1 if at else 0)
