@@ -121,6 +121,19 @@ def _small_scale() -> dict | None:
     return {k: old[k] for k in keep if k in old}
 
 
+def goals_met(
+    second_run_ratio: float, same_accuracy: bool, reingest_ratio: float, fp: int, shifted: bool
+) -> dict[str, bool]:
+    """Each clause of the goal, judged (benchmarks.table reads it)."""
+    return {
+        "second_run_ratio <= 0.5": second_run_ratio <= 0.5,
+        "same accuracy": same_accuracy,
+        "reingest_ratio <= 0.2": reingest_ratio <= 0.2,
+        f"drift_false_positives 0 of {RESAMPLES}": fp == 0,
+        "drift_flagged_shifted": shifted,
+    }
+
+
 def main() -> dict:
     from graft.components import data as gdata
     from graft.components import features as gfeat
@@ -251,6 +264,13 @@ def main() -> dict:
             k: {"flagged": r.flagged, "measures": measures(r)} for k, r in shifted.items()
         },
         drift_check_seconds=round(sum(r.seconds for r in same) / len(same), 2),
+        goals_met=goals_met(
+            run2["seconds"] / run1["seconds"],
+            acc1["interval"][0] <= acc2["accuracy"] <= acc1["interval"][1],
+            ing2 / ing1,
+            false_positives,
+            flagged_shifted,
+        ),
         setup=(
             f"{'flowers (real photos)' if real else 'generated demo images'}: run 1 on "
             f"{len(old)} images, run 2 adds {len(held)}; "

@@ -148,21 +148,30 @@ def _explicit_met(node, label: str = "") -> list[tuple[str, str, bool]]:
     return found
 
 
+CLAUSES = re.compile(r";|,|\band\b")  # what separates a goal's clauses
+
+
 def _judged_goal(data: dict) -> tuple[list[tuple[str, str, bool]], int]:
-    """The goal's comparisons that name a recorded field, judged; and how many could not be."""
-    comparisons = list(COMPARISON.finditer(str(data.get("goal", ""))))
-    judged = []
-    for m in comparisons:
-        field, op, limit, percent = m.groups()
-        if not _is_number(data.get(field)):
-            field = "ratio" if len(comparisons) == 1 and _is_number(data.get("ratio")) else None
-        if field is None:
-            continue
-        bound = float(limit) / (100 if percent else 1)
-        actual, text = data[field], f"{field} {op} {limit}{percent}"
-        ok = OPS[op](actual, bound)
-        judged.append(("", text if ok else f"{text} ({_num(actual)})", ok))
-    return judged, len(comparisons) - len(judged)
+    """The goal's comparisons that name a recorded field, judged; and how many of its clauses
+    could not be (one in words, "drift_false_positives 0 of 20", counts too)."""
+    goal = str(data.get("goal", ""))
+    alone = len(COMPARISON.findall(goal)) == 1  # a lone comparison may be the headline ratio's
+    judged, unjudged = [], 0
+    for clause in CLAUSES.split(goal):
+        found = []
+        for m in COMPARISON.finditer(clause):
+            field, op, limit, percent = m.groups()
+            if not _is_number(data.get(field)):
+                field = "ratio" if alone and _is_number(data.get("ratio")) else None
+            if field is None:
+                continue
+            bound = float(limit) / (100 if percent else 1)
+            actual, text = data[field], f"{field} {op} {limit}{percent}"
+            ok = OPS[op](actual, bound)
+            found.append(("", text if ok else f"{text} ({_num(actual)})", ok))
+        judged += found
+        unjudged += clause.strip() != "" and not found
+    return judged, unjudged
 
 
 def met(data: dict) -> str:

@@ -103,6 +103,12 @@ def test_a_goal_clause_naming_a_field_is_judged_and_one_in_words_is_not():
     }
     assert table.met(row) == "overhead_ratio <= 2.0 (4.2): **no**; 1 more not judged"
     assert table.met({"goal": "faster than before"}) == "not recorded"
+    # a clause with no comparison is counted, never dropped (retrain's missed drift clause was)
+    words = {
+        "second_run_ratio": 0.3,
+        "goal": "second_run_ratio <= 0.5; drift_false_positives 0 of 20",
+    }
+    assert table.met(words) == "second_run_ratio <= 0.5: yes; 1 more not judged"
 
 
 def test_check_fails_on_a_stale_table_and_passes_once_rewritten(tmp_path, monkeypatch):
