@@ -60,6 +60,11 @@ def head_run(dataset: str, work: Path) -> dict:
     return json.loads((work / "runs" / dataset / "run.json").read_text())
 
 
+STEPS = 60  # batches per range test, as fine_tune's (advise.LR_FIND_STEPS)
+# range_test's planned rates at its defaults: 1e-7 rising to 0.1 over STEPS batches
+PLANNED = [1e-7 * (0.1 / 1e-7) ** (k / (STEPS - 1)) for k in range(STEPS)]
+
+
 def curves(run: dict, size: int, runs: int) -> list[dict]:
     """`runs` single range tests from the head model, each on fresh shuffled batches."""
     from graft.components import data as gdata
@@ -80,7 +85,7 @@ def curves(run: dict, size: int, runs: int) -> list[dict]:
     for i in range(runs):
         t0 = time.time()
         found = glayer.range_test(
-            model, ds, optimizer="adam", momentum=0.9, steps=60, depth_by_path=depth, decay=0.4
+            model, ds, optimizer="adam", momentum=0.9, steps=STEPS, depth_by_path=depth, decay=0.4
         )
         found["seconds"] = round(time.time() - t0, 1)
         print(f"  run {i + 1}/{runs}: diverged at {found['diverged_rate']}", flush=True)
@@ -95,7 +100,7 @@ def spread(found: list[dict]) -> dict:
     single = [f["diverged_rate"] for f in found]
     triples = []
     for c in itertools.combinations(found, 3):
-        rates = max((f["rates"] for f in c), key=len)
+        rates = PLANNED  # range_test's grid: a run's own rates repeat where a step was skipped
         runs = [
             (
                 on_grid(f["rates"], [math.inf if v is None else v for v in f["losses"]], rates),

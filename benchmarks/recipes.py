@@ -240,6 +240,39 @@ def goals(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+GOAL = "the accuracy issue's, each judged in goals_met"
+
+
+def goals_met(rows: list[dict]) -> dict[str, bool]:
+    """The accuracy issue's goals, judged on the rows' test accuracies (each auto run against
+    its dataset's manual and head-only rows) and wall seconds."""
+    by = {(r["dataset"], r["recipe"]): r for r in rows}
+    autos = {d: by[(d, "auto")] for d in DATASETS if (d, "auto") in by}
+    gaps = {  # rounded: 0.75 - 0.76 is -0.010000000000000009 in floats
+        d: round(a["test_accuracy"] - by[(d, "manual")]["test_accuracy"], 4)
+        for d, a in autos.items()
+        if (d, "manual") in by
+    }
+    heads = {d: by.get((d, "head-only")) for d in autos}
+    textures = autos.get("textures")
+    return {
+        "mean auto - manual >= +0.01": bool(gaps) and float(np.mean(list(gaps.values()))) >= 0.01,
+        "none below manual by > 0.01": bool(gaps) and min(gaps.values()) >= -0.01,
+        "none below head-only": all(
+            h is not None and autos[d]["test_accuracy"] >= h["test_accuracy"]
+            for d, h in heads.items()
+        ),
+        "none below seed": all(
+            (d, "seed") not in by or a["test_accuracy"] >= by[(d, "seed")]["test_accuracy"]
+            for d, a in autos.items()
+        ),
+        "textures >= 0.85": bool(textures) and textures["test_accuracy"] >= 0.85,
+        "flowers >= manual": "flowers" in gaps and gaps["flowers"] >= 0,
+        "auto <= 15 min": bool(autos)
+        and all((a.get("wall_seconds") or a["seconds"]) <= 900 for a in autos.values()),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default=",".join(DATASETS))
@@ -265,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
             for row in run_one(dataset, recipe, work, args.lock):
                 key = (row["dataset"], row["recipe"])
                 rows = [r for r in rows if (r["dataset"], r["recipe"]) != key] + [row]
-            doc = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), "runs": rows}
+            doc = {
+                "machine": machine(),
+                "date": time.strftime("%Y-%m-%d"),
+                "goal": GOAL,
+                "goals_met": goals_met(rows),
+                "runs": rows,
+            }
             out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -36,7 +36,7 @@ def goals_met(make_test_s: float, slowest_s: float, ci_s: float) -> dict[str, bo
     """Each clause of the goal, judged (benchmarks.table reads it)."""
     return {
         "make_test_seconds <= 600": make_test_s <= 600,
-        "no test over 90 s": slowest_s <= 90,
+        "no make test over 90 s": slowest_s <= 90,
         "ci_seconds <= 1800": ci_s <= 1800,
     }
 

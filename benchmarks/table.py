@@ -148,7 +148,18 @@ def _explicit_met(node, label: str = "") -> list[tuple[str, str, bool]]:
     return found
 
 
-CLAUSES = re.compile(r";|,|\band\b")  # what separates a goal's clauses
+CLAUSE_END = re.compile(r";|,(?!\d{3}\b)|\band\b")  # not 1,000's comma
+
+
+def _clauses(goal: str) -> list[str]:
+    """The goal's clauses: split at ';', ',' and 'and' outside parentheses."""
+    out, depth, start = [], 0, 0
+    for m in re.finditer(r"\(|\)|" + CLAUSE_END.pattern, goal):
+        depth += {"(": 1, ")": -1}.get(m.group(), 0)
+        if m.group() not in "()" and depth == 0:
+            out.append(goal[start : m.start()])
+            start = m.end()
+    return out + [goal[start:]]
 
 
 def _judged_goal(data: dict) -> tuple[list[tuple[str, str, bool]], int]:
@@ -157,9 +168,9 @@ def _judged_goal(data: dict) -> tuple[list[tuple[str, str, bool]], int]:
     goal = str(data.get("goal", ""))
     alone = len(COMPARISON.findall(goal)) == 1  # a lone comparison may be the headline ratio's
     judged, unjudged = [], 0
-    for clause in CLAUSES.split(goal):
-        found = []
-        for m in COMPARISON.finditer(clause):
+    for clause in _clauses(goal):
+        found, comparisons = [], list(COMPARISON.finditer(clause))
+        for m in comparisons:
             field, op, limit, percent = m.groups()
             if not _is_number(data.get(field)):
                 field = "ratio" if alone and _is_number(data.get("ratio")) else None
@@ -170,7 +181,8 @@ def _judged_goal(data: dict) -> tuple[list[tuple[str, str, bool]], int]:
             ok = OPS[op](actual, bound)
             found.append(("", text if ok else f"{text} ({_num(actual)})", ok))
         judged += found
-        unjudged += clause.strip() != "" and not found
+        # every comparison not judged, and a clause in words ("0 of 20") as one
+        unjudged += len(comparisons) - len(found) if comparisons else clause.strip() != ""
     return judged, unjudged
 
 

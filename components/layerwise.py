@@ -12,6 +12,7 @@ model is compiled once, and a resumed run gets the same scales from its epoch nu
 from __future__ import annotations
 
 import math
+import warnings
 from contextlib import nullcontext
 
 import keras
@@ -330,7 +331,8 @@ def range_test(
         found = pick_rate(runs[0][0], runs[0][1])
     else:
         curve = _median_curve([(on_grid(r, ls, planned), stopped) for r, ls, stopped in runs])
-        found = pick_rate(planned[: len(curve)], curve)
+        kept = [k for k, v in enumerate(curve) if not math.isnan(v)]  # rates every run skipped
+        found = pick_rate([planned[k] for k in kept], [curve[k] for k in kept])
     found["losses"] = [v if math.isfinite(v) else None for v in found["losses"]]
     found["runs"] = [
         {
@@ -377,4 +379,6 @@ def _median_curve(runs: list[tuple[list, bool]]) -> list[float]:
             np.nan if v is None else v if math.isfinite(v) else np.inf for v in losses
         ]
         rows.append(row)
-    return np.nanmedian(np.array(rows), axis=0).tolist()
+    with warnings.catch_warnings():  # a rate no run trained at: NaN, which the caller drops
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(np.array(rows), axis=0).tolist()

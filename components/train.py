@@ -908,7 +908,8 @@ class TimeBudget(keras.callbacks.Callback):
     ran on a loaded machine, and the guard rejected the result). An epoch's time is the
     latest one's; the first, which traces the train step, only counts until a second ran.
     With `state_path`, the seconds spent and the re-plan are saved after every epoch, so a
-    killed stage resumes on the same decay and the same budget (not a fresh one)."""
+    fit resumed at the epoch after the last one saved keeps the same decay and the same
+    budget (not a fresh one); a fit that starts anywhere else ignores the file."""
 
     def __init__(
         self,
@@ -925,18 +926,24 @@ class TimeBudget(keras.callbacks.Callback):
         self.planned, self.steps, self.state_path = epochs, steps_per_epoch, state_path
         self.t0 = self.t_epoch = clock()
         self.before = 0.0  # seconds the stage's earlier, killed fits spent (from state_path)
+        self.saved_epoch_s: float | None = None  # their last epoch's, for the first one here
         self.ran = 0  # epochs this fit ran (a resumed fit starts at a later epoch)
         self.stopped_at: int | None = None
         self.replanned_to: int | None = None
 
-    def on_train_begin(self, logs=None):
-        state = read_json(self.state_path) if self.state_path else None
-        if not state:
+    def _plan(self) -> dict:
+        return {"minutes": self.seconds / 60, "planned": self.planned, "steps": self.steps}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.ran or not self.state_path:  # only the fit's first epoch looks for a resume
             return
-        self.before = float(state.get("spent_s", 0.0))
+        state = read_json(self.state_path)
+        if not state or state.get("epochs_done") != epoch or state.get("plan") != self._plan():
+            return  # no killed fit of this plan ended at the epoch before this one
+        self.before, self.saved_epoch_s = float(state["spent_s"]), float(state["epoch_s"])
         last = state.get("decay_ends_at_epoch")
         if last and self.planned and self.steps:
-            self._end_decay_at(int(last), float(state.get("epoch_s", 0.0)), resumed=True)
+            self._end_decay_at(int(last), self.saved_epoch_s, resumed=True)
         log(
             f"{self.stage}: resumed with {self.before:.0f}s of the time budget "
             f"({self.seconds / 60:.1f} min) spent"
@@ -946,11 +953,13 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock()
         spent, per_epoch = now - self.t0 + self.before, now - self.t_epoch
+        if self.ran == 0 and self.saved_epoch_s:  # a resumed fit's first epoch traces again
+            per_epoch = min(per_epoch, self.saved_epoch_s)
         self.t_epoch, self.ran = now, self.ran + 1
         try:
             if self.model.stop_training:  # early stopping came first
                 return
-            if spent + per_epoch > self.seconds or epoch + 1 == self.replanned_to:
+            if spent + per_epoch > self.seconds or epoch + 1 >= (self.replanned_to or 1e9):
                 self.model.stop_training = True
                 self.stopped_at = epoch + 1
                 log(
@@ -963,14 +972,19 @@ class TimeBudget(keras.callbacks.Callback):
                 if last < self.planned:
                     self._end_decay_at(last, per_epoch)
         finally:
-            self._save(spent, per_epoch)
+            self._save(epoch + 1, spent, per_epoch)
 
-    def _save(self, spent: float, per_epoch: float) -> None:
+    def on_train_end(self, logs=None):
+        if self.state_path and os.path.exists(self.state_path):
+            os.remove(self.state_path)  # the fit ended: nothing left to resume
+
+    def _save(self, epochs_done: int, spent: float, per_epoch: float) -> None:
         if self.state_path:
             write_json_atomic(
                 self.state_path,
-                {"spent_s": round(spent, 2), "epoch_s": round(per_epoch, 2),
-                 "decay_ends_at_epoch": self.replanned_to},
+                {"epochs_done": epochs_done, "spent_s": round(spent, 2),
+                 "epoch_s": round(per_epoch, 2), "decay_ends_at_epoch": self.replanned_to,
+                 "plan": self._plan()},
             )  # fmt: skip
 
     def _end_decay_at(self, last: int, per_epoch: float, resumed: bool = False) -> None:

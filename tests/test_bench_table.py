@@ -109,6 +109,10 @@ def test_a_goal_clause_naming_a_field_is_judged_and_one_in_words_is_not():
         "goal": "second_run_ratio <= 0.5; drift_false_positives 0 of 20",
     }
     assert table.met(words) == "second_run_ratio <= 0.5: yes; 1 more not judged"
+    # a clause with a judged and an unjudged comparison counts the unjudged one; commas in
+    # parentheses or in a number split nothing
+    mixed = {"ratio": 0.9, "goal": "<= 1,000 s (ratio <= 1, as in 2025); n >= 3"}
+    assert table.met(mixed) == "ratio <= 1: yes; 2 more not judged"
 
 
 def test_check_fails_on_a_stale_table_and_passes_once_rewritten(tmp_path, monkeypatch):
@@ -124,3 +128,25 @@ def test_check_fails_on_a_stale_table_and_passes_once_rewritten(tmp_path, monkey
     assert readme.read_text(encoding="utf-8").endswith(f"{table.END}\ntail\n")
     _result(results, "late", {"name": "late", "machine": "m"})  # a result added later
     assert table.main(["--check"]) == 1
+
+
+def test_the_recipes_goals_are_judged_per_clause_from_the_rows():
+    from benchmarks.recipes import goals_met
+
+    def row(d, recipe, acc, s=60):
+        return {"dataset": d, "recipe": recipe, "test_accuracy": acc, "seconds": s}
+
+    rows = [
+        row("flowers", "auto", 0.78), row("flowers", "manual", 0.76),
+        row("flowers", "head-only", 0.64), row("textures", "auto", 0.86, s=1000),
+        row("textures", "manual", 0.84), row("textures", "head-only", 0.87),
+    ]  # fmt: skip
+    got = goals_met(rows)
+    assert got["mean auto - manual >= +0.01"] and got["none below manual by > 0.01"]
+    assert got["textures >= 0.85"] and got["flowers >= manual"]
+    assert not got["none below head-only"]  # textures: 0.86 < 0.87
+    assert not got["auto <= 15 min"]  # textures: 1,000 s
+    rows[0]["test_accuracy"] = 0.74  # flowers now 0.02 under manual; mean -0.0
+    got = goals_met(rows)
+    assert not got["mean auto - manual >= +0.01"] and not got["flowers >= manual"]
+    assert not got["none below manual by > 0.01"]

@@ -2,6 +2,7 @@
 the LR range test, on real TFRecords and a real (tiny) MobileNetV2."""
 
 import json
+import math
 import zipfile
 
 import keras
@@ -94,6 +95,8 @@ def test_runs_pool_by_the_rate_each_batch_trained_at_not_by_batch_index():
     gap = glayer.on_grid([planned[0], planned[2]], [0.5, 0.7], planned)
     assert gap == [0.5, None, 0.7]
     assert glayer._median_curve([(gap, True), (loss_at[:3], False)])[1] == loss_at[1]
+    # a rate every run skipped is NaN in the median curve, never a loss: range_test drops it
+    assert math.isnan(glayer._median_curve([(gap, False), (gap, False)])[1])
 
 
 @pytest.fixture(scope="module")

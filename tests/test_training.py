@@ -1,6 +1,7 @@
 """Both training stages on real TFRecords: frozen means frozen, cache, guard, resume, transfer."""
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -482,60 +483,62 @@ def test_a_time_budget_that_cuts_epochs_ends_the_cosine_decay_at_the_last_epoch_
 
 
 class _KillAfter(keras.callbacks.Callback):
-    """Stops the fit after `epochs` epochs, as a killed pod would (placed after TimeBudget)."""
+    """Raises after `epochs` epochs, as a killed pod ends a fit: no on_train_end (placed
+    after the backup and TimeBudget, which have saved that epoch)."""
 
     def __init__(self, epochs: int):
         super().__init__()
         self.epochs = epochs
 
     def on_epoch_end(self, epoch, logs=None):
-        self.model.stop_training = epoch + 1 >= self.epochs
+        if epoch + 1 >= self.epochs:
+            raise RuntimeError(f"killed after epoch {epoch + 1}")
 
 
-def _resumable_fit(state: Path | None, model=None, initial_epoch: int = 0, kill: int = 0):
-    """A 5-epoch cosine fit (10 s an epoch on a fake clock, 35 s budget) of `model` (a new one
-    when None) from `initial_epoch`, its optimizer at that epoch's step as a restored
-    checkpoint would be; `kill` stops it after that many epochs. (model, step sizes, losses)."""
+def _resumable_fit(tmp: Path, backup: str, state: bool = True, kill: int = 0):
+    """A 5-epoch cosine fit (10 s an epoch on a fake clock, 35 s budget) of a new model, as a
+    restarted process makes it, with the stage's BackupAndRestore in `tmp / backup` and
+    TimeBudget's state in tmp (or none); `kill` ends it after that many epochs. (step sizes,
+    losses)."""
     from graft.components.train import TimeBudget
 
     steps, epochs = 4, 5
     x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
-    if model is None:
-        keras.utils.set_random_seed(0)
-        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
-    opt = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(0.1, epochs * steps))
-    model.compile(opt, "sparse_categorical_crossentropy")
-    opt.build(model.trainable_variables)
-    opt.iterations.assign(initial_epoch * steps)
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(2, activation="softmax")])
+    rate = keras.optimizers.schedules.CosineDecay(0.1, epochs * steps)
+    model.compile(keras.optimizers.SGD(rate), "sparse_categorical_crossentropy")
     ticks = iter(range(0, 1000, 10))
     budget = TimeBudget(
         35 / 60, "t", epochs=epochs, steps_per_epoch=steps, clock=ticks.__next__,
-        state_path=str(state) if state else None,
+        state_path=str(tmp / "time_budget.json") if state else None,
     )  # fmt: skip
-    sizes = _StepSizes()
-    cbs = [sizes, budget] + ([_KillAfter(kill)] if kill else [])
-    hist = model.fit(
-        x, y, batch_size=16, epochs=epochs, initial_epoch=initial_epoch, shuffle=False,
-        callbacks=cbs, verbose=0,
-    )  # fmt: skip
-    return model, sizes.sizes, hist.history["loss"]
+    sizes, losses = _StepSizes(), keras.callbacks.History()
+    cbs = [sizes, keras.callbacks.BackupAndRestore(str(tmp / backup)), budget, losses]
+    cbs += [_KillAfter(kill)] if kill else []
+    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, callbacks=cbs, verbose=0)
+    return sizes.sizes, losses.history["loss"]
 
 
 def test_a_resumed_stage_keeps_the_re_planned_decay_and_the_seconds_already_spent(tmp_path):
     # killed after epoch 2: the re-plan (3 of 5 epochs fit the 35 s) and the 20 s spent are
-    # on disk; the resumed fit's own clock starts again at 0
-    state = tmp_path / "time_budget.json"
-    model, _, _ = _resumable_fit(state, kill=2)
-    saved = json.loads(state.read_text())
-    assert saved["decay_ends_at_epoch"] == 3 and saved["spent_s"] == 20
-    weights = model.get_weights()
-    _, sizes, losses = _resumable_fit(state, model, initial_epoch=2)
+    # on disk beside the backup; the restarted process's clock starts again at 0
+    with pytest.raises(RuntimeError, match="killed after epoch 2"):
+        _resumable_fit(tmp_path, "backup", kill=2)
+    saved = json.loads((tmp_path / "time_budget.json").read_text())
+    assert (saved["epochs_done"], saved["decay_ends_at_epoch"], saved["spent_s"]) == (2, 3, 20)
+    shutil.copytree(tmp_path / "backup", tmp_path / "backup-copy")
+    sizes, losses = _resumable_fit(tmp_path, "backup")
     assert len(losses) == 1  # epoch 3, the re-planned end, and no further
-    assert json.loads(state.read_text())["spent_s"] == 30
+    assert not (tmp_path / "time_budget.json").exists()  # the fit ended: nothing to resume
     # without the saved state the resumed fit forgets both: a fresh 35 s budget and the
     # 5-epoch decay, still at 0.042 at step 12 where the re-planned one is at 0.002
-    model.set_weights(weights)
-    _, fresh, fresh_losses = _resumable_fit(None, model, initial_epoch=2)
+    fresh, fresh_losses = _resumable_fit(tmp_path, "backup-copy", state=False)
     assert len(fresh_losses) == 3
     assert sizes[-1] < 0.1 * fresh[3], (sizes, fresh)
+    # a state file left by a fit that ended at another epoch (here: a new fit, from epoch 0)
+    # is not this fit's: it is ignored, and the fit gets the whole budget and plan
+    (tmp_path / "time_budget.json").write_text(json.dumps(saved))
+    _, new_losses = _resumable_fit(tmp_path, "backup-new")
+    assert len(new_losses) == 3  # 10 s epochs in 35 s, re-planned to 3 after epoch 2
