@@ -12,6 +12,7 @@ model is compiled once, and a resumed run gets the same scales from its epoch nu
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from contextlib import nullcontext
 
@@ -202,6 +203,7 @@ class _BatchLosses(keras.callbacks.Callback):
         self.losses: list[float] = []
         self.base_n, self.window = base_n, window
         self.stopped = False  # the loss blew up (or was not finite) before the last batch
+        self.ends: list[float] = []  # when each batch ended (reading its loss waits for it)
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.reset_metrics()
@@ -210,6 +212,7 @@ class _BatchLosses(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.losses.append(float((logs or {})["loss"]))
+        self.ends.append(time.perf_counter())
         k = len(self.losses)
         if not math.isfinite(self.losses[-1]):
             self.model.stop_training = self.stopped = True
@@ -303,8 +306,9 @@ def range_test(
         repeats: how many times to run the test; the pick reads the median curve.
 
     Returns:
-        pick_rate's dict for the (median) losses seen, and `runs`: each run's first rate,
-        whether it stopped, and its losses (a loss that is not finite as None).
+        pick_rate's dict for the (median) losses seen; `runs`: each run's first rate,
+        whether it stopped, and its losses (a loss that is not finite as None); and
+        `batch_seconds`, a training batch's median time in the last run.
     """
     weights = [v.numpy() for v in model.variables]
     growth = (high / low) ** (1 / max(1, steps - 1))
@@ -327,6 +331,7 @@ def range_test(
         for v, w in zip(model.variables, weights, strict=True):
             v.assign(w)
         runs.append((seen.rates, seen.losses, seen.stopped))
+        between = np.diff(seen.ends).tolist()  # the first batch's own time is not seen
     if len(runs) == 1:
         found = pick_rate(runs[0][0], runs[0][1])
     else:
@@ -334,6 +339,9 @@ def range_test(
         kept = [k for k, v in enumerate(curve) if not math.isnan(v)]  # rates every run skipped
         found = pick_rate([planned[k] for k in kept], [curve[k] for k in kept])
     found["losses"] = [v if math.isfinite(v) else None for v in found["losses"]]
+    # a training batch's seconds (the last run's median: traced by then), for fine_tune's
+    # epochs; under fine_tune's own batch size, model and data
+    found["batch_seconds"] = round(float(np.median(between)), 5) if between else None
     found["runs"] = [
         {
             "first_rate": r[0] if r else None,

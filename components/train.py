@@ -60,6 +60,7 @@ __all__ = [
     "SHIPPED_HEAD",
     "SHIPPED_UNGUARDED",
     "TimeBudget",
+    "epochs_that_fit",
     "train_head",
     "fine_tune",
     "finished",
@@ -1158,7 +1159,9 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
         return _pass_head_through(run, val_ds, precision, skip_reason, refit_reason)
     with strategy.scope():
         model = gmodel.multi_worker_keras(load_model(_head_model(run)), strategy)
+    t_val = time.time()
     head_scores = scores_on(model, val_ds)
+    val_s = time.time() - t_val
     train_ds, fit_steps = _fine_tune_train_data(run, workers)
     with strategy.scope():
         info = gmodel.unfreeze(model, run.cfg.unfreeze)
@@ -1169,6 +1172,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
     )
     if found:
         run.cfg = run.cfg.model_copy(update={"learning_rate": found["used"]})
+    plan = _epochs_that_fit(run, steps, val_s)
     stages_text = _compile_for_fine_tune(model, run, info, steps, head_scores, found)
     cw = class_weights(
         run.examples_dir,
@@ -1204,7 +1208,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
             run, guard, head_scores, tuned_scores, info, found, stages_text, train_ds
         ),
     )
-    res.extra.time_budget = _time_budget_record(cbs, run.cfg)
+    res.extra.time_budget = _time_budget_record(cbs, run.cfg, plan)
     log(
         f"fine_tune: val_accuracy head {head_scores[0]:.3f} -> fine-tuned "
         f"{tuned_scores[0]:.3f}; kept {guard.kept} ({res.seconds:.1f}s)",
@@ -1213,16 +1217,66 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
     return finish(run.wdir, res, "fine-tune stage")
 
 
-def _time_budget_record(cbs: list, cfg: FineTuneConfig) -> dict | None:
+def _time_budget_record(cbs: list, cfg: FineTuneConfig, plan: dict | None) -> dict | None:
     """result.json's account of fine_tune.max_minutes; None when no budget was set."""
     budget = next((c for c in cbs if isinstance(c, TimeBudget)), None)
     if budget is None:
         return None
     return {
         "minutes": cfg.max_minutes,
+        "start_plan": plan,
         "stopped_after_epoch": budget.stopped_at,
         "decay_replanned_to_end_at_epoch": budget.replanned_to,
     }
+
+
+def epochs_that_fit(minutes: float, batch_s: float, steps: int, val_s: float) -> int:
+    """Whole epochs of `steps` training batches of `batch_s` seconds and a validation pass of
+    `val_s` within `minutes`; at least 1.
+
+    Args:
+        minutes: the fit's time budget (fine_tune.max_minutes).
+        batch_s: a training batch's measured seconds.
+        steps: batches per epoch.
+        val_s: the validation pass's seconds.
+
+    Returns:
+        The number of epochs that fit, at least 1.
+    """
+    return max(1, int(minutes * 60 // (batch_s * steps + val_s)))
+
+
+def _epochs_that_fit(run: _TuneRun, steps: int, val_s: float) -> dict | None:
+    """With fine_tune.max_minutes and a cosine decay on one process, the epochs that fit by
+    the LR range test's measured training batches (advise plans from forward passes: an
+    epoch took 1.7x its estimate on flowers and chest_xray), so that the decay is planned
+    over them from the first step instead of re-planned after epoch 2. Kept in
+    epoch_plan.json: a resumed stage keeps the plan its backup was trained on."""
+    cfg, path = run.cfg, os.path.join(run.wdir, "epoch_plan.json")
+    plan = read_json(path)
+    if plan is None:
+        batch_s = (read_json(os.path.join(run.wdir, "lr_find.json")) or {}).get("batch_seconds")
+        if not (cfg.max_minutes and cfg.cosine_decay and batch_s):
+            return None
+        fit = epochs_that_fit(cfg.max_minutes, batch_s, steps, val_s)
+        plan = {
+            "planned_epochs": cfg.epochs,
+            "epochs": min(cfg.epochs, fit),
+            "epoch_seconds": round(batch_s * steps + val_s, 1),
+            "batch_seconds": batch_s,
+            "val_seconds": round(val_s, 1),
+        }
+        write_json_atomic(path, plan)
+    if plan["epochs"] < cfg.epochs:
+        log(
+            f"fine_tune: at ~{plan['epoch_seconds']:.0f}s an epoch (the range test's batches "
+            f"took {plan['batch_seconds']:.3g}s each, validation {plan['val_seconds']:.0f}s), "
+            f"{plan['epochs']} of the {cfg.epochs} planned epochs fit the time budget "
+            f"({cfg.max_minutes:.1f} min): the cosine decay is planned over {plan['epochs']}",
+            level="warn",
+        )
+        run.cfg = cfg.model_copy(update={"epochs": plan["epochs"]})
+    return plan
 
 
 def _head_model(run: _TuneRun) -> str:

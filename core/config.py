@@ -438,9 +438,10 @@ class FineTuneConfig(Section):
         0.0,
         ge=0,
         le=100_000,
-        description="stop after the epoch that would pass this, a cosine decay re-planned to end "
-        "at the last epoch that fits (result.json: extra.time_budget); on one process a resumed "
-        "stage keeps the seconds already spent and the re-plan; 0: none",
+        description="stop after the epoch that would pass this (result.json: extra.time_budget); "
+        "on one process a cosine decay is planned over the epochs the LR range test's timed "
+        "batches say fit, re-planned to end at the last epoch that fits, and a resumed stage "
+        "keeps the seconds already spent and the plans; 0: none",
     )
     guard_rule: Literal["better", "beyond_noise"] = Field(
         "better",

@@ -186,10 +186,19 @@ def test_range_test_chooses_a_rate_and_puts_the_weights_back(head_dir, tmp_path)
     for a, v in zip(before, model.weights, strict=True):
         assert np.array_equal(a, np.array(v)), v.path
 
-    # 21 batches of 4: enough for a test, whose rate reaches 0.1 (Adam diverges well before)
-    ft = _fine_tune(head_dir, tmp_path / "ft", lr_find=True, lr_find_steps=20, batch_size=4)
+    # 21 batches of 4: enough for a test, whose rate reaches 0.1 (Adam diverges well before).
+    # 3 epochs planned in a 0.06 s budget: by the range test's measured batches 1 fits, so
+    # the decay is planned over 1 from the start (and the budget stops it there)
+    ft = _fine_tune(
+        head_dir, tmp_path / "ft", lr_find=True, lr_find_steps=20, batch_size=4, epochs=3,
+        max_minutes=0.001,
+    )  # fmt: skip
     got = ft.extra.lr_find
     saved = json.loads((tmp_path / "ft" / "lr_find.json").read_text())  # a resume reuses it
+    assert saved["batch_seconds"] > 0
+    plan = ft.extra.time_budget["start_plan"]
+    assert (plan["planned_epochs"], plan["epochs"], ft.epochs_run) == (3, 1, 1)
+    assert plan == json.loads((tmp_path / "ft" / "epoch_plan.json").read_text())
     if got is not None:
         assert got["chosen"] == pytest.approx(got["diverged_rate"] / 3)
         assert 1e-4 <= got["used"] <= 1e-2 and ft.extra.learning_rate == got["used"]

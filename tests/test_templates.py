@@ -260,3 +260,17 @@ def test_the_recipe_section_shows_the_geometry_bound_and_the_flip_probe(tmp_path
     assert "+0.9 pts [-0.1, +1.9], one-sided 90% bound +0.3" in text
     assert "plain 0.900, averaged with the mirror image 0.920: +2.0 pts [+0.4, +3.6]" in text
     assert "the flip rule" in text
+
+
+def test_the_time_budget_row_says_how_many_epochs_the_measured_batches_fitted():
+    from graft.components.templates import html_template
+
+    parts = html_template("report_parts.html.j2").module
+    plan = {"planned_epochs": 5, "epochs": 3, "epoch_seconds": 149.2, "batch_seconds": 0.8}
+    budget = {"minutes": 8.2, "start_plan": plan, "stopped_after_epoch": 3,
+              "decay_replanned_to_end_at_epoch": None}  # fmt: skip
+    html = str(parts.guard_html({"guard": "kept_head", "time_budget": budget}))
+    assert "at ~149s an epoch by the LR range test's measured batches, 3 of the 5 planned" in html
+    assert "re-planned" not in html and "stopped after epoch 3" in html
+    budget["start_plan"] = {**plan, "epochs": 5}  # all fitted: nothing to say
+    assert "measured batches" not in str(parts.guard_html({"guard": "off", "time_budget": budget}))

@@ -207,6 +207,7 @@ def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
     assert ft.extra.guard == "kept_head" and ft.extra.kept == "head"
     assert ft.epochs_run == 1 and ft.extra.time_budget == {
         "minutes": 0.001,
+        "start_plan": None,  # no LR range test timed a batch, and no cosine decay to plan
         "stopped_after_epoch": 1,
         "decay_replanned_to_end_at_epoch": None,  # no cosine decay to re-plan
     }
@@ -542,3 +543,13 @@ def test_a_resumed_stage_keeps_the_re_planned_decay_and_the_seconds_already_spen
     (tmp_path / "time_budget.json").write_text(json.dumps(saved))
     _, new_losses = _resumable_fit(tmp_path, "backup-new")
     assert len(new_losses) == 3  # 10 s epochs in 35 s, re-planned to 3 after epoch 2
+
+
+def test_the_epochs_that_fit_come_from_measured_batches_and_the_validation_pass():
+    from graft.components.train import epochs_that_fit
+
+    # chest_xray's auto run: advise planned 5 epochs of ~85 s in 8.2 min; an epoch of 163
+    # batches took ~149 s (0.8 s a batch + ~19 s of validation): 3 fit
+    assert epochs_that_fit(8.2, 0.8, 163, 19.0) == 3
+    assert epochs_that_fit(8.2, 0.3, 163, 10.0) == 8  # faster batches: more
+    assert epochs_that_fit(0.5, 0.8, 163, 19.0) == 1  # never none: the budget stops it
