@@ -204,6 +204,10 @@ class _BatchLosses(keras.callbacks.Callback):
         self.base_n, self.window = base_n, window
         self.stopped = False  # the loss blew up (or was not finite) before the last batch
         self.ends: list[float] = []  # when each batch ended (reading its loss waits for it)
+        self.began = 0.0
+
+    def on_train_begin(self, logs=None):
+        self.began = time.perf_counter()
 
     def on_train_batch_begin(self, batch, logs=None):
         self.model.reset_metrics()
@@ -308,7 +312,8 @@ def range_test(
     Returns:
         pick_rate's dict for the (median) losses seen; `runs`: each run's first rate,
         whether it stopped, and its losses (a loss that is not finite as None); and
-        `batch_seconds`, a training batch's median time in the last run.
+        `batch_seconds`, a training batch's median time, and `trace_seconds`, the first
+        batch's extra time (tracing the step).
     """
     weights = [v.numpy() for v in model.variables]
     growth = (high / low) ** (1 / max(1, steps - 1))
@@ -319,7 +324,7 @@ def range_test(
         )
     planned = [low * growth**k for k in range(steps)]
     fresh = [v.numpy() for v in model.optimizer.variables]  # step 0, no moments, loss scale
-    runs = []
+    runs, between, first = [], [], None
     for _ in range(max(1, repeats)):
         seen = _BatchLosses(baseline_batches(planned))
         cbs = [seen]
@@ -331,7 +336,9 @@ def range_test(
         for v, w in zip(model.variables, weights, strict=True):
             v.assign(w)
         runs.append((seen.rates, seen.losses, seen.stopped))
-        between = np.diff(seen.ends).tolist()  # the first batch's own time is not seen
+        between += np.diff(seen.ends).tolist()  # each batch after a run's first
+        if first is None and seen.ends:  # the first run's first batch: it traced the step
+            first = seen.ends[0] - seen.began
     if len(runs) == 1:
         found = pick_rate(runs[0][0], runs[0][1])
     else:
@@ -339,9 +346,11 @@ def range_test(
         kept = [k for k, v in enumerate(curve) if not math.isnan(v)]  # rates every run skipped
         found = pick_rate([planned[k] for k in kept], [curve[k] for k in kept])
     found["losses"] = [v if math.isfinite(v) else None for v in found["losses"]]
-    # a training batch's seconds (the last run's median: traced by then), for fine_tune's
-    # epochs; under fine_tune's own batch size, model and data
-    found["batch_seconds"] = round(float(np.median(between)), 5) if between else None
+    # a training batch's seconds (the median over the runs' traced batches) and what tracing
+    # the step cost once, for fine_tune's epochs: its own batch size, model and data
+    batch_s = float(np.median(between)) if between else None
+    found["batch_seconds"] = round(batch_s, 5) if batch_s else None
+    found["trace_seconds"] = round(max(0.0, first - batch_s), 3) if batch_s and first else None
     found["runs"] = [
         {
             "first_rate": r[0] if r else None,

@@ -921,13 +921,16 @@ class TimeBudget(keras.callbacks.Callback):
         steps_per_epoch: int | None = None,
         clock=time.time,
         state_path: str | None = None,
+        first_epoch_s: float | None = None,
     ):
         super().__init__()
         self.seconds, self.stage, self.clock = minutes * 60, stage, clock
         self.planned, self.steps, self.state_path = epochs, steps_per_epoch, state_path
         self.t0 = self.t_epoch = clock()
         self.before = 0.0  # seconds the stage's earlier, killed fits spent (from state_path)
-        self.saved_epoch_s: float | None = None  # their last epoch's, for the first one here
+        # what the fit's first epoch counts as at most (it traces the step again): a measured
+        # epoch's time, from the start plan or a killed fit's state
+        self.first_epoch_s = first_epoch_s
         self.ran = 0  # epochs this fit ran (a resumed fit starts at a later epoch)
         self.stopped_at: int | None = None
         self.replanned_to: int | None = None
@@ -941,10 +944,10 @@ class TimeBudget(keras.callbacks.Callback):
         state = read_json(self.state_path)
         if not state or state.get("epochs_done") != epoch or state.get("plan") != self._plan():
             return  # no killed fit of this plan ended at the epoch before this one
-        self.before, self.saved_epoch_s = float(state["spent_s"]), float(state["epoch_s"])
+        self.before, self.first_epoch_s = float(state["spent_s"]), float(state["epoch_s"])
         last = state.get("decay_ends_at_epoch")
         if last and self.planned and self.steps:
-            self._end_decay_at(int(last), self.saved_epoch_s, resumed=True)
+            self._end_decay_at(int(last), self.first_epoch_s, resumed=True)
         log(
             f"{self.stage}: resumed with {self.before:.0f}s of the time budget "
             f"({self.seconds / 60:.1f} min) spent"
@@ -954,8 +957,8 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         now = self.clock()
         spent, per_epoch = now - self.t0 + self.before, now - self.t_epoch
-        if self.ran == 0 and self.saved_epoch_s:  # a resumed fit's first epoch traces again
-            per_epoch = min(per_epoch, self.saved_epoch_s)
+        if self.ran == 0 and self.first_epoch_s:  # the first epoch traces the step again
+            per_epoch = min(per_epoch, self.first_epoch_s)
         self.t_epoch, self.ran = now, self.ran + 1
         try:
             if self.model.stop_training:  # early stopping came first
@@ -1180,7 +1183,7 @@ def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> Sta
         run.head_cfg.class_weight,
         excluded_from_train(run.validation_dir),
     )
-    cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks, steps)
+    cbs, elog = _fine_tune_callbacks(run, depth, extra_callbacks, steps, plan)
     model.fit(
         train_ds,
         epochs=run.cfg.epochs,
@@ -1250,24 +1253,39 @@ def _epochs_that_fit(run: _TuneRun, steps: int, val_s: float) -> dict | None:
     """With fine_tune.max_minutes and a cosine decay on one process, the epochs that fit by
     the LR range test's measured training batches (advise plans from forward passes: an
     epoch took 1.7x its estimate on flowers and chest_xray), so that the decay is planned
-    over them from the first step instead of re-planned after epoch 2. Kept in
-    epoch_plan.json: a resumed stage keeps the plan its backup was trained on."""
+    over them from the first step instead of re-planned after epoch 2. The fit traces its
+    step again, once: the range test's tracing time is paid first. Kept in epoch_plan.json
+    with what it was planned from: a resumed stage keeps the plan its backup trained on."""
     cfg, path = run.cfg, os.path.join(run.wdir, "epoch_plan.json")
+    if not (cfg.max_minutes and cfg.cosine_decay) or gmodel.worker_count(run.strategy) > 1:
+        return None  # workers would each plan from their own clocks
+    basis = {"minutes": cfg.max_minutes, "planned_epochs": cfg.epochs, "steps": steps}
     plan = read_json(path)
-    if plan is None:
-        batch_s = (read_json(os.path.join(run.wdir, "lr_find.json")) or {}).get("batch_seconds")
-        if not (cfg.max_minutes and cfg.cosine_decay and batch_s):
+    if plan is None or plan.get("basis") != basis:
+        found = read_json(os.path.join(run.wdir, "lr_find.json")) or {}
+        batch_s, trace_s = found.get("batch_seconds"), found.get("trace_seconds") or 0.0
+        if not batch_s:
             return None
-        fit = epochs_that_fit(cfg.max_minutes, batch_s, steps, val_s)
+        epoch_s = batch_s * steps + val_s
+        fit = epochs_that_fit(max(0.0, cfg.max_minutes - trace_s / 60), batch_s, steps, val_s)
         plan = {
+            "basis": basis,
             "planned_epochs": cfg.epochs,
             "epochs": min(cfg.epochs, fit),
-            "epoch_seconds": round(batch_s * steps + val_s, 1),
+            "epoch_seconds": round(epoch_s, 1),
             "batch_seconds": batch_s,
+            "trace_seconds": round(trace_s, 1),
             "val_seconds": round(val_s, 1),
         }
         write_json_atomic(path, plan)
-    if plan["epochs"] < cfg.epochs:
+    if plan["epochs"] < cfg.epochs and plan["epochs"] <= cfg.warmup_epochs:
+        log(
+            f"fine_tune: {plan['epochs']} of the {cfg.epochs} planned epochs fit the time "
+            f"budget, no more than fine_tune.warmup_epochs ({cfg.warmup_epochs:g}): the plan "
+            "is kept, and the budget stops it",
+            level="warn",
+        )
+    elif plan["epochs"] < cfg.epochs:
         log(
             f"fine_tune: at ~{plan['epoch_seconds']:.0f}s an epoch (the range test's batches "
             f"took {plan['batch_seconds']:.3g}s each, validation {plan['val_seconds']:.0f}s), "
@@ -1473,7 +1491,7 @@ def _compile_for_fine_tune(model, run: _TuneRun, info, steps, head_scores, found
     return stages_text
 
 
-def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int):
+def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int, plan=None):
     """The stage's callbacks plus the staged rates and the time budget, when set."""
     cfg = run.cfg
     cbs, elog = callbacks(run.wdir, "fine_tune", cfg.epochs, cfg.patience, run.out_dir)
@@ -1490,6 +1508,7 @@ def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int):
                 steps_per_epoch=steps,
                 # one process: its spent seconds and re-plan carry over a resume
                 state_path=os.path.join(run.wdir, "time_budget.json") if replan else None,
+                first_epoch_s=(plan or {}).get("epoch_seconds"),
             )
         )
     cbs += extra_callbacks or []

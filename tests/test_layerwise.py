@@ -195,7 +195,7 @@ def test_range_test_chooses_a_rate_and_puts_the_weights_back(head_dir, tmp_path)
     )  # fmt: skip
     got = ft.extra.lr_find
     saved = json.loads((tmp_path / "ft" / "lr_find.json").read_text())  # a resume reuses it
-    assert saved["batch_seconds"] > 0
+    assert saved["batch_seconds"] > 0 and saved["trace_seconds"] >= 0
     plan = ft.extra.time_budget["start_plan"]
     assert (plan["planned_epochs"], plan["epochs"], ft.epochs_run) == (3, 1, 1)
     assert plan == json.loads((tmp_path / "ft" / "epoch_plan.json").read_text())
