@@ -61,8 +61,6 @@ def head_run(dataset: str, work: Path) -> dict:
 
 
 STEPS = 60  # batches per range test, as fine_tune's (advise.LR_FIND_STEPS)
-# range_test's planned rates at its defaults: 1e-7 rising to 0.1 over STEPS batches
-PLANNED = [1e-7 * (0.1 / 1e-7) ** (k / (STEPS - 1)) for k in range(STEPS)]
 
 
 def curves(run: dict, size: int, runs: int) -> list[dict]:
@@ -95,12 +93,12 @@ def curves(run: dict, size: int, runs: int) -> list[dict]:
 
 def spread(found: list[dict]) -> dict:
     """sd of log10(diverged rate): single runs, and every triple read on its median curve."""
-    from graft.components.layerwise import _median_curve, on_grid, pick_rate
+    from graft.components.layerwise import _median_curve, on_grid, pick_rate, planned_rates
 
     single = [f["diverged_rate"] for f in found]
     triples = []
+    rates = planned_rates(STEPS)  # range_test's grid: a run's own rates repeat at a skipped step
     for c in itertools.combinations(found, 3):
-        rates = PLANNED  # range_test's grid: a run's own rates repeat where a step was skipped
         runs = [
             (
                 on_grid(f["rates"], [math.inf if v is None else v for v in f["losses"]], rates),

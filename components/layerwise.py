@@ -29,6 +29,7 @@ __all__ = [
     "fine_tune_optimizer",
     "on_grid",
     "pick_rate",
+    "planned_rates",
     "range_test",
     "scales",
     "schedule_text",
@@ -322,7 +323,7 @@ def range_test(
         gmodel.compile_for_fit(
             model, make_optimizer(optimizer, rate, momentum, OPTIMIZERS), metrics=False, jit=jit
         )
-    planned = [low * growth**k for k in range(steps)]
+    planned = planned_rates(steps, low, high)
     fresh = [v.numpy() for v in model.optimizer.variables]  # step 0, no moments, loss scale
     runs, between, first = [], [], None
     for _ in range(max(1, repeats)):
@@ -360,6 +361,21 @@ def range_test(
         for r, ls, stopped in runs
     ]
     return found
+
+
+def planned_rates(steps: int, low: float = 1e-7, high: float = 1e-1) -> list[float]:
+    """The range test's rates, one per batch, rising exponentially from low to high.
+
+    Args:
+        steps: batches of the test.
+        low: the first rate.
+        high: the last rate.
+
+    Returns:
+        The `steps` planned rates.
+    """
+    growth = (high / low) ** (1 / max(1, steps - 1))
+    return [low * growth**k for k in range(steps)]
 
 
 def on_grid(rates: list[float], losses: list[float], planned: list[float]) -> list:

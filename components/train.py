@@ -1002,7 +1002,7 @@ class TimeBudget(keras.callbacks.Callback):
         sched.decay_steps = steps
         self.model.make_train_function(force=True)  # the step reads decay_steps when traced
         self.replanned_to = last
-        if resumed:  # on_train_begin says so
+        if resumed:  # on_epoch_begin says so
             return
         log(
             f"{self.stage}: at ~{per_epoch:.0f}s an epoch, {last} of the {self.planned} planned "
