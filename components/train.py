@@ -112,6 +112,7 @@ class FineTuneDetails:
     deterministic: bool
     distribution: dict
     shipped: str | None = None  # the model this stage hands on, in words
+    guard_rule: str | None = None  # fine_tune.guard_rule the guard decided by (None: no guard)
     # fine_tune.max_minutes: its minutes, the epoch it stopped after and the epoch a cosine
     # decay was re-planned to end at (None: neither happened); None when no budget was set
     time_budget: dict | None = None
@@ -1334,6 +1335,7 @@ def _fine_tune_details(
     folds = guard.folds
     return FineTuneDetails(
         guard="kept_head" if guard.kept == "head" else ("accepted" if run.cfg.guard else "off"),
+        guard_rule=run.cfg.guard_rule if run.cfg.guard else None,
         kept=guard.kept,
         head_val_accuracy=head_scores[0],
         fine_tuned_val_accuracy=tuned_scores[0],
@@ -1522,8 +1524,7 @@ def _guard(run: _TuneRun, head_scores, tuned_scores) -> _Guard:
         run.examples_dir, "train", excluded_from_train(run.validation_dir)
     )
     small = n_train < cfg.guard_cv_below
-    head_acc, head_loss, head_hits = head_scores
-    ft_acc, ft_loss, ft_hits = tuned_scores
+    head_hits, ft_hits = head_scores[2], tuned_scores[2]
     noise_rule = cfg.guard and cfg.guard_rule == "beyond_noise"
     if cfg.guard and not noise_rule and small:
         log(
@@ -1537,15 +1538,34 @@ def _guard(run: _TuneRun, head_scores, tuned_scores) -> _Guard:
         return _guard_beyond_noise(
             ft_hits, head_hits, lambda: _fold_evidence(run, small), cfg.guard_level
         )
+    return _guard_better(head_scores, tuned_scores) if cfg.guard else _Guard()
+
+
+def _guard_better(head_scores, tuned_scores) -> _Guard:
+    """guard_rule better: the fine-tuned model unless it scored lower on val (a tie: the lower
+    val loss); the paired gain goes on the record beside the decision, not into it."""
+    from graft.components.stats import paired_difference
+
+    (head_acc, head_loss, head_hits), (ft_acc, ft_loss, ft_hits) = head_scores, tuned_scores
     guard = _Guard()
-    if cfg.guard and (ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss)):
+    if len(ft_hits) and len(ft_hits) == len(head_hits):
+        guard.gain = guard.val_gain = paired_difference(ft_hits, head_hits)
+        guard.evidence = f"{len(ft_hits)} val images"
+    said = f"fine-tuned val_accuracy {ft_acc:.3f}, head-only {head_acc:.3f}"
+    said += _gain_words(guard.gain)
+    if ft_acc < head_acc or (ft_acc == head_acc and ft_loss > head_loss):
         guard.kept = "head"
-        log(
-            f"fine_tune: GUARD: fine-tuned val_accuracy {ft_acc:.3f} < head-only {head_acc:.3f}; "
-            "keeping the head-only weights",
-            level="warn",
-        )
+        log(f"fine_tune: GUARD: {said}; keeping the head-only weights", level="warn")
+    else:
+        log(f"fine_tune: guard: {said}; fine_tune.guard_rule: better keeps the fine-tuned model")
     return guard
+
+
+def _gain_words(gain: dict | None) -> str:
+    """`, paired gain +0.017 [-0.006, +0.041]`, or nothing without a paired gain."""
+    if not gain:
+        return ""
+    return f", paired gain {gain['difference']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]"
 
 
 def _guard_beyond_noise(ft_hits, head_hits, folds_of, level: float) -> _Guard:

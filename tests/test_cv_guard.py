@@ -165,3 +165,25 @@ def test_beyond_noise_keeps_fine_tuning_above_its_one_sided_bound():
     assert strict.gain["bound"] <= 0 < usual.gain["bound"]
     assert (strict.kept, usual.kept) == ("head", "fine_tuned")
     assert usual.gain["bound_level"] == 0.9 and usual.gain["low"] == strict.gain["low"]
+
+
+def test_better_keeps_the_higher_val_score_and_records_its_paired_gain():
+    from graft.components.report import _guard_html
+    from graft.components.train import _guard_better
+
+    # val +0.017 on 642 images (flowers' shape): inside the noise, and the higher score
+    head = np.array([1] * 30 + [0] * 41 + [1] * 428 + [0] * 143)
+    tuned = np.array([0] * 30 + [1] * 41 + [1] * 428 + [0] * 143)
+    up = _guard_better((head.mean(), 0.8, head), (tuned.mean(), 0.9, tuned))
+    assert up.kept == "fine_tuned" and up.gain["difference"] == pytest.approx(11 / 642)
+    assert up.gain["low"] < 0 < up.gain["high"] and "bound" not in up.gain
+    down = _guard_better((tuned.mean(), 0.8, tuned), (head.mean(), 0.7, head))
+    assert down.kept == "head" and down.gain["difference"] == pytest.approx(-11 / 642)
+    # a tie: the lower val loss decides
+    assert _guard_better((0.5, 0.7, head), (0.5, 0.8, head)).kept == "head"
+    assert _guard_better((0.5, 0.8, head), (0.5, 0.7, head)).kept == "fine_tuned"
+    said = str(_guard_html({"guard": "accepted", "val_gain": up.gain, "gain_evidence": "642"}))
+    assert "did at least as well as the head on val, gain +0.017" in said
+    assert "inside the noise or not" in said and "beyond the noise" not in said
+    said = str(_guard_html({"guard": "kept_head", "val_gain": down.gain}))
+    assert "fine-tuning did worse on val (gain -0.017" in said and "not beyond" not in said
