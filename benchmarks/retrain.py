@@ -260,6 +260,15 @@ def main() -> dict:
         drift_same_min_p={
             k: min(r.metrics[k]["p_value"] for r in same if k in r.metrics) for k in same[0].metrics
         },
+        # every same-distribution p-value, sorted: a permutation p-value is uniform under the
+        # null, so a lone flag among evenly spread p-values is chance, small ones a mismatch
+        drift_same_p={
+            k: sorted(round(r.metrics[k]["p_value"], 4) for r in same if k in r.metrics)
+            for k in same[0].metrics
+        },
+        drift_same_flagged_by=[
+            [k for k, m in r.metrics.items() if m["flagged"]] for r in same if r.flagged
+        ],
         drift_shifted={
             k: {"flagged": r.flagged, "measures": measures(r)} for k, r in shifted.items()
         },
