@@ -84,7 +84,7 @@ def test_large_and_similar_fine_tunes_the_top_stage():
     o = p.overrides
     assert o["fine_tune.enabled"] is True
     assert o["fine_tune.unfreeze.from_layer"] == STARTS[-1]
-    assert o["fine_tune.guard_rule"] == "better"  # the higher val score ships
+    assert o["fine_tune.guard_rule"] == "beyond_noise"
     assert 2 <= o["fine_tune.epochs"] <= 8
     assert o["fine_tune.max_minutes"] <= 60
     # the whole cosine schedule runs (no early stop part-way), the best val-loss epoch kept
