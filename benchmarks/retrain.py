@@ -20,7 +20,8 @@ reingest_ratio: run 2's ingest step seconds / run 1's (both inside the same runn
 second_run_ratio: run 2's pipeline seconds / run 1's, with both test accuracies, their 95%
 Wilson intervals and test sizes; run2_reuse: what run 2's base and served model ran over.
 The figures measured before at small scale (MobileNet v1 alpha 0.25, 128 px) stay in the
-result under `small_scale`.
+result under `small_scale`, and the last run whose 20 same-distribution checks were halves of
+one held-back draw under `single_draw`.
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ def _reuse(run: dict, forward: int) -> dict:
     }
 
 
+def _single_draw() -> dict | None:
+    """The stored run whose 20 same-distribution checks were halves of one held-back draw."""
+    try:
+        return json.loads((RESULTS / "retrain.json").read_text()).get("single_draw")
+    except (OSError, ValueError):
+        return None
+
+
 def _small_scale() -> dict | None:
     """The figures measured before at small scale (MobileNet v1 alpha 0.25, 128 px)."""
     try:
@@ -177,13 +186,16 @@ def _drift_check(cfg, run1: dict, old, batch_files, work: Path, store, *, seed=0
     )
 
 
-def _halves(cfg, run1: dict, old, held, work: Path, store, seed: int) -> list:
-    """HALVES same-distribution checks: each a random half of `held`, drawn with `seed`."""
+def _halves(cfg, run1: dict, old, held, work: Path, store, draw: int) -> list:
+    """HALVES same-distribution checks: each a random half of `held` (the halves drawn with
+    seed draw + 1, each check seeded apart: draw 0's are the first HALVES of the one-draw
+    bench's)."""
     out = []
-    rng = random.Random(seed)
+    rng = random.Random(draw + 1)
     for i in range(HALVES):
         batch = rng.sample(held, len(held) // 2)
-        out.append(_drift_check(cfg, run1, old, batch, work / f"same{i}", store, seed=i + 1))
+        seed = draw * HALVES + i + 1
+        out.append(_drift_check(cfg, run1, old, batch, work / f"same{i}", store, seed=seed))
         shutil.rmtree(work / f"same{i}")
     return out
 
@@ -204,7 +216,7 @@ def _other_draws(files: list[Path], tmp: Path, real: bool, store: Path) -> list:
         cfg = parse_config(raw)
         run1 = run_pipeline(cfg, run_id=f"draw{d}")
         assert run1["steps"]["push"]["summary"].get("pushed"), run1["steps"]["push"]
-        out += _halves(cfg, run1, old, held, work, store, seed=d + 1)
+        out += _halves(cfg, run1, old, held, work, store, draw=d)
         shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -235,7 +247,7 @@ def main() -> dict:
     # production, drift reads what the runs stored; what it adds, run 2 does not see
     store = tmp / "drift-features"
     shutil.copytree(cfg.features.store, store)
-    same = _halves(cfg, run1, old, held, tmp / "drift", store, seed=1)
+    same = _halves(cfg, run1, old, held, tmp / "drift", store, draw=0)
     shifted = {
         "gray_blur": _drift_check(
             cfg, run1, old, held, tmp / "drift" / "gray_blur", store, transform="gray_blur",
@@ -349,6 +361,7 @@ def main() -> dict:
         ),
         date_time=time.strftime("%Y-%m-%d %H:%M"),
         small_scale=_small_scale(),
+        single_draw=_single_draw(),
     )
     shutil.rmtree(tmp, ignore_errors=True)
     return row

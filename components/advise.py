@@ -435,8 +435,9 @@ def _fine_tune_settings(
         "fine_tune.patience": epochs,
         "fine_tune.augment": True,
         "fine_tune.guard": True,
-        # not "better" (the higher val score): on 2026-12-07 it shipped a chest_xray
-        # fine-tuning at val +0.006 that scored 0.009 below its head on test (docs/recipes.md)
+        # not "better" (the higher val score): tried on 2026-12-07, it shipped a chest_xray
+        # fine-tuning at val +0.006 that scored below its head on test, paired -0.009
+        # [-0.022, +0.004] (one run; docs/recipes.md)
         "fine_tune.guard_rule": "beyond_noise",
         "fine_tune.max_minutes": round(max(left - find_s, epoch_s * 2) / 60, 2),
     }

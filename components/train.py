@@ -1130,13 +1130,14 @@ def fine_tune(
 
 @dataclass
 class _Guard:
-    """The guard's decision: the model kept, and the paired gain it judged on (beyond_noise)."""
+    """The guard's decision: the model kept, and the paired gain (beyond_noise: judged on it;
+    better: recorded beside the point estimate it decides by)."""
 
     kept: str = "fine_tuned"
     gain: dict | None = None  # on the evidence below: k folds + val, or val alone
     val_gain: dict | None = None  # on val alone
     folds: dict | None = None
-    evidence: str | None = None  # what the gain was measured on (beyond_noise only)
+    evidence: str | None = None  # what the gain was measured on
 
 
 def _fine_tune(run: _TuneRun, extra_callbacks, skip_reason, refit_reason) -> StageResult:

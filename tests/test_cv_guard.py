@@ -182,8 +182,13 @@ def test_better_keeps_the_higher_val_score_and_records_its_paired_gain():
     # a tie: the lower val loss decides
     assert _guard_better((0.5, 0.7, head), (0.5, 0.8, head)).kept == "head"
     assert _guard_better((0.5, 0.8, head), (0.5, 0.7, head)).kept == "fine_tuned"
-    said = str(_guard_html({"guard": "accepted", "val_gain": up.gain, "gain_evidence": "642"}))
+    better = {"guard_rule": "better", "gain_evidence": "642"}
+    said = str(_guard_html({"guard": "accepted", "val_gain": up.gain, **better}))
     assert "did at least as well as the head on val, gain +0.017" in said
     assert "inside the noise or not" in said and "beyond the noise" not in said
-    said = str(_guard_html({"guard": "kept_head", "val_gain": down.gain}))
+    said = str(_guard_html({"guard": "kept_head", "val_gain": down.gain, **better}))
     assert "fine-tuning did worse on val (gain -0.017" in said and "not beyond" not in said
+    # a record from before guard_rule was written, without a bound: only beyond_noise recorded
+    # a gain then, so it reads as judged against the bar
+    said = str(_guard_html({"guard": "kept_head", "val_gain": dict(up.gain)}))
+    assert "is not beyond the noise" in said and "did worse" not in said
