@@ -114,20 +114,16 @@ def _reuse(run: dict, forward: int) -> dict:
     }
 
 
-def _single_draw() -> dict | None:
-    """The stored run whose 20 same-distribution checks were halves of one held-back draw."""
+def _stored() -> dict:
+    """The stored result (results/retrain.json), or {} when there is none to read."""
     try:
-        return json.loads((RESULTS / "retrain.json").read_text()).get("single_draw")
+        return json.loads((RESULTS / "retrain.json").read_text())
     except (OSError, ValueError):
-        return None
+        return {}
 
 
-def _small_scale() -> dict | None:
+def _small_scale(old: dict) -> dict | None:
     """The figures measured before at small scale (MobileNet v1 alpha 0.25, 128 px)."""
-    try:
-        old = json.loads((RESULTS / "retrain.json").read_text())
-    except (OSError, ValueError):
-        return None
     if "small_scale" in old:
         return old["small_scale"]
     if "MobileNet v1 alpha 0.25" not in old.get("setup", ""):
@@ -226,6 +222,7 @@ def main() -> dict:
     from graft.core.config import parse_config
     from graft.pipeline.runner import run_pipeline
 
+    stored = _stored()  # read before this run writes its own
     tmp = Path(tempfile.mkdtemp(prefix="graft-retrain-"))
     real = FLOWERS.is_dir() and WEIGHTS.is_file()
     if real:
@@ -360,8 +357,9 @@ def main() -> dict:
             + (", and as many chest X-rays filed under the flower classes" if XRAY.is_dir() else "")
         ),
         date_time=time.strftime("%Y-%m-%d %H:%M"),
-        small_scale=_small_scale(),
-        single_draw=_single_draw(),
+        small_scale=_small_scale(stored),
+        # the stored run whose 20 same-distribution checks were halves of one held-back draw
+        single_draw=stored.get("single_draw"),
     )
     shutil.rmtree(tmp, ignore_errors=True)
     return row

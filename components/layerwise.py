@@ -317,8 +317,9 @@ def range_test(
         batch's extra time (tracing the step).
     """
     weights = [v.numpy() for v in model.variables]
-    growth = (high / low) ** (1 / max(1, steps - 1))
-    rate = keras.optimizers.schedules.ExponentialDecay(low, decay_steps=1, decay_rate=growth)
+    rate = keras.optimizers.schedules.ExponentialDecay(
+        low, decay_steps=1, decay_rate=_growth(steps, low, high)
+    )
     with strategy.scope() if strategy is not None else nullcontext():
         gmodel.compile_for_fit(
             model, make_optimizer(optimizer, rate, momentum, OPTIMIZERS), metrics=False, jit=jit
@@ -374,8 +375,13 @@ def planned_rates(steps: int, low: float = 1e-7, high: float = 1e-1) -> list[flo
     Returns:
         The `steps` planned rates.
     """
-    growth = (high / low) ** (1 / max(1, steps - 1))
+    growth = _growth(steps, low, high)
     return [low * growth**k for k in range(steps)]
+
+
+def _growth(steps: int, low: float, high: float) -> float:
+    """The range test's rate factor per batch: low to high over `steps` batches."""
+    return (high / low) ** (1 / max(1, steps - 1))
 
 
 def on_grid(rates: list[float], losses: list[float], planned: list[float]) -> list:
