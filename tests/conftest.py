@@ -7,13 +7,6 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_HOME", str(Path(__file__).parent / ".keras-empty"))  # never download
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # make test runs one worker per core: TF's default of a thread per core in every process
-    # (the workers and the runs they spawn) oversubscribes the cores. One intra-op thread per
-    # process measured 17-20% less wall on three training/serving files (2 cores, interleaved).
-    for _var, _n in (("TF_NUM_INTRAOP_THREADS", 1), ("TF_NUM_INTEROP_THREADS", 2)):
-        os.environ.setdefault(_var, str(_n))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
