@@ -134,6 +134,10 @@ def load_model(path: str) -> keras.Model:
     Returns:
         The Keras model.
     """
+    # Graft's own layers (BackbonePreprocess) register on import: a caller that loads before
+    # anything imported them would get "Could not locate class"
+    from graft.components import model as _registers_layers  # noqa: F401
+
     return keras.models.load_model(path, compile=False)
 
 

@@ -553,3 +553,26 @@ def test_the_epochs_that_fit_come_from_measured_batches_and_the_validation_pass(
     assert epochs_that_fit(8.2, 0.8, 163, 19.0) == 3
     assert epochs_that_fit(8.2, 0.3, 163, 10.0) == 8  # faster batches: more
     assert epochs_that_fit(0.5, 0.8, 163, 19.0) == 1  # never none: the budget stops it
+
+
+def test_a_saved_model_loads_in_a_process_that_imported_only_fitting(tmp_path):
+    """load_model registers Graft's own layers itself: a process (a served-model scorer, a
+    user's script) that imports nothing else of Graft still loads a saved model."""
+    import subprocess
+    import sys
+
+    model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}),
+                               HeadConfig(), 3, 32)  # fmt: skip
+    model.save(tmp_path / "model.keras")
+    code = (
+        "import sys; from graft.components.fitting import load_model; "
+        "print(type(load_model(sys.argv[1]).get_layer('preprocess')).__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "model.keras")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "BackbonePreprocess"
