@@ -166,6 +166,9 @@ def run_one(dataset: str, recipe: str, work: Path, lock: str = "") -> list[dict]
         "image_size": run["config"]["data"]["image_size"]
         if recipe != "auto"
         else advice["overrides"].get("data.image_size"),
+        # each row its own: rows from several runs, days and machines share the file
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
     }
     if recipe != "manual":
         row["vs_manual"] = paired_vs_manual(dataset, work, Path(steps["evaluate"]["output"]))

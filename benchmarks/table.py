@@ -283,8 +283,9 @@ def table(results: Path | None = None) -> str:
     for path in sorted(results.glob("*.json")):
         data = _load(path)
         name = str(data.get("name") or path.stem)
-        found = _strings(data, ("machine",))
-        machine = machines.setdefault(found[0], f"M{len(machines) + 1}") if found else "—"
+        found = dict.fromkeys(_strings(data, ("machine",)))  # a file's rows may name several
+        tags = [machines.setdefault(m, f"M{len(machines) + 1}") for m in found]
+        machine = ", ".join(tags) or "—"
         cells = [
             f"[{name}](results/{path.name})",
             figures(path.stem, data) or "—",
