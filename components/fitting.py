@@ -12,6 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from graft.components import data as gdata
+from graft.components import model as _registers_layers  # noqa: F401 (BackbonePreprocess)
 from graft.components.manifest import read_manifest
 from graft.core.config import FineTuneConfig
 
@@ -134,10 +135,8 @@ def load_model(path: str) -> keras.Model:
     Returns:
         The Keras model.
     """
-    # Graft's own layers (BackbonePreprocess) register on import: a caller that loads before
-    # anything imported them would get "Could not locate class"
-    from graft.components import model as _registers_layers  # noqa: F401
-
+    # Graft's own layers registered when this module imported components.model: a process
+    # that imported nothing else of Graft would otherwise get "Could not locate class"
     return keras.models.load_model(path, compile=False)
 
 

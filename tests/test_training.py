@@ -561,8 +561,8 @@ def test_a_saved_model_loads_in_a_process_that_imported_only_fitting(tmp_path):
     import subprocess
     import sys
 
-    model = gmodel.build_model(BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25}),
-                               HeadConfig(), 3, 32)  # fmt: skip
+    base = BaseConfig(name="mobilenet", weights=None, kwargs={"alpha": 0.25})
+    model = gmodel.build_model(base, HeadConfig(), 3, 32)
     model.save(tmp_path / "model.keras")
     code = (
         "import sys; from graft.components.fitting import load_model; "
