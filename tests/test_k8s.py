@@ -186,6 +186,28 @@ def test_probes_ports_and_names_agree_with_configs_and_client():
 
 
 @needs_kustomize
+def test_ports_set_in_params_env_reach_the_pod_the_service_and_the_network_policy(tmp_path):
+    copy = tmp_path / "k8s"
+    shutil.copytree(K8S, copy)
+    env = copy / "base" / "params.env"
+    env.write_text(
+        env.read_text().replace("GRPC_PORT=8500", "GRPC_PORT=9000").replace(
+            "REST_PORT=8501", "REST_PORT=9001"
+        )
+    )
+    docs = render(copy / "overlays" / "cpu")
+    c = _deployment(docs)["spec"]["template"]["spec"]["containers"][0]
+    assert {x["name"]: x["containerPort"] for x in c["ports"]} == {"grpc": 9000, "http": 9001}
+    svc = next(d for d in docs if d["kind"] == "Service")
+    assert {x["name"]: x["port"] for x in svc["spec"]["ports"]} == {"grpc": 9000, "http": 9001}
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert [x["port"] for x in policy["spec"]["ingress"][0]["ports"]] == [9000, 9001]
+    assert "--port=$(GRPC_PORT)" in c["args"] and "--rest_api_port=$(REST_PORT)" in c["args"]
+    for d in docs:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+
+
+@needs_kustomize
 def test_cronjob_forbids_concurrency_with_least_rbac():
     docs = render(K8S / "retraining")
     cron = next(d for d in docs if d["kind"] == "CronJob")
