@@ -191,9 +191,9 @@ def test_ports_set_in_params_env_reach_the_pod_the_service_and_the_network_polic
     shutil.copytree(K8S, copy)
     env = copy / "base" / "params.env"
     env.write_text(
-        env.read_text().replace("GRPC_PORT=8500", "GRPC_PORT=9000").replace(
-            "REST_PORT=8501", "REST_PORT=9001"
-        )
+        env.read_text()
+        .replace("GRPC_PORT=8500", "GRPC_PORT=9000")
+        .replace("REST_PORT=8501", "REST_PORT=9001")
     )
     docs = render(copy / "overlays" / "cpu")
     c = _deployment(docs)["spec"]["template"]["spec"]["containers"][0]
