@@ -90,7 +90,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         choices=STEP_NAMES,
         help=f"re-run from this step on: {steps}",
     )
-    p.add_argument("--force", action="store_true", help="push even if not blessed")
+    p.add_argument("--force", action="store_true", help="export and push even if not blessed")
     p.add_argument(
         "--run-id", help="name of the run's folder under runner.run_root (default: a timestamp)"
     )
@@ -875,8 +875,9 @@ def _register_advise(sub) -> None:
     p = sub.add_parser(
         "advise",
         help="where the data sits in the size x similarity matrix, and the plan (no training)",
-        description="Ingests, validates and advises as graft train would (same template, same "
-        "flags), then prints the evidence and the plan; nothing is trained.",
+        description="Ingests, validates and advises as graft train would (same template, its "
+        "data and config flags; not its run flags), then prints the evidence and the plan; "
+        "nothing is trained.",
     )
     p.add_argument(
         "data_or_config",
