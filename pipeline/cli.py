@@ -376,9 +376,10 @@ def cmd_step(args) -> int:
     from kfp.dsl.executor import Executor
 
     from graft.pipeline import dag
-    from graft.pipeline.kfp_components import step_function
+    from graft.pipeline.kfp_components import key_function, step_function
 
-    Executor(json.loads(args.executor_input), step_function(dag.step(args.name))).execute()
+    make = key_function if args.freshness else step_function
+    Executor(json.loads(args.executor_input), make(dag.step(args.name))).execute()
     return 0
 
 
@@ -929,6 +930,11 @@ def _register_step(sub) -> None:
     p = sub.add_parser("step", help="run one step in a Kubeflow container (its entrypoint)")
     p.add_argument("name", choices=STEP_NAMES, help="the step")
     p.add_argument("--executor-input", required=True, help="kfp's executor input, as JSON")
+    p.add_argument(
+        "--freshness",
+        action="store_true",
+        help="compute the step's external key (data folder, served version) instead",
+    )
     p.set_defaults(fn=cmd_step)
 
 

@@ -10,7 +10,7 @@ import shutil
 from graft.core.config import GraftConfig
 from graft.pipeline import dag
 
-__all__ = ["PARAMETERS", "VIEWS", "resolve_config", "run_component"]
+__all__ = ["PARAMETERS", "VIEWS", "resolve_config", "run_component", "run_key"]
 
 
 # The knobs a dashboard user changes per run: typed pipeline parameters -> config keys. The
@@ -47,6 +47,24 @@ def run_component(step: dag.Step, args: dict) -> bool | None:
             VIEWS[out.view](output, out.file, args[name])
     gates = dag.gate_outputs(step)
     return bool(summary[gates[0]]) if gates else None
+
+
+def run_key(step: dag.Step, args: dict) -> str:
+    """A step's key task: what else its output depends on (the data folder, the served
+    version), computed from its config and inputs exactly as the local runner's cache does.
+
+    Args:
+        step: a step with an external_key.
+        args: the key task's arguments: the config and the step's input artifacts.
+
+    Returns:
+        The key; kfp hands it to the step as its `freshness` parameter.
+    """
+    cfg = GraftConfig.model_validate_json(args["config_json"])
+    inputs = {name: args[name].path for name in {**step.shows, **step.inputs}}
+    key = dag.external_key(step, cfg, inputs) or ""
+    print(f"{step.name}: freshness key {key}", flush=True)
+    return key
 
 
 def run(step: str, config_json: str, inputs: dict, output, tfjob_json: str = "") -> dict:

@@ -15,7 +15,7 @@ from kfp import compiler, dsl, kubernetes
 from graft.core.config import GraftConfig
 from graft.core.log import log
 from graft.pipeline import dag, tfjob
-from graft.pipeline.kfp_components import GATE_OUTPUT, make_components
+from graft.pipeline.kfp_components import FRESHNESS, GATE_OUTPUT, make_components
 from graft.pipeline.kfp_runtime import PARAMETERS
 
 __all__ = ["PARAMETERS", "build_pipeline", "compile_pipeline", "submit"]
@@ -155,6 +155,13 @@ def _add_tasks(steps: list[dag.Step], tasks: dict, comps: dict, cfg: GraftConfig
             name: tasks[src].outputs[dag.output_name(dag.step(src))]
             for name, src in {**step.shows, **step.inputs}.items()
         }
+        if step.external_key:  # never cached: the step is cached only while this key holds
+            key = comps[f"{step.name}_{FRESHNESS}"](config_json=config_json, **kwargs)
+            key.set_display_name(f"{step.name} freshness")
+            key.set_caching_options(enable_caching=False)
+            key.set_cpu_request("0.5").set_memory_request("512Mi").set_memory_limit("1Gi")
+            key.set_retry(num_retries=2, backoff_duration="30s", backoff_factor=2.0)
+            kwargs[FRESHNESS] = key.output
         if launches_tfjob(step, cfg):
             kwargs["tfjob_json"] = json.dumps(tfjob.manifest(cfg, step), sort_keys=True)
         tasks[step.name] = comps[step.name](config_json=config_json, **kwargs)

@@ -48,7 +48,8 @@ def _containers(spec):
 def test_step_list_equals_local_runner(compiled):
     _, spec, _ = compiled
     tasks = {t.replace("-", "_") for t in _task_specs(spec) if not t.startswith("condition")}
-    assert tasks == set(dag.STEP_NAMES) | {"resolve_config"}
+    fresh = {f"{s.name}_freshness" for s in dag.STEPS if s.external_key}
+    assert tasks == set(dag.STEP_NAMES) | {"resolve_config"} | fresh
     deps = {
         name.replace("-", "_"): {d.replace("-", "_") for d in t.get("dependentTasks", [])}
         for name, t in _task_specs(spec).items()
@@ -57,7 +58,9 @@ def test_step_list_equals_local_runner(compiled):
     for s in dag.STEPS:
         if s.when is None:  # a gated step reads its inputs through its condition's inputs
             want = set(s.inputs.values()) | set(s.shows.values()) | {"resolve_config"}
-            assert deps[s.name] == want, s.name
+            key = {f"{s.name}_freshness"} & fresh
+            assert deps[s.name] == want | key, s.name
+            assert not key or deps[f"{s.name}_freshness"] == want, s.name
 
 
 def test_pipeline_description_is_the_dag_order(compiled):
@@ -91,9 +94,11 @@ def test_resources_accelerators_on_training_steps_only(compiled):
     cfg, spec, _ = compiled
     containers = _containers(spec)
     for name, c in containers.items():
-        if name == "resolve_config":  # the run-parameter step, not a pipeline step
-            continue
         res = c.get("resources", {})
+        if name == "resolve_config" or name.endswith("_freshness"):  # small, not a step
+            assert res["cpuRequest"] == 0.5 and "accelerator" not in res, name
+            assert c["image"] == cfg.kubeflow.image
+            continue
         want = dag.resources(cfg, dag.step(name))
         assert res.get("cpuRequest") == float(want.cpu_request) and res.get("cpuLimit") == float(
             want.cpu_limit
@@ -160,8 +165,15 @@ def test_caching_retries_and_if_gate(compiled):
         if name.startswith("condition"):
             continue
         step = name.replace("-", "_")
-        assert t["cachingOptions"].get("enableCache", False) == (step != "push"), name
+        fresh = step.endswith("_freshness")  # a step's external key: computed every run
+        assert t["cachingOptions"].get("enableCache", False) == (step != "push" and not fresh)
         assert t["retryPolicy"]["maxRetryCount"] >= 1, name
+    for s in dag.STEPS:  # a step that reads the data folder or the served version is cached
+        # only under the key its freshness task computed this run (kfp keys on parameters)
+        fed = tasks[s.name.replace("_", "-")]["inputs"]["parameters"].get("freshness")
+        assert (fed is not None) == (s.external_key is not None), s.name
+        if fed:
+            assert fed["taskOutputParameter"]["producerTask"] == f"{s.name}-freshness"
     cond = next(t for n, t in spec["root"]["dag"]["tasks"].items() if n.startswith("condition"))
     (when,) = {s.when for s in dag.STEPS if s.when}  # one gate: evaluate's blessing
     assert cond["triggerPolicy"]["condition"] == (
@@ -184,6 +196,7 @@ def test_components_are_generated_from_the_dag(compiled):
             want = dag.step(src).artifact[dag.output_name(dag.step(src))].type
             assert inputs["artifacts"][name]["artifactType"]["schemaTitle"] == f"system.{want}"
         params = {"config_json"} | ({"tfjob_json"} if s.distributed else set())
+        params |= {"freshness"} if s.external_key else set()
         assert set(inputs["parameters"]) == params, s.name
         assert {n: a["artifactType"]["schemaTitle"] for n, a in outputs["artifacts"].items()} == {
             n: f"system.{o.type}" for n, o in s.artifact.items()
@@ -193,6 +206,13 @@ def test_components_are_generated_from_the_dag(compiled):
         container = execs[comp["executorLabel"]]["container"]
         assert container["command"] == ["graft", "step", s.name]
         assert container["args"] == ["--executor-input", "{{$}}"]
+        if s.external_key:  # its key task reads the same inputs and returns the key
+            key = spec["components"][f"comp-{s.name.replace('_', '-')}-freshness"]
+            assert set(key["inputDefinitions"].get("artifacts", {})) == set(s.inputs) | set(s.shows)
+            assert key["outputDefinitions"]["parameters"]["Output"]["parameterType"] == "STRING"
+            container = execs[key["executorLabel"]]["container"]
+            assert container["command"] == ["graft", "step", s.name, "--freshness"]
+    assert {s.name for s in dag.STEPS if s.external_key} == {"ingest", "drift", "evaluate"}
     assert dag.gate_outputs(dag.step("evaluate")) == ["blessed"]
 
 
@@ -316,6 +336,16 @@ def test_pipeline_runs_under_kfp_local(tiny_data, tmp_path, monkeypatch):
     (version,) = glob.glob(os.path.join(run_dir, "export", "exported", "tiny", "*"))
     assert os.path.isfile(os.path.join(version, "saved_model.pb"))
     assert os.path.basename(pushed["destination"]) == os.path.basename(version)
+    # the freshness tasks computed the local runner's keys: the data folder's fingerprint, and
+    # no served version yet (evaluate's, before this run pushed)
+    from graft.components.ingest import source_fingerprint
+
+    def key(task):
+        out = json.load(open(os.path.join(run_dir, task, "executor_output.json")))
+        return out["parameterValues"]["Output"]
+
+    assert key("ingest-freshness") == source_fingerprint(cfg.data)
+    assert key("drift-freshness") == key("evaluate-freshness") == "None"
 
 
 @pytest.mark.slow
