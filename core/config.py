@@ -1003,8 +1003,9 @@ def load_config(
     """YAML file (or none) + `--set` overrides -> a validated GraftConfig.
 
     The keys the user gave (the file's, unless it is Graft's own `template`, and every `--set`)
-    go to `advise.keep`, so that `recipe: auto` plans around them, unless the file or --set
-    lists `advise.keep` itself (a run's written config.yaml does).
+    go to `advise.keep`, so that `recipe: auto` plans around them. A file that lists
+    `advise.keep` itself (a run's written config.yaml does) keeps its list, with every `--set`
+    key added; a `--set advise.keep=[...]` is taken as given.
 
     Args:
         path: the YAML file; None for the defaults alone.
@@ -1029,11 +1030,14 @@ def load_config(
         if not template:
             given += leaf_keys(loaded)
     apply_overrides(raw, overrides or [])
-    given += [o.split("=", 1)[0].strip() for o in overrides or []]
+    flags = [o.split("=", 1)[0].strip() for o in overrides or []]
     advise = raw.setdefault("advise", {}) if isinstance(raw.get("advise", {}), dict) else {}
-    if "advise.keep" not in given and isinstance(advise, dict):
-        mine = {k for k in given if k.split(".")[0] not in ("advise", "recipe")}
-        advise["keep"] = sorted(mine)
+    if "advise.keep" not in flags and isinstance(advise, dict):
+        if "advise.keep" in given and isinstance(advise.get("keep"), list):
+            given = [*advise["keep"], *flags]  # the file's list, and what --set changed
+        else:
+            given += flags
+        advise["keep"] = sorted({k for k in given if k.split(".")[0] not in ("advise", "recipe")})
     return parse_config(raw, path)
 
 

@@ -170,6 +170,10 @@ def resolve_config(config_json: str, parameters: dict) -> str:
     parameters applied (validated here, so a bad value fails this first, cheap step with the
     key named).
 
+    A parameter changed from the compiled config's value joins `advise.keep`, so that under
+    `recipe: auto` the plan keeps it (and says what it would have chosen) instead of replacing
+    it; a parameter left at its default is not the user's setting.
+
     Args:
         config_json: the config compiled into the pipeline, as JSON.
         parameters: the run's parameters (PARAMETERS), None where not given.
@@ -180,9 +184,16 @@ def resolve_config(config_json: str, parameters: dict) -> str:
     from graft.core.config import apply_overrides, parse_config
 
     raw = json.loads(config_json)
-    overrides = [
-        f"{PARAMETERS[name]}={json.dumps(v)}"
+    compiled = dag.section_values(parse_config(raw), tuple(PARAMETERS.values()))
+    given = {
+        PARAMETERS[name]: v
         for name, v in sorted(parameters.items())
         if v != ""  # empty: keep the compiled config's value
-    ]
-    return json.dumps(parse_config(apply_overrides(raw, overrides)).to_dict(), sort_keys=True)
+    }
+    changed = sorted(k for k, v in given.items() if v != compiled[k])
+    overrides = [f"{k}={json.dumps(v)}" for k, v in given.items()]
+    cfg = parse_config(apply_overrides(raw, overrides))
+    keep = sorted(set(cfg.advise.keep) | {k for k in changed if k != "recipe"})
+    if keep != list(cfg.advise.keep):
+        cfg = parse_config(apply_overrides(cfg.to_dict(), [f"advise.keep={json.dumps(keep)}"]))
+    return json.dumps(cfg.to_dict(), sort_keys=True)

@@ -18,7 +18,13 @@ from graft.pipeline import dag, tfjob
 from graft.pipeline.kfp_components import FRESHNESS, GATE_OUTPUT, make_components
 from graft.pipeline.kfp_runtime import PARAMETERS
 
-__all__ = ["PARAMETERS", "build_pipeline", "compile_pipeline", "submit"]
+__all__ = [
+    "PARAMETERS",
+    "build_pipeline",
+    "compile_pipeline",
+    "parameter_defaults",
+    "submit",
+]
 
 
 # the task that creates a TFJob and waits for it: no GPU, little CPU
@@ -62,6 +68,14 @@ def _configure(task, step: dag.Step, cfg: GraftConfig) -> None:
 
 
 def parameter_defaults(cfg: GraftConfig) -> dict:
+    """The run parameters' defaults: the compiled config's values ("" where it has none).
+
+    Args:
+        cfg: the config compiled in.
+
+    Returns:
+        Parameter name -> default.
+    """
     values = dag.section_values(cfg, tuple(PARAMETERS.values()))
     return {
         name: values[key] if values[key] is not None else "" for name, key in PARAMETERS.items()

@@ -216,6 +216,24 @@ def test_components_are_generated_from_the_dag(compiled):
     assert dag.gate_outputs(dag.step("evaluate")) == ["blessed"]
 
 
+def test_a_dashboard_parameter_changed_from_the_compiled_config_is_kept_over_advise():
+    """Under recipe auto a changed run parameter is the user's setting (advise.keep); one left at
+    its compiled default is not, and advise may plan it."""
+    from graft.pipeline.kfp_runtime import PARAMETERS, resolve_config
+    from graft.pipeline.kubeflow import parameter_defaults
+
+    cfg = parse_config({"recipe": "auto", "data": {"path": "/data"}, "advise": {"keep": []}})
+    compiled = json.dumps(cfg.to_dict())
+    params = parameter_defaults(cfg)
+    assert set(params) == set(PARAMETERS)
+    same = parse_config(json.loads(resolve_config(compiled, params)))
+    assert same.advise.keep == [] and same == cfg
+    params |= {"train_head_epochs": 7, "fine_tune_learning_rate": 3e-5}
+    changed = parse_config(json.loads(resolve_config(compiled, params)))
+    assert changed.advise.keep == ["fine_tune.learning_rate", "train_head.epochs"]
+    assert changed.train_head.epochs == 7 and changed.fine_tune.learning_rate == 3e-5
+
+
 def test_every_declared_view_has_a_filler():
     from graft.pipeline.kfp_runtime import VIEWS
 

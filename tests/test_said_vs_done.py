@@ -103,6 +103,10 @@ def test_written_config_lists_what_the_user_set(tmp_path):
     assert load_config(listed).advise.keep == ["data.path", "fine_tune.epochs"]
     explicit = {**yaml.safe_load(f.read_text()), "advise": {"keep": []}}
     assert load_config(_write(tmp_path / "explicit.yaml", explicit)).advise.keep == []
+    # a written config.yaml lists advise.keep: a --set on it re-running is still the user's
+    rerun = load_config(_write(tmp_path / "written.yaml", explicit), ["train_head.epochs=5"])
+    assert rerun.advise.keep == ["train_head.epochs"] and rerun.train_head.epochs == 5
+    assert load_config(f, ["advise.keep=[]", "head.dropout=0.3"]).advise.keep == []  # as given
     with pytest.raises(ConfigError, match="advise.keep: 'train_head.epoch' is not a config key"):
         load_config(f, ["advise.keep=[train_head.epoch]"])
     assert os.path.exists(f)
