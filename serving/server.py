@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import signal
 import socket
 import ssl
@@ -72,16 +73,50 @@ def _guard(context, fn):
         context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
 
 
+# a TensorProto's typed value lists (tensor_content aside): one holds the values
+_VALUE_FIELDS = (
+    "half_val",
+    "float_val",
+    "double_val",
+    "int_val",
+    "int64_val",
+    "bool_val",
+    "string_val",
+    "uint32_val",
+    "uint64_val",
+)
+
+
+def _carried(proto) -> int | None:
+    """How many values the TensorProto carries (None: a dtype this check does not size)."""
+    if not proto.tensor_content:
+        return max(len(getattr(proto, f)) for f in _VALUE_FIELDS)
+    try:
+        return len(proto.tensor_content) // tf.dtypes.as_dtype(proto.dtype).size
+    except (TypeError, ValueError):
+        return None
+
+
 def _ndarray(name: str, proto) -> np.ndarray:
-    """TensorProto -> numpy; image bytes take a direct path (make_ndarray is generic and slow)."""
+    """TensorProto -> numpy; image bytes take a direct path (make_ndarray is generic and slow).
+
+    The shape must match the values carried: make_ndarray would repeat the last value to fill
+    a larger shape, so a request of a few bytes could make the server allocate gigabytes
+    before any limit is checked (TF Serving fills it; Graft's server refuses)."""
     dims = [d.size for d in proto.tensor_shape.dim]
-    if (
-        proto.dtype == types_pb2.DT_STRING
-        and not proto.tensor_content
-        and dims
-        and min(dims) >= 0
-        and int(np.prod(dims)) == len(proto.string_val)
-    ):
+    if any(d < 0 for d in dims):
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"input '{name}' has a negative dimension: {dims}"
+        )
+    declared = math.prod(dims)  # Python ints: no overflow
+    carried = _carried(proto)
+    if carried is not None and declared != carried:
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"input '{name}' has shape {dims} ({declared} values) but carries {carried}; send "
+            "every value (a shorter list is not expanded)",
+        )
+    if proto.dtype == types_pb2.DT_STRING and not proto.tensor_content and dims:
         return np.array(list(proto.string_val), dtype=object).reshape(dims)
     try:
         return tf.make_ndarray(proto)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
+from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
 from graft.components import data as gdata
@@ -98,6 +99,13 @@ def _request(inputs: dict, name="tiny", version=None, signature="serving_default
     return req
 
 
+def _declared(dtype, dims, **values):
+    """A TensorProto whose shape says more values than it carries."""
+    proto = tensor_pb2.TensorProto(dtype=dtype, **values)
+    proto.tensor_shape.dim.extend(tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims)
+    return proto
+
+
 def _png(w, h) -> bytes:
     buf = io.BytesIO()
     Image.new("L", (w, h)).save(buf, format="PNG")
@@ -135,6 +143,23 @@ def test_abuse_gets_right_codes_and_server_keeps_serving(served):
         "over the size limit": (
             _request({"image_bytes": _string_tensor([os.urandom(5 * 1024 * 1024)])}),
             grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+        # a shape larger than the values carried: never expanded (a few bytes asking for
+        # gigabytes), and dims whose product overflows int64 are named, not an INTERNAL error
+        "a billion strings declared, one sent": (
+            _request({"image_bytes": _declared(types_pb2.DT_STRING, [10**9], string_val=[b"x"])}),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "20000x20000 pixels declared, one sent": (
+            _request(
+                {"pixels": _declared(types_pb2.DT_FLOAT, [1, 20000, 20000, 3], float_val=[0.0])},
+                signature="predict_pixels",
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        "dims overflowing int64": (
+            _request({"image_bytes": _declared(types_pb2.DT_STRING, [2**32, 2**32])}),
+            grpc.StatusCode.INVALID_ARGUMENT,
         ),
         "unknown model": (
             _request({"image_bytes": _string_tensor(blobs[:1])}, name="nope"),
