@@ -72,6 +72,8 @@ class EvaluationResult:
     # per model, how its test scores were computed: the whole model, the head on stored
     # features, or the served model's stored scores (seeded, stored, computed)
     scoring: dict = field(default_factory=dict)
+    # False under evaluate.compare_baseline: false (nothing served was looked at)
+    baseline_compared: bool = True
 
 
 def metrics_from_probs(
@@ -626,6 +628,8 @@ def bless(
             reasons.append(
                 f"{delta:+.4f} vs baseline accuracy {baseline['accuracy']:.4f}: within thresholds"
             )
+    elif not cfg.compare_baseline:
+        reasons.append("not compared with the served model (evaluate.compare_baseline: false)")
     else:
         reasons.append("no baseline at the push destination: first model")
     return ok, reasons
@@ -793,6 +797,7 @@ def evaluate(
         scoring=scoring,
         shipped=(guard or {}).get("shipped"),
         refit=refit,
+        baseline_compared=cfg.compare_baseline,
     )
     histories = {"head": read_history(head_dir), "fine_tune": read_history(model_dir)}
     plots = _plots(out_dir, asdict(res), labels, histories)

@@ -215,6 +215,8 @@ def _baseline_text(baseline: dict | None) -> str:
     """The served version this model was compared with, for the card."""
     if baseline is None:
         return "none (first model at the destination)"
+    if baseline.get("off"):
+        return f"not compared ({baseline['off']})"
     accuracy = baseline.get("accuracy")
     return f"version {baseline['version']}" + (f", accuracy {accuracy[0]:.4f}" if accuracy else "")
 

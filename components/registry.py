@@ -570,7 +570,9 @@ def build_lineage(
     kept = ("balanced_accuracy", "macro_f1", "log_loss", "ece")
     metrics.update({k: cand[k] for k in kept if k in cand})
     baseline = None
-    if evaluation.get("baseline_version") is not None:
+    if evaluation.get("baseline_compared") is False:
+        baseline = {"version": None, "compared": False, "off": "evaluate.compare_baseline: false"}
+    elif evaluation.get("baseline_version") is not None:
         comparison = (evaluation.get("comparisons") or {}).get("candidate - served baseline")
         baseline = {
             "version": evaluation["baseline_version"],

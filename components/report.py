@@ -210,6 +210,8 @@ def _per_class_view(res: dict, labels: list[str]) -> dict:
 
 
 def _baseline_note(res: dict) -> str:
+    if res.get("baseline_compared") is False:
+        return "Not compared with the served model (evaluate.compare_baseline: false)."
     if res.get("baseline"):
         return f"Served baseline: version {res.get('baseline_version')}."
     if res.get("baseline_version"):

@@ -316,6 +316,12 @@ def _route(path: str) -> tuple[str, int | None, str | None, list[str]]:
         if version is None:
             raise _bad(f"bad version '{tail[1]}': a version is a number from 1 to 2**63-1")
         tail = tail[2:]
+    if tail[:1] == ["labels"]:  # as gRPC: a label would otherwise be answered by the newest
+        raise _bad("version labels are not supported; use /versions/N")
+    if tail not in ([], ["metadata"]):
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"unknown path {path}")
+    if tail and verb is not None:
+        raise _bad(f"unsupported verb ':{verb}' on metadata")
     return name, version, verb, tail
 
 

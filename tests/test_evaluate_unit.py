@@ -34,6 +34,23 @@ def test_blessing_rules():
     assert not ok and "min_improvement" in why[-1]
 
 
+def test_a_comparison_switched_off_is_never_reported_as_a_first_model():
+    """evaluate.compare_baseline: false looks at nothing served: the blessing, the model card
+    and the report say so instead of "first model at the destination"."""
+    from graft.components.export import _baseline_text
+    from graft.components.report import _baseline_note
+
+    _, why = bless(EvaluateConfig(compare_baseline=False), {"accuracy": 0.9}, None, None)
+    assert "compare_baseline: false" in why[-1] and "first model" not in " ".join(why)
+    _, why = bless(EvaluateConfig(), {"accuracy": 0.9}, None, None)
+    assert "first model" in why[-1]
+    off = {"version": None, "compared": False, "off": "evaluate.compare_baseline: false"}
+    assert _baseline_text(off) == "not compared (evaluate.compare_baseline: false)"
+    assert "first model" in _baseline_text(None)
+    assert "compare_baseline: false" in _baseline_note({"baseline_compared": False})
+    assert "first model" in _baseline_note({})  # an evaluation.json from before the field
+
+
 def test_different_label_sets_are_never_blessed(tmp_path):
     (tmp_path / "m" / "1" / "assets").mkdir(parents=True)
     (tmp_path / "m" / "1" / "assets" / "labels.txt").write_text("cat\ndog\n")

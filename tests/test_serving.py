@@ -442,6 +442,17 @@ def test_rest_client_mistakes_get_400_saying_what_is_wrong(served):
         code, out = _post(url, body.encode())
         assert code == 400, (name, code, out)
         assert says in out["error"], (name, out)
+    # a path the API does not have is never answered by the newest version (as gRPC refuses
+    # labels): a label is a 400, a typo a 404
+    good = json.dumps({"instances": [{"image_bytes": b64}]}).encode()
+    base = f"http://127.0.0.1:{srv.rest_port}/v1/models/tiny"
+    for path, want, says in (
+        ("/labels/canary:predict", 400, "labels"),
+        ("/version/1:predict", 404, "unknown path"),
+        ("/versions/1/extra:predict", 404, "unknown path"),
+    ):
+        code, out = _post(base + path, good)
+        assert code == want and says in out["error"], (path, code, out)
     conn = http.client.HTTPConnection("127.0.0.1", srv.rest_port, timeout=30)
     conn.putrequest("POST", "/v1/models/tiny:predict")
     conn.putheader("Content-Length", "twelve")
