@@ -52,7 +52,7 @@ from graft.components.registry import (
     version_path,
     versions,
 )
-from graft.core.config import PushConfig
+from graft.core.config import ConfigError, PushConfig
 from graft.core.log import log
 from graft.core.paths import is_remote, mark_output_dir
 from graft.core.paths import join as _join
@@ -529,6 +529,8 @@ def _publish(
     entry = marker["entry"]
     if info is not None:  # the marker and the index say what it was pushed over
         entry["recheck"] = info
+        if info["outcome"].startswith("forced"):  # blessed, but pushed over a better one
+            entry["forced"] = marker["forced"] = True
         _write_marker(tmp, marker)
     version = cand.version
     existing = versions(cfg.destination, model_name)
@@ -538,7 +540,7 @@ def _publish(
     gfile.rename(tmp, final, overwrite=False)
     removed = _prune(cfg.destination, model_name, cfg.keep)
     _record(cfg.destination, model_name, {"version": version, **entry}, removed)
-    result.pushed, result.forced = True, not cand.evaluation["blessed"]
+    result.pushed, result.forced = True, bool(entry["forced"])
     result.destination, result.version = final, version
     result.files, result.removed_versions = n_files, removed
 
@@ -599,12 +601,19 @@ def rollback(
     Raises:
         registry.UnknownVersion: `to` is not in the index or its directory is gone; the
             message names the versions there are.
+        ConfigError: version `to` would not load (registry.load_problem).
         IncompleteCopy: the copy does not match version `to`; nothing is published.
     """
     root = _join(destination, model_name)
     _require_version(destination, model_name, to)
     src = version_path(destination, model_name, to)
     previous = registry.served_version(destination, model_name)
+    problem = registry.load_problem(src)
+    if problem:  # its copy would not load either: TF Serving would go on serving `previous`
+        raise ConfigError(
+            f"version {to} of {model_name} would not load ({problem}): rolling back to it would "
+            f"leave version {previous} served. `graft models list` shows each version's status"
+        )
     weights = pushed_weights_sha(destination, model_name, to)
     if previous is not None and (
         previous == to

@@ -416,6 +416,8 @@ def cmd_predict(args) -> int:
             "NAME (server)"
         )
     if args.tflite:
+        if args.version is not None:
+            raise ConfigError("graft predict: --tflite names one file; --version is not for it")
         return _predict_tflite(args)
     if not args.model_dir and not args.model_name:
         raise ConfigError(
@@ -426,7 +428,7 @@ def cmd_predict(args) -> int:
     if args.model_dir:
         from graft.serving.local import LocalPredictor
 
-        predictor = LocalPredictor(args.model_dir, batch_size=args.batch_size)
+        predictor = LocalPredictor(args.model_dir, batch_size=args.batch_size, version=args.version)
         preds = predictor.predict(images, args.top_k)
         version = f" v{predictor.version}" if predictor.version is not None else ""
         return _report_predictions(preds, args, f"{predictor.path}{version}")
@@ -987,7 +989,7 @@ def _register_predict(sub) -> None:
     )
     _add_model_name_arg(p, "model name on the server", "--model")
     p.add_argument("--server", metavar="HOST:PORT", help="gRPC endpoint (default 127.0.0.1:8500)")
-    p.add_argument("--version", type=int, help="model version on the server (default: newest)")
+    p.add_argument("--version", type=int, help="model version (default: the newest)")
     p.add_argument("--top-k", type=int, default=3, help="labels per image")
     p.add_argument("--csv", metavar="OUT", help="write the predictions to this CSV file")
     p.add_argument("--json", action="store_true", help="print one JSON line per image")

@@ -14,7 +14,7 @@ from pathlib import Path
 from graft.core.quiet import import_tensorflow_quietly
 from graft.core.versions import version_number
 
-__all__ = ["LocalPredictor", "Prediction", "print_table", "write_csv"]
+__all__ = ["LocalPredictor", "Prediction", "print_table", "write_csv", "resolve_model_dir"]
 
 
 @dataclass
@@ -31,15 +31,28 @@ def _has_model(d: Path) -> bool:
     return (d / "saved_model.pb").is_file()
 
 
-def resolve_model_dir(path: str) -> tuple[str, int | None]:
-    """A version dir (holds saved_model.pb) as it is; a model base path: its newest version.
+def resolve_model_dir(path: str, version: int | None = None) -> tuple[str, int | None]:
+    """A version dir (holds saved_model.pb) as it is; a model base path: its newest version,
+    or `version` when given.
 
-    Returns (version dir, version number or None when the dir name is not a number).
+    Args:
+        path: a SavedModel folder, or a model base path with numbered version folders.
+        version: the version to read from a base path (None: the newest).
+
+    Returns:
+        (version dir, version number or None when the dir name is not a number).
+
+    Raises:
+        FileNotFoundError: the folder or the version is not there (the message names what is).
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"model folder not found: {p}")
     if _has_model(p):
+        if version is not None and version_number(p.name) != version:
+            raise FileNotFoundError(
+                f"{p} is one SavedModel, not version {version}: give the model base path"
+            )
         return str(p), version_number(p.name)
     versions = sorted(
         (v for d in p.iterdir() if (v := version_number(d.name)) is not None and _has_model(d)),
@@ -50,15 +63,21 @@ def resolve_model_dir(path: str) -> tuple[str, int | None]:
             f"{p} is neither a SavedModel (no saved_model.pb) nor a model base path with numbered "
             "version folders (e.g. models/NAME/1/saved_model.pb)"
         )
-    return str(p / str(versions[0])), versions[0]
+    if version is None:
+        return str(p / str(versions[0])), versions[0]
+    if version not in versions:
+        raise FileNotFoundError(
+            f"no version {version} under {p}; versions: {', '.join(map(str, sorted(versions)))}"
+        )
+    return str(p / str(version)), version
 
 
 class LocalPredictor:
     """Loads the SavedModel once and predicts in batches through `serving_default`."""
 
-    def __init__(self, model_dir: str, batch_size: int = 32):
+    def __init__(self, model_dir: str, batch_size: int = 32, version: int | None = None):
         self.tf = import_tensorflow_quietly()
-        self.path, self.version = resolve_model_dir(model_dir)
+        self.path, self.version = resolve_model_dir(model_dir, version)
         self.batch_size = max(1, batch_size)
         self._fn = self.tf.saved_model.load(self.path).signatures["serving_default"]
 

@@ -24,7 +24,7 @@ from tensorflow_serving.apis.get_model_status_pb2 import ModelVersionStatus
 
 from graft.core.log import log
 from graft.core.versions import version_number, why_not_a_version
-from graft.serving.options import PILLOW_BOMB_PIXELS, Limits, ServeOptions
+from graft.serving.options import PILLOW_BOMB_PIXELS, Limits, ServeOptions, parse_policy
 
 __all__ = ["ModelManager", "ServingError", "State", "fast_callable", "over_limit"]
 
@@ -214,17 +214,6 @@ def read_signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
     with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
         sm.ParseFromString(f.read())
     return {k: v for k, v in sm.meta_graphs[0].signature_def.items() if not k.startswith("__")}
-
-
-def parse_policy(text: str) -> tuple[str, set[int]]:
-    if text in ("latest", "all"):
-        return text, set()
-    if text.startswith("specific:"):
-        try:
-            return "specific", {int(v) for v in text.split(":", 1)[1].split(",") if v}
-        except ValueError:
-            pass
-    raise ValueError(f"--version-policy must be latest, all or specific:N[,M], got '{text}'")
 
 
 class ModelManager:

@@ -12,7 +12,14 @@ from dataclasses import MISSING, dataclass, field, fields
 
 from graft.core.config import ConfigError
 
-__all__ = ["Limits", "PILLOW_BOMB_PIXELS", "ServeOptions", "add_arguments", "from_arguments"]
+__all__ = [
+    "Limits",
+    "PILLOW_BOMB_PIXELS",
+    "ServeOptions",
+    "add_arguments",
+    "from_arguments",
+    "parse_policy",
+]
 
 
 GRPC_MAX_MESSAGE_MB = (2**31 - 1) // 2**20  # gRPC's message limits are C ints: 2047 MB
@@ -117,6 +124,10 @@ class ServeOptions:
             self.load_retry_interval,
             "must be 0 or more seconds",
         )
+        try:
+            parse_policy(self.version_policy)
+        except ValueError as e:
+            out.append(str(e))
         if bool(self.ssl_cert) != bool(self.ssl_key):
             out.append("--ssl-cert and --ssl-key go together")
         if self.ssl_client_ca and not self.ssl_cert:
@@ -165,3 +176,31 @@ def from_arguments(args: argparse.Namespace) -> ServeOptions:
         The options, one per ServeOptions field.
     """
     return ServeOptions(**{f.name: getattr(args, f.name) for f in fields(ServeOptions)})
+
+
+def parse_policy(text: str) -> tuple[str, set[int]]:
+    """--version-policy: latest, all, or specific:N[,M] (at least one version, each a number
+    from 1 to 2**63-1: an empty list would load nothing and never become healthy).
+
+    Args:
+        text: the flag's value.
+
+    Returns:
+        (policy, the versions a specific policy names; empty otherwise).
+
+    Raises:
+        ValueError: anything else, naming the flag and the forms it takes.
+    """
+    if text in ("latest", "all"):
+        return text, set()
+    if text.startswith("specific:"):
+        try:
+            wanted = {int(v) for v in text.split(":", 1)[1].split(",") if v.strip()}
+        except ValueError:
+            wanted = set()
+        if wanted and all(1 <= v < 2**63 for v in wanted):
+            return "specific", wanted
+    raise ValueError(
+        f"--version-policy must be latest, all or specific:N[,M] with at least one version "
+        f"from 1 to 2**63-1, got '{text}'"
+    )

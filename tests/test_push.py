@@ -341,3 +341,9 @@ def test_a_blessing_against_a_baseline_no_longer_served_is_rechecked(pipeline_ru
     assert forced.pushed and forced.recheck["outcome"].startswith("forced")
     entry = [e for e in read_index(str(dest), "tiny") if e["version"] == forced.version][0]
     assert entry["recheck"]["served_version"] == first.version  # the index says what it beat
+    # blessed by evaluate but pushed over a better served version: forced, everywhere it is said
+    assert forced.forced and entry["forced"]
+    written = json.loads((tmp_path / "p3" / "push.json").read_text())
+    assert written["forced"] is True
+    marker = json.loads((dest / "tiny" / str(forced.version) / MARKER).read_text())
+    assert marker["forced"] is True and marker["blessed"] is True

@@ -237,6 +237,16 @@ def test_rollback_serves_a_copy_records_it_and_keeps_the_original(pipeline_run, 
         capsys, "rollback", "--destination", str(dest), "--model", "tiny", "--to", "7"
     )
     assert code == 2 and "no version 7" in err and f"{v2}" in err
+    # a version that would not load is refused: its copy would not be served either
+    broken = dest / "tiny" / str(v1 - 1)
+    shutil.copytree(dest / "tiny" / str(v1), broken)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    code, _, err = _cli(
+        capsys, "rollback", "--destination", str(dest), "--model", "tiny", "--to", str(v1 - 1)
+    )
+    assert code == 2 and "would not load" in err and f"leave version {v3} served" in err, err
+    shutil.rmtree(broken)
+    assert registry.versions(str(dest), "tiny") == [v1, v2, v3]
 
     # pushing the rolled-back model again does not make it served
     from graft.components.push import push

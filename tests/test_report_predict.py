@@ -299,3 +299,20 @@ def test_report_renders_in_headless_chromium(pipeline_run, tmp_path):
     non_white = sum(n for n, c in colours if sum(c) < 720) / (300 * 600)
     assert len(colours) > 200, f"only {len(colours)} colours: blank or unstyled page"
     assert non_white > 0.05, f"{non_white:.1%} of the page is not white"
+
+
+def test_a_local_model_dir_takes_the_version_asked_for(tmp_path):
+    """`graft predict --model-dir models/NAME --version N` reads version N, not the newest."""
+    from graft.serving.local import resolve_model_dir
+
+    for v in (3, 12):
+        (tmp_path / str(v)).mkdir()
+        (tmp_path / str(v) / "saved_model.pb").write_bytes(b"")
+    assert resolve_model_dir(str(tmp_path)) == (str(tmp_path / "12"), 12)
+    assert resolve_model_dir(str(tmp_path), 3) == (str(tmp_path / "3"), 3)
+    with pytest.raises(FileNotFoundError, match="no version 7 .*versions: 3, 12"):
+        resolve_model_dir(str(tmp_path), 7)
+    with pytest.raises(FileNotFoundError, match="not version 3"):
+        resolve_model_dir(str(tmp_path / "12"), 3)
+    r = _graft("predict", "--tflite", str(tmp_path / "m.tflite"), "--version", "3", str(tmp_path))
+    assert r.returncode == 2 and "--version is not for it" in r.stderr

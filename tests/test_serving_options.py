@@ -21,6 +21,11 @@ from graft.serving.options import ServeOptions
         (["--max-pixels", "400000000"], "decompression bombs"),
         (["--poll-seconds", "0"], "--poll-seconds 0.0: must be more than 0"),
         (["--ssl-key", "k.pem"], "--ssl-cert and --ssl-key go together"),
+        # no version at all would load nothing and never be healthy
+        (["--version-policy", "specific:"], "at least one version"),
+        (["--version-policy", "specific:,"], "at least one version"),
+        (["--version-policy", "specific:0"], "from 1 to 2**63-1"),
+        (["--version-policy", "newest"], "must be latest, all or specific"),
     ],
 )
 def test_impossible_serve_flags_are_refused_naming_the_flag(flags, says, capsys, tmp_path):
