@@ -634,6 +634,8 @@ def run_row(run: dict) -> list[str]:
     push = steps.get("push", {}).get("summary", {})
     acc = ev.get("accuracy")
     status = str(run.get("status", "?"))
+    if status == "running" and _gone(run):
+        status = "stopped"  # killed part-way: its process is no longer there
     last = next(reversed(steps), None)
     if status == "succeeded" and last and last != STEP_NAMES[-1]:
         status = f"{last} only"  # graft advise: ingest, validate, drift and advise
@@ -653,6 +655,22 @@ def run_row(run: dict) -> list[str]:
         drift_text(steps.get("drift", {}).get("summary")),
         pushed,
     ]
+
+
+def _gone(run: dict) -> bool:
+    """Whether a run.json that says running belongs to a process that is gone (this host only:
+    another host's process cannot be looked up from here)."""
+    import socket
+
+    if run.get("host") != socket.gethostname() or not isinstance(run.get("pid"), int):
+        return False
+    try:
+        os.kill(run["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def _one_model(destination: str, given: str | None) -> str:

@@ -212,7 +212,10 @@ def run_pipeline(
         "steps": state.records,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "status": "running",
+        "host": socket.gethostname(),  # with pid: `graft runs list` tells a killed run
+        "pid": os.getpid(),
     }
+    _save_run(state, run, t_run)  # listed from the start: running, or killed part-way
     outer_run_id = os.environ.get(RUN_ID_ENV)
     os.environ[RUN_ID_ENV] = run_id  # steps record it: model card and registry lineage
     try:
@@ -220,6 +223,7 @@ def run_pipeline(
             if until and dag.STEP_NAMES.index(s.name) > dag.STEP_NAMES.index(until):
                 break  # the steps after `until` are not part of this run
             _step(state, i, s)
+            _save_run(state, run, t_run)
         run["status"] = "succeeded"
     except BaseException:
         run["status"] = "failed"
@@ -247,15 +251,24 @@ def _resolved(cfg: GraftConfig, force_push: bool, root: str) -> GraftConfig:
     return cfg
 
 
+def _save_run(state: _Run, run: dict, t_run: float | None = None) -> None:
+    """run.json as the run stands (replaced whole: a reader never sees half of it)."""
+    run["steps"] = {k: vars(v) for k, v in state.records.items()}
+    if t_run is not None:
+        run["seconds"] = round(time.time() - t_run, 2)
+    path = os.path.join(state.run_dir, "run.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(run, f, indent=2, default=str)
+    os.replace(path + ".tmp", path)
+
+
 def _write_run(state: _Run, run: dict, config_file: str) -> None:
     """run.json, and advise's notes into config.yaml's header: also when a step failed."""
     records, outputs = state.records, state.outputs
-    run["steps"] = {k: vars(v) for k, v in records.items()}
     notes = dag.plan_notes({k: v for k, v in outputs.items() if records[k].status != "skipped"})
     if notes:
         write_config_file(state.cfg, config_file, notes)
-    with open(os.path.join(state.run_dir, "run.json"), "w") as f:
-        json.dump(run, f, indent=2, default=str)
+    _save_run(state, run)
 
 
 def _step(state: _Run, i: int, s: dag.Step) -> None:

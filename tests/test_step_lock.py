@@ -3,6 +3,7 @@ real processes, a real lock."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,16 @@ def test_a_second_run_waits_for_the_first_then_goes_on(tmp_path, tiny_data):
                 break
         assert f"being written by pid {holder.pid}" in seen[-1], "".join(seen)[-2000:]
         assert run.poll() is None and not os.path.exists(out)
+        # listed while it runs (run.json from its start), and as stopped once its process is gone
+        from graft.pipeline.cli import run_row
+
+        (record,) = Path(out).parents[2].glob("*/run.json")
+        live = json.loads(record.read_text())
+        assert live["status"] == "running" and live["pid"] == run.pid
+        assert run_row(live)[2] == "running"
+        dead = subprocess.Popen(["true"])
+        dead.wait()  # a pid whose process is gone, as a killed run's
+        assert run_row({**live, "pid": dead.pid})[2] == "stopped"
         holder.communicate("done\n", timeout=30)  # the first run finishes: the lock is free
         err = run.communicate(timeout=300)[1]
         assert run.returncode == 0, err[-2000:]
