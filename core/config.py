@@ -630,7 +630,8 @@ class RunnerConfig(Section):
         ge=0,
         le=7 * 24 * 3600,
         description="a step output another live run is writing: wait this long for it (then "
-        "reuse or resume it), else stop naming that process; 0 stops at once",
+        "reuse or resume it), else stop naming that process; the same for an output this run "
+        "would rewrite while another run reads it; 0 stops at once",
     )
 
 

@@ -15,6 +15,7 @@ another, which waits for it (runner.lock_wait_seconds) or stops naming that proc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -144,6 +145,43 @@ def step_lock(out: str, step: str, run_id: str, wait_seconds: float):
         with contextlib.suppress(OSError):
             os.unlink(out + ".owner.json")
         lock.release()
+
+
+READERS = ".readers"  # beside a step output: shared while a step reads it, exclusive to redo it
+
+
+@contextlib.contextmanager
+def readers_lock(out: str, step: str, shared: bool, wait_seconds: float):
+    """Hold a step output for reading (shared: a running step reads it as an input) or for
+    rewriting it (exclusive: --no-cache, --from, a step that is never cached). A rewrite waits
+    for the readers and new readers wait for the rewrite, up to wait_seconds, else StepBusy;
+    so a run never deletes an output that another live run is reading. flock: released with
+    the process, also a killed one."""
+    fd = os.open(out + READERS, os.O_CREAT | os.O_RDWR, 0o644)
+    deadline, said = time.monotonic() + max(wait_seconds, 0), False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                doing = "rewritten by another run" if shared else "read by another run"
+                if time.monotonic() >= deadline:
+                    raise StepBusy(
+                        f"{step}: {out} is being {doing} after {wait_seconds:g}s "
+                        "(runner.lock_wait_seconds); not touched"
+                    ) from None
+                if not said:
+                    log(
+                        f"{step}: {out} is being {doing}; waiting up to {wait_seconds:g}s "
+                        "(runner.lock_wait_seconds)",
+                        level="warn",
+                    )
+                    said = True
+                time.sleep(0.2)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _banner(i: int, n: int, s: dag.Step, status: str) -> None:
@@ -300,14 +338,29 @@ def _step(state: _Run, i: int, s: dag.Step) -> None:
             _banner(i, n, s, f"cached ({fp})")
             _link(state.run_dir, s.name, out)
             return
-        if os.path.exists(out) and (done or not state.use_cache or forced or not s.cacheable):
-            # re-run from scratch; an unfinished dir is kept to resume. A step that is never
-            # cached (push) never writes _SUCCESS and has nothing to resume.
-            shutil.rmtree(out)
-        elif os.path.exists(out):
-            log(f"{s.name}: found an unfinished output in {out}; resuming")
-        _banner(i, n, s, "running")
-        _execute(state, rec, s, inputs, out)
+        wait = cfg.runner.lock_wait_seconds
+        with contextlib.ExitStack() as held:
+            if os.path.exists(out) and (done or not state.use_cache or forced or not s.cacheable):
+                # re-run from scratch, once no other run reads it; an unfinished dir is kept to
+                # resume. A step that is never cached (push) never writes _SUCCESS.
+                held.enter_context(readers_lock(out, s.name, False, wait))
+                shutil.rmtree(out)
+            elif os.path.exists(out):
+                log(f"{s.name}: found an unfinished output in {out}; resuming")
+            for name, path in inputs.items():  # no run rewrites them while this step reads
+                held.enter_context(readers_lock(path, f"{s.name} ({name})", True, wait))
+                upstream = dag.step({**s.shows, **s.inputs}[name])
+                if (
+                    upstream.cacheable
+                    and os.path.isdir(path)
+                    and not os.path.exists(os.path.join(path, SUCCESS))
+                ):
+                    raise RuntimeError(
+                        f"{s.name}: its input {name} ({path}) is incomplete: the run that "
+                        "rewrote it did not finish; run again"
+                    )
+            _banner(i, n, s, "running")
+            _execute(state, rec, s, inputs, out)
         log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
 
 

@@ -102,3 +102,46 @@ def test_a_second_run_waits_for_the_first_then_goes_on(tmp_path, tiny_data):
     finally:
         holder.kill()
         holder.wait()
+
+
+READ = """
+import sys
+from graft.pipeline.runner import readers_lock
+with readers_lock(sys.argv[1], "validate (examples)", True, 0):
+    print("reading", flush=True)
+    sys.stdin.readline()  # a step of another run reads the output until the test says so
+"""
+
+
+def test_an_output_another_run_reads_is_rewritten_only_after_it(tmp_path, tiny_data):
+    """--only / --no-cache / --from re-run a step from scratch: never while a live run's step
+    reads that output (it would read a half-deleted or half-written folder)."""
+    config, out = _setup(tmp_path, tiny_data)
+    first = _graft_run(config, wait=0)
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    done = os.path.join(out, "_SUCCESS")
+    assert os.path.exists(done)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READ, out], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        refused = _graft_run(config, wait=0)  # --only ingest re-runs it from scratch
+        err = refused.communicate(timeout=300)[1]
+        assert refused.returncode == 1 and "is being read by another run" in err, err[-2000:]
+        assert os.path.exists(done)  # untouched
+        waiting = _graft_run(config, wait=120)
+        seen = []
+        for line in waiting.stderr:
+            seen.append(line)
+            if "waiting up to 120s" in line:
+                break
+        assert "being read by another run" in seen[-1], "".join(seen)[-2000:]
+        assert os.path.exists(done) and waiting.poll() is None  # still the reader's
+        reader.communicate("done\n", timeout=30)
+        err = waiting.communicate(timeout=300)[1]
+        assert waiting.returncode == 0, err[-2000:]
+        assert os.path.exists(done)  # rewritten whole
+    finally:
+        reader.kill()
+        reader.wait()
