@@ -9,7 +9,10 @@ with run.json and a link per step.
 Two runs of the same config share those dirs, so each step holds a lock on its output dir
 (`<dir>.lock`, with the holder's pid, host and run id in `<dir>.owner.json`) while it checks,
 reuses, resumes or writes it: an output a live process is writing is never read or resumed by
-another, which waits for it (runner.lock_wait_seconds) or stops naming that process.
+another, which waits for it (runner.lock_wait_seconds) or stops naming that process. A step
+also holds its inputs shared (`<dir>.readers`, flock) while it runs, and a run that rewrites an
+output from scratch (--only, --from, --no-cache) takes that exclusively first: an output
+another run is reading is never deleted under it.
 """
 
 from __future__ import annotations
