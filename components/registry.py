@@ -202,7 +202,9 @@ def pushed_weights_sha(destination: str, model_name: str, version: int) -> str |
 def baseline_version(
     destination: str, model_name: str, candidate_sha: str | None = None
 ) -> int | None:
-    """The newest version at the destination that is not the candidate itself.
+    """The newest servable version at the destination (one with a saved_model.pb, as
+    served_version: a version still being copied in is not what is served) that is not the
+    candidate itself.
 
     Args:
         destination: the push destination (a local folder or a URL).
@@ -213,6 +215,8 @@ def baseline_version(
         The version number, or None when there is none.
     """
     for v in reversed(versions(destination, model_name)):
+        if not exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
+            continue
         if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
             return v
     return None

@@ -423,3 +423,15 @@ def test_an_entry_with_a_bad_version_does_not_break_models_list(tmp_path, capsys
     data = json.loads(index.read_text())
     assert [e["version"] for e in data["versions"]] == [100, 200, 300]
     assert data["unusable_entries"] == [{"version": "abc", "run_id": "hand-edited"}]
+
+
+def test_the_baseline_is_a_servable_version_never_one_still_being_copied(tmp_path):
+    """A version folder without saved_model.pb yet (a hand copy in two steps, a slow object
+    store) is not what TF Serving serves: evaluate compares with the one it does serve."""
+    for v in (3, 7):
+        (tmp_path / "m" / str(v)).mkdir(parents=True)
+    (tmp_path / "m" / "3" / "saved_model.pb").write_bytes(b"")
+    assert registry.served_version(str(tmp_path), "m") == 3
+    assert registry.baseline_version(str(tmp_path), "m") == 3
+    (tmp_path / "m" / "7" / "saved_model.pb").write_bytes(b"")
+    assert registry.baseline_version(str(tmp_path), "m") == 7
