@@ -84,6 +84,18 @@ def fingerprint(
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _made_by(fp: str, out: str) -> str:
+    """An input's identity in its reader's key: its fingerprint and the run that wrote it
+    (its _SUCCESS). An output re-run in place (--only, --from, --no-cache keep its
+    fingerprint) thus gives every step reading it a new key: they re-run instead of serving
+    what they built from the output it replaced."""
+    try:
+        with open(os.path.join(out, SUCCESS)) as f:
+            return f"{fp}:{f.read().strip()}"
+    except OSError:
+        return fp
+
+
 def _when_unmet(s: dag.Step, cfg: GraftConfig, records: dict[str, StepRecord]) -> str | None:
     """Why the step's `when` holds it back, or None when it runs."""
     if s.when is None or dag.forced(s, cfg):
@@ -317,7 +329,8 @@ def _step(state: _Run, i: int, s: dag.Step) -> None:
     cfg, outputs, fps = state.cfg, state.outputs, state.fps
     rec = state.records[s.name] = StepRecord(s.name)
     inputs = {k: outputs[v] for k, v in {**s.shows, **s.inputs}.items()}
-    fp = fps[s.name] = fingerprint(s, cfg, {k: fps[v] for k, v in s.inputs.items()}, inputs)
+    made = {k: _made_by(fps[v], outputs[v]) for k, v in s.inputs.items()}
+    fp = fps[s.name] = fingerprint(s, cfg, made, inputs)
     rec.fingerprint = fp
     out = outputs[s.name] = os.path.join(state.root, "steps", s.name, fp)
     rec.output = out

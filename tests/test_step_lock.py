@@ -145,3 +145,21 @@ def test_an_output_another_run_reads_is_rewritten_only_after_it(tmp_path, tiny_d
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_a_step_re_run_alone_makes_what_reads_it_re_run(tmp_path, tiny_data):
+    """--only ingest rewrites ingest in place (same fingerprint): validate, built from the
+    output it replaced, is not served from the cache afterwards; it runs under a new key,
+    and the earlier run's output stays where that run's links point."""
+    from graft.pipeline.runner import run_pipeline
+
+    cfg = parse_config(tiny_config(tmp_path, tiny_data))
+    first = run_pipeline(cfg, until="validate")["steps"]["validate"]
+    again = run_pipeline(cfg, until="validate")["steps"]["validate"]
+    assert again["status"] == "cached" and again["fingerprint"] == first["fingerprint"]
+    assert run_pipeline(cfg, only="ingest")["steps"]["ingest"]["status"] == "ran"
+    after = run_pipeline(cfg, until="validate")["steps"]["validate"]
+    assert after["status"] == "ran" and after["fingerprint"] != first["fingerprint"]
+    assert os.path.exists(os.path.join(first["output"], "_SUCCESS"))  # kept, not rewritten
+    settled = run_pipeline(cfg, until="validate")["steps"]["validate"]
+    assert settled["status"] == "cached" and settled["fingerprint"] == after["fingerprint"]
