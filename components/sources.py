@@ -286,7 +286,8 @@ def _list_classes(base: str, split: str | None, out: Listing) -> None:
         if cls.startswith(".") or is_output_dir(cdir):
             continue
         if not _isdir(cdir):
-            _reject(out, cdir, None, "file outside any class folder")
+            if split is not None:  # the root's own files were reported once, above
+                _reject(out, cdir, None, "file outside any class folder")
             continue
         if not _utf8(cls):
             _reject(out, cdir, None, "class folder name is not valid UTF-8")
@@ -395,6 +396,8 @@ def list_csv(manifest: str, group_by: str | None = None, max_bytes: int = 256 * 
     rows = _csv_rows(manifest, max_bytes)
     first = next(rows, None)
     header = None
+    if first and first[1] and first[1][0].startswith("\ufeff"):  # Excel's "CSV UTF-8"
+        first[1][0] = first[1][0][1:]
     if first and [c.strip().lower() for c in first[1][:2]] == ["path", "label"]:
         header = [c.strip() for c in first[1]]
         first = None
@@ -577,6 +580,6 @@ def carve_fractions(found: list[str], fractions: dict[str, float]) -> dict[str, 
     """
     if not found:
         return dict(fractions)
-    targets = ["train"] + [s for s in SPLITS if s not in found]
+    targets = ["train"] + [s for s in SPLITS if s != "train" and s not in found]
     total = sum(fractions[s] for s in targets)
     return {s: fractions[s] / total for s in targets}

@@ -168,10 +168,11 @@ def _drift(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
 
 
 def _served_key(cfg: GraftConfig, inputs: dict[str, str]) -> str:
-    """Drift depends on what is served now: the newest version at the destination."""
-    from graft.components.registry import latest_version
+    """Drift depends on what is served now: the version it compares with (served_version:
+    the newest with a saved_model.pb, not one still being copied in)."""
+    from graft.components.registry import served_version
 
-    return str(latest_version(cfg.push.destination, cfg.export.model_name))
+    return str(served_version(cfg.push.destination, cfg.export.model_name))
 
 
 def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
@@ -373,6 +374,7 @@ def _push(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         "version": r.version,
         "destination": r.destination,
         "already_at_destination": r.already_at_destination,
+        "reasons": r.reasons,  # why not, when not: the run summary says it
     }
 
 

@@ -1,5 +1,6 @@
 """Ingest and validate on real files through the real Beam DirectRunner."""
 
+import hashlib
 import io
 import json
 import logging
@@ -169,6 +170,40 @@ def test_csv_manifest_source(tmp_path):
         DataConfig(source="csv", path=str(tmp_path / "m.csv"), num_workers=1), str(tmp_path / "out")
     )
     assert r.written == 16 and r.counts["test"] == {"circle": 1, "square": 1}
+    # Excel's "CSV UTF-8" starts with a byte-order mark: the header is still the header
+    (tmp_path / "bom.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")
+    r = ingest(
+        DataConfig(source="csv", path=str(tmp_path / "bom.csv"), num_workers=1),
+        str(tmp_path / "out-bom"),
+    )
+    assert r.written == 16 and r.quarantined == 0
+
+
+def test_a_file_beside_the_class_folders_is_reported_once(tmp_path):
+    generate(tmp_path / "imgs", classes=2, per_class=4, size=32)
+    (tmp_path / "imgs" / "README.txt").write_text("photos from the field trip")
+    r = ingest(DataConfig(path=str(tmp_path / "imgs"), num_workers=1), str(tmp_path / "out"))
+    notes = json.loads((tmp_path / "out" / "quarantine.json").read_text())
+    rows = notes if isinstance(notes, list) else notes.get("files", notes.get("quarantined", []))
+    beside = [q for q in rows if str(q.get("path", "")).endswith("README.txt")]
+    assert len(beside) == 1 and r.quarantined == 1, rows
+
+
+@pytest.mark.parametrize("found", [["test"], ["val"], ["train", "test"], []])
+def test_carved_fractions_sum_to_one_whatever_splits_are_found(found):
+    """Unsplit images are hashed into train and the missing splits in the configured shares
+    (with only test found, train was counted twice: the shares summed to 0.53 and every hash
+    above that went to val, about half the data)."""
+    from graft.components.ingest import split_of
+    from graft.components.sources import carve_fractions
+
+    shares = carve_fractions(found, {"train": 0.7, "val": 0.15, "test": 0.15})
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert set(shares) == {"train"} | ({"val", "test"} - set(found))
+    digests = (hashlib.sha256(str(i).encode()).hexdigest() for i in range(20_000))
+    got = Counter(split_of(d, shares) for d in digests)
+    for split, share in shares.items():
+        assert abs(got[split] / 20_000 - share) < 0.02, (split, got)
 
 
 def test_tfds_source_prepared_locally(tmp_path):

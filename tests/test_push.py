@@ -333,6 +333,15 @@ def test_a_blessing_against_a_baseline_no_longer_served_is_rechecked(pipeline_ru
     assert second.recheck["outcome"].startswith("refused")
     written = json.loads((tmp_path / "p2" / "push.json").read_text())
     assert "refused: not better than the version served now" in written["reasons"][-1]
+    # the pipeline's push step hands the reason on: the run summary says why, not "declined"
+    from graft.pipeline import dag
+    from graft.pipeline.summary import push_outcome
+
+    step_cfg = parse_config({**cfg.to_dict(), "push": {"destination": str(dest)}})
+    inputs = {"exported": str(worse), "evaluation": str(ev_worse)}
+    summary = dag.run_step("push", step_cfg, inputs, str(tmp_path / "p2-step"))
+    line, there = push_outcome({"steps": {"push": {"status": "ran", "summary": summary}}})
+    assert not there and "refused: not better than the version served now" in line, line
     assert not [d for d in os.listdir(dest / "tiny") if d.startswith(".tmp-")]  # temp removed
 
     forced = push(

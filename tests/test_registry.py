@@ -433,5 +433,12 @@ def test_the_baseline_is_a_servable_version_never_one_still_being_copied(tmp_pat
     (tmp_path / "m" / "3" / "saved_model.pb").write_bytes(b"")
     assert registry.served_version(str(tmp_path), "m") == 3
     assert registry.baseline_version(str(tmp_path), "m") == 3
+    from graft.core.config import parse_config
+    from graft.pipeline import dag
+
+    raw = {"data": {"path": str(tmp_path)}, "push": {"destination": str(tmp_path)}}
+    cfg = parse_config({**raw, "export": {"model_name": "m"}})
+    assert dag._served_key(cfg, {}) == "3"  # drift's cache key: the version it compares with
     (tmp_path / "m" / "7" / "saved_model.pb").write_bytes(b"")
     assert registry.baseline_version(str(tmp_path), "m") == 7
+    assert dag._served_key(cfg, {}) == "7"
