@@ -107,12 +107,17 @@ def source_fingerprint(data: DataConfig) -> str:
         data: the `data` section (path, CSV manifest or TFDS name).
 
     Returns:
-        A sha256 hex digest that changes when a local file is added, removed or rewritten;
-        for a remote path or TFDS, a digest of the source's name only.
+        A sha256 hex digest that changes when a file is added, removed or rewritten (a remote
+        folder or CSV: from one listing of names, sizes and update times); for TFDS, a digest
+        of the dataset's name and folder. A remote source that cannot be listed gets a key of
+        its own each time (ingest re-reads it, and says why): never a stale cached ingest.
     """
     h = hashlib.sha256()
     path = data.path
-    if data.source in ("folder", "csv") and path and not _is_remote(path) and os.path.exists(path):
+    if data.source in ("folder", "csv") and path and _is_remote(path):
+        h.update(f"{data.source}:{path}\n".encode())
+        _remote_listing_key(path, h)
+    elif data.source in ("folder", "csv") and path and os.path.exists(path):
         if os.path.isfile(path):
             st = os.stat(path)
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -136,6 +141,28 @@ def source_fingerprint(data: DataConfig) -> str:
     else:
         h.update(f"{data.source}:{path}:{data.tfds_name}:{data.tfds_data_dir}".encode())
     return h.hexdigest()
+
+
+def _remote_listing_key(path: str, h) -> None:
+    """Feed `h` every object under a remote folder (or the one remote file): its name, size
+    and update time, from Beam's listing (one paginated call, no reads)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = path.rstrip("/") + "/**"
+    try:
+        if FileSystems.exists(path) and not FileSystems.match([pattern])[0].metadata_list:
+            pattern = path  # a file (the CSV): itself
+        metas = FileSystems.match([pattern])[0].metadata_list
+    except Exception as e:  # noqa: BLE001 - every filesystem raises its own errors
+        log(
+            f"ingest: cannot list {path} ({type(e).__name__}: {str(e)[:200]}); it is read anew "
+            "(no cached ingest can be known to match it)",
+            level="warn",
+        )
+        h.update(f"unlisted:{time.time_ns()}:{os.getpid()}".encode())
+        return
+    for m in sorted(metas, key=lambda m: m.path):
+        h.update(f"{m.path}:{m.size_in_bytes}:{m.last_updated_in_seconds}\n".encode())
 
 
 # ------------------------------------------------------------------ the Beam part

@@ -142,16 +142,22 @@ def read_bounded(path: str, max_bytes: int) -> bytes:
         The file's bytes.
 
     Raises:
-        OSError: the file grew past `max_bytes` while it was read.
+        OSError: the file cannot be read (a remote one's NotFound or PermissionDenied too), or
+            it is over `max_bytes` (a local one was checked before: it grew while read).
     """
     if is_remote(path):
         import tensorflow as tf
 
-        with tf.io.gfile.GFile(path, "rb") as f:
-            data = f.read(max_bytes + 1)
-    else:
-        with open(path, "rb") as f:
-            data = f.read(max_bytes + 1)
+        try:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                data = f.read(max_bytes + 1)
+        except tf.errors.OpError as e:  # not OSErrors: one missing object would end the run
+            raise OSError(f"{type(e).__name__}: {e.message}") from None
+        if len(data) > max_bytes:  # never stat'ed before: one listing call per file is slow
+            raise OSError(f"file over data.max_file_bytes ({max_bytes} bytes)")
+        return data
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise OSError(f"file grew past data.max_file_bytes ({max_bytes} bytes) while read")
     return data
@@ -176,7 +182,10 @@ def _class_files(cdir: str, label: str, split: str | None, out: Listing) -> None
             if not _isdir(p):
                 out.items.append({"path": p, "label": label, "split": split})
         return
-    for dirpath, dirs, files in os.walk(cdir, followlinks=False):
+    def unreadable(e: OSError) -> None:  # os.walk skips it silently otherwise
+        _reject(out, e.filename or cdir, label, f"unreadable folder: {e.strerror or e}")
+
+    for dirpath, dirs, files in os.walk(cdir, followlinks=False, onerror=unreadable):
         dirs.sort()
         for d in list(dirs):
             full = os.path.join(dirpath, d)

@@ -162,6 +162,11 @@ class DataConfig(Section):
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
         if self.source == "tfds" and not self.tfds_name:
             raise ValueError("data.tfds_name is required when data.source is 'tfds'")
+        if self.group_by is not None and self.source == "tfds":  # its examples have no names
+            raise ValueError(
+                "data.group_by is not supported with data.source 'tfds' (its examples carry no "
+                "file names or group column to group by); use a folder or CSV source"
+            )
         if self.group_by is not None:
             try:
                 groups = re.compile(self.group_by).groups

@@ -52,6 +52,14 @@ def test_splits_must_sum_to_one():
         parse_config({"data": {"path": "x", "splits": {"train": 0.5, "val": 0.1, "test": 0.1}}})
 
 
+def test_group_by_is_refused_where_nothing_could_be_grouped():
+    """TFDS examples have no file names or columns: a group_by there was accepted, recorded in
+    stats.json as if applied, and ignored."""
+    with pytest.raises(ConfigError, match="data.group_by is not supported with data.source 'tfds'"):
+        parse_config({"data": {"source": "tfds", "tfds_name": "x", "group_by": "^([^_]+)_"}})
+    assert parse_config({"data": {"path": "x", "group_by": "^([^_]+)_"}}).data.group_by
+
+
 def test_bad_set_syntax(tmp_path):
     with pytest.raises(ConfigError, match="key=value"):
         load_config(None, ["train_head.epochs"], {"data": {"path": "x"}})

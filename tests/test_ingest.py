@@ -379,3 +379,75 @@ def test_validate_reports_exact_duplicates_within_a_split(tmp_path):
     assert any(f"exact duplicates in {split}" in w and "40 copies" in w for w in res.warnings)
     written = json.loads((tmp_path / "v" / "validation.json").read_text())
     assert written["duplicates"][split]["largest"][0]["count"] == 40
+
+
+def test_a_remote_folder_is_keyed_by_its_listing_not_its_name(tmp_path, monkeypatch, capsys):
+    """A remote data.path (gs://...) keys ingest's cache, and Kubeflow's ingest freshness, by
+    one listing of names, sizes and update times (Beam's FileSystems; exercised here on a local
+    folder taken as remote): new photos make a new key. One that cannot be listed gets a new
+    key every time, never a stale ingest."""
+    import graft.components.ingest as ingest_module
+    from graft.components.ingest import source_fingerprint
+
+    generate(tmp_path / "imgs", classes=2, per_class=3, size=16)
+    monkeypatch.setattr(ingest_module, "_is_remote", lambda path: True)
+    cfg = DataConfig(path=str(tmp_path / "imgs"))
+    key = source_fingerprint(cfg)
+    assert source_fingerprint(cfg) == key  # unchanged: the cached ingest is the right one
+    shutil.copy(next((tmp_path / "imgs").rglob("*.jpg")), tmp_path / "imgs" / "circle" / "new.jpg")
+    assert source_fingerprint(cfg) != key
+    csv_cfg = DataConfig(source="csv", path=str(tmp_path / "m.csv"))
+    (tmp_path / "m.csv").write_text("path,label\n")
+    assert source_fingerprint(csv_cfg) == source_fingerprint(csv_cfg)
+    unlisted = DataConfig(path="nosuchscheme://bucket/photos")
+    assert source_fingerprint(unlisted) != source_fingerprint(unlisted)
+    assert "cannot list nosuchscheme://bucket/photos" in capsys.readouterr().err
+
+
+def test_a_missing_remote_image_is_quarantined_not_the_end_of_the_run(tmp_path):
+    """tf.io.gfile's NotFound is no OSError: one deleted object listed in a CSV ended the
+    whole ingest. ram:// stands in for a remote filesystem (TensorFlow's in-memory one)."""
+    import tensorflow as tf
+
+    generate(tmp_path / "imgs", classes=2, per_class=4, size=32)
+    rows = ["path,label"]
+    for i, f in enumerate(sorted((tmp_path / "imgs").rglob("*.jpg"))):
+        remote = f"ram://graft-test-{tmp_path.name}/{i}.jpg"
+        tf.io.gfile.copy(str(f), remote, overwrite=True)
+        rows.append(f"{remote},{f.parent.name}")
+    rows.append(f"ram://graft-test-{tmp_path.name}/deleted.jpg,circle")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    r = ingest(
+        DataConfig(source="csv", path=str(tmp_path / "m.csv"), num_workers=1), str(tmp_path / "out")
+    )
+    assert r.written == 8 and r.quarantined == 1
+    text = (tmp_path / "out" / "quarantine.json").read_text()
+    assert "deleted.jpg" in text and "NotFoundError" in text
+
+
+def test_an_unreadable_folder_is_reported_not_lost(tmp_path, monkeypatch):
+    """os.walk skips a folder it cannot list unless told: its images vanished unreported, and an
+    unreadable class folder was noted as "empty" and left out of the labels. (This suite runs
+    as root, which reads every folder, so the listing's PermissionError is raised by hand.)"""
+    import os as real_os
+
+    from graft.components.sources import list_folder
+
+    generate(tmp_path / "imgs", classes=3, per_class=3, size=16)
+    (tmp_path / "imgs" / "circle" / "more").mkdir()
+    shutil.copy(
+        next((tmp_path / "imgs" / "circle").glob("*.jpg")), tmp_path / "imgs" / "circle" / "more"
+    )
+    locked = {str(tmp_path / "imgs" / "circle" / "more"), str(tmp_path / "imgs" / "square")}
+    scandir = real_os.scandir
+
+    def guarded(path="."):
+        if str(path) in locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(real_os, "scandir", guarded)
+    listing = list_folder(str(tmp_path / "imgs"))
+    reasons = {Path(r["path"]).name: r["reason"] for r in listing.rejected}
+    assert reasons == dict.fromkeys(("more", "square"), "unreadable folder: Permission denied")
+    assert not any(n.get("reason") == "empty class folder" for n in listing.notes)
