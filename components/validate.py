@@ -141,6 +141,8 @@ def validate(
     _check_imbalance(cfg, stats, labels, res)
 
     res.passed = not res.errors
+    # one image can be excluded by several checks (leaked, grouped, near-duplicate): counted once
+    res.exclude_from_eval = list(dict.fromkeys(res.exclude_from_eval))
     with open(os.path.join(out_dir, "validation.json"), "w") as f:
         json.dump({**asdict(res), "labels": labels, "counts": stats["counts"]}, f, indent=2)
     for w in res.warnings:

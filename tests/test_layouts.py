@@ -156,6 +156,17 @@ def test_group_by_regex_and_presplit_leakage(tmp_path):
         str(tmp_path / "v2"),
     )
     assert res.passed and res.crossing_groups and res.exclude_from_eval
+    # a val image that is also a byte copy of its train twin is leaked twice over (the same
+    # bytes, the same group): excluded, and counted, once
+    twin = sorted((root / "train" / "circle").glob("*.jpg"))[0]
+    shutil.copy(twin, root / "val" / "circle" / twin.name)
+    _ingest(root, tmp_path / "out2", group_by=r"_(\d+)\.")
+    res = validate(
+        cfg.model_copy(update={"leakage": "drop_from_eval"}),
+        str(tmp_path / "out2"),
+        str(tmp_path / "v3"),
+    )
+    assert len(res.exclude_from_eval) == len(set(res.exclude_from_eval)), res.exclude_from_eval
 
 
 # ------------------------------------------------------------------ near-duplicates
