@@ -821,15 +821,10 @@ def probe_predictions(
 
 
 def _sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
-    """Up to `cap` indices, stratified by class, fixed by the seed."""
-    if len(y) <= cap:
-        return np.arange(len(y))
-    rng = np.random.default_rng(seed)
-    keep = []
-    for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        keep.extend(rng.choice(idx, max(2, round(cap * len(idx) / len(y))), replace=False))
-    return np.sort(np.array(keep))
+    """Up to `cap` indices, stratified by class, fixed by the seed (label_issues' sampler)."""
+    from graft.components.label_issues import stratified_sample
+
+    return stratified_sample(y, cap, seed)
 
 
 def taps(base) -> tuple[list[tuple[str, str]], list[str], list[float]]:

@@ -148,7 +148,9 @@ def stratified_sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
     keep: list[int] = []
     for c in np.unique(y):
         idx = np.flatnonzero(y == c)
-        keep.extend(rng.choice(idx, max(2, round(cap * len(idx) / len(y))), replace=False))
+        # at least 2 per class (a fold needs them), never more than the class has
+        n = min(len(idx), max(2, round(cap * len(idx) / len(y))))
+        keep.extend(rng.choice(idx, n, replace=False))
     return np.sort(np.array(keep))
 
 

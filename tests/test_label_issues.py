@@ -90,6 +90,19 @@ def test_a_class_without_images_gets_no_probability_and_claims_nothing():
     assert all(it["suggested"] != "b" for it in doc["issues"]) and doc["thresholds"]["b"] == 1
 
 
+def test_the_probe_sample_keeps_a_class_of_one_image():
+    """Large data sampled for the probes (advise's and label issues'): a class down to one
+    image made the sampler draw 2 of 1 and end the step."""
+    from graft.components.advise import _sample
+
+    y = np.array([0] * 3000 + [1] * 1500 + [2])
+    for pick in (li.stratified_sample, _sample):
+        idx = pick(y, 400)
+        assert len(set(idx)) == len(idx) and 4500 in idx
+        counts = np.bincount(y[idx], minlength=3)
+        assert counts[2] == 1 and abs(counts[0] - 2 * counts[1]) <= 2, counts
+
+
 def test_duplicates_across_classes_come_first_and_every_entry_has_the_fields(tmp_path):
     x, y = _blobs(30, 2, seed=3)
     y[[0, 1]] = 1
