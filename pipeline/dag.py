@@ -28,6 +28,7 @@ __all__ = [
     "external_key",
     "forced",
     "gate_outputs",
+    "kept_settings",
     "output_name",
     "plan_notes",
     "resources",
@@ -190,7 +191,7 @@ def _advise(cfg: GraftConfig, inputs: dict[str, str], out: str) -> dict:
         max_probe_images=cfg.advise.max_probe_images,
         small_data=cfg.advise.small_data,
         budget_minutes=cfg.train.budget_minutes,
-        keep={k: read_key(cfg, k) for k in cfg.advise.keep},
+        keep=kept_settings(cfg),
         geometry=_geometry(cfg),
         bases=cfg.advise.bases,
         seed=cfg.train.seed,
@@ -642,6 +643,28 @@ def _field_path(cfg: Any, dotted: str) -> str:
 
 # YAML spellings that are not the field's Python name (validate: validate_)
 _FIELD_OF_ALIAS = {f.alias: n for n, f in GraftConfig.model_fields.items() if f.alias}
+
+
+def kept_settings(cfg: GraftConfig) -> dict[str, Any]:
+    """advise.keep's keys and values, a kept section as each of its leaf keys: advise looks a
+    setting up by its leaf (`fine_tune` kept means fine_tune.enabled kept).
+
+    Args:
+        cfg: the config.
+
+    Returns:
+        Dotted leaf key -> its value.
+    """
+    from graft.core.config import leaf_keys
+
+    out = {}
+    for key in cfg.advise.keep:
+        value = read_key(cfg, key)
+        if hasattr(value, "model_dump"):  # a section: its leaves
+            value = value.model_dump(by_alias=True)
+        leaves = leaf_keys(value, key + ".") if isinstance(value, dict) and value else [key]
+        out.update({leaf: read_key(cfg, leaf) for leaf in leaves})
+    return out
 
 
 def read_key(cfg: Any, dotted: str) -> Any:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from conftest import AUTO_KEPT, tiny_config
 
-from graft.core.config import ConfigError, load_config
+from graft.core.config import ConfigError, load_config, parse_config
 from graft.pipeline.runner import run_pipeline
 
 pytestmark = pytest.mark.slow  # trains
@@ -110,6 +110,22 @@ def test_written_config_lists_what_the_user_set(tmp_path):
     with pytest.raises(ConfigError, match="advise.keep: 'train_head.epoch' is not a config key"):
         load_config(f, ["advise.keep=[train_head.epoch]"])
     assert os.path.exists(f)
+
+
+def test_a_kept_section_keeps_each_of_its_settings_for_advise():
+    """advise.keep: [train_head] keeps train_head.augment too: advise's checks look settings
+    up by their leaf key, and missed a whole kept section."""
+    from graft.components.advise import _views_blocked
+    from graft.pipeline import dag
+    from graft.pipeline.dag import kept_settings
+
+    raw = {"data": {"path": "x"}, "recipe": "auto", "train_head": {"augment": True}}
+    cfg = parse_config({**raw, "advise": {"keep": ["train_head"]}})
+    kept = kept_settings(dag.scoped(dag.step("advise"), cfg))  # as the step sees the config
+    assert kept["train_head.augment"] is True and "train_head" not in kept
+    assert _views_blocked(kept) == "train_head.augment=true"
+    leaf = parse_config({**raw, "advise": {"keep": ["train_head.epochs"]}})
+    assert kept_settings(leaf) == {"train_head.epochs": leaf.train_head.epochs}
 
 
 def test_a_fine_tuning_the_guard_rejects_is_never_reported_as_the_candidate(tmp_path, tiny_data):
