@@ -182,6 +182,7 @@ def _class_files(cdir: str, label: str, split: str | None, out: Listing) -> None
             if not _isdir(p):
                 out.items.append({"path": p, "label": label, "split": split})
         return
+
     def unreadable(e: OSError) -> None:  # os.walk skips it silently otherwise
         _reject(out, e.filename or cdir, label, f"unreadable folder: {e.strerror or e}")
 
