@@ -121,6 +121,8 @@ def source_fingerprint(data: DataConfig) -> str:
         if os.path.isfile(path):
             st = os.stat(path)
             h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+            if data.source == "csv":  # and each local image it lists: one rewritten in place
+                _listed_files_key(data, h)
         else:
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not is_output_dir(os.path.join(root, d)))
@@ -141,6 +143,19 @@ def source_fingerprint(data: DataConfig) -> str:
     else:
         h.update(f"{data.source}:{path}:{data.tfds_name}:{data.tfds_data_dir}".encode())
     return h.hexdigest()
+
+
+def _listed_files_key(data: DataConfig, h) -> None:
+    """Feed `h` the size and mtime of every local file a CSV source lists (a remote one is
+    keyed by its name: a stat per object would be a request each)."""
+    for item in list_csv(data.path, data.group_by, data.max_csv_bytes).items:
+        path = item["path"]
+        try:
+            st = None if _is_remote(path) else os.stat(path)
+        except OSError:
+            st = None  # missing now: ingest quarantines it, and the key says so
+        stamp = f"{st.st_size}:{st.st_mtime_ns}" if st else "-"
+        h.update(f"{path}:{stamp}\n".encode(errors="surrogateescape"))
 
 
 def _remote_listing_key(path: str, h) -> None:

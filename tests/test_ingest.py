@@ -179,6 +179,22 @@ def test_csv_manifest_source(tmp_path):
     assert r.written == 16 and r.quarantined == 0
 
 
+def test_an_image_a_csv_lists_rewritten_in_place_changes_the_ingest_key(tmp_path):
+    """The CSV's own size and mtime were the whole key: fixing a listed image in place reused
+    the cached ingest, with the old pixels."""
+    from graft.components.ingest import source_fingerprint
+
+    generate(tmp_path / "imgs", classes=2, per_class=3, size=16)
+    files = sorted((tmp_path / "imgs").rglob("*.jpg"))
+    lines = [f"{f.relative_to(tmp_path)},{f.parent.name}" for f in files]
+    (tmp_path / "m.csv").write_text("path,label\n" + "\n".join(lines) + "\n")
+    cfg = DataConfig(source="csv", path=str(tmp_path / "m.csv"))
+    key = source_fingerprint(cfg)
+    assert source_fingerprint(cfg) == key
+    files[0].write_bytes(files[1].read_bytes())  # replaced in place, the CSV untouched
+    assert source_fingerprint(cfg) != key
+
+
 def test_a_file_beside_the_class_folders_is_reported_once(tmp_path):
     generate(tmp_path / "imgs", classes=2, per_class=4, size=32)
     (tmp_path / "imgs" / "README.txt").write_text("photos from the field trip")
