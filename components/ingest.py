@@ -1069,6 +1069,7 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
     t0 = time.time()
     if not _is_remote(out_dir):
         os.makedirs(out_dir, exist_ok=True)
+    _clear_leftovers(out_dir)
     listing, labels = _list(data)
     items = listing.items
     source = data.path or data.tfds_name
@@ -1233,6 +1234,21 @@ def _write_artifact(data: DataConfig, out_dir, labels, stats, quarantine, meta, 
         _join(out_dir, REUSE_FILE),
         json.dumps({"key": reuse_key(data), "finished": time.time(), "written": len(meta)}),
     )
+
+
+def _clear_leftovers(out_dir: str) -> None:
+    """An attempt killed part-way (the runner re-runs ingest into the same folder) may have left
+    shards, which the readers glob: a shard count or reuse that differs this time would leave
+    old records beside the new ones. Ingest never resumes, so they go first."""
+    from apache_beam.io.filesystems import FileSystems
+
+    _cleanup(out_dir)
+    stale = FileSystems.match([_join(out_dir, "*.tfrecord.gz")])[0].metadata_list
+    stale_index = _join(out_dir, SHARD_INDEX)
+    gone = [m.path for m in stale] + ([stale_index] if FileSystems.exists(stale_index) else [])
+    if gone:
+        FileSystems.delete(gone)
+        log(f"ingest: removed {len(gone)} file(s) an earlier, unfinished attempt left in {out_dir}")
 
 
 def _cleanup(out_dir: str) -> None:

@@ -467,3 +467,17 @@ def test_an_unreadable_folder_is_reported_not_lost(tmp_path, monkeypatch):
     reasons = {Path(r["path"]).name: r["reason"] for r in listing.rejected}
     assert reasons == dict.fromkeys(("more", "square"), "unreadable folder: Permission denied")
     assert not any(n.get("reason") == "empty class folder" for n in listing.notes)
+
+
+def test_shards_an_unfinished_attempt_left_are_not_read_beside_the_new_ones(tmp_path):
+    """The readers glob <split>-*.tfrecord.gz: a shard a killed attempt wrote under another name
+    (another shard count) would be read as data too."""
+    generate(tmp_path / "imgs", classes=2, per_class=4, size=32)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train-00000-of-00007.tfrecord.gz").write_bytes(b"left by a killed attempt")
+    r = ingest(DataConfig(path=str(tmp_path / "imgs"), num_workers=1), str(out))
+    assert not (out / "train-00000-of-00007.tfrecord.gz").exists()
+    shards = {p.name for p in out.glob("*.tfrecord.gz")}
+    indexed = set(json.loads((out / "shards.json").read_text()))
+    assert shards == indexed and r.written == 8
