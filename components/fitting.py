@@ -175,7 +175,12 @@ def read_history(out_dir: str) -> list[dict]:
     path = os.path.join(out_dir, "history.jsonl")
     if not os.path.exists(path):
         return []
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows = []
+    for line in open(path):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # the last line of an epoch a kill cut short: that epoch re-runs
+            continue
     by_epoch = {r["epoch"]: r for r in rows}  # a resumed epoch overwrites its killed attempt
     return [by_epoch[e] for e in sorted(by_epoch)]
 

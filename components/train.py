@@ -331,8 +331,7 @@ def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
     hist = read_history(out_dir)
     if hist:
         plot_curves(hist, os.path.join(out_dir, "curves.png"), title)
-    with open(os.path.join(out_dir, RESULT), "w") as f:
-        json.dump(asdict(res), f, indent=2)
+    write_json_atomic(os.path.join(out_dir, RESULT), asdict(res))  # a kill leaves no half
     return res
 
 
@@ -886,8 +885,7 @@ def _find_rate(model, train_ds, cfg, wdir, strategy, workers, steps, depth, jit)
             repeats=cfg.lr_find_repeats,
         )
         found["seconds"] = round(time.time() - t0, 1)
-        with open(path, "w") as f:
-            json.dump(found, f)
+        write_json_atomic(path, found)  # read back on a resume: never half written
     if found["chosen"] is None:
         log(
             f"fine_tune: LR range test: the loss did not diverge over {len(found['losses'])} "
@@ -1502,15 +1500,17 @@ def _fine_tune_callbacks(run: _TuneRun, depth, extra_callbacks, steps: int, plan
         cbs.insert(0, glayer.StageRates(depth, cfg.layer_lr_decay, cfg.unfreeze.gradual_epochs))
     if cfg.max_minutes:
         # re-plan a cosine decay on one process only: workers' clocks could re-plan differently
-        replan = cfg.cosine_decay and gmodel.worker_count(run.strategy) == 1
+        one = gmodel.worker_count(run.strategy) == 1
+        replan = cfg.cosine_decay and one
         cbs.append(
             TimeBudget(
                 cfg.max_minutes,
                 "fine_tune",
                 epochs=cfg.epochs if replan else None,
                 steps_per_epoch=steps,
-                # one process: its spent seconds and re-plan carry over a resume
-                state_path=os.path.join(run.wdir, "time_budget.json") if replan else None,
+                # one process: its spent seconds (and a re-plan) carry over a resume, with or
+                # without a decay to re-plan
+                state_path=os.path.join(run.wdir, "time_budget.json") if one else None,
                 first_epoch_s=(plan or {}).get("epoch_seconds"),
             )
         )

@@ -267,10 +267,26 @@ def cmd_advise(args) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number from 1 (argparse names the flag when this raises)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return value
+
+
 def cmd_inspect_base(args) -> int:
-    from graft.components.model import describe_base, plan_unfreeze, unfreeze_text
+    from graft.components.model import backbone, describe_base, plan_unfreeze, unfreeze_text
     from graft.core.config import UnfreezeConfig
 
+    b = backbone(args.name)
+    if args.size is not None and args.size < b.min_size:
+        raise ConfigError(f"--size {args.size}: {args.name}'s inputs are at least {b.min_size} px")
+    if args.alpha is not None and not args.name.startswith("mobilenet"):
+        raise ConfigError(f"--alpha is the MobileNets' width multiplier; {args.name} has none")
     kwargs = {"alpha": args.alpha} if args.alpha else {}
     base, rows = describe_base(args.name, args.size, kwargs)
     blocks: dict[str, list] = {}
@@ -1008,10 +1024,12 @@ def _register_predict(sub) -> None:
     _add_model_name_arg(p, "model name on the server", "--model")
     p.add_argument("--server", metavar="HOST:PORT", help="gRPC endpoint (default 127.0.0.1:8500)")
     p.add_argument("--version", type=int, help="model version (default: the newest)")
-    p.add_argument("--top-k", type=int, default=3, help="labels per image")
+    p.add_argument("--top-k", type=_at_least_one, default=3, help="labels per image")
     p.add_argument("--csv", metavar="OUT", help="write the predictions to this CSV file")
     p.add_argument("--json", action="store_true", help="print one JSON line per image")
-    p.add_argument("--batch-size", type=int, default=32, help="images per model call / request")
+    p.add_argument(
+        "--batch-size", type=_at_least_one, default=32, help="images per model call / request"
+    )
     p.add_argument("--timeout", type=float, default=30.0, help="server request timeout, seconds")
     p.set_defaults(fn=cmd_predict)
 

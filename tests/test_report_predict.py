@@ -316,3 +316,10 @@ def test_a_local_model_dir_takes_the_version_asked_for(tmp_path):
         resolve_model_dir(str(tmp_path / "12"), 3)
     r = _graft("predict", "--tflite", str(tmp_path / "m.tflite"), "--version", "3", str(tmp_path))
     assert r.returncode == 2 and "--version is not for it" in r.stderr
+
+
+@pytest.mark.parametrize("flag", ["--top-k", "--batch-size"])
+def test_predict_refuses_counts_below_one_naming_the_flag(flag, tmp_path):
+    """--top-k -1 gave C-1 labels per image, and --top-k 0 a CSV without label columns, exit 0."""
+    r = _graft("predict", "--model-dir", str(tmp_path), flag, "0", str(tmp_path))
+    assert r.returncode == 2 and f"argument {flag}: 0: must be at least 1" in r.stderr, r.stderr

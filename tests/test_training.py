@@ -311,6 +311,11 @@ def test_inspect_base_names_block_boundaries(capsys):
     out = capsys.readouterr().out
     assert "---- block block_13 (" in out and "block_13_expand" in out
     assert "from_layer: block_1" in out
+    # flags it cannot honour: exit 2 naming the flag, not a config key the user never set
+    assert main(["inspect-base", "mobilenet_v2", "--size", "16"]) == 2
+    assert "--size 16: mobilenet_v2's inputs are at least 32 px" in capsys.readouterr().err
+    assert main(["inspect-base", "resnet50", "--alpha", "0.5"]) == 2
+    assert "--alpha is the MobileNets' width multiplier" in capsys.readouterr().err
 
 
 @pytest.mark.timeout(120)
@@ -576,3 +581,36 @@ def test_a_saved_model_loads_in_a_process_that_imported_only_fitting(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "BackbonePreprocess"
+
+
+def test_a_history_line_a_kill_cut_short_does_not_stop_the_resume(tmp_path):
+    """history.jsonl is appended each epoch: a kill mid-write left half a line, and every
+    resume of that stage then failed on it (the epoch it belonged to runs again)."""
+    from graft.components.fitting import read_history
+
+    (tmp_path / "history.jsonl").write_text(
+        '{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "loss": 0.8}\n{"epoch": 2, "lo'
+    )
+    assert [r["epoch"] for r in read_history(str(tmp_path))] == [0, 1]
+
+
+@pytest.mark.parametrize("cosine", [True, False])
+def test_the_fine_tune_budget_carries_over_a_resume_with_or_without_a_decay(tmp_path, cosine):
+    """fine_tune.max_minutes: a resumed stage keeps the seconds spent. Without a cosine decay
+    to re-plan, the budget kept no state, so a kill gave the resumed fit the whole budget again."""
+    import tensorflow as tf
+
+    from graft.components import data as gdata
+    from graft.components.train import TimeBudget, _fine_tune_callbacks, _TuneRun
+    from graft.core.config import AugmentConfig, FineTuneConfig, TrainConfig, TrainHeadConfig
+
+    cfg = FineTuneConfig(max_minutes=5.0, cosine_decay=cosine)
+    run = _TuneRun(
+        str(tmp_path), str(tmp_path), str(tmp_path / "out"), str(tmp_path / "w"),
+        tf.distribute.get_strategy(), TrainConfig(), cfg, AugmentConfig(), 32, None,
+        TrainHeadConfig(), gdata.Geometry(),
+    )  # fmt: skip
+    cbs, _ = _fine_tune_callbacks(run, 0, [], steps=4)
+    (budget,) = [c for c in cbs if isinstance(c, TimeBudget)]
+    assert budget.state_path == str(tmp_path / "w" / "time_budget.json")
+    assert (budget.planned is not None) == cosine  # only a decay is re-planned
