@@ -335,10 +335,12 @@ def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
     return res
 
 
-def _best(hist: list[dict]) -> tuple[float, float]:
+def _best(hist: list[dict], patience: int) -> tuple[float, float]:
+    """Val accuracy and loss of the epoch whose weights the stage keeps: the best val loss when
+    early stopping restores it (patience > 0), else the last epoch's."""
     if not hist:
         return float("nan"), float("nan")
-    best = min(hist, key=lambda h: h.get("val_loss", math.inf))
+    best = min(hist, key=lambda h: h.get("val_loss", math.inf)) if patience else hist[-1]
     return float(best.get("val_accuracy", float("nan"))), float(best.get("val_loss", float("nan")))
 
 
@@ -623,7 +625,7 @@ def _train_head(
     _compile_stock(model, strategy, cfg.optimizer, cfg.learning_rate)
     model.save(os.path.join(wdir, MODEL))
     hist = read_history(wdir)
-    acc, loss = _best(hist)
+    acc, loss = _best(hist, cfg.patience)
     res = StageResult(
         stage="train_head",
         model_path=os.path.join(out_dir, MODEL),

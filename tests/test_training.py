@@ -614,3 +614,17 @@ def test_the_fine_tune_budget_carries_over_a_resume_with_or_without_a_decay(tmp_
     (budget,) = [c for c in cbs if isinstance(c, TimeBudget)]
     assert budget.state_path == str(tmp_path / "w" / "time_budget.json")
     assert (budget.planned is not None) == cosine  # only a decay is re-planned
+
+
+def test_the_reported_val_accuracy_is_the_kept_epochs():
+    """With early stopping the best val-loss epoch's weights are restored and reported; with
+    patience 0 there is no restore: the last epoch is what was saved, and what is reported."""
+    from graft.components.train import _best
+
+    hist = [
+        {"epoch": 0, "val_loss": 0.9, "val_accuracy": 0.5},
+        {"epoch": 1, "val_loss": 0.4, "val_accuracy": 0.8},
+        {"epoch": 2, "val_loss": 0.6, "val_accuracy": 0.7},
+    ]
+    assert _best(hist, patience=3) == (0.8, 0.4)
+    assert _best(hist, patience=0) == (0.7, 0.6)
