@@ -2269,6 +2269,12 @@ def _refit_ruled_out(p: Plan, keep: dict[str, Any], small: bool) -> str | None:
             "your train_head.augment or feature_cache settings train the head on images; a "
             "refit trains on stored features"
         )
+    views = keep.get("train_head.feature_views", p.overrides.get("train_head.feature_views"))
+    if views:
+        return (
+            f"the head trains on {views} augmented views per image (train_head.feature_views); "
+            "a refit on train + val would train on plain features without them"
+        )
     return None
 
 

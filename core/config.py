@@ -375,6 +375,12 @@ class TrainHeadConfig(Section):
                 "train + val; it needs train_head.augment: false and train_head.feature_cache "
                 "auto or on"
             )
+        if self.refit == "always" and self.feature_views:
+            raise ValueError(
+                f"train_head.refit: always refits the head on plain train + val features, "
+                f"without the {self.feature_views} augmented views per image "
+                "(train_head.feature_views) the head trained on: set one of them off"
+            )
         return self
 
 

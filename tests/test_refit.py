@@ -66,6 +66,10 @@ def test_a_refit_is_ruled_out_for_large_data_fine_tuning_and_a_head_on_images():
     assert "guard decides on val" in _refit_ruled_out(tuned, {}, small=True)
     assert "stored features" in _refit_ruled_out(small, {"train_head.augment": True}, True)
     assert "stored features" in _refit_ruled_out(small, {"train_head.feature_cache": "off"}, True)
+    # the head trains on augmented views: a refit on plain features would drop them
+    views = Plan("auto", {}, {"fine_tune.enabled": False, "train_head.feature_views": 2}, [])
+    assert "2 augmented views" in _refit_ruled_out(views, {}, small=True)
+    assert "4 augmented views" in _refit_ruled_out(small, {"train_head.feature_views": 4}, True)
 
 
 def test_your_refit_always_is_refused_before_training_where_fine_tuning_runs():
@@ -116,6 +120,9 @@ def test_refit_always_is_refused_where_it_cannot_be_honoured(tmp_path):
     with pytest.raises(ConfigError, match="needs train_head.augment: false"):
         parse_config(tiny_config(tmp_path, tmp_path, train_head__refit="always",
                                  train_head__augment=True))  # fmt: skip
+    with pytest.raises(ConfigError, match="without the 2 augmented views per image"):
+        parse_config(tiny_config(tmp_path, tmp_path, train_head__refit="always",
+                                 train_head__feature_views=2))  # fmt: skip
     with pytest.raises(ConfigError, match="train_head.refit"):
         parse_config(tiny_config(tmp_path, tmp_path, train_head__refit="sometimes"))
     # under auto, advise plans fine_tune.enabled: the fine_tune step refuses a conflict
