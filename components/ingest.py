@@ -67,6 +67,7 @@ from graft.core.paths import join as _join
 from graft.core.quiet import native_stderr_captured
 
 __all__ = [
+    "split_of",
     "IngestResult",
     "ingest",
     "source_fingerprint",
@@ -184,7 +185,15 @@ def _remote_listing_key(path: str, h) -> None:
 
 
 def split_of(digest: str, fractions: dict[str, float]) -> str:
-    """The split from a hash (of the bytes, or of the group): adding data moves nothing."""
+    """The split from a hash (of the bytes, or of the group): adding data moves nothing.
+
+    Args:
+        digest: a sha256 hex digest.
+        fractions: split -> its share of the hash range (carve_fractions).
+
+    Returns:
+        The split's name.
+    """
     u = int(digest[:15], 16) / float(16**15)
     edge = 0.0
     present = [s for s in SPLITS if s in fractions]

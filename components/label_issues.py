@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 __all__ = [
+    "stratified_sample",
     "DUPLICATE",
     "FILE",
     "LESS_SURE",
@@ -141,7 +142,16 @@ def find_label_issues(
 
 
 def stratified_sample(y: np.ndarray, cap: int, seed: int = 0) -> np.ndarray:
-    """Up to `cap` indices in order, each class in proportion, fixed by the seed."""
+    """Up to `cap` indices in order, each class in proportion, fixed by the seed.
+
+    Args:
+        y: the class of each image.
+        cap: the most indices to return (all of them when there are no more).
+        seed: the sampling seed.
+
+    Returns:
+        Sorted indices into `y`: at least 2 per class, at most what the class has.
+    """
     if len(y) <= cap:
         return np.arange(len(y))
     rng = np.random.default_rng(seed)

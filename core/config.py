@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graft.core.backbones import BACKBONES
 
 __all__ = [
+    "leaf_keys",
     "AdviseConfig",
     "AugmentConfig",
     "BaseChoice",
@@ -920,7 +921,15 @@ def kept_by(key: str, keep: list[str]) -> bool:
 
 
 def leaf_keys(raw: dict, prefix: str = "") -> list[str]:
-    """The dotted keys a YAML mapping sets, down to its scalars and lists."""
+    """The dotted keys a YAML mapping sets, down to its scalars and lists.
+
+    Args:
+        raw: the mapping.
+        prefix: put before each key (a section's "name.").
+
+    Returns:
+        The dotted keys, in the mapping's order.
+    """
     out = []
     for k, v in raw.items():
         dotted = f"{prefix}{k}"

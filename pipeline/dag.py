@@ -19,6 +19,7 @@ from graft.core.config import ConfigError, GraftConfig, StepResources
 from graft.core.scope import ScopedConfig
 
 __all__ = [
+    "scoped",
     "RESULT_FILE",
     "STEPS",
     "STEP_NAMES",
@@ -679,7 +680,15 @@ def read_key(cfg: Any, dotted: str) -> Any:
 
 
 def scoped(s: Step, cfg: GraftConfig) -> ScopedConfig:
-    """The config as step `s` may see it: its declared sections and nothing else."""
+    """The config as step `s` may see it: its declared sections and nothing else.
+
+    Args:
+        s: the step.
+        cfg: the config.
+
+    Returns:
+        A view that raises on a read outside the step's declared keys.
+    """
     return ScopedConfig(cfg, declared(s, cfg), s.name)
 
 
