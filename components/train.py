@@ -239,6 +239,48 @@ class WorkerBackup(keras.callbacks.BackupAndRestore):
         self.restore.on_train_begin(logs)
 
 
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """EarlyStopping whose state (best val loss, epochs waited, the best epoch's weights) is
+    kept beside the stage's backup, so a fit resumed after a kill stops, and restores, as the
+    uninterrupted fit would: Keras resets it at every fit's start. Written after each epoch
+    into `write_dir`, read from `restore_dir` (the chief's, so every worker decides alike);
+    the backup's own clean-up removes it when the fit ends."""
+
+    STATE, WEIGHTS = "early_stopping.json", "early_stopping_best.npz"
+
+    def __init__(self, write_dir: str, restore_dir: str, **kwargs):
+        super().__init__(**kwargs)
+        self.write_dir, self.restore_dir = write_dir, restore_dir
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        state = read_json(os.path.join(self.restore_dir, self.STATE))
+        backup = read_json(os.path.join(self.restore_dir, "training_metadata.json"))
+        if not state or not backup or state.get("epoch") != backup.get("epoch"):
+            return  # a new fit, or a kill between this save and the backup's: start afresh
+        self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
+        weights = os.path.join(self.restore_dir, self.WEIGHTS)
+        if self.restore_best_weights and os.path.exists(weights):
+            with np.load(weights) as saved:
+                self.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
+
+    def on_epoch_end(self, epoch, logs=None):
+        best_before = self.best_epoch if self.best is not None else None
+        super().on_epoch_end(epoch, logs)
+        if self.best is None:
+            return
+        os.makedirs(self.write_dir, exist_ok=True)
+        if self.restore_best_weights and self.best_weights and self.best_epoch != best_before:
+            tmp = os.path.join(self.write_dir, f".{self.WEIGHTS}.tmp.npz")
+            np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+            os.replace(tmp, os.path.join(self.write_dir, self.WEIGHTS))
+        write_json_atomic(
+            os.path.join(self.write_dir, self.STATE),
+            {"epoch": epoch + 1, "wait": self.wait, "best": float(self.best),
+             "best_epoch": self.best_epoch},  # epochs done, as the backup's metadata counts
+        )  # fmt: skip
+
+
 def callbacks(
     out_dir: str, stage: str, epochs: int, patience: int, chief_dir: str | None = None
 ) -> tuple[list, EpochLog]:
@@ -252,9 +294,12 @@ def callbacks(
         ),
     ]
     if patience:
+        backup = (os.path.join(out_dir, "backup"), os.path.join(chief_dir or out_dir, "backup"))
         cbs.insert(
             0,
-            keras.callbacks.EarlyStopping("val_loss", patience=patience, restore_best_weights=True),
+            ResumableEarlyStopping(
+                *backup, monitor="val_loss", patience=patience, restore_best_weights=True
+            ),
         )
     return cbs, elog
 

@@ -136,7 +136,9 @@ def test_interpreter_agrees_with_the_saved_model_on_holdout_images(edge, holdout
         assert agree[margin > 2 * tol].all(), variant
         if variant != "int8":  # no holdout image is that close to a tie for the float models
             assert agree.all(), variant
-    assert (margin > 0.3).sum() >= 3  # the int8 check is not vacuous (4 of 18 images here)
+    # the int8 check is not vacuous: some image is that far from a tie (2 to 4 of 18 across
+    # runs: the tiny model's training is not deterministic, and a suite run got 2)
+    assert (margin > 2 * tolerance["int8"]).sum() >= 1
 
 
 @slow

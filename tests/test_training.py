@@ -628,3 +628,47 @@ def test_the_reported_val_accuracy_is_the_kept_epochs():
     ]
     assert _best(hist, patience=3) == (0.8, 0.4)
     assert _best(hist, patience=0) == (0.7, 0.6)
+
+
+class _ScriptedValLoss(keras.callbacks.Callback):
+    """Sets each epoch's val_loss from a script (placed before early stopping)."""
+
+    def __init__(self, losses):
+        super().__init__()
+        self.losses = losses
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["val_loss"] = self.losses[epoch]
+
+
+def _early_stopped_fit(tmp, kill=None):
+    """8 epochs, patience 2, val losses best at epoch 3 (index 2): stops after epoch 5 and keeps
+    epoch 3's weights. The stage's own callbacks (train.callbacks) in `tmp`; (epochs run,
+    weights kept)."""
+    from graft.components.train import callbacks
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile(keras.optimizers.SGD(0.1), "sparse_categorical_crossentropy")
+    cbs, _ = callbacks(str(tmp), "t", epochs=8, patience=2)
+    scripted = _ScriptedValLoss([0.9, 0.8, 0.5, 0.6, 0.7, 0.4, 0.3, 0.2])
+    cbs = [scripted, *cbs] + ([_KillAfter(kill)] if kill else [])
+    h = model.fit(x, y, batch_size=8, epochs=8, shuffle=False, callbacks=cbs, verbose=0)
+    return len(h.history["loss"]), model.get_weights()
+
+
+def test_a_resumed_fit_stops_and_restores_as_the_uninterrupted_one(tmp_path):
+    """Keras resets EarlyStopping at every fit's start: a fit killed after epoch 4 and resumed
+    took epoch 5 as its new best, trained on to epoch 8 and shipped epoch 8's weights, where
+    the uninterrupted fit stopped after epoch 5 with epoch 3's."""
+    ran, kept = _early_stopped_fit(tmp_path / "whole")
+    assert ran == 5
+    with pytest.raises(RuntimeError, match="killed after epoch 4"):
+        _early_stopped_fit(tmp_path / "killed", kill=4)
+    resumed_ran, resumed_kept = _early_stopped_fit(tmp_path / "killed")
+    assert resumed_ran == 1  # epoch 5 only: patience was already half spent
+    for a, b in zip(kept, resumed_kept, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)  # epoch 3's weights, restored
+    assert not (tmp_path / "killed" / "backup").exists()  # the fit ended: its state went too
