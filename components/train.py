@@ -12,6 +12,7 @@ the Keras multi-worker pattern: saving may run collective ops, so every worker m
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from graft.components.fitting import (
     reinitialise,
     scores_on,
 )
-from graft.components.fs import read_json, write_json_atomic
+from graft.components.fs import any_gfile, open_file, read_json, write_json_atomic
 from graft.components.manifest import excluded_from_eval, excluded_from_train
 from graft.core.config import (
     AugmentConfig,
@@ -51,6 +52,7 @@ from graft.core.config import (
     TrainHeadConfig,
 )
 from graft.core.log import Progress, log
+from graft.core.paths import join as os_join
 
 __all__ = [
     "StageResult",
@@ -254,14 +256,14 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        state = read_json(os.path.join(self.restore_dir, self.STATE))
-        backup = read_json(os.path.join(self.restore_dir, "training_metadata.json"))
+        state = read_json(os_join(self.restore_dir, self.STATE))
+        backup = read_json(os_join(self.restore_dir, "training_metadata.json"))
         if not state or not backup or state.get("epoch") != backup.get("epoch"):
             return  # a new fit, or a kill between this save and the backup's: start afresh
         self.wait, self.best, self.best_epoch = state["wait"], state["best"], state["best_epoch"]
-        weights = os.path.join(self.restore_dir, self.WEIGHTS)
-        if self.restore_best_weights and os.path.exists(weights):
-            with np.load(weights) as saved:
+        weights = os_join(self.restore_dir, self.WEIGHTS)
+        if self.restore_best_weights and any_gfile.exists(weights):
+            with open_file(weights, "rb") as f, np.load(io.BytesIO(f.read())) as saved:
                 self.best_weights = [saved[f"w{i}"] for i in range(len(saved.files))]
 
     def on_epoch_end(self, epoch, logs=None):
@@ -269,13 +271,16 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
         super().on_epoch_end(epoch, logs)
         if self.best is None:
             return
-        os.makedirs(self.write_dir, exist_ok=True)
+        any_gfile.makedirs(self.write_dir)
         if self.restore_best_weights and self.best_weights and self.best_epoch != best_before:
-            tmp = os.path.join(self.write_dir, f".{self.WEIGHTS}.tmp.npz")
-            np.savez(tmp, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
-            os.replace(tmp, os.path.join(self.write_dir, self.WEIGHTS))
+            buf = io.BytesIO()
+            np.savez(buf, **{f"w{i}": w for i, w in enumerate(self.best_weights)})
+            tmp = os_join(self.write_dir, f".{self.WEIGHTS}.tmp")
+            with open_file(tmp, "wb") as f:
+                f.write(buf.getvalue())
+            any_gfile.rename(tmp, os_join(self.write_dir, self.WEIGHTS), overwrite=True)
         write_json_atomic(
-            os.path.join(self.write_dir, self.STATE),
+            os_join(self.write_dir, self.STATE),
             {"epoch": epoch + 1, "wait": self.wait, "best": float(self.best),
              "best_epoch": self.best_epoch},  # epochs done, as the backup's metadata counts
         )  # fmt: skip
