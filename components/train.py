@@ -55,6 +55,7 @@ from graft.core.log import Progress, log
 from graft.core.paths import join as os_join
 
 __all__ = [
+    "callbacks",
     "StageResult",
     "HeadDetails",
     "FineTuneDetails",
@@ -289,7 +290,18 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 def callbacks(
     out_dir: str, stage: str, epochs: int, patience: int, chief_dir: str | None = None
 ) -> tuple[list, EpochLog]:
-    """The stage's callbacks, writing into out_dir; a worker resumes from chief_dir's backup."""
+    """The stage's callbacks, writing into out_dir; a worker resumes from chief_dir's backup.
+
+    Args:
+        out_dir: the stage's working folder (its backup, history and TensorBoard logs).
+        stage: the stage's name, for the epoch log.
+        epochs: the epochs planned, for the epoch log.
+        patience: early stopping's patience; 0 for none.
+        chief_dir: the chief's working folder, which a worker resumes from.
+
+    Returns:
+        (the callbacks, the epoch log among them).
+    """
     elog = EpochLog(os.path.join(out_dir, "history.jsonl"), stage, epochs)
     cbs: list = [
         WorkerBackup(os.path.join(out_dir, "backup"), os.path.join(chief_dir or out_dir, "backup")),
