@@ -42,6 +42,18 @@ GATE_OUTPUT = "Output"
 FRESHNESS = "freshness"  # the parameter (and `graft step` flag) of a step's external key
 
 
+def _input_params(step: dag.Step) -> list[inspect.Parameter]:
+    """`config_json` and one input artifact per input and shown output, typed as the upstream
+    step declares it: what a step's component and its key task both take."""
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [inspect.Parameter("config_json", kw, annotation=str)]
+    for name, src in {**step.shows, **step.inputs}.items():
+        upstream = dag.step(src)
+        kind = _artifact_class(upstream.artifact[dag.output_name(upstream)].type)
+        params.append(inspect.Parameter(name, kw, annotation=dsl.Input[kind]))
+    return params
+
+
 def step_function(step: dag.Step) -> Callable:
     """The step as a Python function with the kfp-typed signature of its component.
 
@@ -52,11 +64,7 @@ def step_function(step: dag.Step) -> Callable:
         A function kfp can make a container component of.
     """
     kw = inspect.Parameter.KEYWORD_ONLY
-    params = [inspect.Parameter("config_json", kw, annotation=str)]
-    for name, src in {**step.shows, **step.inputs}.items():
-        upstream = dag.step(src)
-        kind = _artifact_class(upstream.artifact[dag.output_name(upstream)].type)
-        params.append(inspect.Parameter(name, kw, annotation=dsl.Input[kind]))
+    params = _input_params(step)
     for name, out in step.artifact.items():
         params.append(inspect.Parameter(name, kw, annotation=dsl.Output[_artifact_class(out.type)]))
     if step.distributed:
@@ -93,12 +101,7 @@ def key_function(step: dag.Step) -> Callable:
     Returns:
         A function kfp can make a container component of, returning the key (str).
     """
-    kw = inspect.Parameter.KEYWORD_ONLY
-    params = [inspect.Parameter("config_json", kw, annotation=str)]
-    for name, src in {**step.shows, **step.inputs}.items():
-        upstream = dag.step(src)
-        kind = _artifact_class(upstream.artifact[dag.output_name(upstream)].type)
-        params.append(inspect.Parameter(name, kw, annotation=dsl.Input[kind]))
+    params = _input_params(step)
 
     def run(**kwargs) -> str:
         from graft.pipeline.kfp_runtime import run_key
