@@ -164,11 +164,10 @@ def _remote_listing_key(path: str, h) -> None:
     and update time, from Beam's listing (one paginated call, no reads)."""
     from apache_beam.io.filesystems import FileSystems
 
-    pattern = path.rstrip("/") + "/**"
     try:
-        if FileSystems.exists(path) and not FileSystems.match([pattern])[0].metadata_list:
-            pattern = path  # a file (the CSV): itself
-        metas = FileSystems.match([pattern])[0].metadata_list
+        metas = FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list
+        if not metas and FileSystems.exists(path):  # a file (the CSV): itself
+            metas = FileSystems.match([path])[0].metadata_list
     except Exception as e:  # noqa: BLE001 - every filesystem raises its own errors
         log(
             f"ingest: cannot list {path} ({type(e).__name__}: {str(e)[:200]}); it is read anew "

@@ -136,6 +136,11 @@ def versions(destination: str, model_name: str) -> list[int]:
     return sorted(v for v in found if v is not None)
 
 
+def _servable(destination: str, model_name: str, version: int) -> bool:
+    """Whether TF Serving would try the version: it has a saved_model.pb (not still copied in)."""
+    return exists(_join(version_path(destination, model_name, version), "saved_model.pb"))
+
+
 def served_version(destination: str, model_name: str) -> int | None:
     """What TF Serving's default policy serves: the newest version with a saved_model.pb.
 
@@ -147,7 +152,7 @@ def served_version(destination: str, model_name: str) -> int | None:
         The version number, or None.
     """
     for v in reversed(versions(destination, model_name)):
-        if exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
+        if _servable(destination, model_name, v):
             return v
     return None
 
@@ -215,7 +220,7 @@ def baseline_version(
         The version number, or None when there is none.
     """
     for v in reversed(versions(destination, model_name)):
-        if not exists(_join(version_path(destination, model_name, v), "saved_model.pb")):
+        if not _servable(destination, model_name, v):
             continue
         if candidate_sha is None or pushed_model_sha(destination, model_name, v) != candidate_sha:
             return v

@@ -11,6 +11,7 @@ import argparse
 from dataclasses import MISSING, dataclass, field, fields
 
 from graft.core.config import ConfigError
+from graft.core.versions import INT64_MAX
 
 __all__ = [
     "Limits",
@@ -198,7 +199,7 @@ def parse_policy(text: str) -> tuple[str, set[int]]:
             wanted = {int(v) for v in text.split(":", 1)[1].split(",") if v.strip()}
         except ValueError:
             wanted = set()
-        if wanted and all(1 <= v < 2**63 for v in wanted):
+        if wanted and all(1 <= v <= INT64_MAX for v in wanted):
             return "specific", wanted
     raise ValueError(
         f"--version-policy must be latest, all or specific:N[,M] with at least one version "
