@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 
 import tensorflow as tf
 
@@ -27,6 +28,7 @@ __all__ = [
     "count_examples",
     "decode_and_resize",
     "image_dataset",
+    "in_sha256_order",
     "naive_image_dataset",
     "parsed_examples",
     "raw_dataset",
@@ -195,6 +197,7 @@ def raw_dataset(
     split: str,
     exclude_sha256: set[str] | None = None,
     deterministic: bool = True,
+    canonical: bool = False,
 ) -> tf.data.Dataset:
     """(image_bytes, label) with parallel interleaved reads of the gzip shards.
 
@@ -203,19 +206,76 @@ def raw_dataset(
         split: "train", "val" or "test".
         exclude_sha256: images left out (validate's exclusions).
         deterministic: keep the shards' order (slower).
+        canonical: read the images in one fixed order of their sha256, whatever the shards
+            (see in_sha256_order).
 
     Returns:
         The dataset of (encoded image, label index) pairs.
     """
-    ds = parsed_examples(examples_dir, split, deterministic)
-    if exclude_sha256:
-        bad = tf.constant(sorted(exclude_sha256))
-        ds = ds.filter(lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex["image/sha256"], bad))))
+
+    def examples() -> tf.data.Dataset:
+        ds = parsed_examples(examples_dir, split, deterministic or canonical)
+        if exclude_sha256:
+            bad = tf.constant(sorted(exclude_sha256))
+            ds = ds.filter(
+                lambda ex: tf.logical_not(tf.reduce_any(tf.equal(ex["image/sha256"], bad)))
+            )
+        return ds
+
+    if canonical:
+        files = split_files(examples_dir, split)
+        passes = -(-sum(tf.io.gfile.stat(f).length for f in files) // SORT_PASS_BYTES)
+        ds = in_sha256_order(examples, max(1, passes))
+    else:
+        ds = examples()
     return ds.map(
         lambda ex: (ex["image/encoded"], ex["label"]),
         num_parallel_calls=AUTOTUNE,
-        deterministic=deterministic,
+        deterministic=deterministic or canonical,
     )
+
+
+# encoded bytes sorted in memory at once by in_sha256_order: a larger split takes more passes
+SORT_PASS_BYTES = 512 << 20
+_ORDER_BUCKETS = 1 << 62  # tf.strings.to_hash_bucket_fast: FarmHash64, the same on every machine
+
+
+def in_sha256_order(examples: Callable[[], tf.data.Dataset], passes: int) -> tf.data.Dataset:
+    """The examples in a fixed order of their sha256 (FarmHash's), not the shards' order.
+
+    Ingest's shards hold a split's records in an order Beam chooses, which differs between
+    two ingests of the same folder (and after an incremental one). Seeded shuffles of that
+    order gave `train.deterministic` runs different models from the same images: make
+    demo's first run in a fresh clone scored 0.609, a re-run 0.660. Sorting first makes the
+    order a function of the images alone. Each pass reads every shard, keeps the images
+    whose hash falls in its share and sorts them in memory, so memory stays near
+    SORT_PASS_BYTES of encoded images whatever the split's size; the passes take
+    consecutive key ranges, so their number does not change the order.
+
+    Args:
+        examples: makes the parsed-example dataset (once per pass).
+        passes: how many shares the hash range is cut into.
+
+    Returns:
+        The parsed examples, in hash order.
+    """
+
+    width = -(-_ORDER_BUCKETS // passes)  # pass i sorts the keys in [i * width, (i+1) * width)
+
+    def share(index: tf.Tensor) -> tf.data.Dataset:
+        def mine(ex):
+            key = tf.strings.to_hash_bucket_fast(ex["image/sha256"], _ORDER_BUCKETS)
+            return tf.equal(key // width, index)
+
+        def in_order(batch):
+            key = tf.strings.to_hash_bucket_fast(batch["image/sha256"], _ORDER_BUCKETS)
+            order = tf.argsort(key, stable=True)
+            return {name: tf.gather(t, order) for name, t in batch.items()}
+
+        whole = examples().filter(mine).batch(1 << 40)  # the whole share as one batch
+        return whole.map(in_order).unbatch()
+
+    return tf.data.Dataset.range(passes).flat_map(share)
 
 
 def augmentation_layers(cfg: AugmentConfig, seed: int = 0):
@@ -270,8 +330,9 @@ def image_dataset(
     increments optimizer.iterations (no data dependency), which shifts Adam's bias
     correction and every LR schedule by one step per epoch.
 
-    Shuffled reads are unordered for speed; `deterministic` orders them and runs the
-    augmentation sequentially, so its random draws land on the same images every run.
+    Shuffled reads are unordered for speed; `deterministic` reads the images in a fixed order
+    of their sha256 (in_sha256_order: any ingest of the same images gives the same order) and
+    runs the augmentation sequentially, so its random draws land on the same images every run.
 
     `workers` > 1 (MultiWorkerMirroredStrategy): the dataset carries the auto-shard policy of
     `shard_policy`. Under FILE each worker holds a different number of images, so the dataset
@@ -298,7 +359,12 @@ def image_dataset(
     ordered = deterministic or not shuffle
     policy = shard_policy(len(split_files(examples_dir, split)), workers, training=shuffle)
     by_file = policy == tf.data.experimental.AutoShardPolicy.FILE
-    ds = raw_dataset(examples_dir, split, exclude_sha256, deterministic=ordered)
+    # deterministic reads (training and its val set) go in the images' own order, not the
+    # shards' (in_sha256_order); under FILE sharding each worker's order is its files'
+    canonical = deterministic and not by_file
+    ds = raw_dataset(
+        examples_dir, split, exclude_sha256, deterministic=ordered, canonical=canonical
+    )
     if by_file:
         repeat = True  # a worker's share is not the manifest's count: no length to assert
     else:

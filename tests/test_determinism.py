@@ -1,10 +1,12 @@
-"""train.deterministic: two runs from the same ingest artifact give bit-identical models.
+"""train.deterministic: two runs over the same images give bit-identical models, even from two
+ingests whose shards hold the images in different orders.
 
 Each run is its own process (op determinism is process-wide, and a re-run is a new
-process in real use): the head stage on cached features, then fine-tuning on shuffled,
-augmented batches read from several shards.
+process in real use): the head stage, then fine-tuning on shuffled, augmented batches
+read from several shards.
 """
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -13,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import REPO
 
+from graft.components import data as gdata
+from graft.components.data import parsed_examples, raw_dataset
 from graft.components.demo_data import generate
 from graft.components.fitting import load_model, read_history
 from graft.components.ingest import ingest
 from graft.core.config import DataConfig
-
-pytestmark = pytest.mark.slow  # trains a model
 
 RUN = """
 import sys
@@ -37,12 +39,39 @@ fine_tune(ex, out + "/head", out + "/ft", train=train, augment=aug, image_size=3
 
 
 @pytest.fixture(scope="module")
-def examples(tmp_path_factory) -> str:
-    """3 demo classes x 40 at 48 px in 4 shards."""
+def examples(tmp_path_factory) -> tuple[str, str]:
+    """3 demo classes x 40 at 48 px, ingested twice: in 4 shards and in 3."""
     tmp = tmp_path_factory.mktemp("det")
     generate(tmp / "imgs", classes=3, per_class=40, size=48, seed=5)
-    ingest(DataConfig(path=str(tmp / "imgs"), num_workers=1, shards=4), str(tmp / "ex"))
-    return str(tmp / "ex")
+    for shards in (4, 3):
+        data = DataConfig(path=str(tmp / "imgs"), num_workers=1, shards=shards, incremental=False)
+        ingest(data, str(tmp / f"ex{shards}"))
+    return str(tmp / "ex4"), str(tmp / "ex3")
+
+
+def _shas(examples: str, **kw) -> list[str]:
+    return [
+        hashlib.sha256(b).hexdigest()
+        for b, _ in raw_dataset(examples, "train", **kw).as_numpy_iterator()
+    ]
+
+
+def test_canonical_reads_give_one_order_whatever_the_shards_and_passes(examples, monkeypatch):
+    four, three = examples
+    assert sorted(_shas(four)) == sorted(_shas(three))
+    assert _shas(four) != _shas(three)  # the shards' orders differ: the case that matters
+    one_pass = _shas(four, canonical=True)
+    assert one_pass == _shas(three, canonical=True)
+    assert sorted(one_pass) == sorted(_shas(four))
+    monkeypatch.setattr(gdata, "SORT_PASS_BYTES", 2000)  # several passes, fewer than images
+    assert one_pass == _shas(three, canonical=True) == _shas(four, canonical=True)
+    stored = {  # encoded bytes' sha256 -> the source file's, which exclusions name
+        hashlib.sha256(ex["image/encoded"]).hexdigest(): ex["image/sha256"].decode()
+        for ex in parsed_examples(four, "train").as_numpy_iterator()
+    }
+    dropped = one_pass[5]
+    kept = _shas(four, canonical=True, exclude_sha256={stored[dropped]})
+    assert kept == [s for s in one_pass if s != dropped]
 
 
 def _train(examples: str, out) -> None:
@@ -56,9 +85,10 @@ def _train(examples: str, out) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # trains a model twice
 def test_deterministic_runs_are_bit_identical(examples, tmp_path):
-    _train(examples, tmp_path / "a")
-    _train(examples, tmp_path / "b")
+    _train(examples[0], tmp_path / "a")
+    _train(examples[1], tmp_path / "b")
     for stage in ("head", "ft"):
         a, b = (load_model(str(tmp_path / r / stage / "model.keras")) for r in "ab")
         wa, wb = a.get_weights(), b.get_weights()
