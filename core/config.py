@@ -308,8 +308,9 @@ class TrainConfig(Section):
     strategy: Literal["auto", "default", "mirrored", "multi_worker"] = "auto"
     deterministic: bool = Field(
         False,
-        description="bit-identical re-runs from the same ingest artifact on the same machine and "
-        "TF build: ordered reads, sequential augmentation, TF op determinism; slower",
+        description="bit-identical re-runs over the same images (any ingest of them) on the "
+        "same machine and TF build: reads in sha256 order, sequential augmentation, TF op "
+        "determinism; slower",
     )
     budget_minutes: float = Field(
         15.0,
