@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from graft.core.backbones import BACKBONES
 
 __all__ = [
+    "RUN_RECORD",
     "leaf_keys",
     "AdviseConfig",
     "AugmentConfig",
@@ -1056,11 +1057,68 @@ def load_config(
     advise = raw.setdefault("advise", {}) if isinstance(raw.get("advise", {}), dict) else {}
     if "advise.keep" not in flags and isinstance(advise, dict):
         if "advise.keep" in given and isinstance(advise.get("keep"), list):
-            given = [*advise["keep"], *flags]  # the file's list, and what --set changed
+            # the file's list, what --set changed, and what was edited by hand in the file
+            given = [*advise["keep"], *flags, *hand_edits(loaded, Path(path), advise["keep"])]
         else:
             given += flags
         advise["keep"] = sorted({k for k in given if k.split(".")[0] not in ("advise", "recipe")})
     return parse_config(raw, path)
+
+
+# pipeline.runner writes a run's config.yaml and, beside it, this record of the same config
+RUN_RECORD = "run.json"
+
+
+def hand_edits(written: dict, path: Path, keep: list[str]) -> list[str]:
+    """Keys of a run's written config.yaml changed since Graft wrote it, and not in its
+    `advise.keep`: found against the run's record (RUN_RECORD beside the file, which holds the
+    config as written). Under `recipe: auto` advise replanned such an edit, and the run went
+    on without it, saying nothing; now it is the user's setting, kept, and said so.
+
+    Args:
+        written: the file's mapping, as read.
+        path: the file.
+        keep: its advise.keep.
+
+    Returns:
+        The edited dotted keys (logged when the recipe plans); empty for any other file.
+    """
+    try:
+        record = json.loads((path.parent / RUN_RECORD).read_text())
+        recorded = record["config"]
+        ours = os.path.realpath(record["config_file"]) == os.path.realpath(path)
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if not ours or not isinstance(recorded, dict):
+        return []
+    edited = [
+        key
+        for key in leaf_keys(written)
+        if key.split(".")[0] not in ("advise", "recipe")
+        and not kept_by(key, keep)
+        and _at(written, key) != _at(recorded, key)
+    ]
+    if edited and written.get("recipe") != "manual":  # a manual recipe plans nothing
+        from graft.core.log import log
+
+        shown = ", ".join(f"{k}={_at(written, k)!r}" for k in edited)
+        log(
+            f"{path}: {shown}: not in advise.keep, yet changed since the run wrote it: "
+            "kept as your setting (advise plans around it)",
+            "warn",
+        )
+    return edited
+
+
+def _at(raw: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(raw, dict) or part not in raw:
+            return _MISSING
+        raw = raw[part]
+    return raw
+
+
+_MISSING = object()
 
 
 def _deep_merge(dst: dict, src: dict) -> None:

@@ -25,7 +25,13 @@ _TF_LEVEL_GIVEN = "TF_CPP_MIN_LOG_LEVEL" in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Beam workers and servers inherit it
 
 from graft.core.backbones import BACKBONES  # noqa: E402
-from graft.core.config import ConfigError, GraftConfig, dump_yaml, load_config  # noqa: E402
+from graft.core.config import (  # noqa: E402
+    RUN_RECORD,
+    ConfigError,
+    GraftConfig,
+    dump_yaml,
+    load_config,
+)
 from graft.core.log import log  # noqa: E402
 from graft.core.log import setup as log_setup  # noqa: E402
 from graft.core.paths import demo_weights  # noqa: E402
@@ -589,7 +595,7 @@ def _run_dirs(root: str) -> list[Path]:
     base = Path(root)
     if not base.is_dir():
         return []
-    return sorted(d for d in base.iterdir() if (d / "run.json").is_file())
+    return sorted(d for d in base.iterdir() if (d / RUN_RECORD).is_file())
 
 
 def _read_json(path: Path) -> dict:
@@ -620,7 +626,7 @@ def cmd_runs_list(args) -> int:
     for col in RUN_COLUMNS:
         t.add_column(col, overflow="fold", no_wrap=col in ("status", "pushed"))
     for d in runs:
-        t.add_row(d.name, *run_row(_read_json(d / "run.json")))
+        t.add_row(d.name, *run_row(_read_json(d / RUN_RECORD)))
     Console().print(t)
     return 0
 
@@ -781,11 +787,11 @@ def cmd_report(args) -> int:
         run_dir = with_report[-1]
     else:
         run_dir = Path(args.run_root) / args.run_id
-        if not (run_dir / "run.json").is_file():
+        if not (run_dir / RUN_RECORD).is_file():
             known = ", ".join(d.name for d in runs[-5:]) or "none"
             raise ConfigError(f"no run '{args.run_id}' under {args.run_root}; latest: {known}")
         if run_dir not in with_report:
-            status = _read_json(run_dir / "run.json").get("status", "?")
+            status = _read_json(run_dir / RUN_RECORD).get("status", "?")
             raise ConfigError(f"run {args.run_id} ({status}) has no evaluation report")
     path = (run_dir / "evaluate" / "report.html").absolute()
     print(path)

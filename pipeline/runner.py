@@ -33,6 +33,7 @@ from filelock import FileLock, Timeout
 
 from graft.components.registry import RUN_ID_ENV
 from graft.core.config import (
+    RUN_RECORD,
     GraftConfig,
     apply_overrides,
     parse_config,
@@ -309,7 +310,7 @@ def _save_run(state: _Run, run: dict, t_run: float | None = None) -> None:
     run["steps"] = {k: vars(v) for k, v in state.records.items()}
     if t_run is not None:
         run["seconds"] = round(time.time() - t_run, 2)
-    path = os.path.join(state.run_dir, "run.json")
+    path = os.path.join(state.run_dir, RUN_RECORD)
     with open(path + ".tmp", "w") as f:
         json.dump(run, f, indent=2, default=str)
     os.replace(path + ".tmp", path)
@@ -425,7 +426,8 @@ def write_config_file(cfg: GraftConfig, path: str, notes: list[str] | None = Non
     """
     header = (
         "# The resolved config of this run: every key, defaults included. The keys in\n"
-        "# advise.keep are your settings: recipe auto plans around them.\n"
+        "# advise.keep are your settings: recipe auto plans around them, and around any\n"
+        "# key you edit here (checked against run.json).\n"
         + "".join(f"# {n}\n" for n in notes or [])
         + "# Edit and re-run with: graft run --config "
         + path

@@ -91,6 +91,28 @@ def test_explicit_setting_wins_over_auto_and_no_fine_tune_is_shown_as_none(auto_
     assert "fine_tune.enabled: false" not in html  # a setting the user never made
 
 
+def test_a_hand_edit_of_a_written_config_is_kept_not_replanned(auto_run, tmp_path):
+    """A run's config.yaml edited by hand and re-run: under recipe auto the edit is the
+    user's setting (advise.keep), not a value advise silently plans over."""
+    run_dir = Path(auto_run["run"]["config_file"]).parent
+    written = tmp_path / "config.yaml"  # a copy of the run's folder (the fixture is shared)
+    shutil.copy(run_dir / "config.yaml", written)
+    record = json.loads((run_dir / "run.json").read_text())
+    (tmp_path / "run.json").write_text(json.dumps({**record, "config_file": str(written)}))
+    raw = yaml.safe_load(written.read_text())
+    assert load_config(written).advise.keep == raw["advise"]["keep"]  # unedited: nothing added
+    planned = json.load(open(Path(auto_run["run"]["steps"]["advise"]["output"]) / "advice.json"))
+    assert (
+        "head.normalize" in planned["overrides"] and "head.normalize" not in raw["advise"]["keep"]
+    )
+    raw["head"]["normalize"] = not raw["head"]["normalize"]  # a key the plan sets
+    cfg = load_config(_write(written, raw))  # edited in place, as its header says
+    assert cfg.advise.keep == sorted([*raw["advise"]["keep"], "head.normalize"])
+    assert cfg.head.normalize is raw["head"]["normalize"]
+    (tmp_path / "run.json").write_text(json.dumps({**record, "config_file": "elsewhere.yaml"}))
+    assert load_config(written).advise.keep == raw["advise"]["keep"]  # another run's record
+
+
 def test_written_config_lists_what_the_user_set(tmp_path):
     """A user's own file: every key in it is theirs (kept over advise); --set adds to it."""
     f = _write(
