@@ -24,6 +24,7 @@ so there is no sibling to reuse and every file is decoded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -60,6 +61,7 @@ from graft.components.sources import (
     read_bounded,
 )
 from graft.core.config import DataConfig
+from graft.core.locks import StepBusy, readers_lock
 from graft.core.log import Progress, log
 from graft.core.paths import is_output_dir
 from graft.core.paths import is_remote as _is_remote
@@ -68,6 +70,7 @@ from graft.core.quiet import native_stderr_captured
 
 __all__ = [
     "split_of",
+    "find_previous",
     "IngestResult",
     "ingest",
     "source_fingerprint",
@@ -602,7 +605,15 @@ def _read_text(path: str) -> str | None:
 
 def find_previous(data: DataConfig, out_dir: str) -> str | None:
     """The newest complete ingest of the same source beside out_dir (the runner's
-    steps/ingest/<fingerprint>/ siblings), or None."""
+    steps/ingest/<fingerprint>/ siblings), or None.
+
+    Args:
+        data: the data config (its reuse_key picks the source and decoding settings).
+        out_dir: this ingest's output folder.
+
+    Returns:
+        The earlier output folder, or None.
+    """
     parent = os.path.dirname(out_dir.rstrip("/"))
     me = os.path.basename(out_dir.rstrip("/"))
     want = json.loads(json.dumps(reuse_key(data)))
@@ -624,6 +635,23 @@ def find_previous(data: DataConfig, out_dir: str) -> str | None:
         if best is None or t > best[0]:
             best = (t, folder)
     return best[1] if best else None
+
+
+def _hold_previous(previous: str | None, held: contextlib.ExitStack) -> str | None:
+    """Hold the earlier ingest for reading (the runner's readers lock, shared) while its
+    records are copied and linked, so a --no-cache run cannot delete it meanwhile; one being
+    rewritten right now is not waited for: it is not reused, and every file is decoded."""
+    if previous is None or _is_remote(previous):
+        return previous
+    try:
+        held.enter_context(readers_lock(previous, "ingest (previous ingest)", True, 0))
+    except StepBusy:
+        log(f"ingest: {previous} is being rewritten by another run: not reused; decoding all")
+        return None
+    if not _read_text(_join(previous, REUSE_FILE)):  # rewritten before the lock: not complete
+        held.close()
+        return None
+    return previous
 
 
 def _stat(item: dict) -> tuple[int, int] | None:
@@ -1092,14 +1120,20 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
     fractions = _carve(listing, data.splits.model_dump(), source)
     if previous is None and data.incremental:
         previous = find_previous(data, out_dir)
-    plan = plan_reuse(items, data, previous)
-    try:
-        plan, reused_meta, known = _reuse_previous(plan, items, label_ids, fractions, out_dir, data)
-        decoded_meta, decoded_q = _decode_the_rest(plan, label_ids, data, out_dir, fractions, known)
-        _place_staged(out_dir)
-    except BaseException:
-        _cleanup(out_dir)
-        raise
+    with contextlib.ExitStack() as held:
+        previous = _hold_previous(previous, held)
+        plan = plan_reuse(items, data, previous)
+        try:
+            plan, reused_meta, known = _reuse_previous(
+                plan, items, label_ids, fractions, out_dir, data
+            )
+            decoded_meta, decoded_q = _decode_the_rest(
+                plan, label_ids, data, out_dir, fractions, known
+            )
+            _place_staged(out_dir)
+        except BaseException:
+            _cleanup(out_dir)
+            raise
 
     meta = sorted(
         reused_meta + decoded_meta,

@@ -18,7 +18,6 @@ another run is reading is never deleted under it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -29,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from filelock import FileLock, Timeout
 
 from graft.components.registry import RUN_ID_ENV
 from graft.core.config import (
@@ -39,6 +37,7 @@ from graft.core.config import (
     parse_config,
     with_absolute_paths,
 )
+from graft.core.locks import readers_lock, step_lock
 from graft.core.log import log
 from graft.core.paths import mark_output_dir
 from graft.pipeline import dag
@@ -105,99 +104,6 @@ def _when_unmet(s: dag.Step, cfg: GraftConfig, records: dict[str, StepRecord]) -
     if upstream.get(s.when.output):
         return None
     return f"{s.when.step}.{s.when.output} is false"
-
-
-class StepBusy(RuntimeError):
-    """Another live process holds a step output's lock past runner.lock_wait_seconds."""
-
-
-def _owner_text(out: str) -> str:
-    try:
-        with open(out + ".owner.json") as f:
-            o = json.load(f)
-        return f"pid {o['pid']} on {o['host']} (run {o['run_id']}, since {o['since']})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "another process (it has not written its pid yet)"
-
-
-@contextlib.contextmanager
-def step_lock(out: str, step: str, run_id: str, wait_seconds: float):
-    """Hold the lock on a step output dir: wait up to wait_seconds, or raise StepBusy naming
-    the holder. The lock dies with its process, so a killed run's output is resumable."""
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    lock = FileLock(out + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        who = _owner_text(out)
-        if wait_seconds <= 0:
-            raise StepBusy(
-                f"{step}: its output {out} is being written by {who}; not touched "
-                "(runner.lock_wait_seconds is 0: wait for that run, or set it to wait)"
-            ) from None
-        log(
-            f"{step}: its output {out} is being written by {who}; waiting up to "
-            f"{wait_seconds:g}s (runner.lock_wait_seconds)",
-            level="warn",
-        )
-        try:
-            lock.acquire(timeout=wait_seconds)
-        except Timeout:
-            raise StepBusy(
-                f"{step}: its output {out} is still being written by {_owner_text(out)} after "
-                f"{wait_seconds:g}s (runner.lock_wait_seconds); not touched"
-            ) from None
-    try:
-        owner = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "run_id": run_id,
-            "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        }
-        with open(out + ".owner.json", "w") as f:
-            json.dump(owner, f)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(out + ".owner.json")
-        lock.release()
-
-
-READERS = ".readers"  # beside a step output: shared while a step reads it, exclusive to redo it
-
-
-@contextlib.contextmanager
-def readers_lock(out: str, step: str, shared: bool, wait_seconds: float):
-    """Hold a step output for reading (shared: a running step reads it as an input) or for
-    rewriting it (exclusive: --no-cache, --from, a step that is never cached). A rewrite waits
-    for the readers and new readers wait for the rewrite, up to wait_seconds, else StepBusy;
-    so a run never deletes an output that another live run is reading. flock: released with
-    the process, also a killed one."""
-    fd = os.open(out + READERS, os.O_CREAT | os.O_RDWR, 0o644)
-    deadline, said = time.monotonic() + max(wait_seconds, 0), False
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                doing = "rewritten by another run" if shared else "read by another run"
-                if time.monotonic() >= deadline:
-                    raise StepBusy(
-                        f"{step}: {out} is being {doing} after {wait_seconds:g}s "
-                        "(runner.lock_wait_seconds); not touched"
-                    ) from None
-                if not said:
-                    log(
-                        f"{step}: {out} is being {doing}; waiting up to {wait_seconds:g}s "
-                        "(runner.lock_wait_seconds)",
-                        level="warn",
-                    )
-                    said = True
-                time.sleep(0.2)
-        yield
-    finally:
-        os.close(fd)  # releases the flock
 
 
 def _banner(i: int, n: int, s: dag.Step, status: str) -> None:

@@ -19,9 +19,10 @@ from PIL import Image, ImageFilter
 from graft.components import features as gfeat
 from graft.components.demo_data import generate
 from graft.components.drift import DriftBlocked
-from graft.components.ingest import ingest
+from graft.components.ingest import find_previous, ingest
 from graft.components.registry import versions
 from graft.core.config import DataConfig, parse_config
+from graft.core.locks import readers_lock
 from graft.pipeline.runner import run_pipeline
 
 
@@ -157,6 +158,16 @@ def test_incremental_ingest_finds_only_its_own_source(tmp_path):
         DataConfig(path=str(a), image_size=32, num_workers=1), str(steps / "7"), str(steps / "6")
     )
     assert r.written == 16 and r.incremental["reused"] == 0 and r.incremental["changed"] == 16
+    # the previous ingest is held for reading while it is reused: one that another run is
+    # rewriting (--no-cache holds it exclusively) is not waited for, nor read half-deleted
+    newest = find_previous(DataConfig(path=str(a), image_size=32), str(steps / "8"))
+    assert newest == str(steps / "7")
+    with readers_lock(newest, "a --no-cache rewrite", False, 0):
+        r = _ingest(a, steps / "8")
+    assert r.incremental["previous"] is None and r.incremental["decoded"] == 16
+    assert _ingest(a, steps / "9").incremental["previous"] == str(steps / "8")
+    with readers_lock(str(steps / "8"), "a rewrite", False, 0):  # ingest let go of its hold
+        pass
 
 
 # ---------------------------------------------------------------- three scheduled runs

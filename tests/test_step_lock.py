@@ -16,7 +16,7 @@ from graft.core.config import parse_config
 
 HOLD = """
 import sys
-from graft.pipeline.runner import step_lock
+from graft.core.locks import step_lock
 with step_lock(sys.argv[1], "ingest", "the-other-run", 0):
     print("locked", flush=True)
     sys.stdin.readline()  # holds the step output until the test says so (or closes stdin)
@@ -106,7 +106,7 @@ def test_a_second_run_waits_for_the_first_then_goes_on(tmp_path, tiny_data):
 
 READ = """
 import sys
-from graft.pipeline.runner import readers_lock
+from graft.core.locks import readers_lock
 with readers_lock(sys.argv[1], "validate (examples)", True, 0):
     print("reading", flush=True)
     sys.stdin.readline()  # a step of another run reads the output until the test says so
