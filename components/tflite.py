@@ -228,7 +228,8 @@ class Runner:
 def representative_images(
     examples_dir: str, size: int, n: int = REPRESENTATIVE_IMAGES, geometry=None
 ):
-    """The first `n` training images in file order (the shards are hash-ordered), as uint8.
+    """The `n` training images whose sha256 sort first, as uint8: the same images from any
+    ingest of the same folder (the shards' record order is Beam's, and differs between two).
 
     Args:
         examples_dir: the ingest step's output.
@@ -237,19 +238,31 @@ def representative_images(
         geometry: how images are shaped to the input size; None: squash.
 
     Returns:
-        uint8 [n, size, size, 3] (fewer where the split is smaller).
+        uint8 [n, size, size, 3] (fewer where the split is smaller), in sha256 order.
     """
     import tensorflow as tf
 
     from graft.components import data as gdata
+    from graft.components.manifest import read_manifest
 
     geometry = geometry or gdata.SQUASH
-
-    blobs = [b for b, _ in gdata.raw_dataset(examples_dir, "train").take(n).as_numpy_iterator()]
-    if not blobs:
+    wanted = sorted({r["sha256"] for r in read_manifest(examples_dir) if r["split"] == "train"})
+    wanted = wanted[:n]
+    if not wanted:
         return np.zeros((0, size, size, 3), np.uint8)
+    table = tf.constant(wanted)
+    ds = gdata.parsed_examples(examples_dir, "train", deterministic=False)
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["image/sha256"], table)))
+    found: dict[str, bytes] = {}
+    for ex in ds.as_numpy_iterator():  # stops once every wanted image is read
+        found[ex["image/sha256"].decode()] = ex["image/encoded"]
+        if len(found) == len(wanted):
+            break
     return np.stack(
-        [to_uint8(gdata.decode_and_resize(tf.constant(b), size, geometry).numpy()) for b in blobs]
+        [
+            to_uint8(gdata.decode_and_resize(tf.constant(found[s]), size, geometry).numpy())
+            for s in sorted(found)
+        ]
     )
 
 

@@ -85,6 +85,18 @@ def _train(examples: str, out) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+def test_int8_calibration_images_are_the_same_from_either_ingest(examples):
+    """The TFLite int8 representative set: chosen by sha256, not by the shards' order."""
+    from graft.components.manifest import read_manifest
+    from graft.components.tflite import representative_images
+
+    four, three = (representative_images(ex, 32, n=10) for ex in examples)
+    assert four.shape == (10, 32, 32, 3) and four.dtype == np.uint8
+    assert np.array_equal(four, three)
+    train = {r["sha256"] for r in read_manifest(examples[0]) if r["split"] == "train"}
+    assert len(representative_images(examples[0], 32, n=500)) == len(train)  # each image once
+
+
 @pytest.mark.slow  # trains a model twice
 def test_deterministic_runs_are_bit_identical(examples, tmp_path):
     _train(examples[0], tmp_path / "a")
