@@ -71,17 +71,20 @@ def _train_fold_head(model, x, y, head_cfg: TrainHeadConfig, epochs: int, cw, se
     trainer.fit(x, y, batch_size=head_cfg.batch_size, epochs=epochs, class_weight=cw, verbose=0)
 
 
-def _fold_datasets(examples_dir, size, cfg, augment, seed, exclude_train, others, held, geometry):
+def _fold_datasets(recipe: _Recipe, seed: int, others: set[str], held: set[str]):
     """The fold's training images (shuffled, augmented) and its held-out images (in order)."""
+    examples_dir, size, cfg = recipe.examples_dir, recipe.image_size, recipe.cfg
+    exclude_train, geometry = recipe.exclude_train, recipe.geometry
     train_ds = gdata.image_dataset(
         examples_dir,
         "train",
         size,
         cfg.batch_size,
         shuffle=True,
-        augment=augment if cfg.augment else None,
+        augment=recipe.augment if cfg.augment else None,
         seed=seed,
         exclude_sha256=exclude_train | held,
+        deterministic=recipe.deterministic,  # as the real fine-tuning read its images
         geometry=geometry,
     )
     held_ds = gdata.image_dataset(
@@ -112,6 +115,7 @@ class _Recipe:
     jit: bool
     geometry: gdata.Geometry
     weights_by_class: dict | None = None  # per class index, for the head and the fine-tune
+    deterministic: bool = False  # train.deterministic: the folds read as the real stage did
 
 
 def fold_evidence(
@@ -130,6 +134,7 @@ def fold_evidence(
     jit: bool = False,
     feature_store: dict | None = None,
     geometry: gdata.Geometry = gdata.SQUASH,
+    deterministic: bool = False,
 ) -> dict | None:
     """Out-of-fold per-image hits of the head-only and the fine-tuned recipe over the train
     split: {"head": [...], "tuned": [...], "folds": [...], "k": k}; None when a class has
@@ -151,6 +156,7 @@ def fold_evidence(
         jit: compile the training steps with XLA.
         feature_store: {"root", "fingerprint"} of the head stage's stored features, or None.
         geometry: how images are fitted to the input size.
+        deterministic: train.deterministic (ordered, sha256-ordered reads; see data.py).
 
     Returns:
         {"k", "head", "tuned", "folds", "seconds", "features_computed"}: the per-image
@@ -175,6 +181,7 @@ def fold_evidence(
     recipe = _Recipe(
         examples_dir, head_model_path, cfg, head_cfg, head_epochs, tune_epochs, augment,
         image_size, exclude_train, seed, jit, geometry, weights_by_class=cw,
+        deterministic=deterministic,
     )  # fmt: skip
     log(
         f"fine_tune: guard: {k}-fold cross-validation on {len(y)} training images (< "
@@ -233,10 +240,7 @@ def _run_fold(recipe: _Recipe, i: int, x, y, shas, tr, te) -> dict:
         model, x[tr], y[tr], recipe.head_cfg, recipe.head_epochs, recipe.weights_by_class, seed + i
     )
     held, others = set(shas[te].tolist()), set(shas[tr].tolist())
-    train_ds, held_ds = _fold_datasets(
-        recipe.examples_dir, recipe.image_size, cfg, recipe.augment, seed + i,
-        recipe.exclude_train, others, held, recipe.geometry,
-    )  # fmt: skip
+    train_ds, held_ds = _fold_datasets(recipe, seed + i, others, held)
     _, _, head_hits = scores_on(model, held_ds)
     info = gmodel.unfreeze(model, cfg.unfreeze)
     steps = max(1, int(train_ds.cardinality()))

@@ -65,7 +65,7 @@ def paired_difference(
     a = np.asarray(a_correct, dtype=float)
     b = np.asarray(b_correct, dtype=float)
     n = len(a)
-    d = a - b
+    d = np.sort(a - b)  # resampled in a fixed order: the interval is the images', not their order's
     if n == 0:
         return {"difference": 0.0, "low": 0.0, "high": 0.0, "n": 0, "a_only": 0, "b_only": 0}
     rng = np.random.default_rng(seed)
@@ -118,6 +118,22 @@ def balanced_scores(
     return f1.mean(1), recall.sum(1) / np.maximum(present, 1)
 
 
+def _in_fixed_order(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The per-image columns sorted together by their values: a seeded bootstrap then draws
+    the same resamples whatever order the images came in (the ingest shards' order differs
+    between two ingests of one folder, and a guard's decision near its bound followed it).
+
+    Args:
+        columns: equal-length arrays, one value per image each.
+
+    Returns:
+        The columns, reordered by one shared permutation.
+    """
+    cols = [np.asarray(c) for c in columns]
+    order = np.lexsort(cols[::-1])  # the first column is the primary key
+    return tuple(c[order] for c in cols)
+
+
 def _resamples(n: int, reps: int, seed: int, chunk: int = 250):
     """Bootstrap resamples of n images in chunks of rows (memory stays ~chunk x n)."""
     rng = np.random.default_rng(seed)
@@ -149,6 +165,7 @@ def balanced_score_intervals(
     """
     if len(y) == 0:
         return {"macro_f1": [0.0, 0.0, 0.0], "balanced_accuracy": [0.0, 0.0, 0.0]}
+    y, pred = _in_fixed_order(y, pred)
     f1, bal = (v[0] for v in balanced_scores(y, pred, n_classes))
     f1s, bals = zip(
         *(balanced_scores(y, pred, n_classes, idx) for idx in _resamples(len(y), reps, seed)),
@@ -189,6 +206,7 @@ def paired_macro_f1(
     n = len(y)
     if n == 0:
         return {"difference": 0.0, "low": 0.0, "high": 0.0, "n": 0, "a": 0.0, "b": 0.0}
+    y, pred_a, pred_b = _in_fixed_order(y, pred_a, pred_b)
     a, b = (balanced_scores(y, p, n_classes)[0][0] for p in (pred_a, pred_b))
     diffs = np.concatenate(
         [

@@ -1121,6 +1121,7 @@ def _fold_evidence(run: _TuneRun, small: bool) -> dict | None:
         exclude_train=excluded_from_train(run.validation_dir) or set(),
         seed=run.train.seed,
         jit=_jit(run.train),
+        deterministic=run.train.deterministic,
     )
 
 

@@ -20,6 +20,7 @@ from graft.components.data import parsed_examples, raw_dataset
 from graft.components.demo_data import generate
 from graft.components.fitting import load_model, read_history
 from graft.components.ingest import ingest
+from graft.components.manifest import read_manifest
 from graft.core.config import DataConfig
 
 RUN = """
@@ -87,7 +88,6 @@ def _train(examples: str, out) -> None:
 
 def test_int8_calibration_images_are_the_same_from_either_ingest(examples):
     """The TFLite int8 representative set: chosen by sha256, not by the shards' order."""
-    from graft.components.manifest import read_manifest
     from graft.components.tflite import representative_images
 
     four, three = (representative_images(ex, 32, n=10) for ex in examples)
@@ -95,6 +95,27 @@ def test_int8_calibration_images_are_the_same_from_either_ingest(examples):
     assert np.array_equal(four, three)
     train = {r["sha256"] for r in read_manifest(examples[0]) if r["split"] == "train"}
     assert len(representative_images(examples[0], 32, n=500)) == len(train)  # each image once
+
+
+def test_the_guards_folds_read_their_images_as_the_deterministic_stage_does(examples):
+    """The guard's k-fold fine-tunes: under train.deterministic, the same batches (images,
+    augmentation) from either ingest."""
+    from graft.components.cv_guard import _fold_datasets, _Recipe
+    from graft.core.config import AugmentConfig, FineTuneConfig, TrainHeadConfig
+
+    def batches(ex: str) -> list[np.ndarray]:
+        shas = sorted({r["sha256"] for r in read_manifest(ex) if r["split"] == "train"})
+        recipe = _Recipe(
+            ex, "-", FineTuneConfig(batch_size=8), TrainHeadConfig(), 1, 1,
+            AugmentConfig(flip="horizontal", zoom=0.1), 32, set(), 3, False, gdata.SQUASH,
+            deterministic=True,
+        )  # fmt: skip
+        train, _ = _fold_datasets(recipe, 3, set(shas[:60]), set(shas[60:]))
+        return [x.numpy() for x, _ in train]
+
+    four, three = batches(examples[0]), batches(examples[1])
+    assert len(four) == len(three) > 1
+    assert all(np.array_equal(a, b) for a, b in zip(four, three, strict=True))
 
 
 @pytest.mark.slow  # trains a model twice

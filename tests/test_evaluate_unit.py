@@ -60,3 +60,26 @@ def test_different_label_sets_are_never_blessed(tmp_path):
     assert probs is None and "label sets differ" in note
     ok, why = bless(EvaluateConfig(), {"accuracy": 0.99}, None, note)
     assert not ok and "no automatic blessing" in why[-1]
+
+
+def test_bootstrap_intervals_do_not_depend_on_the_images_order():
+    """Two ingests of one folder hold the images in different orders: the paired and
+    balanced intervals (the guard's and evaluate's evidence) must not follow that order."""
+    from graft.components.stats import (
+        balanced_score_intervals,
+        paired_difference,
+        paired_macro_f1,
+    )
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 4, 300)
+    pa = np.where(rng.random(300) < 0.8, y, rng.integers(0, 4, 300))
+    pb = np.where(rng.random(300) < 0.75, y, rng.integers(0, 4, 300))
+    shuffled = rng.permutation(300)
+    for f, args in (
+        (paired_difference, ((pa == y).astype(int), (pb == y).astype(int))),
+        (balanced_score_intervals, (y, pa, 4)),
+        (paired_macro_f1, (y, pa, pb, 4)),
+    ):
+        moved = tuple(a[shuffled] if isinstance(a, np.ndarray) else a for a in args)
+        assert f(*args) == f(*moved), f.__name__
