@@ -359,8 +359,8 @@ def image_dataset(
     ordered = deterministic or not shuffle
     policy = shard_policy(len(split_files(examples_dir, split)), workers, training=shuffle)
     by_file = policy == tf.data.experimental.AutoShardPolicy.FILE
-    # deterministic reads (training and its val set) go in the images' own order, not the
-    # shards' (in_sha256_order); under FILE sharding each worker's order is its files'
+    # deterministic reads go in the images' own order, not the shards' (in_sha256_order);
+    # under FILE sharding (several workers) each worker's order is its files'
     canonical = deterministic and not by_file
     ds = raw_dataset(
         examples_dir, split, exclude_sha256, deterministic=ordered, canonical=canonical

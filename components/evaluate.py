@@ -158,7 +158,8 @@ def _per_class(y: np.ndarray, pred: np.ndarray, labels: list[str]) -> tuple:
 
 
 def _test_data(examples_dir: str, exclude: set[str]) -> tuple[list[bytes], np.ndarray, list[str]]:
-    """The test split in file order: encoded bytes, labels, and each image's sha256."""
+    """The test split in sha256 order (not the shards', which differs between two ingests of
+    one folder): encoded bytes, labels, and each image's sha256."""
     records = tf.data.TFRecordDataset(
         gdata.split_files(examples_dir, "test"), compression_type="GZIP"
     ).map(lambda r: tf.io.parse_single_example(r, gdata.FEATURES))
@@ -166,7 +167,7 @@ def _test_data(examples_dir: str, exclude: set[str]) -> tuple[list[bytes], np.nd
         (ex["image/encoded"], int(ex["label"]), ex["image/sha256"].decode())
         for ex in records.as_numpy_iterator()
     ]
-    raw = [r for r in raw if r[2] not in exclude]
+    raw = sorted((r for r in raw if r[2] not in exclude), key=lambda r: r[2])
     if not raw:
         raise ValueError(f"the test split in {examples_dir} is empty")
     return [b for b, _, _ in raw], np.array([v for _, v, _ in raw]), [h for _, _, h in raw]

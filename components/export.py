@@ -28,6 +28,7 @@ import tensorflow as tf
 from graft.components import data as gdata
 from graft.components import model as gmodel
 from graft.components.fitting import load_model
+from graft.components.manifest import read_manifest
 from graft.components.served_scores import SEED_FILE, read_seed, write_seed
 from graft.components.templates import markdown_template
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
@@ -378,10 +379,17 @@ def _check_parity(model, final, examples_dir, cfg: ExportConfig, image_size, geo
     """The SavedModel's scores vs the Keras model's on a few test images; over the tolerance,
     the version dir is removed and ParityError raised. Returns the images' bytes, sha256s,
     the SavedModel's scores and the max abs diff."""
-    # a handful of test images: parity is about the graph (decode, resize, scores), not the data
-    test = list(gdata.parsed_examples(examples_dir, "test").take(16).as_numpy_iterator())
-    blobs = [e["image/encoded"] for e in test]
-    shas = [e["image/sha256"].decode() for e in test]
+    # a handful of test images: parity is about the graph (decode, resize, scores), not the
+    # data; the 16 whose sha256 sort first, the same from any ingest of the folder
+    shas = sorted({r["sha256"] for r in read_manifest(examples_dir) if r["split"] == "test"})
+    wanted = set(shas[:16])
+    test = {
+        e["image/sha256"].decode(): e["image/encoded"]
+        for e in gdata.parsed_examples(examples_dir, "test").as_numpy_iterator()
+        if e["image/sha256"].decode() in wanted
+    }
+    shas = sorted(test)
+    blobs = [test[h] for h in shas]
     if not blobs:
         raise ParityError("no test images to check the export against")
     reloaded = tf.saved_model.load(final).signatures["serving_default"]

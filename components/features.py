@@ -339,7 +339,8 @@ def _run_base(
     table = tf.lookup.StaticHashTable(
         tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys, tf.int32)), 0
     )
-    ds = gdata.parsed_examples(examples_dir, split, deterministic=False)  # order: by sha256
+    # any order: each row goes out with its sha256, and callers key the rows by it
+    ds = gdata.parsed_examples(examples_dir, split, deterministic=False)
     ds = ds.filter(lambda ex: table.lookup(ex["image/sha256"]) > 0)
 
     def pixels(ex):

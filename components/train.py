@@ -179,11 +179,23 @@ class EpochLog(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         if self.first_epoch is None:
             self.first_epoch = epoch
+            self._drop_rows_after(epoch)
             if epoch:
                 log(f"{self.stage}: resuming at epoch {epoch + 1}/{self.total}")
             if sys.stderr.isatty():  # a bar with ETA on a terminal; the epoch lines print above
                 self.bar = Progress(self.stage, self.total, "epochs").__enter__()
                 self.bar.update(epoch)
+
+    def _drop_rows_after(self, epoch: int) -> None:
+        """A fit that starts at `epoch` re-runs every later epoch: rows an earlier attempt
+        logged past it go (a fit killed after it ended restarts at 0, as Keras then has no
+        backup; its old rows would have stayed, and been read as this fit's)."""
+        rows = [r for r in read_history(os.path.dirname(self.path)) if r["epoch"] <= epoch]
+        if not os.path.exists(self.path):
+            return
+        with open(self.path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(self.path + ".tmp", self.path)
 
     def on_train_end(self, logs=None):
         if self.bar is not None:
@@ -234,8 +246,9 @@ class WorkerBackup(keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, write_dir: str, restore_dir: str):
-        super().__init__(write_dir)
-        self.restore = keras.callbacks.BackupAndRestore(restore_dir)
+        # double: the previous checkpoint is kept, and restored when a kill tore the latest
+        super().__init__(write_dir, double_checkpoint=True)
+        self.restore = keras.callbacks.BackupAndRestore(restore_dir, double_checkpoint=True)
 
     def on_train_begin(self, logs=None):
         self.restore.set_model(self.model)
@@ -304,8 +317,8 @@ def callbacks(
     """
     elog = EpochLog(os.path.join(out_dir, "history.jsonl"), stage, epochs)
     cbs: list = [
+        elog,  # an epoch's row before its backup: a kill between the two re-runs the epoch
         WorkerBackup(os.path.join(out_dir, "backup"), os.path.join(chief_dir or out_dir, "backup")),
-        elog,
         keras.callbacks.TensorBoard(
             os.path.join(out_dir, "tensorboard"), write_graph=False, profile_batch=0
         ),

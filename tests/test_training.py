@@ -250,6 +250,53 @@ def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
     assert again.seconds == r.seconds
 
 
+class _BoomAt(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.at = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise RuntimeError(f"killed after epoch {epoch}")
+
+
+@pytest.mark.slow
+def test_a_backup_torn_by_a_kill_resumes_from_the_one_before(examples, tmp_path):
+    """A kill while Keras rewrote its checkpoint left latest.weights.h5 torn: every resume then
+    failed until backup/ was deleted. The previous checkpoint is kept and taken instead."""
+    out = tmp_path / "head"
+    cfg = dict(
+        base=RANDOM,
+        head=HeadConfig(),
+        train=TrainConfig(),
+        cfg=TrainHeadConfig(epochs=3, batch_size=16, patience=0),
+        augment=NO_AUG,
+        image_size=32,
+    )
+    with pytest.raises(RuntimeError, match="killed after epoch 2"):
+        train_head(examples, str(out), extra_callbacks=[_BoomAt(2)], **cfg)
+    latest = out / "backup" / "latest.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:100])  # torn mid-write
+    r = train_head(examples, str(out), **cfg)
+    assert r.resumed_from_epoch == 1  # the epoch-1 checkpoint, kept beside the torn one
+    epochs = [json.loads(x)["epoch"] for x in (out / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3]  # epoch 2's row from the killed attempt is not kept twice
+
+
+def test_a_fit_that_starts_over_drops_the_rows_its_killed_attempt_logged(tmp_path):
+    """Keras deletes its backup when a fit ends: a stage killed after that (before its
+    result.json) fits again from epoch 0, and the old rows must not pass for the new fit's."""
+    from graft.components.fitting import read_history
+    from graft.components.train import EpochLog
+
+    path = tmp_path / "history.jsonl"
+    path.write_text("".join(json.dumps({"epoch": e, "loss": 1.0 / e}) + "\n" for e in (1, 2, 3)))
+    EpochLog(str(path), "head", 5).on_epoch_begin(2)  # resumed after two epochs
+    assert [r["epoch"] for r in read_history(str(tmp_path))] == [1, 2]
+    EpochLog(str(path), "head", 5).on_epoch_begin(0)  # a fit from the start
+    assert read_history(str(tmp_path)) == []
+
+
 @pytest.mark.slow
 def test_transfer_beats_scratch_on_demo(examples, tmp_path):
     """The tests' shallow demo base, head only, vs the same architecture from scratch, same
