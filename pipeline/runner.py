@@ -24,6 +24,7 @@ import os
 import shutil
 import socket
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,7 +268,7 @@ def _step(state: _Run, i: int, s: dag.Step) -> None:
                 # re-run from scratch, once no other run reads it; an unfinished dir is kept to
                 # resume. A step that is never cached (push) never writes _SUCCESS.
                 held.enter_context(readers_lock(out, s.name, False, wait))
-                shutil.rmtree(out)
+                _discard(out)
             elif os.path.exists(out):
                 log(f"{s.name}: found an unfinished output in {out}; resuming")
             for name, path in inputs.items():  # no run rewrites them while this step reads
@@ -285,6 +286,21 @@ def _step(state: _Run, i: int, s: dag.Step) -> None:
             _banner(i, n, s, "running")
             _execute(state, rec, s, inputs, out)
         log(f"[{i}/{n}] {s.name}: done in {rec.seconds:.1f}s", level="ok")
+
+
+DISCARDED = ".discarded-"  # a step output being deleted: first renamed to this prefix
+
+
+def _discard(out: str) -> None:
+    """Delete a step output by renaming it away first: a kill mid-delete then leaves nothing
+    at its path (rmtree goes file by file: a surviving _SUCCESS made a torn output pass for
+    a cached one, and every later run failed on it). Leftovers of killed deletes go too."""
+    parent = os.path.dirname(out)
+    gone = os.path.join(parent, f"{DISCARDED}{os.path.basename(out)}-{uuid.uuid4().hex[:8]}")
+    os.rename(out, gone)
+    for name in os.listdir(parent):
+        if name.startswith(DISCARDED):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _outside_only(rec: StepRecord, s: dag.Step, only: str, done: bool, out: str) -> None:
@@ -339,8 +355,9 @@ def write_config_file(cfg: GraftConfig, path: str, notes: list[str] | None = Non
         + path
         + "\n"
     )
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # replaced whole: a kill never leaves half a config
         f.write(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(path + ".tmp", path)
     return path
 
 

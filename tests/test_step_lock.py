@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import tiny_config
 
@@ -163,3 +164,29 @@ def test_a_step_re_run_alone_makes_what_reads_it_re_run(tmp_path, tiny_data):
     assert os.path.exists(os.path.join(first["output"], "_SUCCESS"))  # kept, not rewritten
     settled = run_pipeline(cfg, until="validate")["steps"]["validate"]
     assert settled["status"] == "cached" and settled["fingerprint"] == after["fingerprint"]
+
+
+def test_a_kill_mid_delete_leaves_nothing_at_the_outputs_path(tmp_path, monkeypatch):
+    """A re-run (--no-cache, --from) deletes a finished output first. Deleted in place, a kill
+    midway could leave its _SUCCESS beside half its files: a torn output taken as cached."""
+    import shutil
+
+    from graft.pipeline import runner
+
+    steps = tmp_path / "steps" / "train_head"
+    for fp in ("aaaa", "bbbb"):
+        (steps / fp).mkdir(parents=True)
+        (steps / fp / "_SUCCESS").write_text("")
+        (steps / fp / "model.keras").write_text("weights")
+
+    def killed(path, ignore_errors=False):
+        raise KeyboardInterrupt  # the process dies inside the delete
+
+    real = shutil.rmtree
+    monkeypatch.setattr(runner.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner._discard(str(steps / "aaaa"))
+    assert not (steps / "aaaa").exists()  # renamed away before any file went
+    monkeypatch.setattr(runner.shutil, "rmtree", real)
+    runner._discard(str(steps / "bbbb"))
+    assert os.listdir(steps) == []  # the killed delete's leftover went with the next one
