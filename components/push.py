@@ -34,6 +34,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -355,9 +356,25 @@ def _prune(destination: str, model_name: str, keep: int) -> list[int]:
     for old in existing[:-keep]:
         if old in pinned:
             continue
-        gfile.rmtree(version_path(destination, model_name, old))
+        _remove_version(version_path(destination, model_name, old))
         removed.append(old)
     return removed
+
+
+def _remove_version(path: str) -> None:
+    """Delete a version folder. Locally it is first renamed to a temp name of this process, so
+    a kill mid-delete leaves no half version where TF Serving (policy all or specific) or a
+    rollback would take it for whole; the stale-temp clean-up removes the rest. A bucket has
+    no atomic rename (a copy of every file): there it is deleted in place."""
+    if is_remote(path):
+        gfile.rmtree(path)
+        return
+    parent = os.path.dirname(path.rstrip("/"))
+    gone = os.path.join(
+        parent, f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+    os.rename(path, gone)
+    shutil.rmtree(gone)
 
 
 def _record(destination: str, model_name: str, entry: dict, removed: list[int]) -> None:

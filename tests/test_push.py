@@ -356,3 +356,29 @@ def test_a_blessing_against_a_baseline_no_longer_served_is_rechecked(pipeline_ru
     assert written["forced"] is True
     marker = json.loads((dest / "tiny" / str(forced.version) / MARKER).read_text())
     assert marker["forced"] is True and marker["blessed"] is True
+
+
+def test_a_prune_killed_mid_delete_leaves_no_half_version(tmp_path, monkeypatch):
+    """push.keep removes old versions: deleted in place, a kill midway left a numeric folder
+    with half its files, which TF Serving (policy all) or a rollback would take for whole."""
+    import socket
+
+    from graft.components import push as gpush
+
+    model = tmp_path / "dest" / "m"
+    for v in (1, 2):
+        (model / str(v) / "variables").mkdir(parents=True)
+        (model / str(v) / "saved_model.pb").write_bytes(b"pb")
+
+    def killed(path):
+        raise KeyboardInterrupt  # the process dies inside the delete
+
+    monkeypatch.setattr(gpush.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        gpush._remove_version(str(model / "1"))
+    assert versions(str(tmp_path / "dest"), "m") == [2]
+    (left,) = [p for p in model.iterdir() if p.name.startswith(gpush.TMP_PREFIX)]
+    # once its process is gone, the next push's clean-up takes the rest
+    monkeypatch.undo()
+    left.rename(model / f"{gpush.TMP_PREFIX}{socket.gethostname()}-999999999-dead")
+    assert gpush._remove_stale_tmp(str(model)) and sorted(os.listdir(model)) == ["2"]
