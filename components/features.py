@@ -18,6 +18,7 @@ too, under <store>/served/.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -90,9 +91,25 @@ class RowStore:
             for name in sorted(gfile.listdir(self.folder)):
                 if not (name.startswith("part-") and name.endswith(".npz")):
                     continue
-                with gfile.GFile(os.path.join(self.folder, name), "rb") as f:
-                    z = np.load(io.BytesIO(f.read()))
-                    rows.update(zip(z["sha256"].tolist(), z["x"], strict=True))
+                path = os.path.join(self.folder, name)
+                try:
+                    with gfile.GFile(path, "rb") as f:
+                        z = np.load(io.BytesIO(f.read()))
+                        part = dict(zip(z["sha256"].tolist(), z["x"], strict=True))
+                except Exception as e:  # noqa: BLE001 - zipfile, numpy, KeyError, ValueError
+                    # a part torn on disk (a crash before the OS wrote it): its rows are
+                    # computed again, and it is set aside (read here, it failed every later
+                    # run of the store)
+                    aside = os.path.join(self.folder, f".unreadable-{name}")
+                    with contextlib.suppress(Exception):  # another reader set it aside first
+                        gfile.rename(path, aside, overwrite=True)
+                    log(
+                        f"features: {path} is unreadable ({type(e).__name__}: {e}); set aside "
+                        f"as {aside}: its images are computed again",
+                        level="warn",
+                    )
+                    continue
+                rows.update(part)
         self._rows = rows
         return rows
 

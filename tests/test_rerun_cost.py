@@ -149,3 +149,15 @@ def _source(model, store, fingerprint) -> FeatureSource:
 def _serving(dest, version, blobs) -> np.ndarray:
     fn = tf.saved_model.load(os.path.join(dest, "tiny", str(version))).signatures["serving_default"]
     return fn(image_bytes=tf.constant(blobs))["probabilities"].numpy()
+
+
+def test_a_torn_feature_part_is_set_aside_and_its_rows_computed_again(tmp_path):
+    """A part a crash left torn on disk failed every later run that read the shared store."""
+    store = gfeat.RowStore(str(tmp_path / "rows"))
+    store.put(["a", "b"], np.ones((2, 3), np.float32))
+    (good,) = os.listdir(tmp_path / "rows")
+    torn = tmp_path / "rows" / "part-torn.npz"
+    torn.write_bytes((tmp_path / "rows" / good).read_bytes()[:40])
+    rows = gfeat.RowStore(str(tmp_path / "rows")).load()
+    assert sorted(rows) == ["a", "b"]
+    assert sorted(os.listdir(tmp_path / "rows")) == [".unreadable-part-torn.npz", good]
