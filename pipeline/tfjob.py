@@ -177,16 +177,22 @@ def _message(obj: dict) -> str:
     return "; ".join(f"{c['type']}: {c.get('message', '')}" for c in conds[-2:])
 
 
-def run_tfjob(body: dict, timeout_s: float, poll_s: float = 15.0, api=None) -> dict:
+def run_tfjob(
+    body: dict, timeout_s: float, poll_s: float = 15.0, api=None, output_there: bool = True
+) -> dict:
     """Create the TFJob (or find this task's from an earlier try) and wait until it ends.
 
     A finished failed one of the same name is an earlier try: it is deleted and made again.
+    So is a succeeded one whose output is gone (`output_there` False): an earlier try copied
+    it and removed the staging copy, then failed before kfp uploaded it; rejoining that job
+    gave every retry an empty output.
 
     Args:
         body: the TFJob manifest.
         timeout_s: how long to wait.
         poll_s: seconds between polls.
         api: the Kubernetes CustomObjectsApi (default: this pod's service account).
+        output_there: whether the job's staged output exists.
 
     Returns:
         The finished TFJob object.
@@ -206,8 +212,10 @@ def run_tfjob(body: dict, timeout_s: float, poll_s: float = 15.0, api=None) -> d
     except ApiException as e:
         if e.status != 409:
             raise
-        if state(api.get_namespaced_custom_object(*args, name)) == "Failed":
-            log(f"tfjob: {name} failed before: deleting it and starting again", level="warn")
+        before = state(api.get_namespaced_custom_object(*args, name))
+        if before == "Failed" or (before == "Succeeded" and not output_there):
+            why = "failed before" if before == "Failed" else "succeeded before, its output gone"
+            log(f"tfjob: {name} {why}: deleting it and starting again", level="warn")
             api.delete_namespaced_custom_object(*args, name)
             _wait_gone(api, args, name, timeout_s, poll_s)
             api.create_namespaced_custom_object(*args, body)
@@ -308,7 +316,8 @@ def launch(
         inputs=inputs,
         output=staging,
     )
-    run_tfjob(body, cfg.kubeflow.tfjob_timeout_s, poll_s, api)
+    staged = tf.io.gfile.exists(f"{staging}/{dag.RESULT_FILE}")
+    run_tfjob(body, cfg.kubeflow.tfjob_timeout_s, poll_s, api, output_there=staged)
     copy_tree(staging, output.path)
     tf.io.gfile.rmtree(staging)
     with open(os.path.join(output.path, dag.RESULT_FILE)) as f:

@@ -553,6 +553,14 @@ def test_run_tfjob_replaces_an_earlier_failed_try_and_rejoins_a_running_one():
     api = _FakeTFJobs(["Running", "Succeeded"], exists=True)
     run_tfjob(_body(), 60, 0, api)
     assert api.calls == ["create", "get", "get"]
+    # a retry after a try that copied the output, removed its staging copy and then failed:
+    # the succeeded job is made again (rejoined, it left every retry an empty output)
+    api = _FakeTFJobs(["Succeeded", "Gone", "Succeeded"], exists=True)
+    run_tfjob(_body(), 60, 0, api, output_there=False)
+    assert api.calls == ["create", "get", "delete", "get", "create", "get"]
+    api = _FakeTFJobs(["Succeeded", "Succeeded"], exists=True)
+    run_tfjob(_body(), 60, 0, api, output_there=True)  # its output is there: rejoined
+    assert api.calls == ["create", "get", "get"]
 
 
 def test_tfjob_names_are_dns_1035_and_stable_per_output():
