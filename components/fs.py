@@ -103,6 +103,7 @@ class _LocalGFile:
 
     listdir = staticmethod(os.listdir)
     exists = staticmethod(os.path.exists)
+    remove = staticmethod(os.remove)
     GFile = staticmethod(open_file)
 
     @staticmethod

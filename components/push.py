@@ -554,12 +554,26 @@ def _publish(
     if version in existing or (existing and version < existing[-1]):
         version = max(existing[-1] + 1, int(time.time()))  # newest, never over
     final = _join(_join(cfg.destination, model_name), str(version))
-    gfile.rename(tmp, final, overwrite=False)
+    _rename_marker_last(tmp, final, marker)
     removed = _prune(cfg.destination, model_name, cfg.keep)
     _record(cfg.destination, model_name, {"version": version, **entry}, removed)
     result.pushed, result.forced = True, bool(entry["forced"])
     result.destination, result.version = final, version
     result.files, result.removed_versions = n_files, removed
+
+
+def _rename_marker_last(tmp: str, final: str, marker: dict) -> None:
+    """Rename the verified copy in as a version. Locally one atomic rename. A bucket's rename
+    copies file by file, in name order, so the marker (graft_push.json, which says the
+    version is whole) would land before saved_model.pb and variables/: a kill midway left a
+    version Graft took as pushed ("already at the destination") and TF Serving could not
+    load. There the marker is set aside and written after everything else."""
+    if not is_remote(final):
+        gfile.rename(tmp, final, overwrite=False)
+        return
+    gfile.remove(_join(tmp, MARKER))
+    gfile.rename(tmp, final, overwrite=False)
+    _write_marker(final, marker)
 
 
 def _say_pushed(result: PushResult) -> None:
@@ -726,7 +740,7 @@ def _publish_rollback(result: RollbackResult, destination, model_name, tmp, entr
     version = max([*existing, *indexed]) + 1
     entry["rollback"]["from"] = result.previous = existing[-1]
     final = _join(destination, model_name, str(version))
-    gfile.rename(tmp, final, overwrite=False)
+    _rename_marker_last(tmp, final, read_marker(tmp) or {})
     _record(destination, model_name, {"version": version, **entry}, [])
     result.rolled_back, result.version = True, version
     result.destination, result.files = final, n_files

@@ -382,3 +382,33 @@ def test_a_prune_killed_mid_delete_leaves_no_half_version(tmp_path, monkeypatch)
     monkeypatch.undo()
     left.rename(model / f"{gpush.TMP_PREFIX}{socket.gethostname()}-999999999-dead")
     assert gpush._remove_stale_tmp(str(model)) and sorted(os.listdir(model)) == ["2"]
+
+
+def test_to_a_bucket_the_marker_lands_after_the_model(pipeline_run, tmp_path, monkeypatch):
+    """A bucket's rename copies file by file in name order: graft_push.json (which says the
+    version is whole) went before saved_model.pb and variables/, so a kill midway left a
+    version Graft took as pushed and TF Serving could not load. A local folder stands in for
+    the bucket (is_remote says yes); the rename is the real one."""
+    from graft.components import push as gpush
+
+    cfg, run, _ = pipeline_run
+    dest = tmp_path / "models"
+    seen = []
+    real_rename = gpush.gfile.rename
+
+    def rename(src, dst, overwrite=False):
+        seen.append(sorted(os.listdir(src)))  # what a file-by-file copy would carry, in order
+        return real_rename(src, dst, overwrite=overwrite)
+
+    monkeypatch.setattr(gpush, "is_remote", lambda path: True)
+    monkeypatch.setattr(gpush.gfile, "rename", rename)
+    r = gpush.push(
+        _out(run, "export"),
+        _out(run, "evaluate"),
+        str(tmp_path / "push"),
+        cfg=PushConfig(destination=str(dest)),
+        model_name="tiny",
+    )
+    assert r.pushed and MARKER not in seen[-1] and "saved_model.pb" in seen[-1]
+    assert json.loads((Path(r.destination) / MARKER).read_text())["files"] == r.files
+    assert versions(str(dest), "tiny") == [r.version]
