@@ -89,7 +89,20 @@ def _copy_tree(src: str, dst: str, skip: tuple[str, ...] = ()) -> dict[str, int]
         target = _join(dst, *rel.split("/"))
         gfile.makedirs(target.rsplit("/", 1)[0])
         gfile.copy(_join(src, *rel.split("/")), target, overwrite=False)
+        _sync(target)
     return files
+
+
+def _sync(path: str) -> None:
+    """fsync a local file or folder: a version renamed into place must not come back from a
+    power loss as empty files (the rename can reach the disk before the data did)."""
+    if is_remote(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class IncompleteCopy(RuntimeError):
@@ -393,6 +406,7 @@ def _record(destination: str, model_name: str, entry: dict, removed: list[int]) 
 def _write_marker(tmp: str, marker: dict) -> None:
     with gfile.GFile(_join(tmp, MARKER), "w") as f:  # last: the copy is complete
         json.dump(marker, f)
+    _sync(_join(tmp, MARKER))
 
 
 @dataclass
@@ -569,7 +583,10 @@ def _rename_marker_last(tmp: str, final: str, marker: dict) -> None:
     version Graft took as pushed ("already at the destination") and TF Serving could not
     load. There the marker is set aside and written after everything else."""
     if not is_remote(final):
+        for folder, _, _ in os.walk(tmp):  # every entry of the copy is on disk before the rename
+            _sync(folder)
         gfile.rename(tmp, final, overwrite=False)
+        _sync(os.path.dirname(final))  # and the rename itself
         return
     gfile.remove(_join(tmp, MARKER))
     gfile.rename(tmp, final, overwrite=False)

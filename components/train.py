@@ -406,6 +406,12 @@ def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
     hist = read_history(out_dir)
     if hist:
         plot_curves(hist, os.path.join(out_dir, "curves.png"), title)
+    if res.model_path and os.path.isfile(res.model_path):  # on disk before what says it is
+        fd = os.open(res.model_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     write_json_atomic(os.path.join(out_dir, RESULT), asdict(res))  # a kill leaves no half
     return res
 
