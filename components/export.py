@@ -309,6 +309,7 @@ def export(
         evaluation = json.load(f)
     version = version or int(time.time())
     final = os.path.join(out_dir, cfg.model_name, str(version))
+    _drop_earlier_attempts(os.path.dirname(final))
     _write_version(model, labels, final, examples_dir, cfg, image_size, geometry)
     blobs, shas, got, parity = _check_parity(model, final, examples_dir, cfg, image_size, geometry)
     n_warm = write_warmup(
@@ -373,6 +374,17 @@ def _write_version(model, labels, final, examples_dir, cfg: ExportConfig, image_
         shutil.copy(os.path.join(examples_dir, name), os.path.join(final, "assets", name))
     with open(os.path.join(final, "assets", PREPROCESSING_FILE), "w") as f:
         json.dump(geometry.as_dict(image_size), f, indent=2)
+
+
+def _drop_earlier_attempts(model_folder: str) -> None:
+    """Version folders an earlier, killed attempt of this export left (each attempt takes a
+    new timestamp): the step's output holds one version."""
+    if not os.path.isdir(model_folder):
+        return
+    for name in os.listdir(model_folder):
+        if name.isdigit():
+            log(f"export: removing {name}, left by an earlier attempt that did not finish")
+            shutil.rmtree(os.path.join(model_folder, name))
 
 
 def _check_parity(model, final, examples_dir, cfg: ExportConfig, image_size, geometry):

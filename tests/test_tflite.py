@@ -34,6 +34,8 @@ def edge(pipeline_run, tmp_path_factory):
 
     cfg, run, _ = pipeline_run
     out = tmp_path_factory.mktemp("tflite-export")
+    # a killed earlier attempt's version (each attempt takes a new timestamp): removed
+    (out / cfg.export.model_name / "1000000000" / "variables").mkdir(parents=True)
     r = export(
         _out(run, "fine_tune"),
         _out(run, "ingest"),
@@ -60,6 +62,7 @@ def holdout(tmp_path_factory):
 @slow
 def test_all_three_variants_are_converted_measured_and_described(edge):
     cfg, run, r, out = edge
+    assert os.listdir(out / cfg.export.model_name) == [str(r.version)]  # one version, no leftover
     extra = os.path.join(r.path, "assets.extra")
     result = json.load(open(out / "tflite.json"))
     assert json.load(open(os.path.join(extra, "tflite.json"))) == result
