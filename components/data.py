@@ -28,6 +28,7 @@ __all__ = [
     "count_examples",
     "decode_and_resize",
     "image_dataset",
+    "images_by_sha256",
     "in_sha256_order",
     "naive_image_dataset",
     "parsed_examples",
@@ -276,6 +277,38 @@ def in_sha256_order(examples: Callable[[], tf.data.Dataset], passes: int) -> tf.
         return whole.map(in_order).unbatch()
 
     return tf.data.Dataset.range(passes).flat_map(share)
+
+
+def images_by_sha256(examples_dir: str, split: str, wanted: set[str]) -> dict[str, bytes]:
+    """The encoded images of `wanted` (sha256s) in a split: only the shards that the shard index
+    says hold them are read, and reading stops once every one is found.
+
+    Args:
+        examples_dir: the ingest step's output.
+        split: "train", "val" or "test".
+        wanted: the images' sha256s.
+
+    Returns:
+        sha256 -> encoded image, for those found.
+    """
+    from graft.components.manifest import shards_holding
+
+    if not wanted:
+        return {}
+    files = split_files(examples_dir, split)
+    holding = shards_holding(examples_dir, wanted)
+    if holding is not None:
+        files = [f for f in files if os.path.basename(f) in holding] or files
+    table = tf.constant(sorted(wanted))
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    ds = ds.map(lambda r: tf.io.parse_single_example(r, FEATURES))
+    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["image/sha256"], table)))
+    found: dict[str, bytes] = {}
+    for ex in read_once(ds).as_numpy_iterator():
+        found[ex["image/sha256"].decode()] = ex["image/encoded"]
+        if len(found) == len(wanted):
+            break
+    return found
 
 
 def augmentation_layers(cfg: AugmentConfig, seed: int = 0):

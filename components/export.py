@@ -394,12 +394,7 @@ def _check_parity(model, final, examples_dir, cfg: ExportConfig, image_size, geo
     # a handful of test images: parity is about the graph (decode, resize, scores), not the
     # data; the 16 whose sha256 sort first, the same from any ingest of the folder
     shas = sorted({r["sha256"] for r in read_manifest(examples_dir) if r["split"] == "test"})
-    wanted = set(shas[:16])
-    test = {
-        e["image/sha256"].decode(): e["image/encoded"]
-        for e in gdata.parsed_examples(examples_dir, "test").as_numpy_iterator()
-        if e["image/sha256"].decode() in wanted
-    }
+    test = gdata.images_by_sha256(examples_dir, "test", set(shas[:16]))
     shas = sorted(test)
     blobs = [test[h] for h in shas]
     if not blobs:

@@ -46,7 +46,7 @@ from graft.components.example_proto import Example, serialize
 from graft.components.fs import gfile as _gfile
 from graft.components.fs import write_text as _write_text
 from graft.components.images import BadImage, normalise, sha256
-from graft.components.manifest import data_fingerprint
+from graft.components.manifest import SHARD_INDEX, data_fingerprint
 from graft.components.sources import (
     SPLITS,
     DataLayoutError,
@@ -81,7 +81,6 @@ __all__ = [
 
 LABELS_FILE = "labels.json"
 REUSE_FILE = "reuse.json"  # written last: the output is complete and may seed the next one
-SHARD_INDEX = "shards.json"  # shard file -> [source path, sha256, label id] of its records
 STAGED_DIR = "_staged"  # shards written outside Beam wait here while Beam writes its own
 # What a record holds for given bytes and max_side; bump when decoding changes, so that an
 # incremental ingest never copies records made by other decoding code.

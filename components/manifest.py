@@ -11,9 +11,17 @@ import os
 from graft.components import fs
 from graft.core.paths import join
 
-__all__ = ["data_fingerprint", "excluded_from_eval", "excluded_from_train", "read_manifest"]
+__all__ = [
+    "SHARD_INDEX",
+    "data_fingerprint",
+    "excluded_from_eval",
+    "excluded_from_train",
+    "read_manifest",
+    "shards_holding",
+]
 
 MANIFEST_FILE = "manifest.jsonl"
+SHARD_INDEX = "shards.json"  # shard file -> [source path, sha256, label id] of its records
 VALIDATION_FILE = "validation.json"
 
 
@@ -32,6 +40,31 @@ def read_manifest(examples_dir: str) -> list[dict]:
     with fs.open_file(join(examples_dir, MANIFEST_FILE)) as f:
         text = f.read()
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def shards_holding(examples_dir: str, wanted: set[str]) -> set[str] | None:
+    """The shard file names (ingest's shard index) that hold the `wanted` images, so a reader
+    of a few images opens those shards only; None when the index is missing or lacks one.
+
+    Args:
+        examples_dir: the ingest step's output directory.
+        wanted: image sha256s.
+
+    Returns:
+        Shard file names (no folder), or None: read every shard.
+    """
+    try:
+        with fs.open_file(join(examples_dir, SHARD_INDEX)) as f:
+            index = json.loads(f.read())
+    except Exception:  # noqa: BLE001 - missing or unreadable (tf's NotFoundError at a URL)
+        return None
+    names, found = set(), set()
+    for name, records in index.items():
+        mine = {r[1] for r in records} & wanted
+        if mine:
+            names.add(name)
+            found |= mine
+    return names if found == wanted else None
 
 
 def data_fingerprint(manifest: list[dict]) -> str:

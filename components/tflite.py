@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 VARIANTS = ("float32", "float16", "int8")
-REPRESENTATIVE_IMAGES = 200  # int8 calibration: the first N training images, in file order
+REPRESENTATIVE_IMAGES = 200  # int8 calibration: the N training images whose sha256 sort first
 LABELS_FILE = "labels.txt"
 RESULTS_FILE = "tflite.json"
 INPUT_NOTE = "uint8 [1, H, W, 3] RGB pixels, the decoded image shaped as training shaped it: "
@@ -250,14 +250,7 @@ def representative_images(
     wanted = wanted[:n]
     if not wanted:
         return np.zeros((0, size, size, 3), np.uint8)
-    table = tf.constant(wanted)
-    ds = gdata.parsed_examples(examples_dir, "train", deterministic=False)
-    ds = ds.filter(lambda ex: tf.reduce_any(tf.equal(ex["image/sha256"], table)))
-    found: dict[str, bytes] = {}
-    for ex in ds.as_numpy_iterator():  # stops once every wanted image is read
-        found[ex["image/sha256"].decode()] = ex["image/encoded"]
-        if len(found) == len(wanted):
-            break
+    found = gdata.images_by_sha256(examples_dir, "train", set(wanted))
     return np.stack(
         [
             to_uint8(gdata.decode_and_resize(tf.constant(found[s]), size, geometry).numpy())

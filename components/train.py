@@ -55,6 +55,7 @@ from graft.core.log import Progress, log
 from graft.core.paths import join as os_join
 
 __all__ = [
+    "EpochLog",
     "callbacks",
     "StageResult",
     "HeadDetails",

@@ -373,7 +373,7 @@ def test_a_prune_killed_mid_delete_leaves_no_half_version(tmp_path, monkeypatch)
     def killed(path):
         raise KeyboardInterrupt  # the process dies inside the delete
 
-    monkeypatch.setattr(gpush.shutil, "rmtree", killed)
+    monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
         gpush._remove_version(str(model / "1"))
     assert versions(str(tmp_path / "dest"), "m") == [2]
@@ -389,19 +389,20 @@ def test_to_a_bucket_the_marker_lands_after_the_model(pipeline_run, tmp_path, mo
     version is whole) went before saved_model.pb and variables/, so a kill midway left a
     version Graft took as pushed and TF Serving could not load. A local folder stands in for
     the bucket (is_remote says yes); the rename is the real one."""
+    from graft.components import fs
     from graft.components import push as gpush
 
     cfg, run, _ = pipeline_run
     dest = tmp_path / "models"
     seen = []
-    real_rename = gpush.gfile.rename
+    real_rename = fs._LocalGFile.rename
 
     def rename(src, dst, overwrite=False):
         seen.append(sorted(os.listdir(src)))  # what a file-by-file copy would carry, in order
         return real_rename(src, dst, overwrite=overwrite)
 
     monkeypatch.setattr(gpush, "is_remote", lambda path: True)
-    monkeypatch.setattr(gpush.gfile, "rename", rename)
+    monkeypatch.setattr(fs._LocalGFile, "rename", staticmethod(rename))
     r = gpush.push(
         _out(run, "export"),
         _out(run, "evaluate"),

@@ -182,11 +182,10 @@ def test_a_kill_mid_delete_leaves_nothing_at_the_outputs_path(tmp_path, monkeypa
     def killed(path, ignore_errors=False):
         raise KeyboardInterrupt  # the process dies inside the delete
 
-    real = shutil.rmtree
-    monkeypatch.setattr(runner.shutil, "rmtree", killed)
+    monkeypatch.setattr(shutil, "rmtree", killed)
     with pytest.raises(KeyboardInterrupt):
         runner._discard(str(steps / "aaaa"))
     assert not (steps / "aaaa").exists()  # renamed away before any file went
-    monkeypatch.setattr(runner.shutil, "rmtree", real)
+    monkeypatch.undo()
     runner._discard(str(steps / "bbbb"))
     assert os.listdir(steps) == []  # the killed delete's leftover went with the next one
