@@ -249,8 +249,9 @@ def in_sha256_order(examples: Callable[[], tf.data.Dataset], passes: int) -> tf.
     order gave `train.deterministic` runs different models from the same images: make
     demo's first run in a fresh clone scored 0.609, a re-run 0.660. Sorting first makes the
     order a function of the images alone. Each pass reads every shard, keeps the images
-    whose hash falls in its share and sorts them in memory, so memory stays near
-    SORT_PASS_BYTES of encoded images whatever the split's size; the passes take
+    whose hash falls in its share and sorts them in memory, so memory stays near twice
+    SORT_PASS_BYTES of encoded images whatever the split's size (a pass, and its sorted
+    copy); it runs again each epoch, before the epoch's first step; the passes take
     consecutive key ranges, so their number does not change the order.
 
     Args:
@@ -269,8 +270,11 @@ def in_sha256_order(examples: Callable[[], tf.data.Dataset], passes: int) -> tf.
             return tf.equal(key // width, index)
 
         def in_order(batch):
+            # by hash, then label: one photo filed under two classes has one sha256, and its
+            # two records must not follow the shards' order either
+            by_label = tf.argsort(batch["label"], stable=True)
             key = tf.strings.to_hash_bucket_fast(batch["image/sha256"], _ORDER_BUCKETS)
-            order = tf.argsort(key, stable=True)
+            order = tf.gather(by_label, tf.argsort(tf.gather(key, by_label), stable=True))
             return {name: tf.gather(t, order) for name, t in batch.items()}
 
         whole = examples().filter(mine).batch(1 << 40)  # the whole share as one batch

@@ -24,6 +24,7 @@ import io
 import os
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 
 import keras
@@ -92,11 +93,12 @@ class RowStore:
                 if not (name.startswith("part-") and name.endswith(".npz")):
                     continue
                 path = os.path.join(self.folder, name)
+                with gfile.GFile(path, "rb") as f:  # a read error (a bucket's outage) is raised
+                    data = f.read()
                 try:
-                    with gfile.GFile(path, "rb") as f:
-                        z = np.load(io.BytesIO(f.read()))
-                        part = dict(zip(z["sha256"].tolist(), z["x"], strict=True))
-                except Exception as e:  # noqa: BLE001 - zipfile, numpy, KeyError, ValueError
+                    z = np.load(io.BytesIO(data))
+                    part = dict(zip(z["sha256"].tolist(), z["x"], strict=True))
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
                     # a part torn on disk (a crash before the OS wrote it): its rows are
                     # computed again, and it is set aside (read here, it failed every later
                     # run of the store)

@@ -647,6 +647,8 @@ def _hold_previous(previous: str | None, held: contextlib.ExitStack) -> str | No
     except StepBusy:
         log(f"ingest: {previous} is being rewritten by another run: not reused; decoding all")
         return None
+    except OSError as e:  # its folder is read-only: no lock file can be made, nor a rewrite
+        log(f"ingest: no reader's lock beside {previous} ({e}); reused without one")
     if not _read_text(_join(previous, REUSE_FILE)):  # rewritten before the lock: not complete
         held.close()
         return None
@@ -1119,20 +1121,18 @@ def ingest(data: DataConfig, out_dir: str, previous: str | None = None) -> Inges
     fractions = _carve(listing, data.splits.model_dump(), source)
     if previous is None and data.incremental:
         previous = find_previous(data, out_dir)
-    with contextlib.ExitStack() as held:
-        previous = _hold_previous(previous, held)
-        plan = plan_reuse(items, data, previous)
-        try:
+    try:
+        with contextlib.ExitStack() as held:  # held while its records are read, not longer
+            previous = _hold_previous(previous, held)
+            plan = plan_reuse(items, data, previous)
             plan, reused_meta, known = _reuse_previous(
                 plan, items, label_ids, fractions, out_dir, data
             )
-            decoded_meta, decoded_q = _decode_the_rest(
-                plan, label_ids, data, out_dir, fractions, known
-            )
-            _place_staged(out_dir)
-        except BaseException:
-            _cleanup(out_dir)
-            raise
+        decoded_meta, decoded_q = _decode_the_rest(plan, label_ids, data, out_dir, fractions, known)
+        _place_staged(out_dir)
+    except BaseException:
+        _cleanup(out_dir)
+        raise
 
     meta = sorted(
         reused_meta + decoded_meta,

@@ -680,25 +680,23 @@ def rollback(
     _remove_stale_tmp(root)
     with _owned_tmp(root) as tmp:
         files = _copy_tree(src, tmp, skip=(MARKER,))
-        _write_marker(
-            tmp,
-            {
-                "model_sha256": entry["model_sha256"],
-                "weights_sha256": weights,
-                "files": len(files),
-                "bytes": sum(files.values()),
-                "pushed": at,
-                "blessed": source_marker.get("blessed"),
-                "forced": False,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "rollback": entry["rollback"],
-                "entry": entry,
-            },
-        )
+        marker = {
+            "model_sha256": entry["model_sha256"],
+            "weights_sha256": weights,
+            "files": len(files),
+            "bytes": sum(files.values()),
+            "pushed": at,
+            "blessed": source_marker.get("blessed"),
+            "forced": False,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "rollback": entry["rollback"],
+            "entry": entry,
+        }
+        _write_marker(tmp, marker)
         _verify(tmp, files)
         with _destination_lock(root):
-            _publish_rollback(result, destination, model_name, tmp, entry, len(files))
+            _publish_rollback(result, destination, model_name, tmp, marker, len(files))
     log(
         f"rollback: version {result.version} (a copy of version {to}) is now the newest and "
         f"served; it was version {result.previous}",
@@ -744,9 +742,11 @@ def _rollback_entry(
     }
 
 
-def _publish_rollback(result: RollbackResult, destination, model_name, tmp, entry, n_files):
+def _publish_rollback(result: RollbackResult, destination, model_name, tmp, marker, n_files):
     """Under the lock: the copy becomes a version newer than every one, also those only in
-    the index, so no record is overwritten."""
+    the index, so no record is overwritten. The version rolled back from is known only now:
+    the marker says it too (rewritten locally, written last in a bucket)."""
+    entry = marker["entry"]
     to = result.to
     existing = versions(destination, model_name)
     if to not in existing:
@@ -757,7 +757,9 @@ def _publish_rollback(result: RollbackResult, destination, model_name, tmp, entr
     version = max([*existing, *indexed]) + 1
     entry["rollback"]["from"] = result.previous = existing[-1]
     final = _join(destination, model_name, str(version))
-    _rename_marker_last(tmp, final, read_marker(tmp) or {})
+    if not is_remote(final):
+        _write_marker(tmp, marker)  # with the version rolled back from, set above
+    _rename_marker_last(tmp, final, marker)
     _record(destination, model_name, {"version": version, **entry}, [])
     result.rolled_back, result.version = True, version
     result.destination, result.files = final, n_files

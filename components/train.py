@@ -247,9 +247,13 @@ class WorkerBackup(keras.callbacks.BackupAndRestore):
     """
 
     def __init__(self, write_dir: str, restore_dir: str):
-        # double: the previous checkpoint is kept, and restored when a kill tore the latest
+        # double: the previous checkpoint is kept, and restored when a kill tore the latest;
+        # only the writer of a folder repairs it (a worker reading the chief's never writes)
         super().__init__(write_dir, double_checkpoint=True)
-        self.restore = keras.callbacks.BackupAndRestore(restore_dir, double_checkpoint=True)
+        self.restore = keras.callbacks.BackupAndRestore(
+            restore_dir,
+            double_checkpoint=os.path.abspath(restore_dir) == os.path.abspath(write_dir),
+        )
 
     def on_train_begin(self, logs=None):
         self.restore.set_model(self.model)

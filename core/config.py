@@ -1049,6 +1049,7 @@ def load_config(
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         _resolve_relative_paths(loaded, p.resolve().parent)
+        written = json.loads(json.dumps(loaded))  # as in the file: --set changes raw, not this
         _deep_merge(raw, loaded)
         if not template:
             given += leaf_keys(loaded)
@@ -1058,7 +1059,7 @@ def load_config(
     if "advise.keep" not in flags and isinstance(advise, dict):
         if "advise.keep" in given and isinstance(advise.get("keep"), list):
             # the file's list, what --set changed, and what was edited by hand in the file
-            given = [*advise["keep"], *flags, *hand_edits(loaded, Path(path), advise["keep"])]
+            given = [*advise["keep"], *flags, *hand_edits(written, Path(path), advise["keep"])]
         else:
             given += flags
         advise["keep"] = sorted({k for k in given if k.split(".")[0] not in ("advise", "recipe")})

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -178,7 +179,11 @@ def _message(obj: dict) -> str:
 
 
 def run_tfjob(
-    body: dict, timeout_s: float, poll_s: float = 15.0, api=None, output_there: bool = True
+    body: dict,
+    timeout_s: float,
+    poll_s: float = 15.0,
+    api=None,
+    output_there: Callable[[], bool] = lambda: True,
 ) -> dict:
     """Create the TFJob (or find this task's from an earlier try) and wait until it ends.
 
@@ -192,7 +197,8 @@ def run_tfjob(
         timeout_s: how long to wait.
         poll_s: seconds between polls.
         api: the Kubernetes CustomObjectsApi (default: this pod's service account).
-        output_there: whether the job's staged output exists.
+        output_there: whether the job's staged output exists, asked once the earlier job's
+            state is read (a job still running then may have finished since the task began).
 
     Returns:
         The finished TFJob object.
@@ -213,7 +219,7 @@ def run_tfjob(
         if e.status != 409:
             raise
         before = state(api.get_namespaced_custom_object(*args, name))
-        if before == "Failed" or (before == "Succeeded" and not output_there):
+        if before == "Failed" or (before == "Succeeded" and not output_there()):
             why = "failed before" if before == "Failed" else "succeeded before, its output gone"
             log(f"tfjob: {name} {why}: deleting it and starting again", level="warn")
             api.delete_namespaced_custom_object(*args, name)
@@ -316,9 +322,16 @@ def launch(
         inputs=inputs,
         output=staging,
     )
-    staged = tf.io.gfile.exists(f"{staging}/{dag.RESULT_FILE}")
-    run_tfjob(body, cfg.kubeflow.tfjob_timeout_s, poll_s, api, output_there=staged)
+    result = f"{staging}/{dag.RESULT_FILE}"
+    run_tfjob(
+        body,
+        cfg.kubeflow.tfjob_timeout_s,
+        poll_s,
+        api,
+        output_there=lambda: tf.io.gfile.exists(result),
+    )
     copy_tree(staging, output.path)
+    tf.io.gfile.remove(result)  # first: a kill mid-delete leaves no output that looks whole
     tf.io.gfile.rmtree(staging)
     with open(os.path.join(output.path, dag.RESULT_FILE)) as f:
         return json.load(f)

@@ -556,10 +556,10 @@ def test_run_tfjob_replaces_an_earlier_failed_try_and_rejoins_a_running_one():
     # a retry after a try that copied the output, removed its staging copy and then failed:
     # the succeeded job is made again (rejoined, it left every retry an empty output)
     api = _FakeTFJobs(["Succeeded", "Gone", "Succeeded"], exists=True)
-    run_tfjob(_body(), 60, 0, api, output_there=False)
+    run_tfjob(_body(), 60, 0, api, output_there=lambda: False)
     assert api.calls == ["create", "get", "delete", "get", "create", "get"]
     api = _FakeTFJobs(["Succeeded", "Succeeded"], exists=True)
-    run_tfjob(_body(), 60, 0, api, output_there=True)  # its output is there: rejoined
+    run_tfjob(_body(), 60, 0, api, output_there=lambda: True)  # output there: rejoined
     assert api.calls == ["create", "get", "get"]
 
 
