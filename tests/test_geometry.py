@@ -98,7 +98,7 @@ def test_saved_model_pixels_equal_what_evaluation_and_training_used(geometry, tm
     images = _images()
     blobs = list(images.values())
     examples = _examples_dir(tmp_path / "examples", blobs)
-    stored, _, _ = _test_data(str(examples), set())
+    stored, _, _ = _test_data(str(examples), set())  # evaluation's order: by sha256
     evaluated = _pixels(stored, SIZE, geometry)  # evaluation's pixels
     trained = np.concatenate(
         [
@@ -106,17 +106,20 @@ def test_saved_model_pixels_equal_what_evaluation_and_training_used(geometry, tm
             for x, _ in gdata.image_dataset(str(examples), "test", SIZE, 64, geometry=geometry)
         ]
     )
+    in_files = [b for b, _ in gdata.raw_dataset(str(examples), "test").as_numpy_iterator()]
+    trained = trained[[in_files.index(b) for b in stored]]  # training's, in evaluation's order
     model = _tiny_model()
     write_saved_model(model, ["a", "b"], str(tmp_path / "1"), size=SIZE, geometry=geometry)
     loaded = tf.saved_model.load(str(tmp_path / "1"))
-    served = loaded.signatures["preprocess"](image_bytes=tf.constant(blobs))["pixels"].numpy()
+    served = loaded.signatures["preprocess"](image_bytes=tf.constant(stored))["pixels"].numpy()
     assert served.shape == evaluated.shape == trained.shape == (len(blobs), SIZE, SIZE, 3)
-    diff = {name: float(np.abs(served[i] - evaluated[i]).max()) for i, name in enumerate(images)}
+    name_of = {b: name for name, b in images.items()}
+    diff = {name_of[b]: float(np.abs(served[i] - evaluated[i]).max()) for i, b in enumerate(stored)}
     print(f"{geometry.resize}: SavedModel vs evaluation pixels, max abs diff per image: {diff}")
     assert max(diff.values()) <= 1e-3, diff  # 0..255 scale: identical up to float rounding
     assert float(np.abs(trained - evaluated).max()) <= 1e-3
     # and serving_default scores exactly those pixels
-    probs = loaded.signatures["serving_default"](image_bytes=tf.constant(blobs))["probabilities"]
+    probs = loaded.signatures["serving_default"](image_bytes=tf.constant(stored))["probabilities"]
     want = model(tf.constant(evaluated), training=False).numpy()
     assert float(np.abs(probs.numpy() - want).max()) <= 1e-5
 
