@@ -257,7 +257,36 @@ class WorkerBackup(keras.callbacks.BackupAndRestore):
 
     def on_train_begin(self, logs=None):
         self.restore.set_model(self.model)
+        if self.restore.double_checkpoint:
+            _mend_torn_metadata(self.restore)
         self.restore.on_train_begin(logs)
+
+
+def _mend_torn_metadata(backup: keras.callbacks.BackupAndRestore) -> None:
+    """A kill inside the write of the backup's training_metadata.json leaves JSON Keras cannot
+    parse, and its fall-back to the previous checkpoint catches only a torn weights file: every
+    resume failed. The previous pair is taken instead, or none (the fit starts over)."""
+    meta, prev_meta = backup._training_metadata_path, backup._prev_training_metadata_path
+    weights, prev_weights = backup._weights_path, backup._prev_weights_path
+    if not os.path.exists(meta) or read_json(meta) is not None:
+        return
+    if (
+        os.path.exists(prev_meta)
+        and read_json(prev_meta) is not None
+        and os.path.exists(prev_weights)
+    ):
+        shutil.copyfile(prev_weights, weights)
+        shutil.copyfile(prev_meta, meta)
+        log(f"backup: {meta} was torn by a kill; resuming from the checkpoint before it", "warn")
+    else:
+        for path in (meta, weights):
+            if os.path.exists(path):
+                os.remove(path)
+        log(
+            f"backup: {meta} was torn by a kill and no earlier checkpoint is kept; the fit "
+            "starts over",
+            "warn",
+        )
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

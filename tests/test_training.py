@@ -261,9 +261,10 @@ class _BoomAt(keras.callbacks.Callback):
 
 
 @pytest.mark.slow
-def test_a_backup_torn_by_a_kill_resumes_from_the_one_before(examples, tmp_path):
-    """A kill while Keras rewrote its checkpoint left latest.weights.h5 torn: every resume then
-    failed until backup/ was deleted. The previous checkpoint is kept and taken instead."""
+@pytest.mark.parametrize("torn", ["latest.weights.h5", "training_metadata.json"])
+def test_a_backup_torn_by_a_kill_resumes_from_the_one_before(examples, tmp_path, torn):
+    """A kill while Keras rewrote its checkpoint (the weights, or the epoch beside them) left it
+    torn: every resume then failed until backup/ was deleted. The previous one is taken."""
     out = tmp_path / "head"
     cfg = dict(
         base=RANDOM,
@@ -275,8 +276,8 @@ def test_a_backup_torn_by_a_kill_resumes_from_the_one_before(examples, tmp_path)
     )
     with pytest.raises(RuntimeError, match="killed after epoch 2"):
         train_head(examples, str(out), extra_callbacks=[_BoomAt(2)], **cfg)
-    latest = out / "backup" / "latest.weights.h5"
-    latest.write_bytes(latest.read_bytes()[:100])  # torn mid-write
+    latest = out / "backup" / torn
+    latest.write_bytes(latest.read_bytes()[:10])  # torn mid-write
     r = train_head(examples, str(out), **cfg)
     assert r.resumed_from_epoch == 1  # the epoch-1 checkpoint, kept beside the torn one
     epochs = [json.loads(x)["epoch"] for x in (out / "history.jsonl").read_text().splitlines()]
