@@ -27,8 +27,8 @@ __all__ = [
     "Geometry",
     "count_examples",
     "decode_and_resize",
+    "first_images_by_sha256",
     "image_dataset",
-    "images_by_sha256",
     "in_sha256_order",
     "naive_image_dataset",
     "parsed_examples",
@@ -283,20 +283,23 @@ def in_sha256_order(examples: Callable[[], tf.data.Dataset], passes: int) -> tf.
     return tf.data.Dataset.range(passes).flat_map(share)
 
 
-def images_by_sha256(examples_dir: str, split: str, wanted: set[str]) -> dict[str, bytes]:
-    """The encoded images of `wanted` (sha256s) in a split: only the shards that the shard index
-    says hold them are read, and reading stops once every one is found.
+def first_images_by_sha256(examples_dir: str, split: str, n: int) -> dict[str, bytes]:
+    """The `n` images of a split whose sha256 sort first (the manifest's): the same images from
+    any ingest of the folder, whatever order the shards hold. Only the shards that the shard
+    index says hold them are read, and reading stops once every one is found.
 
     Args:
         examples_dir: the ingest step's output.
         split: "train", "val" or "test".
-        wanted: the images' sha256s.
+        n: how many images.
 
     Returns:
-        sha256 -> encoded image, for those found.
+        sha256 -> encoded image, in sha256 order; fewer when the split is smaller.
     """
-    from graft.components.manifest import shards_holding
+    from graft.components.manifest import read_manifest, shards_holding
 
+    shas = sorted({r["sha256"] for r in read_manifest(examples_dir) if r["split"] == split})
+    wanted = set(shas[:n])
     if not wanted:
         return {}
     files = split_files(examples_dir, split)
@@ -312,7 +315,7 @@ def images_by_sha256(examples_dir: str, split: str, wanted: set[str]) -> dict[st
         found[ex["image/sha256"].decode()] = ex["image/encoded"]
         if len(found) == len(wanted):
             break
-    return found
+    return dict(sorted(found.items()))
 
 
 def augmentation_layers(cfg: AugmentConfig, seed: int = 0):

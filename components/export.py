@@ -28,7 +28,6 @@ import tensorflow as tf
 from graft.components import data as gdata
 from graft.components import model as gmodel
 from graft.components.fitting import load_model
-from graft.components.manifest import read_manifest
 from graft.components.served_scores import SEED_FILE, read_seed, write_seed
 from graft.components.templates import markdown_template
 from graft.core.config import BaseConfig, ExportConfig, HeadConfig
@@ -393,9 +392,8 @@ def _check_parity(model, final, examples_dir, cfg: ExportConfig, image_size, geo
     the SavedModel's scores and the max abs diff."""
     # a handful of test images: parity is about the graph (decode, resize, scores), not the
     # data; the 16 whose sha256 sort first, the same from any ingest of the folder
-    shas = sorted({r["sha256"] for r in read_manifest(examples_dir) if r["split"] == "test"})
-    test = gdata.images_by_sha256(examples_dir, "test", set(shas[:16]))
-    shas = sorted(test)
+    test = gdata.first_images_by_sha256(examples_dir, "test", 16)
+    shas = list(test)
     blobs = [test[h] for h in shas]
     if not blobs:
         raise ParityError("no test images to check the export against")

@@ -28,7 +28,9 @@ __all__ = [
     "open_file",
     "read_json",
     "read_text",
+    "sync_to_disk",
     "write_json_atomic",
+    "write_text_atomic",
     "write_text",
 ]
 
@@ -242,9 +244,19 @@ def write_json_atomic(path: str, data: dict) -> None:
         path: a local path or a tf.io.gfile URL.
         data: JSON-serialisable; other values are written as their str().
     """
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Readers see the old file or the new one, never a part: a temp file renamed over it
+    (locally synced to disk first).
+
+    Args:
+        path: a local path or a tf.io.gfile URL.
+        text: written as UTF-8.
+    """
     folder, name = path.rsplit("/", 1) if is_remote(path) else os.path.split(path)
     tmp = join(folder, f".{name}.tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    text = json.dumps(data, indent=2, sort_keys=False, default=str)
     if is_remote(path):
         g = gfile()
         with g.GFile(tmp, "w") as f:
@@ -260,3 +272,19 @@ def write_json_atomic(path: str, data: dict) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+def sync_to_disk(path: str) -> None:
+    """fsync a local file or folder (a URL: nothing to do), so what is written before a marker
+    that says it exists reaches the disk before the marker does.
+
+    Args:
+        path: a local file or folder, or a URL.
+    """
+    if is_remote(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

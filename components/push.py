@@ -43,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 
 from graft.components import registry
 from graft.components.fs import any_gfile as gfile
-from graft.components.fs import is_not_found, read_json
+from graft.components.fs import is_not_found, read_json, sync_to_disk
 from graft.components.hashing import weights_sha256
 from graft.components.registry import (
     MARKER,
@@ -89,20 +89,8 @@ def _copy_tree(src: str, dst: str, skip: tuple[str, ...] = ()) -> dict[str, int]
         target = _join(dst, *rel.split("/"))
         gfile.makedirs(target.rsplit("/", 1)[0])
         gfile.copy(_join(src, *rel.split("/")), target, overwrite=False)
-        _sync(target)
+        sync_to_disk(target)
     return files
-
-
-def _sync(path: str) -> None:
-    """fsync a local file or folder: a version renamed into place must not come back from a
-    power loss as empty files (the rename can reach the disk before the data did)."""
-    if is_remote(path):
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class IncompleteCopy(RuntimeError):
@@ -246,10 +234,15 @@ def _remove_stale_tmp(root: str) -> list[str]:
     return removed
 
 
+def _tmp_name() -> str:
+    """A temp name owned by this process: the stale-temp clean-up reads host and pid from it."""
+    return f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
 @contextlib.contextmanager
 def _owned_tmp(root: str):
     """A fresh temp dir that only this process uses; removed unless renamed away."""
-    name = f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = _tmp_name()
     tmp = _join(root, name)
     owner = (
         contextlib.nullcontext() if is_remote(root) else _flock(os.path.join(root, name + ".lock"))
@@ -382,10 +375,7 @@ def _remove_version(path: str) -> None:
     if is_remote(path):
         gfile.rmtree(path)
         return
-    parent = os.path.dirname(path.rstrip("/"))
-    gone = os.path.join(
-        parent, f"{TMP_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    )
+    gone = os.path.join(os.path.dirname(path.rstrip("/")), _tmp_name())
     os.rename(path, gone)
     shutil.rmtree(gone)
 
@@ -406,7 +396,7 @@ def _record(destination: str, model_name: str, entry: dict, removed: list[int]) 
 def _write_marker(tmp: str, marker: dict) -> None:
     with gfile.GFile(_join(tmp, MARKER), "w") as f:  # last: the copy is complete
         json.dump(marker, f)
-    _sync(_join(tmp, MARKER))
+    sync_to_disk(_join(tmp, MARKER))
 
 
 @dataclass
@@ -584,9 +574,9 @@ def _rename_marker_last(tmp: str, final: str, marker: dict) -> None:
     load. There the marker is set aside and written after everything else."""
     if not is_remote(final):
         for folder, _, _ in os.walk(tmp):  # every entry of the copy is on disk before the rename
-            _sync(folder)
+            sync_to_disk(folder)
         gfile.rename(tmp, final, overwrite=False)
-        _sync(os.path.dirname(final))  # and the rename itself
+        sync_to_disk(os.path.dirname(final))  # and the rename itself
         return
     gfile.remove(_join(tmp, MARKER))
     gfile.rename(tmp, final, overwrite=False)

@@ -243,18 +243,15 @@ def representative_images(
     import tensorflow as tf
 
     from graft.components import data as gdata
-    from graft.components.manifest import read_manifest
 
     geometry = geometry or gdata.SQUASH
-    wanted = sorted({r["sha256"] for r in read_manifest(examples_dir) if r["split"] == "train"})
-    wanted = wanted[:n]
-    if not wanted:
+    found = gdata.first_images_by_sha256(examples_dir, "train", n)
+    if not found:
         return np.zeros((0, size, size, 3), np.uint8)
-    found = gdata.images_by_sha256(examples_dir, "train", set(wanted))
     return np.stack(
         [
-            to_uint8(gdata.decode_and_resize(tf.constant(found[s]), size, geometry).numpy())
-            for s in sorted(found)
+            to_uint8(gdata.decode_and_resize(tf.constant(b), size, geometry).numpy())
+            for b in found.values()
         ]
     )
 

@@ -41,7 +41,14 @@ from graft.components.fitting import (
     reinitialise,
     scores_on,
 )
-from graft.components.fs import any_gfile, open_file, read_json, write_json_atomic
+from graft.components.fs import (
+    any_gfile,
+    open_file,
+    read_json,
+    sync_to_disk,
+    write_json_atomic,
+    write_text_atomic,
+)
 from graft.components.manifest import excluded_from_eval, excluded_from_train
 from graft.core.config import (
     AugmentConfig,
@@ -191,12 +198,10 @@ class EpochLog(keras.callbacks.Callback):
         """A fit that starts at `epoch` re-runs every later epoch: rows an earlier attempt
         logged past it go (a fit killed after it ended restarts at 0, as Keras then has no
         backup; its old rows would have stayed, and been read as this fit's)."""
-        rows = [r for r in read_history(os.path.dirname(self.path)) if r["epoch"] <= epoch]
         if not os.path.exists(self.path):
             return
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-        os.replace(self.path + ".tmp", self.path)
+        rows = [r for r in read_history(os.path.dirname(self.path)) if r["epoch"] <= epoch]
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def on_train_end(self, logs=None):
         if self.bar is not None:
@@ -441,11 +446,7 @@ def finish(out_dir: str, res: StageResult, title: str) -> StageResult:
     if hist:
         plot_curves(hist, os.path.join(out_dir, "curves.png"), title)
     if res.model_path and os.path.isfile(res.model_path):  # on disk before what says it is
-        fd = os.open(res.model_path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_to_disk(res.model_path)
     write_json_atomic(os.path.join(out_dir, RESULT), asdict(res))  # a kill leaves no half
     return res
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from graft.components.fs import write_text_atomic
 from graft.components.registry import RUN_ID_ENV
 from graft.core.config import (
     RUN_RECORD,
@@ -355,9 +356,8 @@ def write_config_file(cfg: GraftConfig, path: str, notes: list[str] | None = Non
         + path
         + "\n"
     )
-    with open(path + ".tmp", "w") as f:  # replaced whole: a kill never leaves half a config
-        f.write(header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    os.replace(path + ".tmp", path)
+    # replaced whole: a kill never leaves half a config
+    write_text_atomic(path, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     return path
 
 

@@ -220,16 +220,19 @@ def test_guard_keeps_head_after_destructive_fine_tune(examples, tmp_path):
     )
 
 
-class _Boom(keras.callbacks.Callback):
+class _BoomAt(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.at = epoch
+
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("killed after epoch 1")
+        if epoch == self.at:
+            raise RuntimeError(f"killed after epoch {epoch}")
 
 
-@pytest.mark.slow
-def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
-    out = tmp_path / "head"
-    cfg = dict(
+def _three_epoch_head() -> dict:
+    """train_head's settings for the kill-and-resume tests: 3 epochs, no early stopping."""
+    return dict(
         base=RANDOM,
         head=HeadConfig(),
         train=TrainConfig(),
@@ -237,8 +240,14 @@ def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
         augment=NO_AUG,
         image_size=32,
     )
+
+
+@pytest.mark.slow
+def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
+    out = tmp_path / "head"
+    cfg = _three_epoch_head()
     with pytest.raises(RuntimeError, match="killed after epoch 1"):
-        train_head(examples, str(out), extra_callbacks=[_Boom()], **cfg)
+        train_head(examples, str(out), extra_callbacks=[_BoomAt(1)], **cfg)
     assert not (out / "result.json").exists() and (out / "backup").exists()
     r = train_head(examples, str(out), **cfg)
     assert r.resumed_from_epoch == 1
@@ -250,30 +259,13 @@ def test_killed_stage_resumes_at_next_epoch(examples, tmp_path):
     assert again.seconds == r.seconds
 
 
-class _BoomAt(keras.callbacks.Callback):
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.at = epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at:
-            raise RuntimeError(f"killed after epoch {epoch}")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("torn", ["latest.weights.h5", "training_metadata.json"])
 def test_a_backup_torn_by_a_kill_resumes_from_the_one_before(examples, tmp_path, torn):
     """A kill while Keras rewrote its checkpoint (the weights, or the epoch beside them) left it
     torn: every resume then failed until backup/ was deleted. The previous one is taken."""
     out = tmp_path / "head"
-    cfg = dict(
-        base=RANDOM,
-        head=HeadConfig(),
-        train=TrainConfig(),
-        cfg=TrainHeadConfig(epochs=3, batch_size=16, patience=0),
-        augment=NO_AUG,
-        image_size=32,
-    )
+    cfg = _three_epoch_head()
     with pytest.raises(RuntimeError, match="killed after epoch 2"):
         train_head(examples, str(out), extra_callbacks=[_BoomAt(2)], **cfg)
     latest = out / "backup" / torn
